@@ -1,1 +1,14 @@
-//! placeholder
+//! marrow's node proxy: eBPF capture of enrolled pods, in-pod listeners, and the data path.
+//!
+//! Modules own one concern each: [`capture`] the kernel programs and maps, [`netns`] switching
+//! into pod namespaces, [`inpod`] enrollment, [`proxy`] the data path, [`metrics`] and [`http`]
+//! what operators scrape, [`config`] the settings.
+
+pub mod capture;
+pub mod config;
+pub mod http;
+pub mod inpod;
+pub mod metrics;
+pub mod netns;
+pub mod proxy;
+pub mod socket;

@@ -1,0 +1,206 @@
+//! The node proxy's configuration: defaults, overridden by environment (`MARROW_*`), overridden
+//! by flags; then validated, with errors naming the setting, the value and what is expected.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors of [`Config::validate`] and cgroup discovery.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting has a value that cannot work.
+    #[error("setting {setting} = {value:?}: {expected}")]
+    Invalid {
+        /// Setting name (the flag).
+        setting: &'static str,
+        /// The offending value.
+        value: String,
+        /// What is expected.
+        expected: &'static str,
+    },
+    /// No cgroup2 mount was found and none was configured.
+    #[error("no cgroup2 mount in /proc/self/mountinfo; pass --cgroup")]
+    NoCgroup2,
+}
+
+/// Everything the `run` command needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The compiled eBPF object.
+    pub ebpf_object: PathBuf,
+    /// This proxy's bpffs directory (pins).
+    pub bpffs_dir: PathBuf,
+    /// The cgroup2 directory to attach the cgroup programs to; `None` = the cgroup2 root.
+    pub cgroup: Option<PathBuf>,
+    /// Where enrollment records are kept across restarts.
+    pub state_dir: PathBuf,
+    /// The enrollment socket redirect-cni talks to.
+    pub cni_socket: PathBuf,
+    /// `/metrics` listen address.
+    pub metrics_addr: SocketAddr,
+    /// `/healthz/ready` listen address.
+    pub readiness_addr: SocketAddr,
+    /// Bound on connecting to an upstream or the app.
+    pub connect_timeout: Duration,
+    /// Runtime worker threads.
+    pub worker_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ebpf_object: PathBuf::from("/usr/lib/marrow/marrow-ebpf.o"),
+            bpffs_dir: PathBuf::from("/sys/fs/bpf/marrow"),
+            cgroup: None,
+            state_dir: PathBuf::from("/var/run/marrow"),
+            cni_socket: PathBuf::from(redirect_cni::protocol::DEFAULT_SOCKET_PATH),
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 15020)),
+            readiness_addr: SocketAddr::from(([0, 0, 0, 0], 15021)),
+            connect_timeout: Duration::from_secs(10),
+            worker_threads: 2,
+        }
+    }
+}
+
+impl Config {
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.bpffs_dir.is_absolute() {
+            return Err(invalid(
+                "--bpffs-dir",
+                self.bpffs_dir.display(),
+                "an absolute path on bpffs",
+            ));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid(
+                "--state-dir",
+                self.state_dir.display(),
+                "an absolute path",
+            ));
+        }
+        if self.cni_socket.as_os_str().len() >= 108 {
+            return Err(invalid(
+                "--cni-socket",
+                self.cni_socket.display(),
+                "a path shorter than 108 bytes (sun_path)",
+            ));
+        }
+        if self.metrics_addr == self.readiness_addr {
+            return Err(invalid(
+                "--readiness-addr",
+                self.readiness_addr,
+                "an address other than --metrics-addr",
+            ));
+        }
+        if self.connect_timeout.is_zero() || self.connect_timeout > Duration::from_secs(300) {
+            return Err(invalid(
+                "--connect-timeout-ms",
+                self.connect_timeout.as_millis(),
+                "1..=300000",
+            ));
+        }
+        if !(1..=64).contains(&self.worker_threads) {
+            return Err(invalid("--worker-threads", self.worker_threads, "1..=64"));
+        }
+        Ok(())
+    }
+
+    /// The cgroup to attach to: the configured one, or the cgroup2 root.
+    pub fn cgroup_or_root(&self) -> Result<PathBuf, ConfigError> {
+        match &self.cgroup {
+            Some(path) => Ok(path.clone()),
+            None => std::fs::read_to_string("/proc/self/mountinfo")
+                .ok()
+                .and_then(|text| cgroup2_mount(&text))
+                .ok_or(ConfigError::NoCgroup2),
+        }
+    }
+}
+
+fn invalid(
+    setting: &'static str,
+    value: impl std::fmt::Display,
+    expected: &'static str,
+) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+/// The first cgroup2 mount point in a mountinfo text (hybrid hosts mount it at
+/// `/sys/fs/cgroup/unified`).
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let mut c = Config {
+            worker_threads: 0,
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--worker-threads")
+        );
+        c = Config {
+            bpffs_dir: "rel".into(),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--bpffs-dir")
+        );
+        c = Config {
+            readiness_addr: Config::default().metrics_addr,
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--readiness-addr")
+        );
+        c = Config {
+            cni_socket: PathBuf::from(format!("/{}", "x".repeat(120))),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--cni-socket")
+        );
+    }
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_hosts() {
+        let text = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_mount("garbage"), None);
+    }
+}

@@ -1,0 +1,452 @@
+//! In-pod enrollment: everything the proxy does to capture a pod, and to undo it.
+//!
+//! Owns the set of enrolled pods. Enrolling a pod means, in order: validate what the CNI sent;
+//! open the in-pod listeners and apply the pod-netns routing; mark the pod's addresses enrolled
+//! (inbound fails closed from here on), steer them to the pod's :15006 socket, attach
+//! `sk_lookup`; record the pod on disk; start the accept loops; and last, turn on outbound
+//! capture for its netns. A failure at any step undoes the capture and leaves the other pods
+//! untouched. Removal is idempotent.
+
+mod records;
+mod routing;
+pub mod server;
+mod validate;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use marrow_common::{HBONE_PORT, INBOUND_PORT};
+use redirect_cni::protocol::{AddPod, Attachment, ErrorKind};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use records::{PodRecord, RecordStore};
+
+use crate::capture::Capture;
+use crate::metrics::Metrics;
+use crate::netns::{HostNetns, PodNetns};
+use crate::proxy::{self, Direction, PodContext, ProxySettings};
+use crate::socket;
+
+/// A refused or failed enrollment operation: the kind the CNI plugin maps to a code, and a
+/// message naming the pod and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct EnrollError {
+    /// Machine-readable reason.
+    pub kind: ErrorKind,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl EnrollError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// An enrolled pod and the tasks serving it.
+struct EnrolledPod {
+    record: PodRecord,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for EnrolledPod {
+    fn drop(&mut self) {
+        // Aborting the accept loops closes the listeners, which also removes them from the
+        // SOCKHASH. Connections already relaying finish on their own.
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The enrolled pods of this node.
+pub struct Registry {
+    host: Arc<HostNetns>,
+    capture: Mutex<Capture>,
+    pods: tokio::sync::Mutex<HashMap<String, EnrolledPod>>,
+    records: RecordStore,
+    metrics: Arc<Metrics>,
+    settings: ProxySettings,
+}
+
+impl Registry {
+    /// A registry over a loaded capture and a record store.
+    pub fn new(
+        host: Arc<HostNetns>,
+        capture: Capture,
+        records: RecordStore,
+        metrics: Arc<Metrics>,
+        settings: ProxySettings,
+    ) -> Self {
+        Self {
+            host,
+            capture: Mutex::new(capture),
+            pods: tokio::sync::Mutex::new(HashMap::new()),
+            records,
+            metrics,
+            settings,
+        }
+    }
+
+    /// CNI ADD: enrolls the pod whose netns is `netns_fd`.
+    pub async fn add(&self, add: AddPod, netns_fd: OwnedFd) -> Result<String, EnrollError> {
+        validate::add_pod(&add).map_err(|reason| {
+            EnrollError::new(
+                ErrorKind::InvalidPod,
+                format!("pod {}/{}: {reason}", add.pod.namespace, add.pod.name),
+            )
+        })?;
+        let who = format!(
+            "pod {}/{} ({})",
+            add.pod.namespace, add.pod.name, add.pod.uid
+        );
+        let netns = PodNetns::new(netns_fd, self.host.clone()).map_err(|e| {
+            EnrollError::new(
+                ErrorKind::Netns,
+                format!("{who}: the descriptor is not a usable network namespace: {e}"),
+            )
+        })?;
+        let mut pods = self.pods.lock().await;
+        if let Some(existing) = pods.get(&add.pod.uid) {
+            if existing.record.netns_cookie == netns.cookie() {
+                return Ok(format!("{who} already enrolled"));
+            }
+            // The pod's sandbox was re-created without a DEL for the old one.
+            tracing::warn!(uid = %add.pod.uid, "pod re-added with a new netns; replacing the old enrollment");
+            self.remove_locked(&mut pods, &add.pod.uid);
+        }
+        // An address still held by another enrolled pod means that pod is gone without a DEL.
+        let stale: Vec<String> = pods
+            .iter()
+            .filter(|(_, p)| p.record.ips.iter().any(|ip| add.ips.contains(ip)))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in stale {
+            tracing::warn!(%uid, new_uid = %add.pod.uid, "address re-used by a new pod; removing the stale enrollment");
+            self.remove_locked(&mut pods, &uid);
+        }
+        let record = PodRecord {
+            pod: add.pod,
+            attachment: add.attachment,
+            netns_path: add.netns_path,
+            netns_cookie: netns.cookie(),
+            ips: add.ips,
+        };
+        let enrolled = self.capture_pod(record, netns).await?;
+        self.records.save(&enrolled.record).map_err(|e| {
+            self.undo_capture(&enrolled.record);
+            EnrollError::new(ErrorKind::State, format!("{who}: {e}"))
+        })?;
+        let detail = format!("{who} enrolled: {}", display_ips(&enrolled.record.ips));
+        tracing::info!(uid = %enrolled.record.pod.uid, namespace = %enrolled.record.pod.namespace, pod = %enrolled.record.pod.name, ips = %display_ips(&enrolled.record.ips), "pod enrolled");
+        pods.insert(enrolled.record.pod.uid.clone(), enrolled);
+        self.metrics.enrolled_pods.set(pods.len() as i64);
+        Ok(detail)
+    }
+
+    /// CNI DEL: removes the enrollment of `attachment`, if there is one.
+    pub async fn del(&self, attachment: &Attachment) -> String {
+        let mut pods = self.pods.lock().await;
+        let Some(uid) = find(&pods, attachment) else {
+            return format!("container {} was not enrolled", attachment.container_id);
+        };
+        self.remove_locked(&mut pods, &uid);
+        format!("pod {uid} removed")
+    }
+
+    /// CNI CHECK: is `attachment` enrolled and is every part of its capture in place?
+    pub async fn check(&self, attachment: &Attachment) -> Result<String, EnrollError> {
+        let pods = self.pods.lock().await;
+        let Some(uid) = find(&pods, attachment) else {
+            return Err(EnrollError::new(
+                ErrorKind::NotEnrolled,
+                format!(
+                    "container {} ({}) is not enrolled with the node proxy",
+                    attachment.container_id, attachment.ifname
+                ),
+            ));
+        };
+        let pod = &pods[&uid];
+        let capture = self.lock_capture();
+        let record = &pod.record;
+        let mut missing = Vec::new();
+        if !capture.is_enrolled(record.netns_cookie) {
+            missing.push("outbound capture".to_string());
+        }
+        if !capture.has_inbound_link(record.netns_cookie) {
+            missing.push("sk_lookup link".to_string());
+        }
+        for ip in &record.ips {
+            if !capture.has_inbound_socket(*ip) {
+                missing.push(format!("inbound socket for {ip}"));
+            }
+        }
+        if pod.tasks.iter().any(JoinHandle::is_finished) {
+            missing.push("listener tasks".to_string());
+        }
+        if missing.is_empty() {
+            Ok(format!(
+                "pod {}/{} is captured",
+                record.pod.namespace, record.pod.name
+            ))
+        } else {
+            Err(EnrollError::new(
+                ErrorKind::Capture,
+                format!(
+                    "pod {}/{} is enrolled but missing: {}",
+                    record.pod.namespace,
+                    record.pod.name,
+                    missing.join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// CNI GC: removes every enrollment whose attachment is not in `valid`.
+    pub async fn gc(&self, valid: &[Attachment]) -> String {
+        let mut pods = self.pods.lock().await;
+        let stale: Vec<String> = pods
+            .iter()
+            .filter(|(_, p)| !valid.contains(&p.record.attachment))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in &stale {
+            self.remove_locked(&mut pods, uid);
+        }
+        format!("{} stale enrollments removed", stale.len())
+    }
+
+    /// Re-adopts the pods recorded by a previous proxy; pods whose netns is gone are forgotten.
+    /// Returns how many pods were restored.
+    pub async fn restore(&self) -> usize {
+        let mut restored = 0;
+        for result in self.records.load_all() {
+            let record = match result {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::error!(%error, "skipping an unreadable enrollment record");
+                    if let records::RecordError::Malformed { path, .. } = &error {
+                        self.records.quarantine(path);
+                    }
+                    continue;
+                }
+            };
+            let uid = record.pod.uid.clone();
+            let netns = match PodNetns::open(
+                PathBuf::from(&record.netns_path).as_path(),
+                self.host.clone(),
+            ) {
+                Ok(netns) if netns.cookie() == record.netns_cookie => netns,
+                Ok(_) | Err(_) => {
+                    tracing::info!(%uid, netns = %record.netns_path, "pod's netns is gone; forgetting it");
+                    self.undo_capture(&record);
+                    if let Err(error) = self.records.remove(&uid) {
+                        tracing::warn!(%error, "cannot remove the record of a gone pod");
+                    }
+                    continue;
+                }
+            };
+            match self.capture_pod(record, netns).await {
+                Ok(enrolled) => {
+                    tracing::info!(%uid, pod = %enrolled.record.pod.name, "pod re-adopted");
+                    self.pods.lock().await.insert(uid, enrolled);
+                    restored += 1;
+                }
+                Err(error) => {
+                    tracing::error!(%uid, %error, "cannot re-adopt pod; it stays fail-closed")
+                }
+            }
+        }
+        self.metrics
+            .enrolled_pods
+            .set(self.pods.lock().await.len() as i64);
+        restored
+    }
+
+    /// Opens the pod's listeners, applies its routing and turns its capture on.
+    async fn capture_pod(
+        &self,
+        record: PodRecord,
+        netns: PodNetns,
+    ) -> Result<EnrolledPod, EnrollError> {
+        let who = format!("pod {}/{}", record.pod.namespace, record.pod.name);
+        let v4 = record.ips.iter().any(IpAddr::is_ipv4);
+        let v6 = record.ips.iter().any(IpAddr::is_ipv6);
+        let listeners = netns
+            .run(|| open_listeners(v4, v6))
+            .and_then(|r| r)
+            .map_err(|e| {
+                EnrollError::new(
+                    ErrorKind::PodNetwork,
+                    format!("{who}: opening in-pod listeners: {e}"),
+                )
+            })?;
+        routing::apply(&netns, v4, v6)
+            .await
+            .map_err(|e| EnrollError::new(ErrorKind::PodNetwork, format!("{who}: {e}")))?;
+
+        let netns = Arc::new(netns);
+        let result = self.turn_on(&record, &netns, &listeners);
+        if let Err(e) = result {
+            self.undo_capture(&record);
+            return Err(EnrollError::new(ErrorKind::Capture, format!("{who}: {e}")));
+        }
+        let ctx = Arc::new(PodContext {
+            pod: record.pod.clone(),
+            netns: netns.clone(),
+            metrics: self.metrics.clone(),
+            settings: self.settings,
+        });
+        let mut tasks = Vec::new();
+        for (direction, listener) in listeners.all() {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tasks.push(tokio::spawn(proxy::serve(ctx.clone(), listener, direction)))
+                }
+                Err(e) => {
+                    for t in &tasks {
+                        t.abort();
+                    }
+                    self.undo_capture(&record);
+                    return Err(EnrollError::new(
+                        ErrorKind::PodNetwork,
+                        format!("{who}: registering listener: {e}"),
+                    ));
+                }
+            }
+        }
+        // Outbound capture goes on last, when the :15001 accept loop is already running.
+        if let Err(e) = self.lock_capture().enroll_netns(record.netns_cookie) {
+            for t in &tasks {
+                t.abort();
+            }
+            self.undo_capture(&record);
+            return Err(EnrollError::new(ErrorKind::Capture, format!("{who}: {e}")));
+        }
+        Ok(EnrolledPod { record, tasks })
+    }
+
+    fn turn_on(
+        &self,
+        record: &PodRecord,
+        netns: &PodNetns,
+        listeners: &Listeners,
+    ) -> Result<(), crate::capture::CaptureError> {
+        let mut capture = self.lock_capture();
+        capture.add_pod_addrs(&record.ips)?;
+        for ip in &record.ips {
+            let listener = if ip.is_ipv6() {
+                &listeners.inbound_v6
+            } else {
+                &listeners.inbound_v4
+            };
+            if let Some(listener) = listener {
+                capture.set_inbound_socket(*ip, listener)?;
+            }
+        }
+        capture.attach_inbound(netns)
+    }
+
+    fn remove_locked(&self, pods: &mut HashMap<String, EnrolledPod>, uid: &str) {
+        if let Some(pod) = pods.remove(uid) {
+            self.undo_capture(&pod.record);
+            if let Err(error) = self.records.remove(uid) {
+                tracing::warn!(%uid, %error, "cannot remove enrollment record");
+            }
+            tracing::info!(%uid, pod = %pod.record.pod.name, namespace = %pod.record.pod.namespace, "pod removed");
+        }
+        self.metrics.enrolled_pods.set(pods.len() as i64);
+    }
+
+    fn undo_capture(&self, record: &PodRecord) {
+        if let Err(error) = self
+            .lock_capture()
+            .remove_pod(record.netns_cookie, &record.ips)
+        {
+            tracing::error!(uid = %record.pod.uid, %error, "cannot fully remove a pod's capture");
+        }
+    }
+
+    fn lock_capture(&self) -> std::sync::MutexGuard<'_, Capture> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way a later
+        // caller could not handle (every update is idempotent), so poisoning is ignored.
+        self.capture
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many pods are enrolled.
+    pub async fn len(&self) -> usize {
+        self.pods.lock().await.len()
+    }
+
+    /// Is no pod enrolled?
+    pub async fn is_empty(&self) -> bool {
+        self.pods.lock().await.is_empty()
+    }
+}
+
+/// The in-pod listeners of one pod.
+struct Listeners {
+    outbound_v4: Option<std::net::TcpListener>,
+    inbound_v4: Option<std::net::TcpListener>,
+    hbone_v4: Option<std::net::TcpListener>,
+    outbound_v6: Option<std::net::TcpListener>,
+    inbound_v6: Option<std::net::TcpListener>,
+    hbone_v6: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn all(self) -> impl Iterator<Item = (Direction, std::net::TcpListener)> {
+        [
+            (Direction::Outbound, self.outbound_v4),
+            (Direction::Inbound, self.inbound_v4),
+            (Direction::Hbone, self.hbone_v4),
+            (Direction::Outbound, self.outbound_v6),
+            (Direction::Inbound, self.inbound_v6),
+            (Direction::Hbone, self.hbone_v6),
+        ]
+        .into_iter()
+        .filter_map(|(d, l)| l.map(|l| (d, l)))
+    }
+}
+
+/// Runs inside the pod netns.
+fn open_listeners(v4: bool, v6: bool) -> std::io::Result<Listeners> {
+    let open = |wanted: bool, addr| {
+        if wanted {
+            socket::listener(addr).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    Ok(Listeners {
+        outbound_v4: open(v4, socket::outbound_listen_addr(false))?,
+        inbound_v4: open(v4, socket::wildcard_addr(false, INBOUND_PORT))?,
+        hbone_v4: open(v4, socket::wildcard_addr(false, HBONE_PORT))?,
+        outbound_v6: open(v6, socket::outbound_listen_addr(true))?,
+        inbound_v6: open(v6, socket::wildcard_addr(true, INBOUND_PORT))?,
+        hbone_v6: open(v6, socket::wildcard_addr(true, HBONE_PORT))?,
+    })
+}
+
+fn find(pods: &HashMap<String, EnrolledPod>, attachment: &Attachment) -> Option<String> {
+    pods.iter()
+        .find(|(_, p)| &p.record.attachment == attachment)
+        .map(|(uid, _)| uid.clone())
+}
+
+fn display_ips(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,183 @@
+//! Routing set-up inside an enrolled pod's netns, so the app's replies to the proxy's
+//! source-preserving connections come back to the proxy:
+//!
+//! - `ip rule pref 10 fwmark 0x53a lookup 100` ahead of the `local` rule (moved to pref 100);
+//! - `local 0.0.0.0/0 dev lo table 100` (and `::/0` for IPv6);
+//! - `net.ipv4.tcp_fwmark_accept = 1`, so accepted sockets inherit the connection's mark.
+//!
+//! Every step is idempotent: re-enrolling or restoring a pod re-applies it safely.
+
+use std::io;
+
+use futures::TryStreamExt;
+use marrow_common::{
+    INBOUND_ROUTE_TABLE, INBOUND_RULE_PRIORITY, LOCAL_RULE_PRIORITY, PROXY_INBOUND_MARK,
+};
+use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+
+use crate::netns::PodNetns;
+
+/// The kernel's `local` routing table id.
+const LOCAL_TABLE: u32 = 255;
+/// Index of `lo` in every netns.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Errors of the pod-netns routing set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    /// The netns could not be entered or the netlink socket opened.
+    #[error("entering the pod netns for routing: {0}")]
+    Netns(io::Error),
+    /// A netlink request failed.
+    #[error("{step}: {source}")]
+    Netlink {
+        /// The step, e.g. "adding fwmark rule (ipv4)".
+        step: &'static str,
+        /// Cause.
+        source: rtnetlink::Error,
+    },
+    /// Writing the sysctl failed.
+    #[error("setting net.ipv4.tcp_fwmark_accept: {0}")]
+    Sysctl(io::Error),
+}
+
+/// Applies the routing of an enrolled pod for the families it has.
+pub async fn apply(netns: &PodNetns, v4: bool, v6: bool) -> Result<(), RoutingError> {
+    netns
+        .run(|| std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", b"1"))
+        .map_err(RoutingError::Netns)?
+        .map_err(RoutingError::Sysctl)?;
+    let (connection, handle, _) = netns
+        .run(rtnetlink::new_connection)
+        .map_err(RoutingError::Netns)?
+        .map_err(RoutingError::Netns)?;
+    let conn_task = tokio::spawn(connection);
+    let result = async {
+        if v4 {
+            apply_family(&handle, IpVersion::V4).await?;
+        }
+        if v6 {
+            apply_family(&handle, IpVersion::V6).await?;
+        }
+        Ok(())
+    }
+    .await;
+    conn_task.abort();
+    result
+}
+
+async fn apply_family(handle: &Handle, version: IpVersion) -> Result<(), RoutingError> {
+    let v6 = matches!(version, IpVersion::V6);
+    let rules: Vec<RuleMessage> = handle
+        .rule()
+        .get(version.clone())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| RoutingError::Netlink {
+            step: "listing rules",
+            source,
+        })?;
+
+    if !rules.iter().any(is_inbound_rule) {
+        let add = handle
+            .rule()
+            .add()
+            .priority(INBOUND_RULE_PRIORITY)
+            .fw_mark(PROXY_INBOUND_MARK)
+            .table_id(INBOUND_ROUTE_TABLE);
+        let step = "adding the fwmark rule";
+        let res = if v6 {
+            add.v6().execute().await
+        } else {
+            add.v4().execute().await
+        };
+        res.map_err(|source| RoutingError::Netlink { step, source })?;
+    }
+    if !rules
+        .iter()
+        .any(|r| rule_priority(r) == Some(LOCAL_RULE_PRIORITY) && rule_table(r) == LOCAL_TABLE)
+    {
+        let add = handle
+            .rule()
+            .add()
+            .priority(LOCAL_RULE_PRIORITY)
+            .table_id(LOCAL_TABLE);
+        let step = "adding the local rule at priority 100";
+        let res = if v6 {
+            add.v6().execute().await
+        } else {
+            add.v4().execute().await
+        };
+        res.map_err(|source| RoutingError::Netlink { step, source })?;
+    }
+    // Only now, with the local table reachable at 100, remove it from priority 0.
+    for rule in rules
+        .iter()
+        .filter(|r| rule_priority(r).unwrap_or(0) == 0 && rule_table(r) == LOCAL_TABLE)
+    {
+        handle
+            .rule()
+            .del(rule.clone())
+            .execute()
+            .await
+            .map_err(|source| RoutingError::Netlink {
+                step: "moving the local rule",
+                source,
+            })?;
+    }
+    let route = if v6 {
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(std::net::Ipv6Addr::UNSPECIFIED, 0)
+            .kind(RouteType::Local)
+            .table_id(INBOUND_ROUTE_TABLE)
+            .output_interface(LOOPBACK_IFINDEX)
+            .build()
+    } else {
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(std::net::Ipv4Addr::UNSPECIFIED, 0)
+            .kind(RouteType::Local)
+            .table_id(INBOUND_ROUTE_TABLE)
+            .output_interface(LOOPBACK_IFINDEX)
+            .build()
+    };
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(|source| RoutingError::Netlink {
+            step: "adding the local route to lo",
+            source,
+        })?;
+    Ok(())
+}
+
+fn is_inbound_rule(rule: &RuleMessage) -> bool {
+    rule_priority(rule) == Some(INBOUND_RULE_PRIORITY)
+        && rule
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == PROXY_INBOUND_MARK))
+        && rule_table(rule) == INBOUND_ROUTE_TABLE
+}
+
+fn rule_priority(rule: &RuleMessage) -> Option<u32> {
+    rule.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Priority(p) => Some(*p),
+        _ => None,
+    })
+}
+
+fn rule_table(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}

@@ -1,0 +1,106 @@
+//! Copying bytes both ways between two TCP streams, with half-close propagated.
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Per-direction buffer; small enough to hold thousands of idle connections (see issue 7 for tuning).
+const BUF_SIZE: usize = 16 * 1024;
+
+/// What a finished relay moved.
+#[derive(Debug)]
+pub struct RelayOutcome {
+    /// Bytes from the client to the upstream.
+    pub to_upstream: u64,
+    /// Bytes from the upstream to the client.
+    pub to_client: u64,
+    /// The error that ended the relay, if it did not end with both sides closing.
+    pub error: Option<std::io::Error>,
+}
+
+/// Copies until both directions finished (each end's FIN is passed on as a write shutdown).
+pub async fn copy_both_ways(mut client: TcpStream, mut upstream: TcpStream) -> RelayOutcome {
+    let mut counted = Counted::default();
+    let result = {
+        let (mut cr, mut cw) = client.split();
+        let (mut ur, mut uw) = upstream.split();
+        let up = copy_half(&mut cr, &mut uw, &mut counted.to_upstream);
+        let down = copy_half(&mut ur, &mut cw, &mut counted.to_client);
+        tokio::try_join!(up, down)
+    };
+    let error = match result {
+        Ok(_) => None,
+        Err(error) => {
+            // One side failed: make sure the other end learns it promptly.
+            let _ = client.shutdown().await;
+            let _ = upstream.shutdown().await;
+            Some(error)
+        }
+    };
+    RelayOutcome {
+        to_upstream: counted.to_upstream,
+        to_client: counted.to_client,
+        error,
+    }
+}
+
+#[derive(Default)]
+struct Counted {
+    to_upstream: u64,
+    to_client: u64,
+}
+
+async fn copy_half<R, W>(reader: &mut R, writer: &mut W, counter: &mut u64) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        writer.write_all(&buf[..n]).await?;
+        *counter += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn bytes_and_half_close_pass_both_ways() {
+        let (mut app_client, proxy_client_side) = pair().await;
+        let (proxy_upstream_side, mut app_server) = pair().await;
+        let relay = tokio::spawn(copy_both_ways(proxy_client_side, proxy_upstream_side));
+
+        let payload = vec![7u8; 300_000];
+        app_client.write_all(&payload).await.unwrap();
+        app_client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        app_server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, payload, "client bytes and FIN reach the server");
+
+        app_server.write_all(b"reply").await.unwrap();
+        app_server.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        app_client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"reply");
+
+        let outcome = relay.await.unwrap();
+        assert_eq!((outcome.to_upstream, outcome.to_client), (300_000, 5));
+        assert!(outcome.error.is_none());
+    }
+}
