@@ -19,13 +19,24 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 #[derive(Debug)]
 pub struct HostNetns {
     fd: OwnedFd,
+    cookie: u64,
 }
 
 impl HostNetns {
     /// Opens the netns of the calling thread; call once at start-up, before any switch.
     pub fn current() -> io::Result<Arc<Self>> {
         let file = File::open("/proc/thread-self/ns/net")?;
-        Ok(Arc::new(Self { fd: file.into() }))
+        let probe = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::DGRAM, None)?;
+        let cookie = socket_netns_cookie(probe.as_fd())?;
+        Ok(Arc::new(Self {
+            fd: file.into(),
+            cookie,
+        }))
+    }
+
+    /// The cookie of the proxy's own netns: a pod never has it.
+    pub fn cookie(&self) -> u64 {
+        self.cookie
     }
 }
 

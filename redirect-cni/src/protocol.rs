@@ -205,10 +205,19 @@ pub struct Datagram {
 }
 
 /// Sends `bytes` as one datagram, with `fd` attached as `SCM_RIGHTS` when given.
-pub fn send_datagram(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+pub fn send_datagram(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let mut control = ControlBuf::new();
-    let control_len = fd.map(|fd| control.write_scm_rights(fd.as_raw_fd())).unwrap_or(0);
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
+    let control_len = fd
+        .map(|fd| control.write_scm_rights(fd.as_raw_fd()))
+        .unwrap_or(0);
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
     // SAFETY: an all-zero msghdr is a valid empty header.
     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
     hdr.msg_iov = &raw mut iov;
@@ -223,7 +232,10 @@ pub fn send_datagram(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'
         return Err(io::Error::last_os_error());
     }
     if sent as usize != bytes.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "datagram sent partially"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "datagram sent partially",
+        ));
     }
     Ok(())
 }
@@ -235,7 +247,10 @@ pub fn send_datagram(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'
 pub fn recv_datagram(sock: BorrowedFd<'_>) -> io::Result<Option<Datagram>> {
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
     let mut control = ControlBuf::new();
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: an all-zero msghdr is a valid empty header.
     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
     hdr.msg_iov = &raw mut iov;
@@ -250,10 +265,16 @@ pub fn recv_datagram(sock: BorrowedFd<'_>) -> io::Result<Option<Datagram>> {
     let n = n as usize;
     let fds = control.read_scm_rights(hdr.msg_controllen as usize);
     if hdr.msg_flags & libc::MSG_TRUNC != 0 || n > MAX_MESSAGE_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "message larger than 64 KiB"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message larger than 64 KiB",
+        ));
     }
     if hdr.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > MAX_FDS {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many file descriptors"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many file descriptors",
+        ));
     }
     if n == 0 && fds.is_empty() {
         return Ok(None);
@@ -269,7 +290,10 @@ pub fn call(
     fd: Option<BorrowedFd<'_>>,
     timeout: Duration,
 ) -> Result<Response, ProtocolError> {
-    let connect_err = |source| ProtocolError::Connect { path: path.display().to_string(), source };
+    let connect_err = |source| ProtocolError::Connect {
+        path: path.display().to_string(),
+        source,
+    };
     let sock = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None).map_err(connect_err)?;
     let addr = SockAddr::unix(path).map_err(connect_err)?;
     sock.set_write_timeout(Some(timeout)).map_err(connect_err)?;
@@ -324,8 +348,13 @@ impl ControlBuf {
     fn write_scm_rights(&mut self, fd: RawFd) -> usize {
         let fd_len = std::mem::size_of::<RawFd>() as libc::c_uint;
         // SAFETY: CMSG_SPACE/CMSG_LEN/CMSG_LEN(0) are pure arithmetic.
-        let (space, len, data_at) =
-            unsafe { (libc::CMSG_SPACE(fd_len), libc::CMSG_LEN(fd_len), libc::CMSG_LEN(0)) };
+        let (space, len, data_at) = unsafe {
+            (
+                libc::CMSG_SPACE(fd_len),
+                libc::CMSG_LEN(fd_len),
+                libc::CMSG_LEN(0),
+            )
+        };
         let hdr = libc::cmsghdr {
             cmsg_len: len as _,
             cmsg_level: libc::SOL_SOCKET,
@@ -399,7 +428,10 @@ mod tests {
                     name: "web-0".into(),
                     service_account: None,
                 },
-                attachment: Attachment { container_id: "c1".into(), ifname: "eth0".into() },
+                attachment: Attachment {
+                    container_id: "c1".into(),
+                    ifname: "eth0".into(),
+                },
                 netns_path: "/var/run/netns/x".into(),
                 ips: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
             },
@@ -421,7 +453,10 @@ mod tests {
     fn add_without_descriptor_is_refused() {
         let bytes = serde_json::to_vec(&sample_add()).unwrap();
         let err = decode_request(&Datagram { bytes, fds: vec![] }).unwrap_err();
-        assert!(err.to_string().contains("exactly one netns descriptor"), "{err}");
+        assert!(
+            err.to_string().contains("exactly one netns descriptor"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -430,17 +465,37 @@ mod tests {
         let file = std::fs::File::open("/dev/null").unwrap();
         let del = Request::Del {
             version: PROTOCOL_VERSION,
-            attachment: Attachment { container_id: "c".into(), ifname: "eth0".into() },
+            attachment: Attachment {
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+            },
         };
-        send_datagram(a.as_fd(), &serde_json::to_vec(&del).unwrap(), Some(file.as_fd())).unwrap();
+        send_datagram(
+            a.as_fd(),
+            &serde_json::to_vec(&del).unwrap(),
+            Some(file.as_fd()),
+        )
+        .unwrap();
         let got = recv_datagram(b.as_fd()).unwrap().unwrap();
-        assert!(decode_request(&got).unwrap_err().to_string().contains("only add"));
+        assert!(
+            decode_request(&got)
+                .unwrap_err()
+                .to_string()
+                .contains("only add")
+        );
     }
 
     #[test]
     fn garbage_and_unknown_fields_are_refused() {
-        for bytes in [&b"not json"[..], br#"{"op":"nuke"}"#, br#"{"op":"status","version":1,"x":2}"#] {
-            let err = decode_request(&Datagram { bytes: bytes.to_vec(), fds: vec![] });
+        for bytes in [
+            &b"not json"[..],
+            br#"{"op":"nuke"}"#,
+            br#"{"op":"status","version":1,"x":2}"#,
+        ] {
+            let err = decode_request(&Datagram {
+                bytes: bytes.to_vec(),
+                fds: vec![],
+            });
             assert!(matches!(err, Err(ProtocolError::Decode(_))), "{bytes:?}");
         }
     }

@@ -114,6 +114,12 @@ impl Registry {
                 format!("{who}: the descriptor is not a usable network namespace: {e}"),
             )
         })?;
+        if netns.cookie() == self.host.cookie() {
+            return Err(EnrollError::new(
+                ErrorKind::Netns,
+                format!("{who}: the descriptor is the node proxy's own network namespace"),
+            ));
+        }
         let mut pods = self.pods.lock().await;
         if let Some(existing) = pods.get(&add.pod.uid) {
             if existing.record.netns_cookie == netns.cookie() {
