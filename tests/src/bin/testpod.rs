@@ -1,0 +1,443 @@
+//! testpod: the application the integration tests run inside pods (std only).
+//!
+//! ```text
+//! testpod serve --port P [--v6]
+//!     listen on 0.0.0.0:P (or [::]:P, which takes IPv4 too); print "listening <addr>" once bound;
+//!     per connection write "peer=<ip>:<port> local=<ip>:<port>\n", then echo until EOF.
+//! testpod connect <ip:port> [--send TEXT] [--timeout-ms N]
+//!     print {"ok":true,"peername":..,"sockname":..,"greeting":..,"echo":..}
+//!     or {"ok":false,"error":"refused|reset|timeout|other","detail":..} and exit 1.
+//! testpod bulk <ip:port> --bytes N [--timeout-ms N]
+//!     send N pseudo-random bytes while reading the echo; verify count and checksum;
+//!     print {"ok":true,"bytes":N,"elapsed_ms":..} (or a failure as for connect).
+//! ```
+//! Addresses are printed canonically (an IPv4-mapped IPv6 peer shows as plain IPv4).
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: testpod serve --port P [--v6]\n       testpod connect <ip:port> [--send TEXT] [--timeout-ms N]\n       testpod bulk <ip:port> --bytes N [--timeout-ms N]";
+const CHUNK: usize = 64 * 1024;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let flags = match Flags::parse(rest) {
+        Ok(flags) => flags,
+        Err(e) => {
+            eprintln!("testpod: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command.as_str() {
+        "serve" => serve(&flags),
+        "connect" => client(&flags, connect),
+        "bulk" => client(&flags, bulk),
+        other => Err(format!("unknown command {other:?}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("testpod: {e}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Positional arguments and `--flag [value]` pairs.
+struct Flags {
+    positional: Vec<String>,
+    values: HashMap<String, String>,
+    switches: Vec<String>,
+}
+
+impl Flags {
+    fn parse(args: &[String]) -> Result<Flags, String> {
+        let mut flags = Flags {
+            positional: Vec::new(),
+            values: HashMap::new(),
+            switches: Vec::new(),
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.strip_prefix("--") {
+                Some(name @ "v6") => flags.switches.push(name.to_owned()),
+                Some(name @ ("port" | "send" | "timeout-ms" | "bytes")) => {
+                    let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                    flags.values.insert(name.to_owned(), value.clone());
+                }
+                Some(name) => return Err(format!("unknown flag --{name}")),
+                None => flags.positional.push(arg.clone()),
+            }
+        }
+        Ok(flags)
+    }
+
+    fn number(&self, name: &str) -> Result<Option<u64>, String> {
+        self.values
+            .get(name)
+            .map(|v| v.parse().map_err(|e| format!("--{name} {v:?}: {e}")))
+            .transpose()
+    }
+}
+
+fn serve(flags: &Flags) -> Result<ExitCode, String> {
+    let port = flags.number("port")?.ok_or("serve needs --port")?;
+    let port = u16::try_from(port).map_err(|_| format!("--port {port} is out of range"))?;
+    let bind: SocketAddr = if flags.switches.iter().any(|s| s == "v6") {
+        (std::net::Ipv6Addr::UNSPECIFIED, port).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+    };
+    let listener = TcpListener::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "listening {local}")
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())?;
+    drop(out);
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                std::thread::spawn(move || {
+                    if let Err(e) = echo(stream) {
+                        eprintln!("testpod serve: connection: {e}");
+                    }
+                });
+            }
+            Err(e) => eprintln!("testpod serve: accept: {e}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+fn echo(mut stream: TcpStream) -> io::Result<()> {
+    let peer = canonical(stream.peer_addr()?);
+    let local = canonical(stream.local_addr()?);
+    stream.write_all(format!("peer={peer} local={local}\n").as_bytes())?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        stream.write_all(&buf[..n])?;
+    }
+    stream.shutdown(Shutdown::Both)
+}
+
+/// A failure reported as `{"ok":false,...}`.
+struct Failure {
+    kind: &'static str,
+    detail: String,
+}
+
+impl Failure {
+    fn io(what: &str, e: &io::Error) -> Failure {
+        let kind = match e.kind() {
+            ErrorKind::ConnectionRefused => "refused",
+            ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof => "reset",
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout",
+            _ => "other",
+        };
+        Failure {
+            kind,
+            detail: format!("{what}: {e}"),
+        }
+    }
+}
+
+type Client = fn(&Flags, TcpStream, String) -> Result<Vec<(&'static str, Json)>, Failure>;
+
+/// Connects to the positional address, reads the greeting, hands over to `body`, and prints
+/// the one JSON line.
+fn client(flags: &Flags, body: Client) -> Result<ExitCode, String> {
+    let target = flags.positional.first().ok_or("missing <ip:port>")?;
+    let addr: SocketAddr = target
+        .parse()
+        .map_err(|e| format!("bad address {target:?}: {e}"))?;
+    let default_ms = if flags.values.contains_key("bytes") {
+        60_000
+    } else {
+        5_000
+    };
+    let timeout = Duration::from_millis(flags.number("timeout-ms")?.unwrap_or(default_ms).max(1));
+    let outcome = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| Failure::io("connect", &e))
+        .and_then(|stream| {
+            stream
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| stream.set_write_timeout(Some(timeout)))
+                .map_err(|e| Failure::io("set timeouts", &e))?;
+            let mut fields = vec![
+                ("peername", peer_field(stream.peer_addr())),
+                ("sockname", peer_field(stream.local_addr())),
+            ];
+            let greeting = read_line(&stream)?;
+            fields.extend(body(flags, stream, greeting)?);
+            Ok(fields)
+        });
+    match outcome {
+        Ok(fields) => {
+            let mut all = vec![("ok", Json::Bool(true))];
+            all.extend(fields);
+            println!("{}", object(&all));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(f) => {
+            let all = [
+                ("ok", Json::Bool(false)),
+                ("error", Json::Str(f.kind.to_owned())),
+                ("detail", Json::Str(f.detail)),
+            ];
+            println!("{}", object(&all));
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn peer_field(addr: io::Result<SocketAddr>) -> Json {
+    Json::Str(addr.map_or_else(|e| format!("error: {e}"), |a| canonical(a).to_string()))
+}
+
+/// Reads the greeting line one byte at a time, so nothing after it is consumed.
+fn read_line(mut stream: &TcpStream) -> Result<String, Failure> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => {
+                return Err(Failure {
+                    kind: "reset",
+                    detail: format!(
+                        "connection closed before the greeting line (got {:?})",
+                        String::from_utf8_lossy(&line)
+                    ),
+                });
+            }
+            Ok(_) if byte[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failure::io("reading the greeting", &e)),
+        }
+    }
+}
+
+fn connect(
+    flags: &Flags,
+    mut stream: TcpStream,
+    greeting: String,
+) -> Result<Vec<(&'static str, Json)>, Failure> {
+    let text = flags.values.get("send").cloned().unwrap_or_default();
+    stream
+        .write_all(text.as_bytes())
+        .map_err(|e| Failure::io("sending", &e))?;
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| Failure::io("half-closing", &e))?;
+    let mut echoed = Vec::new();
+    BufReader::new(&stream)
+        .read_to_end(&mut echoed)
+        .map_err(|e| Failure::io("reading the echo", &e))?;
+    Ok(vec![
+        ("greeting", Json::Str(greeting)),
+        (
+            "echo",
+            Json::Str(String::from_utf8_lossy(&echoed).into_owned()),
+        ),
+    ])
+}
+
+/// xorshift64*: the same byte stream on both sides of the checksum.
+struct Bytes(u64);
+
+impl Bytes {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// FNV-1a over a stream of chunks.
+struct Checksum(u64);
+
+impl Checksum {
+    fn new() -> Checksum {
+        Checksum(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+fn bulk(
+    flags: &Flags,
+    stream: TcpStream,
+    greeting: String,
+) -> Result<Vec<(&'static str, Json)>, Failure> {
+    let total = flags
+        .number("bytes")
+        .map_err(|detail| Failure {
+            kind: "other",
+            detail,
+        })?
+        .unwrap_or(0);
+    let started = Instant::now();
+    let mut writer = stream.try_clone().map_err(|e| Failure::io("cloning", &e))?;
+    let sender = std::thread::spawn(move || -> io::Result<u64> {
+        let mut stream_bytes = Bytes(0x9e37_79b9_7f4a_7c15);
+        let mut sum = Checksum::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = total;
+        while left > 0 {
+            let n = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+            stream_bytes.fill(&mut buf[..n]);
+            sum.update(&buf[..n]);
+            writer.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        writer.shutdown(Shutdown::Write)?;
+        Ok(sum.0)
+    });
+    let mut reader = &stream;
+    let mut sum = Checksum::new();
+    let mut received: u64 = 0;
+    let mut buf = vec![0u8; CHUNK];
+    let read_result = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                sum.update(&buf[..n]);
+                received += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let elapsed = started.elapsed();
+    let sent = sender.join().map_err(|_| Failure {
+        kind: "other",
+        detail: "sender thread panicked".to_owned(),
+    })?;
+    let expected = sent.map_err(|e| Failure::io("sending", &e))?;
+    read_result.map_err(|e| Failure::io("reading the echo", &e))?;
+    if received != total || sum.0 != expected {
+        return Err(Failure {
+            kind: "other",
+            detail: format!(
+                "echo mismatch: sent {total} bytes (checksum {expected:016x}), got {received} (checksum {:016x})",
+                sum.0
+            ),
+        });
+    }
+    Ok(vec![
+        ("greeting", Json::Str(greeting)),
+        ("bytes", Json::Num(total)),
+        (
+            "elapsed_ms",
+            Json::Num(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)),
+        ),
+    ])
+}
+
+/// The few JSON values testpod prints.
+enum Json {
+    Bool(bool),
+    Num(u64),
+    Str(String),
+}
+
+fn object(fields: &[(&str, Json)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Json::Bool(b) => b.to_string(),
+                Json::Num(n) => n.to_string(),
+                Json::Str(s) => quote(s),
+            };
+            format!("{}:{v}", quote(k))
+        })
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_json_strings() {
+        assert_eq!(quote("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    #[test]
+    fn parses_flags() {
+        let args: Vec<String> = ["1.2.3.4:5", "--send", "hi", "--v6"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let f = Flags::parse(&args).unwrap();
+        assert_eq!(f.positional, ["1.2.3.4:5"]);
+        assert_eq!(f.values["send"], "hi");
+        assert_eq!(f.switches, ["v6"]);
+    }
+
+    #[test]
+    fn rejects_bad_flags() {
+        let bad = |a: &[&str]| Flags::parse(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert!(bad(&["--send"]).is_err());
+        assert!(bad(&["--nope"]).is_err());
+        let f = bad(&["--port", "x"]).unwrap();
+        assert!(f.number("port").is_err());
+    }
+
+    #[test]
+    fn byte_stream_is_reproducible() {
+        let (mut a, mut b) = (Bytes(1), Bytes(1));
+        let (mut x, mut y) = ([0u8; 13], [0u8; 13]);
+        a.fill(&mut x);
+        b.fill(&mut y);
+        assert_eq!(x, y);
+        assert_ne!(x, [0u8; 13]);
+    }
+}
