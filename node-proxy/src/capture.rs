@@ -222,8 +222,12 @@ impl Capture {
     }
 
     /// Is there a live inbound socket for this address?
+    ///
+    /// The kernel answers a user-space lookup in a SOCKHASH only for 8-byte values (the socket
+    /// cookie), so this walks the keys instead: sockets leave the map when they close.
     pub fn has_inbound_socket(&self, addr: IpAddr) -> bool {
-        self.inbound_socks.get(&ip_key(addr), 0).is_ok()
+        let key = ip_key(addr);
+        self.inbound_socks.keys().any(|k| k.is_ok_and(|k| k == key))
     }
 
     /// Is the `sk_lookup` link of this netns pinned?

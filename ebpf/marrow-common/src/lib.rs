@@ -77,7 +77,9 @@ impl IpKey {
     /// The IPv4-mapped key of an address given as in `bpf_sock_addr.user_ip4` (network order).
     pub const fn from_v4_be(ip4_be: u32) -> Self {
         // 0x0000ffff in network byte order is the bytes 00 00 ff ff.
-        Self { addr: [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), ip4_be] }
+        Self {
+            addr: [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), ip4_be],
+        }
     }
 
     /// An IPv6 key from the kernel's `__be32[4]`.
@@ -100,7 +102,12 @@ impl IpKey {
     /// The 16 octets of the address (IPv4 comes back IPv4-mapped).
     pub const fn octets(&self) -> [u8; 16] {
         let [a, b, c, d] = self.addr;
-        let (a, b, c, d) = (a.to_ne_bytes(), b.to_ne_bytes(), c.to_ne_bytes(), d.to_ne_bytes());
+        let (a, b, c, d) = (
+            a.to_ne_bytes(),
+            b.to_ne_bytes(),
+            c.to_ne_bytes(),
+            d.to_ne_bytes(),
+        );
         [
             a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
             d[2], d[3],
@@ -172,7 +179,9 @@ mod tests {
 
     #[test]
     fn v6_octets_round_trip() {
-        let o = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42];
+        let o = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42,
+        ];
         assert_eq!(IpKey::from_octets(o).octets(), o);
     }
 }

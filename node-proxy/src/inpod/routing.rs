@@ -13,8 +13,8 @@ use futures::TryStreamExt;
 use marrow_common::{
     INBOUND_ROUTE_TABLE, INBOUND_RULE_PRIORITY, LOCAL_RULE_PRIORITY, PROXY_INBOUND_MARK,
 };
-use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::netns::PodNetns;
@@ -87,7 +87,10 @@ async fn apply_family(handle: &Handle, version: IpVersion) -> Result<(), Routing
             .add()
             .priority(INBOUND_RULE_PRIORITY)
             .fw_mark(PROXY_INBOUND_MARK)
-            .table_id(INBOUND_ROUTE_TABLE);
+            .table_id(INBOUND_ROUTE_TABLE)
+            // Without an explicit action the rule is FR_ACT_UNSPEC, and the kernel answers
+            // every lookup that reaches it with EINVAL.
+            .action(RuleAction::ToTable);
         let step = "adding the fwmark rule";
         let res = if v6 {
             add.v6().execute().await
@@ -98,13 +101,14 @@ async fn apply_family(handle: &Handle, version: IpVersion) -> Result<(), Routing
     }
     if !rules
         .iter()
-        .any(|r| rule_priority(r) == Some(LOCAL_RULE_PRIORITY) && rule_table(r) == LOCAL_TABLE)
+        .any(|r| is_lookup(r, LOCAL_RULE_PRIORITY, LOCAL_TABLE))
     {
         let add = handle
             .rule()
             .add()
             .priority(LOCAL_RULE_PRIORITY)
-            .table_id(LOCAL_TABLE);
+            .table_id(LOCAL_TABLE)
+            .action(RuleAction::ToTable);
         let step = "adding the local rule at priority 100";
         let res = if v6 {
             add.v6().execute().await
@@ -132,6 +136,7 @@ async fn apply_family(handle: &Handle, version: IpVersion) -> Result<(), Routing
         RouteMessageBuilder::<std::net::Ipv6Addr>::new()
             .destination_prefix(std::net::Ipv6Addr::UNSPECIFIED, 0)
             .kind(RouteType::Local)
+            .scope(RouteScope::Host)
             .table_id(INBOUND_ROUTE_TABLE)
             .output_interface(LOOPBACK_IFINDEX)
             .build()
@@ -139,6 +144,7 @@ async fn apply_family(handle: &Handle, version: IpVersion) -> Result<(), Routing
         RouteMessageBuilder::<std::net::Ipv4Addr>::new()
             .destination_prefix(std::net::Ipv4Addr::UNSPECIFIED, 0)
             .kind(RouteType::Local)
+            .scope(RouteScope::Host)
             .table_id(INBOUND_ROUTE_TABLE)
             .output_interface(LOOPBACK_IFINDEX)
             .build()
@@ -156,13 +162,19 @@ async fn apply_family(handle: &Handle, version: IpVersion) -> Result<(), Routing
     Ok(())
 }
 
+/// A rule at `priority` that looks up `table`.
+fn is_lookup(rule: &RuleMessage, priority: u32, table: u32) -> bool {
+    rule_priority(rule) == Some(priority)
+        && rule_table(rule) == table
+        && rule.header.action == RuleAction::ToTable
+}
+
 fn is_inbound_rule(rule: &RuleMessage) -> bool {
-    rule_priority(rule) == Some(INBOUND_RULE_PRIORITY)
+    is_lookup(rule, INBOUND_RULE_PRIORITY, INBOUND_ROUTE_TABLE)
         && rule
             .attributes
             .iter()
             .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == PROXY_INBOUND_MARK))
-        && rule_table(rule) == INBOUND_ROUTE_TABLE
 }
 
 fn rule_priority(rule: &RuleMessage) -> Option<u32> {

@@ -1,0 +1,60 @@
+//! `cargo xtask`: marrow's developer tasks that cargo alone cannot express.
+//!
+//! - `setup` installs what building and testing marrow needs, skipping what is present.
+//! - `build-ebpf` builds the kernel-side object (`ebpf/marrow-ebpf`, outside the workspace
+//!   because it targets `bpfel-unknown-none`) and copies it to `target/marrow-ebpf.o`.
+//!
+//! Every task prints each step and how long it took, and fails with a message that says what
+//! to do about it.
+
+mod build_ebpf;
+mod process;
+mod setup;
+mod toolchain;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Command line of `cargo xtask`.
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "marrow's developer tasks"
+)]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// The tasks. Later ones (demo, bench) slot in here.
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain and test tools that are missing (apt packages, rust-src,
+    /// bpf-linker). Safe to run again.
+    Setup,
+    /// Build the eBPF object and copy it to target/marrow-ebpf.o.
+    BuildEbpf(build_ebpf::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf(options) => {
+            let object = build_ebpf::run(&options)?;
+            println!("{}", object.display());
+            Ok(())
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask's manifest directory has no parent (expected <workspace>/xtask)")
+}
