@@ -21,7 +21,7 @@ const TARGET: &str = "bpfel-unknown-none";
 const OBJECT: &str = "target/marrow-ebpf.o";
 
 /// Options of `build-ebpf`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Options {
     /// Build with the dev profile instead of release. Both optimise: the verifier rejects
     /// unoptimised code.

@@ -7,9 +7,12 @@
 //! Every task prints each step and how long it took, and fails with a message that says what
 //! to do about it.
 
+mod bench;
 mod build_ebpf;
+mod demo;
 mod process;
 mod setup;
+mod test;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -30,7 +33,7 @@ struct Cli {
     task: Task,
 }
 
-/// The tasks. Later ones (demo, bench) slot in here.
+/// The tasks.
 #[derive(Subcommand)]
 enum Task {
     /// Install the toolchain and test tools that are missing (apt packages, rust-src,
@@ -38,6 +41,12 @@ enum Task {
     Setup,
     /// Build the eBPF object and copy it to target/marrow-ebpf.o.
     BuildEbpf(build_ebpf::Options),
+    /// Set up, build everything and run the whole test suite (README's test command).
+    Test(test::Options),
+    /// Run the demo: pods on a node made of network namespaces, captured by marrow.
+    Demo(demo::Options),
+    /// Measure marrow against the direct path on namespaced nodes.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +57,9 @@ fn main() -> anyhow::Result<()> {
             println!("{}", object.display());
             Ok(())
         }
+        Task::Test(options) => test::run(&options),
+        Task::Demo(options) => demo::run(&options),
+        Task::Bench(options) => bench::run(&options),
     }
 }
 

@@ -1,0 +1,68 @@
+//! `cargo xtask test`: README's test command. Does its own set-up, builds everything the
+//! integration tests run (the eBPF object, node-proxy, redirect-cni, testpod), then runs the
+//! workspace's tests. The namespace tests need root; without it they print `SKIPPED`.
+
+use std::process::Command;
+
+use crate::process::{self, timed};
+
+/// Options of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Skip `cargo xtask setup` (the tools are known to be installed).
+    #[arg(long)]
+    pub no_setup: bool,
+    /// Also check formatting and run clippy with warnings denied, as CI does.
+    #[arg(long)]
+    pub lint: bool,
+    /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
+}
+
+/// Runs the whole suite.
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    if !options.no_setup {
+        crate::setup::run()?;
+    }
+    timed("build the eBPF object", || {
+        crate::build_ebpf::run(&crate::build_ebpf::Options::default()).map(|_| ())
+    })?;
+    let root = crate::workspace_root()?;
+    timed("build the binaries", || {
+        process::run(Command::new("cargo").current_dir(&root).args([
+            "build",
+            "--workspace",
+            "--bins",
+            "-j2",
+        ]))
+    })?;
+    if options.lint {
+        timed("cargo fmt --check", || {
+            process::run(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args(["fmt", "--all", "--check"]),
+            )
+        })?;
+        timed("cargo clippy", || {
+            process::run(Command::new("cargo").current_dir(&root).args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "-j2",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        })?;
+    }
+    timed("cargo test", || {
+        // Two test threads: the namespace tests are light, and the machine has two cores.
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&root)
+            .args(["test", "--workspace", "-j2", "--", "--test-threads=2"]);
+        cmd.args(&options.test_args);
+        process::run(&mut cmd)
+    })
+}
