@@ -12,9 +12,9 @@ pub struct Options {
     /// Skip `cargo xtask setup` (the tools are known to be installed).
     #[arg(long)]
     pub no_setup: bool,
-    /// Also check formatting and run clippy with warnings denied, as CI does.
+    /// Skip `cargo fmt --check` and clippy (which run by default, as in CI).
     #[arg(long)]
-    pub lint: bool,
+    pub no_lint: bool,
     /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
     #[arg(last = true)]
     pub test_args: Vec<String>,
@@ -37,7 +37,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             "-j2",
         ]))
     })?;
-    if options.lint {
+    if !options.no_lint {
         timed("cargo fmt --check", || {
             process::run(
                 Command::new("cargo")
