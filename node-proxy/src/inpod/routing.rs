@@ -15,7 +15,7 @@ use marrow_common::{
 };
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder, RuleAddRequest};
 
 use crate::netns::PodNetns;
 
@@ -82,40 +82,21 @@ async fn apply_family(handle: &Handle, version: IpVersion) -> Result<(), Routing
         })?;
 
     if !rules.iter().any(is_inbound_rule) {
-        let add = handle
-            .rule()
-            .add()
-            .priority(INBOUND_RULE_PRIORITY)
-            .fw_mark(PROXY_INBOUND_MARK)
-            .table_id(INBOUND_ROUTE_TABLE)
-            // Without an explicit action the rule is FR_ACT_UNSPEC, and the kernel answers
-            // every lookup that reaches it with EINVAL.
-            .action(RuleAction::ToTable);
         let step = "adding the fwmark rule";
-        let res = if v6 {
-            add.v6().execute().await
-        } else {
-            add.v4().execute().await
-        };
-        res.map_err(|source| RoutingError::Netlink { step, source })?;
+        let rule = lookup_rule(handle, INBOUND_RULE_PRIORITY, INBOUND_ROUTE_TABLE);
+        add_rule(rule.fw_mark(PROXY_INBOUND_MARK), v6, step).await?;
     }
     if !rules
         .iter()
         .any(|r| is_lookup(r, LOCAL_RULE_PRIORITY, LOCAL_TABLE))
     {
-        let add = handle
-            .rule()
-            .add()
-            .priority(LOCAL_RULE_PRIORITY)
-            .table_id(LOCAL_TABLE)
-            .action(RuleAction::ToTable);
         let step = "adding the local rule at priority 100";
-        let res = if v6 {
-            add.v6().execute().await
-        } else {
-            add.v4().execute().await
-        };
-        res.map_err(|source| RoutingError::Netlink { step, source })?;
+        add_rule(
+            lookup_rule(handle, LOCAL_RULE_PRIORITY, LOCAL_TABLE),
+            v6,
+            step,
+        )
+        .await?;
     }
     // Only now, with the local table reachable at 100, remove it from priority 0.
     for rule in rules
@@ -162,7 +143,28 @@ async fn apply_family(handle: &Handle, version: IpVersion) -> Result<(), Routing
     Ok(())
 }
 
-/// A rule at `priority` that looks up `table`.
+/// A request for a rule at `priority` that looks up `table`.
+fn lookup_rule(handle: &Handle, priority: u32, table: u32) -> RuleAddRequest {
+    handle
+        .rule()
+        .add()
+        .priority(priority)
+        .table_id(table)
+        // Without an explicit action the rule is FR_ACT_UNSPEC, and the kernel answers every
+        // lookup that reaches it with EINVAL.
+        .action(RuleAction::ToTable)
+}
+
+async fn add_rule(rule: RuleAddRequest, v6: bool, step: &'static str) -> Result<(), RoutingError> {
+    let result = if v6 {
+        rule.v6().execute().await
+    } else {
+        rule.v4().execute().await
+    };
+    result.map_err(|source| RoutingError::Netlink { step, source })
+}
+
+/// Is `rule` at `priority`, looking up `table`?
 fn is_lookup(rule: &RuleMessage, priority: u32, table: u32) -> bool {
     rule_priority(rule) == Some(priority)
         && rule_table(rule) == table
