@@ -1,10 +1,175 @@
-//! `cargo xtask demo` (being written).
+//! `cargo xtask demo`: README's first command. Shows, on this machine, what marrow does today:
+//! one node made of network namespaces, pods wired by a real CNI chain, their TCP captured by
+//! eBPF and carried by the node proxy, metrics with Istio's names, and failing closed when the
+//! proxy is down.
+//!
+//! It does its own set-up (tools, the eBPF object, the binaries) with each step timed, needs
+//! root, and prints a report a newcomer can follow: for each step what it does and, marked
+//! `[ok]` or `[FAIL]`, what it saw. It exits non-zero when a check failed.
+//!
+//! Invariant: the demo leaves nothing behind, also when a step fails or Ctrl-C interrupts it.
+//! The fixtures remove what they created when dropped (also while unwinding from a panic); the
+//! SIGINT/SIGTERM handler only sets a flag, so the demo stops at the next step by returning an
+//! error and the fixtures drop. At the end the demo looks for leftovers and reports them.
+
+mod cluster;
+mod observe;
+mod report;
+mod scenarios;
+mod stop;
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use marrow_tests::{BpffsDir, Cgroup};
+
+use crate::process::{self, timed};
+use report::Report;
+use stop::Stop;
 
 /// Options of `cargo xtask demo`.
 #[derive(clap::Args)]
-pub struct Options {}
+pub struct Options {
+    /// Skip `cargo xtask setup` (the tools are known to be installed).
+    #[arg(long)]
+    pub no_setup: bool,
+}
 
-/// Runs the task.
-pub fn run(_options: &Options) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask demo is not written yet")
+/// Runs the demo.
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    require_root()?;
+    let stop = Stop::install()?;
+    println!(
+        "marrow demo: a node proxy that captures pods' TCP with eBPF, on one node of this machine\n"
+    );
+    let started = Instant::now();
+    prepare(options, &stop).map_err(|e| blame_signal(e, &stop))?;
+    let prepared = started.elapsed();
+    explain();
+    let mut report = Report::new(&stop);
+    let outcome = catch_unwind(AssertUnwindSafe(|| scenarios::run(&stop, &mut report)))
+        .unwrap_or_else(|panic| {
+            Err(anyhow::anyhow!(
+                "a demo step failed: {}",
+                panic_message(&*panic)
+            ))
+        })
+        .map_err(|e| blame_signal(e, &stop));
+    // Every fixture has been dropped by now, whatever happened.
+    check_nothing_left(&mut report);
+    println!(
+        "The demo took {} (set-up and builds {}, the node and its checks {}).",
+        process::seconds(started.elapsed()),
+        process::seconds(prepared),
+        process::seconds(started.elapsed().saturating_sub(prepared))
+    );
+    outcome?;
+    report.finish()
+}
+
+/// What a service mesh is and what marrow does, in three lines, for someone who never saw one.
+fn explain() {
+    println!(
+        "\nA service mesh puts a proxy in the path of the connections between apps, to count, secure \
+         and\ncontrol them without changing the apps. marrow runs one proxy per node; eBPF programs \
+         in the\nkernel steer the connections of every enrolled pod to it, and the apps cannot tell."
+    );
+}
+
+/// The error to report for a step that failed: the signal, if one came. A signal also reaches
+/// the proxy and the pods' processes (Ctrl-C signals the whole process group), so whatever
+/// failed after it is the signal's doing.
+fn blame_signal(error: anyhow::Error, stop: &Stop) -> anyhow::Error {
+    match stop.check() {
+        Err(interrupted) => interrupted.into(),
+        Ok(()) => error,
+    }
+}
+
+/// Refuses to start without root, saying why it is needed.
+fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "cargo xtask demo needs root: it creates network namespaces and cgroups and loads \
+             eBPF programs.\nRun it as root, e.g.: sudo -E env \"PATH=$PATH\" cargo xtask demo"
+        );
+    }
+    Ok(())
+}
+
+/// Installs the tools, builds the eBPF object and the binaries, each step timed.
+fn prepare(options: &Options, stop: &Stop) -> anyhow::Result<()> {
+    // setup and build-ebpf announce and time their own steps.
+    if !options.no_setup {
+        println!("==> checking the tools (cargo xtask setup)");
+        crate::setup::run()?;
+        stop.check()?;
+    }
+    crate::build_ebpf::run(&crate::build_ebpf::Options::default())?;
+    stop.check()?;
+    let root = crate::workspace_root()?;
+    timed(
+        "building node-proxy, redirect-cni and testpod (debug)",
+        || {
+            process::run(Command::new("cargo").current_dir(&root).args([
+                "build",
+                "--workspace",
+                "--bins",
+                "-j2",
+            ]))
+        },
+    )?;
+    stop.check()?;
+    if let Some(reason) = marrow_tests::skip_reason() {
+        anyhow::bail!("this machine cannot run the demo: {reason}");
+    }
+    Ok(())
+}
+
+/// Reports anything of the demo's node that is still there after clean-up.
+fn check_nothing_left(report: &mut Report<'_>) {
+    let netns_prefix = format!("mt-{}", cluster::NODE_NAME);
+    let mut left: Vec<String> = std::fs::read_dir(marrow_tests::netns::NETNS_RUN_DIR)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter(|name| {
+                    name == &netns_prefix || name.starts_with(&format!("{netns_prefix}."))
+                })
+                .map(|name| format!("network namespace {name}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if Cgroup::exists(cluster::NODE_NAME) {
+        left.push(format!("cgroup marrow-test-{}", cluster::NODE_NAME));
+    }
+    let pins = BpffsDir::path_for(cluster::NODE_NAME);
+    if Path::exists(&pins) {
+        left.push(format!("bpffs directory {}", pins.display()));
+    }
+    report.record(
+        left.is_empty(),
+        if left.is_empty() {
+            format!(
+                "nothing left: no namespace {netns_prefix}*, no cgroup or eBPF pins marrow-test-{}, \
+                 no demo processes (they were in that cgroup)",
+                cluster::NODE_NAME
+            )
+        } else {
+            format!("left behind: {}", left.join(", "))
+        },
+    );
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
