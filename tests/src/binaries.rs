@@ -6,6 +6,7 @@
 //! `$MARROW_EBPF_OBJECT`. A missing binary panics with the command that builds it.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Where Debian's containernetworking-plugins are installed.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
@@ -14,8 +15,26 @@ pub const BIN_DIR_ENV: &str = "MARROW_BIN_DIR";
 /// Overrides the path of the eBPF object.
 pub const EBPF_OBJECT_ENV: &str = "MARROW_EBPF_OBJECT";
 
+/// The directory chosen by [`set_bin_dir`], if any.
+static BIN_DIR_OVERRIDE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes every later fixture of this process use the binaries in `dir` (e.g.
+/// `target/release`), ahead of `$MARROW_BIN_DIR` and the test executable's directory. Call it
+/// before creating any fixture; it can be set once per process.
+///
+/// # Errors
+/// When it was already set, with the directory that stays in force.
+pub fn set_bin_dir(dir: PathBuf) -> Result<(), PathBuf> {
+    BIN_DIR_OVERRIDE
+        .set(dir)
+        .map_err(|_| BIN_DIR_OVERRIDE.get().cloned().unwrap_or_default())
+}
+
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = BIN_DIR_OVERRIDE.get() {
+        return dir.clone();
+    }
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
         return PathBuf::from(dir);
     }

@@ -1,6 +1,7 @@
-//! What the `testpod` app prints, parsed: the outcome of `testpod connect` and `testpod bulk`.
+//! What the `testpod` app prints, parsed: the outcome of `testpod connect` and `testpod bulk`,
+//! and of the load generators `connect-rate`, `send`, `pingpong` and `hold`.
 //!
-//! Both print exactly one JSON line: `{"ok":true,…}` on success, or
+//! Each prints exactly one JSON line: `{"ok":true,…}` on success, or
 //! `{"ok":false,"error":"refused|reset|timeout|other","detail":"…"}` (and exit 1).
 
 use std::net::SocketAddr;
@@ -128,6 +129,76 @@ pub struct BulkOutcome {
     pub elapsed_ms: u64,
 }
 
+/// The outcome of `testpod connect-rate`: closed loops of connect → greeting → close.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ConnectRate {
+    /// Connections that completed (greeting read).
+    pub connections: u64,
+    /// Attempts that failed (each counted, none fatal).
+    pub errors: u64,
+    /// The measured duration (connections done after it are not counted).
+    pub elapsed_ms: u64,
+    /// Median time from `connect()` to the greeting's newline.
+    pub p50_us: u64,
+    /// 99th percentile of the same.
+    pub p99_us: u64,
+    /// The slowest completed connection (a SYN retransmitted after 1 s shows here).
+    #[serde(default)]
+    pub max_us: u64,
+    /// The first failure's OS error, if any failed.
+    #[serde(default)]
+    pub first_error: Option<String>,
+}
+
+impl ConnectRate {
+    /// Completed connections per second.
+    pub fn per_second(&self) -> f64 {
+        self.connections as f64 / (self.elapsed_ms.max(1) as f64 / 1000.0)
+    }
+}
+
+/// The outcome of `testpod send` against `testpod serve --sink`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Throughput {
+    /// Bytes the sink acknowledged.
+    pub bytes: u64,
+    /// From the first write to the sink's acknowledgement of the last byte.
+    pub elapsed_us: u64,
+}
+
+impl Throughput {
+    /// Gigabits per second of application payload.
+    pub fn gbit_per_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / (self.elapsed_us.max(1) as f64 * 1000.0)
+    }
+}
+
+/// The outcome of `testpod pingpong`: round-trip times in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+pub struct PingPong {
+    /// Round trips measured (after the warm-up).
+    pub count: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+/// The line `testpod hold` prints once every connection is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Held {
+    /// Connections open (each greeted by the server).
+    pub held: u64,
+    /// How long opening them took.
+    pub elapsed_ms: u64,
+}
+
 #[derive(Deserialize)]
 struct Raw {
     ok: bool,
@@ -195,6 +266,36 @@ pub fn parse_bulk_output(stdout: &str) -> Result<Result<BulkOutcome, ConnectFail
     }))
 }
 
+/// The outcome of a load generator: [`ConnectRate`], [`Throughput`], [`PingPong`], [`Held`].
+pub trait LoadOutcome: serde::de::DeserializeOwned {}
+
+impl LoadOutcome for ConnectRate {}
+impl LoadOutcome for Throughput {}
+impl LoadOutcome for PingPong {}
+impl LoadOutcome for Held {}
+
+/// Parses the line of a load generator (`connect-rate`, `send`, `pingpong`, `hold`) into `T`:
+/// `Ok(Ok(outcome))`, or `Ok(Err(failure))` when it printed `"ok":false`.
+///
+/// # Errors
+/// When it is not such a JSON line or lacks a field of `T`.
+pub fn parse_load_output<T: LoadOutcome>(
+    stdout: &str,
+) -> Result<Result<T, ConnectFailure>, String> {
+    let raw = parse_raw(stdout)?;
+    if !raw.ok {
+        return Ok(Err(failure(&raw)));
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    serde_json::from_str(line)
+        .map(Ok)
+        .map_err(|e| format!("testpod printed {stdout:?}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +339,45 @@ mod tests {
         assert!(Greeting::parse("peer=1.2.3.4:5").is_err());
         assert!(Greeting::parse("peer=1.2.3.4:5 local=1.2.3.4:6 extra").is_err());
         assert!(parse_bulk_output(r#"{"ok":true,"bytes":5}"#).is_err());
+    }
+
+    #[test]
+    fn parses_load_generators() {
+        let rate: ConnectRate = parse_load_output(
+            r#"{"ok":true,"connections":3000,"errors":2,"elapsed_ms":1000,"p50_us":250,"p99_us":900,"first_error":"Cannot assign requested address"}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(rate.errors, 2);
+        assert!((rate.per_second() - 3000.0).abs() < 1e-9);
+        assert!(rate.first_error.is_some());
+
+        let t: Throughput =
+            parse_load_output(r#"{"ok":true,"bytes":1000000000,"elapsed_us":1000000}"#)
+                .unwrap()
+                .unwrap();
+        assert!((t.gbit_per_s() - 8.0).abs() < 1e-9);
+
+        let p: PingPong = parse_load_output(
+            r#"{"ok":true,"count":5,"p50_us":20.5,"p90_us":30.0,"p99_us":40.0,"p999_us":50.0,"mean_us":22.1}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.count, 5);
+
+        let h: Held = parse_load_output("{\"ok\":true,\"held\":1000,\"elapsed_ms\":80}\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.held, 1000);
+    }
+
+    #[test]
+    fn load_generator_failures_and_bad_output() {
+        let out = r#"{"ok":false,"error":"reset","detail":"after 10 connections: reset"}"#;
+        let failed = parse_load_output::<Held>(out).unwrap().unwrap_err();
+        assert_eq!(failed.kind, ConnectErrorKind::Reset);
+        assert!(parse_load_output::<Held>("").is_err());
+        assert!(parse_load_output::<Held>(r#"{"ok":true,"held":1}"#).is_err());
+        assert!(parse_load_output::<PingPong>(r#"{"ok":true,"count":"x"}"#).is_err());
     }
 }

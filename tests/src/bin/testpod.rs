@@ -1,15 +1,18 @@
-//! testpod: the application the integration tests run inside pods (std only).
+//! testpod: the application the integration tests run inside pods (std and libc only).
 //!
 //! ```text
-//! testpod serve --port P [--v6]
+//! testpod serve --port P [--v6] [--sink]
 //!     listen on 0.0.0.0:P (or [::]:P, which takes IPv4 too); print "listening <addr>" once bound;
-//!     per connection write "peer=<ip>:<port> local=<ip>:<port>\n", then echo until EOF.
+//!     per connection (one thread each) write "peer=<ip>:<port> local=<ip>:<port>\n", then echo
+//!     until EOF; with --sink read and discard until EOF, then answer "received=<bytes>\n".
 //! testpod connect <ip:port> [--send TEXT] [--timeout-ms N]
 //!     print {"ok":true,"peername":..,"sockname":..,"greeting":..,"echo":..}
 //!     or {"ok":false,"error":"refused|reset|timeout|other","detail":..} and exit 1.
 //! testpod bulk <ip:port> --bytes N [--timeout-ms N]
 //!     send N pseudo-random bytes while reading the echo; verify count and checksum;
 //!     print {"ok":true,"bytes":N,"elapsed_ms":..} (or a failure as for connect).
+//! testpod connect-rate | send | pingpong | hold …
+//!     load generators for `cargo xtask bench`: see the `load` module.
 //! ```
 //! Addresses are printed canonically (an IPv4-mapped IPv6 peer shows as plain IPv4).
 
@@ -17,9 +20,25 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const USAGE: &str = "usage: testpod serve --port P [--v6]\n       testpod connect <ip:port> [--send TEXT] [--timeout-ms N]\n       testpod bulk <ip:port> --bytes N [--timeout-ms N]";
+use json::{Json, object};
+
+// A binary's root resolves modules beside itself; these live in `testpod/`.
+#[path = "testpod/bulk.rs"]
+mod bulk;
+#[path = "testpod/json.rs"]
+mod json;
+#[path = "testpod/load.rs"]
+mod load;
+
+const USAGE: &str = "usage: testpod serve --port P [--v6] [--sink]
+       testpod connect <ip:port> [--send TEXT] [--timeout-ms N]
+       testpod bulk <ip:port> --bytes N [--timeout-ms N]
+       testpod connect-rate <ip:port> --seconds S [--threads T] [--timeout-ms N]
+       testpod send <ip:port> --bytes N [--timeout-ms N]
+       testpod pingpong <ip:port> --count N [--size B] [--timeout-ms N]
+       testpod hold <ip:port> --connections N [--seconds S] [--timeout-ms N]";
 const CHUNK: usize = 64 * 1024;
 
 fn main() -> ExitCode {
@@ -35,10 +54,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    load::raise_nofile_limit();
     let result = match command.as_str() {
         "serve" => serve(&flags),
         "connect" => client(&flags, connect),
-        "bulk" => client(&flags, bulk),
+        "bulk" => client(&flags, bulk::bulk),
+        "connect-rate" => load::connect_rate(&flags),
+        "send" => client(&flags, load::send),
+        "pingpong" => client(&flags, load::pingpong),
+        "hold" => load::hold(&flags),
         other => Err(format!("unknown command {other:?}")),
     };
     match result {
@@ -67,8 +91,11 @@ impl Flags {
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             match arg.strip_prefix("--") {
-                Some(name @ "v6") => flags.switches.push(name.to_owned()),
-                Some(name @ ("port" | "send" | "timeout-ms" | "bytes")) => {
+                Some(name @ ("v6" | "sink")) => flags.switches.push(name.to_owned()),
+                Some(
+                    name @ ("port" | "send" | "timeout-ms" | "bytes" | "seconds" | "threads"
+                    | "count" | "size" | "connections"),
+                ) => {
                     let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
                     flags.values.insert(name.to_owned(), value.clone());
                 }
@@ -90,6 +117,7 @@ impl Flags {
 fn serve(flags: &Flags) -> Result<ExitCode, String> {
     let port = flags.number("port")?.ok_or("serve needs --port")?;
     let port = u16::try_from(port).map_err(|_| format!("--port {port} is out of range"))?;
+    let sink = flags.switches.iter().any(|s| s == "sink");
     let bind: SocketAddr = if flags.switches.iter().any(|s| s == "v6") {
         (std::net::Ipv6Addr::UNSPECIFIED, port).into()
     } else {
@@ -106,7 +134,14 @@ fn serve(flags: &Flags) -> Result<ExitCode, String> {
         match stream {
             Ok(stream) => {
                 std::thread::spawn(move || {
-                    if let Err(e) = echo(stream) {
+                    let served = greeting(&stream).and_then(|greeting| {
+                        if sink {
+                            load::sink(stream, &greeting)
+                        } else {
+                            echo(stream, &greeting)
+                        }
+                    });
+                    if let Err(e) = served {
                         eprintln!("testpod serve: connection: {e}");
                     }
                 });
@@ -121,10 +156,17 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-fn echo(mut stream: TcpStream) -> io::Result<()> {
+/// The greeting line for an accepted connection: `peer=<ip>:<port> local=<ip>:<port>\n`.
+fn greeting(stream: &TcpStream) -> io::Result<String> {
     let peer = canonical(stream.peer_addr()?);
     let local = canonical(stream.local_addr()?);
-    stream.write_all(format!("peer={peer} local={local}\n").as_bytes())?;
+    Ok(format!("peer={peer} local={local}\n"))
+}
+
+fn echo(mut stream: TcpStream, greeting: &str) -> io::Result<()> {
+    // Ping-pong latency must not wait for Nagle; bulk echo writes whole chunks anyway.
+    stream.set_nodelay(true)?;
+    stream.write_all(greeting.as_bytes())?;
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = stream.read(&mut buf)?;
@@ -261,154 +303,9 @@ fn connect(
     ])
 }
 
-/// xorshift64*: the same byte stream on both sides of the checksum.
-struct Bytes(u64);
-
-impl Bytes {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
-
-/// FNV-1a over a stream of chunks.
-struct Checksum(u64);
-
-impl Checksum {
-    fn new() -> Checksum {
-        Checksum(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        for &b in data {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-fn bulk(
-    flags: &Flags,
-    stream: TcpStream,
-    greeting: String,
-) -> Result<Vec<(&'static str, Json)>, Failure> {
-    let total = flags
-        .number("bytes")
-        .map_err(|detail| Failure {
-            kind: "other",
-            detail,
-        })?
-        .unwrap_or(0);
-    let started = Instant::now();
-    let mut writer = stream.try_clone().map_err(|e| Failure::io("cloning", &e))?;
-    let sender = std::thread::spawn(move || -> io::Result<u64> {
-        let mut stream_bytes = Bytes(0x9e37_79b9_7f4a_7c15);
-        let mut sum = Checksum::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut left = total;
-        while left > 0 {
-            let n = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-            stream_bytes.fill(&mut buf[..n]);
-            sum.update(&buf[..n]);
-            writer.write_all(&buf[..n])?;
-            left -= n as u64;
-        }
-        writer.shutdown(Shutdown::Write)?;
-        Ok(sum.0)
-    });
-    let mut reader = &stream;
-    let mut sum = Checksum::new();
-    let mut received: u64 = 0;
-    let mut buf = vec![0u8; CHUNK];
-    let read_result = loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                sum.update(&buf[..n]);
-                received += n as u64;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
-        }
-    };
-    let elapsed = started.elapsed();
-    let sent = sender.join().map_err(|_| Failure {
-        kind: "other",
-        detail: "sender thread panicked".to_owned(),
-    })?;
-    let expected = sent.map_err(|e| Failure::io("sending", &e))?;
-    read_result.map_err(|e| Failure::io("reading the echo", &e))?;
-    if received != total || sum.0 != expected {
-        return Err(Failure {
-            kind: "other",
-            detail: format!(
-                "echo mismatch: sent {total} bytes (checksum {expected:016x}), got {received} (checksum {:016x})",
-                sum.0
-            ),
-        });
-    }
-    Ok(vec![
-        ("greeting", Json::Str(greeting)),
-        ("bytes", Json::Num(total)),
-        (
-            "elapsed_ms",
-            Json::Num(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)),
-        ),
-    ])
-}
-
-/// The few JSON values testpod prints.
-enum Json {
-    Bool(bool),
-    Num(u64),
-    Str(String),
-}
-
-fn object(fields: &[(&str, Json)]) -> String {
-    let body: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Json::Bool(b) => b.to_string(),
-                Json::Num(n) => n.to_string(),
-                Json::Str(s) => quote(s),
-            };
-            format!("{}:{v}", quote(k))
-        })
-        .collect();
-    format!("{{{}}}", body.join(","))
-}
-
-fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quotes_json_strings() {
-        assert_eq!(quote("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
-    }
 
     #[test]
     fn parses_flags() {
@@ -429,15 +326,5 @@ mod tests {
         assert!(bad(&["--nope"]).is_err());
         let f = bad(&["--port", "x"]).unwrap();
         assert!(f.number("port").is_err());
-    }
-
-    #[test]
-    fn byte_stream_is_reproducible() {
-        let (mut a, mut b) = (Bytes(1), Bytes(1));
-        let (mut x, mut y) = ([0u8; 13], [0u8; 13]);
-        a.fill(&mut x);
-        b.fill(&mut y);
-        assert_eq!(x, y);
-        assert_ne!(x, [0u8; 13]);
     }
 }

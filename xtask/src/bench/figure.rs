@@ -1,0 +1,155 @@
+//! The per-round figures: what each measures, its label and unit, and how it is compared with
+//! the baseline.
+
+/// A per-round figure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Figure {
+    /// New connections per second, one client thread.
+    ConnRate1,
+    /// Connect-to-greeting p50, one client thread.
+    ConnP50Thread1,
+    /// Connect-to-greeting p99, one client thread.
+    ConnP99Thread1,
+    /// New connections per second, eight client threads.
+    ConnRate8,
+    /// Connect-to-greeting p50, eight client threads.
+    ConnP50Thread8,
+    /// Connect-to-greeting p99, eight client threads.
+    ConnP99Thread8,
+    /// Host CPU (every process and the kernel) per connection, eight client threads.
+    ConnHostCpu8,
+    /// Data-plane CPU per connection, eight client threads.
+    ConnProxyCpu8,
+    /// One-stream bulk throughput.
+    BulkGbps,
+    /// Host CPU (every process and the kernel) per GB of bulk.
+    BulkHostCpu,
+    /// Data-plane CPU per GB of bulk.
+    BulkPlaneCpu,
+    /// The node proxy's peak RSS (VmHWM) over the connection-rate and bulk runs.
+    ProxyPeakRss,
+    /// Ping-pong round trip, p50.
+    PingP50,
+    /// Ping-pong round trip, p90.
+    PingP90,
+    /// Ping-pong round trip, p99.
+    PingP99,
+    /// Ping-pong round trip, p99.9.
+    PingP999,
+}
+
+/// How a figure is compared with the baseline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// A ratio.
+    Ratio,
+    /// A ratio and the difference (latency: the added microseconds are the steadier figure).
+    RatioAndAdded,
+    /// Not comparable (the baseline has no data plane).
+    Nothing,
+}
+
+impl Figure {
+    /// Every figure, in table order.
+    pub const ALL: [Figure; 16] = [
+        Figure::ConnRate1,
+        Figure::ConnP50Thread1,
+        Figure::ConnP99Thread1,
+        Figure::ConnRate8,
+        Figure::ConnP50Thread8,
+        Figure::ConnP99Thread8,
+        Figure::ConnHostCpu8,
+        Figure::ConnProxyCpu8,
+        Figure::BulkGbps,
+        Figure::BulkHostCpu,
+        Figure::BulkPlaneCpu,
+        Figure::ProxyPeakRss,
+        Figure::PingP50,
+        Figure::PingP90,
+        Figure::PingP99,
+        Figure::PingP999,
+    ];
+
+    /// JSON key, label, decimals, comparison.
+    pub fn spec(self) -> (&'static str, &'static str, usize, Compare) {
+        use Compare::{Nothing, Ratio, RatioAndAdded};
+        match self {
+            Figure::ConnRate1 => (
+                "conn_rate_t1",
+                "new connections/s, 1 client thread",
+                0,
+                Ratio,
+            ),
+            Figure::ConnP50Thread1 => (
+                "conn_p50_us_t1",
+                "  connect→greeting p50 µs",
+                0,
+                RatioAndAdded,
+            ),
+            Figure::ConnP99Thread1 => (
+                "conn_p99_us_t1",
+                "  connect→greeting p99 µs",
+                0,
+                RatioAndAdded,
+            ),
+            Figure::ConnRate8 => (
+                "conn_rate_t8",
+                "new connections/s, 8 client threads",
+                0,
+                Ratio,
+            ),
+            Figure::ConnP50Thread8 => (
+                "conn_p50_us_t8",
+                "  connect→greeting p50 µs",
+                0,
+                RatioAndAdded,
+            ),
+            Figure::ConnP99Thread8 => (
+                "conn_p99_us_t8",
+                "  connect→greeting p99 µs",
+                0,
+                RatioAndAdded,
+            ),
+            Figure::ConnHostCpu8 => (
+                "conn_host_cpu_us_t8",
+                "  host CPU µs per connection (all processes + kernel)",
+                1,
+                Ratio,
+            ),
+            Figure::ConnProxyCpu8 => (
+                "conn_proxy_cpu_us_t8",
+                "  node-proxy CPU µs per connection",
+                1,
+                Nothing,
+            ),
+            Figure::BulkGbps => ("bulk_gbit_s", "bulk, 1 stream, Gbit/s", 2, Ratio),
+            Figure::BulkHostCpu => (
+                "bulk_host_cpu_s_per_gb",
+                "  host CPU-s per GB (all processes + kernel)",
+                2,
+                Ratio,
+            ),
+            Figure::BulkPlaneCpu => (
+                "bulk_proxy_cpu_s_per_gb",
+                "  node-proxy CPU-s per GB",
+                2,
+                Nothing,
+            ),
+            Figure::ProxyPeakRss => (
+                "proxy_peak_rss_mib",
+                "  node-proxy peak RSS MiB (VmHWM, connects + bulk)",
+                1,
+                Nothing,
+            ),
+            Figure::PingP50 => ("ping_p50_us", "1-byte ping-pong p50 µs", 1, RatioAndAdded),
+            Figure::PingP90 => ("ping_p90_us", "1-byte ping-pong p90 µs", 1, RatioAndAdded),
+            Figure::PingP99 => ("ping_p99_us", "1-byte ping-pong p99 µs", 1, RatioAndAdded),
+            Figure::PingP999 => (
+                "ping_p999_us",
+                "1-byte ping-pong p99.9 µs",
+                1,
+                RatioAndAdded,
+            ),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! One sample of every per-round figure for one set-up: connection rate with one and eight
+//! client threads, one-stream bulk throughput with its CPU cost, and ping-pong latency.
+//!
+//! Each connection-rate run starts from a fresh client and server pod (new namespaces), so no
+//! run inherits the TIME_WAIT sockets of the one before. The load generators are `testpod`
+//! subcommands run inside the client pod; their one JSON line is the measurement.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use marrow_tests::testpod::{ConnectRate, LoadOutcome, PingPong, Throughput, parse_load_output};
+use marrow_tests::{Pod, binaries};
+
+use super::Params;
+use super::figure::Figure;
+use super::procfs;
+use super::report::Samples;
+use super::setup::{Bed, PodPair};
+
+/// Pause before each measurement, so the previous step's clean-up (namespace teardown runs
+/// in kernel workers) is not measured with it.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Bytes per GB (decimal, as throughput is quoted).
+const GB: f64 = 1e9;
+
+/// Runs every per-round figure on `bed` and records one sample of each in `samples`.
+pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::Result<()> {
+    let setup = bed.setup();
+    // Pairs live until the bed goes: tearing a namespace full of TIME_WAIT sockets down runs
+    // in kernel workers, which would compete with the next measurement.
+    let mut pairs: Vec<PodPair> = Vec::new();
+    for (threads, rate, p50, p99) in [
+        (
+            1,
+            Figure::ConnRate1,
+            Figure::ConnP50Thread1,
+            Figure::ConnP99Thread1,
+        ),
+        (
+            8,
+            Figure::ConnRate8,
+            Figure::ConnP50Thread8,
+            Figure::ConnP99Thread8,
+        ),
+    ] {
+        let pair = bed.pod_pair()?;
+        std::thread::sleep(SETTLE);
+        let meter = CpuMeter::start(bed)?;
+        let run: ConnectRate = load(
+            pair.client(),
+            &[
+                "connect-rate".to_owned(),
+                pair.echo().to_string(),
+                "--seconds".to_owned(),
+                params.connect_seconds.to_string(),
+                "--threads".to_owned(),
+                threads.to_string(),
+            ],
+        )?;
+        let cpu = meter.stop(bed)?;
+        bed.check_alive()?;
+        if run.connections == 0 {
+            bail!(
+                "connect-rate with {threads} thread(s) completed no connection ({} errors, first: {})",
+                run.errors,
+                run.first_error.as_deref().unwrap_or("none")
+            );
+        }
+        println!(
+            "    {:<7} connect-rate x{threads}: {:>8.0}/s  p50 {} us  p99 {} us  max {} us  errors {}{}",
+            setup.name(),
+            run.per_second(),
+            run.p50_us,
+            run.p99_us,
+            run.max_us,
+            run.errors,
+            run.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        );
+        samples.record(rate, setup, run.per_second());
+        samples.record(p50, setup, run.p50_us as f64);
+        samples.record(p99, setup, run.p99_us as f64);
+        samples.add_errors(setup, run.errors, run.first_error);
+        if threads == 8 {
+            let per_conn = |cpu_s: f64| cpu_s / run.connections as f64 * 1e6;
+            samples.record(Figure::ConnHostCpu8, setup, per_conn(cpu.host_seconds));
+            samples.record_opt(
+                Figure::ConnProxyCpu8,
+                setup,
+                cpu.has_plane.then_some(per_conn(cpu.plane_seconds)),
+            );
+        }
+        pairs.push(pair);
+    }
+    // The last pair serves bulk and ping-pong (TIME_WAIT does not matter to one connection).
+    if let Some(pair) = pairs.last() {
+        bulk_and_latency(bed, params, pair, samples)?;
+    }
+    if let Some((count, first)) = bed.proxy_problems() {
+        println!(
+            "    {:<7} node-proxy logged {count} failed connections or warnings; first: {first}",
+            setup.name()
+        );
+    }
+    Ok(())
+}
+
+/// Bulk throughput with its CPU cost, then ping-pong latency, on one pod pair.
+fn bulk_and_latency(
+    bed: &mut Bed,
+    params: &Params,
+    pair: &PodPair,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
+    let setup = bed.setup();
+    std::thread::sleep(SETTLE);
+    let meter = CpuMeter::start(bed)?;
+    let bulk: Throughput = load(
+        pair.client(),
+        &[
+            "send".to_owned(),
+            pair.sink().to_string(),
+            "--bytes".to_owned(),
+            params.bulk_bytes.to_string(),
+        ],
+    )?;
+    let cpu = meter.stop(bed)?;
+    bed.check_alive()?;
+    let gb = bulk.bytes as f64 / GB;
+    println!(
+        "    {:<7} bulk: {:>6.2} Gbit/s  host {:.2} CPU-s/GB{}",
+        setup.name(),
+        bulk.gbit_per_s(),
+        cpu.host_seconds / gb,
+        if cpu.has_plane {
+            format!("  data plane {:.2} CPU-s/GB", cpu.plane_seconds / gb)
+        } else {
+            String::new()
+        }
+    );
+    samples.record(Figure::BulkGbps, setup, bulk.gbit_per_s());
+    samples.record(Figure::BulkHostCpu, setup, cpu.host_seconds / gb);
+    samples.record_opt(
+        Figure::BulkPlaneCpu,
+        setup,
+        cpu.has_plane.then_some(cpu.plane_seconds / gb),
+    );
+    if let Some(pid) = bed.proxy_pid() {
+        let peak = procfs::peak_rss_kib(pid)?;
+        samples.record(Figure::ProxyPeakRss, setup, peak as f64 / 1024.0);
+    }
+
+    std::thread::sleep(SETTLE);
+    let ping: PingPong = load(
+        pair.client(),
+        &[
+            "pingpong".to_owned(),
+            pair.echo().to_string(),
+            "--count".to_owned(),
+            params.pingpong_count.to_string(),
+        ],
+    )?;
+    bed.check_alive()?;
+    println!(
+        "    {:<7} ping-pong: p50 {:.1} us  p90 {:.1}  p99 {:.1}  p99.9 {:.1}",
+        setup.name(),
+        ping.p50_us,
+        ping.p90_us,
+        ping.p99_us,
+        ping.p999_us
+    );
+    samples.record(Figure::PingP50, setup, ping.p50_us);
+    samples.record(Figure::PingP90, setup, ping.p90_us);
+    samples.record(Figure::PingP99, setup, ping.p99_us);
+    samples.record(Figure::PingP999, setup, ping.p999_us);
+    Ok(())
+}
+
+/// Runs `testpod args…` in `pod` and parses its line as `T`.
+pub fn load<T: LoadOutcome>(pod: &Pod, args: &[String]) -> anyhow::Result<T> {
+    let line = format!("testpod {}", args.join(" "));
+    let out = pod
+        .command(binaries::testpod())
+        .args(args)
+        .output()
+        .with_context(|| format!("running `{line}` in pod {}", pod.name()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match parse_load_output::<T>(&stdout) {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(failure)) => bail!(
+            "`{line}` in pod {} failed ({:?}): {}",
+            pod.name(),
+            failure.kind,
+            failure.detail
+        ),
+        Err(e) => bail!(
+            "`{line}` in pod {} ({}): {e}; stderr: {}",
+            pod.name(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// CPU time of the host and of the data plane's processes across one measurement.
+struct CpuMeter {
+    host: u64,
+    plane: Vec<(u32, u64)>,
+}
+
+/// What a [`CpuMeter`] measured, in CPU seconds.
+struct CpuUsed {
+    host_seconds: f64,
+    plane_seconds: f64,
+    has_plane: bool,
+}
+
+impl CpuMeter {
+    fn start(bed: &Bed) -> anyhow::Result<CpuMeter> {
+        let plane = bed
+            .data_plane_pids()
+            .into_iter()
+            .map(|pid| Ok((pid, procfs::cpu_ticks(pid)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(CpuMeter {
+            host: procfs::host_busy_ticks()?,
+            plane,
+        })
+    }
+
+    fn stop(self, bed: &Bed) -> anyhow::Result<CpuUsed> {
+        let hz = procfs::clock_ticks_per_second() as f64;
+        let host = procfs::host_busy_ticks()?.saturating_sub(self.host);
+        let mut plane = 0;
+        for (pid, before) in &self.plane {
+            plane += procfs::cpu_ticks(*pid)
+                .with_context(|| format!("data-plane process {pid} of {}", bed.setup().name()))?
+                .saturating_sub(*before);
+        }
+        Ok(CpuUsed {
+            host_seconds: host as f64 / hz,
+            plane_seconds: plane as f64 / hz,
+            has_plane: !self.plane.is_empty(),
+        })
+    }
+}
