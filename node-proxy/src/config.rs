@@ -44,6 +44,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Runtime worker threads.
     pub worker_threads: usize,
+    /// Source ports of the proxy's source-preserving connections to apps (inclusive).
+    pub inbound_source_ports: (u16, u16),
 }
 
 impl Default for Config {
@@ -58,6 +60,10 @@ impl Default for Config {
             readiness_addr: SocketAddr::from(([0, 0, 0, 0], 15021)),
             connect_timeout: Duration::from_secs(10),
             worker_threads: 2,
+            inbound_source_ports: (
+                *crate::proxy::source_port::DEFAULT_RANGE.start(),
+                *crate::proxy::source_port::DEFAULT_RANGE.end(),
+            ),
         }
     }
 }
@@ -100,6 +106,14 @@ impl Config {
                 "1..=300000",
             ));
         }
+        let (lo, hi) = self.inbound_source_ports;
+        if lo < 1024 || hi < lo || hi - lo < 1023 {
+            return Err(invalid(
+                "--inbound-source-ports",
+                format!("{lo}-{hi}"),
+                "LO-HI with 1024 <= LO and at least 1024 ports, outside the clients' ephemeral range",
+            ));
+        }
         if !(1..=64).contains(&self.worker_threads) {
             return Err(invalid("--worker-threads", self.worker_threads, "1..=64"));
         }
@@ -128,6 +142,15 @@ fn invalid(
         value: value.to_string(),
         expected,
     }
+}
+
+/// Parses a port range `LO-HI`.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not LO-HI"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?}: {e}"));
+    Ok((port(lo)?, port(hi)?))
 }
 
 /// The first cgroup2 mount point in a mountinfo text (hybrid hosts mount it at

@@ -68,6 +68,9 @@ struct RunArgs {
     /// Runtime worker threads.
     #[arg(long, env = "MARROW_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Source ports (LO-HI) of connections to apps that keep the client's address.
+    #[arg(long, env = "MARROW_INBOUND_SOURCE_PORTS", value_parser = node_proxy::config::parse_port_range)]
+    inbound_source_ports: Option<(u16, u16)>,
 }
 
 impl RunArgs {
@@ -86,6 +89,7 @@ impl RunArgs {
                 .map(Duration::from_millis)
                 .unwrap_or(d.connect_timeout),
             worker_threads: self.worker_threads.unwrap_or(d.worker_threads),
+            inbound_source_ports: self.inbound_source_ports.unwrap_or(d.inbound_source_ports),
         }
     }
 }
@@ -158,6 +162,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         ProxySettings {
             connect_timeout: config.connect_timeout,
+            inbound_source_ports: config.inbound_source_ports,
         },
     ));
     let restored = registry.restore().await;

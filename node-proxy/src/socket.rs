@@ -5,7 +5,7 @@
 //! [`crate::netns::PodNetns::run`]; connecting happens afterwards on the runtime.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -45,19 +45,21 @@ pub fn marked_socket(family_of: SocketAddr, mark: u32) -> io::Result<Socket> {
     Ok(sock)
 }
 
-/// A socket that will connect *from* `source` (an address that is not local: the client's),
-/// carrying `mark`. `IP_BIND_ADDRESS_NO_PORT` defers the port choice to `connect()`, which
-/// picks a port unique for the 4-tuple; without it every bind searches the port space among
-/// TIME_WAIT sockets and connection churn collapses.
-pub fn transparent_socket(source: IpAddr, mark: u32) -> io::Result<Socket> {
-    let src = SocketAddr::new(source, 0);
-    let sock = marked_socket(src, mark)?;
+/// A socket bound to `source` (an address that is not local: the client's, with a port the
+/// caller chose; see `proxy::source_port`), carrying `mark`. `SO_REUSEADDR` lets the bind
+/// succeed over TIME_WAIT and over the proxy's other connections from the same client address;
+/// the kernel still refuses a duplicate 4-tuple at `connect()` (`EADDRNOTAVAIL`).
+/// `SO_BINDTODEVICE lo` matches the pod-netns route that carries the inbound mark, and lets
+/// `tcp_tw_reuse=2` (loopback only) recycle the port once its TIME_WAIT is old enough.
+pub fn transparent_socket(source: SocketAddr, mark: u32) -> io::Result<Socket> {
+    let sock = marked_socket(source, mark)?;
     match source {
-        IpAddr::V4(_) => sock.set_ip_transparent_v4(true)?,
-        IpAddr::V6(_) => set_ipv6_transparent(&sock)?,
+        SocketAddr::V4(_) => sock.set_ip_transparent_v4(true)?,
+        SocketAddr::V6(_) => set_ipv6_transparent(&sock)?,
     }
-    set_bind_address_no_port(&sock)?;
-    sock.bind(&src.into())?;
+    sock.set_reuse_address(true)?;
+    sock.bind_device(Some(b"lo"))?;
+    sock.bind(&source.into())?;
     Ok(sock)
 }
 
@@ -96,11 +98,6 @@ pub fn original_dst(fd: BorrowedFd<'_>, accepted_v6: bool) -> io::Result<SocketA
 
 fn set_ipv6_transparent(sock: &Socket) -> io::Result<()> {
     setsockopt_int(sock, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)
-}
-
-fn set_bind_address_no_port(sock: &Socket) -> io::Result<()> {
-    // The option lives at SOL_IP but applies to IPv6 sockets as well.
-    setsockopt_int(sock, libc::SOL_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
 }
 
 fn setsockopt_int(

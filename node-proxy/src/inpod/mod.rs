@@ -28,6 +28,7 @@ pub use records::{PodRecord, RecordStore};
 use crate::capture::Capture;
 use crate::metrics::Metrics;
 use crate::netns::{HostNetns, PodNetns};
+use crate::proxy::source_port::{LiveInbound, SourcePorts};
 use crate::proxy::{self, Direction, PodContext, ProxySettings};
 use crate::socket;
 
@@ -310,6 +311,12 @@ impl Registry {
             netns: netns.clone(),
             metrics: self.metrics.clone(),
             settings: self.settings,
+            source_ports: SourcePorts::new(
+                self.settings.inbound_source_ports.0..=self.settings.inbound_source_ports.1,
+                // Spread pods over the range so they do not walk it in step.
+                (record.netns_cookie as u32).wrapping_mul(2_654_435_761),
+            ),
+            live_inbound: LiveInbound::default(),
         });
         let mut tasks = Vec::new();
         for (direction, listener) in listeners.all() {

@@ -8,6 +8,7 @@
 //! sees the real client. HBONE (15008) is accepted and closed until HBONE lands.
 
 mod relay;
+pub mod source_port;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -39,7 +40,12 @@ impl fmt::Display for OrigDst {
 pub struct ProxySettings {
     /// Bound on connecting to an upstream or to the app.
     pub connect_timeout: Duration,
+    /// Source ports of the proxy's source-preserving connections to apps.
+    pub inbound_source_ports: (u16, u16),
 }
+
+/// Most source ports tried for one connection to the app before giving up.
+const SOURCE_PORT_ATTEMPTS: usize = 64;
 
 /// What every connection of one pod needs.
 #[derive(Debug)]
@@ -52,6 +58,10 @@ pub struct PodContext {
     pub metrics: Arc<Metrics>,
     /// Data-path settings.
     pub settings: ProxySettings,
+    /// Source-port cursor for connections to the app.
+    pub source_ports: source_port::SourcePorts,
+    /// Captured inbound connections still open.
+    pub live_inbound: source_port::LiveInbound,
 }
 
 /// Which in-pod listener an accept loop serves.
@@ -152,24 +162,45 @@ async fn inbound(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             connection_security_policy: "none".into(),
             response_flags: "-".into(),
         };
-        let app = ctx
-            .netns
-            .run(|| socket::transparent_socket(peer.ip(), PROXY_INBOUND_MARK))
-            .and_then(|sock| sock);
-        let app = match app {
-            Ok(sock) => {
-                tokio::time::timeout(ctx.settings.connect_timeout, socket::connect(sock, dst)).await
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot create source-preserving socket in pod netns");
-                socket::reset(client);
-                return;
-            }
-        };
+        let _tracked = ctx.live_inbound.track(peer, dst);
+        let app = connect_preserving_source(&ctx, peer.ip(), dst).await;
         relay_or_fail(&ctx.metrics, labels, client, app).await;
     }
     .instrument(span)
     .await
+}
+
+/// Connects to the app at `dst` from `client_ip`, on a source port of the proxy's choosing
+/// (see [`source_port`]): never one of a live captured connection, never one in use.
+async fn connect_preserving_source(
+    ctx: &PodContext,
+    client_ip: std::net::IpAddr,
+    dst: SocketAddr,
+) -> Result<std::io::Result<TcpStream>, tokio::time::error::Elapsed> {
+    let deadline = tokio::time::Instant::now() + ctx.settings.connect_timeout;
+    for _ in 0..SOURCE_PORT_ATTEMPTS {
+        let port = ctx.source_ports.next();
+        if ctx.live_inbound.clashes(client_ip, port, dst) {
+            continue;
+        }
+        let source = SocketAddr::new(client_ip, port);
+        let sock = match ctx
+            .netns
+            .run(|| socket::transparent_socket(source, PROXY_INBOUND_MARK))
+        {
+            Ok(Ok(sock)) => sock,
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
+            Ok(Err(e)) | Err(e) => return Ok(Err(e)),
+        };
+        match tokio::time::timeout_at(deadline, socket::connect(sock, dst)).await {
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => continue,
+            other => return other,
+        }
+    }
+    Ok(Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("no free source port for {client_ip} -> {dst} after {SOURCE_PORT_ATTEMPTS} tries"),
+    )))
 }
 
 /// Relays between `client` and a connected upstream, or resets `client` when connecting failed,
