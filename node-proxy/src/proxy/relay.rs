@@ -3,8 +3,11 @@
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Per-direction buffer; small enough to hold thousands of idle connections (see issue 7 for tuning).
-const BUF_SIZE: usize = 16 * 1024;
+/// Each direction starts with a small buffer, so thousands of idle connections cost little…
+const INITIAL_BUF: usize = 2 * 1024;
+/// …and grows (×4) whenever a read fills it, up to this, so bulk transfers are not
+/// syscall-bound. At most three growths per direction: nothing is allocated per chunk.
+const MAX_BUF: usize = 64 * 1024;
 
 /// What a finished relay moved.
 #[derive(Debug)]
@@ -55,7 +58,7 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; BUF_SIZE];
+    let mut buf = vec![0u8; INITIAL_BUF];
     loop {
         let n = reader.read(&mut buf).await?;
         if n == 0 {
@@ -64,6 +67,9 @@ where
         }
         writer.write_all(&buf[..n]).await?;
         *counter += n as u64;
+        if n == buf.len() && buf.len() < MAX_BUF {
+            buf.resize((buf.len() * 4).min(MAX_BUF), 0);
+        }
     }
 }
 
