@@ -178,7 +178,7 @@ impl Bed {
     /// says why here).
     pub fn proxy_problems(&self) -> Option<(usize, String)> {
         let log = self.proxy.as_ref()?.log();
-        let mut problems = log.lines().map(strip_ansi).filter(|l| {
+        let mut problems = log.lines().map(str::to_owned).filter(|l| {
             l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("response_flags")
         });
         let first = problems.next()?;
@@ -218,43 +218,8 @@ fn serve(pod: &Pod, args: &[&str]) -> anyhow::Result<PodProcess> {
     )
 }
 
-/// `line` without terminal colour sequences (`ESC [ … m`), which the proxy's log carries.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip to the sequence's final letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The last `lines` lines of `text`.
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_colours() {
-        let line = "\u{1b}[2m2026-11-21T08:01:16Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m upstream connect failed";
-        assert_eq!(
-            strip_ansi(line),
-            "2026-11-21T08:01:16Z  INFO upstream connect failed"
-        );
-        assert_eq!(strip_ansi("plain"), "plain");
-        assert_eq!(strip_ansi("cut \u{1b}[3"), "cut ");
-    }
 }

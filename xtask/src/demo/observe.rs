@@ -100,7 +100,6 @@ pub fn restored_count(log: &str) -> Option<u64> {
         .lines()
         .rev()
         .find(|line| line.contains("enrollment records re-adopted"))?;
-    let line = strip_ansi(line);
     let value = line.split("restored").nth(1)?;
     value
         .trim_start_matches(['"', ':', '=', ' '])
@@ -110,28 +109,9 @@ pub fn restored_count(log: &str) -> Option<u64> {
         .ok()
 }
 
-/// `text` without ANSI escape sequences (`ESC [ … letter`).
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip up to and including the sequence's final letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Metrics, Series, restored_count, since_last_start, strip_ansi};
+    use super::{Metrics, Series, restored_count, since_last_start};
 
     const PAGE: &str = r#"# HELP istio_tcp_connections_opened Total number of TCP connections opened.
 # TYPE istio_tcp_connections_opened counter
@@ -185,8 +165,6 @@ marrow_enrolled_pods 2
         assert_eq!(restored_count(text), Some(2));
         let json = r#"{"fields":{"message":"enrollment records re-adopted","restored":12}}"#;
         assert_eq!(restored_count(json), Some(12));
-        let coloured = "\u{1b}[2mnode_proxy\u{1b}[0m: enrollment records re-adopted \u{1b}[3mrestored\u{1b}[0m\u{1b}[2m=\u{1b}[0m3";
-        assert_eq!(restored_count(coloured), Some(3));
     }
 
     #[test]
@@ -198,13 +176,6 @@ marrow_enrolled_pods 2
             restored_count("enrollment records re-adopted restored=x"),
             None
         );
-    }
-
-    #[test]
-    fn strips_colour_escapes() {
-        assert_eq!(strip_ansi("\u{1b}[32m INFO\u{1b}[0m ready"), " INFO ready");
-        assert_eq!(strip_ansi("plain"), "plain");
-        assert_eq!(strip_ansi("cut \u{1b}[3"), "cut ");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use marrow_tests::{ConnectErrorKind, ConnectOutcome, Connected};
 
 use super::cluster::Cluster;
-use super::observe::{Metrics, Series, restored_count, strip_ansi};
+use super::observe::{Metrics, Series, restored_count};
 use super::report::Report;
 use super::stop::Stop;
 
@@ -41,7 +41,7 @@ pub fn run(stop: &Stop, report: &mut Report<'_>) -> anyhow::Result<()> {
         let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
         println!("\nThe node proxy's log (last {LOG_TAIL_LINES} lines), to see why:");
         for line in tail.iter().rev() {
-            println!("   | {}", strip_ansi(line));
+            println!("   | {line}");
         }
     }
     result
