@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod hbone;
 pub mod http;
 pub mod inpod;
 pub mod metrics;
