@@ -10,6 +10,7 @@
 //! 400 for a malformed request, 401 when policy denies, 503 when the app is unreachable.
 
 mod client;
+pub mod pool;
 mod server;
 mod stream;
 #[cfg(test)]
@@ -46,6 +47,14 @@ pub enum HboneError {
     /// Building a request or response failed (an invalid header value).
     #[error("building the message: {0}")]
     Http(#[from] http::Error),
+    /// Reaching the peer failed before HTTP/2 (TCP connect, TLS handshake).
+    #[error("{step}: {source}")]
+    Transport {
+        /// What was being done, e.g. "connecting to 10.0.0.2:15008".
+        step: String,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// Why an inbound CONNECT was refused; each maps to a status.

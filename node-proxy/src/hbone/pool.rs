@@ -1,0 +1,423 @@
+//! Pooled HBONE connections, keyed by (source identity, destination pod address): tunnels
+//! from the same workload to the same pod share an HTTP/2 connection; a new one opens when
+//! every pooled connection is at its stream limit; connections idle longer than the timeout
+//! are closed.
+//!
+//! The pool knows nothing of TLS or namespaces: a [`Connector`] makes connections.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use super::{ConnectRequest, H2Stream, HboneClient, HboneError};
+
+/// What a pooled connection is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The source workload's identity (its SPIFFE ID as text).
+    pub source: String,
+    /// The destination pod's HBONE address (`pod_ip:15008`).
+    pub destination: SocketAddr,
+}
+
+/// Makes a new HBONE connection for a key (TCP from the source pod, TLS, HTTP/2 handshake).
+pub trait Connector: Send + Sync + 'static {
+    /// Connects.
+    fn connect(
+        &self,
+        key: &PoolKey,
+    ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>>;
+}
+
+/// Pool settings.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSettings {
+    /// Most streams opened on one connection (the peer's limit applies too).
+    pub max_streams: usize,
+    /// Connections without streams for this long are closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_streams: 100,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+struct Pooled {
+    client: HboneClient,
+    active: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Pooled {
+    fn has_room(&self, cap: usize) -> bool {
+        !self.client.is_closed()
+            && self.active.load(Ordering::Acquire) < cap.min(self.client.max_streams().max(1))
+    }
+}
+
+/// The pool.
+pub struct Pool {
+    connector: Arc<dyn Connector>,
+    settings: PoolSettings,
+    conns: Mutex<HashMap<PoolKey, Vec<Arc<Pooled>>>>,
+    /// Serialises connection set-up per key, so a burst opens one connection, not one per
+    /// tunnel.
+    dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Pool {
+    /// A pool over `connector`; call [`Pool::run_reaper`] to close idle connections.
+    pub fn new(connector: Arc<dyn Connector>, settings: PoolSettings) -> Arc<Self> {
+        Arc::new(Self {
+            connector,
+            settings,
+            conns: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens a tunnel for `key`, on a pooled connection with room or on a new one.
+    pub async fn tunnel(
+        &self,
+        key: &PoolKey,
+        request: &ConnectRequest,
+    ) -> Result<PooledStream, HboneError> {
+        let conn = match self.checkout(key) {
+            Some(conn) => conn,
+            None => self.dial(key).await?,
+        };
+        let guard = StreamGuard { conn: conn.clone() };
+        let stream = conn.client.connect(request).await?;
+        Ok(PooledStream {
+            stream,
+            _guard: guard,
+        })
+    }
+
+    /// A pooled connection with room, its stream count already taken.
+    fn checkout(&self, key: &PoolKey) -> Option<Arc<Pooled>> {
+        let mut conns = self.lock_conns();
+        let list = conns.get_mut(key)?;
+        list.retain(|c| !c.client.is_closed());
+        let conn = list
+            .iter()
+            .find(|c| c.has_room(self.settings.max_streams))?
+            .clone();
+        conn.active.fetch_add(1, Ordering::AcqRel);
+        Some(conn)
+    }
+
+    async fn dial(&self, key: &PoolKey) -> Result<Arc<Pooled>, HboneError> {
+        let gate = {
+            let mut dialing = self
+                .dialing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            dialing.entry(key.clone()).or_default().clone()
+        };
+        let _one_at_a_time = gate.lock().await;
+        // Someone else may have dialled while we waited.
+        if let Some(conn) = self.checkout(key) {
+            return Ok(conn);
+        }
+        let client = self.connector.connect(key).await?;
+        let conn = Arc::new(Pooled {
+            client,
+            active: AtomicUsize::new(1),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        self.lock_conns()
+            .entry(key.clone())
+            .or_default()
+            .push(conn.clone());
+        Ok(conn)
+    }
+
+    /// Closes connections idle for longer than the timeout; runs until the pool is dropped.
+    pub async fn run_reaper(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        let period = self.settings.idle_timeout / 2;
+        drop(self);
+        loop {
+            tokio::time::sleep(period.max(Duration::from_millis(10))).await;
+            let Some(pool) = weak.upgrade() else { return };
+            pool.reap(Instant::now());
+        }
+    }
+
+    /// Drops every connection without streams idle since before `now - idle_timeout`.
+    pub fn reap(&self, now: Instant) {
+        let timeout = self.settings.idle_timeout;
+        let mut conns = self.lock_conns();
+        for list in conns.values_mut() {
+            list.retain(|c| {
+                let idle = c.active.load(Ordering::Acquire) == 0
+                    && now.duration_since(
+                        *c.idle_since
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner),
+                    ) >= timeout;
+                !c.client.is_closed() && !idle
+            });
+        }
+        conns.retain(|_, list| !list.is_empty());
+    }
+
+    /// Open connections, for metrics and the admin API.
+    pub fn connections(&self) -> usize {
+        self.lock_conns().values().map(Vec::len).sum()
+    }
+
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Arc<Pooled>>>> {
+        // Every critical section leaves the map consistent, so poisoning is ignored.
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Gives a stream's slot back to its connection when the tunnel ends.
+struct StreamGuard {
+    conn: Arc<Pooled>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self
+                .conn
+                .idle_since
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        }
+    }
+}
+
+/// A tunnel on a pooled connection.
+pub struct PooledStream {
+    stream: H2Stream,
+    _guard: StreamGuard,
+}
+
+impl std::fmt::Debug for PooledStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.stream.fmt(f)
+    }
+}
+
+impl AsyncRead for PooledStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PooledStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hbone::{Baggage, IncomingConnect, TraceParent, serve};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Plain-TCP connector to one server, counting dials.
+    struct Counting {
+        addr: SocketAddr,
+        dials: AtomicUsize,
+    }
+
+    impl Connector for Counting {
+        fn connect(
+            &self,
+            _key: &PoolKey,
+        ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
+            Box::pin(async move {
+                self.dials.fetch_add(1, Ordering::SeqCst);
+                let io = TcpStream::connect(self.addr).await.map_err(|source| {
+                    HboneError::Transport {
+                        step: "connecting".into(),
+                        source,
+                    }
+                })?;
+                HboneClient::handshake(io).await
+            })
+        }
+    }
+
+    /// An HBONE echo server; returns its address and a counter of accepted connections.
+    async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(io, |incoming: IncomingConnect| async move {
+                    let mut t = incoming.accept().unwrap();
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = t.read(&mut buf).await {
+                        if n == 0 || t.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = t.shutdown().await;
+                }));
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn key(source: &str) -> PoolKey {
+        PoolKey {
+            source: source.into(),
+            destination: "10.0.0.2:15008".parse().unwrap(),
+        }
+    }
+
+    fn req() -> ConnectRequest {
+        ConnectRequest {
+            authority: "10.0.0.2:8080".parse().unwrap(),
+            forwarded_for: "10.0.0.1:1234".parse().unwrap(),
+            baggage: Baggage::default(),
+            traceparent: TraceParent::random(),
+        }
+    }
+
+    async fn pool(settings: PoolSettings) -> (Arc<Pool>, Arc<Counting>) {
+        let (addr, _) = echo_server().await;
+        let connector = Arc::new(Counting {
+            addr,
+            dials: AtomicUsize::new(0),
+        });
+        (Pool::new(connector.clone(), settings), connector)
+    }
+
+    async fn ping(stream: &mut PooledStream) {
+        stream.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sequential_tunnels_reuse_one_connection() {
+        let (pool, connector) = pool(PoolSettings::default()).await;
+        for _ in 0..5 {
+            let mut t = pool.tunnel(&key("a"), &req()).await.unwrap();
+            ping(&mut t).await;
+        }
+        assert_eq!(connector.dials.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_opens_at_the_stream_limit() {
+        let (pool, connector) = pool(PoolSettings {
+            max_streams: 2,
+            ..PoolSettings::default()
+        })
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let mut t = pool.tunnel(&key("a"), &req()).await.unwrap();
+            ping(&mut t).await;
+            held.push(t);
+        }
+        assert_eq!(
+            connector.dials.load(Ordering::SeqCst),
+            3,
+            "2 + 2 + 1 streams"
+        );
+        drop(held);
+        let mut t = pool.tunnel(&key("a"), &req()).await.unwrap();
+        ping(&mut t).await;
+        assert_eq!(
+            connector.dials.load(Ordering::SeqCst),
+            3,
+            "freed slots are reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn sources_do_not_share_connections() {
+        let (pool, connector) = pool(PoolSettings::default()).await;
+        let mut a = pool
+            .tunnel(&key("spiffe://td/ns/a/sa/a"), &req())
+            .await
+            .unwrap();
+        let mut b = pool
+            .tunnel(&key("spiffe://td/ns/b/sa/b"), &req())
+            .await
+            .unwrap();
+        ping(&mut a).await;
+        ping(&mut b).await;
+        assert_eq!(connector.dials.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_burst_dials_once() {
+        let (pool, connector) = pool(PoolSettings::default()).await;
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let mut t = pool.tunnel(&key("a"), &req()).await.unwrap();
+                    ping(&mut t).await;
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(connector.dials.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reaped_busy_ones_kept() {
+        let settings = PoolSettings {
+            idle_timeout: Duration::from_secs(30),
+            ..PoolSettings::default()
+        };
+        let (pool, _) = pool(settings).await;
+        let mut busy = pool.tunnel(&key("busy"), &req()).await.unwrap();
+        ping(&mut busy).await;
+        drop(pool.tunnel(&key("idle"), &req()).await.unwrap());
+        assert_eq!(pool.connections(), 2);
+        pool.reap(Instant::now() + Duration::from_secs(31));
+        assert_eq!(pool.connections(), 1, "only the idle one went");
+        ping(&mut busy).await;
+    }
+}
