@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod netns;
 pub mod proxy;
 pub mod socket;
+pub mod state;
 pub mod tls;

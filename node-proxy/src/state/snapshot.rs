@@ -1,0 +1,186 @@
+//! [`Snapshot`], the immutable state the data path reads, and [`StateUpdate`], the one way to
+//! build it.
+//!
+//! Invariants, checked as each object is added so a source can name the object at fault:
+//! - a pod's namespace/name, a pod's uid, and a namespace's name are unique;
+//! - an IP belongs to at most one workload (host-network pods share their node's address and
+//!   are not indexed by IP, so they never collide);
+//! - every index holds the same `Arc<Workload>`, so a workload is one allocation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::ObjectError;
+use super::model::{DeferredObject, Namespace, ObjectRef, PodUid, Workload, in_mesh};
+
+/// One consistent view of the mesh: workloads, namespaces and (until issue 4 models them) the
+/// deferred objects. Never changes once published; a new one replaces it.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Set by the store when published; 0 for the empty initial snapshot.
+    generation: u64,
+    workloads_by_uid: HashMap<PodUid, Arc<Workload>>,
+    workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    /// Keyed `<namespace>/<name>`: neither part can contain `/`.
+    workloads_by_name: HashMap<String, Arc<Workload>>,
+    namespaces: HashMap<String, Arc<Namespace>>,
+    deferred: BTreeMap<ObjectRef, DeferredObject>,
+    // Issue 4 adds here: services by VIP, endpoints by service, policies by scope — each with
+    // its `StateUpdate::add_*` that checks its invariants.
+}
+
+impl Snapshot {
+    /// The store's count of published snapshots; grows by one with each.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The workload that owns `ip` (IPv4-mapped IPv6 addresses are looked up as IPv4).
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.workloads_by_ip.get(&ip.to_canonical())
+    }
+
+    /// The workload with this uid.
+    pub fn workload_by_uid(&self, uid: &PodUid) -> Option<&Arc<Workload>> {
+        self.workloads_by_uid.get(uid)
+    }
+
+    /// The pod `namespace/name`.
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workloads_by_name.get(&name_key(namespace, name))
+    }
+
+    /// The namespace called `name`, if the source listed it.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name).map(Arc::as_ref)
+    }
+
+    /// Whether `workload` is in the mesh (Istio's rule, [`in_mesh`]).
+    pub fn in_mesh(&self, workload: &Workload) -> bool {
+        in_mesh(workload, self.namespace(&workload.namespace))
+    }
+
+    /// Every workload, in no particular order.
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads_by_uid.values()
+    }
+
+    /// Every namespace, in no particular order.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values().map(Arc::as_ref)
+    }
+
+    /// The recognised objects this version keeps but does not enforce, by kind and name.
+    pub fn deferred(&self) -> impl Iterator<Item = &DeferredObject> {
+        self.deferred.values()
+    }
+
+    /// How many workloads there are.
+    pub fn workload_count(&self) -> usize {
+        self.workloads_by_uid.len()
+    }
+}
+
+/// A full set of objects from one source, assembled into the next [`Snapshot`].
+///
+/// Each `add_*` checks the object against those already added and refuses it without changing
+/// anything. A source that gets an error drops the whole update, so the store only ever
+/// receives complete, valid sets.
+#[derive(Debug, Default)]
+pub struct StateUpdate {
+    snapshot: Snapshot,
+}
+
+impl StateUpdate {
+    /// An empty update.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a namespace; its name must be new.
+    pub fn add_namespace(&mut self, namespace: Namespace) -> Result<(), ObjectError> {
+        if self.snapshot.namespaces.contains_key(&namespace.name) {
+            return Err(ObjectError::Duplicate {
+                other: ObjectRef {
+                    kind: "Namespace".into(),
+                    namespace: None,
+                    name: namespace.name,
+                },
+            });
+        }
+        self.snapshot
+            .namespaces
+            .insert(namespace.name.clone(), Arc::new(namespace));
+        Ok(())
+    }
+
+    /// Adds a workload; its namespace/name, uid and (unless host-network) IPs must be new.
+    pub fn add_workload(&mut self, workload: Workload) -> Result<(), ObjectError> {
+        let snap = &mut self.snapshot;
+        let key = name_key(&workload.namespace, &workload.name);
+        if let Some(other) = snap.workloads_by_name.get(&key) {
+            return Err(ObjectError::Duplicate {
+                other: pod_ref(other),
+            });
+        }
+        if let Some(other) = snap.workloads_by_uid.get(&workload.uid) {
+            return Err(ObjectError::DuplicateUid {
+                uid: workload.uid.to_string(),
+                other: pod_ref(other),
+            });
+        }
+        let indexed = !workload.host_network;
+        if indexed {
+            for ip in &workload.ips {
+                if let Some(other) = snap.workloads_by_ip.get(ip) {
+                    return Err(ObjectError::DuplicateIp {
+                        ip: *ip,
+                        other: pod_ref(other),
+                    });
+                }
+            }
+        }
+        let workload = Arc::new(workload);
+        if indexed {
+            for ip in &workload.ips {
+                snap.workloads_by_ip.insert(*ip, Arc::clone(&workload));
+            }
+        }
+        snap.workloads_by_uid
+            .insert(workload.uid.clone(), Arc::clone(&workload));
+        snap.workloads_by_name.insert(key, workload);
+        Ok(())
+    }
+
+    /// Keeps an object of a deferred kind; its kind/namespace/name must be new.
+    pub fn add_deferred(&mut self, object: DeferredObject) -> Result<(), ObjectError> {
+        if self.snapshot.deferred.contains_key(&object.object) {
+            return Err(ObjectError::Duplicate {
+                other: object.object,
+            });
+        }
+        self.snapshot.deferred.insert(object.object.clone(), object);
+        Ok(())
+    }
+
+    /// The snapshot to publish, with its generation.
+    pub(super) fn into_snapshot(self, generation: u64) -> Snapshot {
+        Snapshot {
+            generation,
+            ..self.snapshot
+        }
+    }
+}
+
+fn name_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+fn pod_ref(workload: &Workload) -> ObjectRef {
+    ObjectRef {
+        kind: "Pod".into(),
+        namespace: Some(workload.namespace.clone()),
+        name: workload.name.clone(),
+    }
+}
