@@ -46,6 +46,18 @@ pub struct Config {
     pub worker_threads: usize,
     /// Source ports of the proxy's source-preserving connections to apps (inclusive).
     pub inbound_source_ports: (u16, u16),
+    /// Kubernetes YAML of workloads (Namespaces, Pods); with `ca_dir`, turns HBONE on.
+    pub state_file: Option<PathBuf>,
+    /// How often the state file is checked for changes.
+    pub state_poll: Duration,
+    /// A local mesh CA (`ca-cert.pem`, `ca-key.pem`) that signs workload certificates.
+    pub ca_dir: Option<PathBuf>,
+    /// The mesh's SPIFFE trust domain.
+    pub trust_domain: String,
+    /// This node's name: the proxy takes identities only of pods the state places here.
+    pub node_name: Option<String>,
+    /// Bound on an HBONE TLS handshake.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -64,6 +76,12 @@ impl Default for Config {
                 *crate::proxy::source_port::DEFAULT_RANGE.start(),
                 *crate::proxy::source_port::DEFAULT_RANGE.end(),
             ),
+            state_file: None,
+            state_poll: Duration::from_secs(1),
+            ca_dir: None,
+            trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            node_name: None,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -112,6 +130,45 @@ impl Config {
                 "--inbound-source-ports",
                 format!("{lo}-{hi}"),
                 "LO-HI with 1024 <= LO and at least 1024 ports, outside the clients' ephemeral range",
+            ));
+        }
+        if self.state_file.is_some() != self.ca_dir.is_some() {
+            let (setting, value) = match &self.state_file {
+                Some(path) => ("--state-file", path.display().to_string()),
+                None => (
+                    "--ca-dir",
+                    self.ca_dir
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                ),
+            };
+            return Err(invalid(
+                setting,
+                value,
+                "--state-file and --ca-dir together (HBONE needs workloads and identities)",
+            ));
+        }
+        if self.state_poll < Duration::from_millis(10) || self.state_poll > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "--state-poll-ms",
+                self.state_poll.as_millis(),
+                "10..=600000",
+            ));
+        }
+        if crate::identity::TrustDomain::new(&self.trust_domain).is_err() {
+            return Err(invalid(
+                "--trust-domain",
+                &self.trust_domain,
+                "a SPIFFE trust domain such as cluster.local",
+            ));
+        }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(120) {
+            return Err(invalid(
+                "--handshake-timeout-ms",
+                self.handshake_timeout.as_millis(),
+                "1..=120000",
             ));
         }
         if !(1..=64).contains(&self.worker_threads) {

@@ -10,11 +10,17 @@ use clap::{Parser, Subcommand};
 use node_proxy::capture::{self, Capture, CaptureConfig};
 use node_proxy::config::Config;
 use node_proxy::http::{self, Readiness};
+use node_proxy::identity::{
+    self, CaFiles, CertificateManager, LocalCa, LocalCaOptions, ManagerConfig, TrustDomain,
+};
 use node_proxy::inpod::server::EnrollmentServer;
 use node_proxy::inpod::{RecordStore, Registry};
 use node_proxy::metrics::Metrics;
 use node_proxy::netns::HostNetns;
 use node_proxy::proxy::ProxySettings;
+use node_proxy::proxy::mesh::Mesh;
+use node_proxy::state::StateStore;
+use node_proxy::state::file::{FileWatch, LocalFileSource};
 
 #[derive(Parser)]
 #[command(name = "node-proxy", version, about = "marrow's per-node proxy")]
@@ -29,12 +35,32 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the capture, serve enrollment and proxy enrolled pods.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// The local mesh CA (demos, tests, small clusters).
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Remove this proxy's pinned eBPF maps and links: capture ends for every pod on the node.
     Cleanup {
         /// The proxy's bpffs directory.
         #[arg(long, env = "MARROW_BPFFS_DIR", default_value = "/sys/fs/bpf/marrow")]
         bpffs_dir: PathBuf,
+    },
+}
+
+/// `node-proxy ca …`.
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a self-signed ECDSA P-256 mesh CA: DIR/ca-cert.pem and DIR/ca-key.pem (0600).
+    Create {
+        /// Directory to write to (created if missing; existing CA files are never overwritten).
+        #[arg(long)]
+        dir: PathBuf,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = node_proxy::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
     },
 }
 
@@ -68,6 +94,24 @@ struct RunArgs {
     /// Runtime worker threads.
     #[arg(long, env = "MARROW_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Kubernetes YAML of Namespaces and Pods; with --ca-dir, turns on HBONE.
+    #[arg(long, env = "MARROW_STATE_FILE")]
+    state_file: Option<PathBuf>,
+    /// How often the state file is checked for changes, in milliseconds.
+    #[arg(long, env = "MARROW_STATE_POLL_MS")]
+    state_poll_ms: Option<u64>,
+    /// Local mesh CA directory (ca-cert.pem, ca-key.pem).
+    #[arg(long, env = "MARROW_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// SPIFFE trust domain.
+    #[arg(long, env = "MARROW_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// This node's name (Kubernetes: spec.nodeName of this DaemonSet pod).
+    #[arg(long, env = "MARROW_NODE_NAME")]
+    node_name: Option<String>,
+    /// HBONE TLS handshake timeout in milliseconds.
+    #[arg(long, env = "MARROW_HANDSHAKE_TIMEOUT_MS")]
+    handshake_timeout_ms: Option<u64>,
     /// Source ports (LO-HI) of connections to apps that keep the client's address.
     #[arg(long, env = "MARROW_INBOUND_SOURCE_PORTS", value_parser = node_proxy::config::parse_port_range)]
     inbound_source_ports: Option<(u16, u16)>,
@@ -90,6 +134,18 @@ impl RunArgs {
                 .unwrap_or(d.connect_timeout),
             worker_threads: self.worker_threads.unwrap_or(d.worker_threads),
             inbound_source_ports: self.inbound_source_ports.unwrap_or(d.inbound_source_ports),
+            state_file: self.state_file.or(d.state_file),
+            state_poll: self
+                .state_poll_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.state_poll),
+            ca_dir: self.ca_dir.or(d.ca_dir),
+            trust_domain: self.trust_domain.unwrap_or(d.trust_domain),
+            node_name: self.node_name.or(d.node_name),
+            handshake_timeout: self
+                .handshake_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.handshake_timeout),
         }
     }
 }
@@ -99,7 +155,7 @@ fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_json);
     match cli.command {
         Command::Run(args) => {
-            let config = args.into_config();
+            let config = (*args).into_config();
             config.validate()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(config.worker_threads)
@@ -107,6 +163,17 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("building the runtime")?;
             runtime.block_on(run(config))
+        }
+        Command::Ca(CaCommand::Create {
+            dir,
+            trust_domain,
+            days,
+        }) => {
+            let td = TrustDomain::new(&trust_domain)?;
+            let files =
+                identity::create_ca(&dir, &td, Duration::from_secs(days.saturating_mul(86_400)))?;
+            println!("{}\n{}", files.cert.display(), files.key.display());
+            Ok(())
         }
         Command::Cleanup { bpffs_dir } => {
             capture::remove_pins(&bpffs_dir)
@@ -154,6 +221,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_task = tokio::spawn(http::serve_metrics(metrics_listener, Arc::new(prom)));
     let readiness_task = tokio::spawn(http::serve_readiness(readiness_listener, readiness.clone()));
 
+    let (mesh, _state_watch) = match start_mesh(&config, &metrics).await? {
+        Some((mesh, watch)) => (Some(mesh), Some(watch)),
+        None => (None, None),
+    };
     let records = RecordStore::open(config.state_dir.join("pods"))?;
     let registry = Arc::new(Registry::new(
         host,
@@ -164,6 +235,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             connect_timeout: config.connect_timeout,
             inbound_source_ports: config.inbound_source_ports,
         },
+        mesh,
     ));
     let restored = registry.restore().await;
     tracing::info!(restored, "enrollment records re-adopted");
@@ -183,6 +255,52 @@ async fn run(config: Config) -> anyhow::Result<()> {
     readiness_task.abort();
     let _ = std::fs::remove_file(&config.cni_socket);
     Ok(())
+}
+
+/// Loads the state file and the CA when configured, and keeps the state reloading.
+async fn start_mesh(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<(Arc<Mesh>, FileWatch)>> {
+    let (Some(state_file), Some(ca_dir)) = (&config.state_file, &config.ca_dir) else {
+        tracing::info!("no --state-file/--ca-dir: plain TCP only, no HBONE");
+        return Ok(None);
+    };
+    let trust_domain = TrustDomain::new(&config.trust_domain)?;
+    let ca = LocalCa::load(
+        &CaFiles::in_dir(ca_dir),
+        trust_domain.clone(),
+        LocalCaOptions::default(),
+    )?;
+    let certs = Arc::new(CertificateManager::new(
+        Arc::new(ca),
+        ManagerConfig::default(),
+    ));
+    let state = Arc::new(StateStore::new());
+    let watch = LocalFileSource::new(state_file.clone())
+        .with_interval(config.state_poll)
+        .start(state.clone())
+        .await
+        .with_context(|| format!("--state-file {}", state_file.display()))?;
+    let mut generations = state.subscribe();
+    let gauge = metrics.config_generation.clone();
+    gauge.set(i64::try_from(*generations.borrow()).unwrap_or(i64::MAX));
+    tokio::spawn(async move {
+        while generations.changed().await.is_ok() {
+            let generation = *generations.borrow();
+            gauge.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        }
+    });
+    tracing::info!(state = %state_file.display(), ca = %ca_dir.display(), trust_domain = %trust_domain, "hbone on");
+    let mesh = Mesh {
+        state,
+        certs,
+        trust_domain,
+        node_name: config.node_name.clone(),
+        handshake_timeout: config.handshake_timeout,
+        connect_timeout: config.connect_timeout,
+    };
+    Ok(Some((Arc::new(mesh), watch)))
 }
 
 async fn shutdown_signal() {

@@ -40,6 +40,10 @@ pub struct ConnectionLabels {
     pub destination_workload: String,
     /// Destination workload namespace, or `unknown`.
     pub destination_workload_namespace: String,
+    /// Source SPIFFE ID (from the peer's certificate on HBONE), or `unknown`.
+    pub source_principal: String,
+    /// Destination SPIFFE ID, or `unknown`.
+    pub destination_principal: String,
     /// `mutual_tls` for HBONE, `none` for plaintext.
     pub connection_security_policy: String,
     /// Istio response flags; `-` when the connection succeeded.
@@ -59,6 +63,26 @@ pub struct Metrics {
     pub received_bytes: Family<ConnectionLabels, Counter>,
     /// `marrow_enrolled_pods`.
     pub enrolled_pods: Gauge,
+    /// `marrow_config_generation`: generation of the state in force.
+    pub config_generation: Gauge,
+}
+
+impl ConnectionLabels {
+    /// Labels with every workload field `unknown`, plaintext, no failure.
+    pub fn unknown(reporter: Reporter) -> Self {
+        let unknown = || "unknown".to_owned();
+        Self {
+            reporter,
+            source_workload: unknown(),
+            source_workload_namespace: unknown(),
+            destination_workload: unknown(),
+            destination_workload_namespace: unknown(),
+            source_principal: unknown(),
+            destination_principal: unknown(),
+            connection_security_policy: "none".into(),
+            response_flags: "-".into(),
+        }
+    }
 }
 
 impl Metrics {
@@ -89,6 +113,11 @@ impl Metrics {
             "Pods currently enrolled with this node proxy",
             self.enrolled_pods.clone(),
         );
+        registry.register(
+            "marrow_config_generation",
+            "Generation of the workload state in force (increments on each applied update)",
+            self.config_generation.clone(),
+        );
     }
 }
 
@@ -107,6 +136,8 @@ mod tests {
             source_workload_namespace: "unknown".into(),
             destination_workload: "web".into(),
             destination_workload_namespace: "shop".into(),
+            source_principal: "unknown".into(),
+            destination_principal: "spiffe://cluster.local/ns/shop/sa/web".into(),
             connection_security_policy: "none".into(),
             response_flags: "-".into(),
         };

@@ -19,14 +19,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::{ConnectRequest, H2Stream, HboneClient, HboneError};
+use crate::identity::SpiffeId;
 
 /// What a pooled connection is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
-    /// The source workload's identity (its SPIFFE ID as text).
-    pub source: String,
+    /// The source workload's identity (the client certificate).
+    pub source: SpiffeId,
     /// The destination pod's HBONE address (`pod_ip:15008`).
     pub destination: SocketAddr,
+    /// The identity the destination must present: a pod address re-used by another workload
+    /// gets a new connection.
+    pub server: SpiffeId,
 }
 
 /// Makes a new HBONE connection for a key (TCP from the source pod, TLS, HTTP/2 handshake).
@@ -301,10 +305,13 @@ mod tests {
         (addr, accepted)
     }
 
-    fn key(source: &str) -> PoolKey {
+    fn key(sa: &str) -> PoolKey {
         PoolKey {
-            source: source.into(),
+            source: format!("spiffe://cluster.local/ns/shop/sa/{sa}")
+                .parse()
+                .unwrap(),
             destination: "10.0.0.2:15008".parse().unwrap(),
+            server: "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap(),
         }
     }
 
@@ -374,14 +381,8 @@ mod tests {
     #[tokio::test]
     async fn sources_do_not_share_connections() {
         let (pool, connector) = pool(PoolSettings::default()).await;
-        let mut a = pool
-            .tunnel(&key("spiffe://td/ns/a/sa/a"), &req())
-            .await
-            .unwrap();
-        let mut b = pool
-            .tunnel(&key("spiffe://td/ns/b/sa/b"), &req())
-            .await
-            .unwrap();
+        let mut a = pool.tunnel(&key("a"), &req()).await.unwrap();
+        let mut b = pool.tunnel(&key("b"), &req()).await.unwrap();
         ping(&mut a).await;
         ping(&mut b).await;
         assert_eq!(connector.dials.load(Ordering::SeqCst), 2);

@@ -26,10 +26,12 @@ use tokio::task::JoinHandle;
 pub use records::{PodRecord, RecordStore};
 
 use crate::capture::Capture;
+use crate::hbone::pool::{Pool, PoolSettings};
 use crate::metrics::Metrics;
 use crate::netns::{HostNetns, PodNetns};
+use crate::proxy::mesh::{LocalIdentity, Mesh, PodConnector};
 use crate::proxy::source_port::{LiveInbound, SourcePorts};
-use crate::proxy::{self, Direction, PodContext, ProxySettings};
+use crate::proxy::{self, Direction, PodContext, PodHbone, ProxySettings};
 use crate::socket;
 
 /// A refused or failed enrollment operation: the kind the CNI plugin maps to a code, and a
@@ -76,6 +78,7 @@ pub struct Registry {
     records: RecordStore,
     metrics: Arc<Metrics>,
     settings: ProxySettings,
+    mesh: Option<Arc<Mesh>>,
 }
 
 impl Registry {
@@ -86,8 +89,10 @@ impl Registry {
         records: RecordStore,
         metrics: Arc<Metrics>,
         settings: ProxySettings,
+        mesh: Option<Arc<Mesh>>,
     ) -> Self {
         Self {
+            mesh,
             host,
             capture: Mutex::new(capture),
             pods: tokio::sync::Mutex::new(HashMap::new()),
@@ -306,8 +311,23 @@ impl Registry {
             self.undo_capture(&record);
             return Err(EnrollError::new(ErrorKind::Capture, format!("{who}: {e}")));
         }
+        let hbone = self.mesh.as_ref().map(|mesh| {
+            let connector = Arc::new(PodConnector {
+                netns: netns.clone(),
+                mesh: mesh.clone(),
+            });
+            let pool = Pool::new(connector, PoolSettings::default());
+            tokio::spawn(pool.clone().run_reaper());
+            PodHbone {
+                mesh: mesh.clone(),
+                pool,
+                identity: LocalIdentity::default(),
+            }
+        });
         let ctx = Arc::new(PodContext {
             pod: record.pod.clone(),
+            ips: record.ips.clone(),
+            hbone,
             netns: netns.clone(),
             metrics: self.metrics.clone(),
             settings: self.settings,

@@ -1,29 +1,32 @@
 //! The data path of one enrolled pod: accept loops on its in-pod listeners and the per-connection
 //! relays.
 //!
-//! Outbound (15001): the original destination comes from `SO_ORIGINAL_DST`; the proxy connects
-//! to it from the pod's netns with the outbound mark, so `connect4` lets it through.
-//! Inbound (15006): `sk_lookup` assigned the connection here with its destination intact; the
-//! proxy connects to the app from the client's address (transparent, inbound mark), so the app
-//! sees the real client. HBONE (15008) is accepted and closed until HBONE lands.
+//! Outbound (15001): the original destination comes from `SO_ORIGINAL_DST`; a destination that
+//! the state knows as a mesh workload is reached through HBONE (mTLS + HTTP/2 CONNECT to its
+//! pod's 15008, dialled from this pod's netns), anything else by plain TCP from the pod's netns
+//! with the outbound mark. Inbound: plaintext on 15006 (assigned by `sk_lookup` with its
+//! destination intact) and HBONE on 15008 are both relayed to the app from the client's own
+//! address (transparent, inbound mark), so the app sees the real client.
 
+mod inbound;
+pub mod mesh;
+mod outbound;
 mod relay;
 pub mod source_port;
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use marrow_common::{PROXY_INBOUND_MARK, PROXY_OUTBOUND_MARK};
 use redirect_cni::protocol::PodIdentity;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::Instrument;
 
-use crate::metrics::{ConnectionLabels, Metrics, Reporter};
+use crate::hbone::pool::Pool;
+use crate::metrics::{ConnectionLabels, Metrics};
 use crate::netns::PodNetns;
 use crate::socket;
+use mesh::{LocalIdentity, Mesh};
 
 /// The destination a captured outbound connection was headed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,14 +47,12 @@ pub struct ProxySettings {
     pub inbound_source_ports: (u16, u16),
 }
 
-/// Most source ports tried for one connection to the app before giving up.
-const SOURCE_PORT_ATTEMPTS: usize = 64;
-
 /// What every connection of one pod needs.
-#[derive(Debug)]
 pub struct PodContext {
     /// The pod.
     pub pod: PodIdentity,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
     /// Its network namespace.
     pub netns: Arc<PodNetns>,
     /// The proxy's metrics.
@@ -62,6 +63,35 @@ pub struct PodContext {
     pub source_ports: source_port::SourcePorts,
     /// Captured inbound connections still open.
     pub live_inbound: source_port::LiveInbound,
+    /// HBONE: state, certificates and this pod's connection pool; `None` in plain mode.
+    pub hbone: Option<PodHbone>,
+}
+
+/// A pod's part of the mesh.
+pub struct PodHbone {
+    /// The mesh.
+    pub mesh: Arc<Mesh>,
+    /// Pooled HBONE connections from this pod.
+    pub pool: Arc<Pool>,
+    /// The identity this pod holds certificates for.
+    pub identity: LocalIdentity,
+}
+
+impl fmt::Debug for PodContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PodContext")
+            .field("pod", &self.pod)
+            .field("ips", &self.ips)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PodContext {
+    fn drop(&mut self) {
+        if let Some(hbone) = &self.hbone {
+            hbone.identity.release(&hbone.mesh);
+        }
+    }
 }
 
 /// Which in-pod listener an accept loop serves.
@@ -90,131 +120,28 @@ pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener, direction: Direc
         let ctx = ctx.clone();
         tokio::spawn(async move {
             match direction {
-                Direction::Outbound => outbound(ctx, stream, peer).await,
-                Direction::Inbound => inbound(ctx, stream, peer).await,
-                Direction::Hbone => {
-                    tracing::debug!(pod = %ctx.pod.name, %peer, "hbone not served yet; closing");
-                }
+                Direction::Outbound => outbound::handle(ctx, stream, peer).await,
+                Direction::Inbound => inbound::plaintext(ctx, stream, peer).await,
+                Direction::Hbone => inbound::hbone(ctx, stream, peer).await,
             }
         });
     }
 }
 
-async fn outbound(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
-    let accepted_v6 = peer.is_ipv6();
-    let dst = match socket::original_dst(client.as_fd(), accepted_v6) {
-        Ok(addr) => OrigDst(socket::canonical(addr)),
-        Err(error) => {
-            tracing::warn!(pod = %ctx.pod.name, %peer, %error, "original destination unknown; closing");
-            socket::reset(client);
-            return;
-        }
-    };
-    let span = tracing::info_span!("outbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer, dst = %dst);
-    async move {
-        let labels = ConnectionLabels {
-            reporter: Reporter::Source,
-            source_workload: ctx.pod.name.clone(),
-            source_workload_namespace: ctx.pod.namespace.clone(),
-            destination_workload: "unknown".into(),
-            destination_workload_namespace: "unknown".into(),
-            connection_security_policy: "none".into(),
-            response_flags: "-".into(),
-        };
-        let upstream = ctx
-            .netns
-            .run(|| socket::marked_socket(dst.0, PROXY_OUTBOUND_MARK))
-            .and_then(|sock| sock);
-        let upstream = match upstream {
-            Ok(sock) => {
-                tokio::time::timeout(ctx.settings.connect_timeout, socket::connect(sock, dst.0))
-                    .await
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot create upstream socket in pod netns");
-                socket::reset(client);
-                return;
-            }
-        };
-        relay_or_fail(&ctx.metrics, labels, client, upstream).await;
-    }
-    .instrument(span)
-    .await
-}
-
-async fn inbound(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
-    let peer = socket::canonical(peer);
-    let dst = match client.local_addr() {
-        Ok(addr) => socket::canonical(addr),
-        Err(error) => {
-            tracing::warn!(pod = %ctx.pod.name, %peer, %error, "cannot read the connection's destination");
-            return;
-        }
-    };
-    let span = tracing::info_span!("inbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer, dst = %dst);
-    async move {
-        let labels = ConnectionLabels {
-            reporter: Reporter::Destination,
-            source_workload: "unknown".into(),
-            source_workload_namespace: "unknown".into(),
-            destination_workload: ctx.pod.name.clone(),
-            destination_workload_namespace: ctx.pod.namespace.clone(),
-            connection_security_policy: "none".into(),
-            response_flags: "-".into(),
-        };
-        let _tracked = ctx.live_inbound.track(peer, dst);
-        let app = connect_preserving_source(&ctx, peer.ip(), dst).await;
-        relay_or_fail(&ctx.metrics, labels, client, app).await;
-    }
-    .instrument(span)
-    .await
-}
-
-/// Connects to the app at `dst` from `client_ip`, on a source port of the proxy's choosing
-/// (see [`source_port`]): never one of a live captured connection, never one in use.
-async fn connect_preserving_source(
-    ctx: &PodContext,
-    client_ip: std::net::IpAddr,
-    dst: SocketAddr,
-) -> Result<std::io::Result<TcpStream>, tokio::time::error::Elapsed> {
-    let deadline = tokio::time::Instant::now() + ctx.settings.connect_timeout;
-    for _ in 0..SOURCE_PORT_ATTEMPTS {
-        let port = ctx.source_ports.next();
-        if ctx.live_inbound.clashes(client_ip, port, dst) {
-            continue;
-        }
-        let source = SocketAddr::new(client_ip, port);
-        let sock = match ctx
-            .netns
-            .run(|| socket::transparent_socket(source, PROXY_INBOUND_MARK))
-        {
-            Ok(Ok(sock)) => sock,
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
-            Ok(Err(e)) | Err(e) => return Ok(Err(e)),
-        };
-        match tokio::time::timeout_at(deadline, socket::connect(sock, dst)).await {
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => continue,
-            other => return other,
-        }
-    }
-    Ok(Err(std::io::Error::new(
-        std::io::ErrorKind::AddrNotAvailable,
-        format!("no free source port for {client_ip} -> {dst} after {SOURCE_PORT_ATTEMPTS} tries"),
-    )))
-}
-
 /// Relays between `client` and a connected upstream, or resets `client` when connecting failed,
 /// counting and logging either way.
-async fn relay_or_fail(
+async fn relay_or_fail<U>(
     metrics: &Metrics,
     mut labels: ConnectionLabels,
     client: TcpStream,
-    upstream: Result<std::io::Result<TcpStream>, tokio::time::error::Elapsed>,
-) {
+    upstream: Result<U, String>,
+) where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let started = Instant::now();
     let upstream = match upstream {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
+        Ok(stream) => stream,
+        Err(error) => {
             // UF: upstream connection failure (Istio's flag).
             labels.response_flags = "UF".into();
             metrics.opened.get_or_create(&labels).inc();
@@ -223,31 +150,47 @@ async fn relay_or_fail(
             socket::reset(client);
             return;
         }
-        Err(_) => {
-            labels.response_flags = "UF".into();
-            metrics.opened.get_or_create(&labels).inc();
-            metrics.closed.get_or_create(&labels).inc();
-            tracing::info!(response_flags = "UF", "upstream connect timed out");
-            socket::reset(client);
-            return;
-        }
     };
     metrics.opened.get_or_create(&labels).inc();
     let outcome = relay::copy_both_ways(client, upstream).await;
+    log_closed(metrics, &labels, &outcome, started);
+}
+
+/// Counts and logs a finished relay.
+fn log_closed(
+    metrics: &Metrics,
+    labels: &ConnectionLabels,
+    outcome: &relay::RelayOutcome,
+    started: Instant,
+) {
     metrics
         .sent_bytes
-        .get_or_create(&labels)
+        .get_or_create(labels)
         .inc_by(outcome.to_upstream);
     metrics
         .received_bytes
-        .get_or_create(&labels)
+        .get_or_create(labels)
         .inc_by(outcome.to_client);
-    metrics.closed.get_or_create(&labels).inc();
+    metrics.closed.get_or_create(labels).inc();
     tracing::info!(
+        src_principal = %labels.source_principal,
+        dst_principal = %labels.destination_principal,
+        security = %labels.connection_security_policy,
         bytes_sent = outcome.to_upstream,
         bytes_received = outcome.to_client,
         duration_ms = started.elapsed().as_millis() as u64,
         error = outcome.error.as_ref().map(tracing::field::display),
         "connection closed"
     );
+}
+
+/// Flattens a timed connect into a message for the log.
+fn connect_result<T>(
+    r: Result<std::io::Result<T>, tokio::time::error::Elapsed>,
+) -> Result<T, String> {
+    match r {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
 }

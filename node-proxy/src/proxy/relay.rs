@@ -1,7 +1,7 @@
-//! Copying bytes both ways between two TCP streams, with half-close propagated.
+//! Copying bytes both ways between two byte streams (TCP, or an HBONE tunnel), with half-close
+//! propagated.
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Each direction starts with a small buffer, so thousands of idle connections cost little…
 const INITIAL_BUF: usize = 2 * 1024;
@@ -21,28 +21,24 @@ pub struct RelayOutcome {
 }
 
 /// Copies until both directions finished (each end's FIN is passed on as a write shutdown).
-pub async fn copy_both_ways(mut client: TcpStream, mut upstream: TcpStream) -> RelayOutcome {
+/// On an error both streams are dropped, which closes them.
+pub async fn copy_both_ways<C, U>(client: C, upstream: U) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let mut counted = Counted::default();
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
     let result = {
-        let (mut cr, mut cw) = client.split();
-        let (mut ur, mut uw) = upstream.split();
         let up = copy_half(&mut cr, &mut uw, &mut counted.to_upstream);
         let down = copy_half(&mut ur, &mut cw, &mut counted.to_client);
         tokio::try_join!(up, down)
     };
-    let error = match result {
-        Ok(_) => None,
-        Err(error) => {
-            // One side failed: make sure the other end learns it promptly.
-            let _ = client.shutdown().await;
-            let _ = upstream.shutdown().await;
-            Some(error)
-        }
-    };
     RelayOutcome {
         to_upstream: counted.to_upstream,
         to_client: counted.to_client,
-        error,
+        error: result.err(),
     }
 }
 
@@ -77,7 +73,7 @@ where
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

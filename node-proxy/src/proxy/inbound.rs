@@ -1,0 +1,184 @@
+//! Inbound: plaintext captured on 15006 and HBONE on 15008, both relayed to the app from the
+//! client's own address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use marrow_common::PROXY_INBOUND_MARK;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::{PodContext, PodHbone, connect_result, log_closed, relay, relay_or_fail};
+use crate::hbone::{self, IncomingConnect, Refusal};
+use crate::identity::SpiffeId;
+use crate::metrics::{ConnectionLabels, Reporter};
+use crate::{socket, tls};
+
+/// Most source ports tried for one connection to the app before giving up.
+const SOURCE_PORT_ATTEMPTS: usize = 64;
+
+/// Serves one plaintext connection assigned to 15006.
+pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
+    let peer = socket::canonical(peer);
+    let dst = match client.local_addr() {
+        Ok(addr) => socket::canonical(addr),
+        Err(error) => {
+            tracing::warn!(pod = %ctx.pod.name, %peer, %error, "cannot read the connection's destination");
+            return;
+        }
+    };
+    let span = tracing::info_span!("inbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer, dst = %dst);
+    async move {
+        let mut labels = ConnectionLabels::unknown(Reporter::Destination);
+        labels.destination_workload = ctx.pod.name.clone();
+        labels.destination_workload_namespace = ctx.pod.namespace.clone();
+        let _tracked = ctx.live_inbound.track(peer, dst);
+        let app = connect_result(connect_preserving_source(&ctx, peer.ip(), dst).await);
+        relay_or_fail(&ctx.metrics, labels, client, app).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serves one connection on 15008: mutual TLS as this pod, then HTTP/2 CONNECT streams, each
+/// relayed to the app from the HBONE connection's source address (the client pod's).
+pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
+    let peer = socket::canonical(peer);
+    let Some(hbone) = &ctx.hbone else {
+        tracing::debug!(pod = %ctx.pod.name, %peer, "hbone without a mesh configuration; closing");
+        return;
+    };
+    let span =
+        tracing::info_span!("hbone", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer);
+    let served = async {
+        let (workload, id) = hbone
+            .identity
+            .resolve(&hbone.mesh, &ctx.ips)
+            .ok_or("this pod has no identity in the state")?;
+        let cert = hbone
+            .mesh
+            .certs
+            .get(&id)
+            .await
+            .map_err(|e| format!("certificate for {id}: {e}"))?;
+        let config = tls::server_config(&cert).map_err(|e| e.to_string())?;
+        let tls = tokio::time::timeout(hbone.mesh.handshake_timeout, tls::accept(config, tcp))
+            .await
+            .map_err(|_| "tls handshake timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let client_id = tls::peer_identity(tls.get_ref().1, &hbone.mesh.trust_domain)
+            .map_err(|e| e.to_string())?;
+        let session = Arc::new(Session {
+            ctx: ctx.clone(),
+            peer,
+            client_id,
+            server_id: id,
+            server_workload: workload.workload_name.clone(),
+        });
+        hbone::serve(tls, move |incoming| tunnel(session.clone(), incoming))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Err(reason) = served.instrument(span.clone()).await {
+        span.in_scope(|| tracing::info!(%reason, "hbone connection ended"));
+    }
+}
+
+/// One authenticated HBONE connection.
+struct Session {
+    ctx: Arc<PodContext>,
+    peer: SocketAddr,
+    client_id: SpiffeId,
+    server_id: SpiffeId,
+    server_workload: String,
+}
+
+async fn tunnel(session: Arc<Session>, incoming: IncomingConnect) {
+    let target = incoming.target.authority;
+    let span = tracing::info_span!("inbound", pod = %session.ctx.pod.name, ns = %session.ctx.pod.namespace, src = %session.peer, dst = %target);
+    tunnel_to_app(session, incoming, target)
+        .instrument(span)
+        .await
+}
+
+async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target: SocketAddr) {
+    let ctx = &session.ctx;
+    {
+        let Some(hbone) = &ctx.hbone else {
+            return incoming.refuse(Refusal::Unavailable);
+        };
+        let mut labels = labels(&session, hbone);
+        if !ctx.ips.contains(&target.ip().to_canonical()) {
+            tracing::info!(%target, "CONNECT to an address that is not this pod's; answering 400");
+            return incoming.refuse(Refusal::BadRequest);
+        }
+        let started = Instant::now();
+        match connect_result(connect_preserving_source(ctx, session.peer.ip(), target).await) {
+            Ok(app) => match incoming.accept() {
+                Ok(stream) => {
+                    ctx.metrics.opened.get_or_create(&labels).inc();
+                    let outcome = relay::copy_both_ways(stream, app).await;
+                    log_closed(&ctx.metrics, &labels, &outcome, started);
+                }
+                Err(error) => tracing::info!(%error, "client went away before the tunnel opened"),
+            },
+            Err(error) => {
+                labels.response_flags = "UF".into();
+                ctx.metrics.opened.get_or_create(&labels).inc();
+                ctx.metrics.closed.get_or_create(&labels).inc();
+                tracing::info!(%error, response_flags = "UF", "app unreachable; answering 503");
+                incoming.refuse(Refusal::Unavailable);
+            }
+        }
+    }
+}
+
+fn labels(session: &Session, hbone: &PodHbone) -> ConnectionLabels {
+    let ctx = &session.ctx;
+    let mut labels = ConnectionLabels::unknown(Reporter::Destination);
+    labels.destination_workload = session.server_workload.clone();
+    labels.destination_workload_namespace = ctx.pod.namespace.clone();
+    labels.destination_principal = session.server_id.to_string();
+    labels.source_principal = session.client_id.to_string();
+    labels.connection_security_policy = "mutual_tls".into();
+    let snap = hbone.mesh.state.snapshot();
+    if let Some(src) = snap.workload_by_ip(session.peer.ip()) {
+        labels.source_workload = src.workload_name.clone();
+        labels.source_workload_namespace = src.namespace.clone();
+    }
+    labels
+}
+
+/// Connects to the app at `dst` from `client_ip`, on a source port of the proxy's choosing
+/// (see [`super::source_port`]): never one of a live captured connection, never one in use.
+async fn connect_preserving_source(
+    ctx: &PodContext,
+    client_ip: IpAddr,
+    dst: SocketAddr,
+) -> Result<std::io::Result<TcpStream>, tokio::time::error::Elapsed> {
+    let deadline = tokio::time::Instant::now() + ctx.settings.connect_timeout;
+    for _ in 0..SOURCE_PORT_ATTEMPTS {
+        let port = ctx.source_ports.next();
+        if ctx.live_inbound.clashes(client_ip, port, dst) {
+            continue;
+        }
+        let source = SocketAddr::new(client_ip, port);
+        let sock = match ctx
+            .netns
+            .run(|| socket::transparent_socket(source, PROXY_INBOUND_MARK))
+        {
+            Ok(Ok(sock)) => sock,
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
+            Ok(Err(e)) | Err(e) => return Ok(Err(e)),
+        };
+        match tokio::time::timeout_at(deadline, socket::connect(sock, dst)).await {
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => continue,
+            other => return other,
+        }
+    }
+    Ok(Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("no free source port for {client_ip} -> {dst} after {SOURCE_PORT_ATTEMPTS} tries"),
+    )))
+}

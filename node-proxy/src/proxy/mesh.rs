@@ -1,0 +1,152 @@
+//! What the data path needs to carry a pod's traffic in HBONE: the workload state, the
+//! certificates, the trust domain, and a per-pod connector that dials from the pod's netns.
+//!
+//! Identity rule: a pod's SPIFFE ID is derived from the state's record of the workload at the
+//! pod's address (namespace, service account). The proxy asks the certificate manager only for
+//! identities of pods enrolled on this node (and, when `--node-name` is set, scheduled on it).
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use marrow_common::PROXY_OUTBOUND_MARK;
+
+use crate::hbone::pool::{Connector, PoolKey};
+use crate::hbone::{HboneClient, HboneError};
+use crate::identity::{CertificateManager, SpiffeId, TrustDomain};
+use crate::netns::PodNetns;
+use crate::socket;
+use crate::state::{StateStore, Workload};
+use crate::tls;
+
+/// The mesh-wide parts of the data path; absent when the proxy runs without state and CA.
+pub struct Mesh {
+    /// Workloads, from the state file.
+    pub state: Arc<StateStore>,
+    /// Workload certificates.
+    pub certs: Arc<CertificateManager>,
+    /// The mesh's trust domain.
+    pub trust_domain: TrustDomain,
+    /// This node's name, when known: pods scheduled elsewhere get no identity here.
+    pub node_name: Option<String>,
+    /// Bound on a TLS handshake (either side).
+    pub handshake_timeout: Duration,
+    /// Bound on a TCP connect to a peer's HBONE port.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    /// The SPIFFE ID of a workload.
+    pub fn identity_of(&self, workload: &Workload) -> Option<SpiffeId> {
+        let (ns, sa) = workload.spiffe_id_parts();
+        SpiffeId::new(&self.trust_domain, ns, sa).ok()
+    }
+}
+
+/// The identity a local pod currently holds a certificate permission for.
+#[derive(Debug, Default)]
+pub struct LocalIdentity(Mutex<Option<SpiffeId>>);
+
+impl LocalIdentity {
+    /// The pod's workload and SPIFFE ID from the current state, allowing the identity in the
+    /// certificate manager (and forbidding a previous one, if the service account changed).
+    pub fn resolve(&self, mesh: &Mesh, ips: &[IpAddr]) -> Option<(Arc<Workload>, SpiffeId)> {
+        let snap = mesh.state.snapshot();
+        let workload = ips.iter().find_map(|ip| snap.workload_by_ip(*ip))?.clone();
+        if let (Some(node), Some(scheduled)) = (&mesh.node_name, &workload.node_name)
+            && node != scheduled
+        {
+            tracing::warn!(pod = %workload.name, %node, %scheduled, "state places this pod on another node; no identity");
+            return None;
+        }
+        let id = mesh.identity_of(&workload)?;
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.as_ref() != Some(&id) {
+            if let Some(old) = held.replace(id.clone()) {
+                mesh.certs.forbid(&old);
+            }
+            mesh.certs.allow(id.clone());
+        }
+        Some((workload, id))
+    }
+
+    /// Gives up the identity (the pod left).
+    pub fn release(&self, mesh: &Mesh) {
+        let held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(id) = held {
+            mesh.certs.forbid(&id);
+        }
+    }
+}
+
+/// Dials HBONE connections for one pod: TCP from the pod's netns (so the peer sees the pod's
+/// address) with the outbound mark, then mutual TLS as the pod's identity, then HTTP/2.
+pub struct PodConnector {
+    /// The pod's netns.
+    pub netns: Arc<PodNetns>,
+    /// The mesh.
+    pub mesh: Arc<Mesh>,
+}
+
+impl Connector for PodConnector {
+    fn connect(
+        &self,
+        key: &PoolKey,
+    ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
+        let key = key.clone();
+        Box::pin(async move {
+            let transport =
+                |step: String| move |e: std::io::Error| HboneError::Transport { step, source: e };
+            let cert = self.mesh.certs.get(&key.source).await.map_err(|e| {
+                transport(format!("certificate for {}", key.source))(std::io::Error::other(e))
+            })?;
+            let config = tls::client_config(&cert, key.server.clone()).map_err(|e| {
+                transport("client tls configuration".into())(std::io::Error::other(e))
+            })?;
+            let dst = key.destination;
+            let sock = self
+                .netns
+                .run(|| socket::marked_socket(dst, PROXY_OUTBOUND_MARK))
+                .and_then(|sock| sock)
+                .map_err(transport(format!("socket for {dst} in the pod netns")))?;
+            let tcp = tokio::time::timeout(self.mesh.connect_timeout, socket::connect(sock, dst))
+                .await
+                .map_err(|_| {
+                    transport(format!("connecting to {dst}"))(std::io::ErrorKind::TimedOut.into())
+                })?
+                .map_err(transport(format!("connecting to {dst}")))?;
+            let tls = tokio::time::timeout(
+                self.mesh.handshake_timeout,
+                tls::connect(config, dst.ip(), tcp),
+            )
+            .await
+            .map_err(|_| {
+                transport(format!("tls handshake with {dst}"))(std::io::ErrorKind::TimedOut.into())
+            })?
+            .map_err(|e| {
+                transport(format!(
+                    "tls handshake with {dst} (expecting {})",
+                    key.server
+                ))(std::io::Error::other(e))
+            })?;
+            HboneClient::handshake(tls).await
+        })
+    }
+}
