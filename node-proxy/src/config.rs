@@ -58,6 +58,8 @@ pub struct Config {
     pub node_name: Option<String>,
     /// Bound on an HBONE TLS handshake.
     pub handshake_timeout: Duration,
+    /// Lifetime of workload certificates from the local CA (renewed at half-life).
+    pub cert_ttl: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             node_name: None,
             handshake_timeout: Duration::from_secs(10),
+            cert_ttl: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -169,6 +172,15 @@ impl Config {
                 "--handshake-timeout-ms",
                 self.handshake_timeout.as_millis(),
                 "1..=120000",
+            ));
+        }
+        if self.cert_ttl < Duration::from_secs(2)
+            || self.cert_ttl > Duration::from_secs(366 * 86_400)
+        {
+            return Err(invalid(
+                "--cert-ttl-secs",
+                self.cert_ttl.as_secs(),
+                "2..=31622400",
             ));
         }
         if !(1..=64).contains(&self.worker_threads) {

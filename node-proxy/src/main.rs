@@ -109,6 +109,9 @@ struct RunArgs {
     /// This node's name (Kubernetes: spec.nodeName of this DaemonSet pod).
     #[arg(long, env = "MARROW_NODE_NAME")]
     node_name: Option<String>,
+    /// Lifetime of workload certificates from the local CA, in seconds (renewed at half-life).
+    #[arg(long, env = "MARROW_CERT_TTL_SECS")]
+    cert_ttl_secs: Option<u64>,
     /// HBONE TLS handshake timeout in milliseconds.
     #[arg(long, env = "MARROW_HANDSHAKE_TIMEOUT_MS")]
     handshake_timeout_ms: Option<u64>,
@@ -142,6 +145,10 @@ impl RunArgs {
             ca_dir: self.ca_dir.or(d.ca_dir),
             trust_domain: self.trust_domain.unwrap_or(d.trust_domain),
             node_name: self.node_name.or(d.node_name),
+            cert_ttl: self
+                .cert_ttl_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.cert_ttl),
             handshake_timeout: self
                 .handshake_timeout_ms
                 .map(Duration::from_millis)
@@ -299,8 +306,38 @@ async fn start_mesh(
         node_name: config.node_name.clone(),
         handshake_timeout: config.handshake_timeout,
         connect_timeout: config.connect_timeout,
+        metrics: metrics.clone(),
     };
+    tokio::spawn(export_certificate_expiry(
+        mesh.certs.clone(),
+        metrics.clone(),
+    ));
     Ok(Some((Arc::new(mesh), watch)))
+}
+
+/// Keeps `marrow_certificate_expiry_timestamp_seconds` current (every 2 s: renewals are minutes
+/// or hours apart in production, seconds apart only in tests).
+async fn export_certificate_expiry(certs: Arc<CertificateManager>, metrics: Arc<Metrics>) {
+    loop {
+        metrics.certificate_expiry.clear();
+        for status in certs.statuses() {
+            let Some(not_after) = status.not_after else {
+                continue;
+            };
+            let secs = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let labels = node_proxy::metrics::IdentityLabels {
+                identity: status.id.to_string(),
+            };
+            metrics
+                .certificate_expiry
+                .get_or_create(&labels)
+                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -27,6 +27,29 @@ impl EncodeLabelValue for Reporter {
     }
 }
 
+/// Labels of `marrow_hbone_*` series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HboneLabels {
+    /// `outbound` (this proxy dialled) or `inbound` (it accepted).
+    pub direction: &'static str,
+}
+
+/// Labels of `marrow_hbone_handshake_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HboneFailureLabels {
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// A fixed reason: `connect`, `timeout`, `tls`, `identity`, `certificate`.
+    pub reason: &'static str,
+}
+
+/// Labels of per-identity certificate series (bounded by the identities of local pods).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    /// The SPIFFE ID.
+    pub identity: String,
+}
+
 /// Labels of the `istio_tcp_*` series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
@@ -65,6 +88,13 @@ pub struct Metrics {
     pub enrolled_pods: Gauge,
     /// `marrow_config_generation`: generation of the state in force.
     pub config_generation: Gauge,
+    /// `marrow_hbone_connections_total`: mTLS + HTTP/2 connections established.
+    pub hbone_connections: Family<HboneLabels, Counter>,
+    /// `marrow_hbone_handshake_failures_total`.
+    pub hbone_failures: Family<HboneFailureLabels, Counter>,
+    /// `marrow_certificate_expiry_timestamp_seconds`: not-after of each local identity's
+    /// current certificate.
+    pub certificate_expiry: Family<IdentityLabels, Gauge>,
 }
 
 impl ConnectionLabels {
@@ -86,6 +116,20 @@ impl ConnectionLabels {
 }
 
 impl Metrics {
+    /// Counts an established HBONE connection.
+    pub fn hbone_established(&self, direction: &'static str) {
+        self.hbone_connections
+            .get_or_create(&HboneLabels { direction })
+            .inc();
+    }
+
+    /// Counts an HBONE connection that failed before carrying a stream.
+    pub fn hbone_failed(&self, direction: &'static str, reason: &'static str) {
+        self.hbone_failures
+            .get_or_create(&HboneFailureLabels { direction, reason })
+            .inc();
+    }
+
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -112,6 +156,21 @@ impl Metrics {
             "marrow_enrolled_pods",
             "Pods currently enrolled with this node proxy",
             self.enrolled_pods.clone(),
+        );
+        registry.register(
+            "marrow_hbone_connections",
+            "HBONE (mTLS + HTTP/2) connections established, by direction",
+            self.hbone_connections.clone(),
+        );
+        registry.register(
+            "marrow_hbone_handshake_failures",
+            "HBONE connections that failed before carrying a stream, by direction and reason",
+            self.hbone_failures.clone(),
+        );
+        registry.register(
+            "marrow_certificate_expiry_timestamp_seconds",
+            "Expiry (Unix time) of the current certificate of each identity of a local pod",
+            self.certificate_expiry.clone(),
         );
         registry.register(
             "marrow_config_generation",

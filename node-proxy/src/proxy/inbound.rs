@@ -51,24 +51,26 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
     };
     let span =
         tracing::info_span!("hbone", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer);
+    let metrics = &ctx.metrics;
     let served = async {
-        let (workload, id) = hbone
-            .identity
-            .resolve(&hbone.mesh, &ctx.ips)
-            .ok_or("this pod has no identity in the state")?;
+        let (workload, id) = hbone.identity.resolve(&hbone.mesh, &ctx.ips).ok_or((
+            "identity",
+            "this pod has no identity in the state".to_owned(),
+        ))?;
         let cert = hbone
             .mesh
             .certs
             .get(&id)
             .await
-            .map_err(|e| format!("certificate for {id}: {e}"))?;
-        let config = tls::server_config(&cert).map_err(|e| e.to_string())?;
+            .map_err(|e| ("certificate", format!("certificate for {id}: {e}")))?;
+        let config = tls::server_config(&cert).map_err(|e| ("certificate", e.to_string()))?;
         let tls = tokio::time::timeout(hbone.mesh.handshake_timeout, tls::accept(config, tcp))
             .await
-            .map_err(|_| "tls handshake timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ("timeout", "tls handshake timed out".to_owned()))?
+            .map_err(|e| ("tls", e.to_string()))?;
         let client_id = tls::peer_identity(tls.get_ref().1, &hbone.mesh.trust_domain)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ("identity", e.to_string()))?;
+        metrics.hbone_established("inbound");
         let session = Arc::new(Session {
             ctx: ctx.clone(),
             peer,
@@ -78,10 +80,13 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
         });
         hbone::serve(tls, move |incoming| tunnel(session.clone(), incoming))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| ("http2", e.to_string()))
     };
-    if let Err(reason) = served.instrument(span.clone()).await {
-        span.in_scope(|| tracing::info!(%reason, "hbone connection ended"));
+    if let Err((kind, reason)) = served.instrument(span.clone()).await {
+        if kind != "http2" {
+            metrics.hbone_failed("inbound", kind);
+        }
+        span.in_scope(|| tracing::info!(kind, %reason, "hbone connection refused or ended"));
     }
 }
 

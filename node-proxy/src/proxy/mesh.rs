@@ -35,6 +35,8 @@ pub struct Mesh {
     pub handshake_timeout: Duration,
     /// Bound on a TCP connect to a peer's HBONE port.
     pub connect_timeout: Duration,
+    /// The proxy's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -112,41 +114,73 @@ impl Connector for PodConnector {
     ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
         let key = key.clone();
         Box::pin(async move {
-            let transport =
-                |step: String| move |e: std::io::Error| HboneError::Transport { step, source: e };
-            let cert = self.mesh.certs.get(&key.source).await.map_err(|e| {
-                transport(format!("certificate for {}", key.source))(std::io::Error::other(e))
-            })?;
-            let config = tls::client_config(&cert, key.server.clone()).map_err(|e| {
-                transport("client tls configuration".into())(std::io::Error::other(e))
-            })?;
-            let dst = key.destination;
-            let sock = self
-                .netns
-                .run(|| socket::marked_socket(dst, PROXY_OUTBOUND_MARK))
-                .and_then(|sock| sock)
-                .map_err(transport(format!("socket for {dst} in the pod netns")))?;
-            let tcp = tokio::time::timeout(self.mesh.connect_timeout, socket::connect(sock, dst))
-                .await
-                .map_err(|_| {
-                    transport(format!("connecting to {dst}"))(std::io::ErrorKind::TimedOut.into())
-                })?
-                .map_err(transport(format!("connecting to {dst}")))?;
-            let tls = tokio::time::timeout(
-                self.mesh.handshake_timeout,
-                tls::connect(config, dst.ip(), tcp),
+            let result = self.dial(&key).await;
+            match &result {
+                Ok(_) => self.mesh.metrics.hbone_established("outbound"),
+                Err((reason, _)) => self.mesh.metrics.hbone_failed("outbound", reason),
+            }
+            result.map_err(|(_, e)| e)
+        })
+    }
+}
+
+impl PodConnector {
+    /// Dials; a failure carries its metric reason.
+    async fn dial(&self, key: &PoolKey) -> Result<HboneClient, (&'static str, HboneError)> {
+        let fail = |reason: &'static str, step: String, e: std::io::Error| {
+            (reason, HboneError::Transport { step, source: e })
+        };
+        let cert = self.mesh.certs.get(&key.source).await.map_err(|e| {
+            fail(
+                "certificate",
+                format!("certificate for {}", key.source),
+                std::io::Error::other(e),
             )
+        })?;
+        let config = tls::client_config(&cert, key.server.clone()).map_err(|e| {
+            fail(
+                "certificate",
+                "client tls configuration".into(),
+                std::io::Error::other(e),
+            )
+        })?;
+        let dst = key.destination;
+        let sock = self
+            .netns
+            .run(|| socket::marked_socket(dst, PROXY_OUTBOUND_MARK))
+            .and_then(|sock| sock)
+            .map_err(|e| fail("connect", format!("socket for {dst} in the pod netns"), e))?;
+        let tcp = tokio::time::timeout(self.mesh.connect_timeout, socket::connect(sock, dst))
             .await
             .map_err(|_| {
-                transport(format!("tls handshake with {dst}"))(std::io::ErrorKind::TimedOut.into())
+                fail(
+                    "timeout",
+                    format!("connecting to {dst}"),
+                    std::io::ErrorKind::TimedOut.into(),
+                )
             })?
-            .map_err(|e| {
-                transport(format!(
-                    "tls handshake with {dst} (expecting {})",
-                    key.server
-                ))(std::io::Error::other(e))
-            })?;
-            HboneClient::handshake(tls).await
-        })
+            .map_err(|e| fail("connect", format!("connecting to {dst}"), e))?;
+        let tls = tokio::time::timeout(
+            self.mesh.handshake_timeout,
+            tls::connect(config, dst.ip(), tcp),
+        )
+        .await
+        .map_err(|_| {
+            fail(
+                "timeout",
+                format!("tls handshake with {dst}"),
+                std::io::ErrorKind::TimedOut.into(),
+            )
+        })?
+        .map_err(|e| {
+            let reason = if e.rejection().is_some() {
+                "identity"
+            } else {
+                "tls"
+            };
+            let step = format!("tls handshake with {dst} (expecting {})", key.server);
+            fail(reason, step, std::io::Error::other(e))
+        })?;
+        HboneClient::handshake(tls).await.map_err(|e| ("tls", e))
     }
 }
