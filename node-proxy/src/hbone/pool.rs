@@ -31,6 +31,9 @@ pub struct PoolKey {
     /// The identity the destination must present: a pod address re-used by another workload
     /// gets a new connection.
     pub server: SpiffeId,
+    /// The client certificate's not-after (Unix seconds): after a renewal, new tunnels get a
+    /// new connection with the new certificate while the old one drains.
+    pub certificate_epoch: u64,
 }
 
 /// Makes a new HBONE connection for a key (TCP from the source pod, TLS, HTTP/2 handshake).
@@ -312,6 +315,7 @@ mod tests {
                 .unwrap(),
             destination: "10.0.0.2:15008".parse().unwrap(),
             server: "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap(),
+            certificate_epoch: 1,
         }
     }
 

@@ -110,10 +110,24 @@ async fn via_hbone(
         },
         traceparent: TraceParent::random(),
     };
+    let certificate_epoch = match mesh.certs.get(&source).await {
+        Ok(cert) => cert
+            .not_after()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        Err(error) => {
+            tracing::warn!(%source, %error, "no certificate; refusing");
+            mesh.metrics.hbone_failed("outbound", "certificate");
+            socket::reset(client);
+            return;
+        }
+    };
     let key = PoolKey {
         source,
         destination: target,
         server,
+        certificate_epoch,
     };
     let tunnel = hbone
         .pool
