@@ -7,6 +7,12 @@
 //! `redirect-cni`), with a child cgroup of the node's cgroup. [`Proxy`] runs the `node-proxy`
 //! binary inside a node; the `testpod` binary is the application inside pods.
 //!
+//! For the mesh between nodes: [`link_nodes`]/[`NodeLink`] make the underlay, [`MeshCa`] and
+//! [`ClusterState`] the CA and the state file a proxy is given ([`mesh`]), [`Sniffer`] records
+//! the underlay's TCP segments ([`sniff`]), [`probe`] pokes HBONE ports from outside the mesh,
+//! [`Conversation`] keeps a connection open across an event, and [`metrics`] reads the
+//! proxy's Prometheus text.
+//!
 //! Invariants: everything the harness creates is named after the test (`marrow-test-<name>`,
 //! `mt-<name>…`), is removed on `Drop` even while a test panics, and leftovers of a crashed
 //! earlier run with the same name are removed before being re-created. Tests only send traffic
@@ -24,26 +30,36 @@ pub mod binaries;
 pub mod bpffs;
 pub mod cgroup;
 pub mod cni;
+pub mod conversation;
 pub mod host;
 pub mod http;
+pub mod mesh;
+pub mod metrics;
 pub mod names;
 pub mod netns;
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod process;
 pub mod proxy;
+pub mod sniff;
+pub mod state_file;
 pub mod testpod;
 
 pub use bpffs::BpffsDir;
 pub use cgroup::Cgroup;
 pub use cni::{CniArgs, CniChain, CniCommand, CniError, CniErrorBody, PluginOutput};
+pub use conversation::Conversation;
 pub use host::skip_reason;
 pub use http::HttpResponse;
+pub use mesh::{MeshCa, spiffe_id};
 pub use netns::Netns;
-pub use node::{Node, NodeOptions, link_nodes};
+pub use node::{Node, NodeLink, NodeOptions, link_nodes};
 pub use pod::Pod;
 pub use process::PodProcess;
 pub use proxy::{Proxy, ProxyOptions};
+pub use sniff::{Capture, Sniffer};
+pub use state_file::ClusterState;
 pub use testpod::{
     BulkOutcome, ConnectErrorKind, ConnectFailure, ConnectOutcome, Connected, Greeting,
 };

@@ -362,58 +362,88 @@ impl Drop for NodeInner {
 }
 
 /// Connects two nodes with a veth pair and routes each node's pod ranges through it, so pods
-/// on `a` reach pods on `b`. Returns the link addresses `(a side, b side)`.
-///
-/// The link is `172.30.<k>.0/30` (and `fd30:<k>::/64` when both nodes are dual-stack), `k`
-/// unique per call in this process; it disappears with the namespaces.
+/// on `a` reach pods on `b`. Returns the link addresses `(a side, b side)`; [`NodeLink::between`]
+/// does the same and also names the interfaces (e.g. to capture the underlay's packets).
 pub fn link_nodes(a: &Node, b: &Node) -> (IpAddr, IpAddr) {
-    static NEXT: AtomicU8 = AtomicU8::new(0);
-    let k = NEXT.fetch_add(1, Ordering::Relaxed);
-    let key = format!("{}/{}/{k}", a.name(), b.name());
-    let (va, vb) = (ifname("mtla", &key), ifname("mtlb", &key));
-    a.netns().ip(&[
-        "link",
-        "add",
-        &va,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &vb,
-        "netns",
-        b.netns().name(),
-    ]);
-    let ip_a = Ipv4Addr::new(172, 30, k, 1);
-    let ip_b = Ipv4Addr::new(172, 30, k, 2);
-    for (node, other, dev, me, peer) in [(a, b, &va, ip_a, ip_b), (b, a, &vb, ip_b, ip_a)] {
-        let ns = node.netns();
-        ns.ip(&["addr", "add", &format!("{me}/30"), "dev", dev]);
-        ns.ip(&["link", "set", dev, "up"]);
-        ns.ip(&[
-            "route",
+    let link = NodeLink::between(a, b);
+    (link.a_ip, link.b_ip)
+}
+
+/// The underlay between two nodes: one veth pair, an end in each node's netns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLink {
+    /// The IPv4 address of `a`'s end.
+    pub a_ip: IpAddr,
+    /// The IPv4 address of `b`'s end.
+    pub b_ip: IpAddr,
+    /// The interface name of `a`'s end (in `a`'s netns).
+    pub a_ifname: String,
+    /// The interface name of `b`'s end (in `b`'s netns).
+    pub b_ifname: String,
+}
+
+impl NodeLink {
+    /// Connects two nodes with a veth pair and routes each node's pod ranges through it, so
+    /// pods on `a` reach pods on `b`.
+    ///
+    /// The link is `172.30.<k>.0/30` (and `fd30:<k>::/64` when both nodes are dual-stack), `k`
+    /// unique per call in this process; it disappears with the namespaces.
+    pub fn between(a: &Node, b: &Node) -> NodeLink {
+        static NEXT: AtomicU8 = AtomicU8::new(0);
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{}/{}/{k}", a.name(), b.name());
+        let (va, vb) = (ifname("mtla", &key), ifname("mtlb", &key));
+        a.netns().ip(&[
+            "link",
             "add",
-            &other.ipv4_subnet(),
-            "via",
-            &peer.to_string(),
+            &va,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            b.netns().name(),
         ]);
-    }
-    if a.dual_stack() && b.dual_stack() {
-        let v6 = |host: u16| Ipv6Addr::new(0xfd30, u16::from(k), 0, 0, 0, 0, 0, host);
-        for (node, other, dev, me, peer) in [(a, b, &va, v6(1), v6(2)), (b, a, &vb, v6(2), v6(1))] {
+        let ip_a = Ipv4Addr::new(172, 30, k, 1);
+        let ip_b = Ipv4Addr::new(172, 30, k, 2);
+        for (node, other, dev, me, peer) in [(a, b, &va, ip_a, ip_b), (b, a, &vb, ip_b, ip_a)] {
             let ns = node.netns();
+            ns.ip(&["addr", "add", &format!("{me}/30"), "dev", dev]);
+            ns.ip(&["link", "set", dev, "up"]);
             ns.ip(&[
-                "-6",
-                "addr",
+                "route",
                 "add",
-                &format!("{me}/64"),
-                "dev",
-                dev,
-                "nodad",
+                &other.ipv4_subnet(),
+                "via",
+                &peer.to_string(),
             ]);
-            if let Some(subnet) = other.ipv6_subnet() {
-                ns.ip(&["-6", "route", "add", &subnet, "via", &peer.to_string()]);
+        }
+        if a.dual_stack() && b.dual_stack() {
+            let v6 = |host: u16| Ipv6Addr::new(0xfd30, u16::from(k), 0, 0, 0, 0, 0, host);
+            for (node, other, dev, me, peer) in
+                [(a, b, &va, v6(1), v6(2)), (b, a, &vb, v6(2), v6(1))]
+            {
+                let ns = node.netns();
+                ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{me}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ]);
+                if let Some(subnet) = other.ipv6_subnet() {
+                    ns.ip(&["-6", "route", "add", &subnet, "via", &peer.to_string()]);
+                }
             }
         }
+        NodeLink {
+            a_ip: IpAddr::V4(ip_a),
+            b_ip: IpAddr::V4(ip_b),
+            a_ifname: va,
+            b_ifname: vb,
+        }
     }
-    (IpAddr::V4(ip_a), IpAddr::V4(ip_b))
 }

@@ -13,6 +13,8 @@
 //!     print {"ok":true,"bytes":N,"elapsed_ms":..} (or a failure as for connect).
 //! testpod connect-rate | send | pingpong | hold …
 //!     load generators for `cargo xtask bench`: see the `load` module.
+//! testpod converse <ip:port> [--timeout-ms N]
+//!     one connection driven line by line from stdin: see the `converse` module.
 //! ```
 //! Addresses are printed canonically (an IPv4-mapped IPv6 peer shows as plain IPv4).
 
@@ -27,6 +29,8 @@ use json::{Json, object};
 // A binary's root resolves modules beside itself; these live in `testpod/`.
 #[path = "testpod/bulk.rs"]
 mod bulk;
+#[path = "testpod/converse.rs"]
+mod converse;
 #[path = "testpod/json.rs"]
 mod json;
 #[path = "testpod/load.rs"]
@@ -38,7 +42,8 @@ const USAGE: &str = "usage: testpod serve --port P [--v6] [--sink]
        testpod connect-rate <ip:port> --seconds S [--threads T] [--timeout-ms N]
        testpod send <ip:port> --bytes N [--timeout-ms N]
        testpod pingpong <ip:port> --count N [--size B] [--timeout-ms N]
-       testpod hold <ip:port> --connections N [--seconds S] [--timeout-ms N]";
+       testpod hold <ip:port> --connections N [--seconds S] [--timeout-ms N]
+       testpod converse <ip:port> [--timeout-ms N]";
 const CHUNK: usize = 64 * 1024;
 
 fn main() -> ExitCode {
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         "send" => client(&flags, load::send),
         "pingpong" => client(&flags, load::pingpong),
         "hold" => load::hold(&flags),
+        "converse" => converse::converse(&flags),
         other => Err(format!("unknown command {other:?}")),
     };
     match result {

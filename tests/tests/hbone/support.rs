@@ -1,0 +1,245 @@
+//! Fixtures and checks shared by the HBONE tests: two linked nodes with a proxy each, wire
+//! checks over a capture, metric label sets, and log checks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use marrow_tests::mesh::{apply_state, mesh_proxy_options, wait_config_generation};
+use marrow_tests::sniff::{
+    Capture, Flow, TLS_APPLICATION_DATA, TLS_CHANGE_CIPHER_SPEC, TLS_HANDSHAKE, tls_records,
+};
+use marrow_tests::{
+    ClusterState, MeshCa, Node, NodeLink, NodeOptions, Pod, Proxy, Sniffer, spiffe_id,
+};
+
+/// Bound on a proxy becoming ready (and on its first state file).
+pub const READY: Duration = Duration::from_secs(30);
+/// The port the test apps listen on.
+pub const APP_PORT: u16 = 8080;
+/// Size of the bulk transfer.
+pub const BULK_BYTES: u64 = 8 << 20;
+/// Connections opened, per reporter and labels.
+pub const OPENED: &str = "istio_tcp_connections_opened_total";
+/// Connections closed.
+pub const CLOSED: &str = "istio_tcp_connections_closed_total";
+/// Bytes from client to server.
+pub const SENT: &str = "istio_tcp_sent_bytes_total";
+
+/// Two linked nodes, a mesh CA, each node's own copy of the state file, and a proxy per node.
+/// Field order is drop order: proxies, then nodes (the CA directory goes last).
+pub struct Mesh {
+    pub p1: Proxy,
+    pub p2: Proxy,
+    pub n1: Node,
+    pub n2: Node,
+    pub link: NodeLink,
+    pub state1: PathBuf,
+    pub state2: PathBuf,
+    pub ca: MeshCa,
+}
+
+impl Mesh {
+    /// Nodes `<test>-1` (index 1) and `<test>-2` (index 2), linked; proxies started on a state
+    /// file with the namespaces only (pods come later: enrolment needs a running proxy).
+    pub fn start(test: &str) -> Mesh {
+        Mesh::start_with(test, &[])
+    }
+
+    /// As [`Mesh::start`], with `extra` flags for both proxies.
+    pub fn start_with(test: &str, extra: &[&str]) -> Mesh {
+        let node = |n: u8| {
+            let options = NodeOptions {
+                dual_stack: false,
+                index: Some(n),
+            };
+            Node::with_options(&format!("{test}-{n}"), options)
+        };
+        let (n1, n2) = (node(1), node(2));
+        let link = NodeLink::between(&n1, &n2);
+        let ca = MeshCa::create(test);
+        let state1 = n1.temp_dir().join("cluster.yaml");
+        let state2 = n2.temp_dir().join("cluster.yaml");
+        let namespaces = namespaces();
+        namespaces.write(&state1);
+        namespaces.write(&state2);
+        let start = |node: &Node, state: &PathBuf| {
+            let mut options = mesh_proxy_options(&ca, state);
+            options
+                .extra_args
+                .extend(extra.iter().map(|a| (*a).to_owned()));
+            let mut proxy = node.start_proxy_with(options);
+            proxy.wait_ready(READY).expect("proxy ready");
+            wait_config_generation(&proxy, 1, READY);
+            proxy
+        };
+        let (p1, p2) = (start(&n1, &state1), start(&n2, &state2));
+        Mesh {
+            p1,
+            p2,
+            n1,
+            n2,
+            link,
+            state1,
+            state2,
+            ca,
+        }
+    }
+
+    /// Writes `state` to both proxies' files and waits until both applied it.
+    pub fn apply(&self, state: &ClusterState) {
+        apply_state(&self.p1, &self.state1, state);
+        apply_state(&self.p2, &self.state2, state);
+    }
+
+    /// A sniffer on node 1's end of the underlay.
+    pub fn sniff(&self) -> Sniffer {
+        Sniffer::start(self.n1.netns(), &self.link.a_ifname)
+    }
+}
+
+/// `shop` is in the ambient mesh, `legacy` is not.
+pub fn namespaces() -> ClusterState {
+    ClusterState::new()
+        .ambient_namespace("shop")
+        .namespace("legacy", &[])
+}
+
+pub fn v4(pod: &Pod, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(pod.ipv4()), port)
+}
+
+pub fn ip(pod: &Pod) -> IpAddr {
+    IpAddr::V4(pod.ipv4())
+}
+
+/// A marker unique to this run, so an old capture or log can never match it.
+pub fn marker(what: &str) -> String {
+    format!("MARROW-PLAINTEXT-MARKER-{what}-{}", std::process::id())
+}
+
+/// Polls `check` (which says what is still missing) until it passes, for at most ten seconds:
+/// proxies count a close after the client has seen it.
+pub fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Checks one direction of an HBONE connection on the wire: TLS records from the first byte
+/// (a handshake record first), and once application data starts, nothing but application
+/// data (TLS 1.3: everything after the handshake is encrypted). Returns the number of
+/// application-data records.
+pub fn assert_tls(capture: &Capture, flow: Flow, first_versions: &[u16]) -> usize {
+    let stream = capture.stream(flow);
+    let records = tls_records(&stream.bytes)
+        .unwrap_or_else(|e| panic!("{flow} is not TLS: {e}\n{}", capture.summary()));
+    let first = records
+        .first()
+        .unwrap_or_else(|| panic!("{flow} carried no TLS record\n{}", capture.summary()));
+    assert!(
+        first.content_type == TLS_HANDSHAKE && first_versions.contains(&first.version),
+        "{flow} starts with {first:?}, not a TLS handshake record"
+    );
+    let start = records
+        .iter()
+        .position(|r| r.content_type == TLS_APPLICATION_DATA)
+        .unwrap_or_else(|| panic!("{flow}: no application data record in {records:?}"));
+    assert!(
+        records[..start]
+            .iter()
+            .all(|r| matches!(r.content_type, TLS_HANDSHAKE | TLS_CHANGE_CIPHER_SPEC)),
+        "{flow}: unexpected records before encryption: {records:?}"
+    );
+    let plain = records[start..]
+        .iter()
+        .find(|r| r.content_type != TLS_APPLICATION_DATA || r.version != 0x0303);
+    assert!(
+        plain.is_none(),
+        "{flow}: {plain:?} after encryption started"
+    );
+    records.len() - start
+}
+
+/// The flows toward an app port that carry `text` in the clear, as (source IP, destination);
+/// the echo on the way back is left out.
+pub fn cleartext_to_apps(capture: &Capture, text: &str) -> Vec<(IpAddr, SocketAddr)> {
+    capture
+        .flows_containing(text.as_bytes())
+        .into_iter()
+        .filter(|f| f.dst.port() == APP_PORT)
+        .map(|f| (f.src.ip(), f.dst))
+        .collect()
+}
+
+pub fn principals(source: &str, destination: &str) -> [(&'static str, String); 2] {
+    [
+        ("source_principal", spiffe_id("shop", source)),
+        ("destination_principal", spiffe_id("shop", destination)),
+    ]
+}
+
+/// `reporter` and `connection_security_policy` plus the principals, as label pairs.
+pub fn labels<'a>(
+    reporter: &'a str,
+    policy: &'a str,
+    principals: &'a [(&'static str, String); 2],
+) -> Vec<(&'a str, &'a str)> {
+    let mut want = vec![
+        ("reporter", reporter),
+        ("connection_security_policy", policy),
+    ];
+    want.extend(principals.iter().map(|(k, v)| (*k, v.as_str())));
+    want
+}
+
+/// The proxy's log without terminal colours.
+pub fn plain_log(proxy: &Proxy) -> String {
+    let log = proxy.log();
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits until `proxy` logged a refusal of the connection from `local` (a line naming it that
+/// says why it was refused).
+pub fn assert_refusal_logged(proxy: &Proxy, what: &str, local: Option<SocketAddr>) {
+    let local = local.unwrap_or_else(|| panic!("{what}: the probe never connected"));
+    let src = format!("src={local}");
+    eventually(&format!("node 2 to log why it refused {what}"), || {
+        let log = plain_log(proxy);
+        let found = log.lines().any(|line| {
+            line.contains(&src)
+                && ["refused", "answering", "denied", "rejected", "timed out"]
+                    .iter()
+                    .any(|why| line.contains(why))
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(format!(
+                "no refusal line with {src} in {}",
+                proxy.log_path().display()
+            ))
+        }
+    });
+}
