@@ -274,11 +274,13 @@ async fn start_mesh(
         return Ok(None);
     };
     let trust_domain = TrustDomain::new(&config.trust_domain)?;
-    let ca = LocalCa::load(
-        &CaFiles::in_dir(ca_dir),
-        trust_domain.clone(),
-        LocalCaOptions::default(),
-    )?;
+    // Backdating guards against peers with slow clocks, but must stay small against the
+    // lifetime, or half-life renewal would come due at once.
+    let options = LocalCaOptions {
+        validity: config.cert_ttl,
+        backdate: LocalCaOptions::default().backdate.min(config.cert_ttl / 10),
+    };
+    let ca = LocalCa::load(&CaFiles::in_dir(ca_dir), trust_domain.clone(), options)?;
     let certs = Arc::new(CertificateManager::new(
         Arc::new(ca),
         ManagerConfig::default(),
