@@ -109,32 +109,30 @@ async fn tunnel(session: Arc<Session>, incoming: IncomingConnect) {
 
 async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target: SocketAddr) {
     let ctx = &session.ctx;
-    {
-        let Some(hbone) = &ctx.hbone else {
-            return incoming.refuse(Refusal::Unavailable);
-        };
-        let mut labels = labels(&session, hbone);
-        if !ctx.ips.contains(&target.ip().to_canonical()) {
-            tracing::info!(%target, "CONNECT to an address that is not this pod's; answering 400");
-            return incoming.refuse(Refusal::BadRequest);
-        }
-        let started = Instant::now();
-        match connect_result(connect_preserving_source(ctx, session.peer.ip(), target).await) {
-            Ok(app) => match incoming.accept() {
-                Ok(stream) => {
-                    ctx.metrics.opened.get_or_create(&labels).inc();
-                    let outcome = relay::copy_both_ways(stream, app).await;
-                    log_closed(&ctx.metrics, &labels, &outcome, started);
-                }
-                Err(error) => tracing::info!(%error, "client went away before the tunnel opened"),
-            },
-            Err(error) => {
-                labels.response_flags = "UF".into();
+    let Some(hbone) = &ctx.hbone else {
+        return incoming.refuse(Refusal::Unavailable);
+    };
+    let mut labels = labels(&session, hbone);
+    if !ctx.ips.contains(&target.ip().to_canonical()) {
+        tracing::info!(%target, "CONNECT to an address that is not this pod's; answering 400");
+        return incoming.refuse(Refusal::BadRequest);
+    }
+    let started = Instant::now();
+    match connect_result(connect_preserving_source(ctx, session.peer.ip(), target).await) {
+        Ok(app) => match incoming.accept() {
+            Ok(stream) => {
                 ctx.metrics.opened.get_or_create(&labels).inc();
-                ctx.metrics.closed.get_or_create(&labels).inc();
-                tracing::info!(%error, response_flags = "UF", "app unreachable; answering 503");
-                incoming.refuse(Refusal::Unavailable);
+                let outcome = relay::copy_both_ways(stream, app).await;
+                log_closed(&ctx.metrics, &labels, &outcome, started);
             }
+            Err(error) => tracing::info!(%error, "client went away before the tunnel opened"),
+        },
+        Err(error) => {
+            labels.response_flags = "UF".into();
+            ctx.metrics.opened.get_or_create(&labels).inc();
+            ctx.metrics.closed.get_or_create(&labels).inc();
+            tracing::info!(%error, response_flags = "UF", "app unreachable; answering 503");
+            incoming.refuse(Refusal::Unavailable);
         }
     }
 }
