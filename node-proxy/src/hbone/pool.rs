@@ -259,6 +259,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
+    const TEST_HANDSHAKE: Duration = Duration::from_secs(5);
+
     /// Plain-TCP connector to one server, counting dials.
     struct Counting {
         addr: SocketAddr,
@@ -293,16 +295,20 @@ mod tests {
             loop {
                 let (io, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(io, |incoming: IncomingConnect| async move {
-                    let mut t = incoming.accept().unwrap();
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = t.read(&mut buf).await {
-                        if n == 0 || t.write_all(&buf[..n]).await.is_err() {
-                            break;
+                tokio::spawn(serve(
+                    io,
+                    TEST_HANDSHAKE,
+                    |incoming: IncomingConnect| async move {
+                        let mut t = incoming.accept().unwrap();
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = t.read(&mut buf).await {
+                            if n == 0 || t.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
                         }
-                    }
-                    let _ = t.shutdown().await;
-                }));
+                        let _ = t.shutdown().await;
+                    },
+                ));
             }
         });
         (addr, accepted)

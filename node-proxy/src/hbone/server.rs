@@ -52,20 +52,31 @@ fn respond_status(respond: &mut SendResponse<Bytes>, refusal: Refusal) {
 }
 
 /// Serves one HTTP/2 connection until the peer closes it: every well-formed CONNECT is passed
-/// to `on_connect` on its own task; malformed requests are answered 400 here.
-pub async fn serve<T, F, Fut>(io: T, on_connect: F) -> Result<(), HboneError>
+/// to `on_connect` on its own task; malformed requests are answered 400 here. A peer that does
+/// not complete the HTTP/2 handshake (preface and settings) within `handshake_timeout` is
+/// dropped.
+pub async fn serve<T, F, Fut>(
+    io: T,
+    handshake_timeout: std::time::Duration,
+    on_connect: F,
+) -> Result<(), HboneError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     F: Fn(IncomingConnect) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut connection = h2::server::Builder::new()
+    let connection = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_header_list_size(MAX_HEADER_LIST)
-        .handshake::<_, Bytes>(io)
-        .await?;
+        .handshake::<_, Bytes>(io);
+    let mut connection = tokio::time::timeout(handshake_timeout, connection)
+        .await
+        .map_err(|_| HboneError::Transport {
+            step: "http/2 handshake".into(),
+            source: std::io::ErrorKind::TimedOut.into(),
+        })??;
     while let Some(accepted) = connection.accept().await {
         let (request, mut respond) = accepted?;
         match parse_connect(&request) {

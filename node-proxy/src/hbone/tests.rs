@@ -5,6 +5,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 
+const TEST_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn request(authority: &str) -> ConnectRequest {
     ConnectRequest {
         authority: authority.parse().unwrap(),
@@ -129,26 +131,30 @@ async fn server(
         loop {
             let (io, _) = listener.accept().await.unwrap();
             let seen = seen_tx.clone();
-            tokio::spawn(serve(io, move |incoming: IncomingConnect| {
-                let seen = seen.clone();
-                async move {
-                    let _ = seen.send(incoming.target.clone());
-                    if let Some(refusal) = decide(&incoming.target) {
-                        incoming.refuse(refusal);
-                        return;
-                    }
-                    let mut tunnel = incoming.accept().unwrap();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = tunnel.read(&mut buf).await.unwrap();
-                        if n == 0 {
-                            tunnel.shutdown().await.unwrap();
+            tokio::spawn(serve(
+                io,
+                TEST_HANDSHAKE,
+                move |incoming: IncomingConnect| {
+                    let seen = seen.clone();
+                    async move {
+                        let _ = seen.send(incoming.target.clone());
+                        if let Some(refusal) = decide(&incoming.target) {
+                            incoming.refuse(refusal);
                             return;
                         }
-                        tunnel.write_all(&buf[..n]).await.unwrap();
+                        let mut tunnel = incoming.accept().unwrap();
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = tunnel.read(&mut buf).await.unwrap();
+                            if n == 0 {
+                                tunnel.shutdown().await.unwrap();
+                                return;
+                            }
+                            tunnel.write_all(&buf[..n]).await.unwrap();
+                        }
                     }
-                }
-            }));
+                },
+            ));
         }
     });
     (addr, seen_rx)
@@ -273,7 +279,7 @@ async fn a_closed_peer_is_seen() {
         // Serve the handshake, then drop the connection.
         let _ = tokio::time::timeout(
             std::time::Duration::from_millis(100),
-            serve(io, |_i| async {}),
+            serve(io, TEST_HANDSHAKE, |_i| async {}),
         )
         .await;
     });
@@ -286,4 +292,22 @@ async fn a_closed_peer_is_seen() {
     .await
     .expect("the client notices the peer went away");
     assert!(client.connect(&request("10.0.0.2:80")).await.is_err());
+}
+
+#[tokio::test]
+async fn a_peer_that_never_speaks_http2_is_dropped() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    let (io, _) = listener.accept().await.unwrap();
+    let started = std::time::Instant::now();
+    let result = serve(io, std::time::Duration::from_millis(200), |_i| async {}).await;
+    assert!(
+        matches!(result, Err(HboneError::Transport { .. })),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "bounded by the timeout"
+    );
 }

@@ -78,9 +78,11 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
             server_id: id,
             server_workload: workload.workload_name.clone(),
         });
-        hbone::serve(tls, move |incoming| tunnel(session.clone(), incoming))
-            .await
-            .map_err(|e| ("http2", e.to_string()))
+        hbone::serve(tls, hbone.mesh.handshake_timeout, move |incoming| {
+            tunnel(session.clone(), incoming)
+        })
+        .await
+        .map_err(|e| ("http2", e.to_string()))
     };
     if let Err((kind, reason)) = served.instrument(span.clone()).await {
         if kind != "http2" {
