@@ -117,6 +117,11 @@ pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener, direction: Direc
                 continue;
             }
         };
+        // Small writes (HTTP/2 frames, request/response apps) must not wait for an ACK:
+        // Nagle against the peer's delayed ACK costs ~40 ms per exchange.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
         let ctx = ctx.clone();
         tokio::spawn(async move {
             match direction {

@@ -36,6 +36,9 @@ pub enum Figure {
     PingP99,
     /// Ping-pong round trip, p99.9.
     PingP999,
+    /// mTLS connections the client node's proxy dialled over the whole bed (every stream of
+    /// every figure above rode one of them).
+    Tunnels,
 }
 
 /// How a figure is compared with the baseline.
@@ -51,7 +54,7 @@ pub enum Compare {
 
 impl Figure {
     /// Every figure, in table order.
-    pub const ALL: [Figure; 16] = [
+    pub const ALL: [Figure; 17] = [
         Figure::ConnRate1,
         Figure::ConnP50Thread1,
         Figure::ConnP99Thread1,
@@ -68,6 +71,7 @@ impl Figure {
         Figure::PingP90,
         Figure::PingP99,
         Figure::PingP999,
+        Figure::Tunnels,
     ];
 
     /// JSON key, label, decimals, comparison.
@@ -149,6 +153,12 @@ impl Figure {
                 "1-byte ping-pong p99.9 µs",
                 1,
                 RatioAndAdded,
+            ),
+            Figure::Tunnels => (
+                "hbone_mtls_connections",
+                "mTLS connections node 1's proxy opened (all runs of a bed)",
+                0,
+                Nothing,
             ),
         }
     }

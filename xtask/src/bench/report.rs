@@ -1,5 +1,6 @@
-//! The samples of every figure across rounds, and the report: a Markdown table of medians with
-//! each set-up's ratio to the baseline, and the same as JSON.
+//! The samples of every figure across rounds, and the report: per topology, a Markdown table of
+//! medians with the mesh set-up's ratio to that topology's baseline, the TLS handshake figures,
+//! and the same as JSON.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,8 +8,9 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::figure::{Compare, Figure};
+use super::handshake::HandshakeFigures;
 use super::memory::MemoryFigures;
-use super::setup::SetUp;
+use super::topology::{SetUp, Topology};
 
 /// Every sample of every figure, by set-up, and the connection errors seen.
 #[derive(Default)]
@@ -76,10 +78,8 @@ pub struct Report {
     pub samples: Samples,
     /// The memory figures, if measured.
     pub memory: Option<MemoryFigures>,
-}
-
-fn others() -> impl Iterator<Item = SetUp> {
-    SetUp::ALL.into_iter().filter(|s| *s != SetUp::BASELINE)
+    /// The TLS handshake figures, if measured.
+    pub handshakes: Option<HandshakeFigures>,
 }
 
 fn number(value: Option<f64>, decimals: usize) -> String {
@@ -87,27 +87,78 @@ fn number(value: Option<f64>, decimals: usize) -> String {
 }
 
 impl Report {
-    /// The Markdown table: figure | baseline | each set-up | each set-up's ratio.
+    /// The set-ups that ran, in [`SetUp::ALL`] order.
+    fn ran(&self) -> Vec<SetUp> {
+        SetUp::ALL
+            .into_iter()
+            .filter(|s| self.order.contains(s))
+            .collect()
+    }
+
+    /// The topologies with a set-up that ran, and their set-ups that ran (the baseline first).
+    fn topologies(&self) -> Vec<(Topology, Vec<SetUp>)> {
+        let ran = self.ran();
+        Topology::ALL
+            .into_iter()
+            .map(|t| {
+                let setups = t.setups().into_iter().filter(|s| ran.contains(s)).collect();
+                (t, setups)
+            })
+            .filter(|(_, setups): &(Topology, Vec<SetUp>)| !setups.is_empty())
+            .collect()
+    }
+
+    /// The Markdown report: a table per topology, then the TLS handshake table.
     pub fn table(&self) -> String {
-        let base = SetUp::BASELINE;
-        let mut header = vec!["figure".to_owned(), base.name().to_owned()];
-        header.extend(others().map(|s| s.name().to_owned()));
-        let single = others().count() == 1;
-        header.extend(others().map(|s| {
-            if single {
-                "ratio".to_owned()
-            } else {
-                format!("{} ratio", s.name())
+        let mut out = String::new();
+        for (topology, setups) in self.topologies() {
+            let _ = writeln!(out, "### {}\n", topology.title());
+            out.push_str(&self.topology_table(topology, &setups));
+            for note in topology.notes() {
+                let _ = writeln!(out, "\n{note}");
             }
-        }));
+            out.push('\n');
+        }
+        if let Some(handshakes) = &self.handshakes {
+            let _ = writeln!(
+                out,
+                "### TLS stack alone: node-proxy's identity + tls modules, one process, loopback \
+                 TCP (TLS 1.3, ECDSA P-256, ring){}\n",
+                if handshakes.release {
+                    ""
+                } else {
+                    " — DEBUG BUILD, not representative"
+                }
+            );
+            let mut rows = vec![vec!["figure".to_owned(), "value".to_owned()]];
+            rows.extend(handshakes.rows().into_iter().map(|(l, v)| vec![l, v]));
+            out.push_str(&render(&rows));
+        }
+        out
+    }
+
+    /// One topology's table: figure | baseline | mesh set-up | ratio.
+    fn topology_table(&self, topology: Topology, setups: &[SetUp]) -> String {
+        let base = topology.baseline();
+        let others: Vec<SetUp> = setups.iter().copied().filter(|s| *s != base).collect();
+        let mut header = vec!["figure".to_owned(), base.name().to_owned()];
+        header.extend(others.iter().map(|s| s.name().to_owned()));
+        header.extend(others.iter().map(|_| "ratio".to_owned()));
         let mut rows = vec![header];
         for figure in Figure::ALL {
             let (_, label, decimals, compare) = figure.spec();
             let b = self.samples.median(figure, base);
+            let values: Vec<Option<f64>> = others
+                .iter()
+                .map(|s| self.samples.median(figure, *s))
+                .collect();
+            if b.is_none() && values.iter().all(Option::is_none) {
+                continue;
+            }
             let mut row = vec![label.to_owned(), number(b, decimals)];
-            row.extend(others().map(|s| number(self.samples.median(figure, s), decimals)));
-            row.extend(others().map(|s| {
-                let (Some(b), Some(v)) = (b, self.samples.median(figure, s)) else {
+            row.extend(values.iter().map(|v| number(*v, decimals)));
+            row.extend(values.iter().map(|v| {
+                let (Some(b), Some(v)) = (b, *v) else {
                     return "—".to_owned();
                 };
                 match compare {
@@ -118,20 +169,21 @@ impl Report {
             }));
             rows.push(row);
         }
-        let errors = |s: SetUp| self.errors(s).0.to_string();
+        let errors = |s: &SetUp| self.errors(*s).0.to_string();
         let mut row = vec![
             "failed connection attempts (all runs)".to_owned(),
-            errors(base),
+            errors(&base),
         ];
-        row.extend(others().map(errors));
-        row.extend(others().map(|_| "—".to_owned()));
+        row.extend(others.iter().map(errors));
+        row.extend(others.iter().map(|_| "—".to_owned()));
         rows.push(row);
-        if let Some(memory) = &self.memory {
+        if let Some(memory) = self
+            .memory
+            .as_ref()
+            .filter(|_| others.contains(&SetUp::Marrow))
+        {
             for (label, value) in memory.rows() {
-                let mut row = vec![label, "—".to_owned(), value];
-                row.extend(others().skip(1).map(|_| "—".to_owned()));
-                row.extend(others().map(|_| "—".to_owned()));
-                rows.push(row);
+                rows.push(vec![label, "—".to_owned(), value, "—".to_owned()]);
             }
         }
         render(&rows)
@@ -143,31 +195,31 @@ impl Report {
 
     /// The report as JSON.
     pub fn json(&self) -> Value {
-        let base = SetUp::BASELINE;
+        let ran = self.ran();
         let mut figures = serde_json::Map::new();
         for figure in Figure::ALL {
             let (key, label, _, compare) = figure.spec();
-            let medians: serde_json::Map<String, Value> = SetUp::ALL
-                .into_iter()
-                .map(|s| (s.name().to_owned(), json!(self.samples.median(figure, s))))
+            let medians: serde_json::Map<String, Value> = ran
+                .iter()
+                .map(|s| (s.name().to_owned(), json!(self.samples.median(figure, *s))))
                 .collect();
-            let samples: serde_json::Map<String, Value> = SetUp::ALL
-                .into_iter()
+            let samples: serde_json::Map<String, Value> = ran
+                .iter()
                 .map(|s| {
-                    let values = self.samples.values.get(&figure).and_then(|m| m.get(&s));
+                    let values = self.samples.values.get(&figure).and_then(|m| m.get(s));
                     (
                         s.name().to_owned(),
                         json!(values.cloned().unwrap_or_default()),
                     )
                 })
                 .collect();
-            let b = self.samples.median(figure, base);
             let compared = |f: fn(f64, f64) -> f64| -> serde_json::Map<String, Value> {
-                others()
+                ran.iter()
+                    .filter(|s| s.baseline() != **s)
                     .map(|s| {
-                        let v = self.samples.median(figure, s);
-                        let c = b.zip(v).map(|(b, v)| f(b, v));
-                        (s.name().to_owned(), json!(c))
+                        let b = self.samples.median(figure, s.baseline());
+                        let v = self.samples.median(figure, *s);
+                        (s.name().to_owned(), json!(b.zip(v).map(|(b, v)| f(b, v))))
                     })
                     .collect()
             };
@@ -180,30 +232,43 @@ impl Report {
             }
             figures.insert(key.to_owned(), entry);
         }
-        let errors: serde_json::Map<String, Value> = SetUp::ALL
-            .into_iter()
+        let errors: serde_json::Map<String, Value> = ran
+            .iter()
             .map(|s| {
-                let (count, first) = self.errors(s);
+                let (count, first) = self.errors(*s);
                 (
                     s.name().to_owned(),
                     json!({ "count": count, "first": first }),
                 )
             })
             .collect();
-        let setups: serde_json::Map<String, Value> = SetUp::ALL
+        let setups: serde_json::Map<String, Value> = ran
+            .iter()
+            .map(|s| {
+                let entry = json!({
+                    "describe": s.describe(),
+                    "topology": s.topology().key(),
+                    "baseline": s.baseline().name(),
+                });
+                (s.name().to_owned(), entry)
+            })
+            .collect();
+        let notes: serde_json::Map<String, Value> = self
+            .topologies()
             .into_iter()
-            .map(|s| (s.name().to_owned(), json!(s.describe())))
+            .map(|(t, _)| (t.key().to_owned(), json!(t.notes())))
             .collect();
         json!({
             "load_average": self.load_average,
             "cpus": self.cpus,
             "parameters": self.parameters,
-            "baseline": base.name(),
             "setups": setups,
+            "notes": notes,
             "order": self.order.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "figures": figures,
             "connection_errors": errors,
             "memory": self.memory.as_ref().map(MemoryFigures::json),
+            "tls_handshakes": self.handshakes.as_ref().map(HandshakeFigures::json),
         })
     }
 }
@@ -249,67 +314,4 @@ fn render(rows: &[Vec<String>]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0]), Some(3.0));
-        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-    }
-
-    #[test]
-    fn table_compares_with_the_baseline() {
-        let mut samples = Samples::default();
-        for (d, m) in [(100.0, 50.0), (110.0, 40.0), (90.0, 60.0)] {
-            samples.record(Figure::ConnRate1, SetUp::Direct, d);
-            samples.record(Figure::ConnRate1, SetUp::Marrow, m);
-        }
-        samples.record(Figure::PingP50, SetUp::Direct, 20.0);
-        samples.record(Figure::PingP50, SetUp::Marrow, 50.0);
-        samples.record(Figure::BulkPlaneCpu, SetUp::Marrow, 1.5);
-        samples.add_errors(SetUp::Marrow, 2, Some("reset".to_owned()));
-        let report = Report {
-            load_average: [0.1, 0.2, 0.3],
-            cpus: 2,
-            parameters: json!({}),
-            order: vec![SetUp::Direct, SetUp::Marrow, SetUp::Marrow, SetUp::Direct],
-            samples,
-            memory: None,
-        };
-        let table = report.table();
-        let row = |label: &str| -> Vec<String> {
-            let line = table.lines().find(|l| l.contains(label)).unwrap();
-            line.split('|')
-                .map(|c| c.trim().to_owned())
-                .filter(|c| !c.is_empty())
-                .collect()
-        };
-        assert_eq!(
-            row("connections/s, 1")[1..],
-            ["100", "50", "0.50×"],
-            "{table}"
-        );
-        assert_eq!(row("ping-pong p50")[3], "2.50× (+30.0 µs)", "{table}");
-        assert_eq!(
-            row("node-proxy CPU-s per GB")[1..],
-            ["—", "1.50", "—"],
-            "{table}"
-        );
-        assert_eq!(row("failed")[1..], ["0", "2", "—"], "{table}");
-        assert!(
-            table.lines().nth(1).unwrap().ends_with(": |"),
-            "numbers align right"
-        );
-        let v = report.json();
-        assert_eq!(v["figures"]["conn_rate_t1"]["ratio"]["marrow"], json!(0.5));
-        assert_eq!(v["figures"]["ping_p50_us"]["added"]["marrow"], json!(30.0));
-        assert_eq!(
-            v["figures"]["bulk_proxy_cpu_s_per_gb"]["median"]["direct"],
-            Value::Null
-        );
-        assert_eq!(v["connection_errors"]["marrow"]["count"], json!(2));
-    }
-}
+mod tests;

@@ -15,7 +15,7 @@ use super::Params;
 use super::figure::Figure;
 use super::procfs;
 use super::report::Samples;
-use super::setup::{Bed, PodPair};
+use super::setup::{Bed, PodPair, SetUp};
 
 /// Pause before each measurement, so the previous step's clean-up (namespace teardown runs
 /// in kernel workers) is not measured with it.
@@ -68,7 +68,7 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
             );
         }
         println!(
-            "    {:<7} connect-rate x{threads}: {:>8.0}/s  p50 {} us  p99 {} us  max {} us  errors {}{}",
+            "    {:<8} connect-rate x{threads}: {:>8.0}/s  p50 {} us  p99 {} us  max {} us  errors {}{}",
             setup.name(),
             run.per_second(),
             run.p50_us,
@@ -99,11 +99,48 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
     if let Some(pair) = pairs.last() {
         bulk_and_latency(bed, params, pair, samples)?;
     }
+    check_counted(bed, samples)?;
     if let Some((count, first)) = bed.proxy_problems() {
         println!(
-            "    {:<7} node-proxy logged {count} failed connections or warnings; first: {first}",
+            "    {:<8} node-proxy logged {count} failed connections or warnings; first: {first}",
             setup.name()
         );
+    }
+    Ok(())
+}
+
+/// Checks that the mesh carried the bed's connections: a proxy that counted none was bypassed,
+/// and an HBONE bed whose proxies counted no mutual-TLS connection on either side (or any
+/// plaintext one) fell back to plaintext and must not pass as HBONE. Records how many mTLS
+/// connections carried the streams.
+fn check_counted(bed: &Bed, samples: &mut Samples) -> anyhow::Result<()> {
+    let setup = bed.setup();
+    let Some(counted) = bed.counted()? else {
+        return Ok(());
+    };
+    if counted.opened == 0 {
+        bail!("{}: the proxies counted no connection", setup.name());
+    }
+    if setup == SetUp::Hbone {
+        let plaintext =
+            (counted.opened).saturating_sub(counted.mtls_source + counted.mtls_destination);
+        if counted.mtls_source == 0 || counted.mtls_destination == 0 || plaintext > 0 {
+            bail!(
+                "hbone: not every connection was mutual TLS (source {}, destination {}, \
+                 other {plaintext})",
+                counted.mtls_source,
+                counted.mtls_destination
+            );
+        }
+        println!(
+            "    {:<8} mutual_tls connections: {} opened at the source, {} at the destination, \
+             over {} mTLS connections",
+            setup.name(),
+            counted.mtls_source,
+            counted.mtls_destination,
+            counted.tunnels
+        );
+        samples.record(Figure::Tunnels, setup, counted.tunnels as f64);
     }
     Ok(())
 }
@@ -131,7 +168,7 @@ fn bulk_and_latency(
     bed.check_alive()?;
     let gb = bulk.bytes as f64 / GB;
     println!(
-        "    {:<7} bulk: {:>6.2} Gbit/s  host {:.2} CPU-s/GB{}",
+        "    {:<8} bulk: {:>6.2} Gbit/s  host {:.2} CPU-s/GB{}",
         setup.name(),
         bulk.gbit_per_s(),
         cpu.host_seconds / gb,
@@ -148,8 +185,12 @@ fn bulk_and_latency(
         setup,
         cpu.has_plane.then_some(cpu.plane_seconds / gb),
     );
-    if let Some(pid) = bed.proxy_pid() {
-        let peak = procfs::peak_rss_kib(pid)?;
+    let pids = bed.data_plane_pids();
+    if !pids.is_empty() {
+        let mut peak = 0;
+        for pid in pids {
+            peak += procfs::peak_rss_kib(pid)?;
+        }
         samples.record(Figure::ProxyPeakRss, setup, peak as f64 / 1024.0);
     }
 
@@ -165,7 +206,7 @@ fn bulk_and_latency(
     )?;
     bed.check_alive()?;
     println!(
-        "    {:<7} ping-pong: p50 {:.1} us  p90 {:.1}  p99 {:.1}  p99.9 {:.1}",
+        "    {:<8} ping-pong: p50 {:.1} us  p90 {:.1}  p99 {:.1}  p99.9 {:.1}",
         setup.name(),
         ping.p50_us,
         ping.p90_us,
