@@ -322,6 +322,7 @@ impl Registry {
                 mesh: mesh.clone(),
                 pool,
                 identity: LocalIdentity::default(),
+                server_config: std::sync::Mutex::new(None),
             }
         });
         let ctx = Arc::new(PodContext {

@@ -63,7 +63,9 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
             .get(&id)
             .await
             .map_err(|e| ("certificate", format!("certificate for {id}: {e}")))?;
-        let config = tls::server_config(&cert).map_err(|e| ("certificate", e.to_string()))?;
+        let config = hbone
+            .server_config(&cert)
+            .map_err(|e| ("certificate", e.to_string()))?;
         let tls = tokio::time::timeout(hbone.mesh.handshake_timeout, tls::accept(config, tcp))
             .await
             .map_err(|_| ("timeout", "tls handshake timed out".to_owned()))?

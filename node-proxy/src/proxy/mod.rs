@@ -75,6 +75,37 @@ pub struct PodHbone {
     pub pool: Arc<Pool>,
     /// The identity this pod holds certificates for.
     pub identity: LocalIdentity,
+    /// The TLS server configuration of this pod's 15008, rebuilt only when the certificate
+    /// changes (renewal), not per connection.
+    pub server_config: std::sync::Mutex<Option<ServerConfigCache>>,
+}
+
+/// A server configuration and the certificate it was built from.
+pub struct ServerConfigCache {
+    cert: Arc<crate::identity::WorkloadCertificate>,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl PodHbone {
+    /// The server configuration for `cert`, from the cache when it is the same certificate.
+    pub fn server_config(
+        &self,
+        cert: &Arc<crate::identity::WorkloadCertificate>,
+    ) -> Result<Arc<rustls::ServerConfig>, crate::tls::TlsError> {
+        let mut cached = self
+            .server_config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = cached.as_ref().filter(|e| Arc::ptr_eq(&e.cert, cert)) {
+            return Ok(entry.config.clone());
+        }
+        let config = crate::tls::server_config(cert)?;
+        *cached = Some(ServerConfigCache {
+            cert: cert.clone(),
+            config: config.clone(),
+        });
+        Ok(config)
+    }
 }
 
 impl fmt::Debug for PodContext {

@@ -27,7 +27,14 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let span = tracing::info_span!("outbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer, dst = %dst);
+    // The app's socket is on loopback (its connect was redirected); log the pod's address.
+    let src = ctx
+        .ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == peer.is_ipv4())
+        .map(|ip| SocketAddr::new(*ip, peer.port()))
+        .unwrap_or(peer);
+    let span = tracing::info_span!("outbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %src, dst = %dst);
     async move {
         if let Some(hbone) = &ctx.hbone {
             let snap = hbone.mesh.state.snapshot();
