@@ -230,3 +230,64 @@ fn connect_result<T>(
         Err(_) => Err("timed out".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::HostNetns;
+
+    /// Every connection is one spawned task holding one of these futures: keep them small, so
+    /// thousands of held connections cost little (a regression here multiplies by every
+    /// connection). The bounds are the measured sizes rounded up.
+    #[tokio::test]
+    async fn per_connection_futures_stay_small() {
+        let host = HostNetns::current().unwrap();
+        let own: std::os::fd::OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
+        let netns = Arc::new(PodNetns::new(own, host).unwrap());
+        let ctx = Arc::new(PodContext {
+            pod: PodIdentity {
+                uid: "u".into(),
+                namespace: "ns".into(),
+                name: "p".into(),
+                service_account: None,
+            },
+            ips: vec!["10.0.0.1".parse().unwrap()],
+            netns,
+            metrics: Arc::default(),
+            settings: ProxySettings {
+                connect_timeout: Duration::from_secs(1),
+                inbound_source_ports: (1024, 32767),
+            },
+            source_ports: source_port::SourcePorts::new(1024..=32767, 0),
+            live_inbound: source_port::LiveInbound::default(),
+            hbone: None,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = || async { TcpStream::connect(addr).await.unwrap() };
+        let sizes = [
+            (
+                "outbound",
+                std::mem::size_of_val(&outbound::handle(ctx.clone(), stream().await, addr)),
+            ),
+            (
+                "plaintext inbound",
+                std::mem::size_of_val(&inbound::plaintext(ctx.clone(), stream().await, addr)),
+            ),
+            (
+                "hbone inbound",
+                std::mem::size_of_val(&inbound::hbone(ctx.clone(), stream().await, addr)),
+            ),
+        ];
+        println!("{sizes:?}");
+        // Bounds: the measured sizes with some room. The HBONE one is per HBONE connection
+        // (its TLS state), shared by all the streams on it.
+        let bounds = [2048, 2048, 6144];
+        for ((what, size), bound) in sizes.into_iter().zip(bounds) {
+            assert!(
+                size <= bound,
+                "{what} future is {size} bytes (bound {bound})"
+            );
+        }
+    }
+}

@@ -44,7 +44,9 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                 authority,
             } = state::route(&snap, dst.0)
             {
-                return via_hbone(&ctx, hbone, client, peer, &workload, target, authority).await;
+                // Boxed: the tunnel's state would otherwise size every connection's future.
+                let tunnel = via_hbone(&ctx, hbone, client, peer, &workload, target, authority);
+                return Box::pin(tunnel).await;
             }
         }
         plain(&ctx, client, dst).await;
