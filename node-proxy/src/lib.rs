@@ -12,6 +12,7 @@ pub mod identity;
 pub mod inpod;
 pub mod metrics;
 pub mod netns;
+pub mod policy;
 pub mod proxy;
 pub mod socket;
 pub mod state;
