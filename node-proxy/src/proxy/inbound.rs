@@ -13,7 +13,7 @@ use super::{PodContext, PodHbone, connect_result, log_closed, relay, relay_or_fa
 use crate::hbone::{self, IncomingConnect, Refusal};
 use crate::identity::SpiffeId;
 use crate::metrics::{ConnectionLabels, Reporter};
-use crate::{socket, tls};
+use crate::{policy, socket, tls};
 
 /// Most source ports tried for one connection to the app before giving up.
 const SOURCE_PORT_ATTEMPTS: usize = 64;
@@ -33,6 +33,14 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
         let mut labels = ConnectionLabels::unknown(Reporter::Destination);
         labels.destination_workload = ctx.pod.name.clone();
         labels.destination_workload_namespace = ctx.pod.namespace.clone();
+        if let Err(reason) = admit_plaintext(&ctx, peer, dst) {
+            labels.response_flags = "DENY".into();
+            ctx.metrics.opened.get_or_create(&labels).inc();
+            ctx.metrics.closed.get_or_create(&labels).inc();
+            tracing::info!(%reason, response_flags = "DENY", "connection denied");
+            socket::reset(client);
+            return;
+        }
         let _tracked = ctx.live_inbound.track(peer, dst);
         let app = connect_result(connect_preserving_source(&ctx, peer.ip(), dst).await);
         relay_or_fail(&ctx.metrics, labels, client, app).await;
@@ -121,6 +129,19 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
         tracing::info!(%target, "CONNECT to an address that is not this pod's; answering 400");
         return incoming.refuse(Refusal::BadRequest);
     }
+    if let Some(reason) = denied(
+        hbone,
+        ctx,
+        Some(session.client_id.clone()),
+        session.peer,
+        target,
+    ) {
+        labels.response_flags = "DENY".into();
+        ctx.metrics.opened.get_or_create(&labels).inc();
+        ctx.metrics.closed.get_or_create(&labels).inc();
+        tracing::info!(%reason, response_flags = "DENY", "tunnel denied; answering 401");
+        return incoming.refuse(Refusal::Denied);
+    }
     let started = Instant::now();
     match connect_result(connect_preserving_source(ctx, session.peer.ip(), target).await) {
         Ok(app) => match incoming.accept() {
@@ -138,6 +159,52 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
             tracing::info!(%error, response_flags = "UF", "app unreachable; answering 503");
             incoming.refuse(Refusal::Unavailable);
         }
+    }
+}
+
+/// Plaintext to this pod: refused when PeerAuthentication makes the port STRICT, or when an
+/// AuthorizationPolicy denies a client without identity. Plain mode (no mesh) admits all.
+fn admit_plaintext(ctx: &PodContext, peer: SocketAddr, dst: SocketAddr) -> Result<(), String> {
+    let Some(hbone) = &ctx.hbone else {
+        return Ok(());
+    };
+    let snap = hbone.mesh.state.snapshot();
+    if let Some(workload) = snap.workload_at(&ctx.ips) {
+        let view = view_of(workload);
+        policy::plaintext_allowed(snap.policies(), &view, dst.port()).map_err(|e| e.to_string())?;
+    }
+    match denied(hbone, ctx, None, peer, dst) {
+        Some(reason) => Err(reason),
+        None => Ok(()),
+    }
+}
+
+/// The AuthorizationPolicy decision for a connection to this pod: `Some(reason)` when denied.
+fn denied(
+    hbone: &PodHbone,
+    ctx: &PodContext,
+    source_principal: Option<SpiffeId>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> Option<String> {
+    let snap = hbone.mesh.state.snapshot();
+    // A pod the state does not know is not in the mesh: no policy selects it.
+    let workload = snap.workload_at(&ctx.ips)?;
+    let conn = policy::ConnectionView {
+        source_principal,
+        source_ip: peer.ip().to_canonical(),
+        destination_ip: dst.ip().to_canonical(),
+        destination_port: dst.port(),
+    };
+    let decision = policy::evaluate(snap.policies(), &view_of(workload), &conn);
+    (!decision.is_allowed()).then_some(decision.reason)
+}
+
+fn view_of(workload: &crate::state::Workload) -> policy::WorkloadView<'_> {
+    policy::WorkloadView {
+        namespace: &workload.namespace,
+        name: &workload.name,
+        labels: &workload.labels,
     }
 }
 

@@ -26,11 +26,23 @@ pub struct Snapshot {
     workloads_by_name: HashMap<String, Arc<Workload>>,
     namespaces: HashMap<String, Arc<Namespace>>,
     deferred: BTreeMap<ObjectRef, DeferredObject>,
-    // Issue 4 adds here: services by VIP, endpoints by service, policies by scope — each with
-    // its `StateUpdate::add_*` that checks its invariants.
+    /// AuthorizationPolicies and PeerAuthentications, parsed from the deferred objects.
+    policies: Arc<crate::policy::PolicySet>,
+    // Issue 4 adds here: services by VIP, endpoints by service — each with its
+    // `StateUpdate::add_*` that checks its invariants.
 }
 
 impl Snapshot {
+    /// The authorization and peer-authentication policies in force.
+    pub fn policies(&self) -> &crate::policy::PolicySet {
+        &self.policies
+    }
+
+    /// The workload listening at one of `ips` (a local pod's addresses).
+    pub fn workload_at(&self, ips: &[IpAddr]) -> Option<&Arc<Workload>> {
+        ips.iter().find_map(|ip| self.workload_by_ip(*ip))
+    }
+
     /// The store's count of published snapshots; grows by one with each.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -162,6 +174,22 @@ impl StateUpdate {
         }
         self.snapshot.deferred.insert(object.object.clone(), object);
         Ok(())
+    }
+
+    /// Parses the kept AuthorizationPolicies and PeerAuthentications (root namespace
+    /// `root_namespace`); one that is invalid refuses the update. Returns the policies'
+    /// warnings (L7-only fields, waypoint policies) for the source to log.
+    pub fn build_policies(
+        &mut self,
+        root_namespace: &str,
+    ) -> Result<Vec<String>, crate::policy::ParseError> {
+        let set = crate::policy::PolicySet::from_deferred(
+            root_namespace,
+            self.snapshot.deferred.values(),
+        )?;
+        let warnings = set.warnings();
+        self.snapshot.policies = Arc::new(set);
+        Ok(warnings)
     }
 
     /// The snapshot to publish, with its generation.

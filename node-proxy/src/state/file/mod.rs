@@ -97,6 +97,14 @@ pub enum FileError {
         /// What is missing or wrong.
         reason: &'static str,
     },
+    /// A policy is refused (the whole version with it).
+    #[error("state file {}: {source}", path.display())]
+    Policy {
+        /// The file.
+        path: PathBuf,
+        /// Which policy, which field, why.
+        source: Box<crate::policy::ParseError>,
+    },
     /// An object is refused.
     #[error("state file {}, {location}: {object}: {source}", path.display())]
     Object {

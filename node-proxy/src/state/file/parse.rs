@@ -50,7 +50,17 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<StateUpdate, FileError> {
     for ((api_version, kind), count) in &parser.ignored {
         warn!(file = %path.display(), api_version, kind, count, "state file: kind not used by marrow, ignored");
     }
-    Ok(parser.update)
+    let mut update = parser.update;
+    let warnings = update
+        .build_policies(crate::policy::DEFAULT_ROOT_NAMESPACE)
+        .map_err(|source| FileError::Policy {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+    for warning in warnings {
+        warn!(file = %path.display(), %warning, "policy warning");
+    }
+    Ok(update)
 }
 
 struct Parser<'a> {

@@ -1,0 +1,135 @@
+//! L4 policy at the destination's node proxy, on two nodes: an AuthorizationPolicy decides
+//! which identities may reach a workload over HBONE (denied tunnels get 401 and the client's
+//! connection is closed), and a STRICT PeerAuthentication refuses plaintext. Each denial is
+//! counted with `response_flags="DENY"` and logged with the deciding reason.
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers: a failed step must fail the test loudly"
+)]
+
+use marrow_tests::mesh::{config_generation, wait_config_generation};
+use marrow_tests::metrics::count;
+use marrow_tests::state_file::{PodRecord, write_atomic};
+use marrow_tests::{ClusterState, require_env};
+
+#[path = "hbone/support.rs"]
+#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
+mod support;
+
+use support::{APP_PORT, Mesh, OPENED, eventually, ip, namespaces, v4};
+
+/// Writes `state` plus extra YAML documents to both nodes' files and waits for both proxies.
+fn apply_with(mesh: &Mesh, state: &ClusterState, extra: &str) {
+    let yaml = format!("{}\n---\n{extra}", state.to_yaml());
+    for (proxy, path) in [(&mesh.p1, &mesh.state1), (&mesh.p2, &mesh.state2)] {
+        let before = config_generation(proxy).expect("config generation");
+        write_atomic(path, yaml.as_bytes()).expect("write state");
+        wait_config_generation(proxy, before + 1, support::READY);
+    }
+}
+
+const ALLOW_CLIENT_ONLY: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: web-from-client
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: web
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [\"cluster.local/ns/shop/sa/client\"]
+";
+
+const STRICT_MESH_WIDE: &str = "\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: istio-system
+spec:
+  mtls:
+    mode: STRICT
+";
+
+#[test]
+fn an_allow_policy_admits_the_named_identity_and_denies_others_with_401() {
+    require_env!();
+    let mesh = Mesh::start("policy-allow");
+    let client = mesh.n1.add_pod("client", "shop", true);
+    let intruder = mesh.n1.add_pod("intruder", "shop", true);
+    let web = mesh.n2.add_pod("web", "shop", true);
+    let _app = web.serve(APP_PORT);
+    let state = namespaces()
+        .pod(&client, "client")
+        .pod(&intruder, "intruder")
+        .with_pod(PodRecord::of(&web, "web").with_label("app", "web"));
+    apply_with(&mesh, &state, ALLOW_CLIENT_ONLY);
+
+    let allowed = client.connect(v4(&web, APP_PORT), "allowed");
+    assert_eq!(allowed.connected().greeting.peer.ip(), ip(&client));
+    let denied = intruder.connect(v4(&web, APP_PORT), "denied");
+    assert!(
+        !denied.is_ok(),
+        "the intruder must not get through: {denied:?}"
+    );
+
+    eventually(
+        "the denial is counted and explained at the destination",
+        || {
+            let m = mesh.p2.metrics();
+            let flagged = count(
+                &m,
+                OPENED,
+                &[("reporter", "destination"), ("response_flags", "DENY")],
+            );
+            let log = mesh.p2.log();
+            let explained = log.contains("no ALLOW policy") && log.contains("shop/web-from-client");
+            if flagged == 1 && explained {
+                Ok(())
+            } else {
+                Err(format!("DENY count {flagged}, explained {explained}\n{m}"))
+            }
+        },
+    );
+}
+
+#[test]
+fn strict_peer_authentication_refuses_plaintext_but_not_hbone() {
+    require_env!();
+    let mesh = Mesh::start("policy-strict");
+    let client = mesh.n1.add_pod("client", "shop", true);
+    let outsider = mesh.n1.add_pod("outsider", "legacy", false);
+    let web = mesh.n2.add_pod("web", "shop", true);
+    let _app = web.serve(APP_PORT);
+    let state = namespaces()
+        .namespace("legacy", &[])
+        .pod(&client, "client")
+        .pod(&outsider, "default")
+        .pod(&web, "web");
+
+    // PERMISSIVE (nothing set): the outsider's plaintext is accepted.
+    apply_with(&mesh, &state, "");
+    assert!(outsider.connect(v4(&web, APP_PORT), "plaintext-ok").is_ok());
+
+    apply_with(&mesh, &state, STRICT_MESH_WIDE);
+    let refused = outsider.connect(v4(&web, APP_PORT), "plaintext-refused");
+    assert!(
+        !refused.is_ok(),
+        "STRICT must refuse plaintext: {refused:?}"
+    );
+    let meshed = client.connect(v4(&web, APP_PORT), "mtls-ok");
+    assert_eq!(meshed.connected().echo, "mtls-ok");
+    eventually("the refusal names STRICT", || {
+        let log = mesh.p2.log();
+        if log.contains("STRICT") && log.contains("connection denied") {
+            Ok(())
+        } else {
+            Err("no refusal logged".into())
+        }
+    });
+}
