@@ -133,3 +133,90 @@ fn strict_peer_authentication_refuses_plaintext_but_not_hbone() {
         }
     });
 }
+
+const DENY_PORT_8080: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: no-8080
+  namespace: shop
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        ports: [\"8080\"]
+";
+
+const BROKEN: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: broken
+  namespace: shop
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        ipBlocks: [\"10.0.0.0/33\"]
+";
+
+#[test]
+fn policy_edits_apply_without_restart_and_a_broken_edit_keeps_the_old_policy() {
+    require_env!();
+    let mesh = Mesh::start("policy-edit");
+    let client = mesh.n1.add_pod("client", "shop", true);
+    let web = mesh.n2.add_pod("web", "shop", true);
+    let _app = web.serve(APP_PORT);
+    let _other = web.serve(9090);
+    let state = namespaces().pod(&client, "client").pod(&web, "web");
+    apply_with(&mesh, &state, "");
+    assert!(client.connect(v4(&web, APP_PORT), "open").is_ok());
+
+    // A DENY on one port, added while the proxies run.
+    apply_with(&mesh, &state, DENY_PORT_8080);
+    assert!(
+        !client.connect(v4(&web, APP_PORT), "denied").is_ok(),
+        "8080 is denied"
+    );
+    assert!(
+        client.connect(v4(&web, 9090), "other-port").is_ok(),
+        "9090 is not"
+    );
+
+    // A broken edit: refused as a whole, naming the policy; the DENY stays in force.
+    let generation = config_generation(&mesh.p2).expect("generation");
+    let yaml = format!("{}\n---\n{DENY_PORT_8080}---\n{BROKEN}", state.to_yaml());
+    write_atomic(&mesh.state2, yaml.as_bytes()).expect("write state");
+    eventually(
+        "the broken version is refused with the policy's name",
+        || {
+            let log = mesh.p2.log();
+            if log.contains("shop/broken") && log.contains("10.0.0.0/33") {
+                Ok(())
+            } else {
+                Err("not refused yet".into())
+            }
+        },
+    );
+    assert_eq!(
+        config_generation(&mesh.p2),
+        Some(generation),
+        "the refused version was not applied"
+    );
+    assert!(
+        !client.connect(v4(&web, APP_PORT), "still-denied").is_ok(),
+        "the old DENY still holds"
+    );
+
+    // Removing the policy opens the port again, still without a restart.
+    apply_with(&mesh, &state, "");
+    assert_eq!(
+        client
+            .connect(v4(&web, APP_PORT), "open-again")
+            .connected()
+            .echo,
+        "open-again"
+    );
+}
