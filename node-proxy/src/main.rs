@@ -36,6 +36,28 @@ struct Cli {
 enum Command {
     /// Load the capture, serve enrollment and proxy enrolled pods.
     Run(Box<RunArgs>),
+    /// Explain the L4 decision for a connection, from a state file: allow or deny, the deciding
+    /// policy and rule, and why.
+    Explain {
+        /// The state file (Kubernetes YAML with Pods, Namespaces and Istio security policies).
+        #[arg(long)]
+        config: PathBuf,
+        /// The client: `ns/pod`, or `ip:A.B.C.D` for a plaintext client outside the mesh.
+        #[arg(long)]
+        from: String,
+        /// The server: `ns/pod`.
+        #[arg(long)]
+        to: String,
+        /// The destination port.
+        #[arg(long)]
+        port: u16,
+        /// Print `{"decision":..,"policy":..,"rule":..,"reason":..}`.
+        #[arg(long)]
+        json: bool,
+        /// SPIFFE trust domain of the mesh.
+        #[arg(long, default_value = node_proxy::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
     /// The local mesh CA (demos, tests, small clusters).
     #[command(subcommand)]
     Ca(CaCommand),
@@ -171,6 +193,14 @@ fn main() -> anyhow::Result<()> {
                 .context("building the runtime")?;
             runtime.block_on(run(config))
         }
+        Command::Explain {
+            config,
+            from,
+            to,
+            port,
+            json,
+            trust_domain,
+        } => explain_command(&config, &from, &to, port, json, &trust_domain),
         Command::Ca(CaCommand::Create {
             dir,
             trust_domain,
@@ -261,6 +291,39 @@ async fn run(config: Config) -> anyhow::Result<()> {
     metrics_task.abort();
     readiness_task.abort();
     let _ = std::fs::remove_file(&config.cni_socket);
+    Ok(())
+}
+
+/// `node-proxy explain`: one decision from a state file, as the destination's proxy takes it.
+fn explain_command(
+    config: &std::path::Path,
+    from: &str,
+    to: &str,
+    port: u16,
+    json: bool,
+    trust_domain: &str,
+) -> anyhow::Result<()> {
+    use node_proxy::policy::explain::{self, ExplainSource};
+    let update = LocalFileSource::new(config).load()?;
+    let store = StateStore::new();
+    store.apply(update);
+    let source: ExplainSource = from.parse()?;
+    let (ns, name) = explain::workload_ref(to, "destination")?;
+    let td = TrustDomain::new(trust_domain)?;
+    let answer = explain::explain(&store.snapshot(), &td, &source, (&ns, &name), port)?;
+    if json {
+        println!("{}", serde_json::to_string(&answer)?);
+    } else {
+        println!("decision: {}", answer.decision);
+        println!("policy:   {}", answer.policy.as_deref().unwrap_or("none"));
+        println!(
+            "rule:     {}",
+            answer
+                .rule
+                .map_or_else(|| "-".to_owned(), |r| r.to_string())
+        );
+        println!("reason:   {}", answer.reason);
+    }
     Ok(())
 }
 

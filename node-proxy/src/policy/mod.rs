@@ -7,6 +7,7 @@
 //! [`PolicySet::warnings`]. AUDIT and CUSTOM policies are refused at parse time.
 
 mod eval;
+pub mod explain;
 mod matcher;
 mod model;
 mod parse;

@@ -1,0 +1,106 @@
+//! `node-proxy explain` as a person or a script runs it: a state file in, a decision out.
+
+use std::process::Command;
+
+const STATE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, uid: u1}
+spec: {nodeName: n1, serviceAccountName: client}
+status: {phase: Running, podIP: 10.0.1.2, podIPs: [{ip: 10.0.1.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, uid: u2, labels: {app: web}}
+spec: {nodeName: n2, serviceAccountName: web}
+status: {phase: Running, podIP: 10.0.2.2, podIPs: [{ip: 10.0.2.2}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-legacy, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: ["192.0.2.0/24"]}}]
+"#;
+
+fn explain(state: &str, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.yaml");
+    std::fs::write(&path, state).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_node-proxy"))
+        .arg("explain")
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn json_output_for_an_allowed_connection() {
+    let out = explain(
+        STATE,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web",
+            "--port",
+            "8080",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["policy"], serde_json::Value::Null);
+    assert_eq!(v["rule"], serde_json::Value::Null);
+    assert!(v["reason"].as_str().unwrap().contains("no policy"), "{v}");
+}
+
+#[test]
+fn text_output_names_the_denying_policy_and_rule() {
+    let out = explain(
+        STATE,
+        &[
+            "--from",
+            "ip:192.0.2.9",
+            "--to",
+            "shop/web",
+            "--port",
+            "8080",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("decision: deny"), "{text}");
+    assert!(text.contains("policy:   shop/no-legacy"), "{text}");
+    assert!(text.contains("rule:     0"), "{text}");
+}
+
+#[test]
+fn a_broken_state_file_is_an_error_naming_the_file_and_policy() {
+    let broken = STATE.replace("192.0.2.0/24", "192.0.2.0/99");
+    let out = explain(
+        &broken,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web",
+            "--port",
+            "8080",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster.yaml") && err.contains("shop/no-legacy"),
+        "{err}"
+    );
+}
