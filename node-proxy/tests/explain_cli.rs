@@ -1,4 +1,8 @@
 //! `node-proxy explain` as a person or a script runs it: a state file in, a decision out.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helper: a failed set-up step must fail the test loudly"
+)]
 
 use std::process::Command;
 
