@@ -40,6 +40,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// `/healthz/ready` listen address.
     pub readiness_addr: SocketAddr,
+    /// Admin API (`/explain`) listen address; node-local by default.
+    pub admin_addr: SocketAddr,
     /// Bound on connecting to an upstream or the app.
     pub connect_timeout: Duration,
     /// Runtime worker threads.
@@ -72,6 +74,7 @@ impl Default for Config {
             cni_socket: PathBuf::from(redirect_cni::protocol::DEFAULT_SOCKET_PATH),
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 15020)),
             readiness_addr: SocketAddr::from(([0, 0, 0, 0], 15021)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
             connect_timeout: Duration::from_secs(10),
             worker_threads: 2,
             inbound_source_ports: (
@@ -111,6 +114,13 @@ impl Config {
                 "--cni-socket",
                 self.cni_socket.display(),
                 "a path shorter than 108 bytes (sun_path)",
+            ));
+        }
+        if self.admin_addr == self.metrics_addr || self.admin_addr == self.readiness_addr {
+            return Err(invalid(
+                "--admin-addr",
+                self.admin_addr,
+                "an address other than --metrics-addr and --readiness-addr",
             ));
         }
         if self.metrics_addr == self.readiness_addr {

@@ -110,6 +110,9 @@ struct RunArgs {
     /// `/healthz/ready` address.
     #[arg(long, env = "MARROW_READINESS_ADDR")]
     readiness_addr: Option<SocketAddr>,
+    /// Admin API address (`/explain`).
+    #[arg(long, env = "MARROW_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
     /// Upstream/app connect timeout in milliseconds.
     #[arg(long, env = "MARROW_CONNECT_TIMEOUT_MS")]
     connect_timeout_ms: Option<u64>,
@@ -153,6 +156,7 @@ impl RunArgs {
             cni_socket: self.cni_socket.unwrap_or(d.cni_socket),
             metrics_addr: self.metrics_addr.unwrap_or(d.metrics_addr),
             readiness_addr: self.readiness_addr.unwrap_or(d.readiness_addr),
+            admin_addr: self.admin_addr.unwrap_or(d.admin_addr),
             connect_timeout: self
                 .connect_timeout_ms
                 .map(Duration::from_millis)
@@ -262,6 +266,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some((mesh, watch)) => (Some(mesh), Some(watch)),
         None => (None, None),
     };
+    let admin_listener = http::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding --admin-addr {}", config.admin_addr))?;
+    let admin = Arc::new(http::AdminState {
+        state: mesh.as_ref().map(|m| m.state.clone()),
+        trust_domain: TrustDomain::new(&config.trust_domain)?,
+    });
+    let admin_task = tokio::spawn(http::serve_admin(admin_listener, admin));
     let records = RecordStore::open(config.state_dir.join("pods"))?;
     let registry = Arc::new(Registry::new(
         host,
@@ -290,6 +302,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     server_task.abort();
     metrics_task.abort();
     readiness_task.abort();
+    admin_task.abort();
     let _ = std::fs::remove_file(&config.cni_socket);
     Ok(())
 }

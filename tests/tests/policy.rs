@@ -78,6 +78,40 @@ fn an_allow_policy_admits_the_named_identity_and_denies_others_with_401() {
         "the intruder must not get through: {denied:?}"
     );
 
+    // The running proxy explains it, exactly as the CLI does from the same state file.
+    let admin = mesh
+        .p2
+        .http_get(15000, "/explain?from=shop/intruder&to=shop/web&port=8080")
+        .expect("GET /explain");
+    assert_eq!(admin.status, 200, "{}", admin.body);
+    let served: serde_json::Value = serde_json::from_str(&admin.body).expect("JSON");
+    assert_eq!(served["decision"], "deny", "{served}");
+    let cli = std::process::Command::new(marrow_tests::binaries::node_proxy())
+        .arg("explain")
+        .arg("--config")
+        .arg(&mesh.state2)
+        .args([
+            "--from",
+            "shop/intruder",
+            "--to",
+            "shop/web",
+            "--port",
+            "8080",
+            "--json",
+        ])
+        .output()
+        .expect("run node-proxy explain");
+    let printed: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("CLI JSON");
+    assert_eq!(served, printed, "/explain and node-proxy explain agree");
+    let allowed = mesh
+        .p2
+        .http_get(15000, "/explain?from=shop%2Fclient&to=shop%2Fweb&port=8080")
+        .expect("GET /explain");
+    let allowed: serde_json::Value = serde_json::from_str(&allowed.body).expect("JSON");
+    assert_eq!(allowed["decision"], "allow", "{allowed}");
+    assert_eq!(allowed["policy"], "shop/web-from-client", "{allowed}");
+    assert_eq!(allowed["rule"], 0, "{allowed}");
+
     eventually(
         "the denial is counted and explained at the destination",
         || {
