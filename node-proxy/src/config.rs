@@ -56,6 +56,8 @@ pub struct Config {
     pub ca_dir: Option<PathBuf>,
     /// The mesh's SPIFFE trust domain.
     pub trust_domain: String,
+    /// Policies in this namespace apply mesh-wide (Istio's root namespace).
+    pub root_namespace: String,
     /// This node's name: the proxy takes identities only of pods the state places here.
     pub node_name: Option<String>,
     /// Bound on an HBONE TLS handshake.
@@ -85,6 +87,7 @@ impl Default for Config {
             state_poll: Duration::from_secs(1),
             ca_dir: None,
             trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
             node_name: None,
             handshake_timeout: Duration::from_secs(10),
             cert_ttl: Duration::from_secs(24 * 60 * 60),
@@ -175,6 +178,21 @@ impl Config {
                 "--trust-domain",
                 &self.trust_domain,
                 "a SPIFFE trust domain such as cluster.local",
+            ));
+        }
+        let ns = &self.root_namespace;
+        let label_ok = !ns.is_empty()
+            && ns.len() <= 63
+            && ns
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !label_ok {
+            return Err(invalid(
+                "--root-namespace",
+                ns,
+                "a Kubernetes namespace name",
             ));
         }
         if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(120) {

@@ -38,26 +38,7 @@ enum Command {
     Run(Box<RunArgs>),
     /// Explain the L4 decision for a connection, from a state file: allow or deny, the deciding
     /// policy and rule, and why.
-    Explain {
-        /// The state file (Kubernetes YAML with Pods, Namespaces and Istio security policies).
-        #[arg(long)]
-        config: PathBuf,
-        /// The client: `ns/pod`, or `ip:A.B.C.D` for a plaintext client outside the mesh.
-        #[arg(long)]
-        from: String,
-        /// The server: `ns/pod`.
-        #[arg(long)]
-        to: String,
-        /// The destination port.
-        #[arg(long)]
-        port: u16,
-        /// Print `{"decision":..,"policy":..,"rule":..,"reason":..}`.
-        #[arg(long)]
-        json: bool,
-        /// SPIFFE trust domain of the mesh.
-        #[arg(long, default_value = node_proxy::identity::DEFAULT_TRUST_DOMAIN)]
-        trust_domain: String,
-    },
+    Explain(ExplainArgs),
     /// The local mesh CA (demos, tests, small clusters).
     #[command(subcommand)]
     Ca(CaCommand),
@@ -67,6 +48,32 @@ enum Command {
         #[arg(long, env = "MARROW_BPFFS_DIR", default_value = "/sys/fs/bpf/marrow")]
         bpffs_dir: PathBuf,
     },
+}
+
+/// Flags of `explain`.
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The state file (Kubernetes YAML with Pods, Namespaces and Istio security policies).
+    #[arg(long)]
+    config: PathBuf,
+    /// The client: `ns/pod`, or `ip:A.B.C.D` for a plaintext client outside the mesh.
+    #[arg(long)]
+    from: String,
+    /// The server: `ns/pod`.
+    #[arg(long)]
+    to: String,
+    /// The destination port.
+    #[arg(long)]
+    port: u16,
+    /// Print `{"decision":..,"policy":..,"rule":..,"reason":..}`.
+    #[arg(long)]
+    json: bool,
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, default_value = node_proxy::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, default_value = node_proxy::policy::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
 }
 
 /// `node-proxy ca …`.
@@ -131,6 +138,9 @@ struct RunArgs {
     /// SPIFFE trust domain.
     #[arg(long, env = "MARROW_TRUST_DOMAIN")]
     trust_domain: Option<String>,
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, env = "MARROW_ROOT_NAMESPACE")]
+    root_namespace: Option<String>,
     /// This node's name (Kubernetes: spec.nodeName of this DaemonSet pod).
     #[arg(long, env = "MARROW_NODE_NAME")]
     node_name: Option<String>,
@@ -170,6 +180,7 @@ impl RunArgs {
                 .unwrap_or(d.state_poll),
             ca_dir: self.ca_dir.or(d.ca_dir),
             trust_domain: self.trust_domain.unwrap_or(d.trust_domain),
+            root_namespace: self.root_namespace.unwrap_or(d.root_namespace),
             node_name: self.node_name.or(d.node_name),
             cert_ttl: self
                 .cert_ttl_secs
@@ -197,14 +208,7 @@ fn main() -> anyhow::Result<()> {
                 .context("building the runtime")?;
             runtime.block_on(run(config))
         }
-        Command::Explain {
-            config,
-            from,
-            to,
-            port,
-            json,
-            trust_domain,
-        } => explain_command(&config, &from, &to, port, json, &trust_domain),
+        Command::Explain(args) => explain_command(&args),
         Command::Ca(CaCommand::Create {
             dir,
             trust_domain,
@@ -308,23 +312,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// `node-proxy explain`: one decision from a state file, as the destination's proxy takes it.
-fn explain_command(
-    config: &std::path::Path,
-    from: &str,
-    to: &str,
-    port: u16,
-    json: bool,
-    trust_domain: &str,
-) -> anyhow::Result<()> {
+fn explain_command(args: &ExplainArgs) -> anyhow::Result<()> {
     use node_proxy::policy::explain::{self, ExplainSource};
-    let update = LocalFileSource::new(config).load()?;
+    let update = LocalFileSource::new(&args.config)
+        .with_root_namespace(&args.root_namespace)
+        .load()?;
     let store = StateStore::new();
     store.apply(update);
-    let source: ExplainSource = from.parse()?;
-    let (ns, name) = explain::workload_ref(to, "destination")?;
-    let td = TrustDomain::new(trust_domain)?;
-    let answer = explain::explain(&store.snapshot(), &td, &source, (&ns, &name), port)?;
-    if json {
+    let source: ExplainSource = args.from.parse()?;
+    let (ns, name) = explain::workload_ref(&args.to, "destination")?;
+    let td = TrustDomain::new(&args.trust_domain)?;
+    let answer = explain::explain(&store.snapshot(), &td, &source, (&ns, &name), args.port)?;
+    if args.json {
         println!("{}", serde_json::to_string(&answer)?);
     } else {
         println!("decision: {}", answer.decision);
@@ -364,6 +363,7 @@ async fn start_mesh(
     let state = Arc::new(StateStore::new());
     let watch = LocalFileSource::new(state_file.clone())
         .with_interval(config.state_poll)
+        .with_root_namespace(config.root_namespace.clone())
         .start(state.clone())
         .await
         .with_context(|| format!("--state-file {}", state_file.display()))?;

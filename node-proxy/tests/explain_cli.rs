@@ -108,3 +108,33 @@ fn a_broken_state_file_is_an_error_naming_the_file_and_policy() {
         "{err}"
     );
 }
+
+#[test]
+fn policies_in_the_configured_root_namespace_apply_mesh_wide() {
+    let state = format!(
+        "{STATE}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {{name: deny-all-8080, namespace: mesh-root}}\n\
+         spec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{ports: [\"8080\"]}}}}]\n"
+    );
+    let args = [
+        "--from",
+        "shop/client",
+        "--to",
+        "shop/web",
+        "--port",
+        "8080",
+        "--json",
+    ];
+    let default_root = explain(&state, &args);
+    let v: serde_json::Value = serde_json::from_slice(&default_root.stdout).unwrap();
+    assert_eq!(
+        v["decision"], "allow",
+        "mesh-root is just a namespace by default: {v}"
+    );
+    let mut with_root = args.to_vec();
+    with_root.extend(["--root-namespace", "mesh-root"]);
+    let out = explain(&state, &with_root);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"], "deny", "{v}");
+    assert_eq!(v["policy"], "mesh-root/deny-all-8080", "{v}");
+}

@@ -382,7 +382,10 @@ fn a_refused_reload_keeps_the_last_good_snapshot() {
     let one = pod("shop", "a", "uid-a", "10.0.0.1");
     let (_dir, path) = state_file(&one);
     let store = StateStore::new();
-    let mut poller = Poller::new(path.clone());
+    let mut poller = Poller::new(
+        path.clone(),
+        crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
+    );
     let Check::Changed(update) = poller.check() else {
         panic!("first read")
     };

@@ -25,7 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
 use super::{ObjectError, ObjectRef, StateStore, StateUpdate};
-pub use parse::parse;
+pub use parse::{parse, parse_with_root};
 use poll::{Check, Poller};
 
 /// How often the file is checked unless configured.
@@ -129,6 +129,7 @@ fn at_line(line: Option<(usize, usize)>) -> String {
 pub struct LocalFileSource {
     path: PathBuf,
     interval: Duration,
+    root_namespace: String,
 }
 
 impl LocalFileSource {
@@ -137,6 +138,7 @@ impl LocalFileSource {
         Self {
             path: path.into(),
             interval: DEFAULT_POLL_INTERVAL,
+            root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
         }
     }
 
@@ -156,20 +158,26 @@ impl LocalFileSource {
         self.interval
     }
 
+    /// Policies in `root_namespace` apply mesh-wide (default `istio-system`).
+    pub fn with_root_namespace(mut self, root_namespace: impl Into<String>) -> Self {
+        self.root_namespace = root_namespace.into();
+        self
+    }
+
     /// Reads and validates the file once (for one-shot commands such as `explain`).
     pub fn load(&self) -> Result<StateUpdate, FileError> {
         let bytes = std::fs::read(&self.path).map_err(|source| FileError::Read {
             path: self.path.clone(),
             source,
         })?;
-        parse(&self.path, &bytes)
+        parse_with_root(&self.path, &bytes, &self.root_namespace)
     }
 
     /// Loads the file into `store` — an error if it is missing or invalid — then keeps
     /// reloading it on a Tokio task until the returned [`FileWatch`] is dropped. The first
     /// read happens on the calling task (a start-up cost, bounded by the file's size).
     pub async fn start(self, store: Arc<StateStore>) -> Result<FileWatch, FileError> {
-        let mut poller = Poller::new(self.path.clone());
+        let mut poller = Poller::new(self.path.clone(), self.root_namespace.clone());
         let deadline = Instant::now() + START_LIMIT;
         loop {
             match poller.check() {

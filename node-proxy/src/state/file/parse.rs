@@ -17,8 +17,18 @@ use tracing::{debug, warn};
 use super::{FileError, Location};
 use crate::state::{DeferredKind, ObjectError, ObjectRef, StateUpdate, k8s};
 
-/// Parses the file's bytes; `path` only names the file in errors and logs.
+/// Parses the file's bytes with Istio's default root namespace; `path` only names the file in
+/// errors and logs.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<StateUpdate, FileError> {
+    parse_with_root(path, bytes, crate::policy::DEFAULT_ROOT_NAMESPACE)
+}
+
+/// As [`parse`], with policies in `root_namespace` applying mesh-wide.
+pub fn parse_with_root(
+    path: &Path,
+    bytes: &[u8],
+    root_namespace: &str,
+) -> Result<StateUpdate, FileError> {
     let mut parser = Parser {
         path,
         update: StateUpdate::new(),
@@ -52,7 +62,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<StateUpdate, FileError> {
     }
     let mut update = parser.update;
     let warnings = update
-        .build_policies(crate::policy::DEFAULT_ROOT_NAMESPACE)
+        .build_policies(root_namespace)
         .map_err(|source| FileError::Policy {
             path: path.to_path_buf(),
             source: Box::new(source),

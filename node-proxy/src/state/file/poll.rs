@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{FileError, SETTLE, parse};
+use super::{FileError, SETTLE, parse_with_root};
 use crate::state::StateUpdate;
 
 /// What one check found.
@@ -35,6 +35,7 @@ pub(in crate::state) enum Check {
 #[derive(Clone, Debug)]
 pub(in crate::state) struct Poller {
     path: PathBuf,
+    root_namespace: String,
     seen: Option<Fingerprint>,
     content: Option<u64>,
 }
@@ -69,9 +70,10 @@ impl Fingerprint {
 
 impl Poller {
     /// A poller that has seen nothing yet: its first check reads the file.
-    pub(in crate::state) fn new(path: PathBuf) -> Self {
+    pub(in crate::state) fn new(path: PathBuf, root_namespace: String) -> Self {
         Self {
             path,
+            root_namespace,
             seen: None,
             content: None,
         }
@@ -111,7 +113,7 @@ impl Poller {
         }
         // Recorded for refused content too, so one bad version is reported once.
         self.content = Some(hash);
-        match parse(&self.path, &bytes) {
+        match parse_with_root(&self.path, &bytes, &self.root_namespace) {
             Ok(update) => Check::Changed(Box::new(update)),
             Err(error) => Check::Refused(error),
         }
