@@ -1,7 +1,8 @@
-//! `cargo xtask demo`: README's first command. Shows, on this machine, what marrow does today:
-//! one node made of network namespaces, pods wired by a real CNI chain, their TCP captured by
-//! eBPF and carried by the node proxy, metrics with Istio's names, and failing closed when the
-//! proxy is down.
+//! `cargo xtask demo`: README's first command. Shows, on this machine, marrow's whole job: two
+//! nodes made of network namespaces, four pods wired by a real CNI chain, a node proxy per node
+//! carrying pods' TCP between the nodes over mutual TLS (HBONE) with SPIFFE identities, an
+//! AuthorizationPolicy and a STRICT PeerAuthentication enforced, no plaintext on the wire, and
+//! metrics with Istio's names.
 //!
 //! It does its own set-up (tools, the eBPF object, the binaries) with each step timed, needs
 //! root, and prints a report a newcomer can follow: for each step what it does and, marked
@@ -42,9 +43,7 @@ pub struct Options {
 pub fn run(options: &Options) -> anyhow::Result<()> {
     require_root()?;
     let stop = Stop::install()?;
-    println!(
-        "marrow demo: a node proxy that captures pods' TCP with eBPF, on one node of this machine\n"
-    );
+    println!("marrow demo: a two-node service mesh on this machine, made of network namespaces\n");
     let started = Instant::now();
     prepare(options, &stop).map_err(|e| blame_signal(e, &stop))?;
     let prepared = started.elapsed();
@@ -61,7 +60,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     // Every fixture has been dropped by now, whatever happened.
     check_nothing_left(&mut report);
     println!(
-        "The demo took {} (set-up and builds {}, the node and its checks {}).",
+        "The demo took {} (set-up and builds {}, the nodes and their checks {}).",
         process::seconds(started.elapsed()),
         process::seconds(prepared),
         process::seconds(started.elapsed().saturating_sub(prepared))
@@ -75,7 +74,9 @@ fn explain() {
     println!(
         "\nA service mesh puts a proxy in the path of the connections between apps, to count, secure \
          and\ncontrol them without changing the apps. marrow runs one proxy per node; eBPF programs \
-         in the\nkernel steer the connections of every enrolled pod to it, and the apps cannot tell."
+         in the\nkernel steer the connections of every pod in the mesh to it, and the apps cannot tell.\n\
+         Between nodes the proxies speak mutual TLS, each proving its pod's identity (a SPIFFE ID\n\
+         such as spiffe://cluster.local/ns/shop/sa/frontend), so policies can name who may call whom."
     );
 }
 
@@ -130,34 +131,39 @@ fn prepare(options: &Options, stop: &Stop) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reports anything of the demo's node that is still there after clean-up.
+/// Reports anything of the demo's nodes that is still there after clean-up.
 fn check_nothing_left(report: &mut Report<'_>) {
-    let netns_prefix = format!("mt-{}", cluster::NODE_NAME);
-    let mut left: Vec<String> = std::fs::read_dir(marrow_tests::netns::NETNS_RUN_DIR)
+    let namespaces: Vec<String> = std::fs::read_dir(marrow_tests::netns::NETNS_RUN_DIR)
         .map(|entries| {
             entries
                 .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-                .filter(|name| {
-                    name == &netns_prefix || name.starts_with(&format!("{netns_prefix}."))
-                })
-                .map(|name| format!("network namespace {name}"))
                 .collect()
         })
         .unwrap_or_default();
-    if Cgroup::exists(cluster::NODE_NAME) {
-        left.push(format!("cgroup marrow-test-{}", cluster::NODE_NAME));
+    let mut left = Vec::new();
+    for node in cluster::NODE_NAMES {
+        let prefix = format!("mt-{node}");
+        left.extend(
+            namespaces
+                .iter()
+                .filter(|name| **name == prefix || name.starts_with(&format!("{prefix}.")))
+                .map(|name| format!("network namespace {name}")),
+        );
+        if Cgroup::exists(node) {
+            left.push(format!("cgroup marrow-test-{node}"));
+        }
+        let pins = BpffsDir::path_for(node);
+        if Path::exists(&pins) {
+            left.push(format!("bpffs directory {}", pins.display()));
+        }
     }
-    let pins = BpffsDir::path_for(cluster::NODE_NAME);
-    if Path::exists(&pins) {
-        left.push(format!("bpffs directory {}", pins.display()));
-    }
+    let names = cluster::NODE_NAMES.join(", ");
     report.record(
         left.is_empty(),
         if left.is_empty() {
             format!(
-                "nothing left: no namespace {netns_prefix}*, no cgroup or eBPF pins marrow-test-{}, \
-                 no demo processes (they were in that cgroup)",
-                cluster::NODE_NAME
+                "nothing left of nodes {names}: no namespace mt-*, no cgroup or eBPF pins \
+                 marrow-test-*, no demo processes (they were in those cgroups)"
             )
         } else {
             format!("left behind: {}", left.join(", "))

@@ -1,157 +1,300 @@
-//! The demo's cluster: one node (a network namespace) running the real node proxy, with three
-//! pods wired by a real CNI chain: `shop/web` and `shop/client` enrolled (the chain ends with
-//! redirect-cni), `legacy/batch` not enrolled.
+//! The demo's cluster: two nodes (network namespaces `mt-demo-1` and `mt-demo-2`) joined by a
+//! veth "underlay", a node proxy on each, a mesh CA, and four pods wired by the real CNI chain:
 //!
-//! Invariant: field order is drop order. The web app and the pods go while the proxy still
-//! runs (so redirect-cni's DEL reaches it), then the proxy, then the node with its cgroup, pins,
-//! namespace and temporary directory. Dropping a [`Cluster`] leaves nothing behind.
+//! ```text
+//! node 1: shop/frontend (sa frontend), shop/batch (sa batch), legacy/old (sa default, NOT in the mesh)
+//! node 2: shop/api (sa api, label app=api), serving on port 8080
+//! ```
+//!
+//! Both proxies read the same state file content (their own copy): namespace `shop` is ambient,
+//! a mesh-wide STRICT PeerAuthentication, and `shop/api-from-frontend` which lets only
+//! frontend's identity reach `app=api`.
+//!
+//! Invariant: field order is drop order. The api app and the pods go while the proxies still
+//! run (so redirect-cni's DEL reaches them), then the proxies, then the nodes with their
+//! cgroups, pins, namespaces and temporary directories, then the CA. Dropping a [`Cluster`]
+//! leaves nothing behind.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
+use marrow_tests::mesh::{config_generation, mesh_proxy_options};
 use marrow_tests::proxy::METRICS_PORT;
-use marrow_tests::{Node, Pod, PodProcess, Proxy, ProxyOptions};
+use marrow_tests::state_file::{PodRecord, write_atomic};
+use marrow_tests::{
+    ClusterState, MeshCa, Node, NodeLink, NodeOptions, Pod, PodProcess, Proxy, Sniffer,
+};
 
-use super::observe::{Metrics, Series, since_last_start};
+use super::observe::Metrics;
 use super::stop::Stop;
 use crate::process::seconds;
 
-/// The node's name: its namespace is `mt-demo`, its cgroup and pin directory
-/// `marrow-test-demo`.
-pub const NODE_NAME: &str = "demo";
-/// The port the web app listens on.
-pub const WEB_PORT: u16 = 8080;
-/// How long the proxy may take to become ready.
+/// The nodes' names: namespaces `mt-demo-1`/`mt-demo-2`, cgroups and pin directories
+/// `marrow-test-demo-1`/`marrow-test-demo-2`.
+pub const NODE_NAMES: [&str; 2] = ["demo-1", "demo-2"];
+/// The port the api app listens on.
+pub const API_PORT: u16 = 8080;
+/// The admin port of the proxy (`/explain`).
+pub const ADMIN_PORT: u16 = 15000;
+/// How long a proxy may take to become ready or to apply its state file.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the proxy may take to count a connection the client has already seen end.
-const COUNT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between two polls (readiness, metrics).
+/// Pause between two polls.
 const POLL: Duration = Duration::from_millis(100);
 
-/// The node, its proxy and its pods; see the module documentation.
+/// The mesh's policies, appended to the state file: STRICT mTLS everywhere, and only
+/// frontend may call api.
+pub const POLICIES: &str = "\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: istio-system
+spec:
+  mtls:
+    mode: STRICT
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: api-from-frontend
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: api
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [\"cluster.local/ns/shop/sa/frontend\"]
+";
+
+/// The two nodes, their proxies and the pods; see the module documentation.
 #[derive(Debug)]
 pub struct Cluster {
-    /// `testpod serve --port 8080` in `shop/web`.
-    _web_app: PodProcess,
-    /// `shop/web`, enrolled; serves on [`WEB_PORT`].
-    pub web: Pod,
-    /// `shop/client`, enrolled.
-    pub client: Pod,
-    /// `legacy/batch`, not enrolled.
+    /// `testpod serve --port 8080` in `shop/api`.
+    _api_app: PodProcess,
+    /// `shop/frontend` on node 1, service account `frontend`.
+    pub frontend: Pod,
+    /// `shop/batch` on node 1, service account `batch`.
     pub batch: Pod,
-    /// The node proxy.
-    pub proxy: Proxy,
-    /// The node; dropped last (the pods and the proxy hold it too).
-    _node: Node,
+    /// `legacy/old` on node 1, outside the mesh.
+    pub old: Pod,
+    /// `shop/api` on node 2, serves on [`API_PORT`].
+    pub api: Pod,
+    /// Node 1's proxy.
+    pub proxy1: Proxy,
+    /// Node 2's proxy.
+    pub proxy2: Proxy,
+    /// The underlay between the nodes.
+    pub link: NodeLink,
+    /// Node 1.
+    pub node1: Node,
+    /// Node 2; dropped after the pods and proxies (they hold it too).
+    _node2: Node,
+    /// The mesh CA (a temporary directory).
+    _ca: MeshCa,
 }
 
 impl Cluster {
-    /// Builds the node, starts its proxy, waits until it is ready and creates the pods,
-    /// printing each step.
+    /// Builds the nodes, the CA, the proxies and the pods, then writes the policies, printing
+    /// each step with its duration.
     pub fn start(stop: &Stop) -> anyhow::Result<Cluster> {
-        println!("\nSetting up a node: the network namespace mt-{NODE_NAME} with its own bridge");
-        let node = Node::new(NODE_NAME);
-        stop.check()?;
-        // The log is a file that the demo may print: no colour escapes in it.
-        let mut proxy = node.start_proxy_with(ProxyOptions {
-            env: vec![("NO_COLOR".to_owned(), "1".to_owned())],
-            ..ProxyOptions::default()
-        });
-        let ready_after = wait_ready(&mut proxy, stop)?;
+        let step = Instant::now();
+        println!("\nSetting up two nodes: network namespaces mt-demo-1 and mt-demo-2, linked");
+        let node = |index: u8| {
+            let options = NodeOptions {
+                dual_stack: false,
+                index: Some(index),
+            };
+            Node::with_options(NODE_NAMES[usize::from(index) - 1], options)
+        };
+        let (node1, node2) = (node(1), node(2));
+        let link = NodeLink::between(&node1, &node2);
         println!(
-            "   node-proxy   ready after {} (pid {}): eBPF capture loaded, waiting for pods",
-            seconds(ready_after),
-            proxy.pid().unwrap_or_default()
+            "   underlay     {} ({}) <-> {} ({}), pods 10.244.1.0/24 and 10.244.2.0/24 [{}]",
+            link.a_ifname,
+            link.a_ip,
+            link.b_ifname,
+            link.b_ip,
+            seconds(step.elapsed())
         );
-        let web = add_pod(&node, "web", "shop", true, stop)?;
-        let client = add_pod(&node, "client", "shop", true, stop)?;
-        let batch = add_pod(&node, "batch", "legacy", false, stop)?;
-        let web_app = web.serve(WEB_PORT);
+        stop.check()?;
+        let step = Instant::now();
+        let ca = MeshCa::create("demo");
         println!(
-            "   shop/web runs `testpod serve --port {WEB_PORT}`: it greets each caller with the address it sees, then echoes"
+            "   mesh CA      `node-proxy ca create`, trust domain {} [{}]",
+            ca.trust_domain(),
+            seconds(step.elapsed())
+        );
+        let state1 = node1.temp_dir().join("cluster.yaml");
+        let state2 = node2.temp_dir().join("cluster.yaml");
+        let namespaces = namespaces();
+        for path in [&state1, &state2] {
+            write_state(path, &namespaces.to_yaml())?;
+        }
+        let mut proxy1 = start_proxy(&node1, &ca, &state1, stop)?;
+        let mut proxy2 = start_proxy(&node2, &ca, &state2, stop)?;
+        for (n, proxy) in [(1, &mut proxy1), (2, &mut proxy2)] {
+            wait_generation(proxy, 1, stop)?;
+            println!(
+                "   node-proxy   node {n} ready (pid {}), state file read",
+                proxy.pid().unwrap_or_default()
+            );
+        }
+        let frontend = add_pod(&node1, "frontend", "shop", true, stop)?;
+        let batch = add_pod(&node1, "batch", "shop", true, stop)?;
+        let old = add_pod(&node1, "old", "legacy", false, stop)?;
+        let api = add_pod(&node2, "api", "shop", true, stop)?;
+        let api_app = api.serve(API_PORT);
+        println!(
+            "   shop/api runs `testpod serve --port {API_PORT}`: it greets each caller with the address it sees, then echoes"
+        );
+        let step = Instant::now();
+        let state = namespaces
+            .pod(&frontend, "frontend")
+            .pod(&batch, "batch")
+            .pod(&old, "default")
+            .with_pod(PodRecord::of(&api, "api").with_label("app", "api"));
+        let yaml = format!("{}\n---\n{POLICIES}", state.to_yaml());
+        for (proxy, path) in [(&mut proxy1, &state1), (&mut proxy2, &state2)] {
+            let before = config_generation(proxy).unwrap_or_default();
+            write_state(path, &yaml)?;
+            wait_generation(proxy, before + 1, stop)?;
+        }
+        println!(
+            "   state files  pods, service accounts, STRICT mTLS and shop/api-from-frontend applied by both proxies [{}]",
+            seconds(step.elapsed())
         );
         stop.check()?;
         Ok(Cluster {
-            _web_app: web_app,
-            web,
-            client,
+            _api_app: api_app,
+            frontend,
             batch,
-            proxy,
-            _node: node,
+            old,
+            api,
+            proxy1,
+            proxy2,
+            link,
+            node1,
+            _node2: node2,
+            _ca: ca,
         })
     }
 
-    /// `shop/web`'s address on [`WEB_PORT`].
-    pub fn web_addr(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(self.web.ipv4()), WEB_PORT)
+    /// `shop/api`'s address on [`API_PORT`].
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.api.ipv4()), API_PORT)
     }
 
-    /// The proxy's `/metrics` page now.
+    /// A packet capture on node 1's end of the underlay.
+    pub fn sniff(&self) -> Sniffer {
+        Sniffer::start(self.node1.netns(), &self.link.a_ifname)
+    }
+
+    /// Node 2's (api's) `/metrics` page now.
     ///
     /// # Errors
     /// When the proxy does not answer, or answers something else than 200.
-    pub fn metrics(&self) -> anyhow::Result<Metrics> {
+    pub fn metrics2(&self) -> anyhow::Result<Metrics> {
         let response = self
-            .proxy
+            .proxy2
             .http_get(METRICS_PORT, "/metrics")
-            .context("reading the proxy's /metrics")?;
+            .context("reading node 2's /metrics")?;
         anyhow::ensure!(
             response.status == 200,
-            "the proxy's /metrics answered {}: {}",
+            "node 2's /metrics answered {}: {}",
             response.status,
             response.body.trim()
         );
         Ok(Metrics::new(response.body))
     }
 
-    /// Polls `/metrics` until `series` reaches `at_least` (or [`COUNT_TIMEOUT`] passes) and
-    /// returns its last value: the proxy counts a connection's close only after the client
-    /// has seen it.
+    /// Node 2's answer to `GET /explain?<query>` as JSON.
     ///
     /// # Errors
-    /// When `/metrics` cannot be read, or the demo is interrupted.
-    pub fn wait_for_count(
-        &self,
-        stop: &Stop,
-        series: &Series,
-        at_least: u64,
-    ) -> anyhow::Result<u64> {
-        let deadline = Instant::now() + COUNT_TIMEOUT;
-        loop {
-            stop.check()?;
-            let value = self.metrics()?.sum(series);
-            if value >= at_least || Instant::now() >= deadline {
-                return Ok(value);
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
-    /// Restarts the proxy (same flags, same state directory) and waits until it is ready.
-    ///
-    /// # Errors
-    /// When it does not become ready, or the demo is interrupted.
-    pub fn restart_proxy(&mut self, stop: &Stop) -> anyhow::Result<Duration> {
-        self.proxy.restart();
-        wait_ready(&mut self.proxy, stop)
-    }
-
-    /// The proxy's log since its latest start.
-    pub fn proxy_log_since_start(&self) -> String {
-        since_last_start(&self.proxy.log()).to_owned()
+    /// When the proxy does not answer 200 with JSON.
+    pub fn explain(&self, query: &str) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .proxy2
+            .http_get(ADMIN_PORT, &format!("/explain?{query}"))
+            .context("asking node 2's proxy /explain")?;
+        anyhow::ensure!(
+            response.status == 200,
+            "/explain answered {}: {}",
+            response.status,
+            response.body.trim()
+        );
+        serde_json::from_str(&response.body).context("/explain's answer is not JSON")
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         println!(
-            "\nCleaning up: stopping the pods and the proxy, removing namespaces, cgroup and eBPF pins"
+            "\nCleaning up: stopping the pods and both proxies, removing namespaces, the link, cgroups, eBPF pins and the CA"
         );
     }
 }
 
-/// Creates a pod and prints its address and CNI chain.
+/// `shop` is in the ambient mesh, `legacy` is not.
+fn namespaces() -> ClusterState {
+    ClusterState::new()
+        .ambient_namespace("shop")
+        .namespace("legacy", &[])
+}
+
+/// Replaces a proxy's state file in one step (the proxy never reads half of it).
+fn write_state(path: &Path, yaml: &str) -> anyhow::Result<()> {
+    write_atomic(path, yaml.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Starts a node's proxy on its state file and the CA, and waits until it is ready.
+fn start_proxy(node: &Node, ca: &MeshCa, state: &Path, stop: &Stop) -> anyhow::Result<Proxy> {
+    let step = Instant::now();
+    let mut options = mesh_proxy_options(ca, state);
+    // The log is a file that the demo may print: no colour escapes in it.
+    options.env.push(("NO_COLOR".to_owned(), "1".to_owned()));
+    let mut proxy = node.start_proxy_with(options);
+    loop {
+        stop.check()?;
+        match proxy.wait_ready(POLL) {
+            Ok(()) => break,
+            Err(e) if proxy.try_wait().is_some() || step.elapsed() >= READY_TIMEOUT => {
+                return Err(e.context(format!("waiting for {}'s node proxy", node.name())));
+            }
+            Err(_) => {}
+        }
+    }
+    println!(
+        "   node-proxy   started on {}: eBPF capture loaded, certificates from the mesh CA [{}]",
+        node.name(),
+        seconds(step.elapsed())
+    );
+    Ok(proxy)
+}
+
+/// Waits until `proxy` has applied state file version `at_least` (`marrow_config_generation`).
+fn wait_generation(proxy: &mut Proxy, at_least: u64, stop: &Stop) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        stop.check()?;
+        if config_generation(proxy).is_some_and(|g| g >= at_least) {
+            return Ok(());
+        }
+        if proxy.try_wait().is_some() || started.elapsed() >= READY_TIMEOUT {
+            anyhow::bail!(
+                "the proxy did not apply its state file (version {at_least}); see {}",
+                proxy.log_path().display()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Creates a pod and prints its node, address and CNI chain.
 fn add_pod(
     node: &Node,
     name: &str,
@@ -160,19 +303,22 @@ fn add_pod(
     stop: &Stop,
 ) -> anyhow::Result<Pod> {
     stop.check()?;
+    let step = Instant::now();
     let pod = node
         .try_add_pod(name, namespace, enrolled)
         .map_err(|e| anyhow!("creating pod {namespace}/{name}: {e}"))?;
-    let (role, note) = if enrolled {
-        ("enrolled", "")
+    let note = if enrolled {
+        "in the mesh"
     } else {
-        ("NOT enrolled", " (no redirect-cni: never captured)")
+        "NOT in the mesh (no redirect-cni)"
     };
     println!(
-        "   pod {:<13} {:<11} {role:<13} CNI: {}{note}",
+        "   pod {:<14} {} {:<11} {note}; CNI: {} [{}]",
         format!("{namespace}/{name}"),
+        node.name(),
         pod.ipv4(),
-        chain_summary(&pod)
+        chain_summary(&pod),
+        seconds(step.elapsed())
     );
     Ok(pod)
 }
@@ -186,19 +332,4 @@ fn chain_summary(pod: &Pod) -> String {
         .filter_map(serde_json::Value::as_str)
         .collect::<Vec<_>>()
         .join(" + ")
-}
-
-/// Polls the proxy's readiness endpoint, giving way to a signal between polls.
-fn wait_ready(proxy: &mut Proxy, stop: &Stop) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        stop.check()?;
-        match proxy.wait_ready(POLL) {
-            Ok(()) => return Ok(started.elapsed()),
-            Err(e) if proxy.try_wait().is_some() || started.elapsed() >= READY_TIMEOUT => {
-                return Err(e.context("waiting for the node proxy to be ready"));
-            }
-            Err(_) => {}
-        }
-    }
 }

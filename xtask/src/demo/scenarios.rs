@@ -1,178 +1,255 @@
-//! The demo's scenarios, one function each, run in order against one [`Cluster`].
+//! The demo's scenarios, one function each, run in order against one [`Cluster`]: the issue's
+//! five points (allowed with identities, denied by policy, plaintext refused by STRICT, no
+//! plaintext on the wire, `/metrics`).
 //!
-//! Every check reads a real outcome: what `testpod` printed inside the pods (the connection's
-//! result, the server's greeting, `getpeername()`), the proxy's `/metrics`, and its log.
-//! Counters are compared before and after each action, so a scenario never assumes what an
-//! earlier one left behind.
+//! Every check reads a real outcome: what `testpod` printed inside the pods, the proxies'
+//! `/metrics` and `/explain`, and packets captured on the link between the nodes. The SPIFFE
+//! IDs shown are the labels node 2's proxy put on the connection it accepted, not the config.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use marrow_tests::{ConnectErrorKind, ConnectOutcome, Connected};
+use marrow_tests::mesh::HBONE_PORT;
+use marrow_tests::metrics::matching;
+use marrow_tests::sniff::{TLS_APPLICATION_DATA, TLS_HANDSHAKE, tls_records};
+use marrow_tests::{Capture, ConnectOutcome, spiffe_id};
 
-use super::cluster::Cluster;
-use super::observe::{Metrics, Series, restored_count};
+use super::cluster::{API_PORT, Cluster};
+use super::observe::since_last_start;
 use super::report::Report;
 use super::stop::Stop;
 
-/// How long a connection attempt may take while the proxy is down (it should be refused at
-/// once; waiting longer would only slow a failing demo down).
-const DOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The metric whose labels carry the connection's identities.
+const OPENED: &str = "istio_tcp_connections_opened_total";
 /// The metrics whose samples the excerpt of `/metrics` shows, in order.
 const EXCERPT_METRICS: [&str; 3] = [
-    "istio_tcp_connections_opened_total",
+    OPENED,
     "istio_tcp_sent_bytes_total",
     "istio_tcp_received_bytes_total",
 ];
 /// At most this many sample lines are shown from `/metrics`.
-const EXCERPT_LINES: usize = 8;
-/// Lines of the proxy's log shown when a check failed.
-const LOG_TAIL_LINES: usize = 25;
+const EXCERPT_LINES: usize = 6;
+/// Lines of each proxy's log shown when a check failed.
+const LOG_TAIL_LINES: usize = 15;
+/// How long a proxy may take to count a connection the client has already seen end.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sets up the cluster, runs every scenario and tears the cluster down (also on error).
 ///
 /// # Errors
-/// When set-up fails, `/metrics` cannot be read, or a signal interrupts the demo.
+/// When set-up fails, a proxy's pages cannot be read, or a signal interrupts the demo.
 pub fn run(stop: &Stop, report: &mut Report<'_>) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(stop)?;
-    let result = run_all(&mut cluster, stop, report);
-    if report.any_failed() {
-        let log = cluster.proxy_log_since_start();
-        let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
-        println!("\nThe node proxy's log (last {LOG_TAIL_LINES} lines), to see why:");
-        for line in tail.iter().rev() {
-            println!("   | {line}");
+    let cluster = Cluster::start(stop)?;
+    let result = run_all(&cluster, stop, report);
+    if report.any_failed() || result.is_err() {
+        for (n, proxy) in [(1, &cluster.proxy1), (2, &cluster.proxy2)] {
+            let log = proxy.log();
+            let tail: Vec<&str> = since_last_start(&log)
+                .lines()
+                .rev()
+                .take(LOG_TAIL_LINES)
+                .collect();
+            println!("\nNode {n}'s proxy log (last {LOG_TAIL_LINES} lines), to see why:");
+            for line in tail.iter().rev() {
+                println!("   | {line}");
+            }
         }
     }
     result
 }
 
 /// The scenarios in order.
-fn run_all(cluster: &mut Cluster, stop: &Stop, report: &mut Report<'_>) -> anyhow::Result<()> {
-    enrolled_to_enrolled(cluster, stop, report)?;
-    unenrolled_to_enrolled(cluster, stop, report)?;
+fn run_all(cluster: &Cluster, stop: &Stop, report: &mut Report<'_>) -> anyhow::Result<()> {
+    let capture = allowed_with_identities(cluster, stop, report)?;
+    denied_by_policy(cluster, stop, report)?;
+    plaintext_refused(cluster, stop, report)?;
+    no_plaintext_on_the_wire(cluster, &capture, report)?;
     metrics_excerpt(cluster, report)?;
-    proxy_down_fails_closed(cluster, stop, report)?;
-    restart_readopts(cluster, stop, report)?;
     Ok(())
 }
 
-/// Client → web, both enrolled: it works, the proxy counts it at both ends, and neither app
-/// can tell (web sees client's own IP; client's `getpeername()` shows web).
-fn enrolled_to_enrolled(
+/// frontend → api across the nodes: it works, over mutual TLS, and node 2's proxy labels it
+/// with both ends' SPIFFE IDs. Returns the underlay capture taken meanwhile (for section 4).
+fn allowed_with_identities(
     cluster: &Cluster,
     stop: &Stop,
     report: &mut Report<'_>,
-) -> anyhow::Result<()> {
-    report.section("Two enrolled pods talk: the node proxy carries the connection");
-    let out_of_client = Series::opened(&[("reporter", "source"), ("source_workload", "client")]);
-    let into_web = Series::opened(&[("reporter", "destination"), ("destination_workload", "web")]);
-    let before = cluster.metrics()?;
-    let web = cluster.web_addr();
+) -> anyhow::Result<Capture> {
+    report.section("frontend calls api on the other node: allowed, and both ends are identified");
+    let api = cluster.api_addr();
+    let secret = secret_marker();
     report.action(format!(
-        "from shop/client ({}), connect to shop/web at {web} and send \"hello\"",
-        cluster.client.ipv4()
+        "from shop/frontend ({}, node 1), connect to shop/api at {api} (node 2) and send {secret:?}",
+        cluster.frontend.ipv4()
     ));
-    let outcome = cluster.client.connect(web, "hello");
+    let sniffer = cluster.sniff();
+    let outcome = cluster.frontend.connect(api, &secret);
+    let capture = sniffer.stop();
     stop.check()?;
-    if let Some(conn) = connected(report, &outcome, "hello")? {
-        report.check(
-            conn.greeting.peer.ip() == IpAddr::V4(cluster.client.ipv4()),
-            format!(
-                "web saw the call come from {}: client's own pod IP, not the proxy's",
-                conn.greeting.peer
-            ),
-        )?;
-        report.check(
-            conn.peername == web,
-            format!(
-                "client's getpeername() says {}: the detour through the proxy is invisible to the app",
-                conn.peername
-            ),
-        )?;
+    match &outcome {
+        ConnectOutcome::Connected(conn) => {
+            report.check(
+                conn.echo == secret
+                    && conn.greeting.peer.ip() == IpAddr::V4(cluster.frontend.ipv4()),
+                format!(
+                    "connected; api saw the call come from {} (frontend's own IP) and echoed {:?}",
+                    conn.greeting.peer, conn.echo
+                ),
+            )?;
+        }
+        ConnectOutcome::Failed(f) => {
+            report.check(
+                false,
+                format!("the connection failed ({:?}): {}", f.kind, f.detail),
+            )?;
+        }
     }
-    count_grew(
-        cluster,
-        stop,
-        report,
-        "the proxy counted it leaving client",
-        &out_of_client,
-        &before,
-        1,
-    )?;
-    count_grew(
-        cluster,
-        stop,
-        report,
-        "the proxy counted it arriving at web",
-        &into_web,
-        &before,
-        1,
-    )?;
-    Ok(())
+    report.action("read node 2's /metrics: who did its proxy say connected, and how?");
+    let want = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let (frontend_id, api_id) = (spiffe_id("shop", "frontend"), spiffe_id("shop", "api"));
+    let deadline = Instant::now() + COUNT_TIMEOUT;
+    let found = loop {
+        stop.check()?;
+        let text = cluster.metrics2()?.into_text();
+        let found = matching(&text, OPENED, &want)
+            .into_iter()
+            .find(|s| s.labels.get("source_principal") == Some(&frontend_id));
+        if found.is_some() || Instant::now() >= deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    match found {
+        Some(sample) => {
+            let label = |k: &str| sample.labels.get(k).cloned().unwrap_or_default();
+            report.check(
+                label("destination_principal") == api_id,
+                format!(
+                    "node 2 counted a mutual_tls connection: source_principal=\"{}\", destination_principal=\"{}\"",
+                    label("source_principal"),
+                    label("destination_principal")
+                ),
+            )?;
+            report.note("(each proxy presented a certificate for its pod's service account, signed by the mesh CA)");
+        }
+        None => report.check(
+            false,
+            format!("node 2 has no {OPENED} sample with connection_security_policy=\"mutual_tls\" and source_principal=\"{frontend_id}\""),
+        )?,
+    }
+    Ok(capture)
 }
 
-/// Batch (not enrolled) → web: batch's outbound is not captured, web's inbound still is.
-fn unenrolled_to_enrolled(
-    cluster: &Cluster,
-    stop: &Stop,
-    report: &mut Report<'_>,
-) -> anyhow::Result<()> {
-    report
-        .section("A pod outside the mesh calls an enrolled pod: only the enrolled end is captured");
-    let any_outbound = Series::opened(&[("reporter", "source")]);
-    let into_web = Series::opened(&[("reporter", "destination"), ("destination_workload", "web")]);
-    let before = cluster.metrics()?;
-    let web = cluster.web_addr();
+/// batch → api: batch is in the mesh, but the policy only lets frontend in.
+fn denied_by_policy(cluster: &Cluster, stop: &Stop, report: &mut Report<'_>) -> anyhow::Result<()> {
+    report.section("batch calls api: refused, because the policy only admits frontend");
+    let api = cluster.api_addr();
     report.action(format!(
-        "from legacy/batch ({}), connect to shop/web at {web} and send \"hi from batch\"",
+        "from shop/batch ({}, node 1, service account batch), connect to {api} and send \"order 66\"",
         cluster.batch.ipv4()
     ));
-    let outcome = cluster.batch.connect(web, "hi from batch");
+    let outcome = cluster.batch.connect(api, "order 66");
     stop.check()?;
-    if let Some(conn) = connected(report, &outcome, "hi from batch")? {
-        report.check(
-            conn.greeting.peer.ip() == IpAddr::V4(cluster.batch.ipv4()),
+    refused(report, &outcome, "batch")?;
+    explain(cluster, report, "from=shop/batch&to=shop/api&port=8080")
+}
+
+/// legacy/old (no proxy, plaintext) → api: STRICT refuses it.
+fn plaintext_refused(
+    cluster: &Cluster,
+    stop: &Stop,
+    report: &mut Report<'_>,
+) -> anyhow::Result<()> {
+    report.section("old, outside the mesh, calls api in plaintext: refused by STRICT mTLS");
+    let api = cluster.api_addr();
+    report.action(format!(
+        "from legacy/old ({}, no proxy, no certificate), connect to {api} and send \"hello?\"",
+        cluster.old.ipv4()
+    ));
+    let outcome = cluster.old.connect(api, "hello?");
+    stop.check()?;
+    refused(report, &outcome, "old")?;
+    explain(
+        cluster,
+        report,
+        &format!("from=ip:{}&to=shop/api&port={API_PORT}", cluster.old.ipv4()),
+    )
+}
+
+/// Section 1's capture: only TLS to port 15008 crossed the underlay, never the secret.
+fn no_plaintext_on_the_wire(
+    cluster: &Cluster,
+    capture: &Capture,
+    report: &mut Report<'_>,
+) -> anyhow::Result<()> {
+    report.section("Proof of encryption: what crossed the wire between the nodes in section 1");
+    report.action(format!(
+        "capture every packet on node 1's end of the link ({}) while frontend talked to api",
+        cluster.link.a_ifname
+    ));
+    let hbone = capture.flows_to_port(HBONE_PORT);
+    let first = hbone.first().map(|flow| capture.stream(*flow).bytes);
+    let records = first.as_deref().map(tls_records);
+    match records {
+        Some(Ok(records)) => {
+            let data = records
+                .iter()
+                .filter(|r| r.content_type == TLS_APPLICATION_DATA)
+                .count();
+            report.check(
+                records.first().is_some_and(|r| r.content_type == TLS_HANDSHAKE) && data > 0,
+                format!(
+                    "{} connection(s) to port {HBONE_PORT} (HBONE): a TLS handshake, then {data} encrypted application-data records",
+                    hbone.len()
+                ),
+            )?;
+        }
+        Some(Err(e)) => report.check(
+            false,
+            format!("the flow to port {HBONE_PORT} is not TLS: {e}"),
+        )?,
+        None => report.check(
+            false,
             format!(
-                "web saw the call come from {}: batch's own pod IP",
-                conn.greeting.peer
+                "no connection to port {HBONE_PORT} on the link:\n{}",
+                capture.summary()
             ),
-        )?;
+        )?,
     }
-    // Wait for the inbound count first: once it is there, a (wrongly) captured outbound
-    // would have been counted too.
-    count_grew(
-        cluster,
-        stop,
-        report,
-        "the proxy counted it arriving at web",
-        &into_web,
-        &before,
-        1,
+    let secret = secret_marker();
+    report.check(
+        !capture.contains(secret.as_bytes()),
+        format!("the text {secret:?} appears nowhere in the captured bytes"),
     )?;
-    count_grew(
-        cluster,
-        stop,
-        report,
-        "batch's side was not captured: no outbound count",
-        &any_outbound,
-        &before,
-        0,
+    let plain = capture.flows_with_port(API_PORT);
+    report.check(
+        plain.is_empty(),
+        format!(
+            "no packet went to or from port {API_PORT} in the clear ({} flows)",
+            plain.len()
+        ),
     )?;
     Ok(())
 }
 
-/// A few `istio_tcp_*` lines of `/metrics`, as Prometheus (and Grafana, Kiali) read them.
+/// A few `istio_tcp_*` lines of node 2's `/metrics`, as Prometheus (and Grafana, Kiali) read them.
 fn metrics_excerpt(cluster: &Cluster, report: &mut Report<'_>) -> anyhow::Result<()> {
-    report.section("What the proxy exports: Istio's metric names and labels");
-    report.action("GET http://127.0.0.1:15020/metrics in the node, and show the connection counts");
-    let metrics = cluster.metrics()?;
+    report.section("What the proxies export: Istio's metric names and labels");
+    report.action("GET http://127.0.0.1:15020/metrics on node 2, and show the connection counts");
+    let metrics = cluster.metrics2()?;
     let samples = metrics.count_with_prefix("istio_tcp_");
+    let deny = matching(
+        metrics.text(),
+        OPENED,
+        &[("reporter", "destination"), ("response_flags", "DENY")],
+    )
+    .len();
     report.check(
-        samples > 0,
-        format!(
-            "/metrics has {samples} istio_tcp_* samples; connections opened, and bytes each way:"
-        ),
+        samples > 0 && deny > 0,
+        format!("/metrics has {samples} istio_tcp_* samples, {deny} of them opened connections denied (response_flags=\"DENY\"):"),
     )?;
     let excerpt = EXCERPT_METRICS
         .iter()
@@ -184,159 +261,44 @@ fn metrics_excerpt(cluster: &Cluster, report: &mut Report<'_>) -> anyhow::Result
     Ok(())
 }
 
-/// Kill the proxy: client → web is refused, not sent around it, and web takes no inbound
-/// connection either.
-fn proxy_down_fails_closed(
-    cluster: &mut Cluster,
-    stop: &Stop,
-    report: &mut Report<'_>,
-) -> anyhow::Result<()> {
-    report.section(
-        "The proxy goes down: enrolled pods fail closed; a restarted proxy takes them back",
-    );
-    let web = cluster.web_addr();
-    report.action(format!(
-        "kill the node proxy (SIGKILL, pid {}), then connect from shop/client to {web} again",
-        cluster.proxy.pid().unwrap_or_default()
-    ));
-    cluster.proxy.kill();
-    let outcome = cluster
-        .client
-        .connect_timeout(web, "while down", DOWN_TIMEOUT);
-    stop.check()?;
-    report.check(
-        outcome.error_kind() == Some(ConnectErrorKind::Refused),
-        match &outcome {
-            ConnectOutcome::Failed(f) if f.kind == ConnectErrorKind::Refused => {
-                format!(
-                    "refused ({}): client's traffic does not bypass the missing proxy",
-                    f.detail
-                )
-            }
-            ConnectOutcome::Failed(f) => {
-                format!("expected a refusal, got {:?}: {}", f.kind, f.detail)
-            }
-            ConnectOutcome::Connected(_) => {
-                "it CONNECTED without the proxy: the traffic bypassed the mesh".to_owned()
-            }
-        },
-    )?;
-    report.action("connect from legacy/batch to web too (inbound to an enrolled pod)");
-    let outcome = cluster
-        .batch
-        .connect_timeout(web, "while down", DOWN_TIMEOUT);
-    stop.check()?;
+/// Checks that a connection did not get through.
+fn refused(report: &mut Report<'_>, outcome: &ConnectOutcome, who: &str) -> anyhow::Result<()> {
     report.check(
         !outcome.is_ok(),
-        match &outcome {
-            ConnectOutcome::Failed(f) => format!(
-                "failed too ({}): web accepts nothing the proxy has not seen",
-                f.detail
-            ),
-            ConnectOutcome::Connected(_) => {
-                "it CONNECTED: web's inbound bypassed the proxy".to_owned()
+        match outcome {
+            ConnectOutcome::Failed(f) => format!("refused ({:?}): {}", f.kind, f.detail),
+            ConnectOutcome::Connected(c) => {
+                format!(
+                    "it CONNECTED: {who} got through and api echoed {:?}",
+                    c.echo
+                )
             }
         },
     )?;
-
     Ok(())
 }
 
-/// Restart the proxy: it re-adopts the enrolled pods from its own records (no CNI call), and
-/// client → web works again.
-fn restart_readopts(
-    cluster: &mut Cluster,
-    stop: &Stop,
-    report: &mut Report<'_>,
-) -> anyhow::Result<()> {
-    let web = cluster.web_addr();
-    report.action("start the node proxy again; the CNI is not run again for any pod");
-    let ready_after = cluster.restart_proxy(stop)?;
-    let log = cluster.proxy_log_since_start();
-    let restored = restored_count(&log);
-    report.check(
-        restored == Some(2),
-        match restored {
-            Some(n) => format!(
-                "ready after {}; its log says it re-adopted {n} pods from its records",
-                crate::process::seconds(ready_after)
-            ),
-            None => "its log does not say how many pods it re-adopted".to_owned(),
-        },
-    )?;
-    let enrolled = cluster.metrics()?.gauge("marrow_enrolled_pods");
-    report.check(
-        enrolled == Some(2.0),
-        format!(
-            "marrow_enrolled_pods = {}",
-            enrolled.map_or_else(|| "(absent)".to_owned(), |v| v.to_string())
-        ),
-    )?;
-
-    let out_of_client = Series::opened(&[("reporter", "source"), ("source_workload", "client")]);
-    let before = cluster.metrics()?;
-    report.action(format!("connect from shop/client to {web} once more"));
-    let outcome = cluster.client.connect(web, "back again");
-    stop.check()?;
-    if let Some(conn) = connected(report, &outcome, "back again")? {
-        report.check(
-            conn.greeting.peer.ip() == IpAddr::V4(cluster.client.ipv4()),
-            format!("web saw the call come from {} again", conn.greeting.peer),
-        )?;
-    }
-    count_grew(
-        cluster,
-        stop,
-        report,
-        "the new proxy counted it",
-        &out_of_client,
-        &before,
-        1,
-    )?;
-    Ok(())
-}
-
-/// Checks that a `testpod connect` got through and was echoed; the connection when it did.
-fn connected<'o>(
-    report: &mut Report<'_>,
-    outcome: &'o ConnectOutcome,
-    sent: &str,
-) -> anyhow::Result<Option<&'o Connected>> {
-    match outcome {
-        ConnectOutcome::Connected(conn) => {
-            report.check(
-                conn.echo == sent,
-                format!("connected; web greeted it and echoed {:?}", conn.echo),
-            )?;
-            Ok(Some(conn))
-        }
-        ConnectOutcome::Failed(f) => {
-            report.check(
-                false,
-                format!("the connection failed ({:?}): {}", f.kind, f.detail),
-            )?;
-            Ok(None)
-        }
-    }
-}
-
-/// Checks that `series` grew by exactly `by` since `before` (waiting for the proxy to count).
-fn count_grew(
-    cluster: &Cluster,
-    stop: &Stop,
-    report: &mut Report<'_>,
-    claim: &str,
-    series: &Series,
-    before: &Metrics,
-    by: u64,
-) -> anyhow::Result<()> {
-    let was = before.sum(series);
-    let now = cluster.wait_for_count(stop, series, was + by)?;
-    let change = if now == was {
-        format!("stayed at {now}")
-    } else {
-        format!("{was} -> {now}")
+/// Asks node 2's proxy why, and prints its decision, policy and reason.
+fn explain(cluster: &Cluster, report: &mut Report<'_>, query: &str) -> anyhow::Result<()> {
+    report.action(format!(
+        "ask node 2's proxy why: GET http://127.0.0.1:15000/explain?{query}"
+    ));
+    let answer = cluster.explain(query)?;
+    let field = |k: &str| match &answer[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "(none)".to_owned(),
+        other => other.to_string(),
     };
-    report.check(now == was + by, format!("{claim}: {series} {change}"))?;
+    report.check(
+        field("decision") == "deny",
+        format!("decision: {}", field("decision")),
+    )?;
+    report.note(format!("policy:   {}", field("policy")));
+    report.note(format!("reason:   {}", field("reason")));
     Ok(())
+}
+
+/// The text frontend sends in section 1, unique to this run so no old capture can match it.
+fn secret_marker() -> String {
+    format!("MARROW-DEMO-SECRET-{}", std::process::id())
 }
