@@ -6,31 +6,17 @@
 
 use std::process::Command;
 
-const STATE: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: shop, uid: u1}
-spec: {nodeName: n1, serviceAccountName: client}
-status: {phase: Running, podIP: 10.0.1.2, podIPs: [{ip: 10.0.1.2}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web, namespace: shop, uid: u2, labels: {app: web}}
-spec: {nodeName: n2, serviceAccountName: web}
-status: {phase: Running, podIP: 10.0.2.2, podIPs: [{ip: 10.0.2.2}]}
----
-apiVersion: security.istio.io/v1
+const STATE: &str = concat!(
+    include_str!("../testdata/two-pods.yaml"),
+    r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: no-legacy, namespace: shop}
 spec:
   action: DENY
   rules:
   - from: [{source: {ipBlocks: ["192.0.2.0/24"]}}]
-"#;
+"#
+);
 
 fn explain(state: &str, args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();

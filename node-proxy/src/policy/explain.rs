@@ -194,24 +194,9 @@ mod tests {
     use super::*;
     use crate::state::StateStore;
 
-    const STATE: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: shop, uid: u1}
-spec: {nodeName: n1, serviceAccountName: client}
-status: {phase: Running, podIP: 10.0.1.2, podIPs: [{ip: 10.0.1.2}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web, namespace: shop, uid: u2, labels: {app: web}}
-spec: {nodeName: n2, serviceAccountName: web}
-status: {phase: Running, podIP: 10.0.2.2, podIPs: [{ip: 10.0.2.2}]}
----
-apiVersion: security.istio.io/v1
+    const STATE: &str = concat!(
+        include_str!("../../testdata/two-pods.yaml"),
+        r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: web-from-client, namespace: shop}
 spec:
@@ -225,7 +210,8 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
 spec: {mtls: {mode: STRICT}}
-"#;
+"#
+    );
 
     fn snapshot() -> std::sync::Arc<Snapshot> {
         let update =
