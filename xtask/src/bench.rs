@@ -293,7 +293,7 @@ fn build(root: &Path) -> anyhow::Result<()> {
         crate::build_ebpf::run(&crate::build_ebpf::Options::default()).map(|_| ())
     })?;
     timed("build the release binaries", || {
-        process::run(Command::new("cargo").current_dir(root).args([
+        process::run(process::workspace_cargo(root).args([
             "build",
             "--release",
             "--workspace",

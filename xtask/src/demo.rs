@@ -14,6 +14,7 @@
 //! error and the fixtures drop. At the end the demo looks for leftovers and reports them.
 
 mod cluster;
+mod keep;
 mod observe;
 mod report;
 mod scenarios;
@@ -22,7 +23,6 @@ mod stop;
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use marrow_tests::{BpffsDir, Cgroup};
@@ -37,11 +37,24 @@ pub struct Options {
     /// Skip `cargo xtask setup` (the tools are known to be installed).
     #[arg(long)]
     pub no_setup: bool,
+    /// Leave the cluster running at the end and print how to reach its pods and proxies.
+    #[arg(long, conflicts_with = "down")]
+    pub keep: bool,
+    /// Remove a cluster left running by `--keep`, then check that nothing is left.
+    #[arg(long)]
+    pub down: bool,
 }
 
 /// Runs the demo.
 pub fn run(options: &Options) -> anyhow::Result<()> {
     require_root()?;
+    if options.down {
+        keep::down();
+        let stop = Stop::install()?;
+        let mut report = Report::new(&stop);
+        check_nothing_left(&mut report);
+        return report.finish();
+    }
     let stop = Stop::install()?;
     println!("marrow demo: a two-node service mesh on this machine, made of network namespaces\n");
     let started = Instant::now();
@@ -49,25 +62,40 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let prepared = started.elapsed();
     explain();
     let mut report = Report::new(&stop);
-    let outcome = catch_unwind(AssertUnwindSafe(|| scenarios::run(&stop, &mut report)))
-        .unwrap_or_else(|panic| {
-            Err(anyhow::anyhow!(
-                "a demo step failed: {}",
-                panic_message(&*panic)
-            ))
-        })
-        .map_err(|e| blame_signal(e, &stop));
-    // Every fixture has been dropped by now, whatever happened.
-    check_nothing_left(&mut report);
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        scenarios::run(&stop, &mut report, options.keep)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(anyhow::anyhow!(
+            "a demo step failed: {}",
+            panic_message(&*panic)
+        ))
+    })
+    .map_err(|e| blame_signal(e, &stop));
+    // Every fixture has been dropped by now, whatever happened, unless kept on purpose.
+    if !(options.keep && outcome.is_ok()) {
+        check_nothing_left(&mut report);
+    }
     println!(
         "The demo took {} (set-up and builds {}, the nodes and their checks {}).",
         process::seconds(started.elapsed()),
         process::seconds(prepared),
         process::seconds(started.elapsed().saturating_sub(prepared))
     );
-    outcome?;
+    if let Err(error) = outcome {
+        if let Some(interrupted) = error.downcast_ref::<stop::Interrupted>() {
+            // Not a failure of the demo: say so without an error trace, and exit as a shell
+            // does for a command stopped by SIGINT.
+            println!("Stopped: {interrupted}.");
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+        return Err(error);
+    }
     report.finish()
 }
+
+/// The exit status after Ctrl-C, as shells report a command killed by SIGINT (128 + 2).
+const EXIT_INTERRUPTED: i32 = 130;
 
 /// What a service mesh is and what marrow does, in three lines, for someone who never saw one.
 fn explain() {
@@ -116,7 +144,7 @@ fn prepare(options: &Options, stop: &Stop) -> anyhow::Result<()> {
     timed(
         "building node-proxy, redirect-cni and testpod (debug)",
         || {
-            process::run(Command::new("cargo").current_dir(&root).args([
+            process::run(process::workspace_cargo(&root).args([
                 "build",
                 "--workspace",
                 "--bins",
@@ -157,13 +185,14 @@ fn check_nothing_left(report: &mut Report<'_>) {
             left.push(format!("bpffs directory {}", pins.display()));
         }
     }
+    left.extend(keep::ca_left());
     let names = cluster::NODE_NAMES.join(", ");
     report.record(
         left.is_empty(),
         if left.is_empty() {
             format!(
                 "nothing left of nodes {names}: no namespace mt-*, no cgroup or eBPF pins \
-                 marrow-test-*, no demo processes (they were in those cgroups)"
+                 marrow-test-*, no demo CA, no demo processes (they were in those cgroups)"
             )
         } else {
             format!("left behind: {}", left.join(", "))

@@ -27,6 +27,33 @@ pub fn cargo(toolchain: &str) -> Command {
     cmd
 }
 
+/// Variables `cargo run` sets for the xtask process that describe xtask itself. A nested cargo
+/// passes them on to build scripts, and some (ring's) track `CARGO_MANIFEST_DIR`: inherited,
+/// it made every `cargo xtask demo` recompile ring, rustls and everything above them.
+const OWN_PACKAGE_VARS: [&str; 5] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+];
+
+/// `cargo` run in the workspace `root`, without the variables that describe the xtask
+/// package (see [`OWN_PACKAGE_VARS`]).
+pub fn workspace_cargo(root: &std::path::Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root);
+    for var in OWN_PACKAGE_VARS {
+        cmd.env_remove(var);
+    }
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("CARGO_PKG_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd
+}
+
 /// `program` run as root with `env` set: directly when we are root, through `sudo` otherwise
 /// (which would drop variables set on the `sudo` process itself).
 pub fn as_root(program: &str, env: &[(&str, &str)]) -> anyhow::Result<Command> {

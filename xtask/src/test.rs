@@ -2,8 +2,6 @@
 //! integration tests run (the eBPF object, node-proxy, redirect-cni, testpod), then runs the
 //! workspace's tests. The namespace tests need root; without it they print `SKIPPED`.
 
-use std::process::Command;
-
 use crate::process::{self, timed};
 
 /// Options of `cargo xtask test`.
@@ -30,7 +28,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     })?;
     let root = crate::workspace_root()?;
     timed("build the binaries", || {
-        process::run(Command::new("cargo").current_dir(&root).args([
+        process::run(process::workspace_cargo(&root).args([
             "build",
             "--workspace",
             "--bins",
@@ -39,14 +37,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     })?;
     if !options.no_lint {
         timed("cargo fmt --check", || {
-            process::run(
-                Command::new("cargo")
-                    .current_dir(&root)
-                    .args(["fmt", "--all", "--check"]),
-            )
+            process::run(process::workspace_cargo(&root).args(["fmt", "--all", "--check"]))
         })?;
         timed("cargo clippy", || {
-            process::run(Command::new("cargo").current_dir(&root).args([
+            process::run(process::workspace_cargo(&root).args([
                 "clippy",
                 "--workspace",
                 "--all-targets",
@@ -59,9 +53,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     timed("cargo test", || {
         // Two test threads: the namespace tests are light, and the machine has two cores.
-        let mut cmd = Command::new("cargo");
-        cmd.current_dir(&root)
-            .args(["test", "--workspace", "-j2", "--", "--test-threads=2"]);
+        let mut cmd = process::workspace_cargo(&root);
+        cmd.args(["test", "--workspace", "-j2", "--", "--test-threads=2"]);
         cmd.args(&options.test_args);
         process::run(&mut cmd)
     })

@@ -74,8 +74,8 @@ spec:
 /// The two nodes, their proxies and the pods; see the module documentation.
 #[derive(Debug)]
 pub struct Cluster {
-    /// `testpod serve --port 8080` in `shop/api`.
-    _api_app: PodProcess,
+    /// `testpod serve --port 8080` in `shop/api`; `None` once handed over by [`Cluster::keep`].
+    api_app: Option<PodProcess>,
     /// `shop/frontend` on node 1, service account `frontend`.
     pub frontend: Pod,
     /// `shop/batch` on node 1, service account `batch`.
@@ -123,7 +123,7 @@ impl Cluster {
         );
         stop.check()?;
         let step = Instant::now();
-        let ca = MeshCa::create("demo");
+        let ca = MeshCa::create(super::keep::CA_NAME);
         println!(
             "   mesh CA      `node-proxy ca create`, trust domain {} [{}]",
             ca.trust_domain(),
@@ -170,7 +170,7 @@ impl Cluster {
         );
         stop.check()?;
         Ok(Cluster {
-            _api_app: api_app,
+            api_app: Some(api_app),
             frontend,
             batch,
             old,
@@ -229,6 +229,57 @@ impl Cluster {
         );
         serde_json::from_str(&response.body).context("/explain's answer is not JSON")
     }
+}
+
+impl Cluster {
+    /// Leaves the cluster running after the demo exits (`--keep`): the api app is restarted
+    /// with its output in a log file instead of a pipe to this process, then every fixture is
+    /// forgotten, not dropped, so the namespaces, cgroups, pins and processes stay.
+    /// `cargo xtask demo --down` removes them by name.
+    ///
+    /// # Errors
+    /// When the detached api app does not start listening.
+    pub fn keep(mut self) -> anyhow::Result<Kept> {
+        drop(self.api_app.take());
+        let log = self.api.node().log_dir().join("api-app.log");
+        let output =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = self
+            .api
+            .command(marrow_tests::binaries::testpod())
+            .args(["serve", "--port", &API_PORT.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .spawn()
+            .context("restarting the api app detached from the demo")?;
+        let started = Instant::now();
+        while !std::fs::read_to_string(&log)?.contains("listening") {
+            anyhow::ensure!(
+                started.elapsed() < READY_TIMEOUT,
+                "the api app did not listen again; see {}",
+                log.display()
+            );
+            std::thread::sleep(POLL);
+        }
+        let kept = Kept {
+            api_app_pid: child.id(),
+            api_app_log: log,
+        };
+        // The child keeps running when its handle is dropped (std never kills on drop).
+        drop(child);
+        std::mem::forget(self);
+        Ok(kept)
+    }
+}
+
+/// What [`Cluster::keep`] left running besides the cluster's own fixtures.
+#[derive(Debug)]
+pub struct Kept {
+    /// The detached `testpod serve` in shop/api.
+    pub api_app_pid: u32,
+    /// Its output.
+    pub api_app_log: std::path::PathBuf,
 }
 
 impl Drop for Cluster {

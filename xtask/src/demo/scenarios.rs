@@ -34,11 +34,12 @@ const LOG_TAIL_LINES: usize = 15;
 /// How long a proxy may take to count a connection the client has already seen end.
 const COUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Sets up the cluster, runs every scenario and tears the cluster down (also on error).
+/// Sets up the cluster, runs every scenario and tears the cluster down (also on error), or
+/// leaves it running with `keep` when the scenarios ran (even if a check failed).
 ///
 /// # Errors
 /// When set-up fails, a proxy's pages cannot be read, or a signal interrupts the demo.
-pub fn run(stop: &Stop, report: &mut Report<'_>) -> anyhow::Result<()> {
+pub fn run(stop: &Stop, report: &mut Report<'_>, keep: bool) -> anyhow::Result<()> {
     let cluster = Cluster::start(stop)?;
     let result = run_all(&cluster, stop, report);
     if report.any_failed() || result.is_err() {
@@ -54,6 +55,9 @@ pub fn run(stop: &Stop, report: &mut Report<'_>) -> anyhow::Result<()> {
                 println!("   | {line}");
             }
         }
+    }
+    if keep && result.is_ok() {
+        return super::keep::keep(cluster);
     }
     result
 }
