@@ -19,6 +19,8 @@ use super::Params;
 use super::procfs::{self, Memory};
 use super::setup::{Bed, PodPair, SetUp};
 
+/// How long the proxy's CPU is sampled with the connections held and nothing sent.
+const IDLE_CPU_WINDOW: Duration = Duration::from_secs(5);
 /// Pause before reading memory, so that the step's allocations have settled.
 const SETTLE: Duration = Duration::from_millis(500);
 /// How long `testpod hold` may take to open its connections.
@@ -45,6 +47,9 @@ pub struct MemoryFigures {
     pub after_close: Memory,
     /// With `held` connections open again, on the reused heap.
     pub with_held_again: Memory,
+    /// The proxy's CPU (user + system) while `pods` pods are enrolled and `held` idle
+    /// connections are open: milliseconds per second over [`IDLE_CPU_WINDOW`].
+    pub idle_cpu_ms_per_s: f64,
 }
 
 impl MemoryFigures {
@@ -115,6 +120,13 @@ impl MemoryFigures {
                 "  KiB RSS per held connection (heap reused)".to_owned(),
                 format!("{:.1}", self.rss_per_connection_again_kib()),
             ),
+            (
+                format!(
+                    "node-proxy CPU ms/s, {} pods + {} idle connections",
+                    self.pods, self.held
+                ),
+                format!("{:.2}", self.idle_cpu_ms_per_s),
+            ),
         ]
     }
 
@@ -133,6 +145,7 @@ impl MemoryFigures {
             "pss_kib_per_connection": self.pss_per_connection_kib(),
             "after_close": m(&self.after_close),
             "with_held_again": m(&self.with_held_again),
+            "idle_cpu_ms_per_s": self.idle_cpu_ms_per_s,
             "rss_kib_per_connection_heap_reused": self.rss_per_connection_again_kib(),
         })
     }
@@ -166,9 +179,13 @@ pub fn measure(params: &Params) -> anyhow::Result<MemoryFigures> {
     let held = fd_budget(pid, params.held_connections)?;
     let pair = bed.pod_pair()?;
     let before_held = read("before holding connections")?;
-    let (held, with_held) = hold(&mut bed, &pair, held, &read, "")?;
+    let (held, with_held) = hold(&mut bed, &pair, held, &read, "", || idle_cpu(pid))?;
     let after_close = read("after they closed")?;
-    let (_, with_held_again) = hold(&mut bed, &pair, held, &read, " again")?;
+    let mut idle_cpu_ms_per_s = f64::NAN;
+    let (_, with_held_again) = hold(&mut bed, &pair, held, &read, " again", || {
+        idle_cpu_ms_per_s = idle_cpu(pid)?;
+        Ok(idle_cpu_ms_per_s)
+    })?;
     Ok(MemoryFigures {
         fresh,
         pods: params.memory_pods,
@@ -178,7 +195,17 @@ pub fn measure(params: &Params) -> anyhow::Result<MemoryFigures> {
         with_held,
         after_close,
         with_held_again,
+        idle_cpu_ms_per_s,
     })
+}
+
+/// The proxy's CPU milliseconds per second over [`IDLE_CPU_WINDOW`].
+fn idle_cpu(pid: u32) -> anyhow::Result<f64> {
+    let before = procfs::cpu_ticks(pid)?;
+    std::thread::sleep(IDLE_CPU_WINDOW);
+    let ticks = procfs::cpu_ticks(pid)?.saturating_sub(before);
+    let ms = ticks as f64 * 1000.0 / procfs::clock_ticks_per_second() as f64;
+    Ok(ms / IDLE_CPU_WINDOW.as_secs_f64())
 }
 
 /// Holds `wanted` connections from the pair's client to its echo server and reads the proxy's
@@ -189,6 +216,7 @@ fn hold(
     wanted: u64,
     read: &dyn Fn(&str) -> anyhow::Result<Memory>,
     again: &str,
+    mut while_held: impl FnMut() -> anyhow::Result<f64>,
 ) -> anyhow::Result<(u64, Memory)> {
     let mut holder = pair.client().spawn(
         binaries::testpod(),
@@ -211,6 +239,11 @@ fn hold(
         outcome.held, outcome.elapsed_ms
     );
     let memory = read(&format!("with {} held connections{again}", outcome.held))?;
+    let cpu = while_held()?;
+    println!(
+        "    node-proxy CPU with {} idle connections held{again}: {cpu:.2} ms/s",
+        outcome.held
+    );
     bed.check_alive()?;
     holder.kill();
     Ok((outcome.held, memory))
