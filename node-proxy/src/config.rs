@@ -64,6 +64,13 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Lifetime of workload certificates from the local CA (renewed at half-life).
     pub cert_ttl: Duration,
+    /// On SIGTERM or after handing over to a new proxy: how long open connections may go on
+    /// before they are closed and the process exits. Keep it below the pod's
+    /// `terminationGracePeriodSeconds`.
+    pub drain_timeout: Duration,
+    /// The cluster the state's workloads are in, as Istio names it (`CLUSTER_ID`): the
+    /// `source_cluster`/`destination_cluster` metric labels.
+    pub cluster_id: String,
 }
 
 impl Default for Config {
@@ -91,6 +98,8 @@ impl Default for Config {
             node_name: None,
             handshake_timeout: Duration::from_secs(10),
             cert_ttl: Duration::from_secs(24 * 60 * 60),
+            drain_timeout: Duration::from_secs(30),
+            cluster_id: crate::metrics::DEFAULT_CLUSTER_ID.to_owned(),
         }
     }
 }
@@ -211,6 +220,21 @@ impl Config {
                 "2..=31622400",
             ));
         }
+        let id = &self.cluster_id;
+        if id.is_empty() || id.len() > 253 || id.chars().any(char::is_control) {
+            return Err(invalid(
+                "--cluster-id",
+                id,
+                "a non-empty name of at most 253 characters, without control characters",
+            ));
+        }
+        if self.drain_timeout > Duration::from_secs(24 * 60 * 60) {
+            return Err(invalid(
+                "--drain-timeout-secs",
+                self.drain_timeout.as_secs(),
+                "0..=86400",
+            ));
+        }
         if !(1..=64).contains(&self.worker_threads) {
             return Err(invalid("--worker-threads", self.worker_threads, "1..=64"));
         }
@@ -300,6 +324,16 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--readiness-addr")
+        );
+        c = Config {
+            cluster_id: String::new(),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--cluster-id")
         );
         c = Config {
             cni_socket: PathBuf::from(format!("/{}", "x".repeat(120))),

@@ -1,4 +1,5 @@
-//! The node-local HTTP endpoints: `/metrics` (15020) and `/healthz/ready` (15021).
+//! The node-local HTTP endpoints: `/metrics` (15020) and `/healthz/ready` (15021), and the
+//! HTTP/1 server loop they and the admin API ([`crate::admin`], 15000) share.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,14 +36,30 @@ pub async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>) {
         if req.uri().path() != "/metrics" {
             return reply(StatusCode::NOT_FOUND, "not found\n".into());
         }
+        // Prometheus asks for OpenMetrics; anything else (curl, promtool, older scrapers)
+        // gets the classic text format 0.0.4.
+        let openmetrics = req
+            .headers()
+            .get_all(hyper::header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|value| value.contains("application/openmetrics-text"));
         let mut text = String::new();
         match prometheus_client::encoding::text::encode(&mut text, &registry) {
             Ok(()) => Response::builder()
                 .header(
                     "content-type",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    if openmetrics {
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                    } else {
+                        "text/plain; version=0.0.4; charset=utf-8"
+                    },
                 )
-                .body(Full::new(Bytes::from(text)))
+                .body(Full::new(Bytes::from(if openmetrics {
+                    text
+                } else {
+                    classic_text_format(&text)
+                })))
                 .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
             Err(_) => reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -51,6 +68,28 @@ pub async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>) {
         }
     })
     .await
+}
+
+/// The OpenMetrics exposition in Prometheus' classic text format 0.0.4: there a counter
+/// family is named like its samples (`x_total`, where OpenMetrics says `x`), and `# EOF` is not
+/// part of it. Everything else is the same.
+fn classic_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines().filter(|line| *line != "# EOF") {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
 }
 
 /// Serves `/healthz/ready` on `listener` until the task is dropped.
@@ -63,100 +102,21 @@ pub async fn serve_readiness(listener: TcpListener, readiness: Arc<Readiness>) {
     .await
 }
 
-/// What the admin endpoint reads: the state in force and the trust domain.
-pub struct AdminState {
-    /// The state, when the proxy runs with a state file.
-    pub state: Option<Arc<crate::state::StateStore>>,
-    /// The mesh's trust domain.
-    pub trust_domain: crate::identity::TrustDomain,
-}
-
-/// Serves the admin API on `listener` (node-local; 15000 as ztunnel): today `/explain`.
-pub async fn serve_admin(listener: TcpListener, admin: Arc<AdminState>) {
-    serve(listener, move |req| match req.uri().path() {
-        "/explain" => explain(&admin, req.uri().query().unwrap_or_default()),
-        _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
-    })
-    .await
-}
-
-/// `/explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N`: the same answer as `node-proxy explain
-/// --json`, from the state in force.
-fn explain(admin: &AdminState, query: &str) -> Response<Full<Bytes>> {
-    use crate::policy::explain::{self as ex, ExplainSource};
-    let Some(state) = &admin.state else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no state file: policy is not in use\n".into(),
-        );
-    };
-    let param = |key: &str| {
-        query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == key).then(|| percent_decode(v))
-        })
-    };
-    let answer = (|| {
-        let from: ExplainSource = param("from")
-            .ok_or("missing from=")?
-            .parse()
-            .map_err(|e: ex::ExplainError| e.to_string())?;
-        let to = param("to").ok_or("missing to=")?;
-        let (ns, name) = ex::workload_ref(&to, "destination").map_err(|e| e.to_string())?;
-        let port: u16 = param("port")
-            .ok_or("missing port=")?
-            .parse()
-            .map_err(|_| "port= is not a port number".to_owned())?;
-        ex::explain(
-            &state.snapshot(),
-            &admin.trust_domain,
-            &from,
-            (&ns, &name),
-            port,
-        )
-        .map_err(|e| e.to_string())
-    })();
-    match answer.map(|a| serde_json::to_string(&a)) {
-        Ok(Ok(json)) => Response::builder()
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(json + "\n")))
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
-        Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        Err(reason) => reply(StatusCode::BAD_REQUEST, format!("{reason}\n")),
-    }
-}
-
-/// Decodes `%XX` escapes and `+` in a query value; malformed escapes are kept as they are.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Binds a node-local endpoint.
+/// Binds a node-local endpoint. `SO_REUSEPORT`: during an upgrade the new proxy binds the
+/// same ports while the old one still serves them (see [`crate::upgrade`]); the old one closes
+/// its listeners when it has handed over.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(
+        domain,
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -168,6 +128,16 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 async fn serve<F>(listener: TcpListener, handler: F)
 where
     F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    serve_async(listener, move |req| std::future::ready(handler(req))).await
+}
+
+/// Serves HTTP/1 on `listener` until the task is dropped, answering each request with
+/// `handler`'s response.
+pub(crate) async fn serve_async<F, R>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> R + Send + Sync + 'static,
+    R: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let handler = Arc::new(handler);
     loop {
@@ -183,7 +153,7 @@ where
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let response = handler(req);
-                async move { Ok::<_, Infallible>(response) }
+                async move { Ok::<_, Infallible>(response.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -193,16 +163,18 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::percent_decode;
+mod exposition_tests {
+    use super::classic_text_format;
 
     #[test]
-    fn query_values_are_percent_decoded() {
-        assert_eq!(percent_decode("shop%2Fweb"), "shop/web");
-        assert_eq!(percent_decode("ip%3A10.0.0.1"), "ip:10.0.0.1");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("bad%zz"), "bad%zz");
-        assert_eq!(percent_decode("end%4"), "end%4");
-        assert_eq!(percent_decode("plain/shop"), "plain/shop");
+    fn openmetrics_counters_become_classic_text_format_families() {
+        let openmetrics = "# HELP a_total_bytes Bytes.\n# TYPE a_total_bytes counter\n\
+                           a_total_bytes_total{x=\"1\"} 2\n# HELP g A gauge.\n# TYPE g gauge\n\
+                           g 1\n# EOF\n";
+        assert_eq!(
+            classic_text_format(openmetrics),
+            "# HELP a_total_bytes_total Bytes.\n# TYPE a_total_bytes_total counter\n\
+             a_total_bytes_total{x=\"1\"} 2\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
     }
 }

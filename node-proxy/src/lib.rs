@@ -2,10 +2,12 @@
 //!
 //! Modules own one concern each: [`capture`] the kernel programs and maps, [`netns`] switching
 //! into pod namespaces, [`inpod`] enrollment, [`proxy`] the data path, [`metrics`] and [`http`]
-//! what operators scrape, [`config`] the settings.
+//! what operators scrape, [`admin`] what they ask (the admin API and its client), [`config`] the settings.
 
+pub mod admin;
 pub mod capture;
 pub mod config;
+pub mod drain;
 pub mod hbone;
 pub mod http;
 pub mod identity;
@@ -17,3 +19,4 @@ pub mod proxy;
 pub mod socket;
 pub mod state;
 pub mod tls;
+pub mod upgrade;

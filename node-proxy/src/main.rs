@@ -2,18 +2,20 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use node_proxy::admin::{self, LogControl};
 use node_proxy::capture::{self, Capture, CaptureConfig};
 use node_proxy::config::Config;
+use node_proxy::drain::Drain;
 use node_proxy::http::{self, Readiness};
 use node_proxy::identity::{
     self, CaFiles, CertificateManager, LocalCa, LocalCaOptions, ManagerConfig, TrustDomain,
 };
-use node_proxy::inpod::server::EnrollmentServer;
+use node_proxy::inpod::server::{Enrollment, EnrollmentServer};
 use node_proxy::inpod::{RecordStore, Registry};
 use node_proxy::metrics::Metrics;
 use node_proxy::netns::HostNetns;
@@ -21,6 +23,7 @@ use node_proxy::proxy::ProxySettings;
 use node_proxy::proxy::mesh::Mesh;
 use node_proxy::state::StateStore;
 use node_proxy::state::file::{FileWatch, LocalFileSource};
+use node_proxy::upgrade;
 
 #[derive(Parser)]
 #[command(name = "node-proxy", version, about = "marrow's per-node proxy")]
@@ -42,6 +45,9 @@ enum Command {
     /// The local mesh CA (demos, tests, small clusters).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Ask a running node proxy (its node-local admin API): workloads, services, policies,
+    /// certificates, open connections, configuration, log level, or a policy decision.
+    Admin(AdminArgs),
     /// Remove this proxy's pinned eBPF maps and links: capture ends for every pod on the node.
     Cleanup {
         /// The proxy's bpffs directory.
@@ -74,6 +80,59 @@ struct ExplainArgs {
     /// Namespace whose policies apply mesh-wide.
     #[arg(long, default_value = node_proxy::policy::DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
+}
+
+/// Flags of `admin`.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API's address (`run --admin-addr`).
+    #[arg(
+        long,
+        global = true,
+        env = "MARROW_ADMIN_ADDR",
+        default_value = "127.0.0.1:15000"
+    )]
+    addr: SocketAddr,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    what: AdminCommand,
+}
+
+/// `node-proxy admin …`.
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// The state's workloads, and the pods enrolled on this node.
+    Workloads,
+    /// The state's Services and EndpointSlices.
+    Services,
+    /// AuthorizationPolicies and PeerAuthentications in force, with their warnings.
+    Policies,
+    /// The identities this proxy holds certificates for, and their validity.
+    Certificates,
+    /// The connections open now: both ends, both identities, bytes each way, age.
+    Connections,
+    /// The effective configuration, state generation and trust domain.
+    Config,
+    /// The log filter in force; with --level, replace it.
+    Logging {
+        /// An EnvFilter directive, e.g. `debug` or `info,access=off`.
+        #[arg(long)]
+        level: Option<String>,
+    },
+    /// The running proxy's L4 decision for a connection (as `node-proxy explain`).
+    Explain {
+        /// The client: `ns/pod`, or `ip:A.B.C.D`.
+        #[arg(long)]
+        from: String,
+        /// The server: `ns/pod`.
+        #[arg(long)]
+        to: String,
+        /// The destination port.
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 /// `node-proxy ca …`.
@@ -153,6 +212,12 @@ struct RunArgs {
     /// Source ports (LO-HI) of connections to apps that keep the client's address.
     #[arg(long, env = "MARROW_INBOUND_SOURCE_PORTS", value_parser = node_proxy::config::parse_port_range)]
     inbound_source_ports: Option<(u16, u16)>,
+    /// The cluster the workloads are in (`source_cluster`/`destination_cluster` labels).
+    #[arg(long, env = "MARROW_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// Seconds open connections may go on after SIGTERM or a hand-over to a new proxy.
+    #[arg(long, env = "MARROW_DRAIN_TIMEOUT_SECS")]
+    drain_timeout_secs: Option<u64>,
 }
 
 impl RunArgs {
@@ -190,6 +255,11 @@ impl RunArgs {
                 .handshake_timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(d.handshake_timeout),
+            cluster_id: self.cluster_id.unwrap_or(d.cluster_id),
+            drain_timeout: self
+                .drain_timeout_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.drain_timeout),
         }
     }
 }
@@ -209,6 +279,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(run(config))
         }
         Command::Explain(args) => explain_command(&args),
+        Command::Admin(args) => admin_command(&args),
         Command::Ca(CaCommand::Create {
             dir,
             trust_domain,
@@ -229,17 +300,28 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The log filter installed by [`init_tracing`], for the admin API's `/logging`.
+static LOG_FILTER: OnceLock<Arc<dyn LogControl>> = OnceLock::new();
+
+/// Logs to stderr, as text or JSON lines, through a filter (`RUST_LOG`, default `info`) that
+/// the admin API can replace at run time.
 fn init_tracing(json: bool) {
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let format = if json {
+        format.json().boxed()
     } else {
-        builder.init();
-    }
+        format.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .init();
+    let _ = LOG_FILTER.set(Arc::new(admin::ReloadableFilter::new(handle)));
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -253,7 +335,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     })?;
     tracing::info!(cgroup = %cgroup.display(), bpffs = %config.bpffs_dir.display(), "capture loaded");
 
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(&config.cluster_id));
     let mut prom = prometheus_client::registry::Registry::default();
     metrics.register(&mut prom);
     let readiness = Arc::new(Readiness::default());
@@ -273,12 +355,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = http::bind(config.admin_addr)
         .await
         .with_context(|| format!("binding --admin-addr {}", config.admin_addr))?;
-    let admin = Arc::new(http::AdminState {
+    let mut admin = admin::AdminState {
         state: mesh.as_ref().map(|m| m.state.clone()),
         trust_domain: TrustDomain::new(&config.trust_domain)?,
-    });
-    let admin_task = tokio::spawn(http::serve_admin(admin_listener, admin));
+        certs: mesh.as_ref().map(|m| m.certs.clone()),
+        connections: metrics.connections.clone(),
+        enrolled: None,
+        config: config.clone(),
+        logging: LOG_FILTER.get().cloned(),
+    };
     let records = RecordStore::open(config.state_dir.join("pods"))?;
+    let drain = Drain::new();
     let registry = Arc::new(Registry::new(
         host,
         capture,
@@ -289,26 +376,129 @@ async fn run(config: Config) -> anyhow::Result<()> {
             inbound_source_ports: config.inbound_source_ports,
         },
         mesh,
+        drain.clone(),
     ));
+    admin.enrolled = Some(registry.clone());
+    let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
+    let (server, predecessor) = take_over_or_bind(&config, &registry).await?;
     let restored = registry.restore().await;
     tracing::info!(restored, "enrollment records re-adopted");
-
-    let server = EnrollmentServer::bind(&config.cni_socket)?;
-    let server_task = tokio::spawn(server.serve(registry.clone(), readiness.clone()));
+    let enrollment = Enrollment::start(server, registry.clone(), readiness.clone())
+        .context("starting the enrollment server")?;
+    if let Some((takeover, adopted)) = predecessor {
+        // From here the previous proxy stops accepting; both served the same sockets so far.
+        let confirmed = tokio::task::spawn_blocking(move || takeover.confirm(adopted)).await;
+        match confirmed {
+            Ok(Ok(())) => tracing::info!(adopted, "took over from the previous node proxy"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the previous node proxy did not hear the confirmation")
+            }
+            Err(error) => tracing::warn!(%error, "confirming the take-over failed"),
+        }
+    }
+    let handoff_path = config.state_dir.join(upgrade::HANDOFF_SOCKET);
+    let handoff = upgrade::bind(&handoff_path)?;
+    let mut successor = tokio::spawn(upgrade::serve_successor(
+        handoff,
+        handoff_path.clone(),
+        registry.clone(),
+        enrollment.clone(),
+    ));
     readiness.set(true);
     tracing::info!("node proxy ready");
 
-    shutdown_signal().await;
+    let handed_over = tokio::select! {
+        () = shutdown_signal() => {
+            successor.abort();
+            false
+        }
+        handed = &mut successor => {
+            tracing::info!(pods = handed.unwrap_or_default(), "a new node proxy took over");
+            true
+        }
+    };
+    // Readiness first, so nothing new is sent here; then stop accepting; then drain.
     readiness.set(false);
+    if handed_over {
+        // The successor answers readiness on the same port (SO_REUSEPORT); leave it alone.
+        readiness_task.abort();
+    }
+    enrollment.stop().await;
+    let stopped = registry.stop_accepting().await;
+    let in_flight = drain.in_flight();
     tracing::info!(
-        "shutting down; pinned capture stays in place, enrolled pods fail closed until restart"
+        pods = stopped,
+        connections = in_flight,
+        deadline_secs = config.drain_timeout.as_secs(),
+        handed_over,
+        "stopped accepting; draining open connections"
     );
-    server_task.abort();
+    let draining = drain.drain(config.drain_timeout);
+    tokio::pin!(draining);
+    let left = loop {
+        tokio::select! {
+            left = &mut draining => break left,
+            // Kubernetes signals the old pod while it drains after a hand-over: not a reason
+            // to cut connections short.
+            () = shutdown_signal() => tracing::info!("signal while draining; the drain goes on to its deadline"),
+        }
+    };
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "drain deadline passed; closing the connections left"
+        );
+    } else {
+        tracing::info!("every connection finished");
+    }
     metrics_task.abort();
     readiness_task.abort();
     admin_task.abort();
-    let _ = std::fs::remove_file(&config.cni_socket);
+    if !handed_over {
+        // Nobody serves these any more; enrolled pods fail closed (pinned capture stays) until
+        // a proxy starts again and re-adopts them from the records.
+        let _ = std::fs::remove_file(&config.cni_socket);
+        let _ = std::fs::remove_file(&handoff_path);
+        tracing::info!(
+            "stopped; pinned capture stays in place, enrolled pods fail closed until restart"
+        );
+    }
     Ok(())
+}
+
+/// Asks a node proxy already running here to hand over its pods and sockets (an upgrade); if
+/// there is none, or the hand-off fails, binds the enrollment socket afresh. Returns the
+/// enrollment server and, after a take-over, what to confirm to the previous proxy.
+async fn take_over_or_bind(
+    config: &Config,
+    registry: &Arc<Registry>,
+) -> anyhow::Result<(EnrollmentServer, Option<(upgrade::TakeOver, usize)>)> {
+    let path = config.state_dir.join(upgrade::HANDOFF_SOCKET);
+    let asked = tokio::task::spawn_blocking(move || upgrade::take_over(&path))
+        .await
+        .context("asking a running node proxy to hand over")?;
+    let mut takeover = match asked {
+        Ok(Some(takeover)) => takeover,
+        Ok(None) => return Ok((EnrollmentServer::bind(&config.cni_socket)?, None)),
+        Err(error) => {
+            tracing::warn!(%error, "a running node proxy did not hand over; starting afresh beside it");
+            return Ok((EnrollmentServer::bind(&config.cni_socket)?, None));
+        }
+    };
+    let mut adopted = 0;
+    for pod in std::mem::take(&mut takeover.pods) {
+        let who = format!("{}/{}", pod.record.pod.namespace, pod.record.pod.name);
+        match registry.adopt(pod).await {
+            Ok(()) => adopted += 1,
+            // restore() retries it from its record with new listeners.
+            Err(error) => tracing::error!(pod = %who, %error, "cannot serve a handed-over pod"),
+        }
+    }
+    let server = match takeover.enrollment.take() {
+        Some(fd) => EnrollmentServer::from_listening(fd, &config.cni_socket)?,
+        None => EnrollmentServer::bind(&config.cni_socket)?,
+    };
+    Ok((server, Some((takeover, adopted))))
 }
 
 /// `node-proxy explain`: one decision from a state file, as the destination's proxy takes it.
@@ -335,6 +525,41 @@ fn explain_command(args: &ExplainArgs) -> anyhow::Result<()> {
                 .map_or_else(|| "-".to_owned(), |r| r.to_string())
         );
         println!("reason:   {}", answer.reason);
+    }
+    Ok(())
+}
+
+/// `node-proxy admin …`: one request to the admin API, printed as a table or as its JSON.
+fn admin_command(args: &AdminArgs) -> anyhow::Result<()> {
+    use admin::client::{self, View, query_escape};
+    let (view, method, path) = match &args.what {
+        AdminCommand::Workloads => (View::Workloads, "GET", "/workloads".to_owned()),
+        AdminCommand::Services => (View::Services, "GET", "/services".to_owned()),
+        AdminCommand::Policies => (View::Policies, "GET", "/policies".to_owned()),
+        AdminCommand::Certificates => (View::Certificates, "GET", "/certificates".to_owned()),
+        AdminCommand::Connections => (View::Connections, "GET", "/connections".to_owned()),
+        AdminCommand::Config => (View::Config, "GET", "/config_dump".to_owned()),
+        AdminCommand::Logging { level: None } => (View::Logging, "GET", "/logging".to_owned()),
+        AdminCommand::Logging { level: Some(level) } => (
+            View::Logging,
+            "POST",
+            format!("/logging?level={}", query_escape(level)),
+        ),
+        AdminCommand::Explain { from, to, port } => (
+            View::Explain,
+            "GET",
+            format!(
+                "/explain?from={}&to={}&port={port}",
+                query_escape(from),
+                query_escape(to)
+            ),
+        ),
+    };
+    let reply = client::request(args.addr, method, &path)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        print!("{}", client::render(view, &reply));
     }
     Ok(())
 }

@@ -223,6 +223,71 @@ impl Proxy {
         status
     }
 
+    /// Starts a second `node-proxy` on the same node with the same arguments, as an upgrade
+    /// does (it takes over from this one), logging to its own `proxy-<serial>.log`.
+    pub fn start_successor(&self) -> Proxy {
+        let mut next = Proxy {
+            node: self.node.clone(),
+            binary: self.binary.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            log: self
+                .node
+                .log_dir()
+                .join(format!("proxy-{}.log", crate::names::next_serial())),
+            child: None,
+            starts: 0,
+        };
+        next.spawn();
+        next
+    }
+
+    /// Sends SIGTERM without waiting (see [`Proxy::wait_exit`]).
+    pub fn signal_terminate(&self) {
+        let Some(child) = &self.child else { return };
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet,
+            // so the pid still names it.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status, or `None` if it
+    /// still runs (it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = wait_timeout(self.child.as_mut()?, timeout);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// Waits up to `timeout` until the log has a line containing `needle`.
+    ///
+    /// # Errors
+    /// When the time passes first or the process exits; the error carries the log's tail.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().lines().any(|line| line.contains(needle)) {
+                return Ok(());
+            }
+            if let Some(status) = self.try_wait() {
+                bail!(
+                    "node-proxy exited ({status}) before logging {needle:?}; log tail:\n{}",
+                    tail(&self.log, LOG_TAIL_LINES)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "node-proxy did not log {needle:?} within {timeout:?}; log tail:\n{}",
+                    tail(&self.log, LOG_TAIL_LINES)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills the proxy (if running) and starts it again with the same arguments.
     pub fn restart(&mut self) {
         self.kill();

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// The apt packages, and what each is for.
-const APT_PACKAGES: [(&str, &str); 5] = [
+const APT_PACKAGES: [(&str, &str); 6] = [
     (
         LLVM_PACKAGE,
         "LLVM 22, which bpf-linker is built against and loads",
@@ -28,6 +28,10 @@ const APT_PACKAGES: [(&str, &str); 5] = [
     ),
     ("bpftool", "inspecting loaded programs and pinned maps"),
     ("python3", "test peers"),
+    (
+        "prometheus",
+        "`prometheus` and `promtool`, which check and scrape the proxy's /metrics in tests",
+    ),
 ];
 
 /// Keeps apt from asking questions.

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -65,6 +65,9 @@ impl Default for PoolSettings {
 
 struct Pooled {
     client: HboneClient,
+    /// Set when the connection refused a new stream (GOAWAY): it carries its open streams to
+    /// their end but gets no new ones.
+    retired: AtomicBool,
     active: AtomicUsize,
     idle_since: Mutex<Instant>,
 }
@@ -72,6 +75,7 @@ struct Pooled {
 impl Pooled {
     fn has_room(&self, cap: usize) -> bool {
         !self.client.is_closed()
+            && !self.retired.load(Ordering::Acquire)
             && self.active.load(Ordering::Acquire) < cap.min(self.client.max_streams().max(1))
     }
 }
@@ -103,16 +107,32 @@ impl Pool {
         key: &PoolKey,
         request: &ConnectRequest,
     ) -> Result<PooledStream, HboneError> {
-        let conn = match self.checkout(key) {
-            Some(conn) => conn,
-            None => self.dial(key).await?,
-        };
-        let guard = StreamGuard { conn: conn.clone() };
-        let stream = conn.client.connect(request).await?;
-        Ok(PooledStream {
-            stream,
-            _guard: guard,
-        })
+        let mut retried = false;
+        loop {
+            let conn = match self.checkout(key) {
+                Some(conn) => conn,
+                None => self.dial(key).await?,
+            };
+            let guard = StreamGuard { conn: conn.clone() };
+            match conn.client.connect(request).await {
+                Ok(stream) => {
+                    return Ok(PooledStream {
+                        stream,
+                        _guard: guard,
+                    });
+                }
+                // The connection failed at the HTTP/2 layer before the tunnel existed: most
+                // often the peer proxy sent GOAWAY (it is draining, e.g. replaced by an
+                // upgrade) and refuses new streams. Nothing of the client's bytes was sent, so
+                // one retry on a fresh connection is safe; this one takes no more streams.
+                Err(HboneError::H2(error)) if !retried => {
+                    tracing::debug!(%error, destination = %key.destination, "hbone connection refused a new stream; retrying on a new connection");
+                    conn.retired.store(true, Ordering::Release);
+                    retried = true;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// A pooled connection with room, its stream count already taken.
@@ -144,6 +164,7 @@ impl Pool {
         let client = self.connector.connect(key).await?;
         let conn = Arc::new(Pooled {
             client,
+            retired: AtomicBool::new(false),
             active: AtomicUsize::new(1),
             idle_since: Mutex::new(Instant::now()),
         });
@@ -178,7 +199,9 @@ impl Pool {
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner),
                     ) >= timeout;
-                !c.client.is_closed() && !idle
+                let retired_and_unused =
+                    c.retired.load(Ordering::Acquire) && c.active.load(Ordering::Acquire) == 0;
+                !c.client.is_closed() && !idle && !retired_and_unused
             });
         }
         conns.retain(|_, list| !list.is_empty());
@@ -287,6 +310,14 @@ mod tests {
 
     /// An HBONE echo server; returns its address and a counter of accepted connections.
     async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        echo_server_draining_first(tokio_util::sync::CancellationToken::new()).await
+    }
+
+    /// As [`echo_server`], but the first connection it accepts drains (GOAWAY) when `drain`
+    /// is cancelled, as a proxy being replaced does.
+    async fn echo_server_draining_first(
+        drain: tokio_util::sync::CancellationToken,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -294,10 +325,19 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (io, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                let drain = drain.clone();
+                let shutdown = async move {
+                    if first {
+                        drain.cancelled().await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::spawn(serve(
                     io,
                     TEST_HANDSHAKE,
+                    shutdown,
                     |incoming: IncomingConnect| async move {
                         let mut t = incoming.accept().unwrap();
                         let mut buf = [0u8; 1024];
@@ -347,6 +387,38 @@ mod tests {
         stream.write_all(b"x").await.unwrap();
         let mut b = [0u8; 1];
         stream.read_exact(&mut b).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_draining_peer_gets_no_new_streams_and_keeps_the_open_ones() {
+        let drain = tokio_util::sync::CancellationToken::new();
+        let (addr, _) = echo_server_draining_first(drain.clone()).await;
+        let connector = Arc::new(Counting {
+            addr,
+            dials: AtomicUsize::new(0),
+        });
+        let pool = Pool::new(connector.clone(), PoolSettings::default());
+        let mut long_lived = pool.tunnel(&key("a"), &req()).await.unwrap();
+        ping(&mut long_lived).await;
+        drain.cancel();
+        // Round trips on the open stream: the GOAWAY, sent before the echoes, has arrived.
+        ping(&mut long_lived).await;
+        ping(&mut long_lived).await;
+        let mut fresh = pool.tunnel(&key("a"), &req()).await.unwrap();
+        ping(&mut fresh).await;
+        assert_eq!(
+            connector.dials.load(Ordering::SeqCst),
+            2,
+            "the new stream went to a new connection"
+        );
+        ping(&mut long_lived).await;
+        let mut again = pool.tunnel(&key("a"), &req()).await.unwrap();
+        ping(&mut again).await;
+        assert_eq!(
+            connector.dials.load(Ordering::SeqCst),
+            2,
+            "the draining connection is not checked out again"
+        );
     }
 
     #[tokio::test]

@@ -54,16 +54,19 @@ fn respond_status(respond: &mut SendResponse<Bytes>, refusal: Refusal) {
 /// Serves one HTTP/2 connection until the peer closes it: every well-formed CONNECT is passed
 /// to `on_connect` on its own task; malformed requests are answered 400 here. A peer that does
 /// not complete the HTTP/2 handshake (preface and settings) within `handshake_timeout` is
-/// dropped.
-pub async fn serve<T, F, Fut>(
+/// dropped. When `shutdown` completes (the proxy drains), the peer gets a GOAWAY and the
+/// connection ends once its open streams have.
+pub async fn serve<T, F, Fut, S>(
     io: T,
     handshake_timeout: std::time::Duration,
+    shutdown: S,
     on_connect: F,
 ) -> Result<(), HboneError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     F: Fn(IncomingConnect) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
+    S: Future<Output = ()>,
 {
     let connection = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -77,7 +80,24 @@ where
             step: "http/2 handshake".into(),
             source: std::io::ErrorKind::TimedOut.into(),
         })??;
-    while let Some(accepted) = connection.accept().await {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut going_away = false;
+    loop {
+        // poll_fn rather than select!: this future lives as long as the connection, once per
+        // HBONE connection, so its size counts (see proxy's per_connection_futures_stay_small).
+        let accepted = std::future::poll_fn(|cx| {
+            if !going_away && shutdown.as_mut().poll(cx).is_ready() {
+                // GOAWAY: the peer opens no new stream here (its pool dials a fresh
+                // connection, to whichever proxy now serves the pod); streams in flight go on
+                // and accept returns None once they are done.
+                tracing::debug!("draining: sending GOAWAY");
+                connection.graceful_shutdown();
+                going_away = true;
+            }
+            connection.poll_accept(cx)
+        })
+        .await;
+        let Some(accepted) = accepted else { break };
         let (request, mut respond) = accepted?;
         match parse_connect(&request) {
             Ok(target) => {

@@ -134,6 +134,7 @@ async fn server(
             tokio::spawn(serve(
                 io,
                 TEST_HANDSHAKE,
+                std::future::pending(),
                 move |incoming: IncomingConnect| {
                     let seen = seen.clone();
                     async move {
@@ -279,7 +280,7 @@ async fn a_closed_peer_is_seen() {
         // Serve the handshake, then drop the connection.
         let _ = tokio::time::timeout(
             std::time::Duration::from_millis(100),
-            serve(io, TEST_HANDSHAKE, |_i| async {}),
+            serve(io, TEST_HANDSHAKE, std::future::pending(), |_i| async {}),
         )
         .await;
     });
@@ -301,7 +302,13 @@ async fn a_peer_that_never_speaks_http2_is_dropped() {
     let _silent = TcpStream::connect(addr).await.unwrap();
     let (io, _) = listener.accept().await.unwrap();
     let started = std::time::Instant::now();
-    let result = serve(io, std::time::Duration::from_millis(200), |_i| async {}).await;
+    let result = serve(
+        io,
+        std::time::Duration::from_millis(200),
+        std::future::pending(),
+        |_i| async {},
+    )
+    .await;
     assert!(
         matches!(result, Err(HboneError::Transport { .. })),
         "{result:?}"

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 pub use records::{PodRecord, RecordStore};
 
 use crate::capture::Capture;
+use crate::drain::Drain;
 use crate::hbone::pool::{Pool, PoolSettings};
 use crate::metrics::Metrics;
 use crate::netns::{HostNetns, PodNetns};
@@ -58,6 +59,35 @@ impl EnrollError {
 struct EnrolledPod {
     record: PodRecord,
     tasks: Vec<JoinHandle<()>>,
+    /// The pod's netns, kept to hand it over in an upgrade.
+    netns: Arc<PodNetns>,
+    /// Second descriptors of the sockets the accept loops own, kept to hand them over in an
+    /// upgrade. Dropped with the pod, so the sockets close once the loops are aborted too.
+    listeners: Vec<PodListener>,
+}
+
+/// One of a pod's in-pod listeners: which port and family, and the socket.
+#[derive(Debug)]
+pub struct PodListener {
+    /// What it accepts (15001, 15006 or 15008).
+    pub direction: Direction,
+    /// `[::]`/`[::1]` rather than IPv4.
+    pub ipv6: bool,
+    /// The listening socket.
+    pub socket: std::net::TcpListener,
+}
+
+/// An enrolled pod as the proxy being replaced hands it to its successor: the record, the
+/// pod's netns and the very listening sockets (so no connection waiting in their queues is
+/// lost and the `sk_lookup` map keeps pointing at live sockets).
+#[derive(Debug)]
+pub struct HandedPod {
+    /// The enrollment record.
+    pub record: PodRecord,
+    /// The pod's network namespace.
+    pub netns: OwnedFd,
+    /// Its in-pod listeners.
+    pub listeners: Vec<PodListener>,
 }
 
 impl Drop for EnrolledPod {
@@ -79,6 +109,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     settings: ProxySettings,
     mesh: Option<Arc<Mesh>>,
+    /// The proxy's connection tasks (see [`crate::drain`]).
+    drain: Drain,
 }
 
 impl Registry {
@@ -90,8 +122,10 @@ impl Registry {
         metrics: Arc<Metrics>,
         settings: ProxySettings,
         mesh: Option<Arc<Mesh>>,
+        drain: Drain,
     ) -> Self {
         Self {
+            drain,
             mesh,
             host,
             capture: Mutex::new(capture),
@@ -152,7 +186,7 @@ impl Registry {
             netns_cookie: netns.cookie(),
             ips: add.ips,
         };
-        let enrolled = self.capture_pod(record, netns).await?;
+        let enrolled = self.capture_pod(record, netns, None).await?;
         self.records.save(&enrolled.record).map_err(|e| {
             self.undo_capture(&enrolled.record);
             EnrollError::new(ErrorKind::State, format!("{who}: {e}"))
@@ -252,6 +286,10 @@ impl Registry {
                 }
             };
             let uid = record.pod.uid.clone();
+            if self.pods.lock().await.contains_key(&uid) {
+                // Handed over by the previous proxy, with its listeners.
+                continue;
+            }
             let netns = match PodNetns::open(
                 PathBuf::from(&record.netns_path).as_path(),
                 self.host.clone(),
@@ -266,7 +304,7 @@ impl Registry {
                     continue;
                 }
             };
-            match self.capture_pod(record, netns).await {
+            match self.capture_pod(record, netns, None).await {
                 Ok(enrolled) => {
                     tracing::info!(%uid, pod = %enrolled.record.pod.name, "pod re-adopted");
                     self.pods.lock().await.insert(uid, enrolled);
@@ -288,19 +326,27 @@ impl Registry {
         &self,
         record: PodRecord,
         netns: PodNetns,
+        handed: Option<Vec<PodListener>>,
     ) -> Result<EnrolledPod, EnrollError> {
         let who = format!("pod {}/{}", record.pod.namespace, record.pod.name);
         let v4 = record.ips.iter().any(IpAddr::is_ipv4);
         let v6 = record.ips.iter().any(IpAddr::is_ipv6);
-        let listeners = netns
-            .run(|| open_listeners(v4, v6))
-            .and_then(|r| r)
-            .map_err(|e| {
-                EnrollError::new(
-                    ErrorKind::PodNetwork,
-                    format!("{who}: opening in-pod listeners: {e}"),
-                )
-            })?;
+        // A handed-over pod is still served by the previous proxy: a failure here must not
+        // take its capture away.
+        let adopted = handed.is_some();
+        let listeners = match handed {
+            Some(listeners) => listeners,
+            None => netns
+                .run(|| open_listeners(v4, v6))
+                .and_then(|r| r)
+                .map_err(|e| {
+                    EnrollError::new(
+                        ErrorKind::PodNetwork,
+                        format!("{who}: opening in-pod listeners: {e}"),
+                    )
+                })?
+                .into_vec(),
+        };
         routing::apply(&netns, v4, v6)
             .await
             .map_err(|e| EnrollError::new(ErrorKind::PodNetwork, format!("{who}: {e}")))?;
@@ -308,7 +354,7 @@ impl Registry {
         let netns = Arc::new(netns);
         let result = self.turn_on(&record, &netns, &listeners);
         if let Err(e) = result {
-            self.undo_capture(&record);
+            self.undo_capture_unless(adopted, &record);
             return Err(EnrollError::new(ErrorKind::Capture, format!("{who}: {e}")));
         }
         let hbone = self.mesh.as_ref().map(|mesh| {
@@ -338,18 +384,30 @@ impl Registry {
                 (record.netns_cookie as u32).wrapping_mul(2_654_435_761),
             ),
             live_inbound: LiveInbound::default(),
+            drain: self.drain.clone(),
+            connections: self.metrics.connections.clone(),
         });
         let mut tasks = Vec::new();
-        for (direction, listener) in listeners.all() {
-            match TcpListener::from_std(listener) {
-                Ok(listener) => {
-                    tasks.push(tokio::spawn(proxy::serve(ctx.clone(), listener, direction)))
-                }
+        for listener in &listeners {
+            let owned = listener
+                .socket
+                .try_clone()
+                .and_then(|socket| {
+                    socket.set_nonblocking(true)?;
+                    Ok(socket)
+                })
+                .and_then(TcpListener::from_std);
+            match owned {
+                Ok(owned) => tasks.push(tokio::spawn(proxy::serve(
+                    ctx.clone(),
+                    owned,
+                    listener.direction,
+                ))),
                 Err(e) => {
                     for t in &tasks {
                         t.abort();
                     }
-                    self.undo_capture(&record);
+                    self.undo_capture_unless(adopted, &record);
                     return Err(EnrollError::new(
                         ErrorKind::PodNetwork,
                         format!("{who}: registering listener: {e}"),
@@ -362,28 +420,31 @@ impl Registry {
             for t in &tasks {
                 t.abort();
             }
-            self.undo_capture(&record);
+            self.undo_capture_unless(adopted, &record);
             return Err(EnrollError::new(ErrorKind::Capture, format!("{who}: {e}")));
         }
-        Ok(EnrolledPod { record, tasks })
+        Ok(EnrolledPod {
+            record,
+            tasks,
+            netns,
+            listeners,
+        })
     }
 
     fn turn_on(
         &self,
         record: &PodRecord,
         netns: &PodNetns,
-        listeners: &Listeners,
+        listeners: &[PodListener],
     ) -> Result<(), crate::capture::CaptureError> {
         let mut capture = self.lock_capture();
         capture.add_pod_addrs(&record.ips)?;
         for ip in &record.ips {
-            let listener = if ip.is_ipv6() {
-                &listeners.inbound_v6
-            } else {
-                &listeners.inbound_v4
-            };
+            let listener = listeners
+                .iter()
+                .find(|l| l.direction == Direction::Inbound && l.ipv6 == ip.is_ipv6());
             if let Some(listener) = listener {
-                capture.set_inbound_socket(*ip, listener)?;
+                capture.set_inbound_socket(*ip, &listener.socket)?;
             }
         }
         capture.attach_inbound(netns)
@@ -398,6 +459,13 @@ impl Registry {
             tracing::info!(%uid, pod = %pod.record.pod.name, namespace = %pod.record.pod.namespace, "pod removed");
         }
         self.metrics.enrolled_pods.set(pods.len() as i64);
+    }
+
+    /// [`Registry::undo_capture`], unless the pod is being adopted from a previous proxy.
+    fn undo_capture_unless(&self, adopted: bool, record: &PodRecord) {
+        if !adopted {
+            self.undo_capture(record);
+        }
     }
 
     fn undo_capture(&self, record: &PodRecord) {
@@ -417,6 +485,78 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Upgrade, old side: the enrolled pods with second descriptors of their netns and
+    /// listeners, for the successor. Nothing changes here: the accept loops go on until
+    /// [`Registry::stop_accepting`], so the sockets are served without a gap.
+    ///
+    /// # Errors
+    /// When a descriptor cannot be duplicated (the process is out of descriptors).
+    pub async fn hand_over(&self) -> std::io::Result<Vec<HandedPod>> {
+        let pods = self.pods.lock().await;
+        pods.values()
+            .map(|pod| {
+                let listeners = pod
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        Ok(PodListener {
+                            direction: l.direction,
+                            ipv6: l.ipv6,
+                            socket: l.socket.try_clone()?,
+                        })
+                    })
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                Ok(HandedPod {
+                    record: pod.record.clone(),
+                    netns: pod.netns.fd().try_clone_to_owned()?,
+                    listeners,
+                })
+            })
+            .collect()
+    }
+
+    /// Upgrade, new side: serves a pod handed over by the previous proxy on the very sockets
+    /// it was served on. The capture is re-applied (idempotent: same sockets, same netns).
+    ///
+    /// # Errors
+    /// When the netns is not the recorded one or the pod cannot be served; the capture is then
+    /// left as it was (the previous proxy still serves it until it stops accepting, and
+    /// [`Registry::restore`] retries the pod with new listeners).
+    pub async fn adopt(&self, handed: HandedPod) -> Result<(), EnrollError> {
+        let HandedPod {
+            record,
+            netns,
+            listeners,
+        } = handed;
+        let who = format!("pod {}/{}", record.pod.namespace, record.pod.name);
+        let netns = PodNetns::new(netns, self.host.clone()).map_err(|e| {
+            EnrollError::new(ErrorKind::Netns, format!("{who}: handed-over netns: {e}"))
+        })?;
+        if netns.cookie() != record.netns_cookie {
+            return Err(EnrollError::new(
+                ErrorKind::Netns,
+                format!("{who}: the handed-over netns is not the recorded one"),
+            ));
+        }
+        let uid = record.pod.uid.clone();
+        let enrolled = self.capture_pod(record, netns, Some(listeners)).await?;
+        let mut pods = self.pods.lock().await;
+        pods.insert(uid, enrolled);
+        self.metrics.enrolled_pods.set(pods.len() as i64);
+        Ok(())
+    }
+
+    /// Stops serving every pod's listeners (shutdown or after a hand-over) without touching
+    /// the capture or the records: pods stay enrolled, for this proxy's successor. Without a
+    /// successor their new connections are refused (fail closed) until one starts.
+    /// Connections already accepted go on (see [`crate::drain`]).
+    pub async fn stop_accepting(&self) -> usize {
+        let mut pods = self.pods.lock().await;
+        let stopped = pods.len();
+        pods.clear();
+        stopped
+    }
+
     /// How many pods are enrolled.
     pub async fn len(&self) -> usize {
         self.pods.lock().await.len()
@@ -425,6 +565,12 @@ impl Registry {
     /// Is no pod enrolled?
     pub async fn is_empty(&self) -> bool {
         self.pods.lock().await.is_empty()
+    }
+
+    /// The records of the enrolled pods (for the admin API), in no particular order.
+    pub async fn enrolled(&self) -> Vec<PodRecord> {
+        let pods = self.pods.lock().await;
+        pods.values().map(|p| p.record.clone()).collect()
     }
 }
 
@@ -439,17 +585,24 @@ struct Listeners {
 }
 
 impl Listeners {
-    fn all(self) -> impl Iterator<Item = (Direction, std::net::TcpListener)> {
+    fn into_vec(self) -> Vec<PodListener> {
         [
-            (Direction::Outbound, self.outbound_v4),
-            (Direction::Inbound, self.inbound_v4),
-            (Direction::Hbone, self.hbone_v4),
-            (Direction::Outbound, self.outbound_v6),
-            (Direction::Inbound, self.inbound_v6),
-            (Direction::Hbone, self.hbone_v6),
+            (Direction::Outbound, false, self.outbound_v4),
+            (Direction::Inbound, false, self.inbound_v4),
+            (Direction::Hbone, false, self.hbone_v4),
+            (Direction::Outbound, true, self.outbound_v6),
+            (Direction::Inbound, true, self.inbound_v6),
+            (Direction::Hbone, true, self.hbone_v6),
         ]
         .into_iter()
-        .filter_map(|(d, l)| l.map(|l| (d, l)))
+        .filter_map(|(direction, ipv6, socket)| {
+            socket.map(|socket| PodListener {
+                direction,
+                ipv6,
+                socket,
+            })
+        })
+        .collect()
     }
 }
 

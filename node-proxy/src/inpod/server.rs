@@ -6,7 +6,7 @@
 //! a client that sends nothing is dropped after a timeout.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use redirect_cni::protocol::{self, Datagram, ErrorKind, PROTOCOL_VERSION, Reques
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
 
 use super::Registry;
 use crate::http::Readiness;
@@ -77,12 +78,58 @@ impl EnrollmentServer {
         })
     }
 
-    /// Serves requests until the task is dropped.
-    pub async fn serve(self, registry: Arc<Registry>, readiness: Arc<Readiness>) {
+    /// Serves an already listening socket: the one a previous proxy handed over in an upgrade
+    /// (so CNI calls queued on it are answered, and the path never goes missing).
+    ///
+    /// # Errors
+    /// When `fd` is not a listening SOCK_SEQPACKET Unix socket or cannot be registered.
+    pub fn from_listening(fd: OwnedFd, path: &Path) -> Result<Self, ServerError> {
+        let err = |source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        let sock = Socket::from(fd);
+        let is_seqpacket = sock.r#type().map_err(err)? == Type::SEQPACKET;
+        let is_listening = sock.is_listener().map_err(err)?;
+        if !is_seqpacket || !is_listening {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the handed-over descriptor is not a listening SOCK_SEQPACKET socket",
+            )));
+        }
+        sock.set_nonblocking(true).map_err(err)?;
+        let listener = register(sock, Interest::READABLE).map_err(err)?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A second descriptor of the listening socket, to hand over in an upgrade.
+    ///
+    /// # Errors
+    /// When the process is out of descriptors.
+    pub fn duplicate(&self) -> io::Result<OwnedFd> {
+        self.listener.get_ref().as_fd().try_clone_to_owned()
+    }
+
+    /// Serves requests until `stop` is cancelled (or the task is dropped). After `stop` it
+    /// accepts nothing more and returns once the requests in progress are answered, so a
+    /// successor taking over sees every enrollment they made.
+    pub async fn serve(
+        self,
+        registry: Arc<Registry>,
+        readiness: Arc<Readiness>,
+        stop: CancellationToken,
+    ) {
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
         tracing::info!(path = %self.path.display(), "enrollment server listening");
         loop {
-            let accepted = self.listener.readable().await.and_then(|mut guard| {
+            let readable = tokio::select! {
+                readable = self.listener.readable() => readable,
+                () = stop.cancelled() => break,
+            };
+            let accepted = readable.and_then(|mut guard| {
                 match guard.try_io(|inner| inner.get_ref().accept()) {
                     Ok(result) => result.map(Some),
                     Err(_would_block) => Ok(None),
@@ -109,6 +156,9 @@ impl EnrollmentServer {
                 }
             });
         }
+        // Every permit back: no request is in progress.
+        let _all = limit.acquire_many(MAX_CONCURRENT as u32).await;
+        tracing::info!(path = %self.path.display(), "enrollment server stopped");
     }
 }
 
@@ -233,7 +283,7 @@ fn register(sock: Socket, interest: Interest) -> io::Result<AsyncFd<Socket>> {
     unsafe { AsyncFd::register_with_interest(sock, interest) }.map_err(io::Error::from)
 }
 
-fn peer_uid(sock: &Socket) -> io::Result<u32> {
+pub(crate) fn peer_uid(sock: &Socket) -> io::Result<u32> {
     // SAFETY: ucred is plain data.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -251,4 +301,92 @@ fn peer_uid(sock: &Socket) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(cred.uid)
+}
+
+/// The running enrollment server, which an upgrade pauses (to hand its socket over) and, if
+/// the upgrade fails, resumes on the same socket.
+pub struct Enrollment {
+    registry: Arc<Registry>,
+    readiness: Arc<Readiness>,
+    path: PathBuf,
+    running: std::sync::Mutex<Option<Running>>,
+}
+
+/// A serving task, its stop signal and a second descriptor of its socket.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    socket: OwnedFd,
+}
+
+impl Enrollment {
+    /// Starts serving `server`.
+    ///
+    /// # Errors
+    /// When the socket's descriptor cannot be duplicated (out of descriptors).
+    pub fn start(
+        server: EnrollmentServer,
+        registry: Arc<Registry>,
+        readiness: Arc<Readiness>,
+    ) -> io::Result<Arc<Enrollment>> {
+        let enrollment = Arc::new(Enrollment {
+            registry,
+            readiness,
+            path: server.path.clone(),
+            running: std::sync::Mutex::new(None),
+        });
+        enrollment.run(server)?;
+        Ok(enrollment)
+    }
+
+    fn run(&self, server: EnrollmentServer) -> io::Result<()> {
+        let socket = server.duplicate()?;
+        let stop = CancellationToken::new();
+        let task =
+            tokio::spawn(server.serve(self.registry.clone(), self.readiness.clone(), stop.clone()));
+        *self.lock() = Some(Running { task, stop, socket });
+        Ok(())
+    }
+
+    /// Stops accepting CNI calls and waits until those in progress are answered. Returns the
+    /// listening socket (still open, with any queued calls), or `None` if it was not running.
+    pub async fn stop(&self) -> Option<OwnedFd> {
+        let running = self.lock().take()?;
+        running.stop.cancel();
+        if let Err(error) = running.task.await {
+            tracing::warn!(%error, "the enrollment server ended abnormally");
+        }
+        Some(running.socket)
+    }
+
+    /// Serves the (paused) socket `fd` again.
+    pub fn resume(&self, fd: OwnedFd) {
+        let resumed = EnrollmentServer::from_listening(fd, &self.path)
+            .map_err(|e| e.to_string())
+            .and_then(|server| self.run(server).map_err(|e| e.to_string()));
+        match resumed {
+            Ok(()) => tracing::info!("enrollment resumed"),
+            Err(error) => {
+                tracing::error!(%error, "cannot resume enrollment; CNI calls fail until restart")
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl crate::upgrade::Predecessor for Arc<Enrollment> {
+    async fn pause_enrollment(&self) -> io::Result<OwnedFd> {
+        self.stop()
+            .await
+            .ok_or_else(|| io::Error::other("the enrollment server is not running"))
+    }
+
+    fn resume_enrollment(&self, fd: OwnedFd) {
+        self.resume(fd);
+    }
 }

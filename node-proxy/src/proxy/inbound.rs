@@ -3,16 +3,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use marrow_common::PROXY_INBOUND_MARK;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use super::connections::ConnectionInfo;
 use super::{PodContext, PodHbone, connect_result, log_closed, relay, relay_or_fail};
 use crate::hbone::{self, IncomingConnect, Refusal};
 use crate::identity::SpiffeId;
-use crate::metrics::{ConnectionLabels, Reporter};
+use crate::metrics::{ConnectionLabels, DenialReason, PeerLabels, Reporter};
 use crate::{policy, socket, tls};
 
 /// Most source ports tried for one connection to the app before giving up.
@@ -30,20 +30,27 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
     };
     let span = tracing::info_span!("inbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer, dst = %dst);
     async move {
-        let mut labels = ConnectionLabels::unknown(Reporter::Destination);
-        labels.destination_workload = ctx.pod.name.clone();
-        labels.destination_workload_namespace = ctx.pod.namespace.clone();
-        if let Err(reason) = admit_plaintext(&ctx, peer, dst) {
-            labels.response_flags = "DENY".into();
-            ctx.metrics.opened.get_or_create(&labels).inc();
-            ctx.metrics.closed.get_or_create(&labels).inc();
-            tracing::info!(%reason, response_flags = "DENY", "connection denied");
-            socket::reset(client);
-            return;
-        }
+        let mut labels = plaintext_labels(&ctx, peer);
+        let mut conn = ctx
+            .connections
+            .open(ConnectionInfo::from_labels(&labels, &ctx.pod, peer, dst));
+        let allowed_by = match admit_plaintext(&ctx, peer, dst) {
+            Ok(allowed_by) => allowed_by,
+            Err((denial, reason)) => {
+                ctx.metrics.policy_denied(denial);
+                labels.response_flags = "DENY".into();
+                ctx.metrics.opened.get_or_create(&labels).inc();
+                ctx.metrics.closed.get_or_create(&labels).inc();
+                tracing::info!(%reason, response_flags = "DENY", "connection denied");
+                conn.deny(reason);
+                socket::reset(client);
+                return;
+            }
+        };
+        conn.allow(allowed_by);
         let _tracked = ctx.live_inbound.track(peer, dst);
         let app = connect_result(connect_preserving_source(&ctx, peer.ip(), dst).await);
-        relay_or_fail(&ctx.metrics, labels, client, app).await;
+        relay_or_fail(&ctx.metrics, labels, conn, client, app).await;
     }
     .instrument(span)
     .await
@@ -82,15 +89,18 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
             .map_err(|e| ("identity", e.to_string()))?;
         metrics.hbone_established("inbound");
         let session = Arc::new(Session {
+            labels: tunnel_labels(&ctx, hbone, peer, &workload, &client_id, &id),
             ctx: ctx.clone(),
             peer,
             client_id,
-            server_id: id,
-            server_workload: workload.workload_name.clone(),
         });
-        hbone::serve(tls, hbone.mesh.handshake_timeout, move |incoming| {
-            tunnel(session.clone(), incoming)
-        })
+        let drain = ctx.drain.clone();
+        hbone::serve(
+            tls,
+            hbone.mesh.handshake_timeout,
+            drain.started(),
+            move |incoming| tunnel(session.clone(), incoming),
+        )
         .await
         .map_err(|e| ("http2", e.to_string()))
     };
@@ -107,8 +117,8 @@ struct Session {
     ctx: Arc<PodContext>,
     peer: SocketAddr,
     client_id: SpiffeId,
-    server_id: SpiffeId,
-    server_workload: String,
+    /// The labels of its tunnels (the same peers for all), built once.
+    labels: ConnectionLabels,
 }
 
 async fn tunnel(session: Arc<Session>, incoming: IncomingConnect) {
@@ -124,39 +134,57 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
     let Some(hbone) = &ctx.hbone else {
         return incoming.refuse(Refusal::Unavailable);
     };
-    let mut labels = labels(&session, hbone);
+    let mut labels = session.labels.clone();
+    let mut conn = ctx.connections.open(ConnectionInfo::from_labels(
+        &labels,
+        &ctx.pod,
+        session.peer,
+        target,
+    ));
     if !ctx.ips.contains(&target.ip().to_canonical()) {
         tracing::info!(%target, "CONNECT to an address that is not this pod's; answering 400");
+        conn.fail(format!("CONNECT to {target}, not an address of this pod"));
         return incoming.refuse(Refusal::BadRequest);
     }
-    if let Some(reason) = denied(
+    let allowed_by = match authorize(
         hbone,
         ctx,
         Some(session.client_id.clone()),
         session.peer,
         target,
     ) {
-        labels.response_flags = "DENY".into();
-        ctx.metrics.opened.get_or_create(&labels).inc();
-        ctx.metrics.closed.get_or_create(&labels).inc();
-        tracing::info!(%reason, response_flags = "DENY", "tunnel denied; answering 401");
-        return incoming.refuse(Refusal::Denied);
-    }
-    let started = Instant::now();
+        Ok(allowed_by) => allowed_by,
+        Err((denial, reason)) => {
+            ctx.metrics.policy_denied(denial);
+            labels.response_flags = "DENY".into();
+            ctx.metrics.opened.get_or_create(&labels).inc();
+            ctx.metrics.closed.get_or_create(&labels).inc();
+            tracing::info!(%reason, response_flags = "DENY", "tunnel denied; answering 401");
+            conn.deny(reason);
+            return incoming.refuse(Refusal::Denied);
+        }
+    };
+    conn.allow(allowed_by);
     match connect_result(connect_preserving_source(ctx, session.peer.ip(), target).await) {
         Ok(app) => match incoming.accept() {
             Ok(stream) => {
                 ctx.metrics.opened.get_or_create(&labels).inc();
-                let outcome = relay::copy_both_ways(stream, app).await;
-                log_closed(&ctx.metrics, &labels, &outcome, started);
+                let outcome = relay::copy_both_ways(stream, app, conn.bytes()).await;
+                log_closed(&ctx.metrics, &labels, conn, &outcome);
             }
-            Err(error) => tracing::info!(%error, "client went away before the tunnel opened"),
+            Err(error) => {
+                tracing::info!(%error, "client went away before the tunnel opened");
+                conn.fail(format!(
+                    "client went away before the tunnel opened: {error}"
+                ));
+            }
         },
         Err(error) => {
             labels.response_flags = "UF".into();
             ctx.metrics.opened.get_or_create(&labels).inc();
             ctx.metrics.closed.get_or_create(&labels).inc();
             tracing::info!(%error, response_flags = "UF", "app unreachable; answering 503");
+            conn.upstream_failed(error);
             incoming.refuse(Refusal::Unavailable);
         }
     }
@@ -164,32 +192,38 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
 
 /// Plaintext to this pod: refused when PeerAuthentication makes the port STRICT, or when an
 /// AuthorizationPolicy denies a client without identity. Plain mode (no mesh) admits all.
-fn admit_plaintext(ctx: &PodContext, peer: SocketAddr, dst: SocketAddr) -> Result<(), String> {
+/// Admitted: the policy decision's reason, when a decision was taken.
+fn admit_plaintext(
+    ctx: &PodContext,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> Result<Option<String>, (DenialReason, String)> {
     let Some(hbone) = &ctx.hbone else {
-        return Ok(());
+        return Ok(None);
     };
     let snap = hbone.mesh.state.snapshot();
     if let Some(workload) = snap.workload_at(&ctx.ips) {
         let view = view_of(workload);
-        policy::plaintext_allowed(snap.policies(), &view, dst.port()).map_err(|e| e.to_string())?;
+        policy::plaintext_allowed(snap.policies(), &view, dst.port())
+            .map_err(|e| (DenialReason::MtlsRequired, e.to_string()))?;
     }
-    match denied(hbone, ctx, None, peer, dst) {
-        Some(reason) => Err(reason),
-        None => Ok(()),
-    }
+    authorize(hbone, ctx, None, peer, dst)
 }
 
-/// The AuthorizationPolicy decision for a connection to this pod: `Some(reason)` when denied.
-fn denied(
+/// The AuthorizationPolicy decision for a connection to this pod: `Err((reason, why))` when
+/// denied; when allowed, why (`None` when the pod is not in the state: no policy applies).
+fn authorize(
     hbone: &PodHbone,
     ctx: &PodContext,
     source_principal: Option<SpiffeId>,
     peer: SocketAddr,
     dst: SocketAddr,
-) -> Option<String> {
+) -> Result<Option<String>, (DenialReason, String)> {
     let snap = hbone.mesh.state.snapshot();
     // A pod the state does not know is not in the mesh: no policy selects it.
-    let workload = snap.workload_at(&ctx.ips)?;
+    let Some(workload) = snap.workload_at(&ctx.ips) else {
+        return Ok(None);
+    };
     let conn = policy::ConnectionView {
         source_principal,
         source_ip: peer.ip().to_canonical(),
@@ -197,7 +231,10 @@ fn denied(
         destination_port: dst.port(),
     };
     let decision = policy::evaluate(snap.policies(), &view_of(workload), &conn);
-    (!decision.is_allowed()).then_some(decision.reason)
+    match DenialReason::of(&decision) {
+        Some(denial) => Err((denial, decision.reason)),
+        None => Ok(Some(decision.reason)),
+    }
 }
 
 fn view_of(workload: &crate::state::Workload) -> policy::WorkloadView<'_> {
@@ -208,20 +245,43 @@ fn view_of(workload: &crate::state::Workload) -> policy::WorkloadView<'_> {
     }
 }
 
-fn labels(session: &Session, hbone: &PodHbone) -> ConnectionLabels {
-    let ctx = &session.ctx;
-    let mut labels = ConnectionLabels::unknown(Reporter::Destination);
-    labels.destination_workload = session.server_workload.clone();
-    labels.destination_workload_namespace = ctx.pod.namespace.clone();
-    labels.destination_principal = session.server_id.to_string();
-    labels.source_principal = session.client_id.to_string();
-    labels.connection_security_policy = "mutual_tls".into();
+/// Labels of a plaintext connection to this pod. As ztunnel: the client is the workload at its
+/// address, if the state knows one (no principal: nothing proves it); this pod is its workload
+/// in the state, else the enrolled pod.
+fn plaintext_labels(ctx: &PodContext, peer: SocketAddr) -> ConnectionLabels {
+    let cluster = ctx.metrics.cluster_id.label();
+    let snap = ctx.hbone.as_ref().map(|h| h.mesh.state.snapshot());
+    let source = snap
+        .as_ref()
+        .and_then(|s| s.workload_by_ip(peer.ip()))
+        .map(|w| PeerLabels::of(w, cluster));
+    let destination = match snap.as_ref().and_then(|s| s.workload_at(&ctx.ips)) {
+        Some(w) => PeerLabels::of(w, cluster),
+        None => PeerLabels::pod(&ctx.pod.name, &ctx.pod.namespace, cluster),
+    };
+    ConnectionLabels::between(Reporter::Destination, source, Some(destination))
+}
+
+/// Labels of the tunnels of one HBONE connection to this pod (`workload`, `server_id`): the
+/// principals from the certificates; the client is the workload at the connection's source
+/// address, else known only by its certificate's namespace.
+fn tunnel_labels(
+    ctx: &PodContext,
+    hbone: &PodHbone,
+    peer: SocketAddr,
+    workload: &crate::state::Workload,
+    client_id: &SpiffeId,
+    server_id: &SpiffeId,
+) -> ConnectionLabels {
+    let cluster = ctx.metrics.cluster_id.label();
     let snap = hbone.mesh.state.snapshot();
-    if let Some(src) = snap.workload_by_ip(session.peer.ip()) {
-        labels.source_workload = src.workload_name.clone();
-        labels.source_workload_namespace = src.namespace.clone();
-    }
-    labels
+    let source = match snap.workload_by_ip(peer.ip()) {
+        Some(src) => PeerLabels::of(src, cluster),
+        None => PeerLabels::namespace_only(client_id),
+    };
+    let destination = PeerLabels::of(workload, cluster);
+    ConnectionLabels::between(Reporter::Destination, Some(source), Some(destination))
+        .with_mutual_tls(client_id, server_id)
 }
 
 /// Connects to the app at `dst` from `client_ip`, on a source port of the proxy's choosing

@@ -9,10 +9,11 @@ use marrow_common::PROXY_OUTBOUND_MARK;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use super::connections::ConnectionInfo;
 use super::{OrigDst, PodContext, PodHbone, connect_result, relay_or_fail};
 use crate::hbone::pool::PoolKey;
 use crate::hbone::{Baggage, ConnectRequest, TraceParent};
-use crate::metrics::{ConnectionLabels, Reporter};
+use crate::metrics::{ConnectionLabels, PeerLabels, Reporter};
 use crate::socket;
 use crate::state::{self, Route};
 
@@ -49,16 +50,17 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                 return Box::pin(tunnel).await;
             }
         }
-        plain(&ctx, client, dst).await;
+        plain(&ctx, client, src, dst).await;
     }
     .instrument(span)
     .await
 }
 
-async fn plain(ctx: &PodContext, client: TcpStream, dst: OrigDst) {
-    let mut labels = ConnectionLabels::unknown(Reporter::Source);
-    labels.source_workload = ctx.pod.name.clone();
-    labels.source_workload_namespace = ctx.pod.namespace.clone();
+async fn plain(ctx: &PodContext, client: TcpStream, src: SocketAddr, dst: OrigDst) {
+    let labels = plain_labels(ctx, dst);
+    let conn = ctx
+        .connections
+        .open(ConnectionInfo::from_labels(&labels, &ctx.pod, src, dst.0));
     let upstream = match ctx
         .netns
         .run(|| socket::marked_socket(dst.0, PROXY_OUTBOUND_MARK))
@@ -69,7 +71,24 @@ async fn plain(ctx: &PodContext, client: TcpStream, dst: OrigDst) {
         ),
         Err(e) => Err(format!("socket in the pod netns: {e}")),
     };
-    relay_or_fail(&ctx.metrics, labels, client, upstream).await;
+    relay_or_fail(&ctx.metrics, labels, conn, client, upstream).await;
+}
+
+/// Labels of a plain TCP connection from this pod: this pod is its workload in the state, else
+/// the enrolled pod; the destination is the workload at its address, if the state knows one (as
+/// ztunnel; no principals: nothing proves them).
+fn plain_labels(ctx: &PodContext, dst: OrigDst) -> ConnectionLabels {
+    let cluster = ctx.metrics.cluster_id.label();
+    let snap = ctx.hbone.as_ref().map(|h| h.mesh.state.snapshot());
+    let source = match snap.as_ref().and_then(|s| s.workload_at(&ctx.ips)) {
+        Some(w) => PeerLabels::of(w, cluster),
+        None => PeerLabels::pod(&ctx.pod.name, &ctx.pod.namespace, cluster),
+    };
+    let destination = snap
+        .as_ref()
+        .and_then(|s| s.workload_by_ip(dst.0.ip()))
+        .map(|w| PeerLabels::of(w, cluster));
+    ConnectionLabels::between(Reporter::Source, Some(source), destination)
 }
 
 async fn via_hbone(
@@ -82,35 +101,48 @@ async fn via_hbone(
     authority: SocketAddr,
 ) {
     let mesh = &hbone.mesh;
-    let Some((src_workload, source)) = hbone.identity.resolve(mesh, &ctx.ips) else {
-        // Without an identity there is no mTLS; the destination decides whether it accepts
-        // plaintext (PeerAuthentication, issue 4).
-        tracing::warn!("this pod has no identity in the state; sending plaintext");
-        return plain(ctx, client, OrigDst(authority)).await;
-    };
-    let Some(server) = mesh.identity_of(dst_workload) else {
-        tracing::warn!(dst_pod = %dst_workload.name, "destination has no valid identity; refusing");
-        socket::reset(client);
-        return;
-    };
-    let mut labels = ConnectionLabels::unknown(Reporter::Source);
-    labels.source_workload = src_workload.workload_name.clone();
-    labels.source_workload_namespace = src_workload.namespace.clone();
-    labels.source_principal = source.to_string();
-    labels.destination_workload = dst_workload.workload_name.clone();
-    labels.destination_workload_namespace = dst_workload.namespace.clone();
-    labels.destination_principal = server.to_string();
-    labels.connection_security_policy = "mutual_tls".into();
-
     let pod_ip = ctx
         .ips
         .iter()
         .copied()
         .find(|ip| ip.is_ipv4() == authority.is_ipv4())
         .unwrap_or(peer.ip());
+    // This pod's end of the connection, as the destination will see it (`forwarded`).
+    let src = SocketAddr::new(pod_ip, peer.port());
+    let Some((src_workload, source)) = hbone.identity.resolve(mesh, &ctx.ips) else {
+        // Without an identity there is no mTLS; the destination decides whether it accepts
+        // plaintext (PeerAuthentication, issue 4).
+        tracing::warn!("this pod has no identity in the state; sending plaintext");
+        return plain(ctx, client, src, OrigDst(authority)).await;
+    };
+    let Some(server) = mesh.identity_of(dst_workload) else {
+        tracing::warn!(dst_pod = %dst_workload.name, "destination has no valid identity; refusing");
+        let mut refused = ctx.connections.open(ConnectionInfo {
+            src_workload: Some(ConnectionInfo::workload_name(&src_workload)),
+            dst_workload: Some(ConnectionInfo::workload_name(dst_workload)),
+            ..ConnectionInfo::new(Reporter::Source, &ctx.pod, src, authority)
+        });
+        refused.fail(format!(
+            "destination {}/{} has no valid identity",
+            dst_workload.namespace, dst_workload.name
+        ));
+        socket::reset(client);
+        return;
+    };
+    let cluster = ctx.metrics.cluster_id.label();
+    let labels = ConnectionLabels::between(
+        Reporter::Source,
+        Some(PeerLabels::of(&src_workload, cluster)),
+        Some(PeerLabels::of(dst_workload, cluster)),
+    )
+    .with_mutual_tls(&source, &server);
+    let mut conn = ctx.connections.open(ConnectionInfo::from_labels(
+        &labels, &ctx.pod, src, authority,
+    ));
+
     let request = ConnectRequest {
         authority,
-        forwarded_for: SocketAddr::new(pod_ip, peer.port()),
+        forwarded_for: src,
         baggage: Baggage {
             namespace: Some(src_workload.namespace.clone()),
             pod: Some(src_workload.name.clone()),
@@ -128,6 +160,7 @@ async fn via_hbone(
         Err(error) => {
             tracing::warn!(%source, %error, "no certificate; refusing");
             mesh.metrics.hbone_failed("outbound", "certificate");
+            conn.fail(format!("no certificate for {source}: {error}"));
             socket::reset(client);
             return;
         }
@@ -143,5 +176,5 @@ async fn via_hbone(
         .tunnel(&key, &request)
         .await
         .map_err(|e| e.to_string());
-    relay_or_fail(&ctx.metrics, labels, client, tunnel).await;
+    relay_or_fail(&ctx.metrics, labels, conn, client, tunnel).await;
 }

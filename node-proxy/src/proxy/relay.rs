@@ -1,7 +1,12 @@
 //! Copying bytes both ways between two byte streams (TCP, or an HBONE tunnel), with half-close
-//! propagated.
+//! propagated, counting bytes as they pass so the connection table shows them while the
+//! connection lives.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::connections::ByteCounters;
 
 /// Each direction starts with a small buffer, so thousands of idle connections cost little…
 const INITIAL_BUF: usize = 2 * 1024;
@@ -20,35 +25,30 @@ pub struct RelayOutcome {
     pub error: Option<std::io::Error>,
 }
 
-/// Copies until both directions finished (each end's FIN is passed on as a write shutdown).
-/// On an error both streams are dropped, which closes them.
-pub async fn copy_both_ways<C, U>(client: C, upstream: U) -> RelayOutcome
+/// Copies until both directions finished (each end's FIN is passed on as a write shutdown),
+/// adding each chunk to `counters` once written. On an error both streams are dropped, which
+/// closes them.
+pub async fn copy_both_ways<C, U>(client: C, upstream: U, counters: &ByteCounters) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut counted = Counted::default();
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let result = {
-        let up = copy_half(&mut cr, &mut uw, &mut counted.to_upstream);
-        let down = copy_half(&mut ur, &mut cw, &mut counted.to_client);
+        let up = copy_half(&mut cr, &mut uw, &counters.to_upstream);
+        let down = copy_half(&mut ur, &mut cw, &counters.to_client);
         tokio::try_join!(up, down)
     };
+    let (to_upstream, to_client) = counters.get();
     RelayOutcome {
-        to_upstream: counted.to_upstream,
-        to_client: counted.to_client,
+        to_upstream,
+        to_client,
         error: result.err(),
     }
 }
 
-#[derive(Default)]
-struct Counted {
-    to_upstream: u64,
-    to_client: u64,
-}
-
-async fn copy_half<R, W>(reader: &mut R, writer: &mut W, counter: &mut u64) -> std::io::Result<()>
+async fn copy_half<R, W>(reader: &mut R, writer: &mut W, counter: &AtomicU64) -> std::io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -62,7 +62,8 @@ where
             return Ok(());
         }
         writer.write_all(&buf[..n]).await?;
-        *counter += n as u64;
+        // Relaxed: a reader of the table wants a recent count, not an ordering with the data.
+        counter.fetch_add(n as u64, Ordering::Relaxed);
         if n == buf.len() && buf.len() < MAX_BUF {
             buf.resize((buf.len() * 4).min(MAX_BUF), 0);
         }
@@ -86,7 +87,11 @@ mod tests {
     async fn bytes_and_half_close_pass_both_ways() {
         let (mut app_client, proxy_client_side) = pair().await;
         let (proxy_upstream_side, mut app_server) = pair().await;
-        let relay = tokio::spawn(copy_both_ways(proxy_client_side, proxy_upstream_side));
+        let counters = std::sync::Arc::new(ByteCounters::default());
+        let relay = tokio::spawn({
+            let counters = counters.clone();
+            async move { copy_both_ways(proxy_client_side, proxy_upstream_side, &counters).await }
+        });
 
         let payload = vec![7u8; 300_000];
         app_client.write_all(&payload).await.unwrap();
@@ -94,6 +99,11 @@ mod tests {
         let mut got = Vec::new();
         app_server.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, payload, "client bytes and FIN reach the server");
+        assert_eq!(
+            counters.get(),
+            (300_000, 0),
+            "counted while the relay still runs"
+        );
 
         app_server.write_all(b"reply").await.unwrap();
         app_server.shutdown().await.unwrap();

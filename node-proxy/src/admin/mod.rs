@@ -1,0 +1,367 @@
+//! The admin API (node-local, 15000 as ztunnel's): JSON views of what the proxy holds —
+//! workloads, services, policies, certificates, open connections, the effective configuration
+//! — the log level, read and changed at run time, and `/explain`. [`client`] is the other end,
+//! behind `node-proxy admin`.
+//!
+//! Invariants: every reply is JSON (`application/json`), errors included (`{"error": …}`); only
+//! `POST /logging` changes anything; routing ([`handle`]) is a function of the request and the
+//! [`AdminState`], so it is tested in process without sockets.
+
+pub mod client;
+mod views;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode, Uri};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::reload;
+
+use crate::config::Config;
+use crate::identity::{CertificateManager, TrustDomain};
+use crate::inpod::{PodRecord, Registry};
+use crate::proxy::connections::ConnectionTable;
+use crate::state::StateStore;
+
+/// The endpoints, as the 404 reply and `GET /` list them.
+pub const ENDPOINTS: [&str; 10] = [
+    "GET /workloads",
+    "GET /services",
+    "GET /policies",
+    "GET /certificates",
+    "GET /connections",
+    "GET /config_dump",
+    "GET /logging",
+    "POST /logging?level=<EnvFilter directive>",
+    "GET /explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N",
+    "GET /",
+];
+
+/// The pods enrolled on this node (the enrollment registry; a list in tests).
+pub trait EnrolledPods: Send + Sync {
+    /// Their records, in any order.
+    fn enrolled(&self) -> Pin<Box<dyn Future<Output = Vec<PodRecord>> + Send + '_>>;
+}
+
+impl EnrolledPods for Registry {
+    fn enrolled(&self) -> Pin<Box<dyn Future<Output = Vec<PodRecord>> + Send + '_>> {
+        Box::pin(Registry::enrolled(self))
+    }
+}
+
+impl EnrolledPods for Vec<PodRecord> {
+    fn enrolled(&self) -> Pin<Box<dyn Future<Output = Vec<PodRecord>> + Send + '_>> {
+        Box::pin(std::future::ready(self.clone()))
+    }
+}
+
+/// The log filter in force, readable and replaceable at run time.
+pub trait LogControl: Send + Sync {
+    /// The filter's directives, as `RUST_LOG` would spell them.
+    fn current(&self) -> String;
+    /// Replaces the filter with `directives`; on an error the filter in force stays.
+    fn set(&self, directives: &str) -> Result<(), LogLevelError>;
+}
+
+/// Why a new log filter was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LogLevelError {
+    /// The directives do not parse.
+    #[error("invalid log directive {directive:?}: {reason}")]
+    Invalid {
+        /// What was asked for.
+        directive: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The subscriber the filter belonged to is gone.
+    #[error("the log filter cannot be changed: {0}")]
+    Reload(String),
+}
+
+/// A `tracing_subscriber` [`EnvFilter`] behind a reload layer (what `node-proxy run` installs).
+pub struct ReloadableFilter<S>(reload::Handle<EnvFilter, S>);
+
+impl<S> ReloadableFilter<S> {
+    /// Controls the filter of `handle`.
+    pub fn new(handle: reload::Handle<EnvFilter, S>) -> Self {
+        Self(handle)
+    }
+}
+
+impl<S: 'static> LogControl for ReloadableFilter<S> {
+    fn current(&self) -> String {
+        self.0
+            .with_current(ToString::to_string)
+            .unwrap_or_else(|e| format!("unknown ({e})"))
+    }
+
+    fn set(&self, directives: &str) -> Result<(), LogLevelError> {
+        let invalid = |reason: String| LogLevelError::Invalid {
+            directive: directives.to_owned(),
+            reason,
+        };
+        if directives.trim().is_empty() {
+            return Err(invalid("empty".to_owned()));
+        }
+        let filter = EnvFilter::builder()
+            .parse(directives)
+            .map_err(|e| invalid(e.to_string()))?;
+        self.0
+            .reload(filter)
+            .map_err(|e| LogLevelError::Reload(e.to_string()))
+    }
+}
+
+/// What the admin API reads (and, for the log level, changes).
+pub struct AdminState {
+    /// The state in force, when the proxy runs with a state file.
+    pub state: Option<Arc<StateStore>>,
+    /// The mesh's trust domain.
+    pub trust_domain: TrustDomain,
+    /// Workload certificates, when the proxy has a CA.
+    pub certs: Option<Arc<CertificateManager>>,
+    /// The live connection table.
+    pub connections: Arc<ConnectionTable>,
+    /// The pods enrolled on this node.
+    pub enrolled: Option<Arc<dyn EnrolledPods>>,
+    /// The effective configuration.
+    pub config: Config,
+    /// The log filter, when it can be changed.
+    pub logging: Option<Arc<dyn LogControl>>,
+}
+
+/// A reply before it is sent: a status and a JSON body (pretty, fields in declaration order).
+#[derive(Debug, PartialEq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The JSON text.
+    pub body: String,
+}
+
+/// The body of an error reply.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoints: Option<&'a [&'a str]>,
+}
+
+impl Reply {
+    /// `status` with `value`.
+    fn with<T: Serialize>(status: StatusCode, value: &T) -> Self {
+        match serde_json::to_string_pretty(value) {
+            Ok(body) => Self { status, body },
+            Err(e) => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                body: format!("{{\"error\": \"encoding the reply: {e}\"}}"),
+            },
+        }
+    }
+
+    /// 200 with `value`.
+    fn ok<T: Serialize>(value: &T) -> Self {
+        Self::with(StatusCode::OK, value)
+    }
+
+    /// `status` with `{"error": message}`.
+    fn error(status: StatusCode, message: impl AsRef<str>) -> Self {
+        let body = ErrorBody {
+            error: message.as_ref(),
+            endpoints: None,
+        };
+        Self::with(status, &body)
+    }
+}
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, admin: Arc<AdminState>) {
+    crate::http::serve_async(listener, move |req| {
+        let admin = admin.clone();
+        async move {
+            let reply = handle(&admin, req.method(), req.uri()).await;
+            encode(reply)
+        }
+    })
+    .await
+}
+
+/// Answers one request.
+pub async fn handle(admin: &AdminState, method: &Method, uri: &Uri) -> Reply {
+    let path = uri.path();
+    let query = uri.query().unwrap_or_default();
+    let allowed: &[Method] = if path == "/logging" {
+        &[Method::GET, Method::POST]
+    } else {
+        &[Method::GET]
+    };
+    let known = path == "/" || ENDPOINTS.iter().any(|e| endpoint_path(e) == path);
+    if known && !allowed.contains(method) {
+        return Reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} {path} is not supported; use {}", names(allowed)),
+        );
+    }
+    match path {
+        "/" => Reply::ok(&serde_json::json!({ "endpoints": ENDPOINTS })),
+        "/workloads" => {
+            let enrolled = match &admin.enrolled {
+                Some(registry) => registry.enrolled().await,
+                None => Vec::new(),
+            };
+            Reply::ok(&views::workloads(admin, &enrolled))
+        }
+        "/services" => Reply::ok(&views::services(admin)),
+        "/policies" => Reply::ok(&views::policies(admin)),
+        "/certificates" => Reply::ok(&views::certificates(admin).await),
+        "/connections" => Reply::ok(&views::connections(admin)),
+        "/config_dump" => Reply::ok(&views::config_dump(admin)),
+        "/logging" => logging(admin, method, query),
+        "/explain" => explain(admin, query),
+        _ => Reply::with(
+            StatusCode::NOT_FOUND,
+            &ErrorBody {
+                error: &format!("no endpoint {path}"),
+                endpoints: Some(&ENDPOINTS),
+            },
+        ),
+    }
+}
+
+fn endpoint_path(endpoint: &str) -> &str {
+    let path = endpoint.split_once(' ').map_or(endpoint, |(_, p)| p);
+    path.split_once('?').map_or(path, |(p, _)| p)
+}
+
+fn names(methods: &[Method]) -> String {
+    methods
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// `GET /logging`: the filter in force; `POST /logging?level=…`: replaces it.
+fn logging(admin: &AdminState, method: &Method, query: &str) -> Reply {
+    let Some(control) = &admin.logging else {
+        return Reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the log level cannot be changed in this process",
+        );
+    };
+    let previous = control.current();
+    if method == Method::GET {
+        return Reply::ok(&serde_json::json!({ "level": previous }));
+    }
+    let Some(level) = param(query, "level") else {
+        return Reply::error(
+            StatusCode::BAD_REQUEST,
+            "missing level=<EnvFilter directive>, e.g. level=debug or level=info,access=off",
+        );
+    };
+    match control.set(&level) {
+        Ok(()) => {
+            let level = control.current();
+            tracing::info!(%previous, %level, "log level changed through the admin API");
+            Reply::ok(&serde_json::json!({ "level": level, "previous": previous }))
+        }
+        Err(e @ LogLevelError::Invalid { .. }) => {
+            Reply::error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `/explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N`: the same answer as `node-proxy explain
+/// --json`, from the state in force.
+fn explain(admin: &AdminState, query: &str) -> Reply {
+    use crate::policy::explain::{self as ex, ExplainSource};
+    let Some(state) = &admin.state else {
+        return Reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no state file: policy is not in use",
+        );
+    };
+    let answer = (|| {
+        let from: ExplainSource = param(query, "from")
+            .ok_or("missing from=")?
+            .parse()
+            .map_err(|e: ex::ExplainError| e.to_string())?;
+        let to = param(query, "to").ok_or("missing to=")?;
+        let (ns, name) = ex::workload_ref(&to, "destination").map_err(|e| e.to_string())?;
+        let port: u16 = param(query, "port")
+            .ok_or("missing port=")?
+            .parse()
+            .map_err(|_| "port= is not a port number".to_owned())?;
+        ex::explain(
+            &state.snapshot(),
+            &admin.trust_domain,
+            &from,
+            (&ns, &name),
+            port,
+        )
+        .map_err(|e| e.to_string())
+    })();
+    match answer {
+        Ok(answer) => Reply::ok(&answer),
+        Err(reason) => Reply::error(StatusCode::BAD_REQUEST, reason),
+    }
+}
+
+/// The (decoded) value of `key` in a query string.
+fn param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+/// The HTTP response of `reply`, with a trailing newline for curl users.
+fn encode(reply: Reply) -> Response<Full<Bytes>> {
+    let mut text = reply.body;
+    text.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = reply.status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Decodes `%XX` escapes and `+` in a query value; malformed escapes are kept as they are.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

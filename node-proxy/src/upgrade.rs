@@ -1,0 +1,621 @@
+//! Hitless upgrade: a new node proxy takes the running one's sockets instead of opening its own.
+//!
+//! The running proxy listens on `<state-dir>/handoff.sock` (SOCK_SEQPACKET, mode 0600, root
+//! peers only). A proxy starting on the same node connects there first and asks to take over:
+//!
+//! ```text
+//! new → old   {"type":"take_over","version":1}
+//! old         stops its enrollment server (after answering the CNI calls in progress)
+//! old → new   {"type":"pod","record":{…}}                     per enrolled pod, then
+//!             {"type":"netns"}                         + fd   its network namespace
+//!             {"type":"listener","direction":…,"ipv6":…} + fd  each in-pod listener
+//!             {"type":"enrollment_socket"}             + fd   the CNI socket
+//!             {"type":"done","pods":N}
+//! new         serves every pod on the very same sockets (and the CNI socket), then
+//! new → old   {"type":"adopted","pods":N}
+//! old         stops accepting, drains its open connections, exits
+//! ```
+//!
+//! The listening sockets themselves move (`SCM_RIGHTS`), so nothing queued on them is lost, the
+//! `sk_lookup` map keeps pointing at live sockets, and both processes accept from the same
+//! queues until the old one stops: there is no moment without a listener. The eBPF programs and
+//! maps are pinned and shared already.
+//!
+//! Failure handling: until `adopted` arrives the old proxy changes nothing but its enrollment
+//! server, which it restarts (on the same socket) if the new proxy goes away or answers
+//! anything else, so a failed upgrade leaves the old proxy serving as before. Every message is
+//! bounded (one datagram of at most 64 KiB, one descriptor) and every wait has a deadline.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redirect_cni::protocol::{Datagram, recv_datagram, send_datagram};
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::inpod::{HandedPod, PodListener, PodRecord, Registry};
+use crate::proxy::Direction;
+
+/// The hand-off socket's file name in the state directory.
+pub const HANDOFF_SOCKET: &str = "handoff.sock";
+/// Version of the hand-off protocol; a proxy refuses to hand over to another version.
+pub const HANDOFF_VERSION: u32 = 1;
+/// How long either side waits for the other's next message.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the old proxy waits for the new one to serve every pod and answer `adopted`.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A hand-off message; see the module documentation.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Message {
+    /// New → old: hand everything over.
+    TakeOver {
+        /// [`HANDOFF_VERSION`] of the asker.
+        version: u32,
+    },
+    /// Old → new: the next pod's record; its netns and listeners follow.
+    Pod {
+        /// The enrollment record.
+        record: Box<PodRecord>,
+    },
+    /// Old → new: the current pod's network namespace (with a descriptor).
+    Netns,
+    /// Old → new: one of the current pod's listeners (with a descriptor).
+    Listener {
+        /// `outbound`, `inbound` or `hbone`.
+        direction: WireDirection,
+        /// Whether it is the IPv6 one.
+        ipv6: bool,
+    },
+    /// Old → new: the CNI enrollment socket (with a descriptor).
+    EnrollmentSocket,
+    /// Old → new: everything was sent.
+    Done {
+        /// How many pods were sent.
+        pods: usize,
+    },
+    /// New → old: every pod is served by the new proxy.
+    Adopted {
+        /// How many pods the new proxy serves from the hand-off.
+        pods: usize,
+    },
+    /// Either way: the hand-off cannot go on, and why.
+    Refused {
+        /// The reason, for the other side's log.
+        reason: String,
+    },
+}
+
+/// [`Direction`] on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WireDirection {
+    Outbound,
+    Inbound,
+    Hbone,
+}
+
+impl From<Direction> for WireDirection {
+    fn from(direction: Direction) -> Self {
+        match direction {
+            Direction::Outbound => WireDirection::Outbound,
+            Direction::Inbound => WireDirection::Inbound,
+            Direction::Hbone => WireDirection::Hbone,
+        }
+    }
+}
+
+impl From<WireDirection> for Direction {
+    fn from(direction: WireDirection) -> Self {
+        match direction {
+            WireDirection::Outbound => Direction::Outbound,
+            WireDirection::Inbound => Direction::Inbound,
+            WireDirection::Hbone => Direction::Hbone,
+        }
+    }
+}
+
+/// Why a hand-off failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// A socket call failed.
+    #[error("hand-off socket {path}: {step}: {source}")]
+    Io {
+        /// The hand-off socket.
+        path: PathBuf,
+        /// What was being done.
+        step: &'static str,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The other side sent something that is not the protocol.
+    #[error("hand-off socket {path}: {reason}")]
+    Protocol {
+        /// The hand-off socket.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// One connected end of a hand-off, with blocking calls bounded by [`MESSAGE_TIMEOUT`].
+struct Channel {
+    sock: Socket,
+    path: PathBuf,
+}
+
+impl Channel {
+    fn new(sock: Socket, path: &Path, timeout: Duration) -> Result<Channel, HandoffError> {
+        let channel = Channel {
+            sock,
+            path: path.to_path_buf(),
+        };
+        channel.set_timeout(timeout)?;
+        Ok(channel)
+    }
+
+    fn set_timeout(&self, timeout: Duration) -> Result<(), HandoffError> {
+        self.sock
+            .set_nonblocking(false)
+            .and_then(|()| self.sock.set_read_timeout(Some(timeout)))
+            .and_then(|()| self.sock.set_write_timeout(Some(timeout)))
+            .map_err(|source| self.io("setting timeouts", source))
+    }
+
+    fn io(&self, step: &'static str, source: io::Error) -> HandoffError {
+        HandoffError::Io {
+            path: self.path.clone(),
+            step,
+            source,
+        }
+    }
+
+    fn protocol(&self, reason: impl Into<String>) -> HandoffError {
+        HandoffError::Protocol {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn send(&self, message: &Message, fd: Option<&OwnedFd>) -> Result<(), HandoffError> {
+        let bytes = serde_json::to_vec(message).map_err(|e| self.protocol(e.to_string()))?;
+        send_datagram(self.sock.as_fd(), &bytes, fd.map(AsFd::as_fd))
+            .map_err(|source| self.io("sending", source))
+    }
+
+    /// The next message and its descriptor, if any.
+    fn receive(&self) -> Result<(Message, Option<OwnedFd>), HandoffError> {
+        let Datagram { bytes, mut fds } = recv_datagram(self.sock.as_fd())
+            .map_err(|source| self.io("receiving", source))?
+            .ok_or_else(|| self.protocol("the other proxy closed the connection"))?;
+        let message: Message = serde_json::from_slice(&bytes)
+            .map_err(|e| self.protocol(format!("malformed message: {e}")))?;
+        Ok((message, fds.pop()))
+    }
+}
+
+/// What the new proxy received from the old one.
+#[derive(Debug)]
+pub struct TakeOver {
+    /// The pods with their netns and listeners.
+    pub pods: Vec<HandedPod>,
+    /// The CNI enrollment socket, listening.
+    pub enrollment: Option<OwnedFd>,
+    channel: Channel,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TakeOver {
+    /// Tells the old proxy that `adopted` pods are served here now, so it stops accepting.
+    ///
+    /// # Errors
+    /// When the old proxy is gone (it then stops on its own once it notices).
+    pub fn confirm(self, adopted: usize) -> Result<(), HandoffError> {
+        self.channel.send(&Message::Adopted { pods: adopted }, None)
+    }
+}
+
+/// New proxy: asks the proxy serving `path` to hand everything over. `Ok(None)` when no proxy
+/// listens there (the first start on a node, or the previous proxy is gone).
+///
+/// Blocking; call it from a blocking context.
+///
+/// # Errors
+/// When a proxy answered but the hand-off failed half-way; the caller then starts as after a
+/// crash (records and new listeners), the old proxy keeps serving until it is stopped.
+pub fn take_over(path: &Path) -> Result<Option<TakeOver>, HandoffError> {
+    let io = |step, source| HandoffError::Io {
+        path: path.to_path_buf(),
+        step,
+        source,
+    };
+    let sock = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)
+        .map_err(|e| io("creating a socket", e))?;
+    let addr = SockAddr::unix(path).map_err(|e| io("socket address", e))?;
+    match sock.connect(&addr) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(io("connecting", e)),
+    }
+    let channel = Channel::new(sock, path, MESSAGE_TIMEOUT)?;
+    channel.send(
+        &Message::TakeOver {
+            version: HANDOFF_VERSION,
+        },
+        None,
+    )?;
+    let mut pods: Vec<HandedPod> = Vec::new();
+    let mut pending: Option<(PodRecord, Option<OwnedFd>, Vec<PodListener>)> = None;
+    let mut enrollment = None;
+    loop {
+        let (message, fd) = channel.receive()?;
+        let needs_fd = matches!(
+            message,
+            Message::Netns | Message::Listener { .. } | Message::EnrollmentSocket
+        );
+        if needs_fd != fd.is_some() {
+            return Err(channel.protocol(format!(
+                "message {message:?} came {} a descriptor",
+                if fd.is_some() { "with" } else { "without" }
+            )));
+        }
+        match (message, fd) {
+            (Message::Pod { record }, None) => {
+                pods.extend(finish_pod(&channel, pending.take())?);
+                pending = Some((*record, None, Vec::new()));
+            }
+            (Message::Netns, Some(fd)) => match pending.as_mut() {
+                Some((_, netns @ None, _)) => *netns = Some(fd),
+                _ => return Err(channel.protocol("a netns outside a pod, or twice")),
+            },
+            (Message::Listener { direction, ipv6 }, Some(fd)) => match pending.as_mut() {
+                Some((_, _, listeners)) => listeners.push(PodListener {
+                    direction: direction.into(),
+                    ipv6,
+                    socket: listening_tcp(fd).map_err(|reason| channel.protocol(reason))?,
+                }),
+                None => return Err(channel.protocol("a listener outside a pod")),
+            },
+            (Message::EnrollmentSocket, Some(fd)) => enrollment = Some(fd),
+            (Message::Done { pods: sent }, None) => {
+                pods.extend(finish_pod(&channel, pending.take())?);
+                if sent != pods.len() {
+                    return Err(channel.protocol(format!(
+                        "the old proxy announced {sent} pods and sent {}",
+                        pods.len()
+                    )));
+                }
+                break;
+            }
+            (Message::Refused { reason }, None) => {
+                return Err(channel.protocol(format!("the old proxy refused: {reason}")));
+            }
+            (other, _) => return Err(channel.protocol(format!("unexpected {other:?}"))),
+        }
+    }
+    Ok(Some(TakeOver {
+        pods,
+        enrollment,
+        channel,
+    }))
+}
+
+/// The pod being received, complete (it must have its netns).
+fn finish_pod(
+    channel: &Channel,
+    pending: Option<(PodRecord, Option<OwnedFd>, Vec<PodListener>)>,
+) -> Result<Option<HandedPod>, HandoffError> {
+    let Some((record, netns, listeners)) = pending else {
+        return Ok(None);
+    };
+    let netns = netns.ok_or_else(|| {
+        channel.protocol(format!("pod {} came without its netns", record.pod.uid))
+    })?;
+    Ok(Some(HandedPod {
+        record,
+        netns,
+        listeners,
+    }))
+}
+
+/// A received descriptor as a TCP listener, after checking it is one.
+fn listening_tcp(fd: OwnedFd) -> Result<std::net::TcpListener, String> {
+    let sock = Socket::from(fd);
+    let listening = sock
+        .r#type()
+        .ok()
+        .filter(|t| *t == Type::STREAM)
+        .and_then(|_| sock.local_addr().ok())
+        .and_then(|addr| addr.as_socket())
+        .is_some()
+        && accepts_connections(&sock);
+    if !listening {
+        return Err("a listener descriptor is not a listening TCP socket".into());
+    }
+    Ok(sock.into())
+}
+
+/// `SO_ACCEPTCONN`: whether the socket is listening.
+fn accepts_connections(sock: &Socket) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: out-pointers to a live c_int and its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && value != 0
+}
+
+/// The old proxy's side: what it hands over and how it stops.
+pub trait Predecessor: Send + Sync + 'static {
+    /// Stops the enrollment server and returns a descriptor of its listening socket, once no
+    /// CNI call is in progress.
+    fn pause_enrollment(&self) -> impl Future<Output = io::Result<OwnedFd>> + Send;
+    /// Starts the enrollment server again (the hand-off failed).
+    fn resume_enrollment(&self, fd: OwnedFd);
+}
+
+/// Old proxy: listens on `path` for a successor. Binding replaces a stale socket file.
+///
+/// # Errors
+/// When the socket cannot be bound.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, HandoffError> {
+    let io = |step, source| HandoffError::Io {
+        path: path.to_path_buf(),
+        step,
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|e| io("removing the old socket file", e))?;
+        }
+        Ok(_) => {
+            return Err(io(
+                "binding",
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                ),
+            ));
+        }
+        Err(_) => {}
+    }
+    let sock = Socket::new(Domain::UNIX, Type::SEQPACKET.nonblocking().cloexec(), None)
+        .map_err(|e| io("creating a socket", e))?;
+    sock.bind(&SockAddr::unix(path).map_err(|e| io("socket address", e))?)
+        .map_err(|e| io("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("restricting to root", e))?;
+    sock.listen(4).map_err(|e| io("listening", e))?;
+    // tokio's UnixListener only accepts; a SEQPACKET socket accepts the same way.
+    tokio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(OwnedFd::from(sock)))
+        .map_err(|e| io("registering", e))
+}
+
+/// Old proxy: answers successors on `listener` until one has taken over; returns how many pods
+/// it handed over. The caller then stops accepting and drains.
+pub async fn serve_successor<P: Predecessor>(
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    registry: Arc<Registry>,
+    predecessor: P,
+) -> usize {
+    loop {
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "hand-off accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let sock = match conn.into_std().map(|s| Socket::from(OwnedFd::from(s))) {
+            Ok(sock) => sock,
+            Err(error) => {
+                tracing::warn!(%error, "hand-off connection unusable");
+                continue;
+            }
+        };
+        match hand_over(sock, &path, &registry, &predecessor).await {
+            Ok(pods) => return pods,
+            Err(error) => tracing::warn!(%error, "hand-off to a new proxy failed; still serving"),
+        }
+    }
+}
+
+/// One hand-off attempt; on error the old proxy serves as before.
+async fn hand_over<P: Predecessor>(
+    sock: Socket,
+    path: &Path,
+    registry: &Registry,
+    predecessor: &P,
+) -> Result<usize, HandoffError> {
+    let uid = crate::inpod::server::peer_uid(&sock).map_err(|source| HandoffError::Io {
+        path: path.to_path_buf(),
+        step: "reading the peer's credentials",
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    let channel = Channel::new(sock, path, MESSAGE_TIMEOUT)?;
+    if uid != 0 && uid != own {
+        let reason = format!("uid {uid} may not take over the node proxy");
+        let _ = channel.send(
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+            None,
+        );
+        return Err(channel.protocol(reason));
+    }
+    let channel = Arc::new(channel);
+    let request = blocking(&channel, |c| c.receive()).await;
+    match request {
+        Ok((Message::TakeOver { version }, None)) if version == HANDOFF_VERSION => {}
+        Err(error) => {
+            let _ = channel.send(
+                &Message::Refused {
+                    reason: error.to_string(),
+                },
+                None,
+            );
+            return Err(error);
+        }
+        Ok((message, _)) => {
+            let reason = format!("expected take_over version {HANDOFF_VERSION}, got {message:?}");
+            let _ = channel.send(
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+                None,
+            );
+            return Err(channel.protocol(reason));
+        }
+    }
+    tracing::info!("a new node proxy asks to take over; pausing enrollment");
+    let enrollment = predecessor
+        .pause_enrollment()
+        .await
+        .map_err(|source| channel.io("pausing enrollment", source))?;
+    let result = send_everything(&channel, registry, &enrollment).await;
+    match result {
+        Ok(pods) => {
+            tracing::info!(
+                pods,
+                "handed over; the new node proxy serves every pod, stopping accepting"
+            );
+            Ok(pods)
+        }
+        Err(error) => {
+            predecessor.resume_enrollment(enrollment);
+            Err(error)
+        }
+    }
+}
+
+/// Sends the pods and the enrollment socket, then waits for `adopted`.
+async fn send_everything(
+    channel: &Arc<Channel>,
+    registry: &Registry,
+    enrollment: &OwnedFd,
+) -> Result<usize, HandoffError> {
+    let pods = registry
+        .hand_over()
+        .await
+        .map_err(|source| channel.io("duplicating descriptors", source))?;
+    let enrollment = enrollment
+        .try_clone()
+        .map_err(|source| channel.io("duplicating the enrollment socket", source))?;
+    let count = pods.len();
+    blocking(channel, move |c| {
+        for pod in &pods {
+            c.send(
+                &Message::Pod {
+                    record: Box::new(pod.record.clone()),
+                },
+                None,
+            )?;
+            c.send(&Message::Netns, Some(&pod.netns))?;
+            for listener in &pod.listeners {
+                let fd = OwnedFd::from(
+                    listener
+                        .socket
+                        .try_clone()
+                        .map_err(|source| c.io("duplicating a listener", source))?,
+                );
+                c.send(
+                    &Message::Listener {
+                        direction: listener.direction.into(),
+                        ipv6: listener.ipv6,
+                    },
+                    Some(&fd),
+                )?;
+            }
+        }
+        c.send(&Message::EnrollmentSocket, Some(&enrollment))?;
+        c.send(&Message::Done { pods: count }, None)?;
+        c.set_timeout(ADOPT_TIMEOUT)?;
+        match c.receive()? {
+            (Message::Adopted { pods }, None) => Ok(pods),
+            (other, _) => Err(c.protocol(format!("expected adopted, got {other:?}"))),
+        }
+    })
+    .await
+}
+
+/// Runs blocking socket calls off the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    channel: &Arc<Channel>,
+    f: impl FnOnce(&Channel) -> Result<T, HandoffError> + Send + 'static,
+) -> Result<T, HandoffError> {
+    let worker = channel.clone();
+    tokio::task::spawn_blocking(move || f(&worker))
+        .await
+        .map_err(|e| channel.protocol(format!("hand-off task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_their_wire_names() {
+        let json = serde_json::to_string(&Message::Listener {
+            direction: WireDirection::Hbone,
+            ipv6: true,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"listener","direction":"hbone","ipv6":true}"#
+        );
+        let parsed: Message = serde_json::from_str(r#"{"type":"take_over","version":1}"#).unwrap();
+        assert!(matches!(parsed, Message::TakeOver { version: 1 }));
+        assert!(serde_json::from_str::<Message>(r#"{"type":"take_over"}"#).is_err());
+    }
+
+    #[test]
+    fn nobody_listening_means_no_predecessor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HANDOFF_SOCKET);
+        assert!(take_over(&path).unwrap().is_none(), "no socket file");
+        // A stale socket file with nobody behind it (a crashed proxy).
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(take_over(&path).unwrap().is_none(), "stale socket file");
+    }
+
+    #[test]
+    fn only_listening_tcp_sockets_are_accepted_as_listeners() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(listening_tcp(OwnedFd::from(listener)).is_ok());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(listening_tcp(OwnedFd::from(udp)).is_err());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(listening_tcp(OwnedFd::from(file)).is_err());
+    }
+}
