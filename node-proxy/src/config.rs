@@ -40,7 +40,7 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// `/healthz/ready` listen address.
     pub readiness_addr: SocketAddr,
-    /// Admin API (`/explain`) listen address; node-local by default.
+    /// Admin API listen address (workloads, policies, certificates, connections, logging, explain); node-local by default.
     pub admin_addr: SocketAddr,
     /// Bound on connecting to an upstream or the app.
     pub connect_timeout: Duration,

@@ -176,7 +176,7 @@ struct RunArgs {
     /// `/healthz/ready` address.
     #[arg(long, env = "MARROW_READINESS_ADDR")]
     readiness_addr: Option<SocketAddr>,
-    /// Admin API address (`/explain`).
+    /// Admin API address (see `node-proxy admin`).
     #[arg(long, env = "MARROW_ADMIN_ADDR")]
     admin_addr: Option<SocketAddr>,
     /// Upstream/app connect timeout in milliseconds.

@@ -73,7 +73,22 @@ fn apt_packages() -> anyhow::Result<()> {
                 .args(["install", "-y", "--no-install-recommends"])
                 .args(&missing),
         )
-    })
+    })?;
+    if missing.contains(&"prometheus") {
+        stop_packaged_prometheus()?;
+    }
+    Ok(())
+}
+
+/// Debian's package starts a system Prometheus (port 9090) under systemd; the tests run their
+/// own in a test namespace, so the service this setup just installed is stopped and disabled.
+fn stop_packaged_prometheus() -> anyhow::Result<()> {
+    let active = process::capture(Command::new("systemctl").args(["is-enabled", "prometheus"]));
+    if matches!(active, Ok(Some(_))) {
+        println!("    stopping the packaged prometheus.service (the tests start their own)");
+        process::run(process::as_root("systemctl", &[])?.args(["disable", "--now", "prometheus"]))?;
+    }
+    Ok(())
 }
 
 /// Whether apt has an installation candidate for `package` in its current lists.
