@@ -12,6 +12,7 @@ pub mod hbone;
 pub mod http;
 pub mod identity;
 pub mod inpod;
+pub mod apiserver;
 pub mod metrics;
 pub mod netns;
 pub mod policy;

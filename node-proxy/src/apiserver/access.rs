@@ -1,0 +1,52 @@
+//! Every Kubernetes API call the node proxy makes, in one table: the kube-rs watchers use
+//! exactly these, and the ClusterRole in `manifests/` must grant exactly these (a test checks
+//! both ways), so least privilege cannot drift from the code.
+
+/// One resource the node proxy reads: API group (`""` for core), resource (plural), verbs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiAccess {
+    /// API group: `""` (core), `discovery.k8s.io`, `security.istio.io`.
+    pub group: &'static str,
+    /// Resource name, plural, as in RBAC rules.
+    pub resource: &'static str,
+    /// Verbs used on it.
+    pub verbs: &'static [&'static str],
+}
+
+/// Reads only: lists and watches (streaming lists and bookmarks are `watch`).
+const READ: &[&str] = &["list", "watch"];
+
+/// What the node proxy calls. Pods are watched twice (this node's in full, the rest trimmed),
+/// both with list + watch.
+pub const NODE_PROXY_ACCESS: &[ApiAccess] = &[
+    ApiAccess {
+        group: "",
+        resource: "pods",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "",
+        resource: "namespaces",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "",
+        resource: "services",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "security.istio.io",
+        resource: "authorizationpolicies",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "security.istio.io",
+        resource: "peerauthentications",
+        verbs: READ,
+    },
+];
