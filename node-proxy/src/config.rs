@@ -50,6 +50,9 @@ pub struct Config {
     pub inbound_source_ports: (u16, u16),
     /// Kubernetes YAML of workloads (Namespaces, Pods); with `ca_dir`, turns HBONE on.
     pub state_file: Option<PathBuf>,
+    /// Watch the Kubernetes API server (in-cluster config, or `KUBECONFIG`) instead of a state
+    /// file; with `ca_dir`, turns HBONE on.
+    pub kube: bool,
     /// How often the state file is checked for changes.
     pub state_poll: Duration,
     /// A local mesh CA (`ca-cert.pem`, `ca-key.pem`) that signs workload certificates.
@@ -91,6 +94,7 @@ impl Default for Config {
                 *crate::proxy::source_port::DEFAULT_RANGE.end(),
             ),
             state_file: None,
+            kube: false,
             state_poll: Duration::from_secs(1),
             ca_dir: None,
             trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
@@ -157,7 +161,22 @@ impl Config {
                 "LO-HI with 1024 <= LO and at least 1024 ports, outside the clients' ephemeral range",
             ));
         }
-        if self.state_file.is_some() != self.ca_dir.is_some() {
+        if self.kube && self.state_file.is_some() {
+            return Err(invalid(
+                "--kube",
+                "true",
+                "either --kube or --state-file, not both (one source of cluster state)",
+            ));
+        }
+        let has_source = self.state_file.is_some() || self.kube;
+        if self.kube && self.ca_dir.is_none() {
+            return Err(invalid(
+                "--kube",
+                "true",
+                "--kube with --ca-dir (HBONE needs workloads and identities)",
+            ));
+        }
+        if has_source != self.ca_dir.is_some() {
             let (setting, value) = match &self.state_file {
                 Some(path) => ("--state-file", path.display().to_string()),
                 None => (

@@ -15,18 +15,58 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 /// Whether the proxy is ready to serve; false while starting and while draining.
-#[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
+pub struct Readiness {
+    ready: AtomicBool,
+    detail: std::sync::Mutex<Option<DetailSource>>,
+}
+
+/// Says what degrades a ready proxy (e.g. the API server is unreachable), or `None`.
+pub type DetailSource = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            detail: std::sync::Mutex::new(None),
+        }
+    }
+}
 
 impl Readiness {
     /// Marks the proxy ready or not.
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.ready.store(ready, Ordering::SeqCst);
     }
 
     /// Is the proxy ready?
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Adds `source`'s line to every readiness answer (the status code does not change: a
+    /// proxy serving its last known state is still ready).
+    pub fn set_detail(&self, source: DetailSource) {
+        *self
+            .detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
+    }
+
+    /// The detail line now, if any.
+    pub fn detail(&self) -> Option<String> {
+        self.detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(|source| source())
     }
 }
 
@@ -95,8 +135,17 @@ fn classic_text_format(openmetrics: &str) -> String {
 /// Serves `/healthz/ready` on `listener` until the task is dropped.
 pub async fn serve_readiness(listener: TcpListener, readiness: Arc<Readiness>) {
     serve(listener, move |req| match req.uri().path() {
-        "/healthz/ready" if readiness.is_ready() => reply(StatusCode::OK, "ready\n".into()),
-        "/healthz/ready" => reply(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/healthz/ready" => {
+            let (status, word) = if readiness.is_ready() {
+                (StatusCode::OK, "ready")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            };
+            match readiness.detail() {
+                Some(detail) => reply(status, format!("{word}; {detail}\n")),
+                None => reply(status, format!("{word}\n")),
+            }
+        }
         _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
     })
     .await

@@ -5,14 +5,15 @@
 //! what operators scrape, [`admin`] what they ask (the admin API and its client), [`config`] the settings.
 
 pub mod admin;
+pub mod apiserver;
 pub mod capture;
+pub mod cni_install;
 pub mod config;
 pub mod drain;
 pub mod hbone;
 pub mod http;
 pub mod identity;
 pub mod inpod;
-pub mod apiserver;
 pub mod metrics;
 pub mod netns;
 pub mod policy;

@@ -54,6 +54,10 @@ enum Command {
         #[arg(long, env = "MARROW_BPFFS_DIR", default_value = "/sys/fs/bpf/marrow")]
         bpffs_dir: PathBuf,
     },
+    /// Put redirect-cni on this node and chain it into the primary CNI network, or take it
+    /// out (the DaemonSet's installer container).
+    #[command(subcommand)]
+    Cni(CniCommand),
 }
 
 /// Flags of `explain`.
@@ -152,6 +156,55 @@ enum CaCommand {
     },
 }
 
+/// `node-proxy cni …`.
+#[derive(Subcommand)]
+enum CniCommand {
+    /// Copy the plugin into the bin dir and append it to the primary network's plugins (the
+    /// lexically first *.conflist/*.conf/*.json of the conf dir). Idempotent.
+    Install {
+        #[command(flatten)]
+        dirs: CniDirs,
+        /// The redirect-cni binary to copy.
+        #[arg(long, default_value = "/usr/lib/marrow/redirect-cni")]
+        plugin_binary: PathBuf,
+        /// The node proxy's enrollment socket, written as the entry's `proxySocket`.
+        #[arg(long, default_value = redirect_cni::protocol::DEFAULT_SOCKET_PATH)]
+        socket: PathBuf,
+        /// Keep running: chain again whenever the primary CNI rewrites its config; exit on
+        /// SIGTERM leaving everything in place.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: seconds between checks.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        poll_secs: u64,
+    },
+    /// Take redirect-cni out of every network config and remove the binary.
+    Uninstall {
+        #[command(flatten)]
+        dirs: CniDirs,
+    },
+    /// Exit 0 if the binary is in place and the primary network chains redirect-cni with this
+    /// socket (a readiness check); otherwise say what is missing and exit 1.
+    Check {
+        #[command(flatten)]
+        dirs: CniDirs,
+        /// The socket the entry must name.
+        #[arg(long, default_value = redirect_cni::protocol::DEFAULT_SOCKET_PATH)]
+        socket: PathBuf,
+    },
+}
+
+/// The host's CNI directories, as mounted into the installer.
+#[derive(clap::Args)]
+struct CniDirs {
+    /// The CNI plugin directory (the host's /opt/cni/bin).
+    #[arg(long)]
+    bin_dir: PathBuf,
+    /// The CNI network config directory (the host's /etc/cni/net.d).
+    #[arg(long)]
+    conf_dir: PathBuf,
+}
+
 /// Flags of `run`; each overrides its `MARROW_*` variable, which overrides the default.
 #[derive(clap::Args)]
 struct RunArgs {
@@ -218,6 +271,9 @@ struct RunArgs {
     /// Seconds open connections may go on after SIGTERM or a hand-over to a new proxy.
     #[arg(long, env = "MARROW_DRAIN_TIMEOUT_SECS")]
     drain_timeout_secs: Option<u64>,
+    /// Watch the Kubernetes API server (in-cluster, or KUBECONFIG) instead of --state-file.
+    #[arg(long, env = "MARROW_KUBE")]
+    kube: bool,
 }
 
 impl RunArgs {
@@ -239,6 +295,7 @@ impl RunArgs {
             worker_threads: self.worker_threads.unwrap_or(d.worker_threads),
             inbound_source_ports: self.inbound_source_ports.unwrap_or(d.inbound_source_ports),
             state_file: self.state_file.or(d.state_file),
+            kube: self.kube,
             state_poll: self
                 .state_poll_ms
                 .map(Duration::from_millis)
@@ -297,6 +354,7 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(dir = %bpffs_dir.display(), "pins removed; capture detached");
             Ok(())
         }
+        Command::Cni(command) => cni_command(command),
     }
 }
 
@@ -342,13 +400,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_listener = http::bind(config.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", config.metrics_addr))?;
-    let readiness_listener = http::bind(config.readiness_addr)
-        .await
-        .with_context(|| format!("binding --readiness-addr {}", config.readiness_addr))?;
     let metrics_task = tokio::spawn(http::serve_metrics(metrics_listener, Arc::new(prom)));
-    let readiness_task = tokio::spawn(http::serve_readiness(readiness_listener, readiness.clone()));
 
-    let (mesh, _state_watch) = match start_mesh(&config, &metrics).await? {
+    let (mesh, _state_watch) = match start_mesh(&config, &metrics, &readiness).await? {
         Some((mesh, watch)) => (Some(mesh), Some(watch)),
         None => (None, None),
     };
@@ -398,6 +452,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let handoff_path = config.state_dir.join(upgrade::HANDOFF_SOCKET);
     let handoff = upgrade::bind(&handoff_path)?;
+    // The files this process serves, by inode: at exit it removes them only if no successor
+    // has bound its own since (a failed hand-off leaves both running for a while).
+    let own_sockets = [&config.cni_socket, &handoff_path].map(|path| (path.clone(), inode(path)));
+    // Readiness is bound only now, after any take-over: during an upgrade both processes
+    // share the port (SO_REUSEPORT), and a probe must not find this one ready before it
+    // serves the pods.
+    let readiness_listener = http::bind(config.readiness_addr)
+        .await
+        .with_context(|| format!("binding --readiness-addr {}", config.readiness_addr))?;
+    let readiness_task = tokio::spawn(http::serve_readiness(readiness_listener, readiness.clone()));
     let mut successor = tokio::spawn(upgrade::serve_successor(
         handoff,
         handoff_path.clone(),
@@ -457,13 +521,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if !handed_over {
         // Nobody serves these any more; enrolled pods fail closed (pinned capture stays) until
         // a proxy starts again and re-adopts them from the records.
-        let _ = std::fs::remove_file(&config.cni_socket);
-        let _ = std::fs::remove_file(&handoff_path);
+        for (path, bound) in &own_sockets {
+            if bound.is_some() && inode(path) == *bound {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         tracing::info!(
             "stopped; pinned capture stays in place, enrolled pods fail closed until restart"
         );
     }
     Ok(())
+}
+
+/// The inode of the file at `path`, if there is one.
+fn inode(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|meta| meta.ino())
 }
 
 /// Asks a node proxy already running here to hand over its pods and sockets (an upgrade); if
@@ -564,13 +637,78 @@ fn admin_command(args: &AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `node-proxy cni …`: the node's CNI chain (see `node_proxy::cni_install`).
+fn cni_command(command: CniCommand) -> anyhow::Result<()> {
+    use node_proxy::cni_install::{self, Copied, Installer};
+    let placeholder = || PathBuf::from("/usr/lib/marrow/redirect-cni");
+    match command {
+        CniCommand::Install {
+            dirs,
+            plugin_binary,
+            socket,
+            watch,
+            poll_secs,
+        } => {
+            let installer = Installer::new(dirs.bin_dir, dirs.conf_dir, plugin_binary, &socket)?;
+            if watch {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("building the runtime")?;
+                runtime
+                    .block_on(installer.watch(Duration::from_secs(poll_secs), shutdown_signal()))?;
+                return Ok(());
+            }
+            let (copied, chained) = installer.install()?;
+            let binary = installer.installed_binary();
+            match copied {
+                Copied::Written => {
+                    tracing::info!(binary = %binary.display(), "plugin binary installed")
+                }
+                Copied::Unchanged => {
+                    tracing::info!(binary = %binary.display(), "plugin binary already in place")
+                }
+            }
+            match &chained {
+                cni_install::Chained::Already { config } => {
+                    tracing::info!(config = %config.display(), "redirect-cni already chained; nothing written")
+                }
+                inserted => cni_install::log_chained(inserted),
+            }
+            Ok(())
+        }
+        CniCommand::Uninstall { dirs } => {
+            let done = cni_install::uninstall(&dirs.bin_dir, &dirs.conf_dir)?;
+            for config in &done.unchained {
+                tracing::info!(config = %config.display(), "redirect-cni taken out");
+            }
+            for (config, reason) in &done.left_alone {
+                tracing::warn!(config = %config.display(), %reason, "not a JSON config; left alone");
+            }
+            tracing::info!(
+                configs = done.unchained.len(),
+                binary_removed = done.binary_removed,
+                "uninstalled"
+            );
+            Ok(())
+        }
+        CniCommand::Check { dirs, socket } => {
+            let installer = Installer::new(dirs.bin_dir, dirs.conf_dir, placeholder(), &socket)?;
+            let config = installer.check()?;
+            println!("chained: {}", config.display());
+            Ok(())
+        }
+    }
+}
+
 /// Loads the state file and the CA when configured, and keeps the state reloading.
 async fn start_mesh(
     config: &Config,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<(Arc<Mesh>, FileWatch)>> {
-    let (Some(state_file), Some(ca_dir)) = (&config.state_file, &config.ca_dir) else {
-        tracing::info!("no --state-file/--ca-dir: plain TCP only, no HBONE");
+    readiness: &Arc<Readiness>,
+) -> anyhow::Result<Option<(Arc<Mesh>, StateWatch)>> {
+    let Some(ca_dir) = &config.ca_dir else {
+        tracing::info!("no --state-file/--kube with --ca-dir: plain TCP only, no HBONE");
         return Ok(None);
     };
     let trust_domain = TrustDomain::new(&config.trust_domain)?;
@@ -586,12 +724,17 @@ async fn start_mesh(
         ManagerConfig::default(),
     ));
     let state = Arc::new(StateStore::new());
-    let watch = LocalFileSource::new(state_file.clone())
-        .with_interval(config.state_poll)
-        .with_root_namespace(config.root_namespace.clone())
-        .start(state.clone())
-        .await
-        .with_context(|| format!("--state-file {}", state_file.display()))?;
+    let watch = match &config.state_file {
+        Some(state_file) => StateWatch::File(
+            LocalFileSource::new(state_file.clone())
+                .with_interval(config.state_poll)
+                .with_root_namespace(config.root_namespace.clone())
+                .start(state.clone())
+                .await
+                .with_context(|| format!("--state-file {}", state_file.display()))?,
+        ),
+        None => StateWatch::Kube(start_kube(config, &state, readiness).await?),
+    };
     let mut generations = state.subscribe();
     let gauge = metrics.config_generation.clone();
     gauge.set(i64::try_from(*generations.borrow()).unwrap_or(i64::MAX));
@@ -601,8 +744,13 @@ async fn start_mesh(
             gauge.set(i64::try_from(generation).unwrap_or(i64::MAX));
         }
     });
-    tracing::info!(state = %state_file.display(), ca = %ca_dir.display(), trust_domain = %trust_domain, "hbone on");
+    tracing::info!(ca = %ca_dir.display(), trust_domain = %trust_domain, "hbone on");
     let mesh = Mesh {
+        enrollment_wait: if config.kube {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        },
         state,
         certs,
         trust_domain,
@@ -616,6 +764,53 @@ async fn start_mesh(
         metrics.clone(),
     ));
     Ok(Some((Arc::new(mesh), watch)))
+}
+
+/// What keeps the cluster state current; dropping it stops the updates.
+#[derive(Debug)]
+enum StateWatch {
+    /// `--state-file`, polled.
+    File(#[expect(dead_code, reason = "held for its Drop")] FileWatch),
+    /// `--kube`, watched.
+    Kube(#[expect(dead_code, reason = "held for its Drop")] node_proxy::apiserver::KubeWatch),
+}
+
+/// Connects to the API server (in-cluster config, or `KUBECONFIG`), starts the watchers and
+/// waits until every kind has been listed once, so the data path never starts on a
+/// half-known cluster. Readiness carries the source's status from then on.
+async fn start_kube(
+    config: &Config,
+    state: &Arc<StateStore>,
+    readiness: &Arc<Readiness>,
+) -> anyhow::Result<node_proxy::apiserver::KubeWatch> {
+    let mut kube_config = kube::Config::infer()
+        .await
+        .context("--kube: no in-cluster service account and no usable KUBECONFIG")?;
+    // The watchers retry with their own backoff and must see failures to report them.
+    kube_config.default_retry = false;
+    let client = kube::Client::try_from(kube_config).context("--kube: building the client")?;
+    let watch = node_proxy::apiserver::KubeSource::new(
+        client,
+        config.node_name.clone(),
+        &config.root_namespace,
+    )
+    .start(state.clone());
+    let status = watch.status();
+    let mut waited = Duration::ZERO;
+    let poll = Duration::from_millis(100);
+    while !status.synced() {
+        tokio::time::sleep(poll).await;
+        waited += poll;
+        if waited.as_millis().is_multiple_of(10_000) {
+            tracing::info!(
+                waited_secs = waited.as_secs(),
+                detail = status.detail().unwrap_or_default(),
+                "waiting for the first complete list from the API server"
+            );
+        }
+    }
+    readiness.set_detail(Box::new(move || status.detail()));
+    Ok(watch)
 }
 
 /// Keeps `marrow_certificate_expiry_timestamp_seconds` current (every 2 s: renewals are minutes

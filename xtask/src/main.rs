@@ -10,6 +10,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod image;
 mod process;
 mod setup;
 mod test;
@@ -47,6 +48,8 @@ enum Task {
     Demo(demo::Options),
     /// Measure marrow against the direct path on namespaced nodes.
     Bench(bench::Options),
+    /// Lay out the node proxy image's contents in target/image (--check: verify them).
+    Image(image::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(options) => test::run(&options),
         Task::Demo(options) => demo::run(&options),
         Task::Bench(options) => bench::run(&options),
+        Task::Image(options) => image::run(&options).map(|_| ()),
     }
 }
 

@@ -1,4 +1,7 @@
 //! The node proxy and the Kubernetes API server: what it may call on the API server ([`access`]).
-//! The watchers that feed the state from the API server come with the kube-rs source.
+//! [`watch`] feeds the state from the API server with kube-rs watchers.
 
 pub mod access;
+pub mod watch;
+
+pub use watch::{KubeSource, KubeWatch, SourceStatus};

@@ -111,6 +111,9 @@ pub struct Registry {
     mesh: Option<Arc<Mesh>>,
     /// The proxy's connection tasks (see [`crate::drain`]).
     drain: Drain,
+    /// Pods an ADD decided not to capture (not in the ambient mesh), so CHECK and DEL answer
+    /// for them. Kept in memory only: after a restart their CHECK says "not enrolled".
+    skipped: Mutex<HashMap<String, String>>,
 }
 
 impl Registry {
@@ -126,6 +129,7 @@ impl Registry {
     ) -> Self {
         Self {
             drain,
+            skipped: Mutex::new(HashMap::new()),
             mesh,
             host,
             capture: Mutex::new(capture),
@@ -159,6 +163,15 @@ impl Registry {
                 ErrorKind::Netns,
                 format!("{who}: the descriptor is the node proxy's own network namespace"),
             ));
+        }
+        if let Some(mesh) = &self.mesh
+            && let crate::proxy::mesh::Enrollment::Skip(reason) =
+                mesh.enrollment(&add.pod.namespace, &add.pod.name).await
+        {
+            tracing::info!(uid = %add.pod.uid, namespace = %add.pod.namespace, pod = %add.pod.name, %reason, "pod not captured");
+            self.lock_skipped()
+                .insert(skip_key(&add.attachment), reason.clone());
+            return Ok(format!("{reason}; not captured"));
         }
         let mut pods = self.pods.lock().await;
         if let Some(existing) = pods.get(&add.pod.uid) {
@@ -200,6 +213,12 @@ impl Registry {
 
     /// CNI DEL: removes the enrollment of `attachment`, if there is one.
     pub async fn del(&self, attachment: &Attachment) -> String {
+        if let Some(reason) = self.lock_skipped().remove(&skip_key(attachment)) {
+            return format!(
+                "container {} was not captured ({reason})",
+                attachment.container_id
+            );
+        }
         let mut pods = self.pods.lock().await;
         let Some(uid) = find(&pods, attachment) else {
             return format!("container {} was not enrolled", attachment.container_id);
@@ -210,6 +229,9 @@ impl Registry {
 
     /// CNI CHECK: is `attachment` enrolled and is every part of its capture in place?
     pub async fn check(&self, attachment: &Attachment) -> Result<String, EnrollError> {
+        if let Some(reason) = self.lock_skipped().get(&skip_key(attachment)) {
+            return Ok(format!("not captured, as decided at ADD: {reason}"));
+        }
         let pods = self.pods.lock().await;
         let Some(uid) = find(&pods, attachment) else {
             return Err(EnrollError::new(
@@ -477,6 +499,12 @@ impl Registry {
         }
     }
 
+    fn lock_skipped(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.skipped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock_capture(&self) -> std::sync::MutexGuard<'_, Capture> {
         // A panic while holding the lock cannot leave the maps half-updated in a way a later
         // caller could not handle (every update is idempotent), so poisoning is ignored.
@@ -623,6 +651,11 @@ fn open_listeners(v4: bool, v6: bool) -> std::io::Result<Listeners> {
         inbound_v6: open(v6, socket::wildcard_addr(true, INBOUND_PORT))?,
         hbone_v6: open(v6, socket::wildcard_addr(true, HBONE_PORT))?,
     })
+}
+
+/// The key of a skipped pod's attachment: container and interface.
+fn skip_key(attachment: &Attachment) -> String {
+    format!("{}/{}", attachment.container_id, attachment.ifname)
 }
 
 fn find(pods: &HashMap<String, EnrolledPod>, attachment: &Attachment) -> Option<String> {

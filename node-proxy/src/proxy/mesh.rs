@@ -37,6 +37,20 @@ pub struct Mesh {
     pub connect_timeout: Duration,
     /// The proxy's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// How long a CNI ADD waits for the state to know the pod before deciding by its
+    /// namespace alone (the API server's watch may lag the kubelet; a state file lists pods
+    /// after they start, so it does not wait).
+    pub enrollment_wait: Duration,
+}
+
+/// Whether a pod starting on this node is captured (Istio ambient's rule, see
+/// [`crate::state::in_mesh`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enrollment {
+    /// In the mesh: capture it.
+    Capture,
+    /// Not in the mesh: leave its traffic alone; the reason says which label decided.
+    Skip(String),
 }
 
 impl std::fmt::Debug for Mesh {
@@ -48,6 +62,39 @@ impl std::fmt::Debug for Mesh {
 }
 
 impl Mesh {
+    /// Decides whether the pod `namespace/name` is captured: by the state's record of the pod
+    /// (its `istio.io/dataplane-mode` label, its namespace's, host network, sidecar), waiting
+    /// up to [`Mesh::enrollment_wait`] for the record; without one, by the namespace's label.
+    pub async fn enrollment(&self, namespace: &str, name: &str) -> Enrollment {
+        let deadline = tokio::time::Instant::now() + self.enrollment_wait;
+        let mut changes = self.state.subscribe();
+        loop {
+            let snap = self.state.snapshot();
+            if let Some(workload) = snap.workload_by_name(namespace, name) {
+                return if snap.in_mesh(workload) {
+                    Enrollment::Capture
+                } else {
+                    Enrollment::Skip(format!(
+                        "pod {namespace}/{name} is not in the ambient mesh (istio.io/dataplane-mode on the pod or its namespace, host network or sidecar)"
+                    ))
+                };
+            }
+            let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                let ambient = snap
+                    .namespace(namespace)
+                    .is_some_and(crate::state::Namespace::ambient);
+                return if ambient {
+                    Enrollment::Capture
+                } else {
+                    Enrollment::Skip(format!(
+                        "pod {namespace}/{name}: namespace {namespace} is not labelled istio.io/dataplane-mode=ambient (and the pod is not known yet)"
+                    ))
+                };
+            }
+        }
+    }
+
     /// The SPIFFE ID of a workload.
     pub fn identity_of(&self, workload: &Workload) -> Option<SpiffeId> {
         let (ns, sa) = workload.spiffe_id_parts();

@@ -37,17 +37,31 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         .unwrap_or(peer);
     let span = tracing::info_span!("outbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %src, dst = %dst);
     async move {
+        let mut dst = dst;
         if let Some(hbone) = &ctx.hbone {
             let snap = hbone.mesh.state.snapshot();
-            if let Route::Hbone {
-                workload,
-                target,
-                authority,
-            } = state::route(&snap, dst.0)
-            {
-                // Boxed: the tunnel's state would otherwise size every connection's future.
-                let tunnel = via_hbone(&ctx, hbone, client, peer, &workload, target, authority);
-                return Box::pin(tunnel).await;
+            match state::route(&snap, dst.0) {
+                Route::Hbone {
+                    workload,
+                    target,
+                    authority,
+                } => {
+                    // Boxed: the tunnel's state would otherwise size every connection's future.
+                    let tunnel = via_hbone(&ctx, hbone, client, peer, &workload, target, authority);
+                    return Box::pin(tunnel).await;
+                }
+                // A Service VIP resolved to an endpoint outside the mesh, or no VIP at all.
+                Route::Passthrough(to) => dst = OrigDst(to),
+                Route::NoEndpoint { service } => {
+                    let labels = plain_labels(&ctx, dst);
+                    let conn = ctx
+                        .connections
+                        .open(ConnectionInfo::from_labels(&labels, &ctx.pod, src, dst.0));
+                    let refused: Result<TcpStream, String> =
+                        Err(format!("service {service} has no ready endpoint"));
+                    relay_or_fail(&ctx.metrics, labels, conn, client, refused).await;
+                    return;
+                }
             }
         }
         plain(&ctx, client, src, dst).await;

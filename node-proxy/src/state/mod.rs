@@ -16,6 +16,7 @@ pub mod file;
 pub mod k8s;
 mod model;
 mod route;
+pub mod services;
 mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -23,11 +23,28 @@ pub enum Route {
     },
     /// Anything else: plain TCP to the original destination, untouched.
     Passthrough(SocketAddr),
+    /// A Service VIP with no ready endpoint: refused, as kube-proxy does.
+    NoEndpoint {
+        /// The service, `<name>.<namespace>.svc.cluster.local`.
+        service: String,
+    },
 }
 
-/// Routes a captured connection to `dst` (IPv4-mapped IPv6 destinations count as IPv4).
-// Issue 8 adds Service VIPs here: a VIP resolves to a ready endpoint, then routes as its pod.
+/// Routes a captured connection to `dst` (IPv4-mapped IPv6 destinations count as IPv4); a
+/// Service VIP resolves to one of its ready endpoints first (see [`super::services`]).
 pub fn route(snap: &Snapshot, dst: SocketAddr) -> Route {
+    // A Service VIP: one of its ready endpoints, then as if the pod had connected there.
+    let dst = match snap.services().at(dst) {
+        Some(service) => match service.pick() {
+            Some(endpoint) => endpoint,
+            None => {
+                return Route::NoEndpoint {
+                    service: service.host(),
+                };
+            }
+        },
+        None => dst,
+    };
     let ip = dst.ip().to_canonical();
     match snap.workload_by_ip(ip) {
         Some(workload) if snap.in_mesh(workload) => Route::Hbone {

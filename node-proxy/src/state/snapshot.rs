@@ -28,11 +28,16 @@ pub struct Snapshot {
     deferred: BTreeMap<ObjectRef, DeferredObject>,
     /// AuthorizationPolicies and PeerAuthentications, parsed from the deferred objects.
     policies: Arc<crate::policy::PolicySet>,
-    // Issue 4 adds here: services by VIP, endpoints by service — each with its
-    // `StateUpdate::add_*` that checks its invariants.
+    /// Service VIPs and their ready endpoints, from the deferred Services and EndpointSlices.
+    services: Arc<super::services::ServiceIndex>,
 }
 
 impl Snapshot {
+    /// Service VIPs and their endpoints.
+    pub fn services(&self) -> &super::services::ServiceIndex {
+        &self.services
+    }
+
     /// The authorization and peer-authentication policies in force.
     pub fn policies(&self) -> &crate::policy::PolicySet {
         &self.policies
@@ -129,6 +134,12 @@ impl StateUpdate {
 
     /// Adds a workload; its namespace/name, uid and (unless host-network) IPs must be new.
     pub fn add_workload(&mut self, workload: Workload) -> Result<(), ObjectError> {
+        self.add_shared_workload(Arc::new(workload))
+    }
+
+    /// As [`StateUpdate::add_workload`], for a workload a source keeps between updates (the
+    /// API server watchers): shared, not copied, by every snapshot it is in.
+    pub fn add_shared_workload(&mut self, workload: Arc<Workload>) -> Result<(), ObjectError> {
         let snap = &mut self.snapshot;
         let key = name_key(&workload.namespace, &workload.name);
         if let Some(other) = snap.workloads_by_name.get(&key) {
@@ -153,7 +164,6 @@ impl StateUpdate {
                 }
             }
         }
-        let workload = Arc::new(workload);
         if indexed {
             for ip in &workload.ips {
                 snap.workloads_by_ip.insert(*ip, Arc::clone(&workload));
@@ -190,6 +200,15 @@ impl StateUpdate {
         let warnings = set.warnings();
         self.snapshot.policies = Arc::new(set);
         Ok(warnings)
+    }
+
+    /// Indexes the kept Services and EndpointSlices by VIP. A malformed one is left out;
+    /// returns a warning for each, for the source to log.
+    pub fn build_services(&mut self) -> Vec<String> {
+        let (index, warnings) =
+            super::services::ServiceIndex::build(self.snapshot.deferred.values());
+        self.snapshot.services = Arc::new(index);
+        warnings
     }
 
     /// The snapshot to publish, with its generation.

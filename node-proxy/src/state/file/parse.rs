@@ -70,6 +70,9 @@ pub fn parse_with_root(
     for warning in warnings {
         warn!(file = %path.display(), %warning, "policy warning");
     }
+    for warning in update.build_services() {
+        warn!(file = %path.display(), %warning, "service warning");
+    }
     Ok(update)
 }
 

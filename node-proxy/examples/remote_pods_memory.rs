@@ -1,0 +1,101 @@
+//! How much memory the API server source keeps per remote pod: a replay server holding N pods
+//! of another node (real API JSON, ~2.5 KiB each), the source lists them, then the server is
+//! dropped and the heap still in use is counted (a counting allocator: RSS would include the
+//! allocator's free pages and the server's copy).
+//!
+//! `cargo run --release -p node-proxy --example remote_pods_memory -- 10000 100000`
+
+#[path = "../tests/replay/mod.rs"]
+#[expect(dead_code, reason = "shared with the tests; this uses part of it")]
+mod replay;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use node_proxy::apiserver::KubeSource;
+use node_proxy::state::StateStore;
+
+/// Counts the bytes in use.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same layout, forwarded.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same pointer and layout, forwarded.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let counts: Vec<usize> = match std::env::args().skip(1).map(|a| a.parse()).collect() {
+        Ok(counts) => counts,
+        Err(e) => {
+            eprintln!("usage: remote_pods_memory [POD_COUNT...]: {e}");
+            std::process::exit(2);
+        }
+    };
+    let counts = if counts.is_empty() {
+        vec![10_000, 100_000]
+    } else {
+        counts
+    };
+    println!(
+        "| remote pods | heap kept by the source | per pod | list → state | process RSS after |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for n in counts {
+        let baseline = LIVE.load(Ordering::Relaxed);
+        let server = replay::ApiServer::start().await;
+        server.seed([replay::objects::namespace("shop", true)]);
+        server.seed((0..n).map(|i| {
+            let ip = format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256);
+            replay::objects::pod("shop", &format!("pod-{i}"), "node-b", &ip, "sa")
+        }));
+        let store = Arc::new(StateStore::new());
+        let started = Instant::now();
+        let watch = KubeSource::new(server.client(), Some("node-a".into()), "istio-system")
+            .start(store.clone());
+        while store.snapshot().workload_count() < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let took = started.elapsed();
+        drop(server);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let kept = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
+        println!(
+            "| {n} | {:.1} MiB | {:.0} B | {:.1} s | {:.1} MiB |",
+            kept as f64 / 1048576.0,
+            kept as f64 / n as f64,
+            took.as_secs_f64(),
+            rss_kib() as f64 / 1024.0
+        );
+        drop(watch);
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,272 @@
+//! The API server source against an in-process server replaying real API JSON (lists, watch
+//! streams, bookmarks, 410 Gone, dropped connections, an unreachable server): the state the
+//! proxy builds, and its recovery.
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers: a failed step must fail the test loudly"
+)]
+
+#[expect(
+    dead_code,
+    reason = "shared with the end-to-end test; this uses part of it"
+)]
+mod replay;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use node_proxy::apiserver::KubeSource;
+use node_proxy::state::{Snapshot, StateStore};
+use replay::{ApiServer, objects};
+
+/// Bound on the source reaching an expected state (not a timing assertion: it polls).
+const WITHIN: Duration = Duration::from_secs(20);
+const NODE: &str = "node-a";
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("ip")
+}
+
+/// Polls the store until `check` holds, or fails with what it last said.
+async fn eventually(
+    store: &StateStore,
+    what: &str,
+    check: impl Fn(&Snapshot) -> Result<(), String>,
+) -> Arc<Snapshot> {
+    let started = Instant::now();
+    loop {
+        let snapshot = store.snapshot();
+        match check(&snapshot) {
+            Ok(()) => return snapshot,
+            Err(last) if started.elapsed() > WITHIN => {
+                panic!("timed out waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn has_pod(snapshot: &Snapshot, address: &str) -> Result<(), String> {
+    snapshot
+        .workload_by_ip(ip(address))
+        .map(|_| ())
+        .ok_or_else(|| {
+            format!(
+                "no workload at {address} (generation {})",
+                snapshot.generation()
+            )
+        })
+}
+
+fn lacks_pod(snapshot: &Snapshot, address: &str) -> Result<(), String> {
+    match snapshot.workload_by_ip(ip(address)) {
+        None => Ok(()),
+        Some(w) => Err(format!("{}/{} still at {address}", w.namespace, w.name)),
+    }
+}
+
+/// A cluster: two ambient namespaces' worth of pods on two nodes, a policy, a service.
+fn seed(server: &ApiServer) {
+    server.apply(objects::namespace("shop", true));
+    server.apply(objects::namespace("legacy", false));
+    server.apply(objects::pod("shop", "web", NODE, "10.244.1.10", "web"));
+    server.apply(objects::pod(
+        "shop",
+        "client",
+        "node-b",
+        "10.244.2.10",
+        "client",
+    ));
+    server.apply(objects::pod(
+        "legacy",
+        "old",
+        "node-b",
+        "10.244.2.11",
+        "default",
+    ));
+    server.apply(objects::deny_port("shop", "no-9090", "9090"));
+    server.apply(objects::strict("istio-system"));
+    server.apply(objects::service("shop", "web", "10.96.0.10"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_then_follows_watches_through_drops_and_410() {
+    let server = ApiServer::start().await;
+    seed(&server);
+    let store = Arc::new(StateStore::new());
+    let watch = KubeSource::new(server.client(), Some(NODE.into()), "istio-system")
+        .with_debounce(Duration::from_millis(20))
+        .start(store.clone());
+
+    // The first version: every kind listed.
+    let first = eventually(&store, "the first cluster state", |s| {
+        has_pod(s, "10.244.1.10")?;
+        has_pod(s, "10.244.2.10")
+    })
+    .await;
+    assert!(watch.status().synced());
+    let web = first.workload_by_ip(ip("10.244.1.10")).expect("web");
+    assert_eq!(
+        (web.namespace.as_str(), web.service_account.as_str()),
+        ("shop", "web")
+    );
+    assert_eq!(web.node_name.as_deref(), Some(NODE));
+    assert_eq!(
+        web.workload_name, "web",
+        "the Deployment behind the ReplicaSet"
+    );
+    assert!(first.in_mesh(web), "shop is ambient");
+    let old = first.workload_by_ip(ip("10.244.2.11")).expect("old");
+    assert!(!first.in_mesh(old), "legacy is not");
+    assert_eq!(first.policies().warnings().len(), 0);
+    let kinds: Vec<String> = first.deferred().map(|d| d.object.kind.clone()).collect();
+    for kind in ["AuthorizationPolicy", "PeerAuthentication", "Service"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} kept: {kinds:?}");
+    }
+    // Local pods are listed with the node's field selector, the others with its negation.
+    let requests = server.requests();
+    for selector in ["spec.nodeName%3Dnode-a", "spec.nodeName%21%3Dnode-a"] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains(selector)),
+            "a pod list with fieldSelector {selector}: {requests:#?}"
+        );
+    }
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")),
+        "watches ask for bookmarks: {requests:#?}"
+    );
+
+    // A watch event: a new pod, then it goes.
+    server.apply(objects::pod("shop", "api", "node-b", "10.244.2.20", "api"));
+    eventually(&store, "a pod added by a watch event", |s| {
+        has_pod(s, "10.244.2.20")
+    })
+    .await;
+    server.delete(&objects::pod("shop", "api", "node-b", "10.244.2.20", "api"));
+    eventually(&store, "a pod deleted by a watch event", |s| {
+        lacks_pod(s, "10.244.2.20")
+    })
+    .await;
+
+    // A dropped watch: what happens while it is down arrives after the re-watch.
+    server.drop_watches();
+    server.apply(objects::pod(
+        "shop",
+        "late",
+        "node-b",
+        "10.244.2.30",
+        "late",
+    ));
+    eventually(&store, "an event across a dropped watch", |s| {
+        has_pod(s, "10.244.2.30")
+    })
+    .await;
+
+    // 410 Gone: every version expired; a deletion made meanwhile must show after the re-list.
+    server.compact();
+    server.delete(&objects::pod(
+        "shop",
+        "late",
+        "node-b",
+        "10.244.2.30",
+        "late",
+    ));
+    server.apply(objects::pod("shop", "newer", NODE, "10.244.1.40", "newer"));
+    let after = eventually(&store, "the state after a 410 and a re-list", |s| {
+        lacks_pod(s, "10.244.2.30")?;
+        has_pod(s, "10.244.1.40")
+    })
+    .await;
+    assert!(
+        after.workload_by_ip(ip("10.244.1.10")).is_some(),
+        "the rest stays"
+    );
+    drop(watch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_keeps_the_last_state_and_says_so() {
+    let server = ApiServer::start().await;
+    seed(&server);
+    let store = Arc::new(StateStore::new());
+    let watch = KubeSource::new(server.client(), Some(NODE.into()), "istio-system")
+        .with_debounce(Duration::from_millis(20))
+        .start(store.clone());
+    eventually(&store, "the first state", |s| has_pod(s, "10.244.1.10")).await;
+    let generation = store.snapshot().generation();
+
+    server.set_down(true);
+    let started = Instant::now();
+    while watch.status().detail().is_none() {
+        assert!(
+            started.elapsed() < WITHIN,
+            "the outage never shows in the status; requests: {:#?}",
+            server.requests().iter().rev().take(12).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let detail = watch.status().detail().expect("detail");
+    assert!(detail.contains("last state keeps serving"), "{detail}");
+    let during = store.snapshot();
+    assert_eq!(
+        during.generation(),
+        generation,
+        "no version built from nothing"
+    );
+    assert!(
+        during.workload_by_ip(ip("10.244.1.10")).is_some(),
+        "the last state serves"
+    );
+
+    // Back: changes made while it was down arrive, and the status clears.
+    server.apply(objects::pod("shop", "back", NODE, "10.244.1.50", "back"));
+    server.set_down(false);
+    eventually(&store, "the change made during the outage", |s| {
+        has_pod(s, "10.244.1.50")
+    })
+    .await;
+    let started = Instant::now();
+    while let Some(detail) = watch.status().detail() {
+        assert!(
+            started.elapsed() < WITHIN,
+            "the status still says: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_object_is_left_out_and_missing_crds_count_as_empty() {
+    let server = ApiServer::start().await;
+    // No Istio objects at all: the server has no security.istio.io resources (404).
+    server.apply(objects::namespace("shop", true));
+    server.apply(objects::pod("shop", "good", NODE, "10.244.1.60", "good"));
+    let mut bad = objects::pod("shop", "bad", NODE, "10.244.1.61", "bad");
+    bad["status"]["podIP"] = serde_json::json!("not-an-ip");
+    server.apply(bad);
+    let mut sneaky = objects::pod("shop", "sneaky", NODE, "10.244.1.62", "x");
+    sneaky["spec"]["serviceAccountName"] = serde_json::json!("../../etc");
+    server.apply(sneaky);
+    let store = Arc::new(StateStore::new());
+    let _watch = KubeSource::new(server.client(), Some(NODE.into()), "istio-system")
+        .with_debounce(Duration::from_millis(20))
+        .start(store.clone());
+    let snapshot = eventually(&store, "a state without Istio's CRDs", |s| {
+        has_pod(s, "10.244.1.60")
+    })
+    .await;
+    assert!(
+        snapshot.workload_by_name("shop", "bad").is_none(),
+        "a bad IP is left out"
+    );
+    assert!(
+        snapshot.workload_by_name("shop", "sneaky").is_none(),
+        "a service account that would forge a SPIFFE ID is left out"
+    );
+    assert_eq!(snapshot.policies().warnings().len(), 0);
+}
