@@ -420,6 +420,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let records = RecordStore::open(config.state_dir.join("pods"))?;
     let drain = Drain::new();
+    let reconcile_host = host.clone();
+    let mesh_for_reconcile = mesh.clone();
     let registry = Arc::new(Registry::new(
         host,
         capture,
@@ -468,6 +470,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         registry.clone(),
         enrollment.clone(),
     ));
+    // With the API server as source, pods of this node that belong in the mesh but were never
+    // enrolled (running before the install, or labelled later) are enrolled here.
+    let _reconcile = match (&mesh_for_reconcile, &config.node_name) {
+        (Some(mesh), Some(node)) if config.kube => Some(AbortOnDrop(tokio::spawn(
+            node_proxy::inpod::reconcile::run(
+                registry.clone(),
+                mesh.clone(),
+                reconcile_host.clone(),
+                node.clone(),
+                std::path::PathBuf::from("/proc"),
+                node_proxy::inpod::reconcile::DEFAULT_EVERY,
+            ),
+        ))),
+        _ => None,
+    };
     readiness.set(true);
     tracing::info!("node proxy ready");
 
@@ -531,6 +548,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The inode of the file at `path`, if there is one.

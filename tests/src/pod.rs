@@ -83,7 +83,9 @@ impl Pod {
         };
         let ips = result_ips(&result)
             .unwrap_or_else(|e| panic!("pod {namespace}/{name}: bad CNI result: {e}"));
-        let cgroup = inner.cgroup.child(&format!("pod-{pod}"));
+        // Named like kubelet's cgroupfs driver names pod cgroups (`pod<uid>`), which is how the
+        // node proxy finds the processes of pods that were running before it.
+        let cgroup = inner.cgroup.child(&format!("pod{}", args.pod_uid));
         Ok(Pod {
             node: node.clone(),
             name: pod,

@@ -198,5 +198,36 @@ fn pods_identities_and_policies_come_from_the_api_server() {
             std::net::IpAddr::from(pod.ipv4())
         );
     }
+
+    // A pod that was running before marrow (no redirect-cni in its chain) is enrolled by the
+    // node-side reconcile once the API server shows it on this node, in the mesh: found
+    // through its processes' cgroup (`pod<uid>`) and checked by its address.
+    let early = one.node.add_pod("early", "shop", false);
+    let _early_app = early.serve(9090);
+    one.api.apply(pod_object(&early, &one.node, "early"));
+    until("the running pod enrolled by the reconcile", || {
+        one.proxy
+            .metrics()
+            .lines()
+            .any(|l| l == "marrow_enrolled_pods 2")
+    });
+    assert!(
+        std::fs::read_to_string(one.proxy.log_path())
+            .unwrap_or_default()
+            .contains("running pod enrolled by the node-side reconcile"),
+        "the reconcile says what it did"
+    );
+    until(
+        "the reconciled pod's connections in mTLS with its identity",
+        || {
+            early.connect(addr, "early").is_ok()
+                && two.proxy.metrics().lines().any(|l| {
+                    l.starts_with("istio_tcp_connections_opened_total")
+                        && l.contains(
+                            "source_principal=\"spiffe://cluster.local/ns/shop/sa/early\"",
+                        )
+                })
+        },
+    );
     drop((one, two));
 }

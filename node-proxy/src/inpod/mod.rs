@@ -7,6 +7,7 @@
 //! capture for its netns. A failure at any step undoes the capture and leaves the other pods
 //! untouched. Removal is idempotent.
 
+pub mod reconcile;
 mod records;
 mod routing;
 pub mod server;
@@ -572,6 +573,11 @@ impl Registry {
         pods.insert(uid, enrolled);
         self.metrics.enrolled_pods.set(pods.len() as i64);
         Ok(())
+    }
+
+    /// Whether the pod with `uid` is enrolled here.
+    pub async fn is_enrolled(&self, uid: &str) -> bool {
+        self.pods.lock().await.contains_key(uid)
     }
 
     /// Stops serving every pod's listeners (shutdown or after a hand-over) without touching
