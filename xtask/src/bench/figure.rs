@@ -1,5 +1,5 @@
 //! The per-round figures: what each measures, its label and unit, and how it is compared with
-//! the baseline.
+//! the baseline (and marrow's with the sidecars').
 
 /// A per-round figure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -18,7 +18,7 @@ pub enum Figure {
     ConnP99Thread8,
     /// Host CPU (every process and the kernel) per connection, eight client threads.
     ConnHostCpu8,
-    /// Data-plane CPU per connection, eight client threads.
+    /// Data-plane CPU (node proxies or sidecar Envoys) per connection, eight client threads.
     ConnProxyCpu8,
     /// One-stream bulk throughput.
     BulkGbps,
@@ -26,7 +26,7 @@ pub enum Figure {
     BulkHostCpu,
     /// Data-plane CPU per GB of bulk.
     BulkPlaneCpu,
-    /// The node proxy's peak RSS (VmHWM) over the connection-rate and bulk runs.
+    /// The data plane's peak RSS (VmHWM) over the connection-rate and bulk runs.
     ProxyPeakRss,
     /// Ping-pong round trip, p50.
     PingP50,
@@ -36,8 +36,9 @@ pub enum Figure {
     PingP99,
     /// Ping-pong round trip, p99.9.
     PingP999,
-    /// mTLS connections the client node's proxy dialled over the whole bed (every stream of
-    /// every figure above rode one of them).
+    /// mTLS connections the client node's data plane dialled over the whole bed (through
+    /// HBONE every stream of every figure above rode one of them; through the sidecars each
+    /// connection is one).
     Tunnels,
 }
 
@@ -122,7 +123,7 @@ impl Figure {
             ),
             Figure::ConnProxyCpu8 => (
                 "conn_proxy_cpu_us_t8",
-                "  node-proxy CPU µs per connection",
+                "  data-plane CPU µs per connection",
                 1,
                 Nothing,
             ),
@@ -135,13 +136,13 @@ impl Figure {
             ),
             Figure::BulkPlaneCpu => (
                 "bulk_proxy_cpu_s_per_gb",
-                "  node-proxy CPU-s per GB",
+                "  data-plane CPU-s per GB",
                 2,
                 Nothing,
             ),
             Figure::ProxyPeakRss => (
                 "proxy_peak_rss_mib",
-                "  node-proxy peak RSS MiB (VmHWM, connects + bulk)",
+                "  data-plane peak RSS MiB (VmHWM, connects + bulk)",
                 1,
                 Nothing,
             ),
@@ -156,10 +157,16 @@ impl Figure {
             ),
             Figure::Tunnels => (
                 "hbone_mtls_connections",
-                "mTLS connections node 1's proxy opened (all runs of a bed)",
+                "mTLS connections node 1's data plane opened (all runs of a bed)",
                 0,
                 Nothing,
             ),
         }
+    }
+
+    /// Whether marrow's figure is divided by the sidecars' (not for counts that measure
+    /// different things).
+    pub fn across_meshes(self) -> bool {
+        self != Figure::Tunnels
     }
 }

@@ -1,13 +1,21 @@
-//! The node proxy's memory: RSS and PSS freshly started with one enrolled pod, with many idle
-//! enrolled pods, and with many idle connections held open through it.
+//! The data plane's memory by pod count: for each mesh set-up that ran and each pod count N
+//! ([`Params::memory_pods`]), a fresh bed with a client pod and N - 1 idle pods on node 1 and
+//! a server pod (on node 2 across nodes), all enrolled (marrow) or each with its Envoy
+//! (sidecars). Read from `/proc/PID/smaps_rollup`, summed over the data plane's processes:
 //!
-//! One held connection is two relays on a single node (the client's outbound and the server's
-//! inbound), i.e. four proxy sockets, so "per held connection" is per end-to-end connection.
-//! The connections are held twice: first on the proxy's fresh heap (pages the allocator has
-//! never handed out are not resident until written), then, after they closed, again on the
-//! heap they left behind (a reused block is cleared by `calloc`, so it is resident whole) —
-//! the figure a long-running proxy lives with.
+//! - node 1 idle: marrow's node-proxy, or every Envoy on node 1 (one per pod);
+//! - node 1 with `held` connections open from the client to the server's echo (`testpod
+//!   hold`: every hop established, nothing sent): through the sidecars they run through the
+//!   client pod's Envoy (and the server pod's on node 2); through marrow, through node 1's
+//!   proxy (and node 2's);
+//! - node 1 after they closed (what the allocator keeps), and node 2 while they were open.
+//!
+//! The data plane's CPU while the largest bed idles with its connections open is read over
+//! [`Params::idle_cpu_seconds`]. direct has no data plane: 0 by definition, nothing measured.
+//! Every bed starts fresh, so no figure inherits another's heap.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -17,137 +25,216 @@ use serde_json::{Value, json};
 
 use super::Params;
 use super::procfs::{self, Memory};
-use super::setup::{Bed, PodPair, SetUp};
+use super::setup::{Bed, SetUp};
 
-/// How long the proxy's CPU is sampled with the connections held and nothing sent.
-const IDLE_CPU_WINDOW: Duration = Duration::from_secs(5);
 /// Pause before reading memory, so that the step's allocations have settled.
 const SETTLE: Duration = Duration::from_millis(500);
 /// How long `testpod hold` may take to open its connections.
 const HOLD_READY: Duration = Duration::from_secs(120);
-/// Descriptors the proxy uses besides the held connections' (listeners, maps, netns, logs).
-const PROXY_FD_SLACK: u64 = 512;
+/// Descriptors a data-plane process uses besides the held connections' (listeners, maps,
+/// netns, logs).
+const FD_SLACK: u64 = 512;
+/// Sockets one held connection may cost one data-plane process: a same-node proxy carries
+/// both ends (the client's outbound and the server's inbound, two sockets each).
+const SOCKETS_PER_CONNECTION: u64 = 4;
 
-/// What [`measure`] found.
+/// One bed's readings (see the module documentation).
 #[derive(Clone, Debug)]
-pub struct MemoryFigures {
-    /// With one enrolled pod, freshly started.
-    pub fresh: Memory,
-    /// Enrolled pods in the second step.
+pub struct Step {
+    /// Pods on node 1 (the client and the idle ones).
     pub pods: u64,
-    /// With `pods` idle enrolled pods.
-    pub with_pods: Memory,
-    /// Just before opening the held connections (`pods` + the client and server pod).
-    pub before_held: Memory,
-    /// Connections held.
+    /// Data-plane processes on node 1.
+    pub processes: usize,
+    /// Node 1, idle.
+    pub idle: Memory,
+    /// Connections held open.
     pub held: u64,
-    /// With `held` idle connections open through the proxy.
+    /// Node 1 with them open.
     pub with_held: Memory,
-    /// After those connections closed.
+    /// Node 1 after they closed.
     pub after_close: Memory,
-    /// With `held` connections open again, on the reused heap.
-    pub with_held_again: Memory,
-    /// The proxy's CPU (user + system) while `pods` pods are enrolled and `held` idle
-    /// connections are open: milliseconds per second over [`IDLE_CPU_WINDOW`].
-    pub idle_cpu_ms_per_s: f64,
+    /// Node 2 with them open (cross-node set-ups).
+    pub server_with_held: Option<Memory>,
+    /// Node 1's data-plane CPU, milliseconds per second, with the connections open and
+    /// nothing sent (the largest bed only).
+    pub idle_cpu_ms_per_s: Option<f64>,
 }
 
+impl Step {
+    /// KiB of RSS per held connection on node 1.
+    pub fn rss_kib_per_connection(&self) -> f64 {
+        per(self.with_held.rss_kib, self.idle.rss_kib, self.held)
+    }
+
+    fn json(&self) -> Value {
+        let m = |m: &Memory| json!({ "rss_kib": m.rss_kib, "pss_kib": m.pss_kib });
+        json!({
+            "pods": self.pods,
+            "processes": self.processes,
+            "idle": m(&self.idle),
+            "held_connections": self.held,
+            "with_held": m(&self.with_held),
+            "rss_kib_per_connection": self.rss_kib_per_connection(),
+            "after_close": m(&self.after_close),
+            "server_node_with_held": self.server_with_held.as_ref().map(m),
+            "idle_cpu_ms_per_s": self.idle_cpu_ms_per_s,
+        })
+    }
+}
+
+/// What [`measure`] found: per set-up, one [`Step`] per pod count.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryFigures {
+    /// Connections each step tried to hold.
+    pub held: u64,
+    /// The steps of each measured set-up, fewest pods first.
+    pub steps: BTreeMap<SetUp, Vec<Step>>,
+}
+
+/// A row of the memory table: its label and a value per set-up (`None`: not measured).
+pub type Row = (String, BTreeMap<SetUp, f64>);
+
 impl MemoryFigures {
-    /// KiB of RSS per enrolled pod beyond the first.
-    pub fn rss_per_pod_kib(&self) -> f64 {
-        per(
-            self.with_pods.rss_kib,
-            self.fresh.rss_kib,
-            self.pods.saturating_sub(1),
-        )
+    /// The pod counts measured (those of the first set-up).
+    fn pod_counts(&self) -> Vec<u64> {
+        self.steps
+            .values()
+            .next()
+            .map(|steps| steps.iter().map(|s| s.pods).collect())
+            .unwrap_or_default()
     }
 
-    /// KiB of RSS per held connection.
-    pub fn rss_per_connection_kib(&self) -> f64 {
-        per(self.with_held.rss_kib, self.before_held.rss_kib, self.held)
+    /// KiB of node-1 RSS per idle pod added, from the fewest pods to the most.
+    pub fn rss_kib_per_pod(steps: &[Step]) -> Option<f64> {
+        let (first, last) = (steps.first()?, steps.last()?);
+        (last.pods > first.pods).then(|| {
+            per(
+                last.idle.rss_kib,
+                first.idle.rss_kib,
+                last.pods - first.pods,
+            )
+        })
     }
 
-    /// KiB of PSS per held connection.
-    pub fn pss_per_connection_kib(&self) -> f64 {
-        per(self.with_held.pss_kib, self.before_held.pss_kib, self.held)
+    /// KiB of node-1 PSS per idle pod added, from the fewest pods to the most.
+    pub fn pss_kib_per_pod(steps: &[Step]) -> Option<f64> {
+        let (first, last) = (steps.first()?, steps.last()?);
+        (last.pods > first.pods).then(|| {
+            per(
+                last.idle.pss_kib,
+                first.idle.pss_kib,
+                last.pods - first.pods,
+            )
+        })
     }
 
-    /// KiB of RSS per held connection the second time, over the same baseline.
-    pub fn rss_per_connection_again_kib(&self) -> f64 {
-        per(
-            self.with_held_again.rss_kib,
-            self.before_held.rss_kib,
-            self.held,
-        )
-    }
-
-    /// Table rows: label, value.
-    pub fn rows(&self) -> Vec<(String, String)> {
-        let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
-        vec![
-            (
-                "node-proxy RSS MiB, fresh, 1 enrolled pod".to_owned(),
-                mib(self.fresh.rss_kib),
-            ),
-            ("  PSS MiB".to_owned(), mib(self.fresh.pss_kib)),
-            (
-                format!("node-proxy RSS MiB, {} enrolled pods", self.pods),
-                mib(self.with_pods.rss_kib),
-            ),
-            ("  PSS MiB".to_owned(), mib(self.with_pods.pss_kib)),
-            (
-                "  KiB RSS per enrolled pod".to_owned(),
-                format!("{:.1}", self.rss_per_pod_kib()),
-            ),
-            (
-                format!("node-proxy RSS MiB, {} held connections", self.held),
-                mib(self.with_held.rss_kib),
-            ),
-            ("  PSS MiB".to_owned(), mib(self.with_held.pss_kib)),
-            (
-                "  KiB RSS per held connection".to_owned(),
-                format!("{:.1}", self.rss_per_connection_kib()),
-            ),
-            (
-                "  RSS MiB after they closed".to_owned(),
-                mib(self.after_close.rss_kib),
-            ),
-            (
-                format!("node-proxy RSS MiB, {} held again (heap reused)", self.held),
-                mib(self.with_held_again.rss_kib),
-            ),
-            (
-                "  KiB RSS per held connection (heap reused)".to_owned(),
-                format!("{:.1}", self.rss_per_connection_again_kib()),
-            ),
-            (
+    /// The table's rows; direct is the 0 of a node without a data plane.
+    pub fn rows(&self) -> Vec<Row> {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let mut rows: Vec<Row> = Vec::new();
+        let mut row = |label: String, value: &dyn Fn(&[Step]) -> Option<f64>| {
+            let mut values: BTreeMap<SetUp, f64> = self
+                .steps
+                .iter()
+                .filter_map(|(setup, steps)| Some((*setup, value(steps)?)))
+                .collect();
+            if !values.is_empty() {
+                values.insert(SetUp::Direct, 0.0);
+                rows.push((label, values));
+            }
+        };
+        let counts = self.pod_counts();
+        for (i, pods) in counts.iter().enumerate() {
+            let at = move |steps: &[Step]| steps.get(i).filter(|s| s.pods == *pods).cloned();
+            row(
+                format!("data-plane RSS MiB on node 1, {}, idle", pods_label(*pods)),
+                &|s| at(s).map(|s| mib(s.idle.rss_kib)),
+            );
+            row("  PSS MiB, idle".to_owned(), &|s| {
+                at(s).map(|s| mib(s.idle.pss_kib))
+            });
+            row(
+                format!("  RSS MiB with {} open connections", self.held),
+                &|s| at(s).map(|s| mib(s.with_held.rss_kib)),
+            );
+        }
+        if let (Some(first), Some(last)) = (counts.first(), counts.last())
+            && last > first
+        {
+            row(
+                format!("RSS KiB per added idle pod ({first} → {last} pods)"),
+                &|s| MemoryFigures::rss_kib_per_pod(s),
+            );
+            row(
+                format!("PSS KiB per added idle pod ({first} → {last} pods)"),
+                &|s| MemoryFigures::pss_kib_per_pod(s),
+            );
+        }
+        if let Some(first) = counts.first() {
+            row(
+                format!("RSS KiB per open connection ({})", pods_label(*first)),
+                &|s| s.first().map(Step::rss_kib_per_connection),
+            );
+            row(
                 format!(
-                    "node-proxy CPU ms/s, {} pods + {} idle connections",
-                    self.pods, self.held
+                    "RSS MiB after the connections closed ({})",
+                    pods_label(*first)
                 ),
-                format!("{:.2}", self.idle_cpu_ms_per_s),
-            ),
-        ]
+                &|s| s.first().map(|s| mib(s.after_close.rss_kib)),
+            );
+            row(
+                format!(
+                    "server node's data-plane RSS MiB, {} open connections",
+                    self.held
+                ),
+                &|s| s.first()?.server_with_held.map(|m| mib(m.rss_kib)),
+            );
+        }
+        if let Some(last) = counts.last() {
+            row(
+                format!("data-plane processes on node 1, {last} pods"),
+                &|s| s.last().map(|s| s.processes as f64),
+            );
+            row(
+                format!(
+                    "data-plane CPU ms/s on node 1, {last} pods + {} idle connections",
+                    self.held
+                ),
+                &|s| s.last()?.idle_cpu_ms_per_s,
+            );
+        }
+        rows
     }
 
     /// The figures as JSON (KiB).
     pub fn json(&self) -> Value {
-        let m = |m: &Memory| json!({ "rss_kib": m.rss_kib, "pss_kib": m.pss_kib });
+        let setups: serde_json::Map<String, Value> = self
+            .steps
+            .iter()
+            .map(|(setup, steps)| {
+                let entry = json!({
+                    "steps": steps.iter().map(Step::json).collect::<Vec<_>>(),
+                    "rss_kib_per_pod": MemoryFigures::rss_kib_per_pod(steps),
+                    "pss_kib_per_pod": MemoryFigures::pss_kib_per_pod(steps),
+                });
+                (setup.name().to_owned(), entry)
+            })
+            .collect();
         json!({
-            "fresh_1_pod": m(&self.fresh),
-            "pods": self.pods,
-            "with_pods": m(&self.with_pods),
-            "rss_kib_per_pod": self.rss_per_pod_kib(),
-            "before_held": m(&self.before_held),
+            "pod_counts": self.pod_counts(),
             "held_connections": self.held,
-            "with_held": m(&self.with_held),
-            "rss_kib_per_connection": self.rss_per_connection_kib(),
-            "pss_kib_per_connection": self.pss_per_connection_kib(),
-            "after_close": m(&self.after_close),
-            "with_held_again": m(&self.with_held_again),
-            "idle_cpu_ms_per_s": self.idle_cpu_ms_per_s,
-            "rss_kib_per_connection_heap_reused": self.rss_per_connection_again_kib(),
+            "setups": setups,
+            "direct": "no data plane: 0",
         })
+    }
+}
+
+/// `1 pod`, `10 pods`.
+fn pods_label(pods: u64) -> String {
+    if pods == 1 {
+        "1 pod".to_owned()
+    } else {
+        format!("{pods} pods")
     }
 }
 
@@ -155,69 +242,83 @@ fn per(after: u64, before: u64, count: u64) -> f64 {
     (after as f64 - before as f64) / count.max(1) as f64
 }
 
-/// Builds a marrow node and measures the proxy at each step.
-pub fn measure(params: &Params) -> anyhow::Result<MemoryFigures> {
-    let mut bed = Bed::new(SetUp::Marrow, "bench-memory")?;
-    let pid = bed.proxy_pid().context("the marrow set-up runs a proxy")?;
-    let read = |what: &str| -> anyhow::Result<Memory> {
+/// Measures every set-up of `setups` that has a data plane, at every pod count.
+pub fn measure(
+    params: &Params,
+    setups: &[SetUp],
+    envoy: Option<&Path>,
+) -> anyhow::Result<MemoryFigures> {
+    let mut figures = MemoryFigures {
+        held: params.held_connections,
+        steps: BTreeMap::new(),
+    };
+    for setup in setups.iter().copied().filter(|s| s.meshed()) {
+        let mut steps = Vec::new();
+        for (i, pods) in params.memory_pods.iter().copied().enumerate() {
+            let largest = i + 1 == params.memory_pods.len();
+            let name = format!("bench-mem-{}-{pods}", setup.name());
+            let step = crate::process::timed(
+                &format!("{} memory, {} on node 1", setup.name(), pods_label(pods)),
+                || {
+                    let mut bed = Bed::new(setup, &name, envoy)?;
+                    let step = measure_step(&mut bed, params, pods, largest)?;
+                    drop(bed);
+                    Ok(step)
+                },
+            )?;
+            steps.push(step);
+            // The bed's namespaces are torn down by kernel workers after the drop.
+            std::thread::sleep(super::TEARDOWN);
+        }
+        figures.steps.insert(setup, steps);
+    }
+    Ok(figures)
+}
+
+/// The data-plane processes of each node of a bed.
+struct Plane {
+    node1: Vec<u32>,
+    node2: Vec<u32>,
+}
+
+/// One bed: `pods` pods on node 1, idle, then with connections held, then after they closed.
+fn measure_step(bed: &mut Bed, params: &Params, pods: u64, largest: bool) -> anyhow::Result<Step> {
+    let setup = bed.setup();
+    let mut pair = bed.pod_pair()?;
+    let idle_pods = bed.add_idle_pods(pods.saturating_sub(1))?;
+    let proxies = bed.proxy_pids();
+    let mut plane = Plane {
+        node1: proxies.first().copied().into_iter().collect(),
+        node2: if bed.cross_node() {
+            proxies.get(1).copied().into_iter().collect()
+        } else {
+            Vec::new()
+        },
+    };
+    plane.node1.extend(pair.client_sidecar_pid());
+    plane
+        .node1
+        .extend(idle_pods.iter().filter_map(|p| p.sidecar_pid()));
+    plane.node2.extend(pair.server_sidecar_pid());
+    if plane.node1.is_empty() {
+        bail!("{} has no data-plane process on node 1", setup.name());
+    }
+    let read = |pids: &[u32], what: &str| -> anyhow::Result<Memory> {
         std::thread::sleep(SETTLE);
-        let m = procfs::memory(pid).with_context(|| format!("node-proxy memory {what}"))?;
+        let m = sum_memory(pids).with_context(|| format!("{} memory {what}", setup.name()))?;
         println!(
-            "    node-proxy {what}: RSS {} KiB, PSS {} KiB",
-            m.rss_kib, m.pss_kib
+            "    {:<8} {what}: RSS {} KiB, PSS {} KiB ({} processes)",
+            setup.name(),
+            m.rss_kib,
+            m.pss_kib,
+            pids.len()
         );
         Ok(m)
     };
-    let mut idle = vec![bed.add_pod("idle1")];
-    let fresh = read("fresh, 1 enrolled pod")?;
-    for n in 2..=params.memory_pods {
-        idle.push(bed.add_pod(&format!("idle{n}")));
-    }
-    let with_pods = read(&format!("with {} enrolled pods", params.memory_pods))?;
+    let idle = read(&plane.node1, &format!("node 1, {}, idle", pods_label(pods)))?;
     bed.check_alive()?;
 
-    let held = fd_budget(pid, params.held_connections)?;
-    let pair = bed.pod_pair()?;
-    let before_held = read("before holding connections")?;
-    let (held, with_held) = hold(&mut bed, &pair, held, &read, "", || idle_cpu(pid))?;
-    let after_close = read("after they closed")?;
-    let mut idle_cpu_ms_per_s = f64::NAN;
-    let (_, with_held_again) = hold(&mut bed, &pair, held, &read, " again", || {
-        idle_cpu_ms_per_s = idle_cpu(pid)?;
-        Ok(idle_cpu_ms_per_s)
-    })?;
-    Ok(MemoryFigures {
-        fresh,
-        pods: params.memory_pods,
-        with_pods,
-        before_held,
-        held,
-        with_held,
-        after_close,
-        with_held_again,
-        idle_cpu_ms_per_s,
-    })
-}
-
-/// The proxy's CPU milliseconds per second over [`IDLE_CPU_WINDOW`].
-fn idle_cpu(pid: u32) -> anyhow::Result<f64> {
-    let before = procfs::cpu_ticks(pid)?;
-    std::thread::sleep(IDLE_CPU_WINDOW);
-    let ticks = procfs::cpu_ticks(pid)?.saturating_sub(before);
-    let ms = ticks as f64 * 1000.0 / procfs::clock_ticks_per_second() as f64;
-    Ok(ms / IDLE_CPU_WINDOW.as_secs_f64())
-}
-
-/// Holds `wanted` connections from the pair's client to its echo server and reads the proxy's
-/// memory while they are open; they close when this returns.
-fn hold(
-    bed: &mut Bed,
-    pair: &PodPair,
-    wanted: u64,
-    read: &dyn Fn(&str) -> anyhow::Result<Memory>,
-    again: &str,
-    mut while_held: impl FnMut() -> anyhow::Result<f64>,
-) -> anyhow::Result<(u64, Memory)> {
+    let wanted = fd_budget(&plane, params.held_connections)?;
     let mut holder = pair.client().spawn(
         binaries::testpod(),
         &[
@@ -235,32 +336,170 @@ fn hold(
         .and_then(|o| o.map_err(|f| anyhow::anyhow!("{:?}: {}", f.kind, f.detail)))
         .with_context(|| format!("testpod hold: {}", holder.log()))?;
     println!(
-        "    {} connections held{again} (opened in {} ms)",
-        outcome.held, outcome.elapsed_ms
+        "    {:<8} {} connections held (opened in {} ms)",
+        setup.name(),
+        outcome.held,
+        outcome.elapsed_ms
     );
-    let memory = read(&format!("with {} held connections{again}", outcome.held))?;
-    let cpu = while_held()?;
-    println!(
-        "    node-proxy CPU with {} idle connections held{again}: {cpu:.2} ms/s",
-        outcome.held
-    );
+    let with_held = read(&plane.node1, &format!("node 1, {} held", outcome.held))?;
+    let server_with_held = if plane.node2.is_empty() {
+        None
+    } else {
+        Some(read(
+            &plane.node2,
+            &format!("node 2, {} held", outcome.held),
+        )?)
+    };
+    let idle_cpu_ms_per_s = if largest {
+        let window = Duration::from_secs(params.idle_cpu_seconds);
+        let cpu = idle_cpu(&plane.node1, window)?;
+        println!(
+            "    {:<8} node 1 data-plane CPU with {} idle connections: {cpu:.2} ms/s",
+            setup.name(),
+            outcome.held
+        );
+        Some(cpu)
+    } else {
+        None
+    };
     bed.check_alive()?;
+    pair.check_alive()?;
     holder.kill();
-    Ok((outcome.held, memory))
+    let after_close = read(&plane.node1, "node 1, after they closed")?;
+    Ok(Step {
+        pods,
+        processes: plane.node1.len(),
+        idle,
+        held: outcome.held,
+        with_held,
+        after_close,
+        server_with_held,
+        idle_cpu_ms_per_s,
+    })
 }
 
-/// `wanted`, or fewer when the proxy's open-files limit does not allow four sockets per held
-/// connection (the reduction is printed).
-fn fd_budget(pid: u32, wanted: u64) -> anyhow::Result<u64> {
-    let limit = procfs::open_files_limit(pid)?;
-    let budget = limit.saturating_sub(PROXY_FD_SLACK) / 4;
-    if budget == 0 {
-        bail!("node-proxy may open only {limit} files; it cannot hold connections");
+/// RSS and PSS of `pids`, summed.
+fn sum_memory(pids: &[u32]) -> anyhow::Result<Memory> {
+    let mut total = Memory {
+        rss_kib: 0,
+        pss_kib: 0,
+    };
+    for pid in pids {
+        let m = procfs::memory(*pid)?;
+        total.rss_kib += m.rss_kib;
+        total.pss_kib += m.pss_kib;
     }
-    if budget < wanted {
-        println!(
-            "    node-proxy may open {limit} files: holding {budget} connections, not {wanted}"
+    Ok(total)
+}
+
+/// CPU milliseconds per second of `pids` together over `window`.
+fn idle_cpu(pids: &[u32], window: Duration) -> anyhow::Result<f64> {
+    let ticks = |pids: &[u32]| -> anyhow::Result<u64> {
+        pids.iter().map(|pid| procfs::cpu_ticks(*pid)).sum()
+    };
+    let before = ticks(pids)?;
+    std::thread::sleep(window);
+    let used = ticks(pids)?.saturating_sub(before);
+    let ms = used as f64 * 1000.0 / procfs::clock_ticks_per_second() as f64;
+    Ok(ms / window.as_secs_f64())
+}
+
+/// `wanted`, or fewer when a data-plane process's open-files limit does not allow
+/// [`SOCKETS_PER_CONNECTION`] per held connection (the reduction is printed).
+fn fd_budget(plane: &Plane, wanted: u64) -> anyhow::Result<u64> {
+    let mut budget = wanted;
+    for pid in plane.node1.iter().chain(&plane.node2) {
+        let limit = procfs::open_files_limit(*pid)?;
+        let allowed = limit.saturating_sub(FD_SLACK) / SOCKETS_PER_CONNECTION;
+        if allowed == 0 {
+            bail!("data-plane process {pid} may open only {limit} files");
+        }
+        if allowed < budget {
+            println!(
+                "    process {pid} may open {limit} files: holding {allowed} connections, not {wanted}"
+            );
+            budget = allowed;
+        }
+    }
+    Ok(budget)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(rss_kib: u64) -> Memory {
+        Memory {
+            rss_kib,
+            pss_kib: rss_kib - 100,
+        }
+    }
+
+    fn step(pods: u64, idle: u64, held: u64, cpu: Option<f64>) -> Step {
+        Step {
+            pods,
+            processes: 1,
+            idle: m(idle),
+            held: 1000,
+            with_held: m(held),
+            after_close: m(held),
+            server_with_held: Some(m(held / 2)),
+            idle_cpu_ms_per_s: cpu,
+        }
+    }
+
+    #[test]
+    fn rows_compare_every_set_up_with_a_node_without_a_data_plane() {
+        let mut figures = MemoryFigures {
+            held: 1000,
+            steps: BTreeMap::new(),
+        };
+        figures.steps.insert(
+            SetUp::Hbone,
+            vec![
+                step(1, 10_240, 30_720, None),
+                step(50, 11_220, 31_000, Some(0.5)),
+            ],
         );
+        figures.steps.insert(
+            SetUp::Sidecars,
+            vec![
+                step(1, 20_480, 40_960, None),
+                step(50, 1_024_000, 1_050_000, Some(20.0)),
+            ],
+        );
+        let rows = figures.rows();
+        let find = |label: &str| {
+            rows.iter()
+                .find(|(l, _)| l.contains(label))
+                .unwrap()
+                .1
+                .clone()
+        };
+        let idle1 = find("1 pod, idle");
+        assert_eq!(idle1[&SetUp::Direct], 0.0);
+        assert_eq!(idle1[&SetUp::Hbone], 10.0);
+        assert_eq!(idle1[&SetUp::Sidecars], 20.0);
+        let per_pod = find("RSS KiB per added idle pod (1 → 50 pods)");
+        assert_eq!(per_pod[&SetUp::Hbone], 20.0);
+        assert_eq!(per_pod[&SetUp::Sidecars], (1_024_000.0 - 20_480.0) / 49.0);
+        assert_eq!(find("per open connection")[&SetUp::Hbone], 20.48);
+        assert_eq!(find("server node")[&SetUp::Hbone], 15.0);
+        assert_eq!(find("CPU ms/s")[&SetUp::Sidecars], 20.0);
+        assert_eq!(find("PSS KiB per added")[&SetUp::Hbone], 20.0);
+        assert_eq!(rows[1].0, "  PSS MiB, idle");
+        assert!(
+            rows[2].0.starts_with("  RSS MiB with 1000 open"),
+            "{rows:?}"
+        );
+        assert!(rows.iter().all(|(l, _)| !l.contains("pod(s)")));
+        let v = figures.json();
+        assert_eq!(v["pod_counts"], json!([1, 50]));
+        assert_eq!(v["setups"]["hbone"]["steps"][1]["idle"]["rss_kib"], 11_220);
+        assert_eq!(
+            v["setups"]["sidecars"]["rss_kib_per_pod"],
+            json!(per_pod[&SetUp::Sidecars])
+        );
+        assert!(MemoryFigures::default().rows().is_empty());
     }
-    Ok(budget.min(wanted))
 }

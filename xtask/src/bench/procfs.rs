@@ -1,6 +1,8 @@
 //! What the bench reads from `/proc`: a process's CPU time and memory, the host's busy CPU
-//! time, the load average. Parsers are pure functions over the file's text, tested below.
+//! time, the load average, the processes running a binary, and the machine (CPU model,
+//! memory, kernel). Parsers are pure functions over the file's text, tested below.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -134,6 +136,75 @@ fn parse_loadavg(text: &str) -> anyhow::Result<[f64; 3]> {
     Ok([next()?, next()?, next()?])
 }
 
+/// The processes whose executable is `exe` (`/proc/PID/exe`), e.g. Envoys left running.
+pub fn pids_running(exe: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let want = exe.canonicalize().unwrap_or_else(|_| exe.to_owned());
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|path| path == want))
+        .collect()
+}
+
+/// The host's CPU, memory and kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// `model name` of `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// Logical CPUs in `/proc/cpuinfo`.
+    pub cpus: usize,
+    /// `MemTotal` of `/proc/meminfo`, KiB.
+    pub memory_kib: u64,
+    /// `/proc/sys/kernel/osrelease`.
+    pub kernel: String,
+}
+
+/// Reads [`Host`] from `/proc`.
+pub fn host() -> anyhow::Result<Host> {
+    let read =
+        |path: &str| std::fs::read_to_string(path).with_context(|| format!("reading {path}"));
+    let (cpu_model, cpus) =
+        parse_cpuinfo(&read("/proc/cpuinfo")?).context("parsing /proc/cpuinfo")?;
+    Ok(Host {
+        cpu_model,
+        cpus,
+        memory_kib: kib_field(&read("/proc/meminfo")?, "MemTotal:")
+            .context("parsing /proc/meminfo")?,
+        kernel: read("/proc/sys/kernel/osrelease")?.trim().to_owned(),
+    })
+}
+
+/// The first `model name` and the number of `processor` entries of `/proc/cpuinfo`.
+fn parse_cpuinfo(text: &str) -> anyhow::Result<(String, usize)> {
+    let value = |line: &str, key: &str| -> Option<String> {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_owned())
+    };
+    let cpus = text
+        .lines()
+        .filter(|l| value(l, "processor").is_some())
+        .count();
+    if cpus == 0 {
+        bail!("no `processor` entries");
+    }
+    let model = text
+        .lines()
+        .find_map(|l| value(l, "model name"))
+        .unwrap_or_else(|| "unknown (no `model name`)".to_owned());
+    Ok((model, cpus))
+}
+
+/// `PRETTY_NAME` of an `os-release` file.
+pub fn parse_os_release(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let value = l.strip_prefix("PRETTY_NAME=")?.trim();
+        Some(value.trim_matches('"').to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +247,26 @@ mod tests {
         );
         assert!(parse_loadavg("0.1 0.2").is_err());
         assert!(parse_loadavg("a b c").is_err());
+    }
+
+    #[test]
+    fn machine_files() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\n\
+                       processor\t: 1\nmodel name\t: AMD EPYC 7B13\n";
+        assert_eq!(
+            parse_cpuinfo(cpuinfo).unwrap(),
+            ("AMD EPYC 7B13".to_owned(), 2)
+        );
+        assert_eq!(parse_cpuinfo("processor : 0\n").unwrap().1, 1);
+        assert!(parse_cpuinfo("model name : x\n").is_err());
+        let os = "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n";
+        assert_eq!(
+            parse_os_release(os).as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
+        assert_eq!(parse_os_release("NAME=x\n"), None);
+        let me = std::env::current_exe().unwrap();
+        assert!(pids_running(&me).contains(&std::process::id()));
+        assert!(pids_running(Path::new("/nonexistent/envoy")).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! The samples of every figure across rounds, and the report: per topology, a Markdown table of
-//! medians with the mesh set-up's ratio to that topology's baseline, the TLS handshake figures,
-//! and the same as JSON.
+//! medians with each mesh set-up's ratio to that topology's baseline (and marrow's to the
+//! sidecars'), the memory table, the TLS handshake figures, the latency plot's curves, and the
+//! same as JSON.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,14 +10,22 @@ use serde_json::{Value, json};
 
 use super::figure::{Compare, Figure};
 use super::handshake::HandshakeFigures;
+use super::latency::Distribution;
 use super::memory::MemoryFigures;
+use super::plot::{self, Series};
 use super::topology::{SetUp, Topology};
 
-/// Every sample of every figure, by set-up, and the connection errors seen.
+/// The set-up marrow is compared with besides its baseline, and marrow's set-up in that
+/// comparison.
+const VERSUS: (SetUp, SetUp) = (SetUp::Hbone, SetUp::Sidecars);
+
+/// Every sample of every figure, by set-up, the connection errors seen, and each ping-pong
+/// run's distribution.
 #[derive(Default)]
 pub struct Samples {
     values: BTreeMap<Figure, BTreeMap<SetUp, Vec<f64>>>,
     errors: BTreeMap<SetUp, (u64, Option<String>)>,
+    distributions: BTreeMap<SetUp, Vec<Distribution>>,
 }
 
 impl Samples {
@@ -46,9 +55,41 @@ impl Samples {
         }
     }
 
+    /// Keeps one ping-pong run's distribution.
+    pub fn add_distribution(&mut self, setup: SetUp, distribution: Distribution) {
+        self.distributions
+            .entry(setup)
+            .or_default()
+            .push(distribution);
+    }
+
     /// The median of a figure's samples for `setup`.
     fn median(&self, figure: Figure, setup: SetUp) -> Option<f64> {
         median(self.values.get(&figure)?.get(&setup)?)
+    }
+
+    /// The latency curve of `setup`: point by point, the median of its runs' ladders (the
+    /// points every run has, at the same percentiles).
+    pub fn latency_curve(&self, setup: SetUp) -> Vec<[f64; 2]> {
+        let Some(runs) = self.distributions.get(&setup) else {
+            return Vec::new();
+        };
+        let shortest = runs.iter().map(|d| d.ladder.len()).min().unwrap_or(0);
+        (0..shortest)
+            .filter_map(|i| {
+                let p = runs.first()?.ladder.get(i)?[0];
+                let values: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|d| d.ladder.get(i))
+                    .filter(|[q, _]| (q - p).abs() < 1e-9)
+                    .map(|[_, us]| *us)
+                    .collect();
+                if values.len() != runs.len() {
+                    return None;
+                }
+                Some([p, median(&values)?])
+            })
+            .collect()
     }
 }
 
@@ -86,6 +127,35 @@ fn number(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "—".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+/// `v / b` as `0.50×`, or `—` when either is missing or `b` is 0.
+fn ratio(b: Option<f64>, v: Option<f64>) -> String {
+    match (b, v) {
+        (Some(b), Some(v)) if b != 0.0 => times(v / b),
+        _ => "—".to_owned(),
+    }
+}
+
+/// A ratio with two decimals, or two significant digits below 0.1 (`0.0042×`, not `0.00×`).
+fn times(r: f64) -> String {
+    let decimals = if r != 0.0 && r.is_finite() && r.abs() < 0.095 {
+        (1.0 - r.abs().log10().floor()) as usize
+    } else {
+        2
+    };
+    format!("{r:.decimals$}×")
+}
+
+/// Colour and dash of a set-up's latency curve.
+fn style(setup: SetUp) -> (&'static str, bool) {
+    match setup {
+        SetUp::Direct => ("#7f7f7f", true),
+        SetUp::Marrow => ("#2ca02c", true),
+        SetUp::DirectX => ("#333333", false),
+        SetUp::Hbone => ("#1f77b4", false),
+        SetUp::Sidecars => ("#d62728", false),
+    }
+}
+
 impl Report {
     /// The set-ups that ran, in [`SetUp::ALL`] order.
     fn ran(&self) -> Vec<SetUp> {
@@ -101,14 +171,26 @@ impl Report {
         Topology::ALL
             .into_iter()
             .map(|t| {
-                let setups = t.setups().into_iter().filter(|s| ran.contains(s)).collect();
+                let setups = t
+                    .setups()
+                    .iter()
+                    .copied()
+                    .filter(|s| ran.contains(s))
+                    .collect();
                 (t, setups)
             })
             .filter(|(_, setups): &(Topology, Vec<SetUp>)| !setups.is_empty())
             .collect()
     }
 
-    /// The Markdown report: a table per topology, then the TLS handshake table.
+    /// Whether both sides of marrow's comparison with the sidecars ran.
+    fn versus(&self) -> bool {
+        let ran = self.ran();
+        ran.contains(&VERSUS.0) && ran.contains(&VERSUS.1)
+    }
+
+    /// The Markdown report: a table per topology, the memory table, then the TLS handshake
+    /// table.
     pub fn table(&self) -> String {
         let mut out = String::new();
         for (topology, setups) in self.topologies() {
@@ -117,6 +199,25 @@ impl Report {
             for note in topology.notes() {
                 let _ = writeln!(out, "\n{note}");
             }
+            out.push('\n');
+        }
+        if let Some(memory) = self.memory.as_ref().filter(|m| !m.steps.is_empty()) {
+            let _ = writeln!(
+                out,
+                "### Memory: the data plane of node 1 (marrow: its node-proxy; sidecars: every \
+                 Envoy on it, one per pod)\n"
+            );
+            out.push_str(&memory_table(memory));
+            let _ = writeln!(
+                out,
+                "\nEach pod count is a fresh bed: N pods on node 1 (the client and N - 1 idle \
+                 ones), the server pod on node 2 (on node 1 for marrow same-node). direct has \
+                 no data plane: 0, so no ratio to it. Connections are held open by the client \
+                 pod to the server's echo, idle. RSS summed over processes counts the pages \
+                 they share (the Envoy binary, mapped by every Envoy) once per process; PSS \
+                 divides shared pages among their users, so summed PSS is what the node \
+                 actually spends."
+            );
             out.push('\n');
         }
         if let Some(handshakes) = &self.handshakes {
@@ -137,13 +238,24 @@ impl Report {
         out
     }
 
-    /// One topology's table: figure | baseline | mesh set-up | ratio.
+    /// One topology's table: figure | baseline | mesh set-ups | their ratios to the baseline
+    /// | marrow's ratio to the sidecars (when both ran).
     fn topology_table(&self, topology: Topology, setups: &[SetUp]) -> String {
         let base = topology.baseline();
         let others: Vec<SetUp> = setups.iter().copied().filter(|s| *s != base).collect();
+        let versus = others.contains(&VERSUS.0) && others.contains(&VERSUS.1);
         let mut header = vec!["figure".to_owned(), base.name().to_owned()];
         header.extend(others.iter().map(|s| s.name().to_owned()));
-        header.extend(others.iter().map(|_| "ratio".to_owned()));
+        header.extend(others.iter().map(|s| {
+            if others.len() == 1 {
+                "ratio".to_owned()
+            } else {
+                format!("{}/{}", s.name(), base.name())
+            }
+        }));
+        if versus {
+            header.push(format!("{}/{}", VERSUS.0.name(), VERSUS.1.name()));
+        }
         let mut rows = vec![header];
         for figure in Figure::ALL {
             let (_, label, decimals, compare) = figure.spec();
@@ -163,10 +275,20 @@ impl Report {
                 };
                 match compare {
                     Compare::Nothing => "—".to_owned(),
-                    Compare::Ratio => format!("{:.2}×", v / b),
-                    Compare::RatioAndAdded => format!("{:.2}× ({:+.1} µs)", v / b, v - b),
+                    Compare::Ratio => times(v / b),
+                    Compare::RatioAndAdded => format!("{} ({:+.1} µs)", times(v / b), v - b),
                 }
             }));
+            if versus {
+                row.push(if figure.across_meshes() {
+                    ratio(
+                        self.samples.median(figure, VERSUS.1),
+                        self.samples.median(figure, VERSUS.0),
+                    )
+                } else {
+                    "—".to_owned()
+                });
+            }
             rows.push(row);
         }
         let errors = |s: &SetUp| self.errors(*s).0.to_string();
@@ -176,17 +298,45 @@ impl Report {
         ];
         row.extend(others.iter().map(errors));
         row.extend(others.iter().map(|_| "—".to_owned()));
-        rows.push(row);
-        if let Some(memory) = self
-            .memory
-            .as_ref()
-            .filter(|_| others.contains(&SetUp::Marrow))
-        {
-            for (label, value) in memory.rows() {
-                rows.push(vec![label, "—".to_owned(), value, "—".to_owned()]);
-            }
+        if versus {
+            row.push("—".to_owned());
         }
+        rows.push(row);
         render(&rows)
+    }
+
+    /// The latency plot of every set-up that ran (same-node ones dashed).
+    pub fn latency_svg(&self) -> String {
+        let series: Vec<Series> = self
+            .ran()
+            .into_iter()
+            .filter_map(|setup| {
+                let points = self.samples.latency_curve(setup);
+                let p50 = self.samples.median(Figure::PingP50, setup)?;
+                let p999 = self.samples.median(Figure::PingP999, setup)?;
+                let (colour, dashed) = style(setup);
+                (!points.is_empty()).then(|| Series {
+                    name: format!("{}  p50 {p50:.0}, p99.9 {p999:.0} µs", setup.name()),
+                    colour,
+                    dashed,
+                    points,
+                })
+            })
+            .collect();
+        let runs = self
+            .samples
+            .distributions
+            .values()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
+        plot::latency_svg(
+            &format!(
+                "1-byte ping-pong round trip by percentile (each curve: median of {runs} run{})",
+                if runs == 1 { "" } else { "s" }
+            ),
+            &series,
+        )
     }
 
     fn errors(&self, setup: SetUp) -> (u64, Option<String>) {
@@ -230,6 +380,18 @@ impl Report {
             if compare == Compare::RatioAndAdded {
                 entry["added"] = Value::Object(compared(|b, v| v - b));
             }
+            if self.versus() && figure.across_meshes() {
+                let (ours, theirs) = (
+                    self.samples.median(figure, VERSUS.0),
+                    self.samples.median(figure, VERSUS.1),
+                );
+                let key = format!("{}_vs_{}", VERSUS.0.name(), VERSUS.1.name());
+                entry[key] = json!(
+                    ours.zip(theirs)
+                        .filter(|(_, t)| *t != 0.0)
+                        .map(|(o, t)| o / t)
+                );
+            }
             figures.insert(key.to_owned(), entry);
         }
         let errors: serde_json::Map<String, Value> = ran
@@ -258,6 +420,20 @@ impl Report {
             .into_iter()
             .map(|(t, _)| (t.key().to_owned(), json!(t.notes())))
             .collect();
+        let latency: serde_json::Map<String, Value> = ran
+            .iter()
+            .filter_map(|s| {
+                let runs = self.samples.distributions.get(s)?;
+                let entry = json!({
+                    "runs": runs.len(),
+                    "count_per_run": runs.first().map(|d| d.count),
+                    "median_curve": self.samples.latency_curve(*s),
+                    "max_us": runs.iter().map(|d| d.max_us).collect::<Vec<_>>(),
+                    "mean_us": runs.iter().map(|d| d.mean_us).collect::<Vec<_>>(),
+                });
+                Some((s.name().to_owned(), entry))
+            })
+            .collect();
         json!({
             "load_average": self.load_average,
             "cpus": self.cpus,
@@ -268,9 +444,43 @@ impl Report {
             "figures": figures,
             "connection_errors": errors,
             "memory": self.memory.as_ref().map(MemoryFigures::json),
+            "latency_distributions": latency,
             "tls_handshakes": self.handshakes.as_ref().map(HandshakeFigures::json),
         })
     }
+}
+
+/// The memory table: figure | direct | each measured set-up | marrow's ratio to the sidecars.
+fn memory_table(memory: &MemoryFigures) -> String {
+    let rows = memory.rows();
+    let measured: Vec<SetUp> = SetUp::ALL
+        .into_iter()
+        .filter(|s| memory.steps.contains_key(s))
+        .collect();
+    let versus = measured.contains(&VERSUS.0) && measured.contains(&VERSUS.1);
+    let mut header = vec!["figure".to_owned(), "direct".to_owned()];
+    header.extend(measured.iter().map(|s| s.name().to_owned()));
+    if versus {
+        header.push(format!("{}/{}", VERSUS.0.name(), VERSUS.1.name()));
+    }
+    let mut table = vec![header];
+    for (label, values) in rows {
+        let decimals = if label.contains("processes") { 0 } else { 1 };
+        let mut row = vec![label, number(values.get(&SetUp::Direct).copied(), decimals)];
+        row.extend(
+            measured
+                .iter()
+                .map(|s| number(values.get(s).copied(), decimals)),
+        );
+        if versus {
+            row.push(ratio(
+                values.get(&VERSUS.1).copied(),
+                values.get(&VERSUS.0).copied(),
+            ));
+        }
+        table.push(row);
+    }
+    render(&table)
 }
 
 /// A Markdown table with padded columns (numbers right-aligned).

@@ -1,18 +1,22 @@
 //! One sample of every per-round figure for one set-up: connection rate with one and eight
-//! client threads, one-stream bulk throughput with its CPU cost, and ping-pong latency.
+//! client threads, one-stream bulk throughput with its CPU cost, and ping-pong latency with
+//! its distribution.
 //!
 //! Each connection-rate run starts from a fresh client and server pod (new namespaces), so no
 //! run inherits the TIME_WAIT sockets of the one before. The load generators are `testpod`
-//! subcommands run inside the client pod; their one JSON line is the measurement.
+//! subcommands (the ping-pong: this binary's [`latency`] client) run inside the client pod;
+//! their one JSON line is the measurement. The data plane's CPU is the bed's node proxies'
+//! plus the measured pair's sidecars'.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use marrow_tests::testpod::{ConnectRate, LoadOutcome, PingPong, Throughput, parse_load_output};
+use marrow_tests::testpod::{ConnectRate, LoadOutcome, Throughput, parse_load_output};
 use marrow_tests::{Pod, binaries};
 
 use super::Params;
 use super::figure::Figure;
+use super::latency;
 use super::procfs;
 use super::report::Samples;
 use super::setup::{Bed, PodPair, SetUp};
@@ -44,9 +48,9 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
             Figure::ConnP99Thread8,
         ),
     ] {
-        let pair = bed.pod_pair()?;
+        let mut pair = bed.pod_pair()?;
         std::thread::sleep(SETTLE);
-        let meter = CpuMeter::start(bed)?;
+        let meter = CpuMeter::start(bed, &pair)?;
         let run: ConnectRate = load(
             pair.client(),
             &[
@@ -60,6 +64,7 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
         )?;
         let cpu = meter.stop(bed)?;
         bed.check_alive()?;
+        pair.check_alive()?;
         if run.connections == 0 {
             bail!(
                 "connect-rate with {threads} thread(s) completed no connection ({} errors, first: {})",
@@ -96,16 +101,54 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
         pairs.push(pair);
     }
     // The last pair serves bulk and ping-pong (TIME_WAIT does not matter to one connection).
-    if let Some(pair) = pairs.last() {
+    if let Some(pair) = pairs.last_mut() {
         bulk_and_latency(bed, params, pair, samples)?;
     }
     check_counted(bed, samples)?;
+    check_sidecars(&pairs, samples)?;
     if let Some((count, first)) = bed.proxy_problems() {
         println!(
             "    {:<8} node-proxy logged {count} failed connections or warnings; first: {first}",
             setup.name()
         );
     }
+    for pair in &pairs {
+        if let Some((count, first)) = pair.sidecar_problems() {
+            println!(
+                "    {:<8} the sidecars logged {count} warnings or errors; first: {first}",
+                setup.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the sidecars of every pair carried its connections as mutual TLS: the client
+/// pod's Envoy completed TLS handshakes as a client and the server pod's as a server (its
+/// listeners take nothing else). Records the mTLS connections the client Envoys opened.
+fn check_sidecars(pairs: &[PodPair], samples: &mut Samples) -> anyhow::Result<()> {
+    let (mut opened, mut resumed) = (0, 0);
+    for (i, pair) in pairs.iter().enumerate() {
+        let Some((client, server)) = pair.sidecar_tls()? else {
+            return Ok(());
+        };
+        if client.as_client == 0 || server.as_server == 0 {
+            bail!(
+                "sidecars: pair {} went without mTLS (client Envoy {} handshakes as a client, \
+                 server Envoy {} as a server)",
+                i + 1,
+                client.as_client,
+                server.as_server
+            );
+        }
+        opened += client.as_client;
+        resumed += client.resumed;
+    }
+    println!(
+        "    {:<8} mTLS connections between the Envoys: {opened} ({resumed} resumed sessions)",
+        SetUp::Sidecars.name()
+    );
+    samples.record(Figure::Tunnels, SetUp::Sidecars, opened as f64);
     Ok(())
 }
 
@@ -149,12 +192,12 @@ fn check_counted(bed: &Bed, samples: &mut Samples) -> anyhow::Result<()> {
 fn bulk_and_latency(
     bed: &mut Bed,
     params: &Params,
-    pair: &PodPair,
+    pair: &mut PodPair,
     samples: &mut Samples,
 ) -> anyhow::Result<()> {
     let setup = bed.setup();
     std::thread::sleep(SETTLE);
-    let meter = CpuMeter::start(bed)?;
+    let meter = CpuMeter::start(bed, pair)?;
     let bulk: Throughput = load(
         pair.client(),
         &[
@@ -166,6 +209,7 @@ fn bulk_and_latency(
     )?;
     let cpu = meter.stop(bed)?;
     bed.check_alive()?;
+    pair.check_alive()?;
     let gb = bulk.bytes as f64 / GB;
     println!(
         "    {:<8} bulk: {:>6.2} Gbit/s  host {:.2} CPU-s/GB{}",
@@ -185,7 +229,7 @@ fn bulk_and_latency(
         setup,
         cpu.has_plane.then_some(cpu.plane_seconds / gb),
     );
-    let pids = bed.data_plane_pids();
+    let pids = data_plane_pids(bed, pair);
     if !pids.is_empty() {
         let mut peak = 0;
         for pid in pids {
@@ -195,29 +239,32 @@ fn bulk_and_latency(
     }
 
     std::thread::sleep(SETTLE);
-    let ping: PingPong = load(
-        pair.client(),
-        &[
-            "pingpong".to_owned(),
-            pair.echo().to_string(),
-            "--count".to_owned(),
-            params.pingpong_count.to_string(),
-        ],
-    )?;
+    let ping = latency::measure_in(pair.client(), pair.echo(), params.pingpong_count)?;
     bed.check_alive()?;
+    pair.check_alive()?;
     println!(
-        "    {:<8} ping-pong: p50 {:.1} us  p90 {:.1}  p99 {:.1}  p99.9 {:.1}",
+        "    {:<8} ping-pong: p50 {:.1} us  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.0}",
         setup.name(),
         ping.p50_us,
         ping.p90_us,
         ping.p99_us,
-        ping.p999_us
+        ping.p999_us,
+        ping.max_us
     );
     samples.record(Figure::PingP50, setup, ping.p50_us);
     samples.record(Figure::PingP90, setup, ping.p90_us);
     samples.record(Figure::PingP99, setup, ping.p99_us);
     samples.record(Figure::PingP999, setup, ping.p999_us);
+    samples.add_distribution(setup, ping);
     Ok(())
+}
+
+/// The processes whose CPU and memory are the data plane's: the bed's node proxies and the
+/// pair's sidecars.
+fn data_plane_pids(bed: &Bed, pair: &PodPair) -> Vec<u32> {
+    let mut pids = bed.proxy_pids();
+    pids.extend(pair.sidecar_pids());
+    pids
 }
 
 /// Runs `testpod args…` in `pod` and parses its line as `T`.
@@ -260,9 +307,8 @@ struct CpuUsed {
 }
 
 impl CpuMeter {
-    fn start(bed: &Bed) -> anyhow::Result<CpuMeter> {
-        let plane = bed
-            .data_plane_pids()
+    fn start(bed: &Bed, pair: &PodPair) -> anyhow::Result<CpuMeter> {
+        let plane = data_plane_pids(bed, pair)
             .into_iter()
             .map(|pid| Ok((pid, procfs::cpu_ticks(pid)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;

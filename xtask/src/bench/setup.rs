@@ -3,18 +3,21 @@
 //! and server pods.
 //!
 //! Only the data plane differs between the set-ups of a [`Topology`]; the topology, CNI chain,
-//! load tools and their settings are the same. A new set-up (an Envoy sidecar baseline) is a
-//! new [`SetUp`] variant and a branch in [`Bed::new`]: the figures only see a client pod, the
-//! server's addresses and the processes whose CPU and memory are the mesh's.
+//! load tools and their settings are the same. The figures only see a client pod, the
+//! addresses its load generators dial (the server's, or its own sidecar's on loopback) and the
+//! processes whose CPU and memory are the data plane's: the bed's node proxies, and each pod's
+//! sidecar Envoy, which lives with its pod ([`PodPair`], [`IdlePod`]).
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use marrow_tests::mesh::{apply_state, mesh_proxy_options, wait_config_generation};
+use marrow_tests::workload_cert::WorkloadCert;
 use marrow_tests::{ClusterState, MeshCa, Node, Pod, PodProcess, Proxy, binaries, link_nodes};
 
+use super::sidecar::{Bootstrap, Route, Sidecar, TlsCounts};
 pub use super::topology::{SetUp, Topology};
 
 /// Port of the server pod's echo server (`testpod serve`): connection rate, ping-pong, hold.
@@ -23,6 +26,24 @@ pub const ECHO_PORT: u16 = 8080;
 pub const SINK_PORT: u16 = 8081;
 /// The Kubernetes namespace of every bench pod (in the ambient mesh in an HBONE bed).
 const NAMESPACE: &str = "bench";
+/// The app ports through the sidecars: the client dials 127.0.0.1:15001 for the echo and
+/// 127.0.0.1:15002 for the sink; the server pod's Envoy takes mTLS on 15443 and 15444.
+const SIDECAR_ROUTES: [Route; 2] = [
+    Route {
+        app: ECHO_PORT,
+        outbound: 15001,
+        inbound: 15443,
+    },
+    Route {
+        app: SINK_PORT,
+        outbound: 15002,
+        inbound: 15444,
+    },
+];
+/// Service accounts (SPIFFE IDs) of the client, server and idle pods.
+const CLIENT_SA: &str = "bench-client";
+const SERVER_SA: &str = "bench-server";
+const IDLE_SA: &str = "bench-idle";
 /// How long a proxy may take to load its eBPF programs, report ready and apply its state file.
 const PROXY_READY: Duration = Duration::from_secs(30);
 /// How long a server may take to report that it listens.
@@ -34,11 +55,16 @@ const SERVER_READY: Duration = Duration::from_secs(10);
 /// keep the client's address (`--inbound-source-ports`, default 1024-32767), as on real nodes.
 const PORT_RANGE: &str = "32768 65535";
 
-/// A client and a server pod, the server's echo and sink running. Field order is drop order.
+/// A client and a server pod, the server's echo and sink running, and in a sidecar bed each
+/// pod's Envoy. Field order is drop order.
 pub struct PodPair {
     _servers: [PodProcess; 2],
+    /// The client's sidecar, then the server's (sidecar beds only).
+    sidecars: Vec<Sidecar>,
     server: Pod,
     client: Pod,
+    echo: SocketAddr,
+    sink: SocketAddr,
 }
 
 impl PodPair {
@@ -47,15 +73,81 @@ impl PodPair {
         &self.client
     }
 
-    /// The server's echo address.
+    /// What the client dials for the echo: the server's address, or its own sidecar's
+    /// outbound listener.
     pub fn echo(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(self.server.ipv4()), ECHO_PORT)
+        self.echo
     }
 
-    /// The server's sink address.
+    /// What the client dials for the sink (as [`PodPair::echo`]).
     pub fn sink(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(self.server.ipv4()), SINK_PORT)
+        self.sink
     }
+
+    /// The pair's sidecar Envoys, the client's first (none outside a sidecar bed).
+    pub fn sidecar_pids(&self) -> Vec<u32> {
+        self.sidecars.iter().map(Sidecar::pid).collect()
+    }
+
+    /// The client's sidecar Envoy, if any.
+    pub fn client_sidecar_pid(&self) -> Option<u32> {
+        self.sidecars.first().map(Sidecar::pid)
+    }
+
+    /// The server's sidecar Envoy, if any.
+    pub fn server_sidecar_pid(&self) -> Option<u32> {
+        self.sidecars.get(1).map(Sidecar::pid)
+    }
+
+    /// Fails when a sidecar has exited (a crash mid-run must fail the bench, not skew it).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        let pods = [&self.client, &self.server];
+        for (sidecar, pod) in self.sidecars.iter_mut().zip(pods) {
+            sidecar.check_alive(pod)?;
+        }
+        Ok(())
+    }
+
+    /// The TLS handshakes the client's sidecar completed as a client and the server's as a
+    /// server; `None` outside a sidecar bed.
+    pub fn sidecar_tls(&self) -> anyhow::Result<Option<(TlsCounts, TlsCounts)>> {
+        let [client, server] = self.sidecars.as_slice() else {
+            return Ok(None);
+        };
+        Ok(Some((
+            client.stats(&self.client)?.tls(),
+            server.stats(&self.server)?.tls(),
+        )))
+    }
+
+    /// Warnings and errors the sidecars logged: how many, and the first.
+    pub fn sidecar_problems(&self) -> Option<(usize, String)> {
+        let found: Vec<(usize, String)> =
+            self.sidecars.iter().filter_map(Sidecar::problems).collect();
+        let first = found.first()?.1.clone();
+        Some((found.iter().map(|(n, _)| n).sum(), first))
+    }
+}
+
+/// An idle pod on the client node (enrolled in a marrow bed), with its Envoy in a sidecar
+/// bed. Field order is drop order.
+pub struct IdlePod {
+    sidecar: Option<Sidecar>,
+    _pod: Pod,
+}
+
+impl IdlePod {
+    /// Its sidecar Envoy, if any.
+    pub fn sidecar_pid(&self) -> Option<u32> {
+        self.sidecar.as_ref().map(Sidecar::pid)
+    }
+}
+
+/// What a sidecar bed gives each pod's Envoy: the binary and the mesh CA that issues the
+/// pods' certificates.
+struct Sidecars {
+    envoy: PathBuf,
+    ca: MeshCa,
 }
 
 /// The mesh of an HBONE bed: its CA, the cluster state both proxies are given, and each
@@ -85,21 +177,26 @@ pub struct Counted {
 /// everything (processes via the cgroups, pods via CNI DEL, namespaces, pins, temporary files).
 pub struct Bed {
     setup: SetUp,
-    // Field order is drop order: the proxies before the nodes they live in, the CA last.
+    // Field order is drop order: the proxies before the nodes they live in, the CAs last.
     /// The client node's proxy first, then the server node's (when it has its own).
     proxies: Vec<Proxy>,
     client_node: Node,
     /// The client node again in a same-node set-up.
     server_node: Node,
     mesh: Option<Mesh>,
+    sidecars: Option<Sidecars>,
+    /// The latest pair's server pod: where idle pods' sidecars send their outbound listeners.
+    peer: Option<Ipv4Addr>,
     pairs: u32,
+    idle: u32,
 }
 
 impl Bed {
     /// Builds `setup` on fresh nodes named `name` (one node) or `name-1` and `name-2` (two,
     /// linked); `name` is unique within the run, and a crashed earlier run's leftovers of the
-    /// same name are removed first.
-    pub fn new(setup: SetUp, name: &str) -> anyhow::Result<Bed> {
+    /// same name are removed first. `envoy` is the sidecars' binary (needed by
+    /// [`SetUp::Sidecars`] only).
+    pub fn new(setup: SetUp, name: &str, envoy: Option<&Path>) -> anyhow::Result<Bed> {
         let (client_node, server_node) = if setup.topology() == Topology::CrossNode {
             let (a, b) = (
                 Node::new(&format!("{name}-1")),
@@ -113,8 +210,16 @@ impl Bed {
         };
         let mut proxies = Vec::new();
         let mut mesh = None;
+        let mut sidecars = None;
         match setup {
             SetUp::Direct | SetUp::DirectX => {}
+            SetUp::Sidecars => {
+                let envoy = envoy.context("the sidecars set-up needs Envoy")?;
+                sidecars = Some(Sidecars {
+                    envoy: envoy.to_owned(),
+                    ca: MeshCa::create(name),
+                });
+            }
             SetUp::Marrow => {
                 let mut proxy = client_node.start_proxy();
                 proxy
@@ -150,7 +255,10 @@ impl Bed {
             client_node,
             server_node,
             mesh,
+            sidecars,
+            peer: None,
             pairs: 0,
+            idle: 0,
         })
     }
 
@@ -160,7 +268,8 @@ impl Bed {
     }
 
     /// A fresh client and server pod (new network namespaces: no TIME_WAIT from earlier runs),
-    /// servers listening; in an HBONE bed both are in the proxies' state before this returns.
+    /// servers listening; in an HBONE bed both are in the proxies' state, in a sidecar bed
+    /// both Envoys are ready, before this returns.
     pub fn pod_pair(&mut self) -> anyhow::Result<PodPair> {
         self.pairs += 1;
         let n = self.pairs;
@@ -183,21 +292,96 @@ impl Bed {
                 &["serve", "--port", &SINK_PORT.to_string(), "--sink"],
             )?,
         ];
-        self.record(&[(&client, "bench-client"), (&server, "bench-server")]);
+        self.record(&[(&client, CLIENT_SA), (&server, SERVER_SA)]);
+        let direct = |port| SocketAddr::new(IpAddr::V4(server.ipv4()), port);
+        let (mut echo, mut sink) = (direct(ECHO_PORT), direct(SINK_PORT));
+        let mut sidecars = Vec::new();
+        if self.sidecars.is_some() {
+            sidecars.push(self.start_sidecar(&client, CLIENT_SA, server.ipv4(), SERVER_SA)?);
+            sidecars.push(self.start_sidecar(&server, SERVER_SA, client.ipv4(), CLIENT_SA)?);
+            for (sidecar, pod) in sidecars.iter_mut().zip([&client, &server]) {
+                sidecar.wait_ready(pod)?;
+            }
+            let outbound = |route: &Route| SocketAddr::from((Ipv4Addr::LOCALHOST, route.outbound));
+            (echo, sink) = (outbound(&SIDECAR_ROUTES[0]), outbound(&SIDECAR_ROUTES[1]));
+        }
+        self.peer = Some(server.ipv4());
         Ok(PodPair {
             _servers: servers,
+            sidecars,
             server,
             client,
+            echo,
+            sink,
         })
     }
 
-    /// Adds an (idle) pod on the client node, enrolled when the set-up is a mesh.
-    pub fn add_pod(&mut self, name: &str) -> Pod {
-        let pod = self
-            .client_node
-            .add_pod(name, NAMESPACE, self.setup.enrolled());
-        self.record(&[(&pod, "bench-idle")]);
-        pod
+    /// Adds `count` idle pods on the client node: enrolled (and in the proxies' state) in a
+    /// marrow bed; in a sidecar bed each with its Envoy, ready, whose outbound listeners go to
+    /// the latest pair's server (so a pair must exist).
+    pub fn add_idle_pods(&mut self, count: u64) -> anyhow::Result<Vec<IdlePod>> {
+        let mut pods = Vec::new();
+        for _ in 0..count {
+            self.idle += 1;
+            let name = format!("idle{}", self.idle);
+            pods.push(
+                self.client_node
+                    .add_pod(&name, NAMESPACE, self.setup.enrolled()),
+            );
+        }
+        let named: Vec<(&Pod, &str)> = pods.iter().map(|p| (p, IDLE_SA)).collect();
+        self.record(&named);
+        let mut sidecars = Vec::new();
+        if self.sidecars.is_some() {
+            let peer = self
+                .peer
+                .context("idle sidecars need a pod pair to point their outbound listeners at")?;
+            for pod in &pods {
+                sidecars.push(Some(self.start_sidecar(pod, IDLE_SA, peer, SERVER_SA)?));
+            }
+            for (sidecar, pod) in sidecars.iter_mut().zip(&pods) {
+                if let Some(sidecar) = sidecar {
+                    sidecar.wait_ready(pod)?;
+                }
+            }
+        }
+        sidecars.resize_with(pods.len(), || None);
+        Ok(sidecars
+            .into_iter()
+            .zip(pods)
+            .map(|(sidecar, pod)| IdlePod { sidecar, _pod: pod })
+            .collect())
+    }
+
+    /// Starts the Envoy of `pod` (service account `account`), its outbound listeners to
+    /// `peer`, which must be `peer_account`; it is not ready yet.
+    fn start_sidecar(
+        &self,
+        pod: &Pod,
+        account: &str,
+        peer: Ipv4Addr,
+        peer_account: &str,
+    ) -> anyhow::Result<Sidecar> {
+        let Some(sidecars) = &self.sidecars else {
+            bail!("{} has no sidecars", self.setup.name());
+        };
+        let dir = pod
+            .node()
+            .temp_dir()
+            .join(format!("sidecar-{}", pod.name()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca = &sidecars.ca;
+        let identity = WorkloadCert::issue(ca, &ca.spiffe_id(NAMESPACE, account))?.write(&dir)?;
+        let bootstrap = Bootstrap {
+            routes: &SIDECAR_ROUTES,
+            identity: &identity,
+            ca_cert: &ca.cert_path(),
+            peer,
+            peer_id: &ca.spiffe_id(NAMESPACE, peer_account),
+            trust_domain: ca.trust_domain(),
+        };
+        Sidecar::start(pod, &sidecars.envoy, &bootstrap, &dir)
+            .with_context(|| format!("starting the sidecar of pod {}", pod.name()))
     }
 
     /// Adds pods (with their service accounts) to a mesh's cluster state and waits until every
@@ -206,6 +390,10 @@ impl Bed {
         let Some(mesh) = self.mesh.as_mut() else {
             return;
         };
+        if pods.is_empty() {
+            // An unchanged state file is never applied: there would be nothing to wait for.
+            return;
+        }
         for (pod, service_account) in pods {
             mesh.state = std::mem::take(&mut mesh.state).pod(pod, service_account);
         }
@@ -214,15 +402,15 @@ impl Bed {
         }
     }
 
-    /// The processes whose CPU time is the data plane's: every proxy of the bed (none for a
-    /// baseline).
-    pub fn data_plane_pids(&self) -> Vec<u32> {
+    /// The bed's node proxies, the client node's first (none for a baseline or the sidecars:
+    /// their data plane lives in the pods).
+    pub fn proxy_pids(&self) -> Vec<u32> {
         self.proxies.iter().filter_map(Proxy::pid).collect()
     }
 
-    /// The client node's proxy's process id, for a mesh set-up.
-    pub fn proxy_pid(&self) -> Option<u32> {
-        self.proxies.first().and_then(Proxy::pid)
+    /// Whether the server pods are on a node of their own.
+    pub fn cross_node(&self) -> bool {
+        self.setup.topology() == Topology::CrossNode
     }
 
     /// What the proxies counted so far, for a mesh set-up.
@@ -263,18 +451,16 @@ impl Bed {
         }))
     }
 
-    /// Lines of the proxies' logs at WARN or ERROR level or with a failure flag
-    /// (`response_flags`): how many, and the first (a mesh that drops connections under load
-    /// says why here).
+    /// Lines of the proxies' logs at WARN or ERROR level or with a failure flag (an access
+    /// log line whose `response_flags` is not `"-"`): how many, and the first (a mesh that
+    /// drops connections under load says why here).
     pub fn proxy_problems(&self) -> Option<(usize, String)> {
         let mut problems = self.proxies.iter().flat_map(|proxy| {
             proxy
                 .log()
                 .lines()
-                .filter(|l| {
-                    l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("response_flags")
-                })
-                .map(str::to_owned)
+                .map(strip_ansi)
+                .filter(|l| is_problem(l))
                 .collect::<Vec<_>>()
         });
         let first = problems.next()?;
@@ -314,8 +500,58 @@ fn serve(pod: &Pod, args: &[&str]) -> anyhow::Result<PodProcess> {
     )
 }
 
+/// Whether a proxy log line (colours stripped) reports a problem: WARN or ERROR level, or a
+/// connection with a failure flag.
+fn is_problem(line: &str) -> bool {
+    let flagged = line
+        .split_once("response_flags=")
+        .is_some_and(|(_, flags)| !flags.starts_with("\"-\""));
+    line.contains(" WARN ") || line.contains(" ERROR ") || flagged
+}
+
+/// `line` without ANSI colour sequences (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the end of the sequence (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The last `lines` lines of `text`.
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failed_connections_and_warnings_are_problems() {
+        let ok = "\u{1b}[2m2026-11-21T11:11:42Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m access: connection \
+                  \u{1b}[3mresponse_flags\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"-\"";
+        assert_eq!(
+            strip_ansi(ok),
+            "2026-11-21T11:11:42Z  INFO access: connection response_flags=\"-\""
+        );
+        assert!(!is_problem(&strip_ansi(ok)));
+        assert!(is_problem(
+            "x  INFO access: connection response_flags=\"UF\""
+        ));
+        assert!(is_problem("x  WARN hbone: pool connection lost"));
+        assert!(is_problem("x ERROR state: bad file"));
+        assert!(!is_problem("x  INFO node proxy ready"));
+    }
 }

@@ -1,5 +1,6 @@
 //! The set-ups the bench compares and the topologies that group them: each mesh set-up is
-//! compared with the baseline of its own topology (same pods, same nodes, no mesh).
+//! compared with the baseline of its own topology (same pods, same nodes, no mesh), and
+//! marrow's cross-node set-up also with the sidecar one.
 
 /// Where the client and the server pod run, and so which baseline a set-up is compared with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -16,10 +17,10 @@ impl Topology {
     pub const ALL: [Topology; 2] = [Topology::SameNode, Topology::CrossNode];
 
     /// Its set-ups, the baseline first.
-    pub fn setups(self) -> [SetUp; 2] {
+    pub fn setups(self) -> &'static [SetUp] {
         match self {
-            Topology::SameNode => [SetUp::Direct, SetUp::Marrow],
-            Topology::CrossNode => [SetUp::DirectX, SetUp::Hbone],
+            Topology::SameNode => &[SetUp::Direct, SetUp::Marrow],
+            Topology::CrossNode => &[SetUp::DirectX, SetUp::Hbone, SetUp::Sidecars],
         }
     }
 
@@ -54,7 +55,13 @@ impl Topology {
                 "Through HBONE, a new connection is a new HTTP/2 stream on a pooled mTLS \
                  connection (one pool entry per source identity and destination pod): the \
                  connection rates do not include TLS handshakes; the TLS handshake table does.",
-                "node-proxy CPU and peak RSS are both nodes' proxies summed.",
+                "Through the sidecars, every new connection is a new mTLS connection between \
+                 the two Envoys (tcp_proxy does not pool; TLS 1.3 session resumption may \
+                 shorten the handshake): the rates include them.",
+                "Data-plane CPU and peak RSS: hbone, both nodes' proxies summed; sidecars, \
+                 the measured pair's two Envoys summed.",
+                "hbone/sidecars is marrow's figure divided by the sidecars' (below 1 is \
+                 fewer: better for latency, CPU and memory, worse for rates and throughput).",
             ],
         }
     }
@@ -74,11 +81,22 @@ pub enum SetUp {
     /// As [`SetUp::DirectX`] with both pods enrolled and in the ambient mesh: every connection
     /// is HBONE (mTLS + HTTP/2 CONNECT) between the two nodes' proxies.
     Hbone,
+    /// As [`SetUp::DirectX`] (pods not enrolled) with an Envoy in each pod: the client
+    /// connects to its Envoy on loopback, which opens mTLS to the server pod's Envoy, which
+    /// connects to the app on loopback — Istio's sidecar data path, minus the iptables
+    /// REDIRECT.
+    Sidecars,
 }
 
 impl SetUp {
     /// Every set-up, each topology's baseline first.
-    pub const ALL: [SetUp; 4] = [SetUp::Direct, SetUp::Marrow, SetUp::DirectX, SetUp::Hbone];
+    pub const ALL: [SetUp; 5] = [
+        SetUp::Direct,
+        SetUp::Marrow,
+        SetUp::DirectX,
+        SetUp::Hbone,
+        SetUp::Sidecars,
+    ];
 
     /// Short name: table column, JSON key, node name, `--setups` value.
     pub fn name(self) -> &'static str {
@@ -87,6 +105,7 @@ impl SetUp {
             SetUp::Marrow => "marrow",
             SetUp::DirectX => "direct-x",
             SetUp::Hbone => "hbone",
+            SetUp::Sidecars => "sidecars",
         }
     }
 
@@ -108,6 +127,12 @@ impl SetUp {
                 "as direct-x with both pods enrolled in an ambient namespace and a proxy per \
                  node (mesh CA, state file): HBONE, mTLS + HTTP/2 CONNECT, between the proxies"
             }
+            SetUp::Sidecars => {
+                "as direct-x, pods not enrolled, an Envoy in each pod (its netns and cgroup, \
+                 --concurrency 2): client → its Envoy on 127.0.0.1 → TLS 1.3 mTLS (ECDSA \
+                 P-256, SPIFFE SANs checked) → the server pod's Envoy → the app on 127.0.0.1; \
+                 Istio's sidecar data path minus the iptables REDIRECT"
+            }
         }
     }
 
@@ -115,7 +140,7 @@ impl SetUp {
     pub fn topology(self) -> Topology {
         match self {
             SetUp::Direct | SetUp::Marrow => Topology::SameNode,
-            SetUp::DirectX | SetUp::Hbone => Topology::CrossNode,
+            SetUp::DirectX | SetUp::Hbone | SetUp::Sidecars => Topology::CrossNode,
         }
     }
 
@@ -128,6 +153,11 @@ impl SetUp {
     pub fn enrolled(self) -> bool {
         matches!(self, SetUp::Marrow | SetUp::Hbone)
     }
+
+    /// Whether it has a data plane (a node proxy or sidecars).
+    pub fn meshed(self) -> bool {
+        self != self.baseline()
+    }
 }
 
 #[cfg(test)]
@@ -137,11 +167,15 @@ mod tests {
     #[test]
     fn every_set_up_is_in_its_topology_after_its_baseline() {
         for setup in SetUp::ALL {
-            let [baseline, mesh] = setup.topology().setups();
-            assert!(setup == baseline || setup == mesh, "{setup:?}");
-            assert_eq!(setup.baseline(), baseline);
-            assert_eq!(setup.enrolled(), setup != baseline, "{setup:?}");
+            let setups = setup.topology().setups();
+            assert!(setups.contains(&setup), "{setup:?}");
+            assert_eq!(setup.baseline(), setups[0]);
+            assert_eq!(setup.meshed(), setup != setups[0], "{setup:?}");
+            if setup.enrolled() {
+                assert!(setup.meshed(), "{setup:?}");
+            }
         }
+        assert!(!SetUp::Sidecars.enrolled(), "sidecar pods are not captured");
         for setup in SetUp::ALL {
             use clap::ValueEnum as _;
             let value = setup.to_possible_value().map(|v| v.get_name().to_owned());

