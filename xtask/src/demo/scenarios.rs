@@ -260,9 +260,52 @@ fn metrics_excerpt(cluster: &Cluster, report: &mut Report<'_>) -> anyhow::Result
         .flat_map(|metric| metrics.samples(metric))
         .take(EXCERPT_LINES);
     for line in excerpt {
-        report.note(line);
+        report.note(abbreviate(line));
     }
+    report.note(format!(
+        "(labels shown: {}; each sample carries Istio's other standard labels too)",
+        SHOWN_LABELS.join(", ")
+    ));
     Ok(())
+}
+
+/// The labels of a sample the excerpt shows; a sample has 23, too many for a terminal line.
+const SHOWN_LABELS: [&str; 5] = [
+    "reporter",
+    "source_principal",
+    "destination_principal",
+    "connection_security_policy",
+    "response_flags",
+];
+
+/// `name{a="x",b="y",…} value` with only [`SHOWN_LABELS`], in that order.
+fn abbreviate(line: &str) -> String {
+    let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else {
+        return line.to_owned();
+    };
+    let labels = &line[open + 1..close];
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    let mut rest = labels;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let Some(end) = after.find('"') else { break };
+        pairs.push((key.trim_start_matches(','), &after[..end]));
+        rest = &after[end + 1..];
+    }
+    let shown: Vec<String> = SHOWN_LABELS
+        .iter()
+        .filter_map(|name| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(key, value)| format!("{key}=\"{value}\""))
+        })
+        .collect();
+    format!(
+        "{}{{{}}}{}",
+        &line[..open],
+        shown.join(","),
+        &line[close + 1..]
+    )
 }
 
 /// Checks that a connection did not get through.
@@ -305,4 +348,23 @@ fn explain(cluster: &Cluster, report: &mut Report<'_>, query: &str) -> anyhow::R
 /// The text frontend sends in section 1, unique to this run so no old capture can match it.
 fn secret_marker() -> String {
     format!("MARROW-DEMO-SECRET-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::abbreviate;
+
+    #[test]
+    fn the_excerpt_keeps_the_labels_a_newcomer_reads() {
+        let line = "istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"a\",\
+                    source_principal=\"spiffe://cluster.local/ns/shop/sa/a\",destination_principal=\"unknown\",\
+                    request_protocol=\"tcp\",response_flags=\"DENY\",connection_security_policy=\"none\"} 3";
+        assert_eq!(
+            abbreviate(line),
+            "istio_tcp_connections_opened_total{reporter=\"destination\",\
+             source_principal=\"spiffe://cluster.local/ns/shop/sa/a\",destination_principal=\"unknown\",\
+             connection_security_policy=\"none\",response_flags=\"DENY\"} 3"
+        );
+        assert_eq!(abbreviate("no_labels 1"), "no_labels 1");
+    }
 }
