@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The apt packages, and what each is for.
-const APT_PACKAGES: [(&str, &str); 7] = [
+const APT_PACKAGES: [(&str, &str); 8] = [
     (
         LLVM_PACKAGE,
         "LLVM 22, which bpf-linker is built against and loads",
@@ -38,6 +38,10 @@ const APT_PACKAGES: [(&str, &str); 7] = [
         "`ip`, for the tests' network namespaces and routes",
     ),
     ("bpftool", "inspecting loaded programs and pinned maps"),
+    (
+        "protobuf-compiler",
+        "`protoc`, which compiles Istio's CA protocol (node-proxy/proto) at build time",
+    ),
     ("python3", "test peers"),
     (
         "python3-venv",

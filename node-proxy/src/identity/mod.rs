@@ -2,8 +2,9 @@
 //! kept fresh.
 //!
 //! This module owns the answer to "which certificate does this workload present", nothing about
-//! TLS itself (that is [`crate::tls`]). Certificates come through a [`CertificateProvider`] (the
-//! first one is [`LocalCa`], a CA key and certificate on disk; the Istio CA protocol comes later),
+//! TLS itself (that is [`crate::tls`]). Certificates come through a [`CertificateProvider`]
+//! ([`LocalCa`], a CA key and certificate on disk, for demos; [`IstioCa`], a CA that speaks
+//! Istio's gRPC protocol, so no CA key is on the node),
 //! and the [`CertificateManager`] caches them per identity, renews them at half-life and hands
 //! out only the identities of pods on this node.
 //!
@@ -13,6 +14,7 @@
 //! connections already using the old one.
 
 mod certificate;
+pub mod istio_ca;
 mod local_ca;
 mod manager;
 mod spiffe;
@@ -27,6 +29,7 @@ use std::time::Duration;
 
 pub use certificate::WorkloadCertificate;
 pub(crate) use certificate::uri_sans;
+pub use istio_ca::{IstioCa, IstioCaConfig};
 pub use local_ca::{CA_CERT_FILE, CA_KEY_FILE, CaFiles, LocalCa, LocalCaOptions, create_ca};
 pub use manager::{CertificateManager, CertificateStatus, ManagerConfig};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError, TrustDomain};
@@ -35,7 +38,7 @@ pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError, TrustDomain};
 pub type FetchFuture<'a> =
     Pin<Box<dyn Future<Output = Result<WorkloadCertificate, IdentityError>> + Send + 'a>>;
 
-/// Issues certificates for workload identities: a local CA, or (later) the Istio CA protocol.
+/// Issues certificates for workload identities: a local CA, or a CA speaking Istio's protocol.
 pub trait CertificateProvider: Send + Sync {
     /// Obtains a fresh certificate (and key) for `id`.
     fn fetch<'a>(&'a self, id: &'a SpiffeId) -> FetchFuture<'a>;
@@ -184,6 +187,20 @@ pub enum IdentityError {
     TaskStopped {
         /// The identity.
         id: SpiffeId,
+    },
+    /// The CA could not be asked (unreachable, refused the call, token unreadable).
+    #[error("certificate authority {reason}")]
+    CaUnavailable {
+        /// The CA's address and what failed.
+        reason: String,
+    },
+    /// The CA answered with something this proxy does not trust for the identity.
+    #[error("the CA's answer for {id} is refused: {reason}")]
+    CaAnswer {
+        /// The identity asked for.
+        id: String,
+        /// What is wrong with the answer.
+        reason: String,
     },
     /// The cached certificate expired and its renewal has not succeeded.
     #[error("the certificate for {id} expired and renewal has not succeeded yet")]
