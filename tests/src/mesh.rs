@@ -32,6 +32,18 @@ pub const STATE_POLL_MS: u64 = 100;
 pub const HBONE_PORT: u16 = 15008;
 /// Default bound of [`wait_config_generation`] and [`apply_state`].
 pub const STATE_APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A mesh-wide STRICT PeerAuthentication (in Istio's root namespace), as state-file YAML.
+pub const STRICT_MESH_WIDE: &str = "\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: istio-system
+spec:
+  mtls:
+    mode: STRICT
+";
 /// Lines of the proxy log quoted when a wait fails.
 const LOG_TAIL_LINES: usize = 60;
 

@@ -234,3 +234,22 @@ pub fn command_in(
     enter(&mut cmd, netns, cgroup);
     cmd
 }
+
+/// `text` without ANSI escape sequences (`ESC [ … <letter>`), e.g. a colourised log.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

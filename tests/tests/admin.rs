@@ -14,9 +14,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use marrow_tests::http::{HttpResponse, parse_response};
-use marrow_tests::mesh::{config_generation, wait_config_generation};
-use marrow_tests::state_file::write_atomic;
-use marrow_tests::{ClusterState, Conversation, Node, Proxy, require_env, spiffe_id};
+use marrow_tests::{Conversation, Node, Proxy, require_env, spiffe_id};
 use serde_json::Value;
 
 #[path = "hbone/support.rs"]
@@ -43,16 +41,6 @@ spec:
     - operation:
         ports: [\"9091\"]
 ";
-
-/// Writes `state` plus `extra` YAML to both nodes' files and waits for both proxies.
-fn apply_with(mesh: &Mesh, state: &ClusterState, extra: &str) {
-    let yaml = format!("{}\n---\n{extra}", state.to_yaml());
-    for (proxy, path) in [(&mesh.p1, &mesh.state1), (&mesh.p2, &mesh.state2)] {
-        let before = config_generation(proxy).expect("config generation");
-        write_atomic(path, yaml.as_bytes()).expect("write state");
-        wait_config_generation(proxy, before + 1, support::READY);
-    }
-}
 
 /// `GET path` on the node's admin API, as JSON (the status must be 200).
 fn admin_get(proxy: &Proxy, path: &str) -> Value {
@@ -127,7 +115,7 @@ fn the_admin_api_shows_live_state_and_each_connection_is_logged_once() {
     let web = mesh.n2.add_pod("web", "shop", true);
     let _app = web.serve(APP_PORT);
     let state = namespaces().pod(&client, "client").pod(&web, "web");
-    apply_with(&mesh, &state, DENY_PORT);
+    mesh.apply_with(&state, DENY_PORT);
     let (client_id, web_id) = (spiffe_id("shop", "client"), spiffe_id("shop", "web"));
 
     // A connection held open: both proxies list it with both identities and its bytes.

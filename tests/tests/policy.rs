@@ -7,26 +7,16 @@
     reason = "test helpers: a failed step must fail the test loudly"
 )]
 
-use marrow_tests::mesh::{config_generation, wait_config_generation};
+use marrow_tests::mesh::{STRICT_MESH_WIDE, config_generation};
 use marrow_tests::metrics::count;
+use marrow_tests::require_env;
 use marrow_tests::state_file::{PodRecord, write_atomic};
-use marrow_tests::{ClusterState, require_env};
 
 #[path = "hbone/support.rs"]
 #[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
 mod support;
 
 use support::{APP_PORT, Mesh, OPENED, eventually, ip, namespaces, v4};
-
-/// Writes `state` plus extra YAML documents to both nodes' files and waits for both proxies.
-fn apply_with(mesh: &Mesh, state: &ClusterState, extra: &str) {
-    let yaml = format!("{}\n---\n{extra}", state.to_yaml());
-    for (proxy, path) in [(&mesh.p1, &mesh.state1), (&mesh.p2, &mesh.state2)] {
-        let before = config_generation(proxy).expect("config generation");
-        write_atomic(path, yaml.as_bytes()).expect("write state");
-        wait_config_generation(proxy, before + 1, support::READY);
-    }
-}
 
 const ALLOW_CLIENT_ONLY: &str = "\
 apiVersion: security.istio.io/v1
@@ -45,17 +35,6 @@ spec:
         principals: [\"cluster.local/ns/shop/sa/client\"]
 ";
 
-const STRICT_MESH_WIDE: &str = "\
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata:
-  name: default
-  namespace: istio-system
-spec:
-  mtls:
-    mode: STRICT
-";
-
 #[test]
 fn an_allow_policy_admits_the_named_identity_and_denies_others_with_401() {
     require_env!();
@@ -68,7 +47,7 @@ fn an_allow_policy_admits_the_named_identity_and_denies_others_with_401() {
         .pod(&client, "client")
         .pod(&intruder, "intruder")
         .with_pod(PodRecord::of(&web, "web").with_label("app", "web"));
-    apply_with(&mesh, &state, ALLOW_CLIENT_ONLY);
+    mesh.apply_with(&state, ALLOW_CLIENT_ONLY);
 
     let allowed = client.connect(v4(&web, APP_PORT), "allowed");
     assert_eq!(allowed.connected().greeting.peer.ip(), ip(&client));
@@ -147,10 +126,10 @@ fn strict_peer_authentication_refuses_plaintext_but_not_hbone() {
         .pod(&web, "web");
 
     // PERMISSIVE (nothing set): the outsider's plaintext is accepted.
-    apply_with(&mesh, &state, "");
+    mesh.apply_with(&state, "");
     assert!(outsider.connect(v4(&web, APP_PORT), "plaintext-ok").is_ok());
 
-    apply_with(&mesh, &state, STRICT_MESH_WIDE);
+    mesh.apply_with(&state, STRICT_MESH_WIDE);
     let refused = outsider.connect(v4(&web, APP_PORT), "plaintext-refused");
     assert!(
         !refused.is_ok(),
@@ -205,11 +184,11 @@ fn policy_edits_apply_without_restart_and_a_broken_edit_keeps_the_old_policy() {
     let _app = web.serve(APP_PORT);
     let _other = web.serve(9090);
     let state = namespaces().pod(&client, "client").pod(&web, "web");
-    apply_with(&mesh, &state, "");
+    mesh.apply_with(&state, "");
     assert!(client.connect(v4(&web, APP_PORT), "open").is_ok());
 
     // A DENY on one port, added while the proxies run.
-    apply_with(&mesh, &state, DENY_PORT_8080);
+    mesh.apply_with(&state, DENY_PORT_8080);
     assert!(
         !client.connect(v4(&web, APP_PORT), "denied").is_ok(),
         "8080 is denied"
@@ -245,7 +224,7 @@ fn policy_edits_apply_without_restart_and_a_broken_edit_keeps_the_old_policy() {
     );
 
     // Removing the policy opens the port again, still without a restart.
-    apply_with(&mesh, &state, "");
+    mesh.apply_with(&state, "");
     assert_eq!(
         client
             .connect(v4(&web, APP_PORT), "open-again")

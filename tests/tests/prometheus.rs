@@ -18,36 +18,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use marrow_tests::http::get_in;
-use marrow_tests::mesh::{config_generation, wait_config_generation};
+use marrow_tests::mesh::STRICT_MESH_WIDE;
 use marrow_tests::metrics::count;
 use marrow_tests::names::PREFIX;
 use marrow_tests::process::{kill_and_reap, tail};
-use marrow_tests::state_file::{PodRecord, write_atomic};
-use marrow_tests::{ClusterState, Node, require_env, spiffe_id};
+use marrow_tests::state_file::PodRecord;
+use marrow_tests::{Node, require_env, spiffe_id};
 use serde_json::Value;
 
 #[path = "hbone/support.rs"]
 #[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
 mod support;
 
-use support::{APP_PORT, CLOSED, Mesh, READY, eventually, namespaces, v4};
+use support::{APP_PORT, CLOSED, Mesh, eventually, namespaces, v4};
 
 /// Bound on Prometheus answering a query with what the proxy counted (not a timing assertion:
 /// it scrapes every second).
 const SCRAPE_WAIT: Duration = Duration::from_secs(30);
 /// The proxy's metrics port inside its node.
 const METRICS_PORT: u16 = 15020;
-
-const STRICT_MESH_WIDE: &str = "\
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata:
-  name: default
-  namespace: istio-system
-spec:
-  mtls:
-    mode: STRICT
-";
 
 #[test]
 fn prometheus_scrapes_istio_labels_and_promtool_accepts_the_exposition() {
@@ -71,7 +60,7 @@ fn prometheus_scrapes_istio_labels_and_promtool_accepts_the_exposition() {
         .pod(&client, "client")
         .pod(&outsider, "default")
         .with_pod(web);
-    apply_with(&mesh, &state, STRICT_MESH_WIDE);
+    mesh.apply_with(&state, STRICT_MESH_WIDE);
 
     for i in 0..3 {
         let text = format!("hello-{i}");
@@ -163,16 +152,6 @@ fn prometheus_scrapes_istio_labels_and_promtool_accepts_the_exposition() {
 
 /// The name of the denial counter's samples.
 const DENIALS: &str = "marrow_policy_denials_total";
-
-/// Writes `state` plus extra YAML documents to both nodes' files and waits for both proxies.
-fn apply_with(mesh: &Mesh, state: &ClusterState, extra: &str) {
-    let yaml = format!("{}\n---\n{extra}", state.to_yaml());
-    for (proxy, path) in [(&mesh.p1, &mesh.state1), (&mesh.p2, &mesh.state2)] {
-        let before = config_generation(proxy).expect("config generation");
-        write_atomic(path, yaml.as_bytes()).expect("write state");
-        wait_config_generation(proxy, before + 1, READY);
-    }
-}
 
 /// `program` in a directory of `PATH`, if there is one.
 fn on_path(program: &str) -> Option<PathBuf> {

@@ -11,28 +11,16 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use marrow_tests::mesh::{config_generation, wait_config_generation};
-use marrow_tests::state_file::write_atomic;
-use marrow_tests::{ClusterState, require_env};
+use marrow_tests::require_env;
 
 #[path = "hbone/support.rs"]
 #[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
 mod support;
 
-use support::{APP_PORT, Mesh, READY, namespaces};
+use support::{APP_PORT, Mesh, namespaces};
 
 const VIP: &str = "10.96.0.10";
 const EMPTY_VIP: &str = "10.96.0.11";
-
-/// Writes `state` plus extra YAML documents to both nodes' files and waits for both proxies.
-fn apply_with(mesh: &Mesh, state: &ClusterState, extra: &str) {
-    let yaml = format!("{}\n---\n{extra}", state.to_yaml());
-    for (proxy, path) in [(&mesh.p1, &mesh.state1), (&mesh.p2, &mesh.state2)] {
-        let before = config_generation(proxy).expect("config generation");
-        write_atomic(path, yaml.as_bytes()).expect("write state");
-        wait_config_generation(proxy, before + 1, READY);
-    }
-}
 
 #[test]
 fn a_cluster_ip_reaches_ready_endpoints_round_robin_over_hbone() {
@@ -87,7 +75,7 @@ spec:
         api2.ipv4(),
         not_ready.ipv4()
     );
-    apply_with(&mesh, &state, &services);
+    mesh.apply_with(&state, &services);
 
     let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
     let mut reached = BTreeSet::new();

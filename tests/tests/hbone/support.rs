@@ -5,10 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use marrow_tests::mesh::{apply_state, mesh_proxy_options, wait_config_generation};
+use marrow_tests::mesh::{config_generation, mesh_proxy_options, wait_config_generation};
 use marrow_tests::sniff::{
     Capture, Flow, TLS_APPLICATION_DATA, TLS_CHANGE_CIPHER_SPEC, TLS_HANDSHAKE, tls_records,
 };
+use marrow_tests::state_file::write_atomic;
 use marrow_tests::{
     ClusterState, MeshCa, Node, NodeLink, NodeOptions, Pod, Proxy, Sniffer, spiffe_id,
 };
@@ -88,8 +89,17 @@ impl Mesh {
 
     /// Writes `state` to both proxies' files and waits until both applied it.
     pub fn apply(&self, state: &ClusterState) {
-        apply_state(&self.p1, &self.state1, state);
-        apply_state(&self.p2, &self.state2, state);
+        self.apply_with(state, "");
+    }
+
+    /// As [`Mesh::apply`], with `extra` YAML documents (policies, services) after the state.
+    pub fn apply_with(&self, state: &ClusterState, extra: &str) {
+        let yaml = format!("{}\n---\n{extra}", state.to_yaml());
+        for (proxy, path) in [(&self.p1, &self.state1), (&self.p2, &self.state2)] {
+            let before = config_generation(proxy).expect("config generation");
+            write_atomic(path, yaml.as_bytes()).expect("write state");
+            wait_config_generation(proxy, before + 1, READY);
+        }
     }
 
     /// A sniffer on node 1's end of the underlay.
@@ -202,22 +212,7 @@ pub fn labels<'a>(
 
 /// The proxy's log without terminal colours.
 pub fn plain_log(proxy: &Proxy) -> String {
-    let log = proxy.log();
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    marrow_tests::process::strip_ansi(&proxy.log())
 }
 
 /// Waits until `proxy` logged a refusal of the connection from `local` (a line naming it that

@@ -511,21 +511,7 @@ fn is_problem(line: &str) -> bool {
 
 /// `line` without ANSI colour sequences (`ESC [ … m`).
 fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip to the end of the sequence (a letter).
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    marrow_tests::process::strip_ansi(line)
 }
 
 /// The last `lines` lines of `text`.
