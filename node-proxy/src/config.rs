@@ -57,6 +57,19 @@ pub struct Config {
     pub state_poll: Duration,
     /// A local mesh CA (`ca-cert.pem`, `ca-key.pem`) that signs workload certificates.
     pub ca_dir: Option<PathBuf>,
+    /// A CA speaking Istio's protocol (istiod, istio-csr, `node-proxy ca serve`), `https://…`;
+    /// instead of `ca_dir`: no CA key on the node.
+    pub ca_address: Option<String>,
+    /// With `ca_address`: the PEM root bundle (the CA's serving certificate, the issued chains
+    /// and peers must lead to one of them), re-read every `ca_roots_poll`.
+    pub ca_roots: Option<PathBuf>,
+    /// With `ca_address`: the node proxy's projected ServiceAccount token (audience `istio-ca`).
+    pub ca_token_file: PathBuf,
+    /// With `ca_address`: the name the CA's serving certificate must carry (default: the
+    /// address's host).
+    pub ca_server_name: Option<String>,
+    /// How often the root bundle file is checked for changes (a root rotation).
+    pub ca_roots_poll: Duration,
     /// The mesh's SPIFFE trust domain.
     pub trust_domain: String,
     /// Policies in this namespace apply mesh-wide (Istio's root namespace).
@@ -97,6 +110,11 @@ impl Default for Config {
             kube: false,
             state_poll: Duration::from_secs(1),
             ca_dir: None,
+            ca_address: None,
+            ca_roots: None,
+            ca_token_file: PathBuf::from("/var/run/secrets/tokens/istio-token"),
+            ca_server_name: None,
+            ca_roots_poll: Duration::from_secs(5),
             trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
             node_name: None,
@@ -109,6 +127,62 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Checks the certificate source: at most one CA, and the Istio CA's settings complete.
+    fn validate_ca(&self) -> Result<(), ConfigError> {
+        match (&self.ca_dir, &self.ca_address) {
+            (Some(dir), Some(_)) => {
+                return Err(invalid(
+                    "--ca-dir",
+                    dir.display(),
+                    "either --ca-dir (a local CA) or --ca-address (a remote CA), not both",
+                ));
+            }
+            (_, Some(address)) => {
+                let url_ok = address
+                    .strip_prefix("https://")
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+                if !url_ok {
+                    return Err(invalid(
+                        "--ca-address",
+                        address,
+                        "an https:// URL such as https://istiod.istio-system.svc:15012",
+                    ));
+                }
+                if self.ca_roots.is_none() {
+                    return Err(invalid(
+                        "--ca-address",
+                        address,
+                        "--ca-roots with it (the PEM root bundle the CA's certificates chain to)",
+                    ));
+                }
+            }
+            (_, None) => {
+                if let Some(roots) = &self.ca_roots {
+                    return Err(invalid(
+                        "--ca-roots",
+                        roots.display(),
+                        "--ca-address with it (the roots are those of a remote CA)",
+                    ));
+                }
+            }
+        }
+        if let Some(name) = &self.ca_server_name
+            && (name.is_empty() || name.contains(char::is_whitespace))
+        {
+            return Err(invalid("--ca-server-name", name, "a DNS name"));
+        }
+        if self.ca_roots_poll < Duration::from_millis(10)
+            || self.ca_roots_poll > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "--ca-roots-poll-ms",
+                self.ca_roots_poll.as_millis(),
+                "10..=3600000",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.bpffs_dir.is_absolute() {
@@ -168,29 +242,27 @@ impl Config {
                 "either --kube or --state-file, not both (one source of cluster state)",
             ));
         }
+        self.validate_ca()?;
         let has_source = self.state_file.is_some() || self.kube;
-        if self.kube && self.ca_dir.is_none() {
+        let has_ca = self.ca_dir.is_some() || self.ca_address.is_some();
+        if self.kube && !has_ca {
             return Err(invalid(
                 "--kube",
                 "true",
-                "--kube with --ca-dir (HBONE needs workloads and identities)",
+                "--kube with --ca-dir or --ca-address (HBONE needs workloads and identities)",
             ));
         }
-        if has_source != self.ca_dir.is_some() {
-            let (setting, value) = match &self.state_file {
-                Some(path) => ("--state-file", path.display().to_string()),
-                None => (
-                    "--ca-dir",
-                    self.ca_dir
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                ),
+        if has_source != has_ca {
+            let (setting, value) = match (&self.state_file, &self.ca_dir, &self.ca_address) {
+                (Some(path), ..) => ("--state-file", path.display().to_string()),
+                (None, Some(dir), _) => ("--ca-dir", dir.display().to_string()),
+                (None, None, address) => ("--ca-address", address.clone().unwrap_or_default()),
             };
             return Err(invalid(
                 setting,
                 value,
-                "--state-file and --ca-dir together (HBONE needs workloads and identities)",
+                "a state source (--state-file or --kube) and a CA (--ca-dir or --ca-address) \
+                 together (HBONE needs workloads and identities)",
             ));
         }
         if self.state_poll < Duration::from_millis(10) || self.state_poll > Duration::from_secs(600)
@@ -364,6 +436,75 @@ mod tests {
                 .to_string()
                 .contains("--cni-socket")
         );
+    }
+
+    #[test]
+    fn the_certificate_source_is_one_complete_ca() {
+        let remote = Config {
+            kube: true,
+            ca_address: Some("https://marrow-ca.marrow-system.svc:15012".into()),
+            ca_roots: Some("/var/run/secrets/marrow-ca/root-cert.pem".into()),
+            ..Config::default()
+        };
+        remote.validate().unwrap();
+        let cases: [(Config, &str, &str); 6] = [
+            (
+                Config {
+                    ca_dir: Some("/etc/ca".into()),
+                    ..remote.clone()
+                },
+                "--ca-dir",
+                "not both",
+            ),
+            (
+                Config {
+                    ca_roots: None,
+                    ..remote.clone()
+                },
+                "--ca-address",
+                "--ca-roots",
+            ),
+            (
+                Config {
+                    ca_address: Some("http://ca:15012".into()),
+                    ..remote.clone()
+                },
+                "--ca-address",
+                "https://",
+            ),
+            (
+                Config {
+                    ca_address: None,
+                    kube: false,
+                    ..remote.clone()
+                },
+                "--ca-roots",
+                "--ca-address",
+            ),
+            (
+                Config {
+                    kube: false,
+                    ..remote.clone()
+                },
+                "--ca-address",
+                "state source",
+            ),
+            (
+                Config {
+                    ca_roots_poll: Duration::ZERO,
+                    ..remote.clone()
+                },
+                "--ca-roots-poll-ms",
+                "10..",
+            ),
+        ];
+        for (config, setting, expected) in cases {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(
+                error.contains(setting) && error.contains(expected),
+                "{error}"
+            );
+        }
     }
 
     #[test]

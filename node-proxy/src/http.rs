@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 /// Whether the proxy is ready to serve; false while starting and while draining.
 pub struct Readiness {
     ready: AtomicBool,
-    detail: std::sync::Mutex<Option<DetailSource>>,
+    detail: std::sync::Mutex<Vec<DetailSource>>,
 }
 
 /// Says what degrades a ready proxy (e.g. the API server is unreachable), or `None`.
@@ -35,7 +35,7 @@ impl Default for Readiness {
     fn default() -> Self {
         Self {
             ready: AtomicBool::new(false),
-            detail: std::sync::Mutex::new(None),
+            detail: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -53,20 +53,23 @@ impl Readiness {
 
     /// Adds `source`'s line to every readiness answer (the status code does not change: a
     /// proxy serving its last known state is still ready).
-    pub fn set_detail(&self, source: DetailSource) {
-        *self
-            .detail
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
-    }
-
-    /// The detail line now, if any.
-    pub fn detail(&self) -> Option<String> {
+    pub fn add_detail(&self, source: DetailSource) {
         self.detail
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .and_then(|source| source())
+            .push(source);
+    }
+
+    /// The detail lines now, joined by `; `, if any source has one.
+    pub fn detail(&self) -> Option<String> {
+        let lines: Vec<String> = self
+            .detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(|source| source())
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("; "))
     }
 }
 

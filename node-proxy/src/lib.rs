@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod apiserver;
+pub mod ca;
 pub mod capture;
 pub mod cni_install;
 pub mod config;

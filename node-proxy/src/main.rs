@@ -154,6 +154,9 @@ enum CaCommand {
         #[arg(long, default_value_t = 3650)]
         days: u64,
     },
+    /// Serve the mesh CA over Istio's CA protocol (gRPC CreateCertificate, TLS on :15012):
+    /// node proxies obtain only the identities of pods on their own node.
+    Serve(node_proxy::ca::ServeArgs),
 }
 
 /// `node-proxy cni …`.
@@ -244,9 +247,27 @@ struct RunArgs {
     /// How often the state file is checked for changes, in milliseconds.
     #[arg(long, env = "MARROW_STATE_POLL_MS")]
     state_poll_ms: Option<u64>,
-    /// Local mesh CA directory (ca-cert.pem, ca-key.pem).
+    /// Local mesh CA directory (ca-cert.pem, ca-key.pem): the CA key on this node (demos).
     #[arg(long, env = "MARROW_CA_DIR")]
     ca_dir: Option<PathBuf>,
+    /// A CA speaking Istio's protocol (istiod, istio-csr, `node-proxy ca serve`), e.g.
+    /// https://marrow-ca.marrow-system.svc:15012; instead of --ca-dir.
+    #[arg(long, env = "MARROW_CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// With --ca-address: PEM root bundle the CA and all peers chain to (during a root rotation
+    /// old and new); re-read when it changes.
+    #[arg(long, env = "MARROW_CA_ROOTS")]
+    ca_roots: Option<PathBuf>,
+    /// With --ca-address: this proxy's projected ServiceAccount token (audience istio-ca).
+    #[arg(long, env = "MARROW_CA_TOKEN_FILE")]
+    ca_token_file: Option<PathBuf>,
+    /// With --ca-address: the name the CA's serving certificate must carry (default: the
+    /// address's host).
+    #[arg(long, env = "MARROW_CA_SERVER_NAME")]
+    ca_server_name: Option<String>,
+    /// How often --ca-roots is checked for changes, in milliseconds.
+    #[arg(long, env = "MARROW_CA_ROOTS_POLL_MS")]
+    ca_roots_poll_ms: Option<u64>,
     /// SPIFFE trust domain.
     #[arg(long, env = "MARROW_TRUST_DOMAIN")]
     trust_domain: Option<String>,
@@ -256,7 +277,8 @@ struct RunArgs {
     /// This node's name (Kubernetes: spec.nodeName of this DaemonSet pod).
     #[arg(long, env = "MARROW_NODE_NAME")]
     node_name: Option<String>,
-    /// Lifetime of workload certificates from the local CA, in seconds (renewed at half-life).
+    /// Lifetime of workload certificates, in seconds: what the local CA signs, what a remote
+    /// CA is asked for (it may sign shorter); renewed at half-life.
     #[arg(long, env = "MARROW_CERT_TTL_SECS")]
     cert_ttl_secs: Option<u64>,
     /// HBONE TLS handshake timeout in milliseconds.
@@ -301,6 +323,14 @@ impl RunArgs {
                 .map(Duration::from_millis)
                 .unwrap_or(d.state_poll),
             ca_dir: self.ca_dir.or(d.ca_dir),
+            ca_address: self.ca_address.or(d.ca_address),
+            ca_roots: self.ca_roots.or(d.ca_roots),
+            ca_token_file: self.ca_token_file.unwrap_or(d.ca_token_file),
+            ca_server_name: self.ca_server_name.or(d.ca_server_name),
+            ca_roots_poll: self
+                .ca_roots_poll_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.ca_roots_poll),
             trust_domain: self.trust_domain.unwrap_or(d.trust_domain),
             root_namespace: self.root_namespace.unwrap_or(d.root_namespace),
             node_name: self.node_name.or(d.node_name),
@@ -346,6 +376,14 @@ fn main() -> anyhow::Result<()> {
             let files =
                 identity::create_ca(&dir, &td, Duration::from_secs(days.saturating_mul(86_400)))?;
             println!("{}\n{}", files.cert.display(), files.key.display());
+            Ok(())
+        }
+        Command::Ca(CaCommand::Serve(args)) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("building the runtime")?;
+            runtime.block_on(node_proxy::ca::run(args))?;
             Ok(())
         }
         Command::Cleanup { bpffs_dir } => {
@@ -733,22 +771,25 @@ async fn start_mesh(
     metrics: &Arc<Metrics>,
     readiness: &Arc<Readiness>,
 ) -> anyhow::Result<Option<(Arc<Mesh>, StateWatch)>> {
-    let Some(ca_dir) = &config.ca_dir else {
-        tracing::info!("no --state-file/--kube with --ca-dir: plain TCP only, no HBONE");
+    let trust_domain = TrustDomain::new(&config.trust_domain)?;
+    let Some((provider, bundle, ca_name)) = certificate_provider(config, &trust_domain)? else {
+        tracing::info!("no --state-file/--kube with a CA: plain TCP only, no HBONE");
         return Ok(None);
     };
-    let trust_domain = TrustDomain::new(&config.trust_domain)?;
-    // Backdating guards against peers with slow clocks, but must stay small against the
-    // lifetime, or half-life renewal would come due at once.
-    let options = LocalCaOptions {
-        validity: config.cert_ttl,
-        backdate: LocalCaOptions::default().backdate.min(config.cert_ttl / 10),
-    };
-    let ca = LocalCa::load(&CaFiles::in_dir(ca_dir), trust_domain.clone(), options)?;
-    let certs = Arc::new(CertificateManager::new(
-        Arc::new(ca),
-        ManagerConfig::default(),
-    ));
+    let failures = metrics.certificate_failures.clone();
+    let mut certs = CertificateManager::new(provider, ManagerConfig::default()).with_failure_hook(
+        Arc::new(move |_, error: &identity::IdentityError| {
+            failures
+                .get_or_create(&node_proxy::metrics::CertificateFailureLabels {
+                    reason: error.reason(),
+                })
+                .inc();
+        }),
+    );
+    if let Some(bundle) = bundle {
+        certs = certs.with_trust_bundle(bundle);
+    }
+    let certs = Arc::new(certs);
     let state = Arc::new(StateStore::new());
     let watch = match &config.state_file {
         Some(state_file) => StateWatch::File(
@@ -770,7 +811,7 @@ async fn start_mesh(
             gauge.set(i64::try_from(generation).unwrap_or(i64::MAX));
         }
     });
-    tracing::info!(ca = %ca_dir.display(), trust_domain = %trust_domain, "hbone on");
+    tracing::info!(ca = %ca_name, trust_domain = %trust_domain, "hbone on");
     let mesh = Mesh {
         enrollment_wait: if config.kube {
             Duration::from_secs(2)
@@ -789,7 +830,57 @@ async fn start_mesh(
         mesh.certs.clone(),
         metrics.clone(),
     ));
+    let certs = mesh.certs.clone();
+    readiness.add_detail(Box::new(move || certificate_detail(&certs.statuses())));
     Ok(Some((Arc::new(mesh), watch)))
+}
+
+/// The certificate source the flags choose, the trust bundle to follow (a remote CA's, re-read
+/// from --ca-roots), and a name for logs; `None` without a CA.
+type CertificateSource = (
+    Arc<dyn identity::CertificateProvider>,
+    Option<identity::TrustBundle>,
+    String,
+);
+
+/// The local CA (--ca-dir) or a remote one (--ca-address); `None` without either.
+fn certificate_provider(
+    config: &Config,
+    trust_domain: &TrustDomain,
+) -> anyhow::Result<Option<CertificateSource>> {
+    if let Some(ca_dir) = &config.ca_dir {
+        // Backdating guards against peers with slow clocks, but must stay small against the
+        // lifetime, or half-life renewal would come due at once.
+        let options = LocalCaOptions {
+            validity: config.cert_ttl,
+            backdate: LocalCaOptions::default().backdate.min(config.cert_ttl / 10),
+        };
+        let ca = LocalCa::load(&CaFiles::in_dir(ca_dir), trust_domain.clone(), options)?;
+        return Ok(Some((Arc::new(ca), None, ca_dir.display().to_string())));
+    }
+    let (Some(address), Some(roots_file)) = (&config.ca_address, &config.ca_roots) else {
+        return Ok(None);
+    };
+    let roots = identity::read_roots(roots_file).context("--ca-roots")?;
+    let bundle = identity::TrustBundle::new(roots);
+    let ca = identity::IstioCa::with_bundle(
+        identity::IstioCaConfig {
+            address: address.clone(),
+            server_name: config.ca_server_name.clone(),
+            roots_pem: Vec::new(),
+            token_file: config.ca_token_file.clone(),
+            validity: config.cert_ttl,
+            timeout: Duration::from_secs(10),
+        },
+        bundle.clone(),
+    )
+    .context("--ca-address")?;
+    tokio::spawn(identity::watch_file(
+        roots_file.clone(),
+        bundle.clone(),
+        config.ca_roots_poll,
+    ));
+    Ok(Some((Arc::new(ca), Some(bundle), address.clone())))
 }
 
 /// What keeps the cluster state current; dropping it stops the updates.
@@ -835,33 +926,78 @@ async fn start_kube(
             );
         }
     }
-    readiness.set_detail(Box::new(move || status.detail()));
+    readiness.add_detail(Box::new(move || status.detail()));
     Ok(watch)
 }
 
-/// Keeps `marrow_certificate_expiry_timestamp_seconds` current (every 2 s: renewals are minutes
-/// or hours apart in production, seconds apart only in tests).
+/// Keeps the per-identity certificate gauges current (every 2 s: renewals are minutes or hours
+/// apart in production, seconds apart only in tests).
 async fn export_certificate_expiry(certs: Arc<CertificateManager>, metrics: Arc<Metrics>) {
+    let unix = |t: std::time::SystemTime| {
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        i64::try_from(secs).unwrap_or(i64::MAX)
+    };
     loop {
         metrics.certificate_expiry.clear();
+        metrics.certificate_issued.clear();
+        metrics.certificate_renewal_failures.clear();
         for status in certs.statuses() {
-            let Some(not_after) = status.not_after else {
-                continue;
-            };
-            let secs = not_after
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
             let labels = node_proxy::metrics::IdentityLabels {
                 identity: status.id.to_string(),
             };
             metrics
-                .certificate_expiry
+                .certificate_renewal_failures
                 .get_or_create(&labels)
-                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+                .set(i64::from(status.consecutive_failures));
+            if let Some(not_after) = status.not_after {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&labels)
+                    .set(unix(not_after));
+            }
+            if let Some(not_before) = status.not_before {
+                metrics
+                    .certificate_issued
+                    .get_or_create(&labels)
+                    .set(unix(not_before));
+            }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// The readiness line about certificates: which identities fail to renew or have expired, the
+/// oldest certificate's age; `None` while every renewal succeeds.
+fn certificate_detail(statuses: &[identity::CertificateStatus]) -> Option<String> {
+    let now = std::time::SystemTime::now();
+    let failing: Vec<&identity::CertificateStatus> = statuses
+        .iter()
+        .filter(|s| s.consecutive_failures > 0)
+        .collect();
+    let worst = failing.iter().max_by_key(|s| s.consecutive_failures)?;
+    let expired = failing
+        .iter()
+        .filter(|s| s.not_after.is_none_or(|t| t < now))
+        .count();
+    let oldest = statuses
+        .iter()
+        .filter_map(|s| s.not_before)
+        .min()
+        .and_then(|t| now.duration_since(t).ok())
+        .map(|age| format!(", oldest certificate {}s old", age.as_secs()))
+        .unwrap_or_default();
+    Some(format!(
+        "certificates: {} of {} identities failing to renew, {expired} without a valid \
+         certificate{oldest} (e.g. {}: {} failures, last: {})",
+        failing.len(),
+        statuses.len(),
+        worst.id,
+        worst.consecutive_failures,
+        worst.last_error.as_deref().unwrap_or("-"),
+    ))
 }
 
 async fn shutdown_signal() {

@@ -390,6 +390,13 @@ pub struct IdentityLabels {
     pub identity: String,
 }
 
+/// Labels of `marrow_certificate_fetch_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateFailureLabels {
+    /// A fixed reason: `ca_unavailable`, `ca_refused_answer`, `timeout`, `local`.
+    pub reason: &'static str,
+}
+
 /// Why the destination's proxy refused a connection by policy.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum DenialReason {
@@ -480,6 +487,14 @@ pub struct Metrics {
     /// `marrow_certificate_expiry_timestamp_seconds`: not-after of each local identity's
     /// current certificate.
     pub certificate_expiry: Family<IdentityLabels, Gauge>,
+    /// `marrow_certificate_issued_timestamp_seconds`: not-before of each local identity's
+    /// current certificate (its age is `time() -` this).
+    pub certificate_issued: Family<IdentityLabels, Gauge>,
+    /// `marrow_certificate_renewal_failures`: fetches of each identity failed in a row since
+    /// its last success (0 when healthy).
+    pub certificate_renewal_failures: Family<IdentityLabels, Gauge>,
+    /// `marrow_certificate_fetch_failures_total`: failed certificate fetches, by reason.
+    pub certificate_failures: Family<CertificateFailureLabels, Counter>,
     /// `marrow_policy_denials_total`: connections refused by policy, by reason.
     pub policy_denials: Family<DenialLabels, Counter>,
     /// The live connection table, whose size by reporter is `marrow_connections_open`
@@ -558,6 +573,23 @@ impl Metrics {
             "marrow_certificate_expiry_timestamp_seconds",
             "Expiry (Unix time) of the current certificate of each identity of a local pod",
             self.certificate_expiry.clone(),
+        );
+        registry.register(
+            "marrow_certificate_issued_timestamp_seconds",
+            "Start of validity (Unix time) of the current certificate of each identity of a \
+             local pod",
+            self.certificate_issued.clone(),
+        );
+        registry.register(
+            "marrow_certificate_renewal_failures",
+            "Certificate fetches of each identity failed in a row since its last success",
+            self.certificate_renewal_failures.clone(),
+        );
+        registry.register(
+            "marrow_certificate_fetch_failures",
+            "Failed certificate fetches and renewals, by reason \
+             (ca_unavailable, ca_refused_answer, timeout, local)",
+            self.certificate_failures.clone(),
         );
         registry.register(
             "marrow_config_generation",

@@ -367,6 +367,8 @@ fn certificates(reply: &Value) -> String {
         "NOT-AFTER",
         "LEFT",
         "SERIAL",
+        "FAILS",
+        "ROOTS",
         "ERROR",
     ]);
     for c in items(reply, "certificates") {
@@ -379,6 +381,11 @@ fn certificates(reply: &Value) -> String {
                 .as_i64()
                 .map_or_else(|| "-".to_owned(), duration),
             text(&c["serial"]),
+            c["consecutive_failures"].as_u64().unwrap_or(0).to_string(),
+            c["trusted_roots"]
+                .as_array()
+                .map_or(0, Vec::len)
+                .to_string(),
             text(&c["last_error"]),
         ]);
     }

@@ -304,6 +304,12 @@ pub struct CertificateView {
     pub serial: Option<String>,
     /// Why the last fetch or renewal failed, if it did.
     pub last_error: Option<String>,
+    /// Fetches failed in a row since the last success (as
+    /// `marrow_certificate_renewal_failures`).
+    pub consecutive_failures: u32,
+    /// The roots this certificate's peers must chain to: subject and serial of each (more than
+    /// one during a root rotation).
+    pub trusted_roots: Vec<String>,
 }
 
 /// Bound on reading one cached certificate (it is cached: this only guards against a fetch).
@@ -327,15 +333,24 @@ pub async fn certificates(admin: &AdminState) -> Certificates {
             (None, None) => "pending",
         };
         // Only a valid certificate is read: the manager hands it out from its cache.
-        let serial = if state == "valid" {
+        let cert = if state == "valid" {
             tokio::time::timeout(CERT_READ_TIMEOUT, certs.get(&status.id))
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .and_then(|cert| serial_of(cert.leaf()))
         } else {
             None
         };
+        let serial = cert.as_ref().and_then(|cert| serial_of(cert.leaf()));
+        let trusted_roots = cert
+            .as_ref()
+            .map(|cert| {
+                cert.roots()
+                    .iter()
+                    .map(|root| describe_root(root))
+                    .collect()
+            })
+            .unwrap_or_default();
         let expiry = status.not_after.map(unix_seconds);
         out.push(CertificateView {
             identity: status.id.to_string(),
@@ -346,9 +361,24 @@ pub async fn certificates(admin: &AdminState) -> Certificates {
             seconds_left: status.not_after.map(|t| seconds_between(now, t)),
             serial,
             last_error: status.last_error,
+            consecutive_failures: status.consecutive_failures,
+            trusted_roots,
         });
     }
     Certificates { certificates: out }
+}
+
+/// `subject (serial hex)` of a root certificate.
+fn describe_root(der: &[u8]) -> String {
+    use x509_parser::prelude::FromDer;
+    match x509_parser::certificate::X509Certificate::from_der(der) {
+        Ok((_, cert)) => format!(
+            "{} (serial {})",
+            cert.subject(),
+            cert.raw_serial_as_string()
+        ),
+        Err(_) => "(unparsable)".to_owned(),
+    }
 }
 
 fn serial_of(der: &[u8]) -> Option<String> {

@@ -18,7 +18,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
 
-use super::{IdentityError, SpiffeId};
+use super::{IdentityError, Roots, SpiffeId};
 
 /// A workload's leaf certificate with its chain, key, validity and the roots it trusts.
 pub struct WorkloadCertificate {
@@ -28,8 +28,7 @@ pub struct WorkloadCertificate {
     private_key: PrivateKeyDer<'static>,
     not_before: SystemTime,
     not_after: SystemTime,
-    roots: Vec<CertificateDer<'static>>,
-    root_store: Arc<RootCertStore>,
+    roots: Arc<Roots>,
     certified_key: Arc<CertifiedKey>,
 }
 
@@ -62,15 +61,10 @@ impl WorkloadCertificate {
         let not_after = system_time(parsed.validity().not_after)
             .ok_or_else(|| invalid("leaf notAfter is out of range".to_owned()))?;
 
-        if roots.is_empty() {
-            return Err(invalid("no roots to trust".to_owned()));
-        }
-        let mut root_store = RootCertStore::empty();
-        for (i, root) in roots.iter().enumerate() {
-            root_store
-                .add(root.clone())
-                .map_err(|e| invalid(format!("root {i} is not a trust anchor: {e}")))?;
-        }
+        let roots = Roots::from_der(roots).map_err(|e| match e {
+            IdentityError::InvalidCertificate { reason } => invalid(format!("roots: {reason}")),
+            other => other,
+        })?;
 
         let presented = std::iter::once(leaf.clone())
             .chain(chain.iter().cloned())
@@ -89,10 +83,24 @@ impl WorkloadCertificate {
             private_key,
             not_before,
             not_after,
-            roots,
-            root_store: Arc::new(root_store),
+            roots: Arc::new(roots),
             certified_key: Arc::new(certified_key),
         })
+    }
+
+    /// The same leaf, chain and key, trusting `roots` for peers instead (a trust bundle
+    /// replaced during a root rotation).
+    pub fn with_roots(&self, roots: Arc<Roots>) -> WorkloadCertificate {
+        WorkloadCertificate {
+            id: self.id.clone(),
+            leaf: self.leaf.clone(),
+            chain: self.chain.clone(),
+            private_key: self.private_key.clone_key(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            roots,
+            certified_key: self.certified_key.clone(),
+        }
     }
 
     /// The identity the leaf certifies (its one URI SAN).
@@ -127,7 +135,7 @@ impl WorkloadCertificate {
 
     /// The roots peers' certificates must chain to (DER).
     pub fn roots(&self) -> &[CertificateDer<'static>] {
-        &self.roots
+        self.roots.certs()
     }
 
     /// Whether the leaf is past its `notAfter` at `now`.
@@ -146,7 +154,7 @@ impl WorkloadCertificate {
 
     /// The roots as a rustls store (built once).
     pub fn root_store(&self) -> &Arc<RootCertStore> {
-        &self.root_store
+        self.roots.store()
     }
 
     /// Leaf, chain and signing key as rustls presents them (built once).
@@ -163,7 +171,7 @@ impl fmt::Debug for WorkloadCertificate {
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
             .field("chain", &self.chain.len())
-            .field("roots", &self.roots.len())
+            .field("roots", &self.roots.certs().len())
             .finish_non_exhaustive()
     }
 }

@@ -11,6 +11,7 @@
 //! is not trusted for it.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
@@ -18,7 +19,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixT
 use rustls::server::WebPkiClientVerifier;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use super::{CertificateProvider, FetchFuture, IdentityError, SpiffeId, WorkloadCertificate};
+use super::{
+    CertificateProvider, FetchFuture, IdentityError, Roots, SpiffeId, TrustBundle,
+    WorkloadCertificate,
+};
 
 /// The generated protocol types.
 pub mod proto {
@@ -57,8 +61,10 @@ pub struct IstioCaConfig {
 #[derive(Debug)]
 pub struct IstioCa {
     config: IstioCaConfig,
-    channel: Channel,
-    roots: Vec<CertificateDer<'static>>,
+    /// The roots in force: the CA's serving certificate and every answer must chain to them.
+    bundle: TrustBundle,
+    /// The channel to the CA and the roots it was built with (rebuilt when they change).
+    channel: Mutex<(Arc<Roots>, Channel)>,
 }
 
 impl IstioCa {
@@ -68,29 +74,41 @@ impl IstioCa {
     /// # Errors
     /// When the roots are not PEM certificates or the address is not a URL.
     pub fn new(config: IstioCaConfig) -> Result<IstioCa, IdentityError> {
-        let invalid = |reason: String| IdentityError::InvalidCertificate { reason };
-        let roots: Vec<CertificateDer<'static>> =
-            rustls_pemfile_certs(&config.roots_pem).map_err(invalid)?;
-        if roots.is_empty() {
-            return Err(invalid("the CA root bundle holds no certificate".into()));
-        }
-        let mut endpoint = Endpoint::from_shared(config.address.clone())
-            .map_err(|e| invalid(format!("CA address {:?}: {e}", config.address)))?
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout);
-        let mut tls =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&config.roots_pem));
-        if let Some(name) = &config.server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| invalid(format!("CA TLS settings: {e}")))?;
+        let bundle = TrustBundle::new(Roots::from_pem(&config.roots_pem, "of the CA")?);
+        IstioCa::with_bundle(config, bundle)
+    }
+
+    /// A provider trusting whatever `bundle` holds at each call (a root rotation replaces it);
+    /// `config.roots_pem` is not used.
+    ///
+    /// # Errors
+    /// When the address is not a URL or the TLS settings are refused.
+    pub fn with_bundle(
+        config: IstioCaConfig,
+        bundle: TrustBundle,
+    ) -> Result<IstioCa, IdentityError> {
+        let roots = bundle.current();
+        let channel = channel(&config, &roots)?;
         Ok(IstioCa {
-            channel: endpoint.connect_lazy(),
             config,
-            roots,
+            bundle,
+            channel: Mutex::new((roots, channel)),
         })
+    }
+
+    /// The roots this provider trusts.
+    pub fn trust_bundle(&self) -> &TrustBundle {
+        &self.bundle
+    }
+
+    /// The channel for the roots in force, rebuilt if they changed since the last call.
+    fn channel(&self) -> Result<(Arc<Roots>, Channel), IdentityError> {
+        let roots = self.bundle.current();
+        let mut cached = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&cached.0, &roots) {
+            *cached = (roots.clone(), channel(&self.config, &roots)?);
+        }
+        Ok(cached.clone())
     }
 
     async fn issue(&self, id: &SpiffeId) -> Result<WorkloadCertificate, IdentityError> {
@@ -129,66 +147,82 @@ impl IstioCa {
                 .parse()
                 .map_err(|_| ca_error("the token is not a valid header value".into()))?,
         );
-        let mut client = IstioCertificateServiceClient::new(self.channel.clone());
+        let (roots, channel) = self.channel()?;
+        let mut client = IstioCertificateServiceClient::new(channel);
         let response = client
             .create_certificate(request)
             .await
             .map_err(|status| ca_error(format!("{}: {}", status.code(), status.message())))?
             .into_inner();
-        self.accept(id, response, key)
+        accept(id, response, key, &roots)
     }
+}
 
-    /// Checks the CA's answer: a chain to our roots, certifying exactly `id`.
-    fn accept(
-        &self,
-        id: &SpiffeId,
-        response: IstioCertificateResponse,
-        key: KeyPair,
-    ) -> Result<WorkloadCertificate, IdentityError> {
-        let refuse = |reason: String| IdentityError::CaAnswer {
-            id: id.to_string(),
-            reason,
-        };
-        let mut certs: Vec<CertificateDer<'static>> = Vec::new();
-        for pem in &response.cert_chain {
-            certs.extend(rustls_pemfile_certs(pem.as_bytes()).map_err(&refuse)?);
-        }
-        let Some((leaf, rest)) = certs.split_first() else {
-            return Err(refuse("the chain is empty".into()));
-        };
-        // Intermediates: what follows the leaf, minus any of our roots the CA appended.
-        let intermediates: Vec<CertificateDer<'static>> = rest
-            .iter()
-            .filter(|c| !self.roots.contains(c))
-            .cloned()
-            .collect();
-        let mut store = rustls::RootCertStore::empty();
-        for root in &self.roots {
-            store
-                .add(root.clone())
-                .map_err(|e| refuse(format!("a configured root is unusable: {e}")))?;
-        }
-        let verifier = WebPkiClientVerifier::builder_with_provider(
-            store.into(),
-            rustls::crypto::ring::default_provider().into(),
-        )
-        .build()
-        .map_err(|e| refuse(format!("verifier: {e}")))?;
-        verifier
-            .verify_client_cert(leaf, &intermediates, UnixTime::now())
-            .map_err(|e| refuse(format!("the chain does not lead to a trusted root: {e}")))?;
-        let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let certificate =
-            WorkloadCertificate::new(leaf.clone(), intermediates, private_key, self.roots.clone())
-                .map_err(|e| refuse(e.to_string()))?;
-        if certificate.id() != id {
-            return Err(refuse(format!(
-                "the leaf certifies {}, not the requested identity",
-                certificate.id()
-            )));
-        }
-        Ok(certificate)
+/// A lazily connecting channel to the CA, verifying its serving certificate with `roots`.
+fn channel(config: &IstioCaConfig, roots: &Roots) -> Result<Channel, IdentityError> {
+    let invalid = |reason: String| IdentityError::InvalidCertificate { reason };
+    let endpoint = Endpoint::from_shared(config.address.clone())
+        .map_err(|e| invalid(format!("CA address {:?}: {e}", config.address)))?
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout);
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(roots.pem()));
+    if let Some(name) = &config.server_name {
+        tls = tls.domain_name(name.clone());
     }
+    Ok(endpoint
+        .tls_config(tls)
+        .map_err(|e| invalid(format!("CA TLS settings: {e}")))?
+        .connect_lazy())
+}
+
+/// Checks the CA's answer: a chain to our roots, certifying exactly `id`.
+fn accept(
+    id: &SpiffeId,
+    response: IstioCertificateResponse,
+    key: KeyPair,
+    roots: &Roots,
+) -> Result<WorkloadCertificate, IdentityError> {
+    let refuse = |reason: String| IdentityError::CaAnswer {
+        id: id.to_string(),
+        reason,
+    };
+    let mut certs: Vec<CertificateDer<'static>> = Vec::new();
+    for pem in &response.cert_chain {
+        certs.extend(rustls_pemfile_certs(pem.as_bytes()).map_err(&refuse)?);
+    }
+    let Some((leaf, rest)) = certs.split_first() else {
+        return Err(refuse("the chain is empty".into()));
+    };
+    // Intermediates: what follows the leaf, minus any of our roots the CA appended.
+    let intermediates: Vec<CertificateDer<'static>> = rest
+        .iter()
+        .filter(|c| !roots.certs().contains(c))
+        .cloned()
+        .collect();
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        roots.store().clone(),
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .build()
+    .map_err(|e| refuse(format!("verifier: {e}")))?;
+    verifier
+        .verify_client_cert(leaf, &intermediates, UnixTime::now())
+        .map_err(|e| refuse(format!("the chain does not lead to a trusted root: {e}")))?;
+    let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let certificate = WorkloadCertificate::new(
+        leaf.clone(),
+        intermediates,
+        private_key,
+        roots.certs().to_vec(),
+    )
+    .map_err(|e| refuse(e.to_string()))?;
+    if certificate.id() != id {
+        return Err(refuse(format!(
+            "the leaf certifies {}, not the requested identity",
+            certificate.id()
+        )));
+    }
+    Ok(certificate)
 }
 
 impl CertificateProvider for IstioCa {

@@ -8,9 +8,10 @@
 //!   proxy registers the identity of each pod on its node (once per pod: registrations are
 //!   counted, and [`CertificateManager::forbid`] drops the identity with its last pod);
 //! - at most one fetch per identity is in flight: concurrent callers wait on the same one;
-//! - a certificate is replaced only by a newer one; a failed renewal keeps the current one
-//!   serving until it expires (the failure is logged and retried with backoff). Certificates are
-//!   shared `Arc`s, so connections set up with the old one are never disturbed.
+//! - a certificate is replaced only by a newer one, or by the same one trusting a replaced
+//!   trust bundle; a failed renewal keeps the current one serving until it expires (the failure
+//!   is logged, counted and retried with backoff). Certificates are shared `Arc`s, so
+//!   connections set up with the old one are never disturbed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,7 +21,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
-use super::{CertificateProvider, IdentityError, SpiffeId, WorkloadCertificate};
+use super::{
+    CertificateProvider, IdentityError, Roots, SpiffeId, TrustBundle, WorkloadCertificate,
+};
 
 /// Shortest retry delay, whatever the configuration says: a failing provider is never spun on.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
@@ -57,6 +60,8 @@ pub struct CertificateStatus {
     pub not_after: Option<SystemTime>,
     /// Why the last fetch or renewal failed, if it did.
     pub last_error: Option<String>,
+    /// Fetches failed since the last success (0 when the last one succeeded).
+    pub consecutive_failures: u32,
 }
 
 /// The state of one identity, published by its renewal task.
@@ -68,9 +73,10 @@ enum Slot {
     Ready {
         cert: Arc<WorkloadCertificate>,
         renewal_error: Option<Arc<IdentityError>>,
+        failures: u32,
     },
-    /// No certificate: the last fetch failed.
-    Failed(Arc<IdentityError>),
+    /// No certificate: the last `failures` fetches failed, the last with this error.
+    Failed(Arc<IdentityError>, u32),
 }
 
 /// A running renewal task and the ends callers use.
@@ -89,10 +95,17 @@ struct Entry {
     worker: Option<Worker>,
 }
 
+/// Called with each failed fetch (for metrics).
+pub type FailureHook = Arc<dyn Fn(&SpiffeId, &IdentityError) + Send + Sync>;
+
 /// Caches, fetches and renews the certificates of this node's workloads.
 pub struct CertificateManager {
     provider: Arc<dyn CertificateProvider>,
     config: ManagerConfig,
+    /// When set, every certificate handed out trusts these roots (replaced in place when the
+    /// bundle changes, without a new fetch).
+    bundle: Option<TrustBundle>,
+    on_failure: Option<FailureHook>,
     entries: Mutex<HashMap<SpiffeId, Entry>>,
 }
 
@@ -102,8 +115,25 @@ impl CertificateManager {
         Self {
             provider,
             config,
+            bundle: None,
+            on_failure: None,
             entries: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Makes every certificate trust `bundle`'s roots for peers, following its replacements
+    /// (a root rotation) at once, not only at the next renewal.
+    #[must_use]
+    pub fn with_trust_bundle(mut self, bundle: TrustBundle) -> Self {
+        self.bundle = Some(bundle);
+        self
+    }
+
+    /// Calls `hook` with every failed fetch or renewal.
+    #[must_use]
+    pub fn with_failure_hook(mut self, hook: FailureHook) -> Self {
+        self.on_failure = Some(hook);
+        self
     }
 
     /// Registers one more pod on this node with identity `id`, so `get(id)` may fetch it.
@@ -152,7 +182,7 @@ impl CertificateManager {
                         return Ok(cert);
                     }
                     Slot::Pending => {}
-                    Slot::Failed(source) if asked => {
+                    Slot::Failed(source, _) if asked => {
                         return Err(IdentityError::Unavailable {
                             id: id.clone(),
                             source,
@@ -161,7 +191,7 @@ impl CertificateManager {
                     Slot::Ready { .. } if asked => {
                         return Err(IdentityError::Expired { id: id.clone() });
                     }
-                    Slot::Failed(_) | Slot::Ready { .. } => {
+                    Slot::Failed(..) | Slot::Ready { .. } => {
                         // Do not wait out the backoff: try again now, and report that attempt.
                         retry_now.notify_one();
                         asked = true;
@@ -189,6 +219,7 @@ impl CertificateManager {
                     not_before: None,
                     not_after: None,
                     last_error: None,
+                    consecutive_failures: 0,
                 };
                 if let Some(worker) = &entry.worker {
                     match &*worker.slot.borrow() {
@@ -196,12 +227,17 @@ impl CertificateManager {
                         Slot::Ready {
                             cert,
                             renewal_error,
+                            failures,
                         } => {
                             status.not_before = Some(cert.not_before());
                             status.not_after = Some(cert.not_after());
                             status.last_error = renewal_error.as_ref().map(|e| e.to_string());
+                            status.consecutive_failures = *failures;
                         }
-                        Slot::Failed(error) => status.last_error = Some(error.to_string()),
+                        Slot::Failed(error, failures) => {
+                            status.last_error = Some(error.to_string());
+                            status.consecutive_failures = *failures;
+                        }
                     }
                 }
                 status
@@ -230,13 +266,15 @@ impl CertificateManager {
     fn spawn_worker(&self, id: &SpiffeId) -> Worker {
         let (tx, slot) = watch::channel(Slot::Pending);
         let retry_now = Arc::new(Notify::new());
-        let task = tokio::spawn(renew(
-            id.clone(),
-            self.provider.clone(),
-            self.config,
+        let task = tokio::spawn(renew(Renewal {
+            id: id.clone(),
+            provider: self.provider.clone(),
+            config: self.config,
+            bundle: self.bundle.as_ref().map(TrustBundle::subscribe),
+            on_failure: self.on_failure.clone(),
             tx,
-            retry_now.clone(),
-        ));
+            retry_now: retry_now.clone(),
+        }));
         Worker {
             slot,
             retry_now,
@@ -269,30 +307,39 @@ impl std::fmt::Debug for CertificateManager {
     }
 }
 
-/// The renewal task of `id`: fetch, publish, sleep until half-life; on failure keep the current
-/// certificate if still valid, publish the error otherwise, and retry with backoff (or at once
-/// when a caller asks).
-async fn renew(
+/// What one identity's renewal task owns.
+struct Renewal {
     id: SpiffeId,
     provider: Arc<dyn CertificateProvider>,
     config: ManagerConfig,
+    bundle: Option<watch::Receiver<Arc<Roots>>>,
+    on_failure: Option<FailureHook>,
     tx: watch::Sender<Slot>,
     retry_now: Arc<Notify>,
-) {
-    let initial_backoff = config.initial_backoff.max(MIN_BACKOFF);
+}
+
+/// The renewal task of one identity: fetch, publish, sleep until half-life; on failure keep the
+/// current certificate if still valid, publish the error otherwise, and retry with backoff (or
+/// at once when a caller asks). A replaced trust bundle is put into the current certificate at
+/// once.
+async fn renew(mut task: Renewal) {
+    let initial_backoff = task.config.initial_backoff.max(MIN_BACKOFF);
     let mut backoff = initial_backoff;
+    let mut failures: u32 = 0;
     loop {
-        match fetch(&*provider, &id, config.fetch_timeout).await {
+        match fetch(&*task.provider, &task.id, task.config.fetch_timeout).await {
             Ok(cert) => {
                 let renew_in = cert
                     .renew_at()
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
-                info!(id = %id, not_after = ?cert.not_after(), ?renew_in, "certificate issued");
-                let cert = Arc::new(cert);
-                tx.send_replace(Slot::Ready {
+                info!(id = %task.id, not_after = ?cert.not_after(), ?renew_in, "certificate issued");
+                let mut cert = Arc::new(task.with_current_roots(cert));
+                failures = 0;
+                task.tx.send_replace(Slot::Ready {
                     cert: cert.clone(),
                     renewal_error: None,
+                    failures,
                 });
                 backoff = initial_backoff;
                 let renew_at = tokio::time::Instant::now() + renew_in;
@@ -301,41 +348,95 @@ async fn renew(
                         () = tokio::time::sleep_until(renew_at) => break,
                         // The wall clock jumped past expiry (a suspended host) while this task
                         // slept on the monotonic clock; other wake-ups are stale requests.
-                        () = retry_now.notified() => if cert.is_expired(SystemTime::now()) {
+                        () = task.retry_now.notified() => if cert.is_expired(SystemTime::now()) {
                             break;
                         },
+                        Some(roots) = bundle_changed(&mut task.bundle) => {
+                            info!(id = %task.id, roots = roots.certs().len(),
+                                "trust bundle replaced in the current certificate");
+                            cert = Arc::new(cert.with_roots(roots));
+                            task.tx.send_replace(Slot::Ready {
+                                cert: cert.clone(),
+                                renewal_error: None,
+                                failures,
+                            });
+                        }
                     }
                 }
             }
             Err(error) => {
+                failures = failures.saturating_add(1);
+                if let Some(hook) = &task.on_failure {
+                    hook(&task.id, &error);
+                }
                 let error = Arc::new(error);
-                let current = match &*tx.borrow() {
+                let current = match &*task.tx.borrow() {
                     Slot::Ready { cert, .. } if !cert.is_expired(SystemTime::now()) => {
                         Some(cert.clone())
                     }
                     _ => None,
                 };
                 if let Some(cert) = current {
-                    warn!(id = %id, %error, retry_in = ?backoff, not_after = ?cert.not_after(),
+                    warn!(id = %task.id, %error, failures, retry_in = ?backoff,
+                        not_after = ?cert.not_after(),
                         "certificate renewal failed, the current certificate keeps serving");
-                    tx.send_replace(Slot::Ready {
+                    task.tx.send_replace(Slot::Ready {
                         cert,
                         renewal_error: Some(error),
+                        failures,
                     });
                 } else {
-                    warn!(id = %id, %error, retry_in = ?backoff, "certificate fetch failed");
-                    tx.send_replace(Slot::Failed(error));
+                    warn!(id = %task.id, %error, failures, retry_in = ?backoff,
+                        "certificate fetch failed");
+                    task.tx.send_replace(Slot::Failed(error, failures));
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = retry_now.notified() => {}
+                let retry_at = tokio::time::Instant::now() + backoff;
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(retry_at) => break,
+                        () = task.retry_now.notified() => break,
+                        Some(roots) = bundle_changed(&mut task.bundle) => task.reroot(roots),
+                    }
                 }
                 backoff = backoff
                     .saturating_mul(2)
-                    .min(config.max_backoff.max(initial_backoff));
+                    .min(task.config.max_backoff.max(initial_backoff));
             }
         }
     }
+}
+
+impl Renewal {
+    /// `cert`, trusting the bundle's roots in force if there is a bundle.
+    fn with_current_roots(&mut self, cert: WorkloadCertificate) -> WorkloadCertificate {
+        match &mut self.bundle {
+            Some(bundle) => cert.with_roots(bundle.borrow_and_update().clone()),
+            None => cert,
+        }
+    }
+
+    /// Puts `roots` into the published certificate, if there is one (while renewal fails).
+    fn reroot(&self, roots: Arc<Roots>) {
+        self.tx.send_if_modified(|slot| match slot {
+            Slot::Ready { cert, .. } => {
+                *cert = Arc::new(cert.with_roots(roots));
+                true
+            }
+            Slot::Pending | Slot::Failed(..) => false,
+        });
+    }
+}
+
+/// The next roots of `bundle`; never resolves without a bundle or once its sender is gone.
+async fn bundle_changed(bundle: &mut Option<watch::Receiver<Arc<Roots>>>) -> Option<Arc<Roots>> {
+    let Some(receiver) = bundle else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        *bundle = None;
+        return std::future::pending().await;
+    }
+    Some(receiver.borrow_and_update().clone())
 }
 
 /// One bounded fetch, checked to be for the identity asked for.

@@ -13,6 +13,7 @@
 //! is immutable and shared (`Arc`), so renewal replaces it for new handshakes and never touches
 //! connections already using the old one.
 
+mod bundle;
 mod certificate;
 pub mod istio_ca;
 mod local_ca;
@@ -27,12 +28,30 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use bundle::{Roots, TrustBundle, read_roots, watch_file};
 pub use certificate::WorkloadCertificate;
 pub(crate) use certificate::uri_sans;
 pub use istio_ca::{IstioCa, IstioCaConfig};
 pub use local_ca::{CA_CERT_FILE, CA_KEY_FILE, CaFiles, LocalCa, LocalCaOptions, create_ca};
-pub use manager::{CertificateManager, CertificateStatus, ManagerConfig};
+pub use manager::{CertificateManager, CertificateStatus, FailureHook, ManagerConfig};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError, TrustDomain};
+
+impl IdentityError {
+    /// The metric reason of a failed fetch: `ca_unavailable` (the CA could not be asked or
+    /// refused the call), `ca_refused_answer` (its answer is not trusted), `timeout`, `local`
+    /// (this proxy's own side: keys, files, settings).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IdentityError::CaUnavailable { .. } => "ca_unavailable",
+            IdentityError::CaAnswer { .. } | IdentityError::WrongIdentity { .. } => {
+                "ca_refused_answer"
+            }
+            IdentityError::FetchTimeout { .. } => "timeout",
+            IdentityError::Unavailable { source, .. } => source.reason(),
+            _ => "local",
+        }
+    }
+}
 
 /// The future a [`CertificateProvider`] returns.
 pub type FetchFuture<'a> =

@@ -2,8 +2,10 @@
 //! with the JSON a real API server sends (lists with `metadata.resourceVersion` and `continue`,
 //! newline-delimited watch events, `BOOKMARK`s, `ERROR` events with a `410 Gone` Status), and
 //! lets a test change the collections, drop watch connections, expire resource versions
-//! (compaction) and go unreachable. There is no API server on these machines; this replays
-//! what one says.
+//! (compaction) and go unreachable. It also answers what a CA asks: TokenReviews (from a token
+//! table the test fills, audiences checked as the API server checks them), a single object by
+//! name (404 `NotFound` Status when absent) and namespaced lists. There is no API server on
+//! these machines; this replays what one says.
 
 #![expect(
     clippy::expect_used,
@@ -55,6 +57,10 @@ struct World {
     down: bool,
     /// Requests seen, `METHOD path?query`.
     requests: Vec<String>,
+    /// Tokens the TokenReview endpoint knows: token -> its audiences and user.
+    tokens: BTreeMap<String, (Vec<String>, Value)>,
+    /// The `spec` of every TokenReview received.
+    token_reviews: Vec<Value>,
 }
 
 /// The replay server; dropped, it stops.
@@ -136,10 +142,24 @@ impl ApiServer {
                 };
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(&state.0, &state.1, &state.2, req)) }
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let state = state.clone();
+                            async move {
+                                if req.method() == hyper::Method::POST {
+                                    let (parts, body) = req.into_parts();
+                                    let body = body
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    return Ok::<_, Infallible>(answer_post(
+                                        &state.0, &parts.uri, &body,
+                                    ));
+                                }
+                                Ok::<_, Infallible>(answer(&state.0, &state.1, &state.2, req))
+                            }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -270,6 +290,103 @@ current-context: replay
     pub fn requests(&self) -> Vec<String> {
         self.world.lock().unwrap().requests.clone()
     }
+
+    /// Makes `token` valid for `audiences`, authenticating `user` (a `status.user` object, e.g.
+    /// [`objects::service_account_user`]). Unknown tokens are refused as the API server refuses
+    /// them.
+    pub fn add_token(&self, token: &str, audiences: &[&str], user: Value) {
+        let audiences = audiences.iter().map(|a| (*a).to_owned()).collect();
+        self.world
+            .lock()
+            .unwrap()
+            .tokens
+            .insert(token.to_owned(), (audiences, user));
+    }
+
+    /// The `spec` of every TokenReview received so far.
+    pub fn token_reviews(&self) -> Vec<Value> {
+        self.world.lock().unwrap().token_reviews.clone()
+    }
+}
+
+/// The audience the API server checks a TokenReview against when its spec names none.
+const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A POST: creating a TokenReview, the only create this server answers.
+fn answer_post(world: &Arc<Mutex<World>>, uri: &hyper::Uri, body: &[u8]) -> Response<Body> {
+    let mut w = world.lock().unwrap();
+    w.requests.push(format!(
+        "POST {}?{}",
+        uri.path(),
+        uri.query().unwrap_or_default()
+    ));
+    if w.down {
+        return status(StatusCode::SERVICE_UNAVAILABLE, "the replay server is down");
+    }
+    if uri.path() != "/apis/authentication.k8s.io/v1/tokenreviews" {
+        return status(
+            StatusCode::NOT_FOUND,
+            "the server could not find the requested resource",
+        );
+    }
+    let Ok(review) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "the request body is not JSON");
+    };
+    let spec = review["spec"].clone();
+    w.token_reviews.push(spec.clone());
+    let token = spec["token"].as_str().unwrap_or_default();
+    let mut wanted: Vec<String> = spec["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if wanted.is_empty() {
+        wanted.push(API_SERVER_AUDIENCE.to_owned());
+    }
+    // As the API server answers: `authenticated` and `audiences` only on success, `user: {}`
+    // and an `error` otherwise.
+    let review_status = match w.tokens.get(token) {
+        None => json!({"user": {},
+            "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"}),
+        Some((audiences, user)) => {
+            let common: Vec<&String> = wanted.iter().filter(|a| audiences.contains(a)).collect();
+            if common.is_empty() {
+                json!({"user": {}, "error": format!(
+                    "[invalid bearer token, token audiences {audiences:?} is invalid for the target audiences {wanted:?}]")})
+            } else {
+                json!({"authenticated": true, "user": user, "audiences": common})
+            }
+        }
+    };
+    let body = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null}, "spec": spec, "status": review_status});
+    json_response(StatusCode::CREATED, &body)
+}
+
+/// `/api/v1/namespaces/{ns}/{plural}[/{name}]` or the same under `/apis/{group}/{version}`:
+/// the cluster-wide collection path, the namespace and the name.
+fn namespaced(path: &str) -> Option<(String, String, Option<String>)> {
+    let (prefix, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+        ("/api/v1".to_owned(), rest)
+    } else {
+        let rest = path.strip_prefix("/apis/")?;
+        let mut parts = rest.splitn(3, '/');
+        let (group, version, rest) = (parts.next()?, parts.next()?, parts.next()?);
+        (format!("/apis/{group}/{version}"), rest)
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["namespaces", ns, plural] => Some((format!("{prefix}/{plural}"), (*ns).to_owned(), None)),
+        ["namespaces", ns, plural, name] => Some((
+            format!("{prefix}/{plural}"),
+            (*ns).to_owned(),
+            Some((*name).to_owned()),
+        )),
+        _ => None,
+    }
 }
 
 fn answer(
@@ -317,6 +434,33 @@ fn answer(
             },
         },
     };
+    if query.get("watch").map(String::as_str) != Some("true")
+        && let Some((collection_path, namespace, name)) = namespaced(&path)
+    {
+        let objects = w.collections.get(&collection_path).map(|c| &c.objects);
+        let rv = w.resource_version;
+        return match name {
+            Some(name) => match objects.and_then(|o| o.get(&format!("{namespace}/{name}"))) {
+                Some(object) => json_response(StatusCode::OK, object),
+                None => {
+                    let plural = collection_path.rsplit('/').next().unwrap_or_default();
+                    not_found(plural, &name)
+                }
+            },
+            None => {
+                let items: Vec<Value> = objects
+                    .map(|o| {
+                        o.values()
+                            .filter(|o| o["metadata"]["namespace"] == namespace.as_str())
+                            .filter(|o| matches(o))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                list_body(&items, rv)
+            }
+        };
+    }
     let Some(collection) = w.collections.get(&path) else {
         // Istio's CRDs may be absent: a real server says 404 for an unknown resource.
         if path.starts_with("/apis/security.istio.io/") && !known_istio(&w) {
@@ -488,6 +632,14 @@ fn status(code: StatusCode, message: &str) -> Response<Body> {
     json_response(code, &body)
 }
 
+/// A get of an absent object, as the API server answers it.
+fn not_found(plural: &str, name: &str) -> Response<Body> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("{plural} \"{name}\" not found"), "reason": "NotFound",
+        "details": {"name": name, "kind": plural}, "code": 404});
+    json_response(StatusCode::NOT_FOUND, &body)
+}
+
 fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
@@ -550,6 +702,28 @@ pub mod objects {
             "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                 "hostIP": "192.168.0.10", "qosClass": "BestEffort",
                 "conditions": [{"type": "Ready", "status": "True"}]}})
+    }
+
+    /// `status.user` of a ServiceAccount token, as a TokenReview reports it; with `pod` (name,
+    /// uid, node), a token bound to that pod (what a projected token carries).
+    pub fn service_account_user(
+        namespace: &str,
+        sa: &str,
+        pod: Option<(&str, &str, &str)>,
+    ) -> Value {
+        let mut user = json!({"username": format!("system:serviceaccount:{namespace}:{sa}"),
+            "uid": format!("sa-uid-{namespace}-{sa}"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated"]});
+        if let Some((name, uid, node)) = pod {
+            user["extra"] = json!({
+                "authentication.kubernetes.io/credential-id": [format!("JTI=jti-{name}")],
+                "authentication.kubernetes.io/node-name": [node],
+                "authentication.kubernetes.io/node-uid": [format!("node-uid-{node}")],
+                "authentication.kubernetes.io/pod-name": [name],
+                "authentication.kubernetes.io/pod-uid": [uid]});
+        }
+        user
     }
 
     pub fn deny_port(namespace: &str, name: &str, port: &str) -> Value {

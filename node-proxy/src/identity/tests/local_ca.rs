@@ -150,7 +150,10 @@ fn workload_certificate_checks_its_parts() {
     let mismatch = rebuild(&a, &b, vec![ca.root().clone()]).unwrap_err();
     assert!(mismatch.to_string().contains("private key"), "{mismatch}");
     let no_roots = rebuild(&a, &a, Vec::new()).unwrap_err();
-    assert!(no_roots.to_string().contains("no roots"), "{no_roots}");
+    assert!(
+        no_roots.to_string().contains("roots: holds no certificate"),
+        "{no_roots}"
+    );
     // The CA certificate is not a workload certificate: it has no URI SAN.
     let ca_key =
         KeyPair::from_pem(&std::fs::read_to_string(dir.path().join("ca-key.pem")).unwrap())

@@ -1,6 +1,7 @@
 //! Tests of the local CA, workload certificates and the certificate manager, with real keys and
 //! certificates from CAs created in temporary directories.
 
+mod bundle;
 mod istio_ca;
 mod local_ca;
 mod manager;

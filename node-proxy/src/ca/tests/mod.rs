@@ -1,0 +1,58 @@
+//! Tests of the CA service's pure parts.
+
+mod authorize;
+mod csr;
+
+use clap::Parser;
+
+use super::{CaSettings, ServeArgs};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+fn settings(args: &[&str]) -> Result<CaSettings, String> {
+    let cli = Cli::try_parse_from(std::iter::once("ca").chain(args.iter().copied()))
+        .map_err(|e| e.to_string())?;
+    cli.serve.settings().map_err(|e| e.to_string())
+}
+
+#[test]
+fn flags_default_to_the_documented_settings() {
+    assert_eq!(settings(&[]).unwrap(), CaSettings::default());
+    let custom = settings(&[
+        "--node-proxy-accounts",
+        "a/b, c/d",
+        "--serving-names",
+        "ca.example",
+        "--max-cert-ttl-secs",
+        "3600",
+        "--trust-domain",
+        "mesh.example",
+    ])
+    .unwrap();
+    assert_eq!(custom.node_proxy_accounts.len(), 2);
+    assert_eq!(custom.node_proxy_accounts[1].to_string(), "c/d");
+    assert_eq!(custom.serving_names, vec!["ca.example".to_owned()]);
+    assert_eq!(custom.max_cert_ttl.as_secs(), 3600);
+    assert_eq!(custom.trust_domain.as_str(), "mesh.example");
+}
+
+#[test]
+fn bad_flags_name_the_setting() {
+    for (args, names) in [
+        (
+            &["--node-proxy-accounts", "node-proxy"][..],
+            "--node-proxy-accounts",
+        ),
+        (&["--trust-domain", "Not Valid"][..], "--trust-domain"),
+        (&["--max-cert-ttl-secs", "10"][..], "--max-cert-ttl-secs"),
+        (&["--serving-names", ","][..], "--serving-names"),
+        (&["--audience", ""][..], "--audience"),
+    ] {
+        let e = settings(args).unwrap_err();
+        assert!(e.contains(names), "{args:?}: {e}");
+    }
+}
