@@ -863,11 +863,10 @@ fn certificate_provider(
     };
     let roots = identity::read_roots(roots_file).context("--ca-roots")?;
     let bundle = identity::TrustBundle::new(roots);
-    let ca = identity::IstioCa::with_bundle(
+    let ca = identity::IstioCa::new(
         identity::IstioCaConfig {
             address: address.clone(),
             server_name: config.ca_server_name.clone(),
-            roots_pem: Vec::new(),
             token_file: config.ca_token_file.clone(),
             validity: config.cert_ttl,
             timeout: Duration::from_secs(10),

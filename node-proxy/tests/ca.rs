@@ -13,6 +13,10 @@
 )]
 mod replay;
 
+/// Renewal, expiry and a CA outage through the proxy's certificate manager.
+#[path = "ca/lifecycle.rs"]
+mod lifecycle;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,7 +26,8 @@ use node_proxy::identity::istio_ca::IMPERSONATED_IDENTITY;
 use node_proxy::identity::istio_ca::proto::IstioCertificateRequest;
 use node_proxy::identity::istio_ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
 use node_proxy::identity::{
-    CaFiles, CertificateProvider, IstioCa, IstioCaConfig, SpiffeId, TrustDomain, create_ca,
+    CaFiles, CertificateProvider, IstioCa, IstioCaConfig, Roots, SpiffeId, TrustBundle,
+    TrustDomain, create_ca,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
@@ -154,14 +159,7 @@ async fn start() -> Harness {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
-    let settings = CaSettings {
-        reload_interval: Duration::from_millis(100),
-        ..CaSettings::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(ca::serve(api.client(), files, settings, listener, async {
-        let _ = stopped.await;
-    }));
+    let (stop, task) = serve(&api, files, listener);
     Harness {
         api,
         dir,
@@ -172,7 +170,51 @@ async fn start() -> Harness {
     }
 }
 
+/// Serves the CA of `files` on `listener`, until the sender is used or dropped.
+fn serve(
+    api: &ApiServer,
+    files: CaFiles,
+    listener: tokio::net::TcpListener,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), ca::CaError>>,
+) {
+    let settings = CaSettings {
+        reload_interval: Duration::from_millis(100),
+        ..CaSettings::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(ca::serve(api.client(), files, settings, listener, async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
 impl Harness {
+    /// Stops the CA (an outage: its port refuses connections).
+    async fn stop_ca(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("the CA stops");
+    }
+
+    /// Starts the CA again on the same address.
+    async fn restart_ca(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("bind the CA's address again");
+        let (stop, task) = serve(
+            &self.api,
+            CaFiles::in_dir(&self.dir.path().join("ca")),
+            listener,
+        );
+        self.stop = Some(stop);
+        self.task = task;
+    }
+
     /// A raw client trusting `root_pem` for the CA's serving name.
     async fn client(&self, root_pem: &str) -> IstioCertificateServiceClient<Channel> {
         let tls = ClientTlsConfig::new()
@@ -207,16 +249,24 @@ impl Harness {
 
     /// The proxy's own client, with `token` in a file and `root_pem` as its roots.
     fn istio_ca(&self, token: &str, root_pem: &str) -> IstioCa {
+        self.istio_ca_for(token, root_pem, Duration::from_secs(3600))
+    }
+
+    /// The same, asking for certificates that live `validity`.
+    fn istio_ca_for(&self, token: &str, root_pem: &str, validity: Duration) -> IstioCa {
         let token_file = self.dir.path().join(format!("{token}.jwt"));
         std::fs::write(&token_file, token).expect("token file");
-        IstioCa::new(IstioCaConfig {
-            address: format!("https://127.0.0.1:{}", self.addr.port()),
-            server_name: Some(SERVING_NAME.to_owned()),
-            roots_pem: root_pem.as_bytes().to_vec(),
-            token_file,
-            validity: Duration::from_secs(3600),
-            timeout: Duration::from_secs(10),
-        })
+        let roots = Roots::from_pem(root_pem.as_bytes(), "test roots").expect("roots");
+        IstioCa::new(
+            IstioCaConfig {
+                address: format!("https://127.0.0.1:{}", self.addr.port()),
+                server_name: Some(SERVING_NAME.to_owned()),
+                token_file,
+                validity,
+                timeout: Duration::from_secs(10),
+            },
+            TrustBundle::new(roots),
+        )
         .expect("the Istio CA client")
     }
 }

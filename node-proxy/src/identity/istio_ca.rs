@@ -46,9 +46,6 @@ pub struct IstioCaConfig {
     pub address: String,
     /// The name the CA's serving certificate must carry (the address's host when `None`).
     pub server_name: Option<String>,
-    /// PEM roots that the CA's serving certificate and the issued chains must lead to; during
-    /// a root rotation, both the old and the new root.
-    pub roots_pem: Vec<u8>,
     /// The node proxy's ServiceAccount token file (a projected token).
     pub token_file: PathBuf,
     /// Requested lifetime of workload certificates.
@@ -68,25 +65,14 @@ pub struct IstioCa {
 }
 
 impl IstioCa {
-    /// A provider for `config`; connects lazily (the CA may be down at start: cached
-    /// certificates keep serving and renewal retries).
-    ///
-    /// # Errors
-    /// When the roots are not PEM certificates or the address is not a URL.
-    pub fn new(config: IstioCaConfig) -> Result<IstioCa, IdentityError> {
-        let bundle = TrustBundle::new(Roots::from_pem(&config.roots_pem, "of the CA")?);
-        IstioCa::with_bundle(config, bundle)
-    }
-
-    /// A provider trusting whatever `bundle` holds at each call (a root rotation replaces it);
-    /// `config.roots_pem` is not used.
+    /// A provider for `config` trusting whatever `bundle` holds at each call (a root rotation
+    /// replaces it): the CA's serving certificate and every issued chain must lead to one of
+    /// those roots. Connects lazily (the CA may be down at start: cached certificates keep
+    /// serving and renewal retries).
     ///
     /// # Errors
     /// When the address is not a URL or the TLS settings are refused.
-    pub fn with_bundle(
-        config: IstioCaConfig,
-        bundle: TrustBundle,
-    ) -> Result<IstioCa, IdentityError> {
+    pub fn new(config: IstioCaConfig, bundle: TrustBundle) -> Result<IstioCa, IdentityError> {
         let roots = bundle.current();
         let channel = channel(&config, &roots)?;
         Ok(IstioCa {

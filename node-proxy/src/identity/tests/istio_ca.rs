@@ -17,7 +17,7 @@ use crate::identity::istio_ca::proto::istio_certificate_service_server::{
 };
 use crate::identity::istio_ca::proto::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::identity::istio_ca::{IMPERSONATED_IDENTITY, IstioCa, IstioCaConfig};
-use crate::identity::{CertificateProvider, IdentityError, SpiffeId};
+use crate::identity::{CertificateProvider, IdentityError, Roots, SpiffeId, TrustBundle};
 
 /// What the test CA does with a CSR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,14 +154,17 @@ async fn start(mode: Mode) -> (Arc<TestCa>, std::net::SocketAddr) {
 }
 
 fn client(ca: &TestCa, addr: std::net::SocketAddr, token: &std::path::Path) -> IstioCa {
-    IstioCa::new(IstioCaConfig {
-        address: format!("https://localhost:{}", addr.port()),
-        server_name: Some("localhost".into()),
-        roots_pem: ca.trusted.pem.clone().into_bytes(),
-        token_file: token.to_path_buf(),
-        validity: Duration::from_secs(3600),
-        timeout: Duration::from_secs(5),
-    })
+    let roots = Roots::from_pem(ca.trusted.pem.as_bytes(), "test").unwrap();
+    IstioCa::new(
+        IstioCaConfig {
+            address: format!("https://localhost:{}", addr.port()),
+            server_name: Some("localhost".into()),
+            token_file: token.to_path_buf(),
+            validity: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+        },
+        TrustBundle::new(roots),
+    )
     .unwrap()
 }
 
