@@ -64,6 +64,23 @@ impl Drain {
     }
 }
 
+/// Completes on SIGTERM or SIGINT (at once, with an error logged, if the handlers cannot be
+/// installed: a process that cannot be told to stop should not run on).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

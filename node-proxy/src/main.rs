@@ -527,7 +527,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("node proxy ready");
 
     let handed_over = tokio::select! {
-        () = shutdown_signal() => {
+        () = node_proxy::drain::shutdown_signal() => {
             successor.abort();
             false
         }
@@ -559,7 +559,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             left = &mut draining => break left,
             // Kubernetes signals the old pod while it drains after a hand-over: not a reason
             // to cut connections short.
-            () = shutdown_signal() => tracing::info!("signal while draining; the drain goes on to its deadline"),
+            () = node_proxy::drain::shutdown_signal() => tracing::info!("signal while draining; the drain goes on to its deadline"),
         }
     };
     if left > 0 {
@@ -719,8 +719,10 @@ fn cni_command(command: CniCommand) -> anyhow::Result<()> {
                     .enable_all()
                     .build()
                     .context("building the runtime")?;
-                runtime
-                    .block_on(installer.watch(Duration::from_secs(poll_secs), shutdown_signal()))?;
+                runtime.block_on(installer.watch(
+                    Duration::from_secs(poll_secs),
+                    node_proxy::drain::shutdown_signal(),
+                ))?;
                 return Ok(());
             }
             let (copied, chained) = installer.install()?;
@@ -997,19 +999,4 @@ fn certificate_detail(statuses: &[identity::CertificateStatus]) -> Option<String
         worst.consecutive_failures,
         worst.last_error.as_deref().unwrap_or("-"),
     ))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stopping");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -5,14 +5,13 @@
 //! [`requested_identity`], [`plan`], [`caller_node`], [`check_on_node`]); [`authorize`] only
 //! fetches what they need, in that order, and stops at the first refusal.
 
-use std::fmt;
-
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 
 use super::{CaError, CaSettings};
 use crate::identity::SpiffeId;
+pub use crate::policy::ServiceAccount;
 
 /// `status.user.extra` key of the pod a bound token belongs to.
 pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
@@ -22,35 +21,6 @@ pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 pub const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 /// Prefix of a ServiceAccount's username.
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
-
-/// A ServiceAccount: `namespace/name`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ServiceAccountRef {
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-}
-
-impl ServiceAccountRef {
-    /// Parses `namespace/name` (both non-empty, no further `/`).
-    pub fn parse(text: &str) -> Option<Self> {
-        let (namespace, name) = text.split_once('/')?;
-        if namespace.is_empty() || name.is_empty() || name.contains('/') {
-            return None;
-        }
-        Some(Self {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for ServiceAccountRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// The pod a bound token was issued for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +37,7 @@ pub struct PodBinding {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     /// Its ServiceAccount.
-    pub account: ServiceAccountRef,
+    pub account: ServiceAccount,
     /// Its own identity.
     pub identity: SpiffeId,
     /// The pod its token is bound to, if any.
@@ -87,7 +57,7 @@ pub enum Plan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     /// Who asked.
-    pub caller: ServiceAccountRef,
+    pub caller: ServiceAccount,
     /// The identity to certify.
     pub identity: SpiffeId,
     /// The caller's node, when it asked on behalf of a pod there.
@@ -98,7 +68,7 @@ pub struct Grant {
 #[derive(Clone, Debug, Default)]
 pub struct Seen {
     /// The caller's account.
-    pub caller: Option<ServiceAccountRef>,
+    pub caller: Option<ServiceAccount>,
     /// The requested identity.
     pub identity: Option<SpiffeId>,
     /// The caller's node.
@@ -130,7 +100,7 @@ pub fn authenticate(status: &TokenReviewStatus, settings: &CaSettings) -> Result
         .strip_prefix(SERVICE_ACCOUNT_PREFIX)
         .and_then(|rest| rest.split_once(':'))
         .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains(':'))
-        .map(|(ns, sa)| ServiceAccountRef {
+        .map(|(ns, sa)| ServiceAccount {
             namespace: ns.to_owned(),
             name: sa.to_owned(),
         })

@@ -8,8 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256, PublicKeyData, SanType,
+    Issuer, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256, PublicKeyData,
     SignatureAlgorithm, SigningKey,
 };
 use rustls::pki_types::CertificateSigningRequestDer;
@@ -277,22 +276,7 @@ pub fn sign(
         subject: identity.to_string(),
         source,
     };
-    let mut params = CertificateParams::default();
-    // An empty subject makes rcgen mark the SAN critical (RFC 5280 §4.2.1.6), as Istio does.
-    params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![SanType::URI(identity.as_str().try_into().map_err(signing)?)];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.not_before = window.0.into();
-    params.not_after = window.1.into();
-    params.use_authority_key_identifier_extension = true;
+    let mut params = crate::identity::leaf_params(identity, window).map_err(signing)?;
     params.serial_number = Some(random_serial().map_err(signing)?);
     params.signed_by(csr, issuer).map_err(signing)
 }

@@ -33,7 +33,7 @@ use tonic::Code;
 
 use crate::identity::{CaFiles, DEFAULT_TRUST_DOMAIN, SpiffeId, TrustDomain};
 
-pub use authorize::{Grant, ServiceAccountRef};
+pub use authorize::{Grant, ServiceAccount};
 
 /// The port istiod serves its CA on, and so this CA.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:15012";
@@ -95,7 +95,7 @@ impl ServeArgs {
             .iter()
             .filter(|a| !a.trim().is_empty())
             .map(|a| {
-                ServiceAccountRef::parse(a.trim())
+                ServiceAccount::parse(a.trim())
                     .ok_or_else(|| setting("--node-proxy-accounts", a, "namespace/serviceaccount"))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -123,7 +123,7 @@ pub struct CaSettings {
     /// The trust domain of every identity issued.
     pub trust_domain: TrustDomain,
     /// Accounts that may obtain identities of pods on their own node.
-    pub node_proxy_accounts: Vec<ServiceAccountRef>,
+    pub node_proxy_accounts: Vec<ServiceAccount>,
     /// The audience callers' tokens must carry.
     pub audience: String,
     /// DNS names of the CA's own serving certificate.
@@ -143,7 +143,7 @@ impl Default for CaSettings {
     fn default() -> Self {
         Self {
             trust_domain: TrustDomain::default(),
-            node_proxy_accounts: ServiceAccountRef::parse(DEFAULT_NODE_PROXY_ACCOUNTS)
+            node_proxy_accounts: ServiceAccount::parse(DEFAULT_NODE_PROXY_ACCOUNTS)
                 .into_iter()
                 .collect(),
             audience: DEFAULT_AUDIENCE.to_owned(),
@@ -474,24 +474,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CaError> {
         CaFiles::in_dir(&args.ca_dir),
         settings,
         listener,
-        shutdown_signal(),
+        async {
+            crate::drain::shutdown_signal().await;
+            tracing::info!("ca stopping");
+        },
     )
     .await
-}
-
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stopping");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("ca stopping");
 }

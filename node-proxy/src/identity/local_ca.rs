@@ -103,16 +103,38 @@ fn check_validity(validity: Duration) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// `now - before` .. `now + after` as certificate times; the options are validated, so neither
-/// bound can overflow for any real clock (clamped to `now` if it somehow did).
-fn validity_window(
-    now: SystemTime,
-    before: Duration,
-    after: Duration,
-) -> (time::OffsetDateTime, time::OffsetDateTime) {
+/// `now - before` .. `now + after`; the options are validated, so neither bound can overflow
+/// for any real clock (clamped to `now` if it somehow did).
+fn validity_window(now: SystemTime, before: Duration, after: Duration) -> (SystemTime, SystemTime) {
     let start = now.checked_sub(before).unwrap_or(now);
     let end = now.checked_add(after).unwrap_or(now);
-    (start.into(), end.into())
+    (start, end)
+}
+
+/// What every workload leaf signed here or by `node-proxy ca serve` says: an empty subject, one
+/// critical URI SAN (`id`), not a CA, digitalSignature + keyEncipherment, serverAuth +
+/// clientAuth, valid over `window`, with an authority key identifier.
+pub(crate) fn leaf_params(
+    id: &SpiffeId,
+    window: (SystemTime, SystemTime),
+) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::default();
+    // An empty subject makes rcgen mark the SAN critical (RFC 5280 §4.2.1.6), as Istio does.
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = window.0.into();
+    params.not_after = window.1.into();
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
 }
 
 /// A CA that signs workload certificates in process.
@@ -194,22 +216,11 @@ impl LocalCa {
         let key =
             KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(IdentityError::KeyGeneration)?;
         let now = SystemTime::now();
-        let mut params = CertificateParams::default();
-        // An empty subject makes rcgen mark the SAN critical (RFC 5280 §4.2.1.6), as Istio does.
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into().map_err(signing)?)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        (params.not_before, params.not_after) =
-            validity_window(now, self.options.backdate, self.options.validity);
-        params.use_authority_key_identifier_extension = true;
+        let params = leaf_params(
+            id,
+            validity_window(now, self.options.backdate, self.options.validity),
+        )
+        .map_err(signing)?;
         let leaf = params.signed_by(&key, &self.issuer).map_err(signing)?;
         WorkloadCertificate::new(
             leaf.der().clone(),
@@ -261,8 +272,9 @@ pub fn create_ca(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    (params.not_before, params.not_after) =
+    let (not_before, not_after) =
         validity_window(now, LocalCaOptions::default().backdate, validity);
+    (params.not_before, params.not_after) = (not_before.into(), not_after.into());
     let cert = params
         .self_signed(&key)
         .map_err(|source| IdentityError::Signing {

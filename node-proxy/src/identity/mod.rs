@@ -32,6 +32,7 @@ pub use bundle::{Roots, TrustBundle, read_roots, watch_file};
 pub use certificate::WorkloadCertificate;
 pub(crate) use certificate::uri_sans;
 pub use istio_ca::{IstioCa, IstioCaConfig};
+pub(crate) use local_ca::leaf_params;
 pub use local_ca::{CA_CERT_FILE, CA_KEY_FILE, CaFiles, LocalCa, LocalCaOptions, create_ca};
 pub use manager::{CertificateManager, CertificateStatus, FailureHook, ManagerConfig};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError, TrustDomain};

@@ -165,7 +165,7 @@ impl fmt::Display for IpBlock {
 }
 
 /// A service account named `namespace/name`, as Istio's `serviceAccounts` field takes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceAccount {
     /// The namespace.
     pub namespace: String,

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use crate::ca::authorize::{
-    Caller, Grant, Plan, PodBinding, ServiceAccountRef, authenticate, caller_node, check_on_node,
+    Caller, Grant, Plan, PodBinding, ServiceAccount, authenticate, caller_node, check_on_node,
     plan, requested_identity,
 };
 use crate::ca::{CaError, CaSettings};
@@ -138,7 +138,7 @@ fn authenticate_table() {
     let caller = authenticate(&node_proxy_review(), &s).unwrap();
     assert_eq!(
         caller.account,
-        ServiceAccountRef::parse("marrow-system/node-proxy").unwrap()
+        ServiceAccount::parse("marrow-system/node-proxy").unwrap()
     );
     assert_eq!(
         caller.identity,
@@ -168,7 +168,7 @@ fn authenticate_table() {
 }
 
 fn caller(account: &str, pod: Option<PodBinding>) -> Caller {
-    let account = ServiceAccountRef::parse(account).unwrap();
+    let account = ServiceAccount::parse(account).unwrap();
     Caller {
         identity: SpiffeId::new(&Default::default(), &account.namespace, &account.name).unwrap(),
         account,
@@ -578,8 +578,8 @@ fn decision_table() {
 
 #[test]
 fn service_account_refs_parse() {
-    assert_eq!(ServiceAccountRef::parse("a/b").unwrap().to_string(), "a/b");
+    assert_eq!(ServiceAccount::parse("a/b").unwrap().to_string(), "a/b");
     for bad in ["", "a", "a/", "/b", "a/b/c"] {
-        assert_eq!(ServiceAccountRef::parse(bad), None, "{bad:?}");
+        assert_eq!(ServiceAccount::parse(bad), None, "{bad:?}");
     }
 }
