@@ -59,18 +59,7 @@ const GONE_TOKEN: &str = "token-gone-pod";
 const UNBOUND_TOKEN: &str = "token-unbound";
 
 /// `openssl req -new -newkey rsa:1024 -addext subjectAltName=URI:<CART>`.
-const RSA_1024_CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----
-MIIBkjCB/AIBADAPMQ0wCwYDVQQKDAR0ZXN0MIGfMA0GCSqGSIb3DQEBAQUAA4GN
-ADCBiQKBgQDArgaHhttls7/TRgjNDg4En4oE/B700dpagtm9UcoJwV8eqpAFbrQX
-fbuk432RhR2hPfleyVFafW65j1l7VtOg5nkIjiWALb6m2L4u9I5+XpqvVWEe3zxn
-MMi1FaKmWXNHl/Fn+8KEGPKL53Xt21WRpYIfP1wk5FoPEFMEBs7L5QIDAQABoEQw
-QgYJKoZIhvcNAQkOMTUwMzAxBgNVHREEKjAohiZzcGlmZmU6Ly9jbHVzdGVyLmxv
-Y2FsL25zL3Nob3Avc2EvY2FydDANBgkqhkiG9w0BAQsFAAOBgQClbK9fZppmVsLm
-zRrG0p4sgd9C3teKxSPv0Fa86CqE9v0APS7dzzemMmnfanjO9i7LeI3cQV5xYK9I
-LH6kUPaLeSEklftFORzxs9ze+E5LKBvQLbCzkHtXMd78ByAKYu9v0cw2u6J95wUj
-bZHD90u3HHGs7Sm6sK5MeNxOjuYa2Q==
------END CERTIFICATE REQUEST-----
-";
+const RSA_1024_CSR: &str = include_str!("fixtures/rsa-1024.csr");
 
 /// A running CA, its API server and its files; dropping it stops the CA.
 struct Harness {

@@ -18,48 +18,13 @@ use crate::identity::SpiffeId;
 const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 
 /// `openssl req -new -newkey rsa:1024 -addext subjectAltName=URI:<CART>`.
-const RSA_1024_CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----
-MIIBkjCB/AIBADAPMQ0wCwYDVQQKDAR0ZXN0MIGfMA0GCSqGSIb3DQEBAQUAA4GN
-ADCBiQKBgQDArgaHhttls7/TRgjNDg4En4oE/B700dpagtm9UcoJwV8eqpAFbrQX
-fbuk432RhR2hPfleyVFafW65j1l7VtOg5nkIjiWALb6m2L4u9I5+XpqvVWEe3zxn
-MMi1FaKmWXNHl/Fn+8KEGPKL53Xt21WRpYIfP1wk5FoPEFMEBs7L5QIDAQABoEQw
-QgYJKoZIhvcNAQkOMTUwMzAxBgNVHREEKjAohiZzcGlmZmU6Ly9jbHVzdGVyLmxv
-Y2FsL25zL3Nob3Avc2EvY2FydDANBgkqhkiG9w0BAQsFAAOBgQClbK9fZppmVsLm
-zRrG0p4sgd9C3teKxSPv0Fa86CqE9v0APS7dzzemMmnfanjO9i7LeI3cQV5xYK9I
-LH6kUPaLeSEklftFORzxs9ze+E5LKBvQLbCzkHtXMd78ByAKYu9v0cw2u6J95wUj
-bZHD90u3HHGs7Sm6sK5MeNxOjuYa2Q==
------END CERTIFICATE REQUEST-----
-";
+const RSA_1024_CSR: &str = include_str!("../../../tests/fixtures/rsa-1024.csr");
 
 /// `openssl req -new -newkey rsa:2048 -addext subjectAltName=URI:<CART>`.
-const RSA_2048_CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----
-MIICmDCCAYACAQAwDzENMAsGA1UECgwEdGVzdDCCASIwDQYJKoZIhvcNAQEBBQAD
-ggEPADCCAQoCggEBAMAX7tpv2gZzNBcIWY+sQq68EcvZ5n1TiJMdhXyt6LR+Y5ws
-LkgP0h1YHtUZWZNnwrxmuPfXYjNWm1TVNvYSfwsfHMocbt/N+pvquCbaxm3sojmq
-EdemqYZh4FtC7WJjFouJ8zCUq0YpT94Wr765M3NMqC6KYEpM2oe5INTI7DxZJVY9
-92XjbKoi81UI0xT90KiaQ4nhm4fKpCDtalbbBI+Y/V6vgNYHkzPd/mWG/ZU5BzOf
-NFMIrYkvOb2wrn62krakaoA/0jq0lpP9MuXIObSjhRe1qUp1SAHnu0EIfj5LW+c6
-SKQ4HOO/DSGykD+Ou0OuvtAyROYKBSAO+ai1N18CAwEAAaBEMEIGCSqGSIb3DQEJ
-DjE1MDMwMQYDVR0RBCowKIYmc3BpZmZlOi8vY2x1c3Rlci5sb2NhbC9ucy9zaG9w
-L3NhL2NhcnQwDQYJKoZIhvcNAQELBQADggEBALVe0joEhwqz+pyUiXkdS+N1fVTz
-yrZEf8H5LpplXI7zqeLWld9LwyUfwYZNGvFOMvmhclzMLUShpcqHZKfq6MlmXZ9z
-w129HkNTVV3sWgrOz/J4x/h7Nj6IGXc76DX7zcvX3Xz9uKsoLz92QlcEgw4coNOJ
-pM9NnymHqYrhbuuDkS5GvpEtfS0dEYgksR0DyA8Scb2/tUXftulu21FtkDqi9hKu
-P/1gEE9avyBzJfLf5viqNpuDx7yiTzJAfB7DWRYJo3vJJEIgnBfBNsKPCuBk3UPx
-1IlQIswncz/Fo+K1ekhOy0CoQBMPERxeDHLt4oDqykl6NhQoQ6tgMl4ktpE=
------END CERTIFICATE REQUEST-----
-";
+const RSA_2048_CSR: &str = include_str!("../../../tests/fixtures/rsa-2048.csr");
 
 /// `openssl req -new` with a secp256k1 key and SAN URI:<CART>.
-const SECP256K1_CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----
-MIIBDDCBsgIBADAPMQ0wCwYDVQQKDAR0ZXN0MFYwEAYHKoZIzj0CAQYFK4EEAAoD
-QgAEAPz1NvwR3CtkPG8p0KcEiOFf9vgruhQnw4x7OiEUTy5in/2cmOIQQ1g8wIIj
-HFtmijeW322IH3aAPAYYyniWjKBEMEIGCSqGSIb3DQEJDjE1MDMwMQYDVR0RBCow
-KIYmc3BpZmZlOi8vY2x1c3Rlci5sb2NhbC9ucy9zaG9wL3NhL2NhcnQwCgYIKoZI
-zj0EAwIDSQAwRgIhAOzCcROc1b1BHyBpEQ/lCOi18Bm8s17Zoc9dBXbm2cEmAiEA
-vmcWRgDazvti3OUwOc8xDhoCLykHGCLr5Ho5+9vcFpU=
------END CERTIFICATE REQUEST-----
-";
+const SECP256K1_CSR: &str = include_str!("../../../tests/fixtures/secp256k1.csr");
 
 fn cart() -> SpiffeId {
     SpiffeId::parse(CART).unwrap()
