@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -104,6 +104,8 @@ impl IstioCa {
         let key =
             KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(IdentityError::KeyGeneration)?;
         let mut params = CertificateParams::default();
+        // Nothing but the SPIFFE ID: no subject (rcgen's default has a CN) for a CA to copy.
+        params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names =
             vec![SanType::URI(id.as_str().try_into().map_err(|e| {
                 ca_error(format!("SPIFFE ID as a SAN: {e:?}"))
@@ -115,12 +117,15 @@ impl IstioCa {
                 subject: id.to_string(),
                 source,
             })?;
-        let token = std::fs::read_to_string(&self.config.token_file).map_err(|e| {
-            ca_error(format!(
-                "reading the token {}: {e}",
-                self.config.token_file.display()
-            ))
-        })?;
+        let token_error = |reason: String| IdentityError::Token {
+            path: self.config.token_file.clone(),
+            reason,
+        };
+        let token = std::fs::read_to_string(&self.config.token_file)
+            .map_err(|e| token_error(e.to_string()))?;
+        if token.trim().is_empty() {
+            return Err(token_error("the file is empty".into()));
+        }
         let mut request = tonic::Request::new(IstioCertificateRequest {
             csr,
             validity_duration: i64::try_from(self.config.validity.as_secs()).unwrap_or(i64::MAX),
@@ -131,7 +136,7 @@ impl IstioCa {
             "authorization",
             bearer
                 .parse()
-                .map_err(|_| ca_error("the token is not a valid header value".into()))?,
+                .map_err(|_| token_error("not a valid header value".into()))?,
         );
         let (roots, channel) = self.channel()?;
         let mut client = IstioCertificateServiceClient::new(channel);

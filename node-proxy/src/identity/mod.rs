@@ -214,6 +214,14 @@ pub enum IdentityError {
         /// The CA's address and what failed.
         reason: String,
     },
+    /// The proxy's token for the CA cannot be used.
+    #[error("the token for the CA, {path}: {reason}")]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// Unreadable, empty, or not a header value.
+        reason: String,
+    },
     /// The CA answered with something this proxy does not trust for the identity.
     #[error("the CA's answer for {id} is refused: {reason}")]
     CaAnswer {

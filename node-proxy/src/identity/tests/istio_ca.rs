@@ -243,4 +243,15 @@ async fn a_ca_that_is_down_is_an_error_naming_it() {
     let provider = client(&ca, addr, &dir.path().join("absent"));
     let error = provider.fetch(&web()).await.map(|_| ()).unwrap_err();
     assert!(error.to_string().contains("absent"), "{error}");
+    assert_eq!(error.reason(), "local", "the proxy's side, not the CA's");
+    // An empty token is not sent.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let error = client(&ca, addr, &empty)
+        .fetch(&web())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(error.to_string().contains("empty"), "{error}");
+    assert!(ca.seen.lock().unwrap().is_empty(), "nothing reached the CA");
 }
