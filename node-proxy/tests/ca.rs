@@ -19,9 +19,10 @@ mod lifecycle;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node_proxy::ca::{self, CaSettings};
+use node_proxy::ca::{self, CaSettings, CaTelemetry};
 use node_proxy::identity::istio_ca::IMPERSONATED_IDENTITY;
 use node_proxy::identity::istio_ca::proto::IstioCertificateRequest;
 use node_proxy::identity::istio_ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
@@ -69,6 +70,7 @@ struct Harness {
     root_pem: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ca::CaError>>,
+    telemetry: Arc<CaTelemetry>,
 }
 
 impl Drop for Harness {
@@ -148,7 +150,8 @@ async fn start() -> Harness {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
-    let (stop, task) = serve(&api, files, listener);
+    let telemetry = Arc::new(CaTelemetry::default());
+    let (stop, task) = serve(&api, files, listener, telemetry.clone());
     Harness {
         api,
         dir,
@@ -156,6 +159,7 @@ async fn start() -> Harness {
         root_pem,
         stop: Some(stop),
         task,
+        telemetry,
     }
 }
 
@@ -164,6 +168,7 @@ fn serve(
     api: &ApiServer,
     files: CaFiles,
     listener: tokio::net::TcpListener,
+    telemetry: Arc<CaTelemetry>,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), ca::CaError>>,
@@ -173,9 +178,16 @@ fn serve(
         ..CaSettings::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(ca::serve(api.client(), files, settings, listener, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(ca::serve(
+        api.client(),
+        files,
+        settings,
+        listener,
+        telemetry,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     (stop, task)
 }
 
@@ -199,6 +211,7 @@ impl Harness {
             &self.api,
             CaFiles::in_dir(&self.dir.path().join("ca")),
             listener,
+            self.telemetry.clone(),
         );
         self.stop = Some(stop);
         self.task = task;
@@ -388,6 +401,10 @@ async fn issues_the_identity_of_a_pod_on_the_callers_node() {
             "{expected} in {requests:#?}"
         );
     }
+    // Counted, and the CA's expiry exported; ready.
+    assert_eq!(h.telemetry.issued.get(), 2);
+    assert!(h.telemetry.ca_expiry.get() > 0);
+    assert!(h.telemetry.readiness.is_ready());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,6 +422,11 @@ async fn refuses_the_identity_of_a_pod_on_another_node() {
         .await
         .expect_err("refused");
     assert!(refused.to_string().contains(NODE), "{refused}");
+    let not_on_node = ca::RefusalLabels {
+        reason: "not_on_node",
+    };
+    assert_eq!(h.telemetry.refused.get_or_create(&not_on_node).get(), 2);
+    assert_eq!(h.telemetry.issued.get(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,6 +648,7 @@ async fn refuses_to_start_without_a_usable_ca() {
         CaFiles::in_dir(dir.path()),
         CaSettings::default(),
         listener,
+        Arc::default(),
         std::future::pending(),
     )
     .await

@@ -95,7 +95,8 @@ impl CaServer {
         let args = format!(
             "ca serve --listen {listen} --ca-dir {} --trust-domain cluster.local \
              --node-proxy-accounts {PROXY_NAMESPACE}/{PROXY_ACCOUNT} --audience {AUDIENCE} \
-             --serving-names {CA_NAME} --max-cert-ttl-secs 60",
+             --serving-names {CA_NAME} --max-cert-ttl-secs 60 \
+             --metrics-addr 127.0.0.1:15114 --readiness-addr 127.0.0.1:15121",
             ca_dir.display()
         );
         let args = args.split_whitespace().map(str::to_owned).collect();

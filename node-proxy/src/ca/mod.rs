@@ -20,12 +20,14 @@ pub mod authorize;
 pub mod csr;
 mod server;
 mod signer;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -34,6 +36,7 @@ use tonic::Code;
 use crate::identity::{CaFiles, DEFAULT_TRUST_DOMAIN, SpiffeId, TrustDomain};
 
 pub use authorize::{Grant, ServiceAccount};
+pub use telemetry::{CaTelemetry, RefusalLabels};
 
 /// The port istiod serves its CA on, and so this CA.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:15012";
@@ -72,6 +75,16 @@ pub struct ServeArgs {
     /// Longest lifetime of an issued certificate, in seconds.
     #[arg(long, env = "MARROW_CA_MAX_CERT_TTL_SECS", default_value_t = 86_400)]
     pub max_cert_ttl_secs: u64,
+    /// `/metrics` (Prometheus): issued and refused requests, the CA's expiry.
+    #[arg(long, env = "MARROW_CA_METRICS_ADDR", default_value = "0.0.0.0:15014")]
+    pub metrics_addr: SocketAddr,
+    /// `/healthz/ready`: 200 once a CA is loaded.
+    #[arg(
+        long,
+        env = "MARROW_CA_READINESS_ADDR",
+        default_value = "0.0.0.0:15021"
+    )]
+    pub readiness_addr: SocketAddr,
 }
 
 impl ServeArgs {
@@ -446,9 +459,10 @@ pub async fn serve(
     files: CaFiles,
     settings: CaSettings,
     listener: TcpListener,
+    telemetry: Arc<CaTelemetry>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CaError> {
-    server::serve(client, files, settings, listener, shutdown).await
+    server::serve(client, files, settings, listener, telemetry, shutdown).await
 }
 
 /// `node-proxy ca serve`: the settings from `args`, a client for the cluster (in-cluster
@@ -461,23 +475,42 @@ pub async fn run(args: ServeArgs) -> Result<(), CaError> {
     let client = kube::Client::try_default()
         .await
         .map_err(CaError::KubeClient)?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| CaError::Listen {
-            addr: args.listen.to_string(),
-            source,
-        })?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| CaError::Listen {
+                addr: addr.to_string(),
+                source,
+            })
+    };
+    let listener = bind(args.listen).await?;
+    let telemetry = Arc::new(CaTelemetry::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    telemetry.register(&mut registry);
+    let metrics = tokio::spawn(crate::http::serve_metrics(
+        bind(args.metrics_addr).await?,
+        Arc::new(registry),
+    ));
+    let readiness = tokio::spawn(crate::http::serve_readiness(
+        bind(args.readiness_addr).await?,
+        telemetry.readiness.clone(),
+    ));
     tracing::info!(listen = %args.listen, ca_dir = %args.ca_dir.display(),
         trust_domain = %settings.trust_domain, "ca serving");
-    serve(
+    let served = serve(
         client,
         CaFiles::in_dir(&args.ca_dir),
         settings,
         listener,
+        telemetry.clone(),
         async {
             crate::drain::shutdown_signal().await;
+            telemetry.readiness.set(false);
             tracing::info!("ca stopping");
         },
     )
-    .await
+    .await;
+    metrics.abort();
+    readiness.abort();
+    served
 }

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::authorize::{self, Grant, Seen};
 use super::signer::{self, Signer};
-use super::{CaError, CaSettings, csr};
+use super::{CaError, CaSettings, CaTelemetry, csr};
 use crate::identity::CaFiles;
 use crate::identity::istio_ca::IMPERSONATED_IDENTITY;
 use crate::identity::istio_ca::proto::istio_certificate_service_server::{
@@ -28,6 +28,9 @@ use crate::identity::istio_ca::proto::{IstioCertificateRequest, IstioCertificate
 
 /// Bound on a client's TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; more connections wait in the listen backlog (a flood of
+/// stalled handshakes costs this many tasks, not memory without bound).
+const MAX_HANDSHAKES: usize = 256;
 
 /// What the handlers and the reload loop share.
 struct Shared {
@@ -35,6 +38,8 @@ struct Shared {
     signer: ArcSwap<Signer>,
     /// The serving certificate presented now.
     serving: ArcSwap<CertifiedKey>,
+    /// Counters and readiness.
+    telemetry: Arc<CaTelemetry>,
 }
 
 /// Presents the current serving certificate to every client.
@@ -68,6 +73,7 @@ pub(super) async fn serve(
     files: CaFiles,
     settings: CaSettings,
     listener: TcpListener,
+    telemetry: Arc<CaTelemetry>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CaError> {
     settings.validate()?;
@@ -80,9 +86,11 @@ pub(super) async fn serve(
         serving_names = %settings.serving_names.join(","),
         "ca loaded"
     );
+    telemetry.loaded(signer.not_after());
     let shared = Arc::new(Shared {
         signer: ArcSwap::from_pointee(signer),
         serving: ArcSwap::new(serving.key),
+        telemetry,
     });
     let _reload = AbortOnDrop(tokio::spawn(reload(
         files,
@@ -126,7 +134,11 @@ async fn accept(
     acceptor: TlsAcceptor,
     connections: tokio::sync::mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return; // Never closed.
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -139,7 +151,9 @@ async fn accept(
         let acceptor = acceptor.clone();
         let connections = connections.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            drop(permit);
+            match handshake {
                 Ok(Ok(tls)) => {
                     let _ = connections.send(Ok(tls)).await;
                 }
@@ -193,6 +207,8 @@ async fn reload(
                         ca_not_after = %time::OffsetDateTime::from(signer.not_after()),
                         "ca reloaded"
                     );
+                    shared.telemetry.loaded(signer.not_after());
+                    shared.telemetry.reloads.inc();
                     shared.signer.store(Arc::new(signer));
                     shared.serving.store(serving.key);
                     renew_serving_at = serving.renew_at;
@@ -238,6 +254,7 @@ impl IstioCertificateService for CaService {
         let node = seen.node.as_deref();
         match result {
             Ok((cert_chain, not_after)) => {
+                self.shared.telemetry.issued.inc();
                 info!(caller, node, identity, outcome = "issued",
                     not_after = %time::OffsetDateTime::from(not_after), "certificate issued");
                 Ok(tonic::Response::new(IstioCertificateResponse {
@@ -245,6 +262,7 @@ impl IstioCertificateService for CaService {
                 }))
             }
             Err(e) => {
+                self.shared.telemetry.refused(e.reason());
                 warn!(caller, node, identity, outcome = "refused", reason = e.reason(),
                     error = %e, "certificate refused");
                 Err(e.into())

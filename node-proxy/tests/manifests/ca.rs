@@ -305,10 +305,31 @@ fn the_ca_address_is_the_ca_service() {
         listen.ip().is_unspecified(),
         "the Service reaches the pod's IP"
     );
-    for probe in [&ca.readiness_probe, &ca.liveness_probe] {
-        let tcp = probe.clone().unwrap().tcp_socket.unwrap();
-        assert_eq!(tcp.port, IntOrString::Int(container_port));
-    }
+    let liveness = ca.liveness_probe.clone().unwrap().tcp_socket.unwrap();
+    assert_eq!(liveness.port, IntOrString::Int(container_port));
+    // Readiness and metrics on the ports the CA serves them on.
+    let readiness = ca.readiness_probe.clone().unwrap().http_get.unwrap();
+    let readiness_addr: std::net::SocketAddr =
+        arg(&ca_args, "--readiness-addr").unwrap().parse().unwrap();
+    assert_eq!(readiness.path.as_deref(), Some("/healthz/ready"));
+    assert_eq!(
+        readiness.port,
+        IntOrString::Int(i32::from(readiness_addr.port()))
+    );
+    let metrics_addr: std::net::SocketAddr =
+        arg(&ca_args, "--metrics-addr").unwrap().parse().unwrap();
+    let annotations = ca_deployment()
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap();
+    assert_eq!(
+        annotations.get("prometheus.io/port"),
+        Some(&metrics_addr.port().to_string())
+    );
     // The Service and the disruption budget select the CA's pods, and only them.
     let deployment = ca_deployment();
     let labels = deployment
