@@ -70,6 +70,9 @@ pub struct Config {
     pub ca_server_name: Option<String>,
     /// How often the root bundle file is checked for changes (a root rotation).
     pub ca_roots_poll: Duration,
+    /// With `ca_address`: extra gRPC metadata `(name, value)` on every call (istiod's
+    /// `ClusterID` in a multicluster mesh).
+    pub ca_headers: Vec<(String, String)>,
     /// The mesh's SPIFFE trust domain.
     pub trust_domain: String,
     /// Policies in this namespace apply mesh-wide (Istio's root namespace).
@@ -115,6 +118,7 @@ impl Default for Config {
             ca_token_file: PathBuf::from("/var/run/secrets/tokens/istio-token"),
             ca_server_name: None,
             ca_roots_poll: Duration::from_secs(5),
+            ca_headers: Vec::new(),
             trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
             node_name: None,
@@ -164,6 +168,16 @@ impl Config {
                         "--ca-address with it (the roots are those of a remote CA)",
                     ));
                 }
+            }
+        }
+        for (name, value) in &self.ca_headers {
+            if crate::identity::istio_ca::metadata(name, value).is_err() {
+                return Err(invalid(
+                    "--ca-header",
+                    format!("{name}={value}"),
+                    "NAME=VALUE: a header name (letters, digits, - _ .) other than \
+                     authorization or grpc-*, and a visible-ASCII value",
+                ));
             }
         }
         if let Some(name) = &self.ca_server_name
@@ -356,6 +370,14 @@ fn invalid(
     }
 }
 
+/// Parses `NAME=VALUE` (an extra header for the CA).
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
+}
+
 /// Parses a port range `LO-HI`.
 pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let (lo, hi) = text
@@ -447,7 +469,15 @@ mod tests {
             ..Config::default()
         };
         remote.validate().unwrap();
-        let cases: [(Config, &str, &str); 6] = [
+        let cases: [(Config, &str, &str); 7] = [
+            (
+                Config {
+                    ca_headers: vec![("authorization".into(), "Bearer x".into())],
+                    ..remote.clone()
+                },
+                "--ca-header",
+                "NAME=VALUE",
+            ),
             (
                 Config {
                     ca_dir: Some("/etc/ca".into()),

@@ -265,6 +265,11 @@ struct RunArgs {
     /// address's host).
     #[arg(long, env = "MARROW_CA_SERVER_NAME")]
     ca_server_name: Option<String>,
+    /// With --ca-address: an extra header NAME=VALUE on every call (repeatable; istiod's
+    /// ClusterID in a multicluster mesh).
+    #[arg(long = "ca-header", env = "MARROW_CA_HEADERS", value_delimiter = ',',
+        value_parser = node_proxy::config::parse_header)]
+    ca_headers: Vec<(String, String)>,
     /// How often --ca-roots is checked for changes, in milliseconds.
     #[arg(long, env = "MARROW_CA_ROOTS_POLL_MS")]
     ca_roots_poll_ms: Option<u64>,
@@ -327,6 +332,11 @@ impl RunArgs {
             ca_roots: self.ca_roots.or(d.ca_roots),
             ca_token_file: self.ca_token_file.unwrap_or(d.ca_token_file),
             ca_server_name: self.ca_server_name.or(d.ca_server_name),
+            ca_headers: if self.ca_headers.is_empty() {
+                d.ca_headers
+            } else {
+                self.ca_headers
+            },
             ca_roots_poll: self
                 .ca_roots_poll_ms
                 .map(Duration::from_millis)
@@ -869,6 +879,7 @@ fn certificate_provider(
         identity::IstioCaConfig {
             address: address.clone(),
             server_name: config.ca_server_name.clone(),
+            headers: config.ca_headers.clone(),
             token_file: config.ca_token_file.clone(),
             validity: config.cert_ttl,
             timeout: Duration::from_secs(10),

@@ -266,6 +266,7 @@ impl Harness {
                 token_file,
                 validity,
                 timeout: Duration::from_secs(10),
+                headers: Vec::new(),
             },
             TrustBundle::new(roots),
         )

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::{
@@ -52,6 +53,9 @@ pub struct IstioCaConfig {
     pub validity: Duration,
     /// Bound on one call, connect included.
     pub timeout: Duration,
+    /// Extra gRPC metadata sent with every call, `(name, value)`: istiod's `ClusterID` in a
+    /// multicluster mesh, as ztunnel's `CA_HEADER_*`.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A [`CertificateProvider`] that asks an Istio-protocol CA.
@@ -62,6 +66,8 @@ pub struct IstioCa {
     bundle: TrustBundle,
     /// The channel to the CA and the roots it was built with (rebuilt when they change).
     channel: Mutex<(Arc<Roots>, Channel)>,
+    /// `config.headers`, checked.
+    headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
 }
 
 impl IstioCa {
@@ -73,12 +79,18 @@ impl IstioCa {
     /// # Errors
     /// When the address is not a URL or the TLS settings are refused.
     pub fn new(config: IstioCaConfig, bundle: TrustBundle) -> Result<IstioCa, IdentityError> {
+        let headers = config
+            .headers
+            .iter()
+            .map(|(name, value)| metadata(name, value))
+            .collect::<Result<Vec<_>, _>>()?;
         let roots = bundle.current();
         let channel = channel(&config, &roots)?;
         Ok(IstioCa {
             config,
             bundle,
             channel: Mutex::new((roots, channel)),
+            headers,
         })
     }
 
@@ -131,6 +143,9 @@ impl IstioCa {
             validity_duration: i64::try_from(self.config.validity.as_secs()).unwrap_or(i64::MAX),
             metadata: Some(impersonation(id)),
         });
+        for (name, value) in &self.headers {
+            request.metadata_mut().insert(name.clone(), value.clone());
+        }
         let bearer = format!("Bearer {}", token.trim());
         request.metadata_mut().insert(
             "authorization",
@@ -147,6 +162,30 @@ impl IstioCa {
             .into_inner();
         accept(id, response, key, &roots)
     }
+}
+
+/// An extra header as gRPC metadata: a lowercase ASCII name other than the ones this client
+/// sets itself, a visible-ASCII value.
+///
+/// # Errors
+/// [`IdentityError::CaHeader`] naming the header and what is wrong.
+pub fn metadata(
+    name: &str,
+    value: &str,
+) -> Result<(AsciiMetadataKey, AsciiMetadataValue), IdentityError> {
+    let invalid = |reason: &str| IdentityError::CaHeader {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let lower = name.to_ascii_lowercase();
+    if lower == "authorization" || lower.starts_with("grpc-") || lower.starts_with(':') {
+        return Err(invalid("reserved: this client or gRPC sets it"));
+    }
+    let key = AsciiMetadataKey::from_bytes(lower.as_bytes())
+        .map_err(|_| invalid("not a header name (letters, digits, - _ .)"))?;
+    let value = AsciiMetadataValue::try_from(value)
+        .map_err(|_| invalid("the value is not visible ASCII"))?;
+    Ok((key, value))
 }
 
 /// A lazily connecting channel to the CA, verifying its serving certificate with `roots`.

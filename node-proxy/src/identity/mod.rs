@@ -214,6 +214,14 @@ pub enum IdentityError {
         /// The CA's address and what failed.
         reason: String,
     },
+    /// An extra header for the CA cannot be sent.
+    #[error("CA header {name:?}: {reason}")]
+    CaHeader {
+        /// The header's name as given.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The proxy's token for the CA cannot be used.
     #[error("the token for the CA, {path}: {reason}")]
     Token {

@@ -16,7 +16,7 @@ use crate::identity::istio_ca::proto::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use crate::identity::istio_ca::proto::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::identity::istio_ca::{IMPERSONATED_IDENTITY, IstioCa, IstioCaConfig};
+use crate::identity::istio_ca::{IMPERSONATED_IDENTITY, IstioCa, IstioCaConfig, metadata};
 use crate::identity::{CertificateProvider, IdentityError, Roots, SpiffeId, TrustBundle};
 
 /// What the test CA does with a CSR.
@@ -60,6 +60,8 @@ struct TestCa {
     mode: Mutex<Mode>,
     /// (authorization header, impersonated identity) of each call.
     seen: Mutex<Vec<(String, String)>>,
+    /// The `clusterid` header of each call.
+    cluster_ids: Mutex<Vec<String>>,
 }
 
 #[tonic::async_trait]
@@ -74,6 +76,13 @@ impl IstioCertificateService for Arc<TestCa> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let cluster_id = request
+            .metadata()
+            .get("clusterid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        self.cluster_ids.lock().unwrap().push(cluster_id);
         let body = request.into_inner();
         let impersonated = body
             .metadata
@@ -129,6 +138,7 @@ async fn start(mode: Mode) -> (Arc<TestCa>, std::net::SocketAddr) {
         untrusted: root("some other root"),
         mode: Mutex::new(mode),
         seen: Mutex::new(Vec::new()),
+        cluster_ids: Mutex::new(Vec::new()),
     });
     let serving_key = KeyPair::generate().unwrap();
     let mut serving = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
@@ -162,6 +172,7 @@ fn client(ca: &TestCa, addr: std::net::SocketAddr, token: &std::path::Path) -> I
             token_file: token.to_path_buf(),
             validity: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
+            headers: vec![("ClusterID".into(), "cluster-east".into())],
         },
         TrustBundle::new(roots),
     )
@@ -190,6 +201,21 @@ async fn issues_with_the_token_and_the_impersonated_identity() {
         seen,
         vec![("Bearer node-proxy-token".to_owned(), web().to_string())]
     );
+    assert_eq!(*ca.cluster_ids.lock().unwrap(), ["cluster-east"]);
+}
+
+#[test]
+fn extra_headers_are_checked() {
+    assert!(metadata("ClusterID", "Kubernetes").is_ok());
+    for (name, value) in [
+        ("authorization", "Bearer stolen"),
+        ("grpc-timeout", "1S"),
+        ("bad name", "x"),
+        ("clusterid", "line\nbreak"),
+    ] {
+        let error = metadata(name, value).unwrap_err().to_string();
+        assert!(error.contains(name), "{error}");
+    }
 }
 
 #[tokio::test]
