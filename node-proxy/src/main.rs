@@ -632,6 +632,13 @@ async fn take_over_or_bind(
             return Ok((EnrollmentServer::bind(&config.cni_socket)?, None));
         }
     };
+    // Certificates first: the pods' first connections then find them.
+    let certificates = registry.adopt_certificates(&takeover.certificates);
+    tracing::info!(
+        certificates,
+        offered = takeover.certificates.len(),
+        "workload certificates taken over"
+    );
     let mut adopted = 0;
     for pod in std::mem::take(&mut takeover.pods) {
         let who = format!("{}/{}", pod.record.pod.namespace, pod.record.pod.name);

@@ -4,13 +4,15 @@
 //! peers only). A proxy starting on the same node connects there first and asks to take over:
 //!
 //! ```text
-//! new → old   {"type":"take_over","version":1}
+//! new → old   {"type":"take_over","version":1,"certificates":true}
 //! old         stops its enrollment server (after answering the CNI calls in progress)
 //! old → new   {"type":"pod","record":{…}}                     per enrolled pod, then
 //!             {"type":"netns"}                         + fd   its network namespace
 //!             {"type":"listener","direction":…,"ipv6":…} + fd  each in-pod listener
+//!             {"type":"certificate","certificate":{…}}        per valid workload
+//!                                                             certificate, if asked for
 //!             {"type":"enrollment_socket"}             + fd   the CNI socket
-//!             {"type":"done","pods":N}
+//!             {"type":"done","pods":N,"certificates":M}
 //! new         serves every pod on the very same sockets (and the CNI socket), then
 //! new → old   {"type":"adopted","pods":N}
 //! old         stops accepting, drains its open connections, exits
@@ -19,7 +21,11 @@
 //! The listening sockets themselves move (`SCM_RIGHTS`), so nothing queued on them is lost, the
 //! `sk_lookup` map keeps pointing at live sockets, and both processes accept from the same
 //! queues until the old one stops: there is no moment without a listener. The eBPF programs and
-//! maps are pinned and shared already.
+//! maps are pinned and shared already. The workload certificates move too (leaf, chain and
+//! key, over this root-only socket): the new proxy checks them against its trust bundle and
+//! uses them until their half-life, so an upgrade needs no CA — it works during a CA outage,
+//! and a rollout across the cluster does not re-request every identity. Both fields are
+//! optional on the wire: a proxy without them neither asks for nor sends certificates.
 //!
 //! Failure handling: until `adopted` arrives the old proxy changes nothing but its enrollment
 //! server, which it restarts (on the same socket) if the new proxy goes away or answers
@@ -37,6 +43,7 @@ use redirect_cni::protocol::{Datagram, recv_datagram, send_datagram};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::identity::HandedCertificate;
 use crate::inpod::{HandedPod, PodListener, PodRecord, Registry};
 use crate::proxy::Direction;
 
@@ -46,6 +53,9 @@ pub const HANDOFF_SOCKET: &str = "handoff.sock";
 pub const HANDOFF_VERSION: u32 = 1;
 /// How long either side waits for the other's next message.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most certificates a successor takes (one per identity of a local pod; a node runs at most a
+/// few hundred pods).
+const MAX_CERTIFICATES: usize = 4096;
 /// How long the old proxy waits for the new one to serve every pod and answer `adopted`.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,6 +67,9 @@ enum Message {
     TakeOver {
         /// [`HANDOFF_VERSION`] of the asker.
         version: u32,
+        /// Whether the asker takes workload certificates.
+        #[serde(default)]
+        certificates: bool,
     },
     /// Old → new: the next pod's record; its netns and listeners follow.
     Pod {
@@ -72,12 +85,20 @@ enum Message {
         /// Whether it is the IPv6 one.
         ipv6: bool,
     },
+    /// Old → new: a valid workload certificate the old proxy holds.
+    Certificate {
+        /// Leaf, chain and key.
+        certificate: HandedCertificate,
+    },
     /// Old → new: the CNI enrollment socket (with a descriptor).
     EnrollmentSocket,
     /// Old → new: everything was sent.
     Done {
         /// How many pods were sent.
         pods: usize,
+        /// How many certificates were sent.
+        #[serde(default)]
+        certificates: usize,
     },
     /// New → old: every pod is served by the new proxy.
     Adopted {
@@ -206,6 +227,8 @@ pub struct TakeOver {
     pub pods: Vec<HandedPod>,
     /// The CNI enrollment socket, listening.
     pub enrollment: Option<OwnedFd>,
+    /// The workload certificates the old proxy held (to check before use).
+    pub certificates: Vec<HandedCertificate>,
     channel: Channel,
 }
 
@@ -260,10 +283,12 @@ pub fn take_over(path: &Path) -> Result<Option<TakeOver>, HandoffError> {
     channel.send(
         &Message::TakeOver {
             version: HANDOFF_VERSION,
+            certificates: true,
         },
         None,
     )?;
     let mut pods: Vec<HandedPod> = Vec::new();
+    let mut certificates: Vec<HandedCertificate> = Vec::new();
     let mut pending: Option<(PodRecord, Option<OwnedFd>, Vec<PodListener>)> = None;
     let mut enrollment = None;
     loop {
@@ -295,13 +320,29 @@ pub fn take_over(path: &Path) -> Result<Option<TakeOver>, HandoffError> {
                 }),
                 None => return Err(channel.protocol("a listener outside a pod")),
             },
+            (Message::Certificate { certificate }, None) => {
+                if certificates.len() >= MAX_CERTIFICATES {
+                    return Err(
+                        channel.protocol(format!("more than {MAX_CERTIFICATES} certificates"))
+                    );
+                }
+                certificates.push(certificate);
+            }
             (Message::EnrollmentSocket, Some(fd)) => enrollment = Some(fd),
-            (Message::Done { pods: sent }, None) => {
+            (
+                Message::Done {
+                    pods: sent,
+                    certificates: sent_certificates,
+                },
+                None,
+            ) => {
                 pods.extend(finish_pod(&channel, pending.take())?);
-                if sent != pods.len() {
+                if sent != pods.len() || sent_certificates != certificates.len() {
                     return Err(channel.protocol(format!(
-                        "the old proxy announced {sent} pods and sent {}",
-                        pods.len()
+                        "the old proxy announced {sent} pods and {sent_certificates} \
+                         certificates, and sent {} and {}",
+                        pods.len(),
+                        certificates.len()
                     )));
                 }
                 break;
@@ -315,6 +356,7 @@ pub fn take_over(path: &Path) -> Result<Option<TakeOver>, HandoffError> {
     Ok(Some(TakeOver {
         pods,
         enrollment,
+        certificates,
         channel,
     }))
 }
@@ -475,8 +517,14 @@ async fn hand_over<P: Predecessor>(
     }
     let channel = Arc::new(channel);
     let request = blocking(&channel, |c| c.receive()).await;
-    match request {
-        Ok((Message::TakeOver { version }, None)) if version == HANDOFF_VERSION => {}
+    let with_certificates = match request {
+        Ok((
+            Message::TakeOver {
+                version,
+                certificates,
+            },
+            None,
+        )) if version == HANDOFF_VERSION => certificates,
         Err(error) => {
             let _ = channel.send(
                 &Message::Refused {
@@ -496,13 +544,13 @@ async fn hand_over<P: Predecessor>(
             );
             return Err(channel.protocol(reason));
         }
-    }
+    };
     tracing::info!("a new node proxy asks to take over; pausing enrollment");
     let enrollment = predecessor
         .pause_enrollment()
         .await
         .map_err(|source| channel.io("pausing enrollment", source))?;
-    let result = send_everything(&channel, registry, &enrollment).await;
+    let result = send_everything(&channel, registry, &enrollment, with_certificates).await;
     match result {
         Ok(pods) => {
             tracing::info!(
@@ -523,7 +571,13 @@ async fn send_everything(
     channel: &Arc<Channel>,
     registry: &Registry,
     enrollment: &OwnedFd,
+    with_certificates: bool,
 ) -> Result<usize, HandoffError> {
+    let certificates = if with_certificates {
+        registry.certificates()
+    } else {
+        Vec::new()
+    };
     let pods = registry
         .hand_over()
         .await
@@ -557,8 +611,22 @@ async fn send_everything(
                 )?;
             }
         }
+        for certificate in &certificates {
+            c.send(
+                &Message::Certificate {
+                    certificate: certificate.clone(),
+                },
+                None,
+            )?;
+        }
         c.send(&Message::EnrollmentSocket, Some(&enrollment))?;
-        c.send(&Message::Done { pods: count }, None)?;
+        c.send(
+            &Message::Done {
+                pods: count,
+                certificates: certificates.len(),
+            },
+            None,
+        )?;
         c.set_timeout(ADOPT_TIMEOUT)?;
         match c.receive()? {
             (Message::Adopted { pods }, None) => Ok(pods),
@@ -594,9 +662,34 @@ mod tests {
             json,
             r#"{"type":"listener","direction":"hbone","ipv6":true}"#
         );
+        // A proxy from before certificates moved: asks for none, announces none.
         let parsed: Message = serde_json::from_str(r#"{"type":"take_over","version":1}"#).unwrap();
-        assert!(matches!(parsed, Message::TakeOver { version: 1 }));
+        assert!(matches!(
+            parsed,
+            Message::TakeOver {
+                version: 1,
+                certificates: false
+            }
+        ));
+        let parsed: Message = serde_json::from_str(r#"{"type":"done","pods":3}"#).unwrap();
+        assert!(matches!(
+            parsed,
+            Message::Done {
+                pods: 3,
+                certificates: 0
+            }
+        ));
         assert!(serde_json::from_str::<Message>(r#"{"type":"take_over"}"#).is_err());
+        // This version asks for them; an older predecessor ignores the field and sends none.
+        let json = serde_json::to_string(&Message::TakeOver {
+            version: 1,
+            certificates: true,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"take_over","version":1,"certificates":true}"#
+        );
     }
 
     #[test]

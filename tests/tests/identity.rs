@@ -454,6 +454,29 @@ fn proxies_take_certificates_from_the_ca_through_outage_and_root_rotation() {
         cached.is_ok(),
         "a new connection on cached certificates: {cached:?}"
     );
+    // An upgrade during the outage: node 2's successor takes the certificates over with the
+    // sockets and serves new connections without the CA.
+    let replaced = two.proxy.take().expect("node 2's proxy");
+    let mut successor = replaced.start_successor();
+    successor
+        .wait_for_log("took over from the previous node proxy", WITHIN)
+        .expect("the successor takes over");
+    let taken = successor
+        .log()
+        .lines()
+        .find(|l| l.contains("workload certificates taken over"))
+        .map(strip_ansi)
+        .unwrap_or_default();
+    assert!(
+        taken.contains("certificates=1") && taken.contains("offered=1"),
+        "{taken}"
+    );
+    two.proxy = Some(successor);
+    let upgraded = echoes(&client, addr, "after an upgrade, CA down");
+    assert!(
+        upgraded.is_ok(),
+        "a new connection to the successor, on the handed-over certificate: {upgraded:?}"
+    );
     for (n, id) in [(&one, &client_id), (&two, &server_id)] {
         until(
             "readiness and metrics reporting the failed renewals",
@@ -512,7 +535,7 @@ fn proxies_take_certificates_from_the_ca_through_outage_and_root_rotation() {
     assert!(ok >= 30, "only {ok} connections during the rotation");
     println!("root rotation: {ok} new connections, none failed");
     check_grants(&ca, &[(&one.node, &client_id), (&two.node, &server_id)]);
-    drop((ca, one, two));
+    drop((ca, one, two, replaced));
 }
 
 /// Old + new roots, the CA switched to the new key, new roots only; each step waited for.

@@ -75,6 +75,28 @@ impl Roots {
         &self.store
     }
 
+    /// Checks that `leaf` (with `intermediates`, leaf-side first) chains to one of these roots
+    /// and is valid now for client authentication (what a peer's verifier will check).
+    ///
+    /// # Errors
+    /// What webpki refused, as text.
+    pub fn verify(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), String> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.store.clone(),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| format!("verifier: {e}"))?;
+        verifier
+            .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .map(drop)
+            .map_err(|e| format!("the chain does not lead to a trusted root: {e}"))
+    }
+
     /// As PEM.
     pub fn pem(&self) -> String {
         let blocks: Vec<pem::Pem> = self

@@ -176,6 +176,78 @@ impl fmt::Debug for WorkloadCertificate {
     }
 }
 
+/// A certificate's parts as they move from a proxy to its successor (an upgrade): leaf, chain
+/// and key, in PEM. The receiver checks them as it would a CA's answer
+/// ([`crate::identity::CertificateManager::adopt`]).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedCertificate {
+    /// The leaf, PEM.
+    pub leaf: String,
+    /// Intermediates, PEM each, leaf-side first.
+    pub chain: Vec<String>,
+    /// The private key, PEM (PKCS#8, SEC1 or PKCS#1).
+    pub key: String,
+}
+
+impl HandedCertificate {
+    /// The parts of `cert`.
+    pub fn of(cert: &WorkloadCertificate) -> HandedCertificate {
+        let pem = |tag: &str, der: &[u8]| pem::encode(&pem::Pem::new(tag, der.to_vec()));
+        let key = match cert.private_key() {
+            PrivateKeyDer::Pkcs8(key) => pem("PRIVATE KEY", key.secret_pkcs8_der()),
+            PrivateKeyDer::Sec1(key) => pem("EC PRIVATE KEY", key.secret_sec1_der()),
+            PrivateKeyDer::Pkcs1(key) => pem("RSA PRIVATE KEY", key.secret_pkcs1_der()),
+            _ => String::new(), // Not a key rustls signs with; the receiver refuses it.
+        };
+        HandedCertificate {
+            leaf: pem("CERTIFICATE", cert.leaf()),
+            chain: cert.chain().iter().map(|c| pem("CERTIFICATE", c)).collect(),
+            key,
+        }
+    }
+
+    /// Leaf, chain and key as DER.
+    ///
+    /// # Errors
+    /// When a part is not the PEM expected.
+    pub fn parts(
+        &self,
+    ) -> Result<
+        (
+            CertificateDer<'static>,
+            Vec<CertificateDer<'static>>,
+            PrivateKeyDer<'static>,
+        ),
+        IdentityError,
+    > {
+        use rustls::pki_types::pem::PemObject;
+        let invalid =
+            |what: &str, e: rustls::pki_types::pem::Error| IdentityError::InvalidCertificate {
+                reason: format!("handed-over {what}: {e}"),
+            };
+        let leaf =
+            CertificateDer::from_pem_slice(self.leaf.as_bytes()).map_err(|e| invalid("leaf", e))?;
+        let chain = self
+            .chain
+            .iter()
+            .map(|c| CertificateDer::from_pem_slice(c.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("chain", e))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.key.as_bytes()).map_err(|e| invalid("key", e))?;
+        Ok((leaf, chain, key))
+    }
+}
+
+impl fmt::Debug for HandedCertificate {
+    /// Never shows the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandedCertificate")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The URI SANs of `cert` (none when it has no subjectAltName).
 pub(crate) fn uri_sans<'a>(
     cert: &'a X509Certificate<'_>,

@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -229,15 +228,7 @@ fn accept(
         .filter(|c| !roots.certs().contains(c))
         .cloned()
         .collect();
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        roots.store().clone(),
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .build()
-    .map_err(|e| refuse(format!("verifier: {e}")))?;
-    verifier
-        .verify_client_cert(leaf, &intermediates, UnixTime::now())
-        .map_err(|e| refuse(format!("the chain does not lead to a trusted root: {e}")))?;
+    roots.verify(leaf, &intermediates).map_err(refuse)?;
     let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let certificate = WorkloadCertificate::new(
         leaf.clone(),

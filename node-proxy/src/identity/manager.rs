@@ -22,7 +22,8 @@ use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 use super::{
-    CertificateProvider, IdentityError, Roots, SpiffeId, TrustBundle, WorkloadCertificate,
+    CertificateProvider, HandedCertificate, IdentityError, Roots, SpiffeId, TrustBundle,
+    WorkloadCertificate,
 };
 
 /// Shortest retry delay, whatever the configuration says: a failing provider is never spun on.
@@ -107,6 +108,9 @@ pub struct CertificateManager {
     bundle: Option<TrustBundle>,
     on_failure: Option<FailureHook>,
     entries: Mutex<HashMap<SpiffeId, Entry>>,
+    /// Certificates handed over by the previous proxy (an upgrade), used instead of a first
+    /// fetch when their identity's renewal task starts.
+    handed: Mutex<HashMap<SpiffeId, Arc<WorkloadCertificate>>>,
 }
 
 impl CertificateManager {
@@ -118,6 +122,7 @@ impl CertificateManager {
             bundle: None,
             on_failure: None,
             entries: Mutex::new(HashMap::new()),
+            handed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -161,6 +166,51 @@ impl CertificateManager {
         {
             worker.task.abort();
         }
+    }
+
+    /// Takes a certificate the previous proxy on this node held (an upgrade), so its identity
+    /// needs no fetch until the certificate's half-life: an upgrade during a CA outage keeps
+    /// mTLS working, and a rollout does not ask the CA again for every identity. The
+    /// certificate must chain to the trust bundle and be valid now; it is handed out only once
+    /// a pod with its identity is allowed, like a fetched one.
+    ///
+    /// # Errors
+    /// Without a trust bundle (a local CA reissues instead), or when the parts do not make a
+    /// valid certificate trusted by the bundle.
+    pub fn adopt(&self, handed: &HandedCertificate) -> Result<SpiffeId, IdentityError> {
+        let invalid = |reason: String| IdentityError::InvalidCertificate { reason };
+        let (leaf, chain, key) = handed.parts()?;
+        let Some(bundle) = &self.bundle else {
+            return Err(invalid(
+                "no trust bundle to check a handed-over certificate".into(),
+            ));
+        };
+        let roots = bundle.current();
+        let cert = WorkloadCertificate::new(leaf, chain, key, roots.certs().to_vec())?;
+        roots
+            .verify(cert.leaf(), cert.chain())
+            .map_err(|e| invalid(format!("handed-over certificate for {}: {e}", cert.id())))?;
+        let id = cert.id().clone();
+        let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        let newer = handed
+            .get(&id)
+            .is_none_or(|held| held.not_after() < cert.not_after());
+        if newer {
+            handed.insert(id.clone(), Arc::new(cert));
+        }
+        Ok(id)
+    }
+
+    /// The valid certificates held now (for handing over to a successor).
+    pub fn current(&self) -> Vec<Arc<WorkloadCertificate>> {
+        let now = SystemTime::now();
+        self.lock()
+            .values()
+            .filter_map(|entry| match &*entry.worker.as_ref()?.slot.borrow() {
+                Slot::Ready { cert, .. } if !cert.is_expired(now) => Some(cert.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Whether `id` is the identity of a pod on this node.
@@ -266,7 +316,14 @@ impl CertificateManager {
     fn spawn_worker(&self, id: &SpiffeId) -> Worker {
         let (tx, slot) = watch::channel(Slot::Pending);
         let retry_now = Arc::new(Notify::new());
+        let initial = self
+            .handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id)
+            .filter(|cert| !cert.is_expired(SystemTime::now()));
         let task = tokio::spawn(renew(Renewal {
+            initial,
             id: id.clone(),
             provider: self.provider.clone(),
             config: self.config,
@@ -309,6 +366,8 @@ impl std::fmt::Debug for CertificateManager {
 
 /// What one identity's renewal task owns.
 struct Renewal {
+    /// A certificate to start with instead of a fetch (handed over by the previous proxy).
+    initial: Option<Arc<WorkloadCertificate>>,
     id: SpiffeId,
     provider: Arc<dyn CertificateProvider>,
     config: ManagerConfig,
@@ -327,14 +386,22 @@ async fn renew(mut task: Renewal) {
     let mut backoff = initial_backoff;
     let mut failures: u32 = 0;
     loop {
-        match fetch(&*task.provider, &task.id, task.config.fetch_timeout).await {
-            Ok(cert) => {
+        let (result, how) = match task.initial.take() {
+            Some(cert) => (Ok(cert), "certificate handed over"),
+            None => (
+                fetch(&*task.provider, &task.id, task.config.fetch_timeout)
+                    .await
+                    .map(|cert| Arc::new(task.with_current_roots(cert))),
+                "certificate issued",
+            ),
+        };
+        match result {
+            Ok(mut cert) => {
                 let renew_in = cert
                     .renew_at()
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
-                info!(id = %task.id, not_after = ?cert.not_after(), ?renew_in, "certificate issued");
-                let mut cert = Arc::new(task.with_current_roots(cert));
+                info!(id = %task.id, not_after = ?cert.not_after(), ?renew_in, "{how}");
                 failures = 0;
                 task.tx.send_replace(Slot::Ready {
                     cert: cert.clone(),

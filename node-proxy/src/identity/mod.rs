@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bundle::{Roots, TrustBundle, read_roots, watch_file};
-pub use certificate::WorkloadCertificate;
 pub(crate) use certificate::uri_sans;
+pub use certificate::{HandedCertificate, WorkloadCertificate};
 pub use istio_ca::{IstioCa, IstioCaConfig};
 pub(crate) use local_ca::leaf_params;
 pub use local_ca::{CA_CERT_FILE, CA_KEY_FILE, CaFiles, LocalCa, LocalCaOptions, create_ca};

@@ -544,6 +544,40 @@ impl Registry {
             .collect()
     }
 
+    /// Upgrade, old side: the valid workload certificates held now, for the successor.
+    pub fn certificates(&self) -> Vec<crate::identity::HandedCertificate> {
+        self.mesh
+            .as_ref()
+            .map(|mesh| {
+                mesh.certs
+                    .current()
+                    .iter()
+                    .map(|cert| crate::identity::HandedCertificate::of(cert))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Upgrade, new side: keeps the certificates the previous proxy held, so this one needs
+    /// no CA until their half-life; returns how many were taken. One that fails the checks is
+    /// logged and skipped (its identity is fetched as usual).
+    pub fn adopt_certificates(&self, handed: &[crate::identity::HandedCertificate]) -> usize {
+        let Some(mesh) = &self.mesh else {
+            return 0;
+        };
+        let mut taken = 0;
+        for cert in handed {
+            match mesh.certs.adopt(cert) {
+                Ok(id) => {
+                    tracing::debug!(id = %id, "handed-over certificate kept");
+                    taken += 1;
+                }
+                Err(error) => tracing::warn!(%error, "handed-over certificate not used"),
+            }
+        }
+        taken
+    }
+
     /// Upgrade, new side: serves a pod handed over by the previous proxy on the very sockets
     /// it was served on. The capture is re-applied (idempotent: same sockets, same netns).
     ///

@@ -9,8 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{id, new_ca};
 use crate::identity::{
-    CertificateManager, CertificateProvider, FetchFuture, LocalCa, LocalCaOptions, ManagerConfig,
-    Roots, SpiffeId, TrustBundle, watch_file,
+    CertificateManager, CertificateProvider, FetchFuture, HandedCertificate, LocalCa,
+    LocalCaOptions, ManagerConfig, Roots, SpiffeId, TrustBundle, watch_file,
 };
 
 fn pem_of(ca: &LocalCa) -> String {
@@ -283,4 +283,49 @@ async fn a_root_switch_without_overlap_breaks_handshakes() {
         !failed.is_empty(),
         "expected failed handshakes without an overlap"
     );
+}
+
+#[tokio::test]
+async fn a_handed_over_certificate_is_used_without_a_fetch_and_checked_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(new_ca(&dir.path().join("ca"), LocalCaOptions::default()));
+    let stranger = new_ca(&dir.path().join("stranger"), LocalCaOptions::default());
+    let who = id("spiffe://cluster.local/ns/shop/sa/api");
+    let held = HandedCertificate::of(&ca.issue(&who).unwrap());
+
+    let bundle = TrustBundle::new(roots_of(&[&ca]));
+    let provider = Arc::new(SwitchableCa {
+        ca: Mutex::new(ca.clone()),
+        calls: AtomicUsize::new(0),
+    });
+    let successor = CertificateManager::new(provider.clone(), ManagerConfig::default())
+        .with_trust_bundle(bundle);
+    assert_eq!(successor.adopt(&held).unwrap(), who);
+    successor.allow(who.clone());
+    let cert = successor.get(&who).await.unwrap();
+    assert_eq!(
+        HandedCertificate::of(&cert),
+        held,
+        "the very certificate, key included"
+    );
+    assert_eq!(provider.calls.load(Ordering::SeqCst), 0, "no fetch");
+
+    // What the successor refuses: another CA's certificate, a key that is not the leaf's,
+    // garbage; and without a trust bundle nothing is taken.
+    let foreign = HandedCertificate::of(&stranger.issue(&who).unwrap());
+    let error = successor.adopt(&foreign).unwrap_err().to_string();
+    assert!(error.contains("trusted root"), "{error}");
+    let other_key = HandedCertificate {
+        key: HandedCertificate::of(&ca.issue(&who).unwrap()).key,
+        ..held.clone()
+    };
+    let error = successor.adopt(&other_key).unwrap_err().to_string();
+    assert!(error.contains("private key"), "{error}");
+    let garbage = HandedCertificate {
+        leaf: "not PEM".into(),
+        ..held.clone()
+    };
+    assert!(successor.adopt(&garbage).is_err());
+    let without_bundle = CertificateManager::new(provider, ManagerConfig::default());
+    assert!(without_bundle.adopt(&held).is_err());
 }
