@@ -86,8 +86,21 @@ fn pod_uid(namespace: &str, name: &str) -> String {
     format!("uid-{namespace}-{name}")
 }
 
+/// The CA's settings in these tests: the defaults, reloading its files every 100 ms.
+fn test_settings() -> CaSettings {
+    CaSettings {
+        reload_interval: Duration::from_millis(100),
+        ..CaSettings::default()
+    }
+}
+
 /// The cluster: a node proxy and `shop/cart` on node-a, `db/pg` on node-b; the tokens above.
 async fn start() -> Harness {
+    start_with(test_settings()).await
+}
+
+/// The same cluster, the CA with `settings`.
+async fn start_with(settings: CaSettings) -> Harness {
     // The CA's decisions in the test output (shown for failing tests).
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -151,7 +164,7 @@ async fn start() -> Harness {
         .expect("bind");
     let addr = listener.local_addr().expect("address");
     let telemetry = Arc::new(CaTelemetry::default());
-    let (stop, task) = serve(&api, files, listener, telemetry.clone());
+    let (stop, task) = serve(&api, files, listener, settings.clone(), telemetry.clone());
     Harness {
         api,
         dir,
@@ -168,15 +181,12 @@ fn serve(
     api: &ApiServer,
     files: CaFiles,
     listener: tokio::net::TcpListener,
+    settings: CaSettings,
     telemetry: Arc<CaTelemetry>,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), ca::CaError>>,
 ) {
-    let settings = CaSettings {
-        reload_interval: Duration::from_millis(100),
-        ..CaSettings::default()
-    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(ca::serve(
         api.client(),
@@ -211,6 +221,7 @@ impl Harness {
             &self.api,
             CaFiles::in_dir(&self.dir.path().join("ca")),
             listener,
+            test_settings(),
             self.telemetry.clone(),
         );
         self.stop = Some(stop);
@@ -656,4 +667,47 @@ async fn refuses_to_start_without_a_usable_ca() {
     .expect_err("no CA files");
     assert_eq!(e.reason(), "ca_files");
     assert!(e.to_string().contains("ca-cert.pem"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_calls_is_refused_as_busy_not_passed_to_the_api_server() {
+    let h = start_with(CaSettings {
+        max_concurrent_requests: 1,
+        ..test_settings()
+    })
+    .await;
+    // A slow API server: the first call holds the only permit while its review is pending.
+    h.api.set_post_delay(Duration::from_secs(3));
+    let mut slow = h.client(&h.root_pem).await;
+    let first = tokio::spawn(async move {
+        call(&mut slow, Some(NODE_PROXY_TOKEN), csr(CART), Some(CART)).await
+    });
+    while h.api.token_reviews().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_refused(
+        h.call(Some(NODE_PROXY_TOKEN), csr(CART), Some(CART)).await,
+        Code::ResourceExhausted,
+        &["busy"],
+    );
+    assert!(
+        !first.is_finished(),
+        "refused while the first call waits for its review, not queued behind it"
+    );
+    first
+        .await
+        .expect("the first call")
+        .expect("the first call is served");
+    assert_eq!(
+        h.api.token_reviews().len(),
+        1,
+        "the refused call cost no review"
+    );
+    let busy = ca::RefusalLabels { reason: "busy" };
+    assert_eq!(h.telemetry.refused.get_or_create(&busy).get(), 1);
+    // Once the permit is back, calls are served again.
+    h.api.set_post_delay(Duration::ZERO);
+    h.call(Some(NODE_PROXY_TOKEN), csr(CART), Some(CART))
+        .await
+        .expect("served again");
 }

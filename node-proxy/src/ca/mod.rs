@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Longest lifetime of an issued certificate, in seconds.
     #[arg(long, env = "MARROW_CA_MAX_CERT_TTL_SECS", default_value_t = 86_400)]
     pub max_cert_ttl_secs: u64,
+    /// Requests checked at once; more are refused with RESOURCE_EXHAUSTED (the proxies retry
+    /// with backoff), so a flood of calls does not become a flood on the API server.
+    #[arg(long, env = "MARROW_CA_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    pub max_concurrent_requests: usize,
     /// `/metrics` (Prometheus): issued and refused requests, the CA's expiry.
     #[arg(long, env = "MARROW_CA_METRICS_ADDR", default_value = "0.0.0.0:15014")]
     pub metrics_addr: SocketAddr,
@@ -123,6 +127,7 @@ impl ServeArgs {
                 .filter(|n| !n.is_empty())
                 .collect(),
             max_cert_ttl: Duration::from_secs(self.max_cert_ttl_secs),
+            max_concurrent_requests: self.max_concurrent_requests,
             ..CaSettings::default()
         };
         settings.validate()?;
@@ -150,6 +155,9 @@ pub struct CaSettings {
     pub backdate: Duration,
     /// How often the CA files are checked for a change.
     pub reload_interval: Duration,
+    /// Requests checked at once; more are refused as busy (each costs a TokenReview and two
+    /// pod reads, so a flood of calls must not become a flood on the API server).
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for CaSettings {
@@ -168,6 +176,7 @@ impl Default for CaSettings {
             max_cert_ttl: Duration::from_secs(24 * 60 * 60),
             backdate: Duration::from_secs(5 * 60),
             reload_interval: Duration::from_secs(5),
+            max_concurrent_requests: 64,
         }
     }
 }
@@ -201,6 +210,13 @@ impl CaSettings {
                 "default certificate lifetime",
                 "0".to_owned(),
                 "a positive duration",
+            );
+        }
+        if self.max_concurrent_requests == 0 || self.max_concurrent_requests > 100_000 {
+            return bad(
+                "--max-concurrent-requests",
+                self.max_concurrent_requests.to_string(),
+                "1..=100000",
             );
         }
         if self.reload_interval.is_zero() {
@@ -288,6 +304,13 @@ pub enum CaError {
         identity: SpiffeId,
         /// The caller's node.
         node: String,
+    },
+    /// Too many requests are being checked already (each costs API server calls): the caller
+    /// retries later, with backoff.
+    #[error("busy: {limit} requests are being checked already, retry later")]
+    Busy {
+        /// `--max-concurrent-requests`.
+        limit: usize,
     },
     /// A call to the Kubernetes API failed (not a denial: the caller may retry).
     #[error("kubernetes api: {call} failed: {source}")]
@@ -399,6 +422,7 @@ impl CaError {
             | CaError::CsrNames { .. }
             | CaError::CsrCaRequested { .. } => Code::InvalidArgument,
             CaError::KubeApi { .. } | CaError::CaExpired { .. } => Code::Unavailable,
+            CaError::Busy { .. } => Code::ResourceExhausted,
             CaError::Signing { .. }
             | CaError::CaFiles { .. }
             | CaError::Setting { .. }
@@ -424,6 +448,7 @@ impl CaError {
             CaError::NodeMismatch { .. } => "node_mismatch",
             CaError::NotOnNode { .. } => "not_on_node",
             CaError::KubeApi { .. } => "kube_api",
+            CaError::Busy { .. } => "busy",
             CaError::CsrUnreadable { .. } => "csr_unreadable",
             CaError::CsrSignature { .. } => "csr_signature",
             CaError::CsrKey { .. } => "csr_key",

@@ -118,6 +118,7 @@ pub(super) async fn serve(
 
     let service = CaService {
         client,
+        in_flight: tokio::sync::Semaphore::new(settings.max_concurrent_requests),
         settings: Arc::new(settings),
         shared,
     };
@@ -237,6 +238,8 @@ async fn reload(
 /// `IstioCertificateService` over a kube client and the current CA.
 struct CaService {
     client: kube::Client,
+    /// Permits for requests being checked (`max_concurrent_requests`).
+    in_flight: tokio::sync::Semaphore,
     settings: Arc<CaSettings>,
     shared: Arc<Shared>,
 }
@@ -278,6 +281,9 @@ impl CaService {
         request: tonic::Request<IstioCertificateRequest>,
         seen: &mut Seen,
     ) -> Result<(Vec<String>, SystemTime), CaError> {
+        let _permit = self.in_flight.try_acquire().map_err(|_| CaError::Busy {
+            limit: self.settings.max_concurrent_requests,
+        })?;
         let token = bearer(request.metadata())?;
         let request = request.into_inner();
         let impersonated = impersonated(&request)?;

@@ -55,6 +55,8 @@ struct World {
     collections: BTreeMap<String, Collection>,
     /// Answer everything with 503 (the server is "unreachable").
     down: bool,
+    /// How long each POST (a TokenReview) takes to answer: a slow API server.
+    post_delay: Duration,
     /// Requests seen, `METHOD path?query`.
     requests: Vec<String>,
     /// Tokens the TokenReview endpoint knows: token -> its audiences and user.
@@ -153,9 +155,11 @@ impl ApiServer {
                                         .await
                                         .map(|b| b.to_bytes())
                                         .unwrap_or_default();
-                                    return Ok::<_, Infallible>(answer_post(
-                                        &state.0, &parts.uri, &body,
-                                    ));
+                                    // Recorded at once, answered after the delay.
+                                    let response = answer_post(&state.0, &parts.uri, &body);
+                                    let delay = state.0.lock().unwrap().post_delay;
+                                    tokio::time::sleep(delay).await;
+                                    return Ok::<_, Infallible>(response);
                                 }
                                 Ok::<_, Infallible>(answer(&state.0, &state.1, &state.2, req))
                             }
@@ -276,6 +280,11 @@ current-context: replay
         world.compacted_below = world.resource_version + 1;
         drop(world);
         self.drop_watches();
+    }
+
+    /// Makes every POST (TokenReviews) take `delay`: an overloaded API server.
+    pub fn set_post_delay(&self, delay: Duration) {
+        self.world.lock().unwrap().post_delay = delay;
     }
 
     /// Makes the server answer 503 to everything (and drops watches), or serve again.
