@@ -400,6 +400,7 @@ async fn issues_the_identity_of_a_pod_on_the_callers_node() {
 
     // What the CA asked the API server.
     let reviews = h.api.token_reviews();
+    assert_eq!(reviews.len(), 1, "two requests with one token: one review");
     assert_eq!(reviews[0]["audiences"], serde_json::json!(["istio-ca"]));
     assert_eq!(reviews[0]["token"], NODE_PROXY_TOKEN);
     let requests = h.api.requests();
@@ -710,4 +711,45 @@ async fn a_flood_of_calls_is_refused_as_busy_not_passed_to_the_api_server() {
     h.call(Some(NODE_PROXY_TOKEN), csr(CART), Some(CART))
         .await
         .expect("served again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authentication_is_reused_briefly_and_refusals_never() {
+    let h = start().await;
+    for _ in 0..3 {
+        h.call(Some(NODE_PROXY_TOKEN), csr(CART), Some(CART))
+            .await
+            .expect("issued");
+    }
+    assert_eq!(h.api.token_reviews().len(), 1, "reused within the TTL");
+    // The pods are looked up every time: a replaced node-proxy pod is noticed at once.
+    let lookups = h
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/namespaces/marrow-system/pods/node-proxy-a"))
+        .count();
+    assert_eq!(lookups, 3);
+    // A refused token is asked about every time.
+    for _ in 0..2 {
+        assert_refused(
+            h.call(Some("not-a-token"), csr(CART), Some(CART)).await,
+            Code::Unauthenticated,
+            &[],
+        );
+    }
+    assert_eq!(h.api.token_reviews().len(), 3);
+
+    // Past the TTL (here 1 ms, shorter than any call) the token is reviewed again.
+    let h = start_with(CaSettings {
+        token_review_ttl: Duration::from_millis(1),
+        ..test_settings()
+    })
+    .await;
+    for _ in 0..3 {
+        h.call(Some(NODE_PROXY_TOKEN), csr(CART), Some(CART))
+            .await
+            .expect("issued");
+    }
+    assert_eq!(h.api.token_reviews().len(), 3, "asked again after the TTL");
 }

@@ -5,6 +5,10 @@
 //! [`requested_identity`], [`plan`], [`caller_node`], [`check_on_node`]); [`authorize`] only
 //! fetches what they need, in that order, and stops at the first refusal.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
@@ -250,11 +254,19 @@ pub fn check_on_node(requested: &SpiffeId, node: &str, pods: &[Pod]) -> Result<(
 pub async fn authorize(
     client: &kube::Client,
     settings: &CaSettings,
+    reviews: &ReviewCache,
     token: &str,
     impersonated: Option<&str>,
     seen: &mut Seen,
 ) -> Result<Grant, CaError> {
-    let status = review(client, token, &settings.audience).await?;
+    let status = match reviews.get(token) {
+        Some(status) => status,
+        None => {
+            let status = review(client, token, &settings.audience).await?;
+            reviews.put(token, &status);
+            status
+        }
+    };
     let caller = authenticate(&status, settings)?;
     seen.caller = Some(caller.account.clone());
     let requested = requested_identity(&caller, impersonated, settings)?;
@@ -292,6 +304,53 @@ pub async fn authorize(
         identity: requested,
         node: Some(node),
     })
+}
+
+/// Most tokens [`ReviewCache`] holds (one per node proxy and workload asking; a full cache
+/// drops what expired, then everything).
+const MAX_CACHED_REVIEWS: usize = 10_000;
+
+/// Authenticated TokenReview answers by token, for a short while: a node proxy starting with
+/// 50 pods asks for 50 identities with one token, and that should cost one review, not 50.
+/// Only authentications are kept (a refusal is asked again), and only the review: the caller's
+/// pod and the pods on its node are looked up for every request, so a deleted node-proxy pod
+/// is noticed at once.
+#[derive(Debug)]
+pub struct ReviewCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, TokenReviewStatus)>>,
+}
+
+impl ReviewCache {
+    /// A cache keeping answers for `ttl` (zero: none).
+    pub fn new(ttl: Duration) -> ReviewCache {
+        ReviewCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cached answer for `token`, if still fresh.
+    fn get(&self, token: &str) -> Option<TokenReviewStatus> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, status) = entries.get(token)?;
+        (at.elapsed() < self.ttl).then(|| status.clone())
+    }
+
+    /// Keeps `status` for `token` if it authenticates.
+    fn put(&self, token: &str, status: &TokenReviewStatus) {
+        if self.ttl.is_zero() || status.authenticated != Some(true) {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_CACHED_REVIEWS {
+            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            if entries.len() >= MAX_CACHED_REVIEWS {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_owned(), (Instant::now(), status.clone()));
+    }
 }
 
 /// Asks the API server about `token` for `audience`.

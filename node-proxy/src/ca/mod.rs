@@ -158,6 +158,9 @@ pub struct CaSettings {
     /// Requests checked at once; more are refused as busy (each costs a TokenReview and two
     /// pod reads, so a flood of calls must not become a flood on the API server).
     pub max_concurrent_requests: usize,
+    /// How long an authenticated TokenReview answer is reused for the same token (zero:
+    /// never); the pod lookups are done for every request regardless.
+    pub token_review_ttl: Duration,
 }
 
 impl Default for CaSettings {
@@ -177,6 +180,7 @@ impl Default for CaSettings {
             backdate: Duration::from_secs(5 * 60),
             reload_interval: Duration::from_secs(5),
             max_concurrent_requests: 64,
+            token_review_ttl: Duration::from_secs(60),
         }
     }
 }

@@ -119,6 +119,7 @@ pub(super) async fn serve(
     let service = CaService {
         client,
         in_flight: tokio::sync::Semaphore::new(settings.max_concurrent_requests),
+        reviews: authorize::ReviewCache::new(settings.token_review_ttl),
         settings: Arc::new(settings),
         shared,
     };
@@ -240,6 +241,8 @@ struct CaService {
     client: kube::Client,
     /// Permits for requests being checked (`max_concurrent_requests`).
     in_flight: tokio::sync::Semaphore,
+    /// Recent authentications.
+    reviews: authorize::ReviewCache,
     settings: Arc<CaSettings>,
     shared: Arc<Shared>,
 }
@@ -290,6 +293,7 @@ impl CaService {
         let Grant { identity, .. } = authorize::authorize(
             &self.client,
             &self.settings,
+            &self.reviews,
             &token,
             impersonated.as_deref(),
             seen,
