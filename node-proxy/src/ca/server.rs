@@ -150,6 +150,11 @@ async fn accept(
                 continue;
             }
         };
+        // gRPC answers in several small writes (headers, message, trailers): without
+        // TCP_NODELAY, Nagle's algorithm holds the last one for the client's delayed ACK (40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(peer = %peer, error = %e, "setting TCP_NODELAY failed");
+        }
         let acceptor = acceptor.clone();
         let connections = connections.clone();
         tokio::spawn(async move {
