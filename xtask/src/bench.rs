@@ -64,6 +64,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::process::{self, seconds, timed};
+use crate::stop::{self, Stop};
 use report::{Report, Samples};
 use setup::Bed;
 use topology::SetUp;
@@ -184,6 +185,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         return latency::run_client(addr, options.pingpong_count);
     }
     let started = Instant::now();
+    let stop = Stop::install()?;
     let params = Params::new(options);
     let load_average = procfs::load_average()?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
@@ -243,19 +245,32 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         .filter(|s| !(params.quick && *s == SetUp::Marrow))
         .collect();
     let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        measure(&params, &order, &memory_setups, envoy.as_deref())
+        measure(&params, &order, &memory_setups, envoy.as_deref(), &stop)
     }))
     .unwrap_or_else(|panic| {
         Err(anyhow::anyhow!(
             "a fixture failed: {}",
             panic_message(&panic)
         ))
-    });
+    })
+    .map_err(|e| stop.blame(e));
+    // Every fixture has been dropped by now, whatever happened.
     let leftovers = leftovers(envoy.as_deref());
-    let (samples, memory, handshakes) = measured?;
     if !leftovers.is_empty() {
         bail!("the run left these behind: {}", leftovers.join(", "));
     }
+    let (samples, memory, handshakes) = match measured {
+        Ok(measured) => measured,
+        Err(error) => {
+            if let Some(interrupted) = error.downcast_ref::<stop::Interrupted>() {
+                // Not a failure: say so without an error trace, exit as a shell reports a
+                // command stopped by SIGINT, with nothing left behind (checked above).
+                println!("Stopped: {interrupted}; nothing left behind.");
+                std::process::exit(stop::EXIT_INTERRUPTED);
+            }
+            return Err(error);
+        }
+    };
     let report = report(order, samples, memory, handshakes);
     println!("\nset-ups:");
     for setup in report
@@ -355,6 +370,7 @@ fn measure(
     order: &[SetUp],
     memory_setups: &[SetUp],
     envoy: Option<&Path>,
+    stop: &Stop,
 ) -> anyhow::Result<Measured> {
     let mut samples = Samples::default();
     let per_round = order.len() / params.rounds.max(1) as usize;
@@ -367,6 +383,7 @@ fn measure(
             order.len(),
             setup.name()
         );
+        stop.check()?;
         timed(&step, || {
             let mut bed = Bed::new(*setup, &format!("bench-{}-{}", setup.name(), i + 1), envoy)?;
             sample::sample(&mut bed, params, &mut samples)
@@ -374,11 +391,13 @@ fn measure(
         // The bed's namespaces are torn down by kernel workers after the drop.
         std::thread::sleep(TEARDOWN);
     }
+    stop.check()?;
     let memory = if memory_setups.iter().any(|s| s.meshed()) {
         Some(memory::measure(params, memory_setups, envoy)?)
     } else {
         None
     };
+    stop.check()?;
     let handshakes = timed(
         "TLS handshakes, the TLS stack alone (release build)",
         || {

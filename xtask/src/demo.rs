@@ -18,7 +18,6 @@ mod keep;
 mod observe;
 mod report;
 mod scenarios;
-mod stop;
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -28,8 +27,8 @@ use std::time::Instant;
 use marrow_tests::{BpffsDir, Cgroup};
 
 use crate::process::{self, timed};
+use crate::stop::{self, Stop};
 use report::Report;
-use stop::Stop;
 
 /// Options of `cargo xtask demo`.
 #[derive(clap::Args)]
@@ -58,7 +57,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let stop = Stop::install()?;
     println!("marrow demo: a two-node service mesh on this machine, made of network namespaces\n");
     let started = Instant::now();
-    prepare(options, &stop).map_err(|e| blame_signal(e, &stop))?;
+    prepare(options, &stop).map_err(|e| stop.blame(e))?;
     let prepared = started.elapsed();
     explain();
     let mut report = Report::new(&stop);
@@ -71,7 +70,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             panic_message(&*panic)
         ))
     })
-    .map_err(|e| blame_signal(e, &stop));
+    .map_err(|e| stop.blame(e));
     // Every fixture has been dropped by now, whatever happened, unless kept on purpose.
     if !(options.keep && outcome.is_ok()) {
         check_nothing_left(&mut report);
@@ -87,15 +86,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             // Not a failure of the demo: say so without an error trace, and exit as a shell
             // does for a command stopped by SIGINT.
             println!("Stopped: {interrupted}.");
-            std::process::exit(EXIT_INTERRUPTED);
+            std::process::exit(stop::EXIT_INTERRUPTED);
         }
         return Err(error);
     }
     report.finish()
 }
-
-/// The exit status after Ctrl-C, as shells report a command killed by SIGINT (128 + 2).
-const EXIT_INTERRUPTED: i32 = 130;
 
 /// What a service mesh is and what marrow does, in three lines, for someone who never saw one.
 fn explain() {
@@ -106,16 +102,6 @@ fn explain() {
          Between nodes the proxies speak mutual TLS, each proving its pod's identity (a SPIFFE ID\n\
          such as spiffe://cluster.local/ns/shop/sa/frontend), so policies can name who may call whom."
     );
-}
-
-/// The error to report for a step that failed: the signal, if one came. A signal also reaches
-/// the proxy and the pods' processes (Ctrl-C signals the whole process group), so whatever
-/// failed after it is the signal's doing.
-fn blame_signal(error: anyhow::Error, stop: &Stop) -> anyhow::Error {
-    match stop.check() {
-        Err(interrupted) => interrupted.into(),
-        Ok(()) => error,
-    }
 }
 
 /// Refuses to start without root, saying why it is needed.

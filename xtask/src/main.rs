@@ -13,6 +13,7 @@ mod demo;
 mod image;
 mod process;
 mod setup;
+mod stop;
 mod test;
 mod toolchain;
 

@@ -28,8 +28,8 @@ use marrow_tests::{
 };
 
 use super::observe::Metrics;
-use super::stop::Stop;
 use crate::process::seconds;
+use crate::stop::Stop;
 
 /// The nodes' names: namespaces `mt-demo-1`/`mt-demo-2`, cgroups and pin directories
 /// `marrow-test-demo-1`/`marrow-test-demo-2`.

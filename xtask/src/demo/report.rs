@@ -14,7 +14,7 @@
 
 use std::fmt::Display;
 
-use super::stop::{Interrupted, Stop};
+use crate::stop::{Interrupted, Stop};
 
 /// Marker of a check that held.
 const OK: &str = "[ok]  ";

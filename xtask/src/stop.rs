@@ -1,6 +1,6 @@
-//! Ctrl-C and SIGTERM for the demo: the first signal sets a flag that the demo checks between
-//! steps, so it stops by returning an error and every fixture is dropped (namespaces deleted,
-//! processes killed, pins removed) instead of dying with them in place.
+//! Ctrl-C and SIGTERM for the demo and the bench: the first signal sets a flag that they check
+//! between steps, so they stop by returning an error and every fixture is dropped (namespaces
+//! deleted, processes killed, pins removed) instead of dying with them in place.
 //!
 //! Invariant: the handler only touches atomics and calls `clock_gettime(2)` and `write(2)`,
 //! all async-signal-safe. Later signals are ignored; one that comes well after the first (a
@@ -11,19 +11,22 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use anyhow::bail;
 
-/// The signal that asked the demo to stop, or 0 while none has.
+/// The signal that asked to stop, or 0 while none has.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// When the first signal came, in milliseconds of `CLOCK_MONOTONIC`.
 static FIRST_AT_MS: AtomicU64 = AtomicU64::new(0);
 
+/// The exit status after Ctrl-C, as shells report a command killed by SIGINT (128 + 2).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
 /// Printed by the handler on the first signal.
 const STOPPING: &[u8] = b"\ninterrupted: stopping after the current step, then cleaning up\n";
 /// Printed by the handler when a person signals again during clean-up.
-const STILL_CLEANING: &[u8] = b"\nstill cleaning up the demo's namespaces and processes...\n";
+const STILL_CLEANING: &[u8] = b"\nstill cleaning up namespaces and processes...\n";
 /// Signals closer than this to the first one are duplicates, not a person insisting.
 const REPEAT_AFTER_MS: u64 = 500;
 
-/// The demo was stopped by a signal; returned from the step that noticed.
+/// Stopped by a signal; returned from the step that noticed.
 #[derive(Debug)]
 pub struct Interrupted(i32);
 
@@ -68,7 +71,17 @@ impl Stop {
         Ok(Stop(()))
     }
 
-    /// `Err(Interrupted)` once a signal asked the demo to stop.
+    /// The error to report for a step that failed: the signal, if one came. A signal also
+    /// reaches the proxies and the pods' processes (Ctrl-C signals the whole process group), so
+    /// whatever failed after it is the signal's doing.
+    pub fn blame(&self, error: anyhow::Error) -> anyhow::Error {
+        match self.check() {
+            Err(interrupted) => interrupted.into(),
+            Ok(()) => error,
+        }
+    }
+
+    /// `Err(Interrupted)` once a signal asked to stop.
     pub fn check(&self) -> Result<(), Interrupted> {
         match SIGNAL.load(Ordering::SeqCst) {
             0 => Ok(()),
