@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -152,20 +152,7 @@ impl ProbeIdentity {
 
 fn leaf(issuer: &Issuer<'_, KeyPair>, spiffe_id: &str) -> ProbeIdentity {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("a leaf key");
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![SanType::URI(
-        spiffe_id.try_into().expect("an IA5 SPIFFE ID"),
-    )];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    let params = crate::workload_cert::leaf_params(spiffe_id).expect("an IA5 SPIFFE ID");
     let cert = params.signed_by(&key, issuer).expect("signing the leaf");
     ProbeIdentity {
         chain: vec![cert.der().clone()],

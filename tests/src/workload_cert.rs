@@ -132,23 +132,9 @@ impl WorkloadCert {
         let issue = |what| move |source| WorkloadCertError::Issue { what, source };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(issue("generating a P-256 key"))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        let uri = spiffe_id
-            .try_into()
-            .map_err(|_| WorkloadCertError::BadSpiffeId {
-                id: spiffe_id.to_owned(),
-            })?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        let params = leaf_params(spiffe_id).map_err(|_| WorkloadCertError::BadSpiffeId {
+            id: spiffe_id.to_owned(),
+        })?;
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(issue("signing the workload certificate"))?;
@@ -175,6 +161,27 @@ impl WorkloadCert {
 }
 
 /// `spiffe://` followed by a non-empty trust domain and a path, all printable ASCII.
+/// A workload leaf as the mesh issues it: no subject, one URI SAN (`spiffe_id`), not a CA,
+/// digitalSignature + keyEncipherment, serverAuth + clientAuth.
+///
+/// # Errors
+/// When `spiffe_id` is not an IA5 string.
+pub(crate) fn leaf_params(spiffe_id: &str) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(params)
+}
+
 fn check_spiffe_id(id: &str) -> Result<(), WorkloadCertError> {
     let bad = || WorkloadCertError::BadSpiffeId { id: id.to_owned() };
     let rest = id.strip_prefix("spiffe://").ok_or_else(bad)?;

@@ -24,7 +24,6 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +35,7 @@ use tonic::Code;
 use crate::identity::{CaFiles, DEFAULT_TRUST_DOMAIN, SpiffeId, TrustDomain};
 
 pub use authorize::{Grant, ServiceAccount};
+pub use server::serve;
 pub use telemetry::{CaTelemetry, RefusalLabels};
 
 /// The port istiod serves its CA on, and so this CA.
@@ -474,24 +474,6 @@ impl From<CaError> for tonic::Status {
     fn from(e: CaError) -> Self {
         tonic::Status::new(e.code(), e.to_string())
     }
-}
-
-/// Serves the CA on `listener` until `shutdown` completes: loads the CA from `files` (and
-/// reloads it when they change), issues itself a serving certificate for
-/// [`CaSettings::serving_names`], and answers `CreateCertificate` checking callers with
-/// `client`'s API server.
-///
-/// # Errors
-/// When the CA files or the settings are unusable at start, or the server fails.
-pub async fn serve(
-    client: kube::Client,
-    files: CaFiles,
-    settings: CaSettings,
-    listener: TcpListener,
-    telemetry: Arc<CaTelemetry>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), CaError> {
-    server::serve(client, files, settings, listener, telemetry, shutdown).await
 }
 
 /// `node-proxy ca serve`: the settings from `args`, a client for the cluster (in-cluster

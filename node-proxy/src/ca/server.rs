@@ -67,8 +67,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// See [`super::serve`].
-pub(super) async fn serve(
+/// Serves the CA on `listener` until `shutdown` completes: loads the CA from `files` (and
+/// reloads it when they change), issues itself a serving certificate for
+/// [`CaSettings::serving_names`], and answers `CreateCertificate` checking callers with
+/// `client`'s API server.
+///
+/// # Errors
+/// When the CA files or the settings are unusable at start, or the server fails.
+pub async fn serve(
     client: kube::Client,
     files: CaFiles,
     settings: CaSettings,
