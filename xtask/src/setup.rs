@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The apt packages, and what each is for.
-const APT_PACKAGES: [(&str, &str); 8] = [
+const APT_PACKAGES: [(&str, &str); 7] = [
     (
         LLVM_PACKAGE,
         "LLVM 22, which bpf-linker is built against and loads",
@@ -38,10 +38,6 @@ const APT_PACKAGES: [(&str, &str); 8] = [
         "`ip`, for the tests' network namespaces and routes",
     ),
     ("bpftool", "inspecting loaded programs and pinned maps"),
-    (
-        "protobuf-compiler",
-        "`protoc`, which compiles Istio's CA protocol (node-proxy/proto) at build time",
-    ),
     ("python3", "test peers"),
     (
         "python3-venv",
@@ -108,15 +104,32 @@ fn apt_packages() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Debian's package starts a system Prometheus (port 9090) under systemd; the tests run their
-/// own in a test namespace, so the service this setup just installed is stopped and disabled.
+/// Debian's package starts a system Prometheus (port 9090); the tests run their own in a test
+/// namespace, so the service this setup just installed is stopped and disabled. Under systemd
+/// (PID 1) through `systemctl`; without it (containers, CI sandboxes) the package's SysV script
+/// may have started it, so that is stopped and the boot links removed. Neither is a reason to
+/// fail the setup: a Prometheus left running only costs a port the tests do not use.
 fn stop_packaged_prometheus() -> anyhow::Result<()> {
-    let active = process::capture(Command::new("systemctl").args(["is-enabled", "prometheus"]));
-    if matches!(active, Ok(Some(_))) {
-        println!("    stopping the packaged prometheus.service (the tests start their own)");
-        process::run(process::as_root("systemctl", &[])?.args(["disable", "--now", "prometheus"]))?;
+    println!("    stopping the packaged prometheus service (the tests start their own)");
+    let attempt = if Path::new("/run/systemd/system").is_dir() {
+        process::run(process::as_root("systemctl", &[])?.args(["disable", "--now", "prometheus"]))
+    } else {
+        stop_sysv_prometheus()
+    };
+    if let Err(error) = attempt {
+        println!("    could not stop it ({error:#}); carrying on");
     }
     Ok(())
+}
+
+/// Without systemd: `service prometheus stop` when the init script exists, and its boot links
+/// removed with `update-rc.d`.
+fn stop_sysv_prometheus() -> anyhow::Result<()> {
+    if !Path::new("/etc/init.d/prometheus").is_file() {
+        return Ok(());
+    }
+    process::run(process::as_root("/etc/init.d/prometheus", &[])?.arg("stop"))?;
+    process::run(process::as_root("update-rc.d", &[])?.args(["prometheus", "disable"]))
 }
 
 /// Whether apt has an installation candidate for `package` in its current lists.
