@@ -849,6 +849,11 @@ async fn start_mesh(
         mesh.certs.clone(),
         metrics.clone(),
     ));
+    // Open inbound connections follow every policy change.
+    tokio::spawn(node_proxy::proxy::policy_watch::follow(
+        mesh.state.clone(),
+        metrics.connections.clone(),
+    ));
     let certs = mesh.certs.clone();
     readiness.add_detail(Box::new(move || certificate_detail(&certs.statuses())));
     Ok(Some((Arc::new(mesh), watch)))

@@ -397,6 +397,16 @@ pub struct CertificateFailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `marrow_connections_refused_total`: connections refused before any policy or
+/// upstream was consulted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `source` (outbound) or `destination` (inbound).
+    pub reporter: Reporter,
+    /// A fixed reason: `self_call` (addressed to one of the proxy's own in-pod ports).
+    pub reason: &'static str,
+}
+
 /// Why the destination's proxy refused a connection by policy.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum DenialReason {
@@ -497,6 +507,8 @@ pub struct Metrics {
     pub certificate_failures: Family<CertificateFailureLabels, Counter>,
     /// `marrow_policy_denials_total`: connections refused by policy, by reason.
     pub policy_denials: Family<DenialLabels, Counter>,
+    /// `marrow_connections_refused_total`.
+    pub refused: Family<RefusalLabels, Counter>,
     /// The live connection table, whose size by reporter is `marrow_connections_open`
     /// (shared with the data path and the admin API).
     pub connections: std::sync::Arc<crate::proxy::connections::ConnectionTable>,
@@ -522,6 +534,13 @@ impl Metrics {
     pub fn hbone_failed(&self, direction: &'static str, reason: &'static str) {
         self.hbone_failures
             .get_or_create(&HboneFailureLabels { direction, reason })
+            .inc();
+    }
+
+    /// Counts a connection refused before policy (`reason` is fixed, e.g. `self_call`).
+    pub fn connection_refused(&self, reporter: Reporter, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusalLabels { reporter, reason })
             .inc();
     }
 
@@ -553,6 +572,11 @@ impl Metrics {
             "istio_tcp_received_bytes",
             "Total bytes received during request in case of a TCP connection",
             self.received_bytes.clone(),
+        );
+        registry.register(
+            "marrow_connections_refused",
+            "Connections refused before policy: addressed to the proxy's own ports (self_call)",
+            self.refused.clone(),
         );
         registry.register(
             "marrow_enrolled_pods",

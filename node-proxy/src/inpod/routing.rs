@@ -3,7 +3,11 @@
 //!
 //! - `ip rule pref 10 fwmark 0x53a lookup 100` ahead of the `local` rule (moved to pref 100);
 //! - `local 0.0.0.0/0 dev lo table 100` (and `::/0` for IPv6);
-//! - `net.ipv4.tcp_fwmark_accept = 1`, so accepted sockets inherit the connection's mark.
+//! - `net.ipv4.tcp_fwmark_accept = 1`, so accepted sockets inherit the connection's mark;
+//! - `net.ipv4.fwmark_reflect = 1` (and `net.ipv6.fwmark_reflect`), so the kernel's own answers
+//!   to a marked packet carry its mark: the RST of a closed app port to the proxy's
+//!   source-preserving SYN then follows the fwmark rule back to the proxy (without it the RST
+//!   leaves by eth0 towards the client's address and the proxy waits out its connect timeout).
 //!
 //! Every step is idempotent: re-enrolling or restoring a pod re-applies it safely.
 
@@ -38,17 +42,37 @@ pub enum RoutingError {
         /// Cause.
         source: rtnetlink::Error,
     },
-    /// Writing the sysctl failed.
-    #[error("setting net.ipv4.tcp_fwmark_accept: {0}")]
-    Sysctl(io::Error),
+    /// Writing a sysctl failed.
+    #[error("setting {name} in the pod netns: {source}")]
+    Sysctl {
+        /// The sysctl, e.g. `net.ipv4.fwmark_reflect`.
+        name: &'static str,
+        /// Cause.
+        source: io::Error,
+    },
 }
+
+/// The sysctls set to 1 in every enrolled pod's netns, with the families they serve:
+/// (name, for IPv4, for IPv6). `tcp_fwmark_accept` lives under `ipv4` but governs TCP accepts
+/// of both families.
+const SYSCTLS: [(&str, bool, bool); 3] = [
+    ("net.ipv4.tcp_fwmark_accept", true, true),
+    ("net.ipv4.fwmark_reflect", true, false),
+    ("net.ipv6.fwmark_reflect", false, true),
+];
 
 /// Applies the routing of an enrolled pod for the families it has.
 pub async fn apply(netns: &PodNetns, v4: bool, v6: bool) -> Result<(), RoutingError> {
-    netns
-        .run(|| std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", b"1"))
-        .map_err(RoutingError::Netns)?
-        .map_err(RoutingError::Sysctl)?;
+    for (name, for_v4, for_v6) in SYSCTLS {
+        if !((for_v4 && v4) || (for_v6 && v6)) {
+            continue;
+        }
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        netns
+            .run(|| std::fs::write(&path, b"1"))
+            .map_err(RoutingError::Netns)?
+            .map_err(|source| RoutingError::Sysctl { name, source })?;
+    }
     let (connection, handle, _) = netns
         .run(rtnetlink::new_connection)
         .map_err(RoutingError::Netns)?

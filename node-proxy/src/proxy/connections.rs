@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,6 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use redirect_cni::protocol::PodIdentity;
 use serde::Serialize;
 
+use super::policy_watch::{PolicySubject, Watched};
 use crate::identity::SpiffeId;
 use crate::metrics::{ConnectionLabels, LabelValue, PeerLabels, Reporter};
 use crate::policy::Verdict;
@@ -187,6 +188,8 @@ pub struct Connection {
     opened: Instant,
     opened_at: SystemTime,
     bytes: ByteCounters,
+    /// Set on admitted inbound connections: what their policy decision depends on.
+    watched: OnceLock<Arc<Watched>>,
 }
 
 /// One connection as the admin API shows it.
@@ -267,6 +270,7 @@ impl ConnectionTable {
             opened: Instant::now(),
             opened_at: SystemTime::now(),
             bytes: ByteCounters::default(),
+            watched: OnceLock::new(),
         });
         self.series(entry.info.reporter).inc();
         self.lock().insert(id, entry.clone());
@@ -293,6 +297,14 @@ impl ConnectionTable {
         let mut views: Vec<ConnectionView> = entries.iter().map(|c| c.view()).collect();
         views.sort_by_key(|v| v.id);
         views
+    }
+
+    /// The connections whose policy decision is followed (admitted inbound ones).
+    pub fn watched(&self) -> Vec<Arc<Watched>> {
+        self.lock()
+            .values()
+            .filter_map(|c| c.watched.get().cloned())
+            .collect()
     }
 
     /// `marrow_connections_open`, for the metrics registry.
@@ -402,6 +414,15 @@ impl ConnectionGuard {
     pub fn allow(&mut self, reason: Option<String>) {
         self.end.decision = Verdict::Allow;
         self.end.reason = reason.map(String::into_boxed_str);
+    }
+
+    /// Has the policy watcher follow this admitted connection: when a new state denies
+    /// `subject`, the returned handle's [`Watched::revoked`] resolves.
+    pub fn follow_policy(&self, subject: PolicySubject) -> Arc<Watched> {
+        self.entry
+            .watched
+            .get_or_init(|| Arc::new(Watched::new(subject)))
+            .clone()
     }
 
     /// Policy (AuthorizationPolicy or STRICT PeerAuthentication) refused the connection.

@@ -4,16 +4,35 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use marrow_common::PROXY_INBOUND_MARK;
+use marrow_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_INBOUND_MARK};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::connections::ConnectionInfo;
-use super::{PodContext, PodHbone, connect_result, log_closed, relay, relay_or_fail};
+use super::policy_watch::{self, Denial, PolicySubject};
+use super::{
+    PodContext, PodHbone, connect_result, relay_or_fail, relay_or_fail_watched, relay_watched,
+};
 use crate::hbone::{self, IncomingConnect, Refusal};
 use crate::identity::SpiffeId;
-use crate::metrics::{ConnectionLabels, DenialReason, PeerLabels, Reporter};
-use crate::{policy, socket, tls};
+use crate::metrics::{ConnectionLabels, PeerLabels, Reporter};
+use crate::{socket, tls};
+
+/// The proxy's own in-pod ports: a connection or CONNECT addressed to one of them would be
+/// relayed back into the proxy (15001 and 15006 loop through `sk_lookup` until the fd limit;
+/// 15008 would nest HBONE in HBONE). Refused as ztunnel refuses its `illegal_ports`
+/// (`src/config.rs`; `Error::SelfCall`, 503 on HBONE, in `src/proxy/inbound.rs`).
+const OWN_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PORT, HBONE_PORT];
+
+/// Why a connection addressed to `dst` would call the proxy itself, if it would.
+fn self_call(dst: SocketAddr) -> Option<String> {
+    OWN_PORTS.contains(&dst.port()).then(|| {
+        format!(
+            "{dst} is the proxy's own port {}: refused (a recursive call to the proxy)",
+            dst.port()
+        )
+    })
+}
 
 /// Most source ports tried for one connection to the app before giving up.
 const SOURCE_PORT_ATTEMPTS: usize = 64;
@@ -34,23 +53,43 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
         let mut conn = ctx
             .connections
             .open(ConnectionInfo::from_labels(&labels, &ctx.pod, peer, dst));
-        let allowed_by = match admit_plaintext(&ctx, peer, dst) {
-            Ok(allowed_by) => allowed_by,
-            Err((denial, reason)) => {
-                ctx.metrics.policy_denied(denial);
-                labels.response_flags = "DENY".into();
-                ctx.metrics.opened.get_or_create(&labels).inc();
-                ctx.metrics.closed.get_or_create(&labels).inc();
-                tracing::info!(%reason, response_flags = "DENY", "connection denied");
-                conn.deny(reason);
-                socket::reset(client);
-                return;
-            }
+        if let Some(reason) = self_call(dst) {
+            ctx.metrics
+                .connection_refused(Reporter::Destination, "self_call");
+            tracing::info!(%reason, "connection refused");
+            conn.fail(reason);
+            socket::reset(client);
+            return;
+        }
+        let subject = PolicySubject {
+            pod_ips: ctx.ips.clone().into_boxed_slice(),
+            source_principal: None,
+            source: peer,
+            destination: dst,
         };
-        conn.allow(allowed_by);
+        // Plain mode (no mesh configuration) admits all and follows no policy.
+        let watched = match &ctx.hbone {
+            None => None,
+            Some(hbone) => match policy_watch::decide(&hbone.mesh.state.snapshot(), &subject) {
+                Ok(allowed_by) => {
+                    conn.allow(allowed_by);
+                    Some(conn.follow_policy(subject))
+                }
+                Err(denial) => {
+                    deny(&ctx, &mut labels, &mut conn, denial);
+                    socket::reset(client);
+                    return;
+                }
+            },
+        };
         let _tracked = ctx.live_inbound.track(peer, dst);
         let app = connect_result(connect_preserving_source(&ctx, peer.ip(), dst).await);
-        relay_or_fail(&ctx.metrics, labels, conn, client, app).await;
+        match &watched {
+            Some(watched) => {
+                relay_or_fail_watched(&ctx.metrics, labels, conn, client, app, watched).await;
+            }
+            None => relay_or_fail(&ctx.metrics, labels, conn, client, app).await,
+        }
     }
     .instrument(span)
     .await
@@ -146,31 +185,34 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
         conn.fail(format!("CONNECT to {target}, not an address of this pod"));
         return incoming.refuse(Refusal::BadRequest);
     }
-    let allowed_by = match authorize(
-        hbone,
-        ctx,
-        Some(session.client_id.clone()),
-        session.peer,
-        target,
-    ) {
-        Ok(allowed_by) => allowed_by,
-        Err((denial, reason)) => {
-            ctx.metrics.policy_denied(denial);
-            labels.response_flags = "DENY".into();
-            ctx.metrics.opened.get_or_create(&labels).inc();
-            ctx.metrics.closed.get_or_create(&labels).inc();
-            tracing::info!(%reason, response_flags = "DENY", "tunnel denied; answering 401");
-            conn.deny(reason);
+    if let Some(reason) = self_call(target) {
+        ctx.metrics
+            .connection_refused(Reporter::Destination, "self_call");
+        tracing::info!(%reason, "CONNECT refused; answering 503");
+        conn.fail(reason);
+        return incoming.refuse(Refusal::Unavailable);
+    }
+    let subject = PolicySubject {
+        pod_ips: ctx.ips.clone().into_boxed_slice(),
+        source_principal: Some(session.client_id.clone()),
+        source: session.peer,
+        destination: target,
+    };
+    let watched = match policy_watch::decide(&hbone.mesh.state.snapshot(), &subject) {
+        Ok(allowed_by) => {
+            conn.allow(allowed_by);
+            conn.follow_policy(subject)
+        }
+        Err(denial) => {
+            deny(ctx, &mut labels, &mut conn, denial);
             return incoming.refuse(Refusal::Denied);
         }
     };
-    conn.allow(allowed_by);
     match connect_result(connect_preserving_source(ctx, session.peer.ip(), target).await) {
-        Ok(app) => match incoming.accept() {
-            Ok(stream) => {
+        Ok(mut app) => match incoming.accept() {
+            Ok(mut stream) => {
                 ctx.metrics.opened.get_or_create(&labels).inc();
-                let outcome = relay::copy_both_ways(stream, app, conn.bytes()).await;
-                log_closed(&ctx.metrics, &labels, conn, &outcome);
+                relay_watched(&ctx.metrics, labels, conn, &mut stream, &mut app, &watched).await;
             }
             Err(error) => {
                 tracing::info!(%error, "client went away before the tunnel opened");
@@ -190,59 +232,19 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
     }
 }
 
-/// Plaintext to this pod: refused when PeerAuthentication makes the port STRICT, or when an
-/// AuthorizationPolicy denies a client without identity. Plain mode (no mesh) admits all.
-/// Admitted: the policy decision's reason, when a decision was taken.
-fn admit_plaintext(
+/// Counts and logs a connection refused by policy when it was accepted.
+fn deny(
     ctx: &PodContext,
-    peer: SocketAddr,
-    dst: SocketAddr,
-) -> Result<Option<String>, (DenialReason, String)> {
-    let Some(hbone) = &ctx.hbone else {
-        return Ok(None);
-    };
-    let snap = hbone.mesh.state.snapshot();
-    if let Some(workload) = snap.workload_at(&ctx.ips) {
-        let view = view_of(workload);
-        policy::plaintext_allowed(snap.policies(), &view, dst.port())
-            .map_err(|e| (DenialReason::MtlsRequired, e.to_string()))?;
-    }
-    authorize(hbone, ctx, None, peer, dst)
-}
-
-/// The AuthorizationPolicy decision for a connection to this pod: `Err((reason, why))` when
-/// denied; when allowed, why (`None` when the pod is not in the state: no policy applies).
-fn authorize(
-    hbone: &PodHbone,
-    ctx: &PodContext,
-    source_principal: Option<SpiffeId>,
-    peer: SocketAddr,
-    dst: SocketAddr,
-) -> Result<Option<String>, (DenialReason, String)> {
-    let snap = hbone.mesh.state.snapshot();
-    // A pod the state does not know is not in the mesh: no policy selects it.
-    let Some(workload) = snap.workload_at(&ctx.ips) else {
-        return Ok(None);
-    };
-    let conn = policy::ConnectionView {
-        source_principal,
-        source_ip: peer.ip().to_canonical(),
-        destination_ip: dst.ip().to_canonical(),
-        destination_port: dst.port(),
-    };
-    let decision = policy::evaluate(snap.policies(), &view_of(workload), &conn);
-    match DenialReason::of(&decision) {
-        Some(denial) => Err((denial, decision.reason)),
-        None => Ok(Some(decision.reason)),
-    }
-}
-
-fn view_of(workload: &crate::state::Workload) -> policy::WorkloadView<'_> {
-    policy::WorkloadView {
-        namespace: &workload.namespace,
-        name: &workload.name,
-        labels: &workload.labels,
-    }
+    labels: &mut ConnectionLabels,
+    conn: &mut super::connections::ConnectionGuard,
+    denial: Denial,
+) {
+    ctx.metrics.policy_denied(denial.reason);
+    labels.response_flags = "DENY".into();
+    ctx.metrics.opened.get_or_create(labels).inc();
+    ctx.metrics.closed.get_or_create(labels).inc();
+    tracing::info!(reason = %denial.explanation, response_flags = "DENY", "connection denied");
+    conn.deny(denial.explanation);
 }
 
 /// Labels of a plaintext connection to this pod. As ztunnel: the client is the workload at its

@@ -1,0 +1,170 @@
+//! Open inbound connections follow policy: the decision taken when a connection was accepted
+//! is taken again, by the same function, on every new state, and a connection it now denies
+//! is closed.
+//!
+//! As ztunnel (`src/proxy/connection_manager.rs`, `PolicyWatcher`): every published state
+//! re-checks the tracked inbound connections — HBONE streams and captured plaintext alike — and
+//! those denied are told to close. The connection's own task does the closing, so it counts and
+//! logs the end as any other: `response_flags="DENY"` on its close-time counters (ztunnel's
+//! `AuthorizationPolicyLateRejection` maps to `DENY` in `src/proxy/metrics.rs`), one
+//! `marrow_policy_denials_total{reason}`, and the access-log line naming the deciding policy.
+//!
+//! Invariants:
+//! - [`decide`] is the one decision: the accept path and the watcher both call it, so a
+//!   connection is closed exactly when a new connection with the same facts would be refused;
+//! - a connection is revoked at most once; revoking never blocks (the watcher only signals);
+//! - connections whose decision does not change are not touched.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
+use super::connections::ConnectionTable;
+use crate::identity::SpiffeId;
+use crate::metrics::DenialReason;
+use crate::policy;
+use crate::state::{Snapshot, StateStore, Workload};
+
+/// What a policy decision about one inbound connection depends on, fixed when it was accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySubject {
+    /// The local pod's addresses (its workload is looked up in each new state).
+    pub pod_ips: Box<[IpAddr]>,
+    /// The client's verified identity; `None` for plaintext.
+    pub source_principal: Option<SpiffeId>,
+    /// The client's address.
+    pub source: SocketAddr,
+    /// The address the client connected to.
+    pub destination: SocketAddr,
+}
+
+/// A refusal: the metric reason and the explanation naming the deciding policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// `marrow_policy_denials_total{reason}`.
+    pub reason: DenialReason,
+    /// Which policy and rule decided, or that none allowed.
+    pub explanation: String,
+}
+
+/// The policy decision for a connection to a local pod: PeerAuthentication for plaintext, then
+/// AuthorizationPolicy. `Ok(None)` when the state does not know the pod (not in the mesh: no
+/// policy selects it); `Ok(Some(why))` when allowed with a decision.
+///
+/// # Errors
+/// The [`Denial`] when refused.
+pub fn decide(snap: &Snapshot, subject: &PolicySubject) -> Result<Option<String>, Denial> {
+    let Some(workload) = snap.workload_at(&subject.pod_ips) else {
+        return Ok(None);
+    };
+    let view = view_of(workload);
+    if subject.source_principal.is_none() {
+        policy::plaintext_allowed(snap.policies(), &view, subject.destination.port()).map_err(
+            |e| Denial {
+                reason: DenialReason::MtlsRequired,
+                explanation: e.to_string(),
+            },
+        )?;
+    }
+    let conn = policy::ConnectionView {
+        source_principal: subject.source_principal.clone(),
+        source_ip: subject.source.ip().to_canonical(),
+        destination_ip: subject.destination.ip().to_canonical(),
+        destination_port: subject.destination.port(),
+    };
+    let decision = policy::evaluate(snap.policies(), &view, &conn);
+    match DenialReason::of(&decision) {
+        Some(reason) => Err(Denial {
+            reason,
+            explanation: decision.reason,
+        }),
+        None => Ok(Some(decision.reason)),
+    }
+}
+
+/// The policy view of a workload.
+pub fn view_of(workload: &Workload) -> policy::WorkloadView<'_> {
+    policy::WorkloadView {
+        namespace: &workload.namespace,
+        name: &workload.name,
+        labels: &workload.labels,
+    }
+}
+
+/// An admitted connection's link to the watcher: its subject, and the signal that it must close.
+#[derive(Debug)]
+pub struct Watched {
+    subject: PolicySubject,
+    token: CancellationToken,
+    denial: OnceLock<Denial>,
+}
+
+impl Watched {
+    /// Watches a connection admitted with `subject`.
+    pub fn new(subject: PolicySubject) -> Self {
+        Self {
+            subject,
+            token: CancellationToken::new(),
+            denial: OnceLock::new(),
+        }
+    }
+
+    /// The facts its decision depends on.
+    pub fn subject(&self) -> &PolicySubject {
+        &self.subject
+    }
+
+    /// Tells the connection to close; only the first denial is kept.
+    pub fn revoke(&self, denial: Denial) {
+        if self.denial.set(denial).is_ok() {
+            self.token.cancel();
+        }
+    }
+
+    /// Resolves when the connection has been revoked, with the denial.
+    #[expect(
+        clippy::expect_used,
+        reason = "revoke sets the denial before it cancels the token, and it is never unset"
+    )]
+    pub async fn revoked(&self) -> &Denial {
+        self.token.cancelled().await;
+        self.denial.get().expect("a cancelled token has its denial")
+    }
+}
+
+/// Re-checks every watched connection against `snap`; revokes those now denied and returns how
+/// many it revoked.
+pub fn recheck(snap: &Snapshot, table: &ConnectionTable) -> usize {
+    let mut revoked = 0;
+    for watched in table.watched() {
+        if watched.token.is_cancelled() {
+            continue;
+        }
+        if let Err(denial) = decide(snap, &watched.subject) {
+            watched.revoke(denial);
+            revoked += 1;
+        }
+    }
+    revoked
+}
+
+/// Follows `state` until it is dropped: after each published snapshot, [`recheck`]s the open
+/// inbound connections of `table`.
+pub async fn follow(state: Arc<StateStore>, table: Arc<ConnectionTable>) {
+    let mut changes = state.subscribe();
+    while changes.changed().await.is_ok() {
+        let snap = state.snapshot();
+        let revoked = recheck(&snap, &table);
+        if revoked > 0 {
+            tracing::info!(
+                generation = snap.generation(),
+                revoked,
+                "open connections no longer allowed by policy; closing them"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

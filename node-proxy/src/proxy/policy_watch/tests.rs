@@ -1,0 +1,191 @@
+//! The one decision and the watcher: a connection is revoked exactly when a new connection with
+//! its facts would be refused, once, and others are left alone.
+
+use std::path::Path;
+use std::time::Duration;
+
+use redirect_cni::protocol::PodIdentity;
+
+use super::*;
+use crate::identity::TrustDomain;
+use crate::proxy::connections::ConnectionInfo;
+use crate::state::file::parse;
+
+const PODS: &str = include_str!("../../../testdata/two-pods.yaml");
+
+const ALLOW_CLIENT: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-from-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]
+---
+"#;
+
+const DENY_PORT_9090: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-9090, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {ports: ["9090"]}}]
+---
+"#;
+
+const STRICT: &str = r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+"#;
+
+fn store(docs: &[&str]) -> Arc<StateStore> {
+    let store = Arc::new(StateStore::new());
+    apply(&store, docs);
+    store
+}
+
+fn apply(store: &StateStore, docs: &[&str]) {
+    let yaml: String = std::iter::once(PODS).chain(docs.iter().copied()).collect();
+    store.apply(parse(Path::new("state.yaml"), yaml.as_bytes()).unwrap());
+}
+
+fn principal(sa: &str) -> SpiffeId {
+    SpiffeId::new(&TrustDomain::default(), "shop", sa).unwrap()
+}
+
+/// A connection to web (10.0.2.2) from `principal` (or plaintext) on `port`.
+fn to_web(principal: Option<SpiffeId>, port: u16) -> PolicySubject {
+    PolicySubject {
+        pod_ips: vec!["10.0.2.2".parse().unwrap()].into_boxed_slice(),
+        source_principal: principal,
+        source: "10.0.1.2:40000".parse().unwrap(),
+        destination: SocketAddr::new("10.0.2.2".parse().unwrap(), port),
+    }
+}
+
+fn open(table: &Arc<ConnectionTable>, subject: PolicySubject) -> (ConnectionGuard, Arc<Watched>) {
+    let pod = PodIdentity {
+        uid: "u2".into(),
+        namespace: "shop".into(),
+        name: "web".into(),
+        service_account: None,
+    };
+    let guard = table.open(ConnectionInfo::new(
+        crate::metrics::Reporter::Destination,
+        &pod,
+        subject.source,
+        subject.destination,
+    ));
+    let watched = guard.follow_policy(subject);
+    (guard, watched)
+}
+
+use super::super::connections::ConnectionGuard;
+
+#[test]
+fn decide_allows_and_denies_as_the_policies_say() {
+    let snap = store(&[ALLOW_CLIENT, DENY_PORT_9090]).snapshot();
+    let allowed = decide(&snap, &to_web(Some(principal("client")), 8080)).unwrap();
+    assert!(allowed.unwrap().contains("web-from-client"));
+    let other = decide(&snap, &to_web(Some(principal("batch")), 8080)).unwrap_err();
+    assert_eq!(other.reason, DenialReason::NoAllowMatch);
+    let port = decide(&snap, &to_web(Some(principal("client")), 9090)).unwrap_err();
+    assert_eq!(port.reason, DenialReason::DenyPolicy);
+    assert!(port.explanation.contains("shop/no-9090"), "{port:?}");
+}
+
+#[test]
+fn decide_refuses_plaintext_under_strict_only() {
+    let permissive = store(&[]).snapshot();
+    assert!(decide(&permissive, &to_web(None, 8080)).is_ok());
+    let strict = store(&[STRICT]).snapshot();
+    let denial = decide(&strict, &to_web(None, 8080)).unwrap_err();
+    assert_eq!(denial.reason, DenialReason::MtlsRequired);
+    assert!(
+        decide(&strict, &to_web(Some(principal("client")), 8080)).is_ok(),
+        "mTLS is not refused by STRICT"
+    );
+}
+
+#[test]
+fn decide_leaves_pods_the_state_does_not_know_alone() {
+    let snap = store(&[STRICT]).snapshot();
+    let mut subject = to_web(None, 8080);
+    subject.pod_ips = vec!["10.9.9.9".parse().unwrap()].into_boxed_slice();
+    assert_eq!(decide(&snap, &subject), Ok(None));
+}
+
+#[test]
+fn recheck_revokes_only_the_connections_now_denied_and_only_once() {
+    let state = store(&[]);
+    let table = Arc::new(ConnectionTable::default());
+    let (_client, client) = open(&table, to_web(Some(principal("client")), 8080));
+    let (_batch, batch) = open(&table, to_web(Some(principal("batch")), 8080));
+    let (_plain, plain) = open(&table, to_web(None, 8080));
+    let unwatched = table.open(ConnectionInfo::new(
+        crate::metrics::Reporter::Source,
+        &PodIdentity {
+            uid: "u1".into(),
+            namespace: "shop".into(),
+            name: "client".into(),
+            service_account: None,
+        },
+        "10.0.1.2:40001".parse().unwrap(),
+        "10.0.2.2:8080".parse().unwrap(),
+    ));
+    assert_eq!(
+        table.watched().len(),
+        3,
+        "outbound connections are not watched"
+    );
+
+    assert_eq!(recheck(&state.snapshot(), &table), 0, "nothing denied yet");
+    apply(&state, &[ALLOW_CLIENT]);
+    assert_eq!(recheck(&state.snapshot(), &table), 2);
+    assert!(!client.token.is_cancelled(), "still allowed");
+    assert!(batch.token.is_cancelled() && plain.token.is_cancelled());
+    assert_eq!(
+        batch.denial.get().map(|d| d.reason),
+        Some(DenialReason::NoAllowMatch)
+    );
+    assert_eq!(
+        recheck(&state.snapshot(), &table),
+        0,
+        "a revoked connection is not revoked again"
+    );
+    drop(unwatched);
+}
+
+#[tokio::test]
+async fn follow_revokes_after_a_published_state() {
+    let state = store(&[]);
+    let table = Arc::new(ConnectionTable::default());
+    let (_guard, watched) = open(&table, to_web(Some(principal("batch")), 8080));
+    let task = tokio::spawn(follow(state.clone(), table.clone()));
+    tokio::task::yield_now().await;
+    apply(&state, &[DENY_PORT_9090]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), watched.revoked())
+            .await
+            .is_err(),
+        "an unrelated DENY revokes nothing"
+    );
+    apply(&state, &[ALLOW_CLIENT]);
+    let denial = tokio::time::timeout(Duration::from_secs(5), watched.revoked())
+        .await
+        .expect("revoked after the new ALLOW policy");
+    assert_eq!(denial.reason, DenialReason::NoAllowMatch);
+    task.abort();
+}
+
+#[test]
+fn a_closed_connection_leaves_the_watch() {
+    let table = Arc::new(ConnectionTable::default());
+    let (guard, _watched) = open(&table, to_web(None, 8080));
+    assert_eq!(table.watched().len(), 1);
+    drop(guard);
+    assert!(table.watched().is_empty());
+}
