@@ -14,8 +14,8 @@
 //!   sees a half-known cluster. A re-list replaces a kind's objects only when it completes,
 //!   so the last state keeps serving while the API server is away.
 //! - One malformed object is left out with a warning naming it; it does not refuse its kind.
-//!   An invalid policy refuses the whole version (the previous policies stay in force), as
-//!   for the state file: skipping a DENY policy would allow what it denies.
+//!   A policy marrow cannot enforce as written never refuses a version: it is handled
+//!   fail-safe and reported (see [`crate::policy`]), by the same code as for the state file.
 //! - A kind whose resource the server does not have (Istio's CRDs not installed: 404) counts as
 //!   listed and empty, and is retried.
 
@@ -34,7 +34,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::state::{
     DeferredKind, DeferredObject, Namespace, StateStore, StateUpdate, Workload, k8s,
@@ -155,8 +155,6 @@ struct StatusInner {
     /// Per kind: since when its watcher fails, when it last failed, and why.
     failing: BTreeMap<Kind, Failing>,
     synced: bool,
-    /// The last refused version's reason (an invalid policy).
-    refused: Option<String>,
 }
 
 impl SourceStatus {
@@ -168,7 +166,7 @@ impl SourceStatus {
     /// A line for readiness: `None` when all is well, else what is wrong and since when.
     pub fn detail(&self) -> Option<String> {
         let inner = self.lock();
-        let mut parts: Vec<String> = inner
+        let parts: Vec<String> = inner
             .failing
             .iter()
             .map(|(kind, failing)| {
@@ -180,9 +178,6 @@ impl SourceStatus {
                 )
             })
             .collect();
-        if let Some(refused) = &inner.refused {
-            parts.push(format!("latest cluster state refused: {refused}"));
-        }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
@@ -620,7 +615,7 @@ impl Caches {
 
     /// A state version from everything cached. Objects that collide (two pods claiming one
     /// IP while one terminates) keep the first and log the other.
-    fn build(&self, root_namespace: &str) -> Result<StateUpdate, crate::policy::ParseError> {
+    fn build(&self, root_namespace: &str) -> StateUpdate {
         let mut update = StateUpdate::new();
         for ns in self.namespaces.values() {
             if let Err(error) = update.add_namespace(ns.clone()) {
@@ -639,14 +634,13 @@ impl Caches {
                 debug!(%error, "object left out");
             }
         }
-        let warnings = update.build_policies(root_namespace)?;
-        for warning in warnings {
+        for warning in update.build_policies(root_namespace) {
             warn!(%warning, "policy warning");
         }
         for warning in update.build_services() {
             warn!(%warning, "service warning");
         }
-        Ok(update)
+        update
     }
 }
 
@@ -699,24 +693,15 @@ async fn build_loop(
             built_from = Some(caches.changes);
             caches.build(&root_namespace)
         };
-        match built {
-            Ok(update) => {
-                let snapshot = store.apply(update);
-                let mut status = shared.status.lock();
-                status.refused = None;
-                if !status.synced {
-                    info!(
-                        generation = snapshot.generation(),
-                        workloads = snapshot.workload_count(),
-                        "cluster state from the API server"
-                    );
-                }
-                status.synced = true;
-            }
-            Err(error) => {
-                error!(%error, "cluster state refused; the previous version stays in force");
-                shared.status.lock().refused = Some(error.to_string());
-            }
+        let snapshot = store.apply(built);
+        let mut status = shared.status.lock();
+        if !status.synced {
+            info!(
+                generation = snapshot.generation(),
+                workloads = snapshot.workload_count(),
+                "cluster state from the API server"
+            );
         }
+        status.synced = true;
     }
 }
