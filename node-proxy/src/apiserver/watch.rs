@@ -4,7 +4,8 @@
 //! One watcher per kind (`list` + `watch` only, see [`super::access`]): Namespaces; this node's
 //! Pods (field selector `spec.nodeName=<node>`, kept whole for enrollment decisions) and the
 //! other Pods (`spec.nodeName!=<node>`, kept only as the trimmed [`Workload`] the data path
-//! needs); Services and EndpointSlices; Istio's AuthorizationPolicies and PeerAuthentications.
+//! needs); Services and EndpointSlices; Istio's AuthorizationPolicies, PeerAuthentications and
+//! RequestAuthentications (kept to be reported: marrow does not enforce them).
 //! kube-runtime's watcher lists (paginated, or as a streaming list where the server offers
 //! one), then watches with bookmarks; on `410 Gone` or a dropped watch it re-lists, with
 //! backoff while the server is unreachable.
@@ -61,10 +62,12 @@ pub enum Kind {
     AuthorizationPolicies,
     /// security.istio.io/v1 PeerAuthentication.
     PeerAuthentications,
+    /// security.istio.io/v1 RequestAuthentication.
+    RequestAuthentications,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Namespaces,
         Kind::LocalPods,
         Kind::RemotePods,
@@ -72,6 +75,7 @@ impl Kind {
         Kind::EndpointSlices,
         Kind::AuthorizationPolicies,
         Kind::PeerAuthentications,
+        Kind::RequestAuthentications,
     ];
 
     fn name(self) -> &'static str {
@@ -83,6 +87,7 @@ impl Kind {
             Kind::EndpointSlices => "endpointslices",
             Kind::AuthorizationPolicies => "authorizationpolicies",
             Kind::PeerAuthentications => "peerauthentications",
+            Kind::RequestAuthentications => "requestauthentications",
         }
     }
 }
@@ -342,6 +347,11 @@ impl KubeSource {
                 Kind::PeerAuthentications,
                 "PeerAuthentication",
                 DeferredKind::PeerAuthentication,
+            ),
+            (
+                Kind::RequestAuthentications,
+                "RequestAuthentication",
+                DeferredKind::RequestAuthentication,
             ),
         ] {
             let resource =
