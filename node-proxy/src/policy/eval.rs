@@ -103,7 +103,9 @@ pub fn evaluate(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionV
     decision
 }
 
-/// The decision of the enforced policies (not dry-run, not AUDIT).
+/// The decision of the enforced policies (not dry-run, not AUDIT), in one pass in name
+/// order. A rule is evaluated only while no stronger match is known (Istio's order: CUSTOM,
+/// then DENY, then ALLOW), so the work is what a pass per action would do, without the passes.
 fn decide(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -> Decision {
     let root = policies.root_namespace();
     let applicable = || {
@@ -112,39 +114,30 @@ fn decide(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -
             .iter()
             .filter(move |p| !p.dry_run && selects(p, root, dst))
     };
-    let of = |action: Action| applicable().filter(move |p| p.action == action);
-    if let Some(policy) = of(Action::Unrecognized).next() {
-        return Decision {
-            verdict: Verdict::Deny,
-            policy: Some(policy.reference()),
-            rule: None,
-            reason: format!(
-                "denied by policy {}/{}: marrow cannot read its action ({}), so it denies every \
-                 connection to what the policy selects",
-                policy.namespace,
-                policy.name,
-                super::model::join(&policy.findings)
-            ),
-        };
-    }
-    for policy in of(Action::Custom) {
-        if let Some(index) = matching_rule(policy, conn) {
-            return decided(Verdict::Deny, policy, index, conn);
+    let (mut custom, mut deny, mut allow) = (None, None, None);
+    let mut allows = 0_usize;
+    for policy in applicable() {
+        let first = |policy| matching_rule(policy, conn).map(|index| (policy, index));
+        match policy.action {
+            Action::Unrecognized => return unreadable(policy),
+            Action::Custom if custom.is_none() => custom = first(policy),
+            Action::Deny if custom.is_none() && deny.is_none() => deny = first(policy),
+            Action::Allow => {
+                allows += 1;
+                if custom.is_none() && deny.is_none() && allow.is_none() {
+                    allow = first(policy);
+                }
+            }
+            Action::Custom | Action::Deny | Action::Audit => {}
         }
     }
-    for policy in of(Action::Deny) {
-        if let Some(index) = matching_rule(policy, conn) {
-            return decided(Verdict::Deny, policy, index, conn);
-        }
+    if let Some((policy, index)) = custom.or(deny) {
+        return decided(Verdict::Deny, policy, index, conn);
     }
-    let mut checked = 0_usize;
-    for policy in of(Action::Allow) {
-        if let Some(index) = matching_rule(policy, conn) {
-            return decided(Verdict::Allow, policy, index, conn);
-        }
-        checked += 1;
+    if let Some((policy, index)) = allow {
+        return decided(Verdict::Allow, policy, index, conn);
     }
-    if checked == 0 {
+    if allows == 0 {
         return Decision {
             verdict: Verdict::Allow,
             policy: None,
@@ -152,7 +145,9 @@ fn decide(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -
             reason: "allowed: no policy applies".to_owned(),
         };
     }
-    let names: Vec<String> = of(Action::Allow)
+    let checked = allows;
+    let names: Vec<String> = applicable()
+        .filter(|p| p.action == Action::Allow)
         .map(|p| p.reference().to_string())
         .collect();
     let noun = if checked == 1 { "policy" } else { "policies" };
@@ -218,6 +213,22 @@ pub fn dry_run(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionVi
         out.push("no dry-run ALLOW policy matches: they would deny".to_owned());
     }
     out
+}
+
+/// A policy whose action cannot be read denies every connection to what it selects.
+fn unreadable(policy: &AuthorizationPolicy) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        policy: Some(policy.reference()),
+        rule: None,
+        reason: format!(
+            "denied by policy {}/{}: marrow cannot read its action ({}), so it denies every \
+             connection to what the policy selects",
+            policy.namespace,
+            policy.name,
+            super::model::join(&policy.findings)
+        ),
+    }
 }
 
 fn decided(

@@ -51,6 +51,8 @@ pub struct PolicySet {
     peer_authentication: Vec<PeerAuthentication>,
     /// RequestAuthentications, sorted: reported, never enforced.
     request_authentication: Vec<RequestAuthentication>,
+    /// Whether an AuthorizationPolicy is dry-run: the data path evaluates them only then.
+    any_dry_run: bool,
 }
 
 impl Default for PolicySet {
@@ -67,6 +69,7 @@ impl PolicySet {
             authorization: Vec::new(),
             peer_authentication: Vec::new(),
             request_authentication: Vec::new(),
+            any_dry_run: false,
         }
     }
 
@@ -100,9 +103,16 @@ impl PolicySet {
     /// Adds or replaces (same `ns/name`) an authorization policy.
     pub fn insert_authorization(&mut self, policy: AuthorizationPolicy) {
         let key = |p: &AuthorizationPolicy| (p.namespace.clone(), p.name.clone());
+        let dry_run = policy.dry_run;
         match self.authorization.binary_search_by_key(&key(&policy), key) {
-            Ok(i) => self.authorization[i] = policy,
-            Err(i) => self.authorization.insert(i, policy),
+            Ok(i) => {
+                self.authorization[i] = policy;
+                self.any_dry_run = self.authorization.iter().any(|p| p.dry_run);
+            }
+            Err(i) => {
+                self.authorization.insert(i, policy);
+                self.any_dry_run |= dry_run;
+            }
         }
     }
 
@@ -152,7 +162,7 @@ impl PolicySet {
 
     /// Whether any policy is in dry-run mode (evaluated only for the log and `explain`).
     pub fn has_dry_run(&self) -> bool {
-        self.authorization.iter().any(|p| p.dry_run)
+        self.any_dry_run
     }
 
     /// Warnings to log, one line per object and reason: what is not enforced as written, and

@@ -159,6 +159,12 @@ fn dry_run_policies_are_logged_never_enforced() {
         s.insert_authorization(policy);
         assert!(!decide(&s, "shop", &[], &legacy()).is_allowed(), "{value}");
     }
+    // Replaced by an enforced version, nothing is dry-run any more.
+    let mut s = PolicySet::default();
+    s.insert_authorization(annotated("no-legacy", "\"true\"", &deny));
+    assert!(s.has_dry_run());
+    s.insert_authorization(annotated("no-legacy", "\"false\"", &deny));
+    assert!(!s.has_dry_run());
     let policy = annotated("no-legacy", "\"maybe\"", &deny);
     assert_eq!(
         texts(&policy.findings),
@@ -238,6 +244,12 @@ fn the_report_names_each_object_and_reason() {
         Some(&1)
     );
     assert_eq!(counts.values().sum::<i64>(), 8);
+    for pair in counts.keys() {
+        assert!(
+            UnsupportedReason::BY_KIND.contains(pair),
+            "{pair:?} has no series"
+        );
+    }
     // Each log line names the object, the reason, the field and what marrow does.
     let lines = s.warnings();
     let typo = lines.iter().find(|l| l.contains("shop/typo")).unwrap();
