@@ -679,6 +679,9 @@ fn explain_command(args: &ExplainArgs) -> anyhow::Result<()> {
                 .map_or_else(|| "-".to_owned(), |r| r.to_string())
         );
         println!("reason:   {}", answer.reason);
+        for note in &answer.notes {
+            println!("note:     {note}");
+        }
     }
     Ok(())
 }
@@ -824,10 +827,13 @@ async fn start_mesh(
     let mut generations = state.subscribe();
     let gauge = metrics.config_generation.clone();
     gauge.set(i64::try_from(*generations.borrow()).unwrap_or(i64::MAX));
+    metrics.record_unsupported(state.snapshot().policies());
+    let (watched, reporting) = (state.clone(), metrics.clone());
     tokio::spawn(async move {
         while generations.changed().await.is_ok() {
             let generation = *generations.borrow();
             gauge.set(i64::try_from(generation).unwrap_or(i64::MAX));
+            reporting.record_unsupported(watched.snapshot().policies());
         }
     });
     tracing::info!(ca = %ca_name, trust_domain = %trust_domain, "hbone on");

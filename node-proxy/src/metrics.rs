@@ -451,6 +451,15 @@ pub struct DenialLabels {
     pub reason: DenialReason,
 }
 
+/// Labels of `marrow_config_unsupported`: a Kubernetes kind and a fixed reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnsupportedLabels {
+    /// `AuthorizationPolicy`, `PeerAuthentication` or `RequestAuthentication`.
+    pub kind: &'static str,
+    /// Why it is not enforced as written, e.g. `custom_action` (see `policy::report`).
+    pub reason: &'static str,
+}
+
 /// The cluster the proxy's workloads are in (`--cluster-id`), as a label value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterId(LabelValue);
@@ -509,6 +518,8 @@ pub struct Metrics {
     pub policy_denials: Family<DenialLabels, Counter>,
     /// `marrow_connections_refused_total`.
     pub refused: Family<RefusalLabels, Counter>,
+    /// `marrow_config_unsupported`: objects of the state in force not enforced as written.
+    pub config_unsupported: Family<UnsupportedLabels, Gauge>,
     /// The live connection table, whose size by reporter is `marrow_connections_open`
     /// (shared with the data path and the admin API).
     pub connections: std::sync::Arc<crate::proxy::connections::ConnectionTable>,
@@ -549,6 +560,20 @@ impl Metrics {
         self.policy_denials
             .get_or_create(&DenialLabels { reason })
             .inc();
+    }
+
+    /// Sets `marrow_config_unsupported` from the policies in force: every (kind, reason)
+    /// pair is exported, 0 when none, so the series stay put as the state changes.
+    pub fn record_unsupported(&self, policies: &crate::policy::PolicySet) {
+        let counts = policies.unsupported_counts();
+        for &(kind, reason) in crate::policy::UnsupportedReason::BY_KIND {
+            let labels = UnsupportedLabels {
+                kind: kind.as_str(),
+                reason: reason.as_str(),
+            };
+            let count = counts.get(&(kind, reason)).copied().unwrap_or(0);
+            self.config_unsupported.get_or_create(&labels).set(count);
+        }
     }
 
     /// Registers every metric in `registry`.
@@ -619,6 +644,12 @@ impl Metrics {
             "marrow_config_generation",
             "Generation of the workload state in force (increments on each applied update)",
             self.config_generation.clone(),
+        );
+        registry.register(
+            "marrow_config_unsupported",
+            "Istio security objects in the state in force that marrow does not enforce as \
+             written, by kind and reason (handled fail-safe; listed in /config_dump)",
+            self.config_unsupported.clone(),
         );
         registry.register(
             "marrow_policy_denials",

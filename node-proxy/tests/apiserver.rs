@@ -270,3 +270,168 @@ async fn a_malformed_object_is_left_out_and_missing_crds_count_as_empty() {
     );
     assert_eq!(snapshot.policies().warnings().len(), 0);
 }
+
+/// Valid Istio marrow does not enforce as written, as the API server serves it: a bare
+/// service-account name, AUDIT, CUSTOM, a field of a newer Istio, dry-run, a
+/// RequestAuthentication, and a malformed policy (admission webhook off).
+fn unsupported_policies() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let policy = |name: &str, annotations: serde_json::Value, spec: serde_json::Value| {
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+            "spec": spec})
+    };
+    vec![
+        policy(
+            "web-from-client",
+            json!({}),
+            json!({"selector": {"matchLabels": {"app": "web"}},
+                "rules": [{"from": [{"source": {"serviceAccounts": ["client"]}}]}]}),
+        ),
+        policy(
+            "audit",
+            json!({}),
+            json!({"action": "AUDIT", "rules": [{}]}),
+        ),
+        policy(
+            "ext-authz",
+            json!({}),
+            json!({"action": "CUSTOM", "provider": {"name": "opa"},
+                "rules": [{"to": [{"operation": {"ports": ["9090"]}}]}]}),
+        ),
+        policy(
+            "newer",
+            json!({}),
+            json!({"action": "DENY", "futureScope": "x",
+                "rules": [{"from": [{"source": {"namespaces": ["attic"]}}]}]}),
+        ),
+        policy(
+            "try-deny",
+            json!({"istio.io/dry-run": "true"}),
+            json!({"action": "DENY", "rules": [{}]}),
+        ),
+        policy(
+            "typo",
+            json!({}),
+            json!({"action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["attic"]}}],
+                "to": [{"operation": {"ports": ["htp"]}}]}]}),
+        ),
+        json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+            "metadata": {"name": "jwt", "namespace": "shop"},
+            "spec": {"jwtRules": [{"issuer": "https://issuer.example"}]}}),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_policies_never_freeze_the_cluster_state() {
+    use node_proxy::policy::{ConnectionView, Verdict, WorkloadView, evaluate};
+    let server = ApiServer::start().await;
+    seed(&server);
+    for object in unsupported_policies() {
+        server.apply(object);
+    }
+    let store = Arc::new(StateStore::new());
+    let watch = KubeSource::new(server.client(), Some(NODE.into()), "istio-system")
+        .with_debounce(Duration::from_millis(20))
+        .start(store.clone());
+    let first = eventually(&store, "a state holding them", |s| {
+        has_pod(s, "10.244.1.10")?;
+        let n = s.policies().request_authentications().len();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} RequestAuthentications"))
+        }
+    })
+    .await;
+    assert!(
+        watch.status().detail().is_none(),
+        "{:?}",
+        watch.status().detail()
+    );
+    let reasons: Vec<String> = first
+        .policies()
+        .unsupported()
+        .iter()
+        .map(|u| format!("{} {}", u.policy, u.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "shop/audit audit_action",
+            "shop/ext-authz custom_action",
+            "shop/newer unknown_field",
+            "shop/typo invalid_field",
+            "shop/jwt request_authentication",
+        ]
+    );
+
+    // Later changes still apply: a pod, and the ordinary ALLOW with its bare name decides.
+    server.apply(objects::pod(
+        "shop",
+        "client",
+        NODE,
+        "10.244.1.70",
+        "client",
+    ));
+    server.apply(objects::pod(
+        "legacy",
+        "client",
+        "node-b",
+        "10.244.2.70",
+        "client",
+    ));
+    let snapshot = eventually(&store, "pods added after them", |s| {
+        has_pod(s, "10.244.1.70")?;
+        has_pod(s, "10.244.2.70")
+    })
+    .await;
+    let web = snapshot.workload_by_ip(ip("10.244.1.10")).expect("web");
+    let view = WorkloadView {
+        namespace: &web.namespace,
+        name: &web.name,
+        labels: &web.labels,
+    };
+    let td = node_proxy::identity::TrustDomain::default();
+    let from = |ns: &str, src: &str, port: u16| ConnectionView {
+        source_principal: Some(node_proxy::identity::SpiffeId::new(&td, ns, "client").expect("id")),
+        source_ip: ip(src),
+        destination_ip: ip("10.244.1.10"),
+        destination_port: port,
+    };
+    let d = evaluate(
+        snapshot.policies(),
+        &view,
+        &from("shop", "10.244.1.70", 8080),
+    );
+    assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
+    assert!(d.reason.contains("shop/web-from-client"), "{}", d.reason);
+    assert!(
+        d.reason.contains("dry-run: DENY policy shop/try-deny"),
+        "{}",
+        d.reason
+    );
+    let d = evaluate(
+        snapshot.policies(),
+        &view,
+        &from("legacy", "10.244.2.70", 8080),
+    );
+    assert_eq!(
+        d.verdict,
+        Verdict::Deny,
+        "another namespace's client: {}",
+        d.reason
+    );
+    let d = evaluate(
+        snapshot.policies(),
+        &view,
+        &from("shop", "10.244.1.70", 9090),
+    );
+    assert_eq!(
+        d.policy.map(|p| p.to_string()).as_deref(),
+        Some("shop/ext-authz"),
+        "CUSTOM denies what it matches: {}",
+        d.reason
+    );
+    drop(watch);
+}

@@ -74,10 +74,48 @@ fn text_output_names_the_denying_policy_and_rule() {
 }
 
 #[test]
-fn a_broken_state_file_is_an_error_naming_the_file_and_policy() {
-    let broken = STATE.replace("192.0.2.0/24", "192.0.2.0/99");
+fn a_malformed_policy_costs_only_itself_and_is_named() {
+    // The bad block is dropped from the DENY, which then denies more (fail-safe), saying why.
+    let malformed = STATE.replace("192.0.2.0/24", "192.0.2.0/99");
+    let args = [
+        "--from",
+        "shop/client",
+        "--to",
+        "shop/web",
+        "--port",
+        "8080",
+    ];
+    let out = explain(&malformed, &args);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("decision: deny"), "{text}");
+    assert!(text.contains("policy:   shop/no-legacy"), "{text}");
+    assert!(
+        text.contains(
+            "not checked: rules[0].from[0].source.ipBlocks: invalid CIDR \"192.0.2.0/99\""
+        ),
+        "{text}"
+    );
+    // Another kind's bad object still refuses the file, naming it.
+    let broken = STATE.replace("podIP: 10.0.2.2", "podIP: ten");
+    let out = explain(&broken, &args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster.yaml") && err.contains("Pod shop/web"),
+        "{err}"
+    );
+}
+
+#[test]
+fn notes_name_what_is_not_enforced() {
+    let state = format!(
+        "{STATE}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {{name: audit-all, namespace: shop}}\n\
+         spec:\n  action: AUDIT\n  rules: [{{}}]\n"
+    );
     let out = explain(
-        &broken,
+        &state,
         &[
             "--from",
             "shop/client",
@@ -87,11 +125,12 @@ fn a_broken_state_file_is_an_error_naming_the_file_and_policy() {
             "8080",
         ],
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("decision: allow"), "{text}");
     assert!(
-        err.contains("cluster.yaml") && err.contains("shop/no-legacy"),
-        "{err}"
+        text.contains("note:     AUDIT policy shop/audit-all rule 0 matches"),
+        "{text}"
     );
 }
 

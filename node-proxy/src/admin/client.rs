@@ -213,13 +213,19 @@ pub fn render(view: View, reply: &Value) -> String {
         View::Connections => connections(reply),
         View::Config => config(reply),
         View::Logging => format!("log level: {}\n", text(&reply["level"])),
-        View::Explain => format!(
-            "decision: {}\npolicy:   {}\nrule:     {}\nreason:   {}\n",
-            text(&reply["decision"]),
-            or_none(&reply["policy"]),
-            text(&reply["rule"]),
-            text(&reply["reason"]),
-        ),
+        View::Explain => {
+            let mut out = format!(
+                "decision: {}\npolicy:   {}\nrule:     {}\nreason:   {}\n",
+                text(&reply["decision"]),
+                or_none(&reply["policy"]),
+                text(&reply["rule"]),
+                text(&reply["reason"]),
+            );
+            for note in items(reply, "notes") {
+                out.push_str(&format!("note:     {}\n", text(&note)));
+            }
+            out
+        }
     }
 }
 
@@ -422,6 +428,21 @@ fn config(reply: &Value) -> String {
     }
     for key in ["state_generation", "mesh", "connections_open", "version"] {
         table.row(vec![key.to_owned(), text(&reply[key])]);
+    }
+    for item in items(reply, "unsupported") {
+        table.row(vec![
+            "unsupported".to_owned(),
+            format!(
+                "{} {}/{} ({})",
+                text(&item["kind"]),
+                text(&item["namespace"]),
+                text(&item["name"]),
+                text(&item["reason"])
+            ),
+        ]);
+    }
+    for name in items(reply, "dry_run_policies") {
+        table.row(vec!["dry_run".to_owned(), text(&name)]);
     }
     table.to_string()
 }

@@ -193,7 +193,8 @@ pub struct AuthorizationView {
     pub selector: Option<BTreeMap<String, String>>,
     /// How many rules.
     pub rules: usize,
-    /// Whether the node proxy enforces it (not a waypoint's `targetRefs` policy).
+    /// Whether the node proxy takes it into its decisions (not a waypoint's `targetRefs`
+    /// policy, not dry-run, not AUDIT).
     pub enforced: bool,
     /// The policy's `spec` as written.
     pub spec: Option<serde_json::Value>,
@@ -239,7 +240,7 @@ pub fn policies(admin: &AdminState) -> Policies {
             action: p.action.to_string(),
             selector: p.selector.clone(),
             rules: p.rules.len(),
-            enforced: !p.targets_waypoint,
+            enforced: p.is_enforced(),
             spec: specs
                 .get(&(p.namespace.as_str(), p.name.as_str()))
                 .and_then(|body| body.get("spec").cloned()),
@@ -435,9 +436,22 @@ pub fn connections(admin: &AdminState) -> Connections {
     }
 }
 
-/// The effective configuration, with the state generation and the trust domain in use.
+/// The effective configuration, with the state generation, the trust domain in use, and the
+/// `security.istio.io` objects of the state not enforced as written (and the dry-run ones).
 pub fn config_dump(admin: &AdminState) -> serde_json::Value {
     let c = &admin.config;
+    let snap = snapshot(admin);
+    let unsupported: Vec<crate::policy::UnsupportedView> = snap
+        .iter()
+        .flat_map(|s| s.policies().unsupported())
+        .map(|u| u.view())
+        .collect();
+    let dry_run: Vec<String> = snap
+        .iter()
+        .flat_map(|s| s.policies().authorization_policies())
+        .filter(|p| p.dry_run)
+        .map(|p| p.reference().to_string())
+        .collect();
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     serde_json::json!({
         "config": {
@@ -468,6 +482,8 @@ pub fn config_dump(admin: &AdminState) -> serde_json::Value {
         "trust_domain": admin.trust_domain.as_str(),
         "mesh": admin.state.is_some() && admin.certs.is_some(),
         "connections_open": admin.connections.len(),
+        "unsupported": unsupported,
+        "dry_run_policies": dry_run,
     })
 }
 

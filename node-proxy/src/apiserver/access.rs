@@ -49,4 +49,9 @@ pub const NODE_PROXY_ACCESS: &[ApiAccess] = &[
         resource: "peerauthentications",
         verbs: READ,
     },
+    ApiAccess {
+        group: "security.istio.io",
+        resource: "requestauthentications",
+        verbs: READ,
+    },
 ];

@@ -4,7 +4,8 @@
 //! One watcher per kind (`list` + `watch` only, see [`super::access`]): Namespaces; this node's
 //! Pods (field selector `spec.nodeName=<node>`, kept whole for enrollment decisions) and the
 //! other Pods (`spec.nodeName!=<node>`, kept only as the trimmed [`Workload`] the data path
-//! needs); Services and EndpointSlices; Istio's AuthorizationPolicies and PeerAuthentications.
+//! needs); Services and EndpointSlices; Istio's AuthorizationPolicies, PeerAuthentications and
+//! RequestAuthentications (kept to be reported: marrow does not enforce them).
 //! kube-runtime's watcher lists (paginated, or as a streaming list where the server offers
 //! one), then watches with bookmarks; on `410 Gone` or a dropped watch it re-lists, with
 //! backoff while the server is unreachable.
@@ -14,8 +15,8 @@
 //!   sees a half-known cluster. A re-list replaces a kind's objects only when it completes,
 //!   so the last state keeps serving while the API server is away.
 //! - One malformed object is left out with a warning naming it; it does not refuse its kind.
-//!   An invalid policy refuses the whole version (the previous policies stay in force), as
-//!   for the state file: skipping a DENY policy would allow what it denies.
+//!   A policy marrow cannot enforce as written never refuses a version: it is handled
+//!   fail-safe and reported (see [`crate::policy`]), by the same code as for the state file.
 //! - A kind whose resource the server does not have (Istio's CRDs not installed: 404) counts as
 //!   listed and empty, and is retried.
 
@@ -34,7 +35,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::state::{
     DeferredKind, DeferredObject, Namespace, StateStore, StateUpdate, Workload, k8s,
@@ -61,10 +62,12 @@ pub enum Kind {
     AuthorizationPolicies,
     /// security.istio.io/v1 PeerAuthentication.
     PeerAuthentications,
+    /// security.istio.io/v1 RequestAuthentication.
+    RequestAuthentications,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Namespaces,
         Kind::LocalPods,
         Kind::RemotePods,
@@ -72,6 +75,7 @@ impl Kind {
         Kind::EndpointSlices,
         Kind::AuthorizationPolicies,
         Kind::PeerAuthentications,
+        Kind::RequestAuthentications,
     ];
 
     fn name(self) -> &'static str {
@@ -83,6 +87,7 @@ impl Kind {
             Kind::EndpointSlices => "endpointslices",
             Kind::AuthorizationPolicies => "authorizationpolicies",
             Kind::PeerAuthentications => "peerauthentications",
+            Kind::RequestAuthentications => "requestauthentications",
         }
     }
 }
@@ -155,8 +160,6 @@ struct StatusInner {
     /// Per kind: since when its watcher fails, when it last failed, and why.
     failing: BTreeMap<Kind, Failing>,
     synced: bool,
-    /// The last refused version's reason (an invalid policy).
-    refused: Option<String>,
 }
 
 impl SourceStatus {
@@ -168,7 +171,7 @@ impl SourceStatus {
     /// A line for readiness: `None` when all is well, else what is wrong and since when.
     pub fn detail(&self) -> Option<String> {
         let inner = self.lock();
-        let mut parts: Vec<String> = inner
+        let parts: Vec<String> = inner
             .failing
             .iter()
             .map(|(kind, failing)| {
@@ -180,9 +183,6 @@ impl SourceStatus {
                 )
             })
             .collect();
-        if let Some(refused) = &inner.refused {
-            parts.push(format!("latest cluster state refused: {refused}"));
-        }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
@@ -347,6 +347,11 @@ impl KubeSource {
                 Kind::PeerAuthentications,
                 "PeerAuthentication",
                 DeferredKind::PeerAuthentication,
+            ),
+            (
+                Kind::RequestAuthentications,
+                "RequestAuthentication",
+                DeferredKind::RequestAuthentication,
             ),
         ] {
             let resource =
@@ -620,7 +625,7 @@ impl Caches {
 
     /// A state version from everything cached. Objects that collide (two pods claiming one
     /// IP while one terminates) keep the first and log the other.
-    fn build(&self, root_namespace: &str) -> Result<StateUpdate, crate::policy::ParseError> {
+    fn build(&self, root_namespace: &str) -> StateUpdate {
         let mut update = StateUpdate::new();
         for ns in self.namespaces.values() {
             if let Err(error) = update.add_namespace(ns.clone()) {
@@ -639,14 +644,13 @@ impl Caches {
                 debug!(%error, "object left out");
             }
         }
-        let warnings = update.build_policies(root_namespace)?;
-        for warning in warnings {
+        for warning in update.build_policies(root_namespace) {
             warn!(%warning, "policy warning");
         }
         for warning in update.build_services() {
             warn!(%warning, "service warning");
         }
-        Ok(update)
+        update
     }
 }
 
@@ -699,24 +703,15 @@ async fn build_loop(
             built_from = Some(caches.changes);
             caches.build(&root_namespace)
         };
-        match built {
-            Ok(update) => {
-                let snapshot = store.apply(update);
-                let mut status = shared.status.lock();
-                status.refused = None;
-                if !status.synced {
-                    info!(
-                        generation = snapshot.generation(),
-                        workloads = snapshot.workload_count(),
-                        "cluster state from the API server"
-                    );
-                }
-                status.synced = true;
-            }
-            Err(error) => {
-                error!(%error, "cluster state refused; the previous version stays in force");
-                shared.status.lock().refused = Some(error.to_string());
-            }
+        let snapshot = store.apply(built);
+        let mut status = shared.status.lock();
+        if !status.synced {
+            info!(
+                generation = snapshot.generation(),
+                workloads = snapshot.workload_count(),
+                "cluster state from the API server"
+            );
         }
+        status.synced = true;
     }
 }

@@ -1,6 +1,12 @@
-//! Authorization decisions: Istio's order (any matching DENY denies; otherwise, if any ALLOW
-//! policy selects the workload, one of its rules must match; otherwise allow), with the deciding
-//! policy, rule and a reason an operator can act on.
+//! Authorization decisions: Istio's order (CUSTOM first, then any matching DENY denies;
+//! otherwise, if any ALLOW policy selects the workload, one of its rules must match; otherwise
+//! allow), with the deciding policy, rule and a reason an operator can act on.
+//!
+//! What marrow cannot enforce is handled fail-safe: a CUSTOM policy denies what its rules match
+//! (marrow cannot ask its external authorizer), a policy whose action marrow does not know
+//! denies everything it selects, AUDIT changes nothing. Dry-run policies (`istio.io/dry-run`)
+//! never decide; what they would have done is added to the reason, for the access log, as
+//! ztunnel logs them (`assert_rbac` in `src/state.rs`).
 //!
 //! Policies are visited in `namespace/name` order, so the same state always gives the same
 //! decision and the same explanation.
@@ -87,27 +93,51 @@ fn matching_rule(policy: &AuthorizationPolicy, conn: &ConnectionView) -> Option<
 
 /// Decides whether `conn` may reach `dst`.
 pub fn evaluate(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -> Decision {
+    let mut decision = decide(policies, dst, conn);
+    if policies.has_dry_run() {
+        let shadow = dry_run(policies, dst, conn);
+        if !shadow.is_empty() {
+            decision.reason = format!("{}; dry-run: {}", decision.reason, shadow.join("; "));
+        }
+    }
+    decision
+}
+
+/// The decision of the enforced policies (not dry-run, not AUDIT), in one pass in name
+/// order. A rule is evaluated only while no stronger match is known (Istio's order: CUSTOM,
+/// then DENY, then ALLOW), so the work is what a pass per action would do, without the passes.
+fn decide(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -> Decision {
     let root = policies.root_namespace();
     let applicable = || {
         policies
             .authorization_policies()
             .iter()
-            .filter(|p| selects(p, root, dst))
+            .filter(move |p| !p.dry_run && selects(p, root, dst))
     };
-    for policy in applicable().filter(|p| p.action == Action::Deny) {
-        if let Some(index) = matching_rule(policy, conn) {
-            return decided(Verdict::Deny, policy, index, conn);
+    let (mut custom, mut deny, mut allow) = (None, None, None);
+    let mut allows = 0_usize;
+    for policy in applicable() {
+        let first = |policy| matching_rule(policy, conn).map(|index| (policy, index));
+        match policy.action {
+            Action::Unrecognized => return unreadable(policy),
+            Action::Custom if custom.is_none() => custom = first(policy),
+            Action::Deny if custom.is_none() && deny.is_none() => deny = first(policy),
+            Action::Allow => {
+                allows += 1;
+                if custom.is_none() && deny.is_none() && allow.is_none() {
+                    allow = first(policy);
+                }
+            }
+            Action::Custom | Action::Deny | Action::Audit => {}
         }
     }
-    let allows = || applicable().filter(|p| p.action == Action::Allow);
-    let mut checked = 0_usize;
-    for policy in allows() {
-        if let Some(index) = matching_rule(policy, conn) {
-            return decided(Verdict::Allow, policy, index, conn);
-        }
-        checked += 1;
+    if let Some((policy, index)) = custom.or(deny) {
+        return decided(Verdict::Deny, policy, index, conn);
     }
-    if checked == 0 {
+    if let Some((policy, index)) = allow {
+        return decided(Verdict::Allow, policy, index, conn);
+    }
+    if allows == 0 {
         return Decision {
             verdict: Verdict::Allow,
             policy: None,
@@ -115,7 +145,11 @@ pub fn evaluate(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionV
             reason: "allowed: no policy applies".to_owned(),
         };
     }
-    let names: Vec<String> = allows().map(|p| p.reference().to_string()).collect();
+    let checked = allows;
+    let names: Vec<String> = applicable()
+        .filter(|p| p.action == Action::Allow)
+        .map(|p| p.reference().to_string())
+        .collect();
     let noun = if checked == 1 { "policy" } else { "policies" };
     Decision {
         verdict: Verdict::Deny,
@@ -126,6 +160,73 @@ pub fn evaluate(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionV
             dst.namespace,
             dst.name,
             names.join(", ")
+        ),
+    }
+}
+
+/// What the dry-run policies selecting `dst` would have decided, one line each (empty when
+/// none selects it): matching DENY and CUSTOM policies, matching ALLOW policies, and, when
+/// only dry-run ALLOW policies select the workload and none matches, that they would deny.
+pub fn dry_run(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -> Vec<String> {
+    let root = policies.root_namespace();
+    let shadow: Vec<&AuthorizationPolicy> = policies
+        .authorization_policies()
+        .iter()
+        .filter(|p| p.dry_run && selects(p, root, dst))
+        .collect();
+    let mut out = Vec::new();
+    for policy in &shadow {
+        let verdict = match policy.action {
+            Action::Deny | Action::Custom => "deny",
+            Action::Allow => "allow",
+            Action::Unrecognized => {
+                out.push(format!(
+                    "policy {} would deny (its action cannot be read)",
+                    policy.reference()
+                ));
+                continue;
+            }
+            Action::Audit => continue,
+        };
+        if let Some(index) = matching_rule(policy, conn) {
+            out.push(format!(
+                "{} policy {} rule {index} would {verdict}",
+                policy.action,
+                policy.reference()
+            ));
+        }
+    }
+    let enforced_allow = policies
+        .authorization_policies()
+        .iter()
+        .any(|p| !p.dry_run && p.action == Action::Allow && selects(p, root, dst));
+    let shadow_allow: Vec<&&AuthorizationPolicy> = shadow
+        .iter()
+        .filter(|p| p.action == Action::Allow)
+        .collect();
+    if !enforced_allow
+        && !shadow_allow.is_empty()
+        && !shadow_allow
+            .iter()
+            .any(|p| matching_rule(p, conn).is_some())
+    {
+        out.push("no dry-run ALLOW policy matches: they would deny".to_owned());
+    }
+    out
+}
+
+/// A policy whose action cannot be read denies every connection to what it selects.
+fn unreadable(policy: &AuthorizationPolicy) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        policy: Some(policy.reference()),
+        rule: None,
+        reason: format!(
+            "denied by policy {}/{}: marrow cannot read its action ({}), so it denies every \
+             connection to what the policy selects",
+            policy.namespace,
+            policy.name,
+            super::model::join(&policy.findings)
         ),
     }
 }
@@ -145,12 +246,24 @@ fn decided(
         Verdict::Allow => "allowed",
         Verdict::Deny => "denied",
     };
+    let custom = if policy.action == Action::Custom {
+        format!(
+            " (a CUSTOM policy: marrow cannot consult its external authorizer {}, so it denies \
+             what the policy's rules match)",
+            policy
+                .provider
+                .as_deref()
+                .map_or_else(|| "(none named)".to_owned(), |p| format!("{p:?}"))
+        )
+    } else {
+        String::new()
+    };
     Decision {
         verdict,
         policy: Some(policy.reference()),
         rule: Some(index),
         reason: format!(
-            "{verb} by {} policy {}/{} rule {index}: {why}",
+            "{verb} by {} policy {}/{} rule {index}{custom}: {why}",
             policy.action, policy.namespace, policy.name
         ),
     }

@@ -1,12 +1,21 @@
 //! "Why can A talk to B?": the decision the destination's proxy would take for a connection,
 //! computed from a state snapshot exactly as the data path computes it (same functions), with
 //! the deciding policy, rule and reason. Used by `node-proxy explain` and the admin endpoint.
+//!
+//! Beside the decision, notes name what marrow does not enforce as written when it would have
+//! mattered for this connection: an AUDIT policy that matches, an ALLOW rule left out for
+//! fields it cannot check whose L4 part matches, a RequestAuthentication selecting the
+//! destination, a PeerAuthentication read as STRICT because it is malformed.
 
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{ConnectionView, MtlsError, Verdict, WorkloadView, evaluate, plaintext_allowed};
+use super::model::join;
+use super::{
+    Action, ConnectionView, Decision, MtlsError, PolicySet, Verdict, WorkloadView, evaluate,
+    plaintext_allowed, resolve_mtls, selects,
+};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::state::{Snapshot, Workload};
 
@@ -103,6 +112,8 @@ pub struct Explanation {
     pub rule: Option<usize>,
     /// Why.
     pub reason: String,
+    /// What marrow does not enforce as written that bears on this connection.
+    pub notes: Vec<String>,
 }
 
 /// Explains a connection from `from` to `to` (`ns/pod`) on `port`.
@@ -143,6 +154,7 @@ pub fn explain(
             policy,
             rule: None,
             reason: refusal.to_string(),
+            notes: mtls_notes(policies, &view, port),
         });
     }
     let conn = ConnectionView {
@@ -152,6 +164,7 @@ pub fn explain(
         destination_port: port,
     };
     let decision = evaluate(policies, &view, &conn);
+    let notes = notes(policies, &view, &conn, &decision);
     Ok(Explanation {
         decision: match decision.verdict {
             Verdict::Allow => "allow",
@@ -160,7 +173,84 @@ pub fn explain(
         policy: decision.policy.map(|p| p.to_string()),
         rule: decision.rule,
         reason: decision.reason,
+        notes,
     })
+}
+
+/// What the objects marrow does not enforce as written would have done for `conn` to `dst`.
+pub fn notes(
+    policies: &PolicySet,
+    dst: &WorkloadView<'_>,
+    conn: &ConnectionView,
+    decision: &Decision,
+) -> Vec<String> {
+    let root = policies.root_namespace();
+    let selecting = || {
+        policies
+            .authorization_policies()
+            .iter()
+            .filter(move |p| !p.dry_run && selects(p, root, dst))
+    };
+    let mut out = Vec::new();
+    for policy in selecting().filter(|p| p.action == Action::Audit) {
+        if let Some(index) = policy
+            .rules
+            .iter()
+            .position(|r| r.matches(Action::Audit, conn))
+        {
+            out.push(format!(
+                "AUDIT policy {} rule {index} matches: Istio would audit-log this connection; \
+                 marrow does not, and AUDIT changes no decision",
+                policy.reference()
+            ));
+        }
+    }
+    // An ALLOW rule left out mattered only if no other ALLOW rule admitted the connection.
+    if decision.verdict == Verdict::Deny && decision.policy.is_none() {
+        for policy in selecting().filter(|p| p.action == Action::Allow) {
+            for (index, rule) in policy.rules.iter().enumerate() {
+                if !rule.unchecked.is_empty() && rule.matches_at_l4(conn) {
+                    out.push(format!(
+                        "ALLOW policy {} rule {index} matches on the fields checked at L4 but \
+                         never applies here: {}",
+                        policy.reference(),
+                        join(&rule.unchecked)
+                    ));
+                }
+            }
+        }
+    }
+    for request in policies.request_authentications() {
+        let in_scope = request.namespace == root || request.namespace == dst.namespace;
+        let selected = request.selector.as_ref().is_none_or(|s| dst.selected_by(s));
+        if in_scope && selected && !request.targets_waypoint {
+            out.push(format!(
+                "RequestAuthentication {} selects {}/{}: JWTs are checked only by an L7 proxy \
+                 (a waypoint); it changes no L4 decision",
+                request.reference(),
+                dst.namespace,
+                dst.name
+            ));
+        }
+    }
+    out
+}
+
+/// A note when the PeerAuthentication that decided `port` was malformed (read as STRICT).
+fn mtls_notes(policies: &PolicySet, dst: &WorkloadView<'_>, port: u16) -> Vec<String> {
+    let (_, by) = resolve_mtls(policies, dst, port);
+    policies
+        .peer_authentications()
+        .iter()
+        .filter(|pa| by.as_ref() == Some(&pa.reference()) && !pa.findings.is_empty())
+        .map(|pa| {
+            format!(
+                "PeerAuthentication {} is malformed ({}): marrow reads it as STRICT",
+                pa.reference(),
+                join(&pa.findings)
+            )
+        })
+        .collect()
 }
 
 fn find(
@@ -187,106 +277,4 @@ fn first_ip(workload: &Workload) -> Result<IpAddr, ExplainError> {
             namespace: workload.namespace.clone(),
             name: workload.name.clone(),
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::StateStore;
-
-    const STATE: &str = concat!(
-        include_str!("../../testdata/two-pods.yaml"),
-        r#"apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: web-from-client, namespace: shop}
-spec:
-  selector: {matchLabels: {app: web}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]
-    to: [{operation: {ports: ["8080"]}}]
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec: {mtls: {mode: STRICT}}
-"#
-    );
-
-    fn snapshot() -> std::sync::Arc<Snapshot> {
-        let update =
-            crate::state::file::parse(std::path::Path::new("test.yaml"), STATE.as_bytes()).unwrap();
-        let store = StateStore::new();
-        store.apply(update);
-        store.snapshot()
-    }
-
-    fn run(from: &str, to: &str, port: u16) -> Result<Explanation, ExplainError> {
-        let (ns, name) = workload_ref(to, "destination")?;
-        explain(
-            &snapshot(),
-            &TrustDomain::default(),
-            &from.parse()?,
-            (&ns, &name),
-            port,
-        )
-    }
-
-    #[test]
-    fn the_allowed_identity_names_the_policy_and_rule() {
-        let e = run("shop/client", "shop/web", 8080).unwrap();
-        assert_eq!(
-            (e.decision, e.policy.as_deref(), e.rule),
-            ("allow", Some("shop/web-from-client"), Some(0))
-        );
-    }
-
-    #[test]
-    fn another_port_is_denied_with_the_reason() {
-        let e = run("shop/client", "shop/web", 9090).unwrap();
-        assert_eq!(e.decision, "deny");
-        assert!(e.reason.contains("no ALLOW policy"), "{}", e.reason);
-    }
-
-    #[test]
-    fn plaintext_meets_strict_first() {
-        let e = run("ip:192.0.2.7", "shop/web", 8080).unwrap();
-        assert_eq!(
-            (e.decision, e.policy.as_deref()),
-            ("deny", Some("istio-system/default"))
-        );
-        assert!(e.reason.contains("STRICT"), "{}", e.reason);
-    }
-
-    #[test]
-    fn bad_arguments_and_unknown_pods_are_named() {
-        assert!(
-            run("shop", "shop/web", 80)
-                .unwrap_err()
-                .to_string()
-                .contains("ns/pod")
-        );
-        assert!(
-            run("ip:nope", "shop/web", 80)
-                .unwrap_err()
-                .to_string()
-                .contains("ip:ADDRESS")
-        );
-        assert!(
-            run("shop/ghost", "shop/web", 80)
-                .unwrap_err()
-                .to_string()
-                .contains("shop/ghost is not a pod")
-        );
-    }
-
-    #[test]
-    fn json_has_the_documented_shape() {
-        let e = run("shop/client", "shop/web", 8080).unwrap();
-        let json = serde_json::to_value(&e).unwrap();
-        assert_eq!(json["decision"], "allow");
-        assert_eq!(json["policy"], "shop/web-from-client");
-        assert_eq!(json["rule"], 0);
-        assert!(json["reason"].is_string());
-    }
 }

@@ -173,6 +173,9 @@ pub struct ServiceAccount {
     pub name: String,
 }
 
+/// The longest `serviceAccounts` entry Istio's validation accepts.
+const MAX_SERVICE_ACCOUNT_LEN: usize = 320;
+
 impl ServiceAccount {
     /// Parses `ns/sa`; `None` when either part is missing or there are more.
     pub fn parse(text: &str) -> Option<Self> {
@@ -184,6 +187,22 @@ impl ServiceAccount {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         })
+    }
+
+    /// Parses an AuthorizationPolicy's `serviceAccounts` entry: `ns/sa`, or a bare `sa` meaning
+    /// the service account `sa` in `policy_namespace`, as istiod reads it. `None` for what
+    /// Istio's validation refuses: empty parts, more than one `/`, a `*`, over 320 characters.
+    pub fn parse_in(text: &str, policy_namespace: &str) -> Option<Self> {
+        if text.contains('*') || text.len() > MAX_SERVICE_ACCOUNT_LEN {
+            return None;
+        }
+        if !text.contains('/') {
+            return (!text.is_empty() && !policy_namespace.is_empty()).then(|| Self {
+                namespace: policy_namespace.to_owned(),
+                name: text.to_owned(),
+            });
+        }
+        Self::parse(text)
     }
 }
 

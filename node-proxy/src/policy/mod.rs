@@ -1,10 +1,13 @@
-//! L4 authorization with Istio's semantics: `security.istio.io` AuthorizationPolicy (ALLOW and
-//! DENY) and PeerAuthentication, parsed from Kubernetes JSON into a [`PolicySet`] and evaluated
-//! as pure functions of that set, the destination workload and the connection.
+//! L4 authorization with Istio's semantics: `security.istio.io` AuthorizationPolicy and
+//! PeerAuthentication (RequestAuthentication is kept to be reported), parsed from Kubernetes
+//! JSON into a [`PolicySet`] and evaluated as pure functions of that set, the destination
+//! workload and the connection.
 //!
-//! Invariants: a [`PolicySet`] holds only documents that parsed, sorted by `namespace/name` (so
-//! decisions are deterministic), and every L7-only field a policy used is reported by
-//! [`PolicySet::warnings`]. AUDIT and CUSTOM policies are refused at parse time.
+//! Invariants: every valid Istio object is accepted, and a malformed one costs only itself —
+//! nothing here refuses a state. A [`PolicySet`] is sorted by `namespace/name` (so decisions
+//! are deterministic). What is not enforced as written (AUDIT, CUSTOM, L7-only, unknown and
+//! malformed fields, RequestAuthentication) is in [`PolicySet::unsupported`] and handled
+//! fail-safe: it never allows what Istio would deny.
 
 mod eval;
 pub mod explain;
@@ -12,6 +15,7 @@ mod matcher;
 mod model;
 mod parse;
 mod peer_auth;
+mod report;
 
 #[cfg(test)]
 mod tests;
@@ -19,13 +23,17 @@ mod tests;
 pub use eval::{Decision, Verdict, WorkloadView, evaluate, selects};
 pub use matcher::{CidrError, IpBlock, Match, Pattern, ServiceAccount, StringMatch};
 pub use model::{
-    Action, AuthorizationPolicy, Condition, ConnectionView, Operation, PolicyRef, Rule, Source,
+    Action, AuthorizationPolicy, Condition, ConnectionView, Finding, Operation, PolicyRef,
+    RequestAuthentication, Rule, Source,
 };
-pub use parse::{ParseError, PolicyKind, authorization_policy, peer_authentication};
+pub use parse::{
+    ParseError, PolicyKind, authorization_policy, peer_authentication, request_authentication,
+};
 pub use peer_auth::{
     ModeSetting, MtlsError, MtlsMode, PeerAuthentication, mtls_mode, plaintext_allowed,
     resolve_mtls,
 };
+pub use report::{Unsupported, UnsupportedReason, UnsupportedView};
 
 use crate::state::{DeferredKind, DeferredObject};
 
@@ -41,6 +49,10 @@ pub struct PolicySet {
     authorization: Vec<AuthorizationPolicy>,
     /// PeerAuthentications, sorted.
     peer_authentication: Vec<PeerAuthentication>,
+    /// RequestAuthentications, sorted: reported, never enforced.
+    request_authentication: Vec<RequestAuthentication>,
+    /// Whether an AuthorizationPolicy is dry-run: the data path evaluates them only then.
+    any_dry_run: bool,
 }
 
 impl Default for PolicySet {
@@ -56,36 +68,51 @@ impl PolicySet {
             root_namespace: root_namespace.to_owned(),
             authorization: Vec::new(),
             peer_authentication: Vec::new(),
+            request_authentication: Vec::new(),
+            any_dry_run: false,
         }
     }
 
-    /// Parses the snapshot's AuthorizationPolicy and PeerAuthentication objects; the first
-    /// refused document fails the whole set, as a bad update should.
+    /// Parses the snapshot's `security.istio.io` objects. None refuses the set: what cannot be
+    /// enforced as written is in [`PolicySet::unsupported`]. (A source never keeps an object
+    /// without a name, the one thing a parser refuses; one would be logged and left out.)
     pub fn from_deferred<'a>(
         root_namespace: &str,
         objects: impl IntoIterator<Item = &'a DeferredObject>,
-    ) -> Result<Self, ParseError> {
+    ) -> Self {
         let mut set = Self::new(root_namespace);
         for object in objects {
-            match object.kind {
+            let parsed = match object.kind {
                 DeferredKind::AuthorizationPolicy => {
-                    set.insert_authorization(authorization_policy(&object.body)?);
+                    authorization_policy(&object.body).map(|p| set.insert_authorization(p))
                 }
                 DeferredKind::PeerAuthentication => {
-                    set.insert_peer_authentication(peer_authentication(&object.body)?);
+                    peer_authentication(&object.body).map(|p| set.insert_peer_authentication(p))
                 }
-                DeferredKind::Service | DeferredKind::EndpointSlice => {}
+                DeferredKind::RequestAuthentication => request_authentication(&object.body)
+                    .map(|p| set.insert_request_authentication(p)),
+                DeferredKind::Service | DeferredKind::EndpointSlice => Ok(()),
+            };
+            if let Err(error) = parsed {
+                tracing::warn!(object = %object.object, %error, "policy left out");
             }
         }
-        Ok(set)
+        set
     }
 
     /// Adds or replaces (same `ns/name`) an authorization policy.
     pub fn insert_authorization(&mut self, policy: AuthorizationPolicy) {
         let key = |p: &AuthorizationPolicy| (p.namespace.clone(), p.name.clone());
+        let dry_run = policy.dry_run;
         match self.authorization.binary_search_by_key(&key(&policy), key) {
-            Ok(i) => self.authorization[i] = policy,
-            Err(i) => self.authorization.insert(i, policy),
+            Ok(i) => {
+                self.authorization[i] = policy;
+                self.any_dry_run = self.authorization.iter().any(|p| p.dry_run);
+            }
+            Err(i) => {
+                self.authorization.insert(i, policy);
+                self.any_dry_run |= dry_run;
+            }
         }
     }
 
@@ -98,6 +125,18 @@ impl PolicySet {
         {
             Ok(i) => self.peer_authentication[i] = policy,
             Err(i) => self.peer_authentication.insert(i, policy),
+        }
+    }
+
+    /// Adds or replaces (same `ns/name`) a request authentication policy.
+    pub fn insert_request_authentication(&mut self, policy: RequestAuthentication) {
+        let key = |p: &RequestAuthentication| (p.namespace.clone(), p.name.clone());
+        match self
+            .request_authentication
+            .binary_search_by_key(&key(&policy), key)
+        {
+            Ok(i) => self.request_authentication[i] = policy,
+            Err(i) => self.request_authentication.insert(i, policy),
         }
     }
 
@@ -116,13 +155,23 @@ impl PolicySet {
         &self.peer_authentication
     }
 
-    /// Warnings to log: L7-only fields, and PeerAuthentication settings Istio ignores.
+    /// RequestAuthentications, sorted by `namespace/name`.
+    pub fn request_authentications(&self) -> &[RequestAuthentication] {
+        &self.request_authentication
+    }
+
+    /// Whether any policy is in dry-run mode (evaluated only for the log and `explain`).
+    pub fn has_dry_run(&self) -> bool {
+        self.any_dry_run
+    }
+
+    /// Warnings to log, one line per object and reason: what is not enforced as written, and
+    /// policies the node proxy leaves to others or Istio ignores.
     pub fn warnings(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .authorization
-            .iter()
-            .flat_map(AuthorizationPolicy::warnings)
-            .collect();
+        let mut out: Vec<String> = self.unsupported().iter().map(ToString::to_string).collect();
+        for policy in self.authorization.iter().filter(|p| p.targets_waypoint) {
+            out.extend(policy.warnings());
+        }
         for pa in &self.peer_authentication {
             if pa.selector.is_some() && pa.namespace == self.root_namespace {
                 out.push(format!(

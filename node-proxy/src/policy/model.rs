@@ -1,14 +1,18 @@
 //! Authorization policy types, apart from the Kubernetes wire format, and rule matching.
 //!
-//! Invariant: a parsed [`Rule`] holds only what can be checked at L4; the L7-only fields it
-//! had are named in [`Rule::l7_only_fields`] and decide how the rule behaves (see
-//! [`Rule::matches`]).
+//! Invariant: a parsed [`Rule`] holds only what can be checked at L4; whatever else it had
+//! (L7-only fields, fields marrow does not know, malformed values) is named in
+//! [`Rule::unchecked`] and decides how the rule behaves (see [`Rule::matches`]): the way
+//! istiod builds rules it cannot translate (`pilot/pkg/security/authz/model/model.go`,
+//! `checkError`), an ALLOW rule never matches and a DENY or CUSTOM rule is checked without
+//! them, so it denies more.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
 use super::matcher::{IpBlock, Match, ServiceAccount, StringMatch};
+use super::parse::ParseError;
 use crate::identity::SpiffeId;
 
 /// A policy's namespace and name, shown as `ns/name`.
@@ -26,13 +30,23 @@ impl fmt::Display for PolicyRef {
     }
 }
 
-/// What a matching policy does; AUDIT and CUSTOM are refused by the parser.
+/// What a matching policy does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Admit matching connections; deny the rest of the selected workloads' traffic.
     Allow,
     /// Refuse matching connections.
     Deny,
+    /// Istio marks matching requests for audit logging; it changes no decision, and marrow
+    /// does not audit-log.
+    Audit,
+    /// Istio asks an external authorizer (`provider`) about matching requests. marrow cannot
+    /// consult one, so it denies what the rules match (fail-safe, as istiod does when the
+    /// provider is missing: `getBadCustomDenyRules` in `pilot/pkg/security/authz/builder`).
+    Custom,
+    /// An action marrow does not know (a malformed policy, or a newer Istio's): it denies every
+    /// connection to what the policy selects, since it cannot tell what the policy allows.
+    Unrecognized,
 }
 
 impl fmt::Display for Action {
@@ -40,7 +54,37 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Self::Allow => "ALLOW",
             Self::Deny => "DENY",
+            Self::Audit => "AUDIT",
+            Self::Custom => "CUSTOM",
+            Self::Unrecognized => "unrecognized-action",
         })
+    }
+}
+
+/// Something a policy says that marrow does not check as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// A field only an L7 proxy can check, e.g. `to.operation.methods`.
+    L7Only {
+        /// Where, e.g. `to.operation.methods` or `when.request.headers[x]`.
+        field: String,
+    },
+    /// A field marrow does not know, e.g. one of a newer Istio release.
+    Unknown {
+        /// Where, e.g. `rules[0].from[0].source.color`.
+        field: String,
+    },
+    /// A malformed value or shape, which Istio's validation would have refused.
+    Invalid(ParseError),
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::L7Only { field } => write!(f, "{field} (L7-only)"),
+            Self::Unknown { field } => write!(f, "{field} (a field marrow does not know)"),
+            Self::Invalid(error) => write!(f, "{error}"),
+        }
     }
 }
 
@@ -60,6 +104,14 @@ pub struct AuthorizationPolicy {
     /// `spec.targetRef(s)` is set: the policy binds to a waypoint or gateway, so the node
     /// proxy does not enforce it (Istio's ztunnel ignores it too).
     pub targets_waypoint: bool,
+    /// `spec.provider.name`, for a CUSTOM policy.
+    pub provider: Option<String>,
+    /// The `istio.io/dry-run` annotation is true: evaluated for the log and `explain`, never
+    /// for a decision (as ztunnel's `assert_rbac` and Envoy's shadow rules).
+    pub dry_run: bool,
+    /// Problems of the policy as a whole (action, selector, annotations); a problem that
+    /// changes how the rules behave is also in each rule's [`Rule::unchecked`].
+    pub findings: Vec<Finding>,
 }
 
 impl AuthorizationPolicy {
@@ -71,7 +123,28 @@ impl AuthorizationPolicy {
         }
     }
 
-    /// One warning per rule that had L7-only fields, naming the policy and what happens.
+    /// Whether the policy takes part in decisions here: not a waypoint's, not dry-run, and
+    /// not AUDIT (which changes no decision).
+    pub fn is_enforced(&self) -> bool {
+        !self.targets_waypoint && !self.dry_run && self.action != Action::Audit
+    }
+
+    /// Everything marrow does not enforce as written, policy-wide and per rule, each once.
+    pub fn all_findings(&self) -> Vec<&Finding> {
+        let mut out: Vec<&Finding> = Vec::new();
+        for finding in self
+            .findings
+            .iter()
+            .chain(self.rules.iter().flat_map(|r| r.unchecked.iter()))
+        {
+            if !out.contains(&finding) {
+                out.push(finding);
+            }
+        }
+        out
+    }
+
+    /// One warning per rule with unchecked fields, naming the policy and what happens.
     pub fn warnings(&self) -> Vec<String> {
         if self.targets_waypoint {
             return vec![format!(
@@ -81,22 +154,57 @@ impl AuthorizationPolicy {
         }
         let effect = match self.action {
             Action::Allow => "the rule never matches at L4",
-            Action::Deny => "those fields are ignored and the rest of the rule still denies",
+            Action::Deny | Action::Custom | Action::Unrecognized => {
+                "those fields are ignored and the rest of the rule still denies"
+            }
+            Action::Audit => "AUDIT changes no decision",
         };
         self.rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| !r.l7_only_fields.is_empty())
+            .filter(|(_, r)| !r.unchecked.is_empty())
             .map(|(i, r)| {
                 format!(
-                    "{} policy {}/{} rule {i} uses L7-only fields ({}): {effect}",
+                    "{} policy {}/{} rule {i} has fields not checked at L4 ({}): {effect}",
                     self.action,
                     self.namespace,
                     self.name,
-                    r.l7_only_fields.join(", ")
+                    join(&r.unchecked)
                 )
             })
             .collect()
+    }
+}
+
+/// Findings as a comma-separated list.
+pub(super) fn join(findings: &[Finding]) -> String {
+    let texts: Vec<String> = findings.iter().map(ToString::to_string).collect();
+    texts.join(", ")
+}
+
+/// A `security.istio.io` RequestAuthentication: JWT rules that only an L7 proxy applies.
+/// marrow keeps it to report it; at L4 it changes no decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestAuthentication {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.selector.matchLabels`; `None` (or empty) selects the whole namespace.
+    pub selector: Option<BTreeMap<String, String>>,
+    /// `spec.targetRef(s)` is set: it binds to a waypoint or gateway.
+    pub targets_waypoint: bool,
+    /// What could not be read.
+    pub findings: Vec<Finding>,
+}
+
+impl RequestAuthentication {
+    /// The policy's `ns/name`.
+    pub fn reference(&self) -> PolicyRef {
+        PolicyRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -109,8 +217,9 @@ pub struct Rule {
     pub to: Vec<Operation>,
     /// `when`: all must match.
     pub when: Vec<Condition>,
-    /// The L7-only fields the rule had, e.g. `to.operation.methods`; dropped from the above.
-    pub l7_only_fields: Vec<String>,
+    /// What the rule had that is not checked here (L7-only, unknown or malformed fields, and
+    /// policy-wide problems that bar an ALLOW); dropped from the above.
+    pub unchecked: Vec<Finding>,
 }
 
 /// `from.source`: all set fields must match.
@@ -120,8 +229,11 @@ pub struct Source {
     pub principals: Match<StringMatch>,
     /// `namespaces` / `notNamespaces`, the namespace in the peer's SPIFFE ID.
     pub namespaces: Match<StringMatch>,
-    /// `serviceAccounts` / `notServiceAccounts`, `ns/sa` from the peer's SPIFFE ID.
+    /// `serviceAccounts` / `notServiceAccounts`, `ns/sa` from the peer's SPIFFE ID (a bare
+    /// name was resolved to the policy's namespace when parsed).
     pub service_accounts: Match<ServiceAccount>,
+    /// `trustDomains` / `notTrustDomains`, the trust domain of the peer's SPIFFE ID.
+    pub trust_domains: Match<StringMatch>,
     /// `ipBlocks` / `notIpBlocks`, the peer's address.
     pub ip_blocks: Match<IpBlock>,
 }
@@ -146,6 +258,10 @@ pub enum Condition {
     DestinationIp(Match<IpBlock>),
     /// `destination.port`.
     DestinationPort(Match<u16>),
+    /// `source.serviceAccount` (a bare name is in the policy's namespace).
+    SourceServiceAccount(Match<ServiceAccount>),
+    /// `source.trustDomain`.
+    SourceTrustDomain(Match<StringMatch>),
 }
 
 /// The connection as policy sees it.
@@ -173,15 +289,25 @@ impl ConnectionView {
     pub fn source_namespace(&self) -> Option<&str> {
         self.source_principal.as_ref().map(SpiffeId::namespace)
     }
+
+    /// The peer's trust domain, from its principal.
+    pub fn source_trust_domain(&self) -> Option<&str> {
+        self.source_principal.as_ref().map(SpiffeId::trust_domain)
+    }
 }
 
 impl Rule {
-    /// Istio's rule semantics under `action`: an ALLOW rule with L7-only fields never
-    /// matches; a DENY rule is checked without them.
+    /// Istio's rule semantics under `action`: an ALLOW rule with unchecked fields never
+    /// matches; a DENY or CUSTOM rule is checked without them.
     pub fn matches(&self, action: Action, conn: &ConnectionView) -> bool {
-        if action == Action::Allow && !self.l7_only_fields.is_empty() {
+        if action == Action::Allow && !self.unchecked.is_empty() {
             return false;
         }
+        self.matches_at_l4(conn)
+    }
+
+    /// Whether the fields checked at L4 match, whatever the action.
+    pub fn matches_at_l4(&self, conn: &ConnectionView) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(conn)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(conn)))
             && self.when.iter().all(|c| c.matches(conn))
@@ -205,11 +331,8 @@ impl Rule {
         } else {
             parts.join(", ")
         };
-        if !self.l7_only_fields.is_empty() {
-            text.push_str(&format!(
-                " (L7-only fields ignored: {})",
-                self.l7_only_fields.join(", ")
-            ));
+        if !self.unchecked.is_empty() {
+            text.push_str(&format!(" (not checked: {})", join(&self.unchecked)));
         }
         text
     }
@@ -224,6 +347,7 @@ impl Source {
                 .service_accounts
                 .matches(conn.source_principal.as_ref())
             && self.ip_blocks.matches(Some(&conn.source_ip))
+            && self.trust_domains.matches(conn.source_trust_domain())
     }
 
     fn explain(&self, conn: &ConnectionView, out: &mut Vec<String>) {
@@ -236,6 +360,8 @@ impl Source {
             .explain("source.serviceAccount", id, out);
         self.ip_blocks
             .explain("source.ip", Some(&conn.source_ip), out);
+        self.trust_domains
+            .explain("source.trustDomain", conn.source_trust_domain(), out);
     }
 }
 
@@ -255,6 +381,8 @@ impl Condition {
             Self::SourcePrincipal(m) => m.matches(conn.principal()),
             Self::DestinationIp(m) => m.matches(Some(&conn.destination_ip)),
             Self::DestinationPort(m) => m.matches(Some(&conn.destination_port)),
+            Self::SourceServiceAccount(m) => m.matches(conn.source_principal.as_ref()),
+            Self::SourceTrustDomain(m) => m.matches(conn.source_trust_domain()),
         }
     }
 
@@ -270,6 +398,16 @@ impl Condition {
             }
             Self::DestinationPort(m) => {
                 m.explain("when destination.port", Some(&conn.destination_port), out);
+            }
+            Self::SourceServiceAccount(m) => {
+                m.explain(
+                    "when source.serviceAccount",
+                    conn.source_principal.as_ref(),
+                    out,
+                );
+            }
+            Self::SourceTrustDomain(m) => {
+                m.explain("when source.trustDomain", conn.source_trust_domain(), out);
             }
         }
     }

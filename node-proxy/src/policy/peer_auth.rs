@@ -82,6 +82,8 @@ pub struct PeerAuthentication {
     /// `metadata.creationTimestamp` (RFC 3339, so it sorts as text); the oldest policy wins
     /// among several at one level, as in Istio.
     pub created: Option<String>,
+    /// What could not be read as written, and was read as STRICT (see the parser).
+    pub findings: Vec<super::model::Finding>,
 }
 
 impl PeerAuthentication {

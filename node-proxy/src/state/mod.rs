@@ -9,12 +9,16 @@
 //! Invariants:
 //! - the data path reads with [`StateStore::snapshot`]: one atomic load, no lock, no allocation;
 //! - a published snapshot is complete and valid: an update is validated object by object as it
-//!   is assembled and refused as a whole, so a bad update leaves the last good snapshot serving;
+//!   is assembled and refused as a whole, so a bad update leaves the last good snapshot serving
+//!   (`security.istio.io` policies excepted: a malformed one costs only itself, fail-safe, and
+//!   is reported by [`crate::policy::PolicySet::unsupported`]);
 //! - generations grow by one per published snapshot, starting from the empty snapshot at 0.
 
 pub mod file;
 pub mod k8s;
 mod model;
+#[cfg(test)]
+mod policy_tests;
 mod route;
 pub mod services;
 mod snapshot;

@@ -183,6 +183,8 @@ pub enum DeferredKind {
     AuthorizationPolicy,
     /// `security.istio.io` PeerAuthentication.
     PeerAuthentication,
+    /// `security.istio.io` RequestAuthentication: kept to be reported, never enforced.
+    RequestAuthentication,
 }
 
 impl DeferredKind {
@@ -196,6 +198,9 @@ impl DeferredKind {
             }
             ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
                 Some(Self::PeerAuthentication)
+            }
+            ("security.istio.io/v1" | "security.istio.io/v1beta1", "RequestAuthentication") => {
+                Some(Self::RequestAuthentication)
             }
             _ => None,
         }

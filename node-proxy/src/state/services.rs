@@ -119,7 +119,9 @@ impl ServiceIndex {
                         Err(e) => warnings.push(format!("{name} left out: {e}")),
                     }
                 }
-                DeferredKind::AuthorizationPolicy | DeferredKind::PeerAuthentication => {}
+                DeferredKind::AuthorizationPolicy
+                | DeferredKind::PeerAuthentication
+                | DeferredKind::RequestAuthentication => {}
             }
         }
         let mut index = ServiceIndex::default();

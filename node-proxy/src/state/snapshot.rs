@@ -26,7 +26,7 @@ pub struct Snapshot {
     workloads_by_name: HashMap<String, Arc<Workload>>,
     namespaces: HashMap<String, Arc<Namespace>>,
     deferred: BTreeMap<ObjectRef, DeferredObject>,
-    /// AuthorizationPolicies and PeerAuthentications, parsed from the deferred objects.
+    /// The `security.istio.io` objects, parsed from the deferred objects.
     policies: Arc<crate::policy::PolicySet>,
     /// Service VIPs and their ready endpoints, from the deferred Services and EndpointSlices.
     services: Arc<super::services::ServiceIndex>,
@@ -186,20 +186,17 @@ impl StateUpdate {
         Ok(())
     }
 
-    /// Parses the kept AuthorizationPolicies and PeerAuthentications (root namespace
-    /// `root_namespace`); one that is invalid refuses the update. Returns the policies'
-    /// warnings (L7-only fields, waypoint policies) for the source to log.
-    pub fn build_policies(
-        &mut self,
-        root_namespace: &str,
-    ) -> Result<Vec<String>, crate::policy::ParseError> {
+    /// Parses the kept `security.istio.io` objects (root namespace `root_namespace`). None
+    /// refuses the update: a policy marrow cannot enforce as written is handled fail-safe and
+    /// reported. Returns the warnings for the source to log, one line per object and reason.
+    pub fn build_policies(&mut self, root_namespace: &str) -> Vec<String> {
         let set = crate::policy::PolicySet::from_deferred(
             root_namespace,
             self.snapshot.deferred.values(),
-        )?;
+        );
         let warnings = set.warnings();
         self.snapshot.policies = Arc::new(set);
-        Ok(warnings)
+        warnings
     }
 
     /// Indexes the kept Services and EndpointSlices by VIP. A malformed one is left out;

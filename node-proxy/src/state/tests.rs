@@ -360,7 +360,7 @@ fn snapshot_reads_never_wait_for_writers() {
 
 /// Writes `content` by rename (a new inode, as editors do) with a modification time already
 /// past the settle time.
-fn write_settled(path: &Path, content: &str) {
+pub(super) fn write_settled(path: &Path, content: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, content).unwrap();
     let file = std::fs::File::options().write(true).open(&tmp).unwrap();
@@ -369,7 +369,7 @@ fn write_settled(path: &Path, content: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn state_file(content: &str) -> (tempfile::TempDir, PathBuf) {
+pub(super) fn state_file(content: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.yaml");
     write_settled(&path, content);

@@ -97,6 +97,7 @@ fn collection_of(object: &Value) -> String {
         "EndpointSlice" => "endpointslices",
         "AuthorizationPolicy" => "authorizationpolicies",
         "PeerAuthentication" => "peerauthentications",
+        "RequestAuthentication" => "requestauthentications",
         other => panic!("replay server: unknown kind {other}"),
     };
     if api_version.contains('/') {

@@ -1,13 +1,45 @@
-//! AuthorizationPolicy documents: action, selector, rules; L7-only fields are recorded and
-//! dropped, AUDIT and CUSTOM refused.
+//! AuthorizationPolicy documents: action, provider, selector, rules, and the `istio.io/dry-run`
+//! annotation. L7-only, unknown and malformed fields are recorded on the rule they are in
+//! (so an ALLOW rule never matches and a DENY or CUSTOM rule is checked without them);
+//! problems of the policy as a whole that make its rules unreliable (selector, unknown spec
+//! fields, unreadable rules) are recorded on every rule too.
 
 use serde_json::{Map, Value};
 
-use super::{AUTHZ, Doc, ParseError, pattern};
-use crate::policy::model::{Action, AuthorizationPolicy, Condition, Operation, Rule, Source};
+use super::{AUTHZ, Doc, ParseError, is_unset, pattern, wrong_type};
+use crate::policy::model::{
+    Action, AuthorizationPolicy, Condition, Finding, Operation, Rule, Source,
+};
 
-/// `when` keys that only an L7 proxy can check; `request.*` is matched by prefix.
-const L7_CONDITION_KEYS: &[&str] = &["remote.ip", "connection.sni"];
+/// The annotation Istio honours on policies: evaluate, log, never enforce.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// The fields of `spec` (istio/api `security/v1beta1/authorization_policy.proto`).
+const SPEC_FIELDS: &[&str] = &[
+    "selector",
+    "targetRef",
+    "targetRefs",
+    "rules",
+    "action",
+    "provider",
+];
+/// The fields of a rule.
+const RULE_FIELDS: &[&str] = &["from", "to", "when"];
+/// The fields of a `when` condition.
+const CONDITION_FIELDS: &[&str] = &["key", "values", "notValues"];
+/// Source fields checked at L4.
+const L4_SOURCE_FIELDS: &[&str] = &[
+    "principals",
+    "notPrincipals",
+    "namespaces",
+    "notNamespaces",
+    "serviceAccounts",
+    "notServiceAccounts",
+    "ipBlocks",
+    "notIpBlocks",
+    "trustDomains",
+    "notTrustDomains",
+];
 /// Source fields that only an L7 proxy can check.
 const L7_SOURCE_FIELDS: &[&str] = &[
     "requestPrincipals",
@@ -15,6 +47,8 @@ const L7_SOURCE_FIELDS: &[&str] = &[
     "remoteIpBlocks",
     "notRemoteIpBlocks",
 ];
+/// Operation fields checked at L4.
+const L4_OPERATION_FIELDS: &[&str] = &["ports", "notPorts"];
 /// Operation fields that only an L7 proxy can check.
 const L7_OPERATION_FIELDS: &[&str] = &[
     "hosts",
@@ -24,188 +58,386 @@ const L7_OPERATION_FIELDS: &[&str] = &[
     "paths",
     "notPaths",
 ];
+/// `when` keys that only an L7 proxy can check (`request.*` and `experimental.envoy.filters.*`
+/// are matched by prefix), from istiod's `pilot/pkg/security/authz/model/model.go`.
+const L7_CONDITION_KEYS: &[&str] = &["remote.ip", "connection.sni"];
 
-/// Parses an AuthorizationPolicy object.
+/// Parses an AuthorizationPolicy object. Only a missing name refuses it.
 pub fn authorization_policy(body: &Value) -> Result<AuthorizationPolicy, ParseError> {
     let doc = Doc::new(AUTHZ, body)?;
+    let mut findings = Vec::new();
+    let dry_run = dry_run(&body["metadata"], &mut findings);
+    let mut policy = AuthorizationPolicy {
+        namespace: doc.policy.namespace.clone(),
+        name: doc.policy.name.clone(),
+        selector: None,
+        action: Action::Allow,
+        rules: Vec::new(),
+        targets_waypoint: false,
+        provider: None,
+        dry_run,
+        findings: Vec::new(),
+    };
     let empty = Map::new();
-    let spec = doc.object(&body["spec"], "spec")?.unwrap_or(&empty);
-    let action = match spec.get("action") {
+    let spec = match &body["spec"] {
+        Value::Null => &empty,
+        Value::Object(spec) => spec,
+        _ => {
+            // Nothing can be read: not whom it selects, nor what it does.
+            findings.push(wrong_type("spec", "an object"));
+            policy.action = Action::Unrecognized;
+            policy.findings = findings;
+            return Ok(policy);
+        }
+    };
+    // Problems that make every rule unreliable: an ALLOW must not match on them.
+    let mut every_rule = Vec::new();
+    doc.unknown_fields(spec, "spec", SPEC_FIELDS, &mut every_rule);
+    policy.action = action(spec, &mut findings);
+    policy.provider = provider(&doc, spec, policy.action, &mut findings);
+    // A selector that cannot be read widens the policy to its namespace, and its ALLOW
+    // rules never match there: it denies more, never allows more.
+    policy.selector = doc.selector(spec, &mut every_rule).unwrap_or(None);
+    policy.targets_waypoint = Doc::targets_waypoint(spec);
+    if policy.targets_waypoint && spec.get("selector").is_some_and(|s| !s.is_null()) {
+        // istiod's ambient conversion sends ztunnel nothing for a targetRefs policy, so the
+        // node proxy leaves it to the waypoint (`convertAuthorizationPolicy`).
+        findings.push(Finding::Invalid(ParseError::Conflict {
+            field: "selector".to_owned(),
+            other: "targetRefs",
+        }));
+    }
+    policy.rules = match spec.get("rules") {
+        None | Some(Value::Null) => {
+            if matches!(policy.action, Action::Deny | Action::Custom) {
+                // Istio's validation refuses this; its builder makes the policy match nothing.
+                findings.push(Finding::Invalid(ParseError::Misplaced {
+                    field: "rules".to_owned(),
+                    why: "DENY and CUSTOM policies need rules (`{}` matches everything)",
+                }));
+            }
+            Vec::new()
+        }
+        Some(Value::Array(rules)) => rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule(&doc, r, &format!("rules[{i}]")))
+            .collect(),
+        Some(_) => {
+            // Unreadable rules: one rule that an ALLOW never matches and a DENY always does.
+            vec![Rule {
+                unchecked: vec![wrong_type("rules", "a list")],
+                ..Rule::default()
+            }]
+        }
+    };
+    for rule in &mut policy.rules {
+        rule.unchecked.extend(every_rule.iter().cloned());
+        rule.unchecked.dedup();
+    }
+    findings.extend(every_rule);
+    policy.findings = findings;
+    Ok(policy)
+}
+
+/// `metadata.annotations["istio.io/dry-run"]`, read as Go's `strconv.ParseBool` (istiod's
+/// `isDryRun` in `pilot/pkg/security/authz/builder/builder.go`); a value that is not a boolean
+/// leaves the policy enforced, as there.
+fn dry_run(metadata: &Value, findings: &mut Vec<Finding>) -> bool {
+    let field = || format!("metadata.annotations[{DRY_RUN_ANNOTATION}]");
+    match &metadata["annotations"][DRY_RUN_ANNOTATION] {
+        Value::Null => false,
+        // A YAML `true` in a state file: the user's intent is plain.
+        Value::Bool(b) => *b,
+        Value::String(text) => match text.as_str() {
+            "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
+            "0" | "f" | "F" | "FALSE" | "false" | "False" | "" => false,
+            _ => {
+                findings.push(Finding::Invalid(ParseError::BadBool {
+                    field: field(),
+                    value: text.clone(),
+                }));
+                false
+            }
+        },
+        other => {
+            findings.push(Finding::Invalid(ParseError::BadBool {
+                field: field(),
+                value: other.to_string(),
+            }));
+            false
+        }
+    }
+}
+
+fn action(spec: &Map<String, Value>, findings: &mut Vec<Finding>) -> Action {
+    match spec.get("action") {
         None | Some(Value::Null) => Action::Allow,
         Some(Value::String(a)) => match a.as_str() {
             "ALLOW" | "" => Action::Allow,
             "DENY" => Action::Deny,
-            "AUDIT" | "CUSTOM" => {
-                return Err(ParseError::UnsupportedAction {
-                    kind: AUTHZ,
-                    policy: doc.policy.clone(),
-                    field: "action".to_owned(),
-                    value: a.clone(),
-                });
-            }
+            "AUDIT" => Action::Audit,
+            "CUSTOM" => Action::Custom,
             _ => {
-                return Err(ParseError::UnknownAction {
-                    kind: AUTHZ,
-                    policy: doc.policy.clone(),
+                findings.push(Finding::Invalid(ParseError::UnknownAction {
                     field: "action".to_owned(),
                     value: a.clone(),
-                });
+                }));
+                Action::Unrecognized
             }
         },
-        Some(_) => return Err(doc.wrong_type("action", "a string")),
-    };
-    let selector = doc.selector(spec)?;
-    let targets_waypoint = ["targetRef", "targetRefs"]
-        .iter()
-        .any(|k| spec.get(*k).is_some_and(|v| !v.is_null()));
-    if targets_waypoint && selector.is_some() {
-        return Err(ParseError::Conflict {
-            kind: AUTHZ,
-            policy: doc.policy.clone(),
-            field: "selector".to_owned(),
-            other: "targetRefs",
-        });
+        Some(_) => {
+            findings.push(wrong_type("action", "a string"));
+            Action::Unrecognized
+        }
     }
-    let rules = doc
-        .list(spec.get("rules"), "rules")?
-        .iter()
-        .enumerate()
-        .map(|(i, r)| rule(&doc, r, &format!("rules[{i}]")))
-        .collect::<Result<_, _>>()?;
-    Ok(AuthorizationPolicy {
-        namespace: doc.policy.namespace,
-        name: doc.policy.name,
-        selector,
-        action,
-        rules,
-        targets_waypoint,
-    })
 }
 
-fn rule(doc: &Doc, value: &Value, at: &str) -> Result<Rule, ParseError> {
+/// `spec.provider.name`; Istio requires it with CUSTOM and refuses it with any other action.
+fn provider(
+    doc: &Doc,
+    spec: &Map<String, Value>,
+    action: Action,
+    findings: &mut Vec<Finding>,
+) -> Option<String> {
+    let provider = doc.object(
+        spec.get("provider").unwrap_or(&Value::Null),
+        "provider",
+        findings,
+    );
+    if let Some(provider) = provider {
+        doc.unknown_fields(provider, "provider", &["name"], findings);
+    }
+    let name = provider
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    match action {
+        Action::Custom if name.is_none() => findings.push(Finding::Invalid(ParseError::Empty {
+            field: "provider.name".to_owned(),
+        })),
+        Action::Custom | Action::Unrecognized => {}
+        Action::Allow | Action::Deny | Action::Audit if provider.is_some() => {
+            findings.push(Finding::Invalid(ParseError::Misplaced {
+                field: "provider".to_owned(),
+                why: "only a CUSTOM policy names a provider",
+            }));
+        }
+        Action::Allow | Action::Deny | Action::Audit => {}
+    }
+    name
+}
+
+fn rule(doc: &Doc, value: &Value, at: &str) -> Rule {
+    let mut found = Vec::new();
     let empty = Map::new();
-    let map = doc.object(value, at)?.unwrap_or(&empty);
+    let map = doc.object(value, at, &mut found).unwrap_or(&empty);
+    doc.unknown_fields(map, at, RULE_FIELDS, &mut found);
     let mut rule = Rule::default();
+    if map
+        .get("from")
+        .is_some_and(|f| f.as_array().is_some_and(Vec::is_empty))
+    {
+        found.push(Finding::Invalid(ParseError::Empty {
+            field: format!("{at}.from"),
+        }));
+    }
     for (i, from) in doc
-        .list(map.get("from"), &format!("{at}.from"))?
+        .list(map.get("from"), &format!("{at}.from"), &mut found)
         .iter()
         .enumerate()
     {
         let item = format!("{at}.from[{i}]");
-        let from = doc.object(from, &item)?;
-        let at = format!("{item}.source");
-        let source = from.and_then(|f| f.get("source")).unwrap_or(&Value::Null);
-        let source = doc.object(source, &at)?.unwrap_or(&empty);
-        rule.from.push(Source {
-            principals: doc.pair(source, &at, "principals", pattern)?,
-            namespaces: doc.pair(source, &at, "namespaces", pattern)?,
-            service_accounts: doc.pair(source, &at, "serviceAccounts", Doc::service_account)?,
-            ip_blocks: doc.pair(source, &at, "ipBlocks", Doc::cidr)?,
-        });
-        let l7 = l7_fields(
-            source,
-            L7_SOURCE_FIELDS,
-            "from.source",
-            &mut rule.l7_only_fields,
-        );
-        if rule.from.last().is_some_and(|s| *s == Source::default()) && !l7 {
-            return Err(doc.empty(at));
-        }
+        rule.from.push(source(doc, from, &item, &mut found));
+    }
+    if map
+        .get("to")
+        .is_some_and(|t| t.as_array().is_some_and(Vec::is_empty))
+    {
+        found.push(Finding::Invalid(ParseError::Empty {
+            field: format!("{at}.to"),
+        }));
     }
     for (i, to) in doc
-        .list(map.get("to"), &format!("{at}.to"))?
+        .list(map.get("to"), &format!("{at}.to"), &mut found)
         .iter()
         .enumerate()
     {
         let item = format!("{at}.to[{i}]");
-        let to = doc.object(to, &item)?;
-        let at = format!("{item}.operation");
-        let operation = to.and_then(|t| t.get("operation")).unwrap_or(&Value::Null);
-        let operation = doc.object(operation, &at)?.unwrap_or(&empty);
-        let ports = doc.pair(operation, &at, "ports", Doc::port)?;
-        let l7 = l7_fields(
-            operation,
-            L7_OPERATION_FIELDS,
-            "to.operation",
-            &mut rule.l7_only_fields,
-        );
-        if ports.is_empty() && !l7 {
-            return Err(doc.empty(at));
-        }
-        rule.to.push(Operation { ports });
+        rule.to.push(operation(doc, to, &item, &mut found));
     }
     for (i, when) in doc
-        .list(map.get("when"), &format!("{at}.when"))?
+        .list(map.get("when"), &format!("{at}.when"), &mut found)
         .iter()
         .enumerate()
     {
         let at = format!("{at}.when[{i}]");
-        if let Some(condition) = condition(doc, when, &at, &mut rule.l7_only_fields)? {
+        if let Some(condition) = condition(doc, when, &at, &mut found) {
             rule.when.push(condition);
         }
     }
-    rule.l7_only_fields.dedup();
-    Ok(rule)
+    found.dedup();
+    rule.unchecked = found;
+    rule
 }
 
-/// Records which of `names` `map` sets non-empty; whether there was any.
-fn l7_fields(map: &Map<String, Value>, names: &[&str], at: &str, out: &mut Vec<String>) -> bool {
-    let mut any = false;
+/// One `from[i]` entry; a malformed part reads as unconstrained (and is in `found`).
+fn source(doc: &Doc, from: &Value, item: &str, found: &mut Vec<Finding>) -> Source {
+    let empty = Map::new();
+    let from = doc.object(from, item, found).unwrap_or(&empty);
+    doc.unknown_fields(from, item, &["source"], found);
+    let at = format!("{item}.source");
+    let raw = from.get("source").unwrap_or(&Value::Null);
+    let map = doc.object(raw, &at, found).unwrap_or(&empty);
+    let known: Vec<&str> = L4_SOURCE_FIELDS
+        .iter()
+        .chain(L7_SOURCE_FIELDS)
+        .copied()
+        .collect();
+    doc.unknown_fields(map, &at, &known, found);
+    if says_nothing(raw) {
+        found.push(Finding::Invalid(ParseError::Empty { field: at.clone() }));
+    }
+    let source = Source {
+        principals: doc.pair(map, &at, "principals", found, pattern),
+        namespaces: doc.pair(map, &at, "namespaces", found, pattern),
+        service_accounts: doc.pair(map, &at, "serviceAccounts", found, Doc::service_account),
+        ip_blocks: doc.pair(map, &at, "ipBlocks", found, Doc::cidr),
+        trust_domains: doc.pair(map, &at, "trustDomains", found, Doc::trust_domain),
+    };
+    let set = |name: &str| map.get(name).is_some_and(|v| !is_unset(v));
+    if (set("serviceAccounts") || set("notServiceAccounts"))
+        && ["principals", "notPrincipals", "namespaces", "notNamespaces"]
+            .iter()
+            .any(|f| set(f))
+    {
+        // Istio's validation refuses it; its builder would check both, which this does too.
+        found.push(Finding::Invalid(ParseError::Misplaced {
+            field: format!("{at}.serviceAccounts"),
+            why: "cannot be set with principals or namespaces",
+        }));
+    }
+    l7_fields(map, L7_SOURCE_FIELDS, "from.source", found);
+    source
+}
+
+/// One `to[i]` entry; a malformed part reads as unconstrained (and is in `found`).
+fn operation(doc: &Doc, to: &Value, item: &str, found: &mut Vec<Finding>) -> Operation {
+    let empty = Map::new();
+    let to = doc.object(to, item, found).unwrap_or(&empty);
+    doc.unknown_fields(to, item, &["operation"], found);
+    let at = format!("{item}.operation");
+    let raw = to.get("operation").unwrap_or(&Value::Null);
+    let map = doc.object(raw, &at, found).unwrap_or(&empty);
+    let known: Vec<&str> = L4_OPERATION_FIELDS
+        .iter()
+        .chain(L7_OPERATION_FIELDS)
+        .copied()
+        .collect();
+    doc.unknown_fields(map, &at, &known, found);
+    if says_nothing(raw) {
+        found.push(Finding::Invalid(ParseError::Empty { field: at.clone() }));
+    }
+    let ports = doc.pair(map, &at, "ports", found, Doc::port);
+    l7_fields(map, L7_OPERATION_FIELDS, "to.operation", found);
+    Operation { ports }
+}
+
+/// Whether a `source` or `operation` is absent or sets nothing (Istio's validation refuses
+/// it); one of another type is reported as such instead.
+fn says_nothing(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(map) => map.values().all(is_unset),
+        _ => false,
+    }
+}
+
+/// Records which of `names` `map` sets non-empty.
+fn l7_fields(map: &Map<String, Value>, names: &[&str], at: &str, out: &mut Vec<Finding>) {
     for name in names {
-        if map
-            .get(*name)
-            .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
-        {
-            out.push(format!("{at}.{name}"));
-            any = true;
+        if map.get(*name).is_some_and(|v| !is_unset(v)) {
+            out.push(Finding::L7Only {
+                field: format!("{at}.{name}"),
+            });
         }
     }
-    any
 }
 
-/// A `when` entry; `None` for an L7-only key (recorded in `l7`).
-fn condition(
-    doc: &Doc,
-    value: &Value,
-    at: &str,
-    l7: &mut Vec<String>,
-) -> Result<Option<Condition>, ParseError> {
+/// A `when` entry; `None` when it is L7-only, unknown or malformed (recorded in `found`).
+fn condition(doc: &Doc, value: &Value, at: &str, found: &mut Vec<Finding>) -> Option<Condition> {
     let empty = Map::new();
-    let map = doc.object(value, at)?.unwrap_or(&empty);
+    let map = doc.object(value, at, found).unwrap_or(&empty);
+    doc.unknown_fields(map, at, CONDITION_FIELDS, found);
     let key = match map.get("key") {
-        None | Some(Value::Null) => return Err(doc.empty(format!("{at}.key"))),
-        Some(Value::String(k)) => k.as_str(),
-        Some(_) => return Err(doc.wrong_type(&format!("{at}.key"), "a string")),
+        Some(Value::String(k)) if !k.is_empty() => k.as_str(),
+        None | Some(Value::Null | Value::String(_)) => {
+            found.push(Finding::Invalid(ParseError::Empty {
+                field: format!("{at}.key"),
+            }));
+            return None;
+        }
+        Some(_) => {
+            found.push(wrong_type(&format!("{at}.key"), "a string"));
+            return None;
+        }
     };
+    let before = found.len();
     let condition = match key {
-        "source.ip" => Condition::SourceIp(doc.pair(map, at, "values", Doc::cidr)?),
-        "source.namespace" => Condition::SourceNamespace(doc.pair(map, at, "values", pattern)?),
-        "source.principal" => Condition::SourcePrincipal(doc.pair(map, at, "values", pattern)?),
-        "destination.ip" => Condition::DestinationIp(doc.pair(map, at, "values", Doc::cidr)?),
-        "destination.port" => Condition::DestinationPort(doc.pair(map, at, "values", Doc::port)?),
+        "source.ip" => Condition::SourceIp(doc.pair(map, at, "values", found, Doc::cidr)),
+        "source.namespace" => {
+            Condition::SourceNamespace(doc.pair(map, at, "values", found, pattern))
+        }
+        "source.principal" => {
+            Condition::SourcePrincipal(doc.pair(map, at, "values", found, pattern))
+        }
+        "source.serviceAccount" => Condition::SourceServiceAccount(doc.pair(
+            map,
+            at,
+            "values",
+            found,
+            Doc::service_account,
+        )),
+        "source.trustDomain" => {
+            Condition::SourceTrustDomain(doc.pair(map, at, "values", found, Doc::trust_domain))
+        }
+        "destination.ip" => Condition::DestinationIp(doc.pair(map, at, "values", found, Doc::cidr)),
+        "destination.port" => {
+            Condition::DestinationPort(doc.pair(map, at, "values", found, Doc::port))
+        }
         k if k.starts_with("request.")
-            || k.starts_with("experimental.")
+            || k.starts_with("experimental.envoy.filters.")
             || L7_CONDITION_KEYS.contains(&k) =>
         {
-            l7.push(format!("when.{k}"));
-            return Ok(None);
+            found.push(Finding::L7Only {
+                field: format!("when.{k}"),
+            });
+            return None;
         }
         k => {
-            return Err(ParseError::UnknownConditionKey {
-                kind: AUTHZ,
-                policy: doc.policy.clone(),
-                field: format!("{at}.key"),
-                value: k.to_owned(),
+            found.push(Finding::Unknown {
+                field: format!("when.{k}"),
             });
+            return None;
         }
     };
     let set = match &condition {
         Condition::SourceIp(m) | Condition::DestinationIp(m) => !m.is_empty(),
-        Condition::SourceNamespace(m) | Condition::SourcePrincipal(m) => !m.is_empty(),
+        Condition::SourceNamespace(m)
+        | Condition::SourcePrincipal(m)
+        | Condition::SourceTrustDomain(m) => !m.is_empty(),
+        Condition::SourceServiceAccount(m) => !m.is_empty(),
         Condition::DestinationPort(m) => !m.is_empty(),
     };
     if !set {
-        return Err(doc.empty(format!("{at}.values")));
+        // Nothing left to check: Istio refuses a condition without values.
+        if found.len() == before {
+            found.push(Finding::Invalid(ParseError::Empty {
+                field: format!("{at}.values"),
+            }));
+        }
+        return None;
     }
-    Ok(Some(condition))
+    Some(condition)
 }

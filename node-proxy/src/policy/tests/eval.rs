@@ -181,7 +181,7 @@ fn l7_fields_are_dropped_in_deny() {
     );
     assert_eq!(
         d.reason,
-        "denied by DENY policy shop/no-admin rule 0: source.namespace legacy matched (L7-only fields ignored: to.operation.paths)"
+        "denied by DENY policy shop/no-admin rule 0: source.namespace legacy matched (not checked: to.operation.paths (L7-only))"
     );
     assert!(
         check(&s, "shop", &[], &mtls("shop", "web", "10.1.2.3", 80)).is_allowed(),

@@ -1,12 +1,15 @@
-//! Tests of the policy engine: matching per field, parsing and its refusals, evaluation order
-//! and scopes, PeerAuthentication precedence. Tables follow STYLE habit 6: every field has a
+//! Tests of the policy engine: matching per field, parsing, malformed and unsupported policies
+//! (fail-safe, reported), evaluation order and scopes, PeerAuthentication precedence. Tables follow STYLE habit 6: every field has a
 //! matching and a non-matching case.
 
 mod eval;
+mod explain;
+mod findings;
 mod matching;
 mod parse;
 mod patterns;
 mod peer_auth;
+mod unsupported;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -57,6 +60,36 @@ fn plain(src: &str, port: u16) -> ConnectionView {
         destination_ip: ip("10.9.0.5"),
         destination_port: port,
     }
+}
+
+/// Findings as they are shown.
+fn texts(findings: &[Finding]) -> Vec<String> {
+    findings.iter().map(ToString::to_string).collect()
+}
+
+/// `dst` in `ns` with `workload_labels`, named web.
+fn decide(
+    set: &PolicySet,
+    ns: &str,
+    workload_labels: &[(&str, &str)],
+    conn: &ConnectionView,
+) -> Decision {
+    let labels = labels(workload_labels);
+    let dst = WorkloadView {
+        namespace: ns,
+        name: "web",
+        labels: &labels,
+    };
+    evaluate(set, &dst, conn)
+}
+
+/// A set of `(namespace, name, spec)` AuthorizationPolicies, root namespace `istio-system`.
+fn authz_set(policies: &[(&str, &str, &str)]) -> PolicySet {
+    let mut set = PolicySet::default();
+    for (ns, name, spec) in policies {
+        set.insert_authorization(authz(ns, name, spec));
+    }
+    set
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -1,4 +1,5 @@
-//! Parsing real YAML, and every refusal naming the policy and the field.
+//! Parsing real YAML; the one refusal (no name); PeerAuthentication's fail-safe readings.
+//! Malformed AuthorizationPolicy fields are in `findings.rs`.
 
 use super::*;
 
@@ -30,7 +31,6 @@ spec:
     when:
     - key: destination.port
       values: ["8080"]
-  someFutureField: ignored
 "#,
     );
     let policy = authorization_policy(&doc).unwrap();
@@ -40,8 +40,10 @@ spec:
     assert_eq!(policy.rules.len(), 1);
     let rule = &policy.rules[0];
     assert_eq!((rule.from.len(), rule.to.len(), rule.when.len()), (2, 1, 1));
-    assert!(rule.l7_only_fields.is_empty());
-    assert!(policy.warnings().is_empty());
+    assert!(rule.unchecked.is_empty());
+    assert!(policy.all_findings().is_empty());
+    assert!(!policy.dry_run);
+    assert!(policy.is_enforced());
 }
 
 #[test]
@@ -79,15 +81,15 @@ fn l7_fields_are_recorded_and_warned() {
     );
     let rule = &policy.rules[0];
     assert_eq!(
-        rule.l7_only_fields,
+        texts(&rule.unchecked),
         [
-            "from.source.requestPrincipals",
-            "to.operation.methods",
-            "to.operation.paths",
-            "to.operation.hosts",
-            "when.request.headers[x-user]",
-            "when.request.auth.claims[iss]",
-            "when.remote.ip",
+            "from.source.requestPrincipals (L7-only)",
+            "to.operation.methods (L7-only)",
+            "to.operation.paths (L7-only)",
+            "to.operation.hosts (L7-only)",
+            "when.request.headers[x-user] (L7-only)",
+            "when.request.auth.claims[iss] (L7-only)",
+            "when.remote.ip (L7-only)",
         ]
     );
     // The L4 parts stay: the namespace, one port-constrained operation and an empty one.
@@ -101,137 +103,6 @@ fn l7_fields_are_recorded_and_warned() {
 }
 
 /// Every refusal: (spec, policy field named, words of the reason).
-#[test]
-fn refusals_name_policy_field_and_reason() {
-    let cases: &[(&str, &str, &str)] = &[
-        ("  action: AUDIT\n", "action", "AUDIT is not supported"),
-        (
-            "  action: CUSTOM\n  provider: {name: ext}\n",
-            "action",
-            "CUSTOM is not supported",
-        ),
-        ("  action: MAYBE\n", "action", "unknown action \"MAYBE\""),
-        ("  action: [ALLOW]\n", "action", "must be a string"),
-        ("  selector: [app]\n", "selector", "must be an object"),
-        (
-            "  selector: {matchLabels: [app]}\n",
-            "selector.matchLabels",
-            "must be an object",
-        ),
-        (
-            "  selector: {matchLabels: {app: {x: y}}}\n",
-            "selector.matchLabels.app",
-            "must be a string",
-        ),
-        ("  rules: {from: []}\n", "rules", "must be a list"),
-        ("  rules: [[]]\n", "rules[0]", "must be an object"),
-        ("  rules: [{from: {}}]\n", "rules[0].from", "must be a list"),
-        (
-            "  rules: [{from: [{source: {}}]}]\n",
-            "rules[0].from[0].source",
-            "must not be empty",
-        ),
-        (
-            "  rules: [{from: [{}]}]\n",
-            "rules[0].from[0].source",
-            "must not be empty",
-        ),
-        (
-            "  rules: [{from: [{source: {ipBlocks: [\"10.0.0.0/33\"]}}]}]\n",
-            "rules[0].from[0].source.ipBlocks",
-            "invalid CIDR \"10.0.0.0/33\"",
-        ),
-        (
-            "  rules: [{from: [{source: {notIpBlocks: [\"10.0.0.256\"]}}]}]\n",
-            "rules[0].from[0].source.notIpBlocks",
-            "invalid CIDR",
-        ),
-        (
-            "  rules: [{from: [{source: {ipBlocks: [\"fd00::/200\"]}}]}]\n",
-            "rules[0].from[0].source.ipBlocks",
-            "exceeds 128",
-        ),
-        (
-            "  rules: [{from: [{source: {principals: \"x\"}}]}]\n",
-            "rules[0].from[0].source.principals",
-            "must be a list",
-        ),
-        (
-            "  rules: [{from: [{source: {namespaces: [[x]]}}]}]\n",
-            "rules[0].from[0].source.namespaces[0]",
-            "must be a string",
-        ),
-        (
-            "  rules: [{from: [{source: {serviceAccounts: [web]}}]}]\n",
-            "rules[0].from[0].source.serviceAccounts",
-            "<namespace>/<service-account>",
-        ),
-        (
-            "  rules: [{from: [{source: {notServiceAccounts: [a/b/c]}}]}]\n",
-            "rules[0].from[0].source.notServiceAccounts",
-            "<namespace>/<service-account>",
-        ),
-        (
-            "  rules: [{to: [{operation: {ports: [\"http\"]}}]}]\n",
-            "rules[0].to[0].operation.ports",
-            "invalid port \"http\"",
-        ),
-        (
-            "  rules: [{to: [{operation: {notPorts: [\"70000\"]}}]}]\n",
-            "rules[0].to[0].operation.notPorts",
-            "invalid port \"70000\"",
-        ),
-        (
-            "  rules: [{to: [{operation: {}}]}]\n",
-            "rules[0].to[0].operation",
-            "must not be empty",
-        ),
-        (
-            "  rules: [{when: [{key: source.ip}]}]\n",
-            "rules[0].when[0].values",
-            "must not be empty",
-        ),
-        (
-            "  rules: [{when: [{values: [x]}]}]\n",
-            "rules[0].when[0].key",
-            "must not be empty",
-        ),
-        (
-            "  rules: [{when: [{key: source.color, values: [x]}]}]\n",
-            "rules[0].when[0].key",
-            "unknown condition key \"source.color\"",
-        ),
-        (
-            "  rules: [{when: [{key: destination.port, values: [\"-1\"]}]}]\n",
-            "rules[0].when[0].values",
-            "invalid port",
-        ),
-        (
-            "  rules: [{when: [{key: source.ip, notValues: [\"10.0.0.0/99\"]}]}]\n",
-            "rules[0].when[0].notValues",
-            "invalid CIDR",
-        ),
-        (
-            "  rules: [{when: [{key: destination.ip, values: [shop]}]}]\n",
-            "rules[0].when[0].values",
-            "invalid CIDR \"shop\"",
-        ),
-    ];
-    for (spec, field, reason) in cases {
-        let err = authorization_policy(&yaml(&authz_doc("shop", "bad", spec))).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("AuthorizationPolicy shop/bad refused"),
-            "{spec}: {text}"
-        );
-        assert!(
-            text.contains(&format!("{field}:")) || text.contains(&format!("{field} ")),
-            "{spec}: wants field {field}: {text}"
-        );
-        assert!(text.contains(reason), "{spec}: wants {reason}: {text}");
-    }
-}
-
 #[test]
 fn refusals_without_a_name() {
     let doc = yaml(
@@ -255,7 +126,7 @@ fn refusals_without_a_name() {
 }
 
 #[test]
-fn peer_authentication_parses_and_refuses() {
+fn peer_authentication_parses() {
     let doc = yaml(
         r#"
 apiVersion: security.istio.io/v1
@@ -280,42 +151,142 @@ spec:
             (9091, ModeSetting::Unset)
         ]
     );
-    let cases: &[(&str, &str, &str)] = &[
+    assert!(pa.findings.is_empty());
+}
+
+/// A PeerAuthentication spec, the words of its finding, and what it reads as: mode, selector,
+/// the ports of its port-level entries.
+type PaCase<'a> = (
+    &'a str,
+    &'a str,
+    ModeSetting,
+    &'a Option<BTreeMap<String, String>>,
+    &'a [u16],
+);
+
+/// A malformed PeerAuthentication is read as STRICT where it could apply: (spec, finding
+/// words, the mode it gets, whether it keeps its selector, its port-level entries).
+#[test]
+fn malformed_peer_authentication_reads_as_strict() {
+    let web = Some(labels(&[("app", "web")]));
+    let everyone = Some(BTreeMap::new());
+    let cases: &[PaCase<'_>] = &[
         (
-            "mtls: {mode: STRICTEST}",
-            "mtls.mode",
-            "unknown mode \"STRICTEST\"",
+            "selector: {matchLabels: {app: web}}, mtls: {mode: STRICTEST}",
+            "mtls.mode: unknown mode \"STRICTEST\"",
+            ModeSetting::Strict,
+            &web,
+            &[],
         ),
-        ("mtls: {mode: 1}", "mtls.mode", "must be a string"),
-        ("mtls: STRICT", "mtls", "must be an object"),
         (
-            "portLevelMtls: {http: {mode: STRICT}}",
-            "portLevelMtls.http",
-            "invalid port",
+            "selector: {matchLabels: {app: web}}, mtls: {mode: 1}",
+            "mtls.mode must be a string",
+            ModeSetting::Strict,
+            &web,
+            &[],
         ),
         (
-            "portLevelMtls: {\"80\": {mode: NOPE}}",
-            "portLevelMtls.80.mode",
-            "unknown mode",
+            "mtls: STRICT",
+            "mtls must be an object",
+            ModeSetting::Strict,
+            &None,
+            &[],
         ),
         (
-            "selector: {matchLabels: 3}",
-            "selector.matchLabels",
-            "must be an object",
+            // The lost entry was STRICT: the whole workload becomes STRICT.
+            "selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}, portLevelMtls: {http: {mode: STRICT}, \"80\": {mode: PERMISSIVE}}",
+            "portLevelMtls.http: invalid port \"http\"",
+            ModeSetting::Strict,
+            &web,
+            &[80],
+        ),
+        (
+            // The lost entry was PERMISSIVE: dropping it only tightens.
+            "selector: {matchLabels: {app: web}}, mtls: {mode: UNSET}, portLevelMtls: {http: {mode: PERMISSIVE}}",
+            "portLevelMtls.http: invalid port",
+            ModeSetting::Unset,
+            &web,
+            &[],
+        ),
+        (
+            "selector: {matchLabels: {app: web}}, portLevelMtls: {\"80\": {mode: NOPE}}",
+            "portLevelMtls.80.mode: unknown mode",
+            ModeSetting::Unset,
+            &web,
+            &[80],
+        ),
+        (
+            "selector: {matchLabels: {app: web}}, portLevelMtls: [80]",
+            "portLevelMtls must be an object",
+            ModeSetting::Strict,
+            &web,
+            &[],
+        ),
+        (
+            // Whom it selects is unknown: every workload of the namespace, STRICT.
+            "selector: {matchLabels: 3}, mtls: {mode: PERMISSIVE}, portLevelMtls: {\"80\": {mode: DISABLE}}",
+            "selector.matchLabels must be an object",
+            ModeSetting::Strict,
+            &everyone,
+            &[],
         ),
     ];
-    for (spec, field, reason) in cases {
+    for (spec, finding, mode, selector, ports) in cases {
         let doc = format!(
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: pa, namespace: shop}}\nspec: {{{spec}}}\n"
         );
-        let text = peer_authentication(&yaml(&doc)).unwrap_err().to_string();
-        assert!(
-            text.contains("PeerAuthentication shop/pa refused"),
-            "{spec}: {text}"
+        let pa = peer_authentication(&yaml(&doc)).unwrap();
+        let found = texts(&pa.findings).join("; ");
+        assert!(found.contains(finding), "{spec}: wants {finding}: {found}");
+        assert_eq!(pa.mode, *mode, "{spec}");
+        assert_eq!(&pa.selector, *selector, "{spec}");
+        assert_eq!(
+            pa.port_level.keys().copied().collect::<Vec<_>>(),
+            *ports,
+            "{spec}"
         );
-        assert!(text.contains(field), "{spec}: wants {field}: {text}");
-        assert!(text.contains(reason), "{spec}: wants {reason}: {text}");
     }
+    let spec_not_object = yaml(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa, namespace: shop}\nspec: STRICT\n",
+    );
+    let pa = peer_authentication(&spec_not_object).unwrap();
+    assert_eq!((pa.mode, pa.selector), (ModeSetting::Strict, None));
+    // A field marrow does not know is reported and changes nothing.
+    let newer = yaml(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa, namespace: shop}\nspec: {mtls: {mode: PERMISSIVE, quantum: true}}\n",
+    );
+    let pa = peer_authentication(&newer).unwrap();
+    assert_eq!(pa.mode, ModeSetting::Permissive);
+    assert_eq!(
+        texts(&pa.findings),
+        ["mtls.quantum (a field marrow does not know)"]
+    );
+}
+
+#[test]
+fn request_authentication_keeps_whom_it_selects() {
+    let doc = yaml(
+        r#"
+apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  jwtRules:
+  - issuer: https://issuer.example
+    jwksUri: https://issuer.example/jwks
+"#,
+    );
+    let ra = request_authentication(&doc).unwrap();
+    assert_eq!(ra.reference().to_string(), "shop/jwt");
+    assert_eq!(ra.selector, Some(labels(&[("app", "web")])));
+    assert!(ra.findings.is_empty());
+    let bad = yaml(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {selector: [x]}\n",
+    );
+    let ra = request_authentication(&bad).unwrap();
+    assert_eq!(ra.selector, None);
+    assert_eq!(texts(&ra.findings), ["selector must be an object"]);
 }
 
 #[test]
@@ -337,14 +308,17 @@ spec:
     let policy = authorization_policy(&doc).unwrap();
     assert!(policy.targets_waypoint);
     assert!(policy.warnings()[0].contains("shop/via-waypoint"));
+    // Both: as istiod's ambient conversion, targetRefs wins (the node proxy leaves it to the
+    // waypoint), and the conflict is reported.
     let both = authz_doc(
         "shop",
         "both",
         "  selector: {matchLabels: {app: web}}\n  targetRef: {kind: Gateway, name: gw}\n",
     );
-    let err = authorization_policy(&yaml(&both)).unwrap_err().to_string();
+    let policy = authorization_policy(&yaml(&both)).unwrap();
+    assert!(policy.targets_waypoint);
     assert_eq!(
-        err,
-        "AuthorizationPolicy shop/both refused: selector and targetRefs cannot both be set"
+        texts(&policy.findings),
+        ["selector and targetRefs cannot both be set"]
     );
 }

@@ -197,7 +197,7 @@ fn from_snapshot_objects() {
         ),
         object(DeferredKind::Service, "Service", serde_json::json!({})),
     ];
-    let s = PolicySet::from_deferred("istio-system", &objects).unwrap();
+    let s = PolicySet::from_deferred("istio-system", &objects);
     assert_eq!(
         (
             s.authorization_policies().len(),
@@ -205,40 +205,14 @@ fn from_snapshot_objects() {
         ),
         (1, 1)
     );
-    let bad = [object(
+    // Valid Istio that marrow does not enforce as written is kept and reported, never a
+    // reason to refuse the set.
+    let audit = [object(
         DeferredKind::AuthorizationPolicy,
         "AuthorizationPolicy",
         yaml(&authz_doc("shop", "x", "  action: AUDIT\n")),
     )];
-    let err = PolicySet::from_deferred("istio-system", &bad).unwrap_err();
-    assert!(err.to_string().contains("shop/x"), "{err}");
-}
-
-#[test]
-fn oldest_policy_wins_at_one_level() {
-    let doc = |name: &str, created: &str, mode: &str| {
-        yaml(&format!(
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: shop, creationTimestamp: \"{created}\"}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
-        ))
-    };
-    let mut s = PolicySet::default();
-    s.insert_peer_authentication(
-        peer_authentication(&doc("a-new", "2026-02-01T00:00:00Z", "PERMISSIVE")).unwrap(),
-    );
-    s.insert_peer_authentication(
-        peer_authentication(&doc("b-old", "2025-01-01T00:00:00Z", "STRICT")).unwrap(),
-    );
-    assert_eq!(
-        mode(&s, "shop", "web", 80),
-        (MtlsMode::Strict, Some("shop/b-old".to_owned()))
-    );
-    // Without creation times the first by name wins.
-    let s = set(&[
-        ("shop", "a", "{mtls: {mode: PERMISSIVE}}"),
-        ("shop", "b", "{mtls: {mode: STRICT}}"),
-    ]);
-    assert_eq!(
-        mode(&s, "shop", "web", 80),
-        (MtlsMode::Permissive, Some("shop/a".to_owned()))
-    );
+    let s = PolicySet::from_deferred("istio-system", &audit);
+    assert_eq!(s.authorization_policies().len(), 1);
+    assert_eq!(s.unsupported()[0].reason, UnsupportedReason::AuditAction);
 }

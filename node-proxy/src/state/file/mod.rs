@@ -2,7 +2,9 @@
 //!
 //! Used by the demo, the tests, and anyone running without a cluster. Every document is
 //! validated; a file with one bad document is refused whole with the file, the document, the
-//! object and the reason, and the last good snapshot stays in force.
+//! object and the reason, and the last good snapshot stays in force. The `security.istio.io`
+//! policies are the exception: one marrow cannot enforce as written costs only itself, handled
+//! fail-safe and reported (see [`crate::policy`]), the same as from the API server.
 //!
 //! Changes are found by polling (every second by default) the file's device, inode, length and
 //! modification time, then a hash of its content. Polling rather than inotify: editors and
@@ -96,14 +98,6 @@ pub enum FileError {
         location: Location,
         /// What is missing or wrong.
         reason: &'static str,
-    },
-    /// A policy is refused (the whole version with it).
-    #[error("state file {}: {source}", path.display())]
-    Policy {
-        /// The file.
-        path: PathBuf,
-        /// Which policy, which field, why.
-        source: Box<crate::policy::ParseError>,
     },
     /// An object is refused.
     #[error("state file {}, {location}: {object}: {source}", path.display())]

@@ -61,13 +61,7 @@ pub fn parse_with_root(
         warn!(file = %path.display(), api_version, kind, count, "state file: kind not used by marrow, ignored");
     }
     let mut update = parser.update;
-    let warnings = update
-        .build_policies(root_namespace)
-        .map_err(|source| FileError::Policy {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
-    for warning in warnings {
+    for warning in update.build_policies(root_namespace) {
         warn!(file = %path.display(), %warning, "policy warning");
     }
     for warning in update.build_services() {
