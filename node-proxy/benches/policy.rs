@@ -80,3 +80,91 @@ fn decision_denied(bencher: Bencher, count: usize) {
     assert!(!evaluate(&set, &dst, &conn).is_allowed());
     bencher.bench_local(|| evaluate(divan::black_box(&set), &dst, &conn));
 }
+
+/// The state for [`recheck_open_connections`]: one node's 100 pods (`shop/web-<i>`,
+/// 10.1.0.<i>) and `count` policies as [`policies`] writes them, plus an ALLOW for `web-0`.
+fn state_yaml(count: usize) -> String {
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n",
+    );
+    for i in 0..100 {
+        yaml += &format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-{i}, namespace: shop, uid: u{i}, labels: {{app: app{}}}}}\nspec: {{nodeName: n1, serviceAccountName: web}}\nstatus: {{phase: Running, podIP: 10.1.0.{i}, podIPs: [{{ip: 10.1.0.{i}}}]}}\n",
+            i % 7
+        );
+    }
+    for i in 0..count {
+        let ns = if i % 10 == 0 {
+            "shop".to_owned()
+        } else {
+            format!("ns{}", i % 100)
+        };
+        yaml += &if i % 2 == 0 {
+            format!(
+                "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i}, namespace: {ns}}}\nspec: {{selector: {{matchLabels: {{app: app{}}}}}, action: ALLOW, rules: [{{from: [{{source: {{principals: [cluster.local/ns/{ns}/sa/client{}]}}}}], to: [{{operation: {{ports: [\"8080\"]}}}}]}}]}}\n",
+                i % 7,
+                i % 13
+            )
+        } else {
+            format!(
+                "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-{i}, namespace: {ns}}}\nspec: {{action: DENY, rules: [{{from: [{{source: {{ipBlocks: [192.0.{}.0/24]}}}}]}}]}}\n",
+                i % 250
+            )
+        };
+    }
+    yaml
+}
+
+/// What a policy change costs the open connections: [`recheck`] of 10,000 watched inbound
+/// connections (100 per pod) against 1,000 policies — the work of one state change.
+#[divan::bench(args = [10_000])]
+fn recheck_open_connections(bencher: Bencher, connections: usize) {
+    use std::sync::Arc;
+
+    use node_proxy::proxy::connections::{ConnectionInfo, ConnectionTable};
+    use node_proxy::proxy::policy_watch::{PolicySubject, recheck};
+    use node_proxy::state::StateStore;
+
+    let store = StateStore::new();
+    let update = node_proxy::state::file::parse(
+        std::path::Path::new("bench.yaml"),
+        state_yaml(1_000).as_bytes(),
+    )
+    .unwrap();
+    let snap = store.apply(update);
+    let table = Arc::new(ConnectionTable::default());
+    let pod = redirect_cni::protocol::PodIdentity {
+        uid: "u".into(),
+        namespace: "shop".into(),
+        name: "web".into(),
+        service_account: None,
+    };
+    let guards: Vec<_> = (0..connections)
+        .map(|i| {
+            let dst: std::net::SocketAddr = format!("10.1.0.{}:8080", i % 100).parse().unwrap();
+            let src: std::net::SocketAddr = format!("10.2.{}.{}:40000", i / 250, i % 250)
+                .parse()
+                .unwrap();
+            let guard = table.open(ConnectionInfo::new(
+                node_proxy::metrics::Reporter::Destination,
+                &pod,
+                src,
+                dst,
+            ));
+            let principal = SpiffeId::parse(&format!(
+                "spiffe://cluster.local/ns/shop/sa/client{}",
+                i % 13
+            ))
+            .unwrap();
+            let _watched = guard.follow_policy(PolicySubject {
+                pod_ips: vec![dst.ip()].into_boxed_slice(),
+                source_principal: Some(principal),
+                source: src,
+                destination: dst,
+            });
+            guard
+        })
+        .collect();
+    bencher.bench_local(|| recheck(divan::black_box(&snap), &table));
+    drop(guards);
+}

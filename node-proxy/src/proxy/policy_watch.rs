@@ -136,9 +136,22 @@ impl Watched {
 /// Re-checks every watched connection against `snap`; revokes those now denied and returns how
 /// many it revoked.
 pub fn recheck(snap: &Snapshot, table: &ConnectionTable) -> usize {
+    recheck_since(None, snap, table)
+}
+
+/// [`recheck`], skipping the connections whose decision cannot have changed since `previous`:
+/// the same policies and the same local workload (namespace, name, labels) — the only inputs
+/// of [`decide`] that a state change can move.
+fn recheck_since(previous: Option<&Snapshot>, snap: &Snapshot, table: &ConnectionTable) -> usize {
+    let same_policies = previous.is_some_and(|prev| prev.policies() == snap.policies());
     let mut revoked = 0;
     for watched in table.watched() {
         if watched.token.is_cancelled() {
+            continue;
+        }
+        if same_policies
+            && previous.is_some_and(|prev| same_workload(prev, snap, &watched.subject.pod_ips))
+        {
             continue;
         }
         if let Err(denial) = decide(snap, &watched.subject) {
@@ -149,13 +162,26 @@ pub fn recheck(snap: &Snapshot, table: &ConnectionTable) -> usize {
     revoked
 }
 
-/// Follows `state` until it is dropped: after each published snapshot, [`recheck`]s the open
-/// inbound connections of `table`.
+/// Whether the pod at `ips` is the same workload, as policy sees it, in both snapshots.
+fn same_workload(a: &Snapshot, b: &Snapshot, ips: &[IpAddr]) -> bool {
+    match (a.workload_at(ips), b.workload_at(ips)) {
+        (None, None) => true,
+        (Some(x), Some(y)) => {
+            Arc::ptr_eq(x, y)
+                || (x.namespace == y.namespace && x.name == y.name && x.labels == y.labels)
+        }
+        _ => false,
+    }
+}
+
+/// Follows `state` until it is dropped: after each published snapshot, re-checks the open
+/// inbound connections of `table` whose decision may have changed.
 pub async fn follow(state: Arc<StateStore>, table: Arc<ConnectionTable>) {
     let mut changes = state.subscribe();
+    let mut previous = state.snapshot();
     while changes.changed().await.is_ok() {
         let snap = state.snapshot();
-        let revoked = recheck(&snap, &table);
+        let revoked = recheck_since(Some(&previous), &snap, &table);
         if revoked > 0 {
             tracing::info!(
                 generation = snap.generation(),
@@ -163,6 +189,7 @@ pub async fn follow(state: Arc<StateStore>, table: Arc<ConnectionTable>) {
                 "open connections no longer allowed by policy; closing them"
             );
         }
+        previous = snap;
     }
 }
 

@@ -189,3 +189,49 @@ fn a_closed_connection_leaves_the_watch() {
     drop(guard);
     assert!(table.watched().is_empty());
 }
+
+#[test]
+fn an_unchanged_decision_is_not_taken_again_but_a_relabelled_workload_is() {
+    let state = store(&[ALLOW_CLIENT]);
+    let table = Arc::new(ConnectionTable::default());
+    let (_batch, batch) = open(&table, to_web(Some(principal("batch")), 8080));
+    let before = state.snapshot();
+    // The same policies, the same workload: skipped — even though `decide` would deny it now
+    // (it was admitted under an earlier state; the skip is what keeps big tables cheap).
+    apply(&state, &[ALLOW_CLIENT]);
+    assert_eq!(recheck_since(Some(&before), &state.snapshot(), &table), 0);
+    assert!(!batch.token.is_cancelled());
+    // A changed policy set: re-checked.
+    let before = state.snapshot();
+    apply(&state, &[ALLOW_CLIENT, DENY_PORT_9090]);
+    assert_eq!(recheck_since(Some(&before), &state.snapshot(), &table), 1);
+    assert!(batch.token.is_cancelled());
+}
+
+#[test]
+fn a_workload_whose_labels_change_is_rechecked() {
+    let state = store(&[ALLOW_CLIENT]);
+    // web loses `app: web`: the selector-scoped ALLOW no longer selects it.
+    let relabelled = PODS.replace("labels: {app: web}", "labels: {app: other}");
+    let table = Arc::new(ConnectionTable::default());
+    let (_guard, watched) = open(&table, to_web(Some(principal("batch")), 8080));
+    let before = store(&[]).snapshot();
+    let after = state.snapshot();
+    // Policies differ from `before` (none): re-checked and denied by the ALLOW.
+    assert_eq!(recheck_since(Some(&before), &after, &table), 1);
+    assert!(watched.token.is_cancelled());
+    // Same policies, labels changed: not skipped.
+    let yaml = format!("{relabelled}{ALLOW_CLIENT}");
+    let moved = StateStore::new();
+    moved.apply(parse(Path::new("s.yaml"), yaml.as_bytes()).unwrap());
+    assert!(!same_workload(
+        &after,
+        &moved.snapshot(),
+        &["10.0.2.2".parse().unwrap()]
+    ));
+    assert!(same_workload(
+        &after,
+        &after,
+        &["10.0.2.2".parse().unwrap()]
+    ));
+}
