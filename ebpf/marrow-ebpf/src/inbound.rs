@@ -5,8 +5,8 @@
 //! never reaches the app directly. Exempt, and looked up as usual: HBONE (`:15008`, the
 //! proxy's own mTLS listener), `:15006` itself, and whatever arrives on `lo` — the proxy's own
 //! connections to the app carry mark `0x53a`, which the pod's routing sends through `lo`
-//! (DESIGN.md §2.4). A test on the destination address alone would not do: a connection to the
-//! pod's own IP arrives with the pod interface as `ingress_ifindex`.
+//! (`node-proxy/src/inpod/routing.rs`). A test on the destination address alone would not do: a
+//! connection to the pod's own IP arrives with the pod interface as `ingress_ifindex`.
 
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},

@@ -1,5 +1,5 @@
 //! marrow's kernel side: the eBPF object that captures an enrolled pod's TCP traffic into the
-//! node proxy's in-pod sockets (DESIGN.md §2).
+//! node proxy's in-pod sockets (`docs/architecture.md`, "Capture (eBPF)").
 //!
 //! The object owns seven programs and the five maps they share; names, key and value layouts are
 //! the contract in `marrow-common`, and every map is pinned by name so a restarted proxy finds
