@@ -285,7 +285,7 @@ pub fn sign(
 /// when a client reuses its key).
 pub(crate) fn random_serial() -> Result<rcgen::SerialNumber, rcgen::Error> {
     let mut serial = [0u8; 16];
-    rustls::crypto::ring::default_provider()
+    rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut serial)
         .map_err(|_| rcgen::Error::RingUnspecified)?;

@@ -35,6 +35,8 @@ pub struct Mesh {
     pub handshake_timeout: Duration,
     /// Bound on a TCP connect to a peer's HBONE port.
     pub connect_timeout: Duration,
+    /// The key exchanges HBONE's TLS offers and accepts (`--tls-key-exchange`).
+    pub key_exchange: tls::KeyExchange,
     /// The proxy's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// How long a CNI ADD waits for the state to know the pod before deciding by its
@@ -184,7 +186,7 @@ impl PodConnector {
                 std::io::Error::other(e),
             )
         })?;
-        let config = tls::client_config(&cert, key.server.clone()).map_err(|e| {
+        let config = tls::client_config(&cert, key.server.clone(), self.mesh.key_exchange).map_err(|e| {
             fail(
                 "certificate",
                 "client tls configuration".into(),

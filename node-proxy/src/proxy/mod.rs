@@ -105,7 +105,7 @@ impl PodHbone {
         if let Some(entry) = cached.as_ref().filter(|e| Arc::ptr_eq(&e.cert, cert)) {
             return Ok(entry.config.clone());
         }
-        let config = crate::tls::server_config(cert)?;
+        let config = crate::tls::server_config(cert, self.mesh.key_exchange)?;
         *cached = Some(ServerConfigCache {
             cert: cert.clone(),
             config: config.clone(),
