@@ -29,7 +29,7 @@ use crate::identity::SpiffeId;
 
 /// Smallest RSA modulus accepted, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
-/// Largest RSA modulus accepted, in bits (what ring verifies).
+/// Largest RSA modulus accepted, in bits (what rustls' WebPKI verifies).
 pub const MAX_RSA_BITS: usize = 8192;
 
 /// The kinds of key this CA certifies.
