@@ -81,6 +81,10 @@ pub struct Config {
     pub node_name: Option<String>,
     /// Bound on an HBONE TLS handshake.
     pub handshake_timeout: Duration,
+    /// The key exchanges HBONE's TLS offers and accepts: the post-quantum hybrid X25519MLKEM768
+    /// preferred with classic fallbacks (default), or X25519MLKEM768 only (ztunnel's
+    /// `COMPLIANCE_POLICY=pqc`).
+    pub tls_key_exchange: crate::tls::KeyExchange,
     /// Lifetime of workload certificates from the local CA (renewed at half-life).
     pub cert_ttl: Duration,
     /// On SIGTERM or after handing over to a new proxy: how long open connections may go on
@@ -123,6 +127,7 @@ impl Default for Config {
             root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
             node_name: None,
             handshake_timeout: Duration::from_secs(10),
+            tls_key_exchange: crate::tls::KeyExchange::default(),
             cert_ttl: Duration::from_secs(24 * 60 * 60),
             drain_timeout: Duration::from_secs(30),
             cluster_id: crate::metrics::DEFAULT_CLUSTER_ID.to_owned(),
@@ -378,6 +383,11 @@ pub fn parse_header(text: &str) -> Result<(String, String), String> {
     Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
+/// Parses `--tls-key-exchange`: `prefer-post-quantum` or `post-quantum-only`.
+pub fn parse_key_exchange(text: &str) -> Result<crate::tls::KeyExchange, String> {
+    text.trim().parse()
+}
+
 /// Parses a port range `LO-HI`.
 pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let (lo, hi) = text
@@ -533,6 +543,30 @@ mod tests {
             assert!(
                 error.contains(setting) && error.contains(expected),
                 "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_key_exchange_setting_takes_two_values() {
+        use crate::tls::KeyExchange;
+        assert_eq!(
+            Config::default().tls_key_exchange,
+            KeyExchange::PreferPostQuantum
+        );
+        assert_eq!(
+            parse_key_exchange("post-quantum-only"),
+            Ok(KeyExchange::PostQuantumOnly)
+        );
+        assert_eq!(
+            parse_key_exchange(" prefer-post-quantum "),
+            Ok(KeyExchange::PreferPostQuantum)
+        );
+        for bad in ["", "pqc", "Post-Quantum-Only", "x25519"] {
+            let error = parse_key_exchange(bad).unwrap_err();
+            assert!(
+                error.contains("prefer-post-quantum or post-quantum-only"),
+                "{bad:?}: {error}"
             );
         }
     }

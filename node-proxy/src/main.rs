@@ -289,6 +289,10 @@ struct RunArgs {
     /// HBONE TLS handshake timeout in milliseconds.
     #[arg(long, env = "MARROW_HANDSHAKE_TIMEOUT_MS")]
     handshake_timeout_ms: Option<u64>,
+    /// HBONE TLS key exchange: prefer-post-quantum (X25519MLKEM768, then X25519, P-256, P-384)
+    /// or post-quantum-only (X25519MLKEM768 alone, as ztunnel's COMPLIANCE_POLICY=pqc).
+    #[arg(long, env = "MARROW_TLS_KEY_EXCHANGE", value_parser = node_proxy::config::parse_key_exchange)]
+    tls_key_exchange: Option<node_proxy::tls::KeyExchange>,
     /// Source ports (LO-HI) of connections to apps that keep the client's address.
     #[arg(long, env = "MARROW_INBOUND_SOURCE_PORTS", value_parser = node_proxy::config::parse_port_range)]
     inbound_source_ports: Option<(u16, u16)>,
@@ -352,6 +356,7 @@ impl RunArgs {
                 .handshake_timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(d.handshake_timeout),
+            tls_key_exchange: self.tls_key_exchange.unwrap_or(d.tls_key_exchange),
             cluster_id: self.cluster_id.unwrap_or(d.cluster_id),
             drain_timeout: self
                 .drain_timeout_secs
@@ -836,7 +841,7 @@ async fn start_mesh(
             reporting.record_unsupported(watched.snapshot().policies());
         }
     });
-    tracing::info!(ca = %ca_name, trust_domain = %trust_domain, "hbone on");
+    tracing::info!(ca = %ca_name, trust_domain = %trust_domain, key_exchange = %config.tls_key_exchange, "hbone on");
     let mesh = Mesh {
         enrollment_wait: if config.kube {
             Duration::from_secs(2)
@@ -849,6 +854,7 @@ async fn start_mesh(
         node_name: config.node_name.clone(),
         handshake_timeout: config.handshake_timeout,
         connect_timeout: config.connect_timeout,
+        key_exchange: config.tls_key_exchange,
         metrics: metrics.clone(),
     };
     tokio::spawn(export_certificate_expiry(

@@ -367,6 +367,41 @@ impl EncodeLabelSet for ConnectionLabels {
     }
 }
 
+/// The `response_flags` of a connection that failed. At the source, ztunnel's
+/// (`ResponseFlags` and `extract_failure_reason` in its src/proxy/metrics.rs): it does not use
+/// Envoy's `UF` there; a tunnel the peer refused (401, 503) is `CONNECT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseFlag {
+    /// `UF`: the destination side could not reach the app (Envoy's upstream failure).
+    UpstreamFailure,
+    /// `CONNECT`: the peer refused the tunnel (401, 503), or the TCP connection, its TLS
+    /// handshake or the request failed.
+    Connect,
+    /// `NETWORK_POLICY`: connecting to the peer's HBONE port timed out (a NetworkPolicy
+    /// dropping 15008, most often).
+    NetworkPolicy,
+    /// `TLS_FAILURE`: the TLS configuration could not be built.
+    TlsFailure,
+    /// `H2_HANDSHAKE_FAILURE`: the HTTP/2 handshake, or the stream, failed.
+    Http2HandshakeFailure,
+    /// `IDENTITY_ERROR`: no certificate for the source, or no identity for the destination.
+    IdentityError,
+}
+
+impl ResponseFlag {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFlag::UpstreamFailure => "UF",
+            ResponseFlag::Connect => "CONNECT",
+            ResponseFlag::NetworkPolicy => "NETWORK_POLICY",
+            ResponseFlag::TlsFailure => "TLS_FAILURE",
+            ResponseFlag::Http2HandshakeFailure => "H2_HANDSHAKE_FAILURE",
+            ResponseFlag::IdentityError => "IDENTITY_ERROR",
+        }
+    }
+}
+
 /// Labels of `marrow_hbone_*` series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HboneLabels {

@@ -261,14 +261,14 @@ impl TlsProbe {
         local: &mut Option<SocketAddr>,
     ) -> TlsOutcome {
         let deadline = Instant::now() + self.timeout;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let recorder = Recorder {
             seen: seen.clone(),
             algorithms: provider.signature_verification_algorithms,
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("ring supports TLS 1.3")
+            .expect("aws-lc-rs supports TLS 1.3")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(recorder));
         let mut config = match self.identity {

@@ -473,6 +473,7 @@ pub fn config_dump(admin: &AdminState) -> serde_json::Value {
             "root_namespace": c.root_namespace,
             "node_name": c.node_name,
             "handshake_timeout_ms": ms(c.handshake_timeout),
+            "tls_key_exchange": c.tls_key_exchange.as_str(),
             "cert_ttl_secs": c.cert_ttl.as_secs(),
             "drain_timeout_secs": c.drain_timeout.as_secs(),
             "cluster_id": c.cluster_id,

@@ -29,7 +29,7 @@ use crate::identity::SpiffeId;
 
 /// Smallest RSA modulus accepted, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
-/// Largest RSA modulus accepted, in bits (what ring verifies).
+/// Largest RSA modulus accepted, in bits (what rustls' WebPKI verifies).
 pub const MAX_RSA_BITS: usize = 8192;
 
 /// The kinds of key this CA certifies.
@@ -285,7 +285,7 @@ pub fn sign(
 /// when a client reuses its key).
 pub(crate) fn random_serial() -> Result<rcgen::SerialNumber, rcgen::Error> {
     let mut serial = [0u8; 16];
-    rustls::crypto::ring::default_provider()
+    rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut serial)
         .map_err(|_| rcgen::Error::RingUnspecified)?;

@@ -221,7 +221,7 @@ impl Signer {
         let certified = CertifiedKey::from_der(
             chain,
             PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            &rustls::crypto::ring::default_provider(),
+            &rustls::crypto::aws_lc_rs::default_provider(),
         )
         .map_err(CaError::Tls)?;
         let renew_at = now + end.duration_since(now).unwrap_or_default() / 2;

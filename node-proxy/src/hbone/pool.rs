@@ -278,7 +278,7 @@ impl AsyncWrite for PooledStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hbone::{Baggage, IncomingConnect, TraceParent, serve};
+    use crate::hbone::{Baggage, Forwarded, IncomingConnect, TraceParent, serve};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -299,6 +299,7 @@ mod tests {
                 self.dials.fetch_add(1, Ordering::SeqCst);
                 let io = TcpStream::connect(self.addr).await.map_err(|source| {
                     HboneError::Transport {
+                        failure: crate::hbone::TransportFailure::Connect,
                         step: "connecting".into(),
                         source,
                     }
@@ -368,7 +369,10 @@ mod tests {
     fn req() -> ConnectRequest {
         ConnectRequest {
             authority: "10.0.0.2:8080".parse().unwrap(),
-            forwarded_for: "10.0.0.1:1234".parse().unwrap(),
+            forwarded: Forwarded {
+                for_addr: Some("10.0.0.1:1234".parse().unwrap()),
+                host: None,
+            },
             baggage: Baggage::default(),
             traceparent: TraceParent::random(),
         }

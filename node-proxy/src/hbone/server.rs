@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
     CONNECTION_WINDOW, ConnectTarget, H2Stream, HboneError, MAX_FRAME, MAX_HEADER_LIST, Refusal,
-    STREAM_WINDOW, parse_connect,
+    STREAM_WINDOW, TransportFailure, parse_connect,
 };
 
 /// A validated CONNECT waiting for the caller's decision.
@@ -77,6 +77,7 @@ where
     let mut connection = tokio::time::timeout(handshake_timeout, connection)
         .await
         .map_err(|_| HboneError::Transport {
+            failure: TransportFailure::HandshakeTimeout,
             step: "http/2 handshake".into(),
             source: std::io::ErrorKind::TimedOut.into(),
         })??;

@@ -87,7 +87,7 @@ impl Roots {
     ) -> Result<(), String> {
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             self.store.clone(),
-            Arc::new(rustls::crypto::ring::default_provider()),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
         )
         .build()
         .map_err(|e| format!("verifier: {e}"))?;

@@ -72,7 +72,7 @@ impl WorkloadCertificate {
         let certified_key = CertifiedKey::from_der(
             presented,
             private_key.clone_key(),
-            &rustls::crypto::ring::default_provider(),
+            &rustls::crypto::aws_lc_rs::default_provider(),
         )
         .map_err(|e| invalid(format!("private key: {e}")))?;
 

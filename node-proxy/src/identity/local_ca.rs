@@ -3,7 +3,7 @@
 //!
 //! Invariants of a loaded [`LocalCa`]: its certificate is a CA (basicConstraints CA:TRUE, and
 //! keyCertSign when keyUsage is present), not expired, and its key is the certificate's key and
-//! one ring signs with (ECDSA P-256/P-384 or RSA, PKCS#8). It signs only identities of its own
+//! one aws-lc-rs signs with (ECDSA P-256/P-384 or RSA, PKCS#8). It signs only identities of its own
 //! trust domain. Every leaf gets a fresh ECDSA P-256 key, an empty subject, a single (critical)
 //! URI SAN, digitalSignature + keyEncipherment, serverAuth + clientAuth.
 

@@ -44,6 +44,7 @@ fn workload(name: &str, labels: &[(&str, &str)]) -> Workload {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         workload_name: name.into(),
+        workload_type: crate::state::WorkloadType::Deployment,
         canonical_service: name.into(),
         canonical_revision: "latest".into(),
         host_network: false,

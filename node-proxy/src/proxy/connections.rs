@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use super::policy_watch::{PolicySubject, Watched};
 use crate::identity::SpiffeId;
-use crate::metrics::{ConnectionLabels, LabelValue, PeerLabels, Reporter};
+use crate::metrics::{ConnectionLabels, LabelValue, PeerLabels, Reporter, ResponseFlag};
 use crate::policy::Verdict;
 use crate::state::Workload;
 
@@ -362,7 +362,8 @@ impl Connection {
 #[derive(Debug)]
 struct End {
     decision: Verdict,
-    upstream_failed: bool,
+    /// The response flag of a failure, when one was recorded.
+    failure_flag: Option<ResponseFlag>,
     reason: Option<Box<str>>,
     error: Option<Box<str>>,
 }
@@ -371,7 +372,7 @@ impl Default for End {
     fn default() -> Self {
         Self {
             decision: Verdict::Allow,
-            upstream_failed: false,
+            failure_flag: None,
             reason: None,
             error: None,
         }
@@ -379,12 +380,13 @@ impl Default for End {
 }
 
 impl End {
-    /// Istio's response flags: `DENY` (policy), `UF` (upstream connect failure), else `-`.
+    /// Istio's response flags: `DENY` (policy), the failure's flag (`UF`, `CONNECT`, …), else
+    /// `-`.
     fn response_flags(&self) -> &'static str {
-        match (self.decision, self.upstream_failed) {
+        match (self.decision, self.failure_flag) {
             (Verdict::Deny, _) => "DENY",
-            (Verdict::Allow, true) => "UF",
-            (Verdict::Allow, false) => "-",
+            (Verdict::Allow, Some(flag)) => flag.as_str(),
+            (Verdict::Allow, None) => "-",
         }
     }
 }
@@ -433,7 +435,12 @@ impl ConnectionGuard {
 
     /// The upstream (or the app) could not be reached (Istio's `UF`).
     pub fn upstream_failed(&mut self, error: String) {
-        self.end.upstream_failed = true;
+        self.failed_with(ResponseFlag::UpstreamFailure, error);
+    }
+
+    /// The connection failed with this response flag (ztunnel's at the source: `CONNECT`, …).
+    pub fn failed_with(&mut self, flag: ResponseFlag, error: String) {
+        self.end.failure_flag = Some(flag);
         self.end.error = Some(error.into_boxed_str());
     }
 

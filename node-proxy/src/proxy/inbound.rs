@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::connections::ConnectionInfo;
 use super::policy_watch::{self, Denial, PolicySubject};
 use super::{
-    PodContext, PodHbone, connect_result, relay_or_fail, relay_or_fail_watched, relay_watched,
+    PodContext, PodHbone, connect_result, mesh, relay_or_fail, relay_or_fail_watched, relay_watched,
 };
 use crate::hbone::{self, IncomingConnect, Refusal};
 use crate::identity::SpiffeId;
@@ -127,8 +127,10 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
         let client_id = tls::peer_identity(tls.get_ref().1, &hbone.mesh.trust_domain)
             .map_err(|e| ("identity", e.to_string()))?;
         metrics.hbone_established("inbound");
+        let (labels, source_known) = tunnel_labels(&ctx, hbone, peer, &workload, &client_id, &id);
         let session = Arc::new(Session {
-            labels: tunnel_labels(&ctx, hbone, peer, &workload, &client_id, &id),
+            labels,
+            source_known,
             ctx: ctx.clone(),
             peer,
             client_id,
@@ -158,6 +160,31 @@ struct Session {
     client_id: SpiffeId,
     /// The labels of its tunnels (the same peers for all), built once.
     labels: ConnectionLabels,
+    /// Whether the state knows the client; if not, each CONNECT's `baggage` describes it.
+    source_known: bool,
+}
+
+impl Session {
+    /// The labels of one tunnel: the connection's, completed with what its CONNECT says, as
+    /// ztunnel's inbound reads it (`build_inbound_request`, src/proxy/inbound.rs): a client the
+    /// state does not know is described by its `baggage`, and `destination_service` is the
+    /// Service of this pod named in `forwarded: host=`, else guessed from the port.
+    fn labels_for(&self, target: &hbone::ConnectTarget) -> ConnectionLabels {
+        let mut labels = self.labels.clone();
+        if !self.source_known {
+            labels.source = Some(Arc::new(mesh::derived_source(
+                &target.baggage,
+                &self.client_id,
+            )));
+        }
+        if let Some(hbone) = &self.ctx.hbone {
+            let snap = hbone.mesh.state.snapshot();
+            let host = target.forwarded.host.as_deref();
+            labels.destination_service =
+                mesh::inbound_service(&snap, host, target.authority).map(Arc::new);
+        }
+        labels
+    }
 }
 
 async fn tunnel(session: Arc<Session>, incoming: IncomingConnect) {
@@ -173,7 +200,7 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
     let Some(hbone) = &ctx.hbone else {
         return incoming.refuse(Refusal::Unavailable);
     };
-    let mut labels = session.labels.clone();
+    let mut labels = session.labels_for(&incoming.target);
     let mut conn = ctx.connections.open(ConnectionInfo::from_labels(
         &labels,
         &ctx.pod,
@@ -266,7 +293,8 @@ fn plaintext_labels(ctx: &PodContext, peer: SocketAddr) -> ConnectionLabels {
 
 /// Labels of the tunnels of one HBONE connection to this pod (`workload`, `server_id`): the
 /// principals from the certificates; the client is the workload at the connection's source
-/// address, else known only by its certificate's namespace.
+/// address, else known only by its certificate's namespace until a CONNECT's `baggage` says
+/// more ([`Session::labels_for`]). Also: whether the state knows the client.
 fn tunnel_labels(
     ctx: &PodContext,
     hbone: &PodHbone,
@@ -274,16 +302,18 @@ fn tunnel_labels(
     workload: &crate::state::Workload,
     client_id: &SpiffeId,
     server_id: &SpiffeId,
-) -> ConnectionLabels {
+) -> (ConnectionLabels, bool) {
     let cluster = ctx.metrics.cluster_id.label();
     let snap = hbone.mesh.state.snapshot();
-    let source = match snap.workload_by_ip(peer.ip()) {
+    let known = snap.workload_by_ip(peer.ip());
+    let source = match known {
         Some(src) => PeerLabels::of(src, cluster),
         None => PeerLabels::namespace_only(client_id),
     };
     let destination = PeerLabels::of(workload, cluster);
-    ConnectionLabels::between(Reporter::Destination, Some(source), Some(destination))
-        .with_mutual_tls(client_id, server_id)
+    let labels = ConnectionLabels::between(Reporter::Destination, Some(source), Some(destination))
+        .with_mutual_tls(client_id, server_id);
+    (labels, known.is_some())
 }
 
 /// Connects to the app at `dst` from `client_ip`, on a source port of the proxy's choosing

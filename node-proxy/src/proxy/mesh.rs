@@ -4,9 +4,13 @@
 //! Identity rule: a pod's SPIFFE ID is derived from the state's record of the workload at the
 //! pod's address (namespace, service account). The proxy asks the certificate manager only for
 //! identities of pods enrolled on this node (and, when `--node-name` is set, scheduled on it).
+//!
+//! It also owns what the HBONE headers say about the two ends, both ways: the `baggage` a pod's
+//! tunnels carry ([`baggage_of`]), and what the destination makes of a peer's `baggage` and
+//! `forwarded: host=` ([`derived_source`], [`inbound_service`]) — each as ztunnel does.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,11 +18,13 @@ use std::time::Duration;
 use marrow_common::PROXY_OUTBOUND_MARK;
 
 use crate::hbone::pool::{Connector, PoolKey};
-use crate::hbone::{HboneClient, HboneError};
+use crate::hbone::{Baggage, HboneClient, HboneError, TransportFailure};
 use crate::identity::{CertificateManager, SpiffeId, TrustDomain};
+use crate::metrics::{LabelValue, PeerLabels, ServiceLabels};
 use crate::netns::PodNetns;
 use crate::socket;
-use crate::state::{StateStore, Workload};
+use crate::state::services::ServiceTarget;
+use crate::state::{Snapshot, StateStore, Workload};
 use crate::tls;
 
 /// The mesh-wide parts of the data path; absent when the proxy runs without state and CA.
@@ -35,6 +41,8 @@ pub struct Mesh {
     pub handshake_timeout: Duration,
     /// Bound on a TCP connect to a peer's HBONE port.
     pub connect_timeout: Duration,
+    /// The key exchanges HBONE's TLS offers and accepts (`--tls-key-exchange`).
+    pub key_exchange: tls::KeyExchange,
     /// The proxy's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// How long a CNI ADD waits for the state to know the pod before deciding by its
@@ -164,49 +172,64 @@ impl Connector for PodConnector {
             let result = self.dial(&key).await;
             match &result {
                 Ok(_) => self.mesh.metrics.hbone_established("outbound"),
-                Err((reason, _)) => self.mesh.metrics.hbone_failed("outbound", reason),
+                Err(HboneError::Transport { failure, .. }) => {
+                    self.mesh.metrics.hbone_failed("outbound", failure.reason());
+                }
+                // The HTTP/2 handshake, over an established TLS connection.
+                Err(_) => self.mesh.metrics.hbone_failed("outbound", "tls"),
             }
-            result.map_err(|(_, e)| e)
+            result
         })
     }
 }
 
 impl PodConnector {
-    /// Dials; a failure carries its metric reason.
-    async fn dial(&self, key: &PoolKey) -> Result<HboneClient, (&'static str, HboneError)> {
-        let fail = |reason: &'static str, step: String, e: std::io::Error| {
-            (reason, HboneError::Transport { step, source: e })
+    /// Dials: certificate, TCP from the pod's netns, TLS, HTTP/2; a failure names its step.
+    async fn dial(&self, key: &PoolKey) -> Result<HboneClient, HboneError> {
+        let fail = |failure: TransportFailure, step: String, source: std::io::Error| {
+            HboneError::Transport {
+                failure,
+                step,
+                source,
+            }
         };
         let cert = self.mesh.certs.get(&key.source).await.map_err(|e| {
             fail(
-                "certificate",
+                TransportFailure::Certificate,
                 format!("certificate for {}", key.source),
                 std::io::Error::other(e),
             )
         })?;
-        let config = tls::client_config(&cert, key.server.clone()).map_err(|e| {
-            fail(
-                "certificate",
-                "client tls configuration".into(),
-                std::io::Error::other(e),
-            )
-        })?;
+        let config = tls::client_config(&cert, key.server.clone(), self.mesh.key_exchange)
+            .map_err(|e| {
+                fail(
+                    TransportFailure::TlsConfig,
+                    "client tls configuration".into(),
+                    std::io::Error::other(e),
+                )
+            })?;
         let dst = key.destination;
         let sock = self
             .netns
             .run(|| socket::marked_socket(dst, PROXY_OUTBOUND_MARK))
             .and_then(|sock| sock)
-            .map_err(|e| fail("connect", format!("socket for {dst} in the pod netns"), e))?;
+            .map_err(|e| {
+                fail(
+                    TransportFailure::Connect,
+                    format!("socket for {dst} in the pod netns"),
+                    e,
+                )
+            })?;
         let tcp = tokio::time::timeout(self.mesh.connect_timeout, socket::connect(sock, dst))
             .await
             .map_err(|_| {
                 fail(
-                    "timeout",
+                    TransportFailure::ConnectTimeout,
                     format!("connecting to {dst}"),
                     std::io::ErrorKind::TimedOut.into(),
                 )
             })?
-            .map_err(|e| fail("connect", format!("connecting to {dst}"), e))?;
+            .map_err(|e| fail(TransportFailure::Connect, format!("connecting to {dst}"), e))?;
         let tls = tokio::time::timeout(
             self.mesh.handshake_timeout,
             tls::connect(config, dst.ip(), tcp),
@@ -214,20 +237,95 @@ impl PodConnector {
         .await
         .map_err(|_| {
             fail(
-                "timeout",
+                TransportFailure::HandshakeTimeout,
                 format!("tls handshake with {dst}"),
                 std::io::ErrorKind::TimedOut.into(),
             )
         })?
         .map_err(|e| {
-            let reason = if e.rejection().is_some() {
-                "identity"
+            let failure = if e.rejection().is_some() {
+                TransportFailure::Identity
             } else {
-                "tls"
+                TransportFailure::Tls
             };
             let step = format!("tls handshake with {dst} (expecting {})", key.server);
-            fail(reason, step, std::io::Error::other(e))
+            fail(failure, step, std::io::Error::other(e))
         })?;
-        HboneClient::handshake(tls).await.map_err(|e| ("tls", e))
+        HboneClient::handshake(tls).await
     }
 }
+
+/// The `baggage` of a pod's tunnels: its workload as ztunnel describes its own
+/// (`Workload::baggage` in src/state/workload.rs, written by `baggage_header_val` in
+/// src/baggage.rs): cluster, namespace, workload name and kind, canonical service and revision.
+/// The state knows no locality, so no `cloud.*` keys.
+pub fn baggage_of(workload: &Workload, cluster: &LabelValue) -> Baggage {
+    let given = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    Baggage {
+        cluster: given(cluster.as_str()),
+        namespace: given(&workload.namespace),
+        workload: given(&workload.workload_name).map(|name| (workload.workload_type, name)),
+        service: given(&workload.canonical_service),
+        version: given(&workload.canonical_revision),
+        region: None,
+        zone: None,
+    }
+}
+
+/// The labels of a client this proxy's state does not know (another cluster, or a view that
+/// lags), from what it says of itself in `baggage`, as ztunnel derives them
+/// (`with_derived_source` in src/proxy/metrics.rs): workload, canonical service, canonical
+/// revision and cluster from the baggage, `app` = the workload name and `version` = the
+/// revision (ztunnel's choice). One difference: the namespace is the client certificate's,
+/// which is proven, not the baggage's, which is only claimed (for an honest peer they agree).
+pub fn derived_source(baggage: &Baggage, client: &SpiffeId) -> PeerLabels {
+    let label =
+        |text: &Option<String>| text.as_deref().map_or(LabelValue::UNKNOWN, LabelValue::new);
+    let workload = label(&baggage.workload.as_ref().map(|(_, name)| name.clone()));
+    PeerLabels {
+        app: workload.clone(),
+        workload,
+        namespace: LabelValue::new(client.namespace()),
+        version: label(&baggage.version),
+        canonical_service: label(&baggage.service),
+        canonical_revision: label(&baggage.version),
+        cluster: label(&baggage.cluster),
+    }
+}
+
+/// Istio's `destination_service` labels of a Service port.
+pub fn service_labels(service: &ServiceTarget) -> ServiceLabels {
+    ServiceLabels {
+        host: LabelValue::from(service.host()),
+        name: LabelValue::new(&service.name),
+        namespace: LabelValue::new(&service.namespace),
+    }
+}
+
+/// The Service an inbound tunnel to `target` (this pod's `ip:port`) was addressed to, as
+/// ztunnel guesses it (`guess_inbound_service` in src/proxy.rs): among the Services this pod
+/// backs, the one the client named in `forwarded: host=` — never one the pod does not back, so
+/// a peer cannot make a Service up — else one with an endpoint on `target`'s port; the first by
+/// namespace and name when several qualify (ztunnel takes its list's first).
+pub fn inbound_service(
+    snap: &Snapshot,
+    claimed_host: Option<&str>,
+    target: SocketAddr,
+) -> Option<ServiceLabels> {
+    let target = SocketAddr::new(target.ip().to_canonical(), target.port());
+    let first = |found: &mut dyn Iterator<Item = &Arc<ServiceTarget>>| {
+        found
+            .min_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
+            .map(|s| service_labels(s))
+    };
+    let serving = || snap.services().serving(target.ip());
+    if let Some(host) = claimed_host
+        && let Some(named) = first(&mut serving().filter(|s| s.host() == host))
+    {
+        return Some(named);
+    }
+    first(&mut serving().filter(|s| s.endpoints.contains(&target)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -25,7 +25,7 @@ use redirect_cni::protocol::PodIdentity;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::hbone::pool::Pool;
-use crate::metrics::{ConnectionLabels, Metrics};
+use crate::metrics::{ConnectionLabels, Metrics, Reporter, ResponseFlag};
 use crate::netns::PodNetns;
 use crate::socket;
 use connections::{ConnectionGuard, ConnectionTable};
@@ -107,7 +107,7 @@ impl PodHbone {
         if let Some(entry) = cached.as_ref().filter(|e| Arc::ptr_eq(&e.cert, cert)) {
             return Ok(entry.config.clone());
         }
-        let config = crate::tls::server_config(cert)?;
+        let config = crate::tls::server_config(cert, self.mesh.key_exchange)?;
         *cached = Some(ServerConfigCache {
             cert: cert.clone(),
             config: config.clone(),
@@ -215,8 +215,9 @@ async fn relay_or_fail_watched<U>(
     }
 }
 
-/// Counts a connection whose upstream (or app) could not be reached — Istio's `UF` — and
-/// resets the client.
+/// Counts a connection whose upstream (or app) could not be reached and resets the client.
+/// The flag: at the source ztunnel's `CONNECT` (a passthrough destination that refused), at the
+/// destination Envoy's `UF` (the app is unreachable), as [`ResponseFlag`] documents.
 fn upstream_failed(
     metrics: &Metrics,
     labels: &mut ConnectionLabels,
@@ -224,10 +225,14 @@ fn upstream_failed(
     client: TcpStream,
     error: String,
 ) {
-    labels.response_flags = "UF".into();
+    let flag = match labels.reporter {
+        Reporter::Source => ResponseFlag::Connect,
+        Reporter::Destination => ResponseFlag::UpstreamFailure,
+    };
+    labels.response_flags = flag.as_str().into();
     metrics.opened.get_or_create(labels).inc();
     metrics.closed.get_or_create(labels).inc();
-    conn.upstream_failed(error);
+    conn.failed_with(flag, error);
     socket::reset(client);
 }
 
@@ -386,7 +391,7 @@ mod tests {
         ];
         println!("{sizes:?}");
         // Bounds: the measured sizes with some room. The HBONE one is per HBONE connection
-        // (its TLS state), shared by all the streams on it. Measured: 1768, 1816, 8104 (the
+        // (its TLS state), shared by all the streams on it. Measured: 1752, 1816, 8104 (the
         // HBONE one was 5304 before it built Istio's full label set per connection and
         // watched the drain signal for GOAWAY).
         let bounds = [2048, 2048, 8192];

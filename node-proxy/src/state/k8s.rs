@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::ObjectError;
 use super::model::{
     DEFAULT_SERVICE_ACCOUNT, DeferredKind, DeferredObject, Namespace, ObjectRef, PodUid,
-    SIDECAR_STATUS_ANNOTATION, Workload,
+    SIDECAR_STATUS_ANNOTATION, Workload, WorkloadType,
 };
 
 /// The namespace of a namespaced object that names none, as `kubectl apply` assumes.
@@ -89,7 +89,7 @@ pub fn workload(pod: &Pod) -> Result<Option<Workload>, ObjectError> {
         return Ok(None);
     }
     let labels = meta.labels.clone().unwrap_or_default();
-    let workload_name = workload_name(meta, &labels, name);
+    let (workload_name, workload_type) = workload_name(meta, &labels, name);
     let canonical_service = first_label(
         &labels,
         &[
@@ -125,6 +125,7 @@ pub fn workload(pod: &Pod) -> Result<Option<Workload>, ObjectError> {
         ips,
         labels,
         workload_name,
+        workload_type,
         canonical_service,
         canonical_revision,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
@@ -193,22 +194,34 @@ fn parse_pod_ip(text: &str) -> Result<IpAddr, ObjectError> {
 }
 
 /// Istio's workload name: a ReplicaSet's Deployment (the ReplicaSet name less its
-/// `-<pod-template-hash>`), else the controller's name, else the pod's.
-fn workload_name(meta: &ObjectMeta, labels: &BTreeMap<String, String>, pod: &str) -> String {
+/// `-<pod-template-hash>`), else the controller's name, else the pod's; and its kind as Istio's
+/// ambient index types it (`workloadNameAndType`): deployment, job, cronjob, else pod.
+fn workload_name(
+    meta: &ObjectMeta,
+    labels: &BTreeMap<String, String>,
+    pod: &str,
+) -> (String, WorkloadType) {
     let owners = meta.owner_references.as_deref().unwrap_or_default();
     let owner = owners
         .iter()
         .find(|o| o.controller == Some(true))
         .or(owners.first());
-    match owner {
-        Some(o) if o.kind == "ReplicaSet" => labels
+    let deployment = |o: &OwnerReference| {
+        labels
             .get("pod-template-hash")
             .and_then(|hash| o.name.strip_suffix(hash.as_str()))
             .and_then(|rest| rest.strip_suffix('-'))
-            .unwrap_or(&o.name)
-            .to_owned(),
-        Some(o) => o.name.clone(),
-        None => pod.to_owned(),
+            .map(str::to_owned)
+    };
+    match owner {
+        Some(o) if o.kind == "ReplicaSet" => match deployment(o) {
+            Some(name) => (name, WorkloadType::Deployment),
+            None => (o.name.clone(), WorkloadType::Pod),
+        },
+        Some(o) if o.kind == "Job" => (o.name.clone(), WorkloadType::Job),
+        Some(o) if o.kind == "CronJob" => (o.name.clone(), WorkloadType::CronJob),
+        Some(o) => (o.name.clone(), WorkloadType::Pod),
+        None => (pod.to_owned(), WorkloadType::Pod),
     }
 }
 

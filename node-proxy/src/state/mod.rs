@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 pub use model::{
     DATAPLANE_MODE_LABEL, DEFAULT_SERVICE_ACCOUNT, DataplaneMode, DeferredKind, DeferredObject,
-    Namespace, ObjectRef, PodUid, SIDECAR_STATUS_ANNOTATION, Workload, in_mesh,
+    Namespace, ObjectRef, PodUid, SIDECAR_STATUS_ANNOTATION, Workload, WorkloadType, in_mesh,
 };
 pub use route::{Route, route};
 pub use snapshot::{Snapshot, StateUpdate};

@@ -82,6 +82,42 @@ impl Namespace {
     }
 }
 
+/// The kind of workload a pod belongs to, as Istio's ambient index names it (istio/istio
+/// `pilot/pkg/serviceregistry/kube/controller/ambient/workloads.go`, `workloadNameAndType`):
+/// the `<type>` of the `k8s.<type>.name` baggage key ztunnel sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WorkloadType {
+    /// A Deployment's pod (through its ReplicaSet).
+    Deployment,
+    /// A CronJob's pod.
+    CronJob,
+    /// A Job's pod.
+    Job,
+    /// Any other pod: bare, or of another controller (StatefulSet, DaemonSet, …).
+    #[default]
+    Pod,
+}
+
+impl WorkloadType {
+    /// Every kind.
+    pub const ALL: [WorkloadType; 4] = [
+        WorkloadType::Deployment,
+        WorkloadType::CronJob,
+        WorkloadType::Job,
+        WorkloadType::Pod,
+    ];
+
+    /// `deployment`, `cronjob`, `job` or `pod`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadType::Deployment => "deployment",
+            WorkloadType::CronJob => "cronjob",
+            WorkloadType::Job => "job",
+            WorkloadType::Pod => "pod",
+        }
+    }
+}
+
 /// A pod, as the mesh sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
@@ -102,6 +138,8 @@ pub struct Workload {
     /// The owning workload's name as Istio reports it (`destination_workload`): the Deployment
     /// behind a ReplicaSet, else the controller's name, else the pod's.
     pub workload_name: String,
+    /// The kind of that workload (the `k8s.<type>.name` baggage key).
+    pub workload_type: WorkloadType,
     /// Istio's canonical service (`service.istio.io/canonical-name`, `app.kubernetes.io/name`,
     /// `app`, else the workload name): metrics and the `baggage` header's `service.name`.
     pub canonical_service: String,

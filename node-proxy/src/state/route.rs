@@ -88,6 +88,7 @@ mod tests {
             ips: ips.iter().map(|s| ip(s)).collect(),
             labels,
             workload_name: name.into(),
+            workload_type: crate::state::WorkloadType::Pod,
             canonical_service: name.into(),
             canonical_revision: "latest".into(),
             host_network: false,

@@ -70,6 +70,15 @@ impl ServiceIndex {
         self.by_vip.get(&vip)
     }
 
+    /// The service ports (one per VIP) with a ready endpoint at `ip`: the Services of the pod
+    /// at that address. A scan of the index; called once per inbound tunnel.
+    pub fn serving(&self, ip: IpAddr) -> impl Iterator<Item = &Arc<ServiceTarget>> {
+        let ip = ip.to_canonical();
+        self.by_vip
+            .values()
+            .filter(move |t| t.endpoints.iter().any(|e| e.ip() == ip))
+    }
+
     /// How many VIP:port entries there are.
     pub fn len(&self) -> usize {
         self.by_vip.len()

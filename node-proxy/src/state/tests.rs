@@ -44,6 +44,7 @@ fn a_realistic_cluster_dump_parses() {
     assert_eq!(web.node_name.as_deref(), Some("node-1"));
     assert_eq!(web.ips, vec![ip("10.244.1.5"), ip("fd00:10:244:1::5")]);
     assert_eq!(web.workload_name, "web");
+    assert_eq!(web.workload_type, WorkloadType::Deployment);
     assert_eq!(web.canonical_service, "web");
     assert_eq!(web.canonical_revision, "v2");
     assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
@@ -64,6 +65,7 @@ fn a_realistic_cluster_dump_parses() {
         (db.workload_name.as_str(), db.canonical_revision.as_str()),
         ("db", "latest")
     );
+    assert_eq!(db.workload_type, WorkloadType::Pod, "a StatefulSet's pod");
     assert!(
         !db.captured(&snap),
         "opted out with istio.io/dataplane-mode=none"
@@ -83,6 +85,54 @@ fn a_realistic_cluster_dump_parses() {
         snap.workload_by_name("shop", "migrate-28901234-abcde")
             .is_none()
     );
+}
+
+/// The workload kind is Istio's ambient one: deployment (through a ReplicaSet), job, cronjob,
+/// else pod (another controller, or none).
+#[test]
+fn workload_kinds_follow_istio() {
+    let owned = |kind: &str, owner: &str, hash: Option<&str>| {
+        let mut pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "p-1", "namespace": "ns",
+                "ownerReferences": [{"apiVersion": "v1", "kind": kind, "name": owner,
+                                     "uid": "u", "controller": true}],
+            },
+            "status": {"phase": "Running", "podIP": "10.0.0.9"},
+        }))
+        .unwrap();
+        if let Some(hash) = hash {
+            pod.metadata.labels = Some([("pod-template-hash".to_owned(), hash.to_owned())].into());
+        }
+        let w = k8s::workload(&pod).unwrap().unwrap();
+        (w.workload_name, w.workload_type)
+    };
+    let cases = [
+        (
+            ("ReplicaSet", "web-5d8f", Some("5d8f")),
+            ("web", WorkloadType::Deployment),
+        ),
+        (
+            ("ReplicaSet", "web-5d8f", None),
+            ("web-5d8f", WorkloadType::Pod),
+        ),
+        (
+            ("Job", "migrate-2890", None),
+            ("migrate-2890", WorkloadType::Job),
+        ),
+        (
+            ("CronJob", "nightly", None),
+            ("nightly", WorkloadType::CronJob),
+        ),
+        (("StatefulSet", "db", None), ("db", WorkloadType::Pod)),
+    ];
+    for ((kind, owner, hash), (name, ty)) in cases {
+        assert_eq!(
+            owned(kind, owner, hash),
+            (name.to_owned(), ty),
+            "{kind} {owner}"
+        );
+    }
 }
 
 /// The refused object's reason, when the error is about one object.

@@ -50,6 +50,9 @@ fn id(text: &str) -> SpiffeId {
     SpiffeId::parse(text).unwrap()
 }
 
+/// The default key exchange, for the tests that are not about it.
+const KX: KeyExchange = KeyExchange::PreferPostQuantum;
+
 const CLIENT: &str = "spiffe://cluster.local/ns/front/sa/web";
 const SERVER: &str = "spiffe://cluster.local/ns/back/sa/db";
 
@@ -93,8 +96,8 @@ fn rustls_error(err: &TlsError) -> &rustls::Error {
 #[tokio::test]
 async fn mutual_tls_shows_each_side_the_other_identity() {
     let mesh = Mesh::new();
-    let server_config = server_config(&mesh.cert(SERVER)).unwrap();
-    let client_config = client_config(&mesh.cert(CLIENT), id(SERVER)).unwrap();
+    let server_config = server_config(&mesh.cert(SERVER), KX).unwrap();
+    let client_config = client_config(&mesh.cert(CLIENT), id(SERVER), KX).unwrap();
     let (server, client) = handshake(server_config, client_config).await;
     let (mut server, mut client) = (server.unwrap(), client.unwrap());
 
@@ -131,8 +134,8 @@ async fn mutual_tls_shows_each_side_the_other_identity() {
 async fn client_refuses_a_server_with_another_identity() {
     let mesh = Mesh::new();
     let impostor = "spiffe://cluster.local/ns/back/sa/not-db";
-    let server_config = server_config(&mesh.cert(impostor)).unwrap();
-    let client_config = client_config(&mesh.cert(CLIENT), id(SERVER)).unwrap();
+    let server_config = server_config(&mesh.cert(impostor), KX).unwrap();
+    let client_config = client_config(&mesh.cert(CLIENT), id(SERVER), KX).unwrap();
     let (server, client) = handshake(server_config, client_config).await;
     let err = client.unwrap_err();
     match err.rejection() {
@@ -140,7 +143,10 @@ async fn client_refuses_a_server_with_another_identity() {
             expected,
             presented,
         }) => {
-            assert_eq!((expected, presented), (&id(SERVER), &id(impostor)));
+            assert_eq!(
+                (expected, presented),
+                (&id(SERVER), &vec![impostor.to_owned()])
+            );
         }
         other => panic!("unexpected {other:?} from {err}"),
     }
@@ -151,8 +157,8 @@ async fn client_refuses_a_server_with_another_identity() {
 #[tokio::test]
 async fn client_refuses_a_server_from_another_ca() {
     let (mesh, other) = (Mesh::new(), Mesh::new());
-    let server_config = server_config(&other.cert(SERVER)).unwrap();
-    let client_config = client_config(&mesh.cert(CLIENT), id(SERVER)).unwrap();
+    let server_config = server_config(&other.cert(SERVER), KX).unwrap();
+    let client_config = client_config(&mesh.cert(CLIENT), id(SERVER), KX).unwrap();
     let (_, client) = handshake(server_config, client_config).await;
     let err = client.unwrap_err();
     assert!(
@@ -177,8 +183,11 @@ async fn server_refuses_a_client_without_a_certificate() {
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     anonymous.alpn_protocols = vec![ALPN_H2.to_vec()];
-    let (server, client) =
-        handshake(server_config(&server_cert).unwrap(), Arc::new(anonymous)).await;
+    let (server, client) = handshake(
+        server_config(&server_cert, KX).unwrap(),
+        Arc::new(anonymous),
+    )
+    .await;
     let err = server.unwrap_err();
     assert!(
         matches!(rustls_error(&err), rustls::Error::NoCertificatesPresented),
@@ -190,8 +199,8 @@ async fn server_refuses_a_client_without_a_certificate() {
 #[tokio::test]
 async fn server_refuses_a_client_from_another_ca() {
     let (mesh, other) = (Mesh::new(), Mesh::new());
-    let server_config = server_config(&mesh.cert(SERVER)).unwrap();
-    let client_config = client_config(&other.cert(CLIENT), id(SERVER)).unwrap();
+    let server_config = server_config(&mesh.cert(SERVER), KX).unwrap();
+    let client_config = client_config(&other.cert(CLIENT), id(SERVER), KX).unwrap();
     // The client trusts the other CA only, so it would refuse our server first: let it trust
     // both, so that the server's verdict is the one tested.
     let mut roots = (**mesh.cert(CLIENT).root_store()).clone();
@@ -217,8 +226,8 @@ async fn server_refuses_a_client_of_another_trust_domain() {
         .as_trust_domain("other.domain")
         .issue(&id("spiffe://other.domain/ns/front/sa/web"))
         .unwrap();
-    let server_config = server_config(&mesh.cert(SERVER)).unwrap();
-    let client_config = client_config(&foreign, id(SERVER)).unwrap();
+    let server_config = server_config(&mesh.cert(SERVER), KX).unwrap();
+    let client_config = client_config(&foreign, id(SERVER), KX).unwrap();
     let (server, client) = handshake(server_config, client_config).await;
     let err = server.unwrap_err();
     assert!(
@@ -241,11 +250,9 @@ async fn assert_client_is_cut_off(
     }
 }
 
-/// The ClientHello as sent: read raw from a plain TCP listener (no TLS server behind it).
-#[tokio::test]
-async fn client_hello_has_no_sni_and_offers_only_tls13_aes_gcm_and_h2() {
-    let mesh = Mesh::new();
-    let config = client_config(&mesh.cert(CLIENT), id(SERVER)).unwrap();
+/// The ClientHello `config` sends (its handshake message): read raw from a plain TCP listener
+/// (no TLS server behind it).
+async fn client_hello_of(config: Arc<ClientConfig>) -> Vec<u8> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let client = tokio::spawn(async move {
@@ -260,7 +267,14 @@ async fn client_hello_has_no_sni_and_offers_only_tls13_aes_gcm_and_h2() {
     tcp.read_exact(&mut record).await.unwrap();
     drop(tcp);
     client.await.unwrap();
+    record
+}
 
+#[tokio::test]
+async fn client_hello_has_no_sni_and_offers_only_tls13_aes_gcm_and_h2() {
+    let mesh = Mesh::new();
+    let config = client_config(&mesh.cert(CLIENT), id(SERVER), KX).unwrap();
+    let record = client_hello_of(config).await;
     let hello = ClientHello::parse(&record);
     assert!(
         hello.extension(0x0000).is_none(),
@@ -284,7 +298,7 @@ async fn client_hello_has_no_sni_and_offers_only_tls13_aes_gcm_and_h2() {
 #[tokio::test]
 async fn server_refuses_tls12() {
     let mesh = Mesh::new();
-    let config = server_config(&mesh.cert(SERVER)).unwrap();
+    let config = server_config(&mesh.cert(SERVER), KX).unwrap();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -393,7 +407,7 @@ impl<'a> Reader<'a> {
 }
 
 #[test]
-fn peer_identity_requires_one_spiffe_uri_san_of_the_trust_domain() {
+fn peer_identity_requires_one_spiffe_id_of_the_trust_domain() {
     use rcgen::{CertificateParams, KeyPair, SanType};
     let key = KeyPair::generate().unwrap();
     let leaf = |sans: Vec<SanType>| {
@@ -407,20 +421,50 @@ fn peer_identity_requires_one_spiffe_uri_san_of_the_trust_domain() {
 
     let good = leaf(vec![dns.clone(), uri(SERVER)]);
     assert_eq!(spiffe_id_of(&good, td).unwrap(), id(SERVER));
+    // URI SANs of other schemes are not identities: ignored.
+    let with_https = leaf(vec![uri("https://db.back.svc/"), uri(SERVER)]);
+    assert_eq!(spiffe_id_of(&with_https, td).unwrap(), id(SERVER));
 
     let none = leaf(vec![dns]);
     assert!(matches!(
         spiffe_id_of(&none, td),
-        Err(TlsError::PeerUriSans { count: 0 })
-    ));
-    let two = leaf(vec![uri(SERVER), uri(CLIENT)]);
-    assert!(matches!(
-        spiffe_id_of(&two, td),
-        Err(TlsError::PeerUriSans { count: 2 })
+        Err(TlsError::PeerSpiffeIds { count: 0, .. })
     ));
     let not_spiffe = leaf(vec![uri("https://db.back.svc/")]);
     assert!(matches!(
         spiffe_id_of(&not_spiffe, td),
+        Err(TlsError::PeerSpiffeIds { count: 0, .. })
+    ));
+    // Two identities: ambiguous, whichever trust domains they are of.
+    let two = leaf(vec![uri(SERVER), uri(CLIENT)]);
+    let err = spiffe_id_of(&two, td).unwrap_err();
+    assert!(
+        matches!(err, TlsError::PeerSpiffeIds { count: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(CLIENT), "{err}");
+    let other_domain_too = leaf(vec![
+        uri("spiffe://other.domain/ns/back/sa/db"),
+        uri(SERVER),
+    ]);
+    assert!(matches!(
+        spiffe_id_of(&other_domain_too, td),
+        Err(TlsError::PeerSpiffeIds { count: 2, .. })
+    ));
+    // The scheme in another case is still a claim, and not a valid SPIFFE ID.
+    let shouting = leaf(vec![uri("SPIFFE://cluster.local/ns/back/sa/db")]);
+    assert!(matches!(
+        spiffe_id_of(&shouting, td),
+        Err(TlsError::PeerNotSpiffe(_))
+    ));
+    let shouting_too = leaf(vec![uri("SPIFFE://cluster.local/ns/x/sa/y"), uri(SERVER)]);
+    assert!(matches!(
+        spiffe_id_of(&shouting_too, td),
+        Err(TlsError::PeerSpiffeIds { count: 2, .. })
+    ));
+    let not_a_workload = leaf(vec![uri("spiffe://cluster.local/some/path")]);
+    assert!(matches!(
+        spiffe_id_of(&not_a_workload, td),
         Err(TlsError::PeerNotSpiffe(_))
     ));
     let foreign = leaf(vec![uri("spiffe://other.domain/ns/back/sa/db")]);
@@ -433,3 +477,46 @@ fn peer_identity_requires_one_spiffe_uri_san_of_the_trust_domain() {
         Err(TlsError::PeerCertificate { .. })
     ));
 }
+
+#[test]
+fn a_server_is_accepted_when_any_uri_san_is_the_expected_identity() {
+    use rcgen::{CertificateParams, KeyPair, SanType};
+    let key = KeyPair::generate().unwrap();
+    let leaf = |sans: &[&str]| {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| SanType::URI((*s).try_into().unwrap()))
+            .collect();
+        params.self_signed(&key).unwrap().der().clone()
+    };
+    let expected = id(SERVER);
+    let other = "spiffe://cluster.local/ns/back/sa/other";
+    for sans in [
+        &[SERVER][..],
+        &[other, SERVER],
+        &[SERVER, other, "https://db.back.svc/"],
+    ] {
+        server_has_identity(&leaf(sans), &expected).unwrap();
+    }
+    for sans in [
+        &[][..],
+        &[other],
+        &[
+            "https://db.back.svc/",
+            "spiffe://other.domain/ns/back/sa/db",
+        ],
+        // Not the same ID in another case.
+        &["SPIFFE://cluster.local/ns/back/sa/db"],
+    ] {
+        match server_has_identity(&leaf(sans), &expected) {
+            Err(TlsError::ServerIdentityMismatch { presented, .. }) => {
+                assert_eq!(presented, sans, "{sans:?}");
+            }
+            other => panic!("{sans:?}: {other:?}"),
+        }
+    }
+}
+
+mod key_exchange;
+mod san;

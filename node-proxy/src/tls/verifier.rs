@@ -1,6 +1,6 @@
-//! The two certificate verifiers: the client's (chain to the mesh roots, then the server's URI
-//! SAN must be the expected identity) and the server's (rustls' WebPKI client verifier, then the
-//! client's SPIFFE ID must be of the mesh's trust domain).
+//! The two certificate verifiers: the client's (chain to the mesh roots, then one of the
+//! server's URI SANs must be the expected identity) and the server's (rustls' WebPKI client
+//! verifier, then the client's one SPIFFE ID must be of the mesh's trust domain).
 //!
 //! A refusal by an identity check travels through rustls as `CertificateError::Other` wrapping a
 //! [`Rejection`], so [`super::TlsError::rejection`] can recover the typed reason.
@@ -17,7 +17,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError};
 use rustls::{RootCertStore, SignatureScheme};
 
-use super::{TlsError, provider, spiffe_id_of};
+use super::{TlsError, provider, server_has_identity, spiffe_id_of};
 use crate::identity::SpiffeId;
 
 /// A [`TlsError`] carried inside a rustls error. Its `Debug` is its `Display`, because rustls
@@ -49,7 +49,8 @@ fn reject(reason: TlsError) -> rustls::Error {
     )))))
 }
 
-/// Verifies a server: WebPKI chain to the mesh roots, then exactly the expected SPIFFE ID.
+/// Verifies a server: WebPKI chain to the mesh roots, then the expected SPIFFE ID among its URI
+/// SANs.
 #[derive(Debug)]
 pub(super) struct ServerIdentity {
     roots: Arc<RootCertStore>,
@@ -86,13 +87,7 @@ impl ServerCertVerifier for ServerIdentity {
             now,
             self.algorithms.all,
         )?;
-        let presented = spiffe_id_of(end_entity, None).map_err(reject)?;
-        if presented != self.expected {
-            return Err(reject(TlsError::ServerIdentityMismatch {
-                expected: self.expected.clone(),
-                presented,
-            }));
-        }
+        server_has_identity(end_entity, &self.expected).map_err(reject)?;
         Ok(ServerCertVerified::assertion())
     }
 

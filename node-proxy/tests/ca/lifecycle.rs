@@ -47,7 +47,7 @@ async fn connect(
 > {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    let server_config = node_proxy::tls::server_config(cert)?;
+    let server_config = node_proxy::tls::server_config(cert, Default::default())?;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
         let Ok(mut tls) = node_proxy::tls::accept(server_config, tcp).await else {
@@ -60,7 +60,7 @@ async fn connect(
             }
         }
     });
-    let client_config = node_proxy::tls::client_config(cert, id(CART))?;
+    let client_config = node_proxy::tls::client_config(cert, id(CART), Default::default())?;
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let tls = node_proxy::tls::connect(client_config, addr.ip(), tcp).await?;
     Ok((tls, server))

@@ -1,7 +1,9 @@
 //! The TLS stack alone: new mutual-TLS handshakes per second of node-proxy's own `identity`
 //! and `tls` modules — TLS 1.3, ECDSA P-256 workload certificates from a local CA, rustls on
-//! ring, no resumption — with client and server in one process over loopback TCP. No proxy,
-//! no HTTP/2, no namespaces: the ceiling on brand-new HBONE connections, not a mesh figure.
+//! aws-lc-rs, no resumption — with client and server in one process over loopback TCP, once per
+//! key-exchange setting (`--tls-key-exchange`: the X25519MLKEM768 hybrid preferred, and
+//! X25519MLKEM768 only). No proxy, no HTTP/2, no namespaces: the ceiling on brand-new HBONE
+//! connections, not a mesh figure.
 //!
 //! Each handshake is a new TCP connection, the client's and the server's handshake (each side
 //! verifies the other's chain and SPIFFE identity, as the proxies do), then one byte from the
@@ -10,7 +12,7 @@
 //! spawns one task per connection) on a runtime with a worker per CPU. CPU time is the whole
 //! process's (`/proc/self/stat`): both sides of every handshake.
 //!
-//! `cargo xtask` is a debug build, in which rustls and ring's C code run several times slower,
+//! `cargo xtask` is a debug build, in which rustls and aws-lc's C code run several times slower,
 //! so the bench runs the release build of itself (`target/release/xtask bench
 //! --handshakes-only --json FILE`) and reads the file.
 
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use node_proxy::identity::{LocalCa, LocalCaOptions, SpiffeId, TrustDomain, create_ca};
-use node_proxy::tls;
+use node_proxy::tls::{self, KeyExchange};
 use rustls::{ClientConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -42,6 +44,12 @@ const TEMP_PREFIX: &str = "marrow-test-bench-tls-";
 /// One run: `clients` closed loops for `seconds`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HandshakeRun {
+    /// The key-exchange setting of both ends (`--tls-key-exchange`).
+    #[serde(default)]
+    pub key_exchange: String,
+    /// The group the handshakes negotiated, e.g. `X25519MLKEM768`.
+    #[serde(default)]
+    pub group: Option<String>,
     /// Concurrent clients.
     pub clients: usize,
     /// Wall-clock seconds, until the last handshake in flight finished.
@@ -78,25 +86,42 @@ pub struct HandshakeFigures {
 }
 
 impl HandshakeFigures {
-    /// Table rows: label, value (medians over the runs with the same number of clients).
+    /// The runs of one setting and number of clients.
+    fn runs_of(&self, kx: KeyExchange, clients: usize) -> Vec<&HandshakeRun> {
+        self.runs
+            .iter()
+            .filter(|r| r.clients == clients && r.key_exchange == kx.as_str())
+            .collect()
+    }
+
+    /// Table rows: label, value (medians over the runs with the same setting and number of
+    /// clients).
     pub fn rows(&self) -> Vec<(String, String)> {
         let mut rows = Vec::new();
-        for clients in CLIENTS {
-            let runs: Vec<&HandshakeRun> =
-                self.runs.iter().filter(|r| r.clients == clients).collect();
-            let med = |f: fn(&HandshakeRun) -> f64| {
-                median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
-                    .map_or_else(|| "—".to_owned(), |v| format!("{v:.0}"))
-            };
-            let plural = if clients == 1 { "" } else { "s" };
-            rows.push((
-                format!("new mTLS handshakes/s, {clients} client{plural}"),
-                med(HandshakeRun::per_second),
-            ));
-            rows.push((
-                "  CPU µs per handshake (client + server)".to_owned(),
-                med(HandshakeRun::cpu_us_per_handshake),
-            ));
+        for kx in KeyExchange::ALL {
+            let group = self
+                .runs
+                .iter()
+                .find(|r| r.key_exchange == kx.as_str())
+                .and_then(|r| r.group.clone())
+                .unwrap_or_else(|| "—".to_owned());
+            rows.push((format!("{kx}: key exchange negotiated"), group));
+            for clients in CLIENTS {
+                let runs = self.runs_of(kx, clients);
+                let med = |f: fn(&HandshakeRun) -> f64| {
+                    median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
+                        .map_or_else(|| "—".to_owned(), |v| format!("{v:.0}"))
+                };
+                let plural = if clients == 1 { "" } else { "s" };
+                rows.push((
+                    format!("  new mTLS handshakes/s, {clients} client{plural}"),
+                    med(HandshakeRun::per_second),
+                ));
+                rows.push((
+                    "    CPU µs per handshake (client + server)".to_owned(),
+                    med(HandshakeRun::cpu_us_per_handshake),
+                ));
+            }
         }
         let errors: u64 = self.runs.iter().map(|r| r.errors).sum();
         rows.push((
@@ -106,28 +131,34 @@ impl HandshakeFigures {
         rows
     }
 
-    /// The figures as JSON: every run, and the medians per number of clients.
+    /// The figures as JSON: every run, and the medians per setting and number of clients.
     pub fn json(&self) -> serde_json::Value {
-        let medians: serde_json::Map<String, serde_json::Value> = CLIENTS
+        let medians: serde_json::Map<String, serde_json::Value> = KeyExchange::ALL
             .iter()
-            .map(|&clients| {
-                let runs: Vec<&HandshakeRun> =
-                    self.runs.iter().filter(|r| r.clients == clients).collect();
-                let med = |f: fn(&HandshakeRun) -> f64| {
-                    median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
-                };
-                let value = serde_json::json!({
-                    "handshakes_per_s": med(HandshakeRun::per_second),
-                    "cpu_us_per_handshake": med(HandshakeRun::cpu_us_per_handshake),
-                });
-                (clients.to_string(), value)
+            .map(|&kx| {
+                let by_clients: serde_json::Map<String, serde_json::Value> = CLIENTS
+                    .iter()
+                    .map(|&clients| {
+                        let runs = self.runs_of(kx, clients);
+                        let med = |f: fn(&HandshakeRun) -> f64| {
+                            median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
+                        };
+                        let value = serde_json::json!({
+                            "handshakes_per_s": med(HandshakeRun::per_second),
+                            "cpu_us_per_handshake": med(HandshakeRun::cpu_us_per_handshake),
+                        });
+                        (clients.to_string(), value)
+                    })
+                    .collect();
+                (kx.to_string(), serde_json::Value::Object(by_clients))
             })
             .collect();
         serde_json::json!({
             "what": "TLS stack alone: node-proxy's identity + tls modules in one process over \
-                     loopback TCP (TLS 1.3, ECDSA P-256, rustls on ring, no resumption)",
+                     loopback TCP (TLS 1.3, ECDSA P-256, rustls on aws-lc-rs, no resumption), \
+                     per --tls-key-exchange setting",
             "release_build": self.release,
-            "median_by_clients": medians,
+            "median_by_key_exchange_and_clients": medians,
             "runs": self.runs,
         })
     }
@@ -166,8 +197,8 @@ pub fn measure_in_release(
     parse().with_context(|| format!("reading the figures in {}", file.display()))
 }
 
-/// Measures in this process: `rounds` rounds of one run per entry of [`CLIENTS`], each
-/// `seconds` long.
+/// Measures in this process: `rounds` rounds of one run per key-exchange setting and entry of
+/// [`CLIENTS`], each `seconds` long (both ends with the same setting).
 pub fn measure(seconds: u64, rounds: u32) -> anyhow::Result<HandshakeFigures> {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -184,30 +215,36 @@ pub fn measure(seconds: u64, rounds: u32) -> anyhow::Result<HandshakeFigures> {
     let ca = LocalCa::load(&files, td.clone(), LocalCaOptions::default())?;
     let client_id = SpiffeId::new(&td, "bench", "client")?;
     let server_id = SpiffeId::new(&td, "bench", "server")?;
-    let peers = Peers {
-        client: tls::client_config(&ca.issue(&client_id)?, server_id.clone())?,
-        server: tls::server_config(&ca.issue(&server_id)?)?,
-        trust_domain: td,
-        client_id,
-    };
+    let (client_cert, server_cert) = (ca.issue(&client_id)?, ca.issue(&server_id)?);
     let mut runs = Vec::new();
     for _ in 0..rounds.max(1) {
-        for clients in CLIENTS {
-            let run = runtime.block_on(run_once(&peers, clients, Duration::from_secs(seconds)))?;
-            println!(
-                "    TLS stack alone, {clients} client(s): {:>6.0} handshakes/s  {:>6.0} CPU µs each  errors {}{}",
-                run.per_second(),
-                run.cpu_us_per_handshake(),
-                run.errors,
-                run.first_error
-                    .as_deref()
-                    .map(|e| format!(" (first: {e})"))
-                    .unwrap_or_default()
-            );
-            if run.handshakes == 0 {
-                bail!("no handshake completed with {clients} client(s)");
+        for kx in KeyExchange::ALL {
+            let peers = Peers {
+                client: tls::client_config(&client_cert, server_id.clone(), kx)?,
+                server: tls::server_config(&server_cert, kx)?,
+                trust_domain: td.clone(),
+                client_id: client_id.clone(),
+            };
+            for clients in CLIENTS {
+                let mut run =
+                    runtime.block_on(run_once(&peers, clients, Duration::from_secs(seconds)))?;
+                run.key_exchange = kx.to_string();
+                println!(
+                    "    TLS stack alone, {kx}, {clients} client(s): {:>6.0} handshakes/s  {:>6.0} CPU µs each  ({})  errors {}{}",
+                    run.per_second(),
+                    run.cpu_us_per_handshake(),
+                    run.group.as_deref().unwrap_or("no group"),
+                    run.errors,
+                    run.first_error
+                        .as_deref()
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default()
+                );
+                if run.handshakes == 0 {
+                    bail!("no handshake completed with {kx} and {clients} client(s)");
+                }
+                runs.push(run);
             }
-            runs.push(run);
         }
     }
     Ok(HandshakeFigures {
@@ -254,11 +291,16 @@ async fn run_once(
         if total.first_error.is_none() {
             total.first_error = tally.first_error;
         }
+        if total.group.is_none() {
+            total.group = tally.group;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     let ticks = procfs::cpu_ticks(std::process::id())?.saturating_sub(cpu_before);
     acceptor.abort();
     Ok(HandshakeRun {
+        key_exchange: String::new(),
+        group: total.group,
         clients,
         seconds,
         handshakes: total.ok,
@@ -274,6 +316,8 @@ struct Tally {
     ok: u64,
     errors: u64,
     first_error: Option<String>,
+    /// The key-exchange group of the first handshake.
+    group: Option<String>,
 }
 
 /// Handshakes one after the other until `deadline`.
@@ -281,7 +325,10 @@ async fn client_loop(config: Arc<ClientConfig>, addr: SocketAddr, deadline: Inst
     let mut tally = Tally::default();
     while Instant::now() < deadline {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&config, addr)).await {
-            Ok(Ok(())) => tally.ok += 1,
+            Ok(Ok(group)) => {
+                tally.ok += 1;
+                tally.group.get_or_insert(group);
+            }
             Ok(Err(e)) => {
                 tally.errors += 1;
                 tally.first_error.get_or_insert_with(|| format!("{e:#}"));
@@ -298,17 +345,22 @@ async fn client_loop(config: Arc<ClientConfig>, addr: SocketAddr, deadline: Inst
 }
 
 /// One client handshake, complete when the server's byte arrives (it sends it once it has
-/// accepted the client's certificate).
-async fn handshake(config: &Arc<ClientConfig>, addr: SocketAddr) -> anyhow::Result<()> {
+/// accepted the client's certificate); the key-exchange group it negotiated.
+async fn handshake(config: &Arc<ClientConfig>, addr: SocketAddr) -> anyhow::Result<String> {
     let tcp = TcpStream::connect(addr).await.context("connect")?;
     tcp.set_nodelay(true)?;
     let mut stream = tls::connect(config.clone(), addr.ip(), tcp).await?;
+    let group = stream
+        .get_ref()
+        .1
+        .negotiated_key_exchange_group()
+        .map_or_else(|| "none".to_owned(), |g| format!("{:?}", g.name()));
     let mut byte = [0u8; 1];
     stream
         .read_exact(&mut byte)
         .await
         .context("reading the server's byte")?;
-    Ok(())
+    Ok(group)
 }
 
 /// Accepts connections, each on its own task: the server handshake, the client's identity

@@ -224,7 +224,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "### TLS stack alone: node-proxy's identity + tls modules, one process, loopback \
-                 TCP (TLS 1.3, ECDSA P-256, ring){}\n",
+                 TCP (TLS 1.3, ECDSA P-256, aws-lc-rs), per key-exchange setting{}\n",
                 if handshakes.release {
                     ""
                 } else {

@@ -158,8 +158,9 @@ async fn handshakes(
     while !stop.is_cancelled() {
         let server_cert = manager.get(&server).await.unwrap();
         let client_cert = manager.get(&client).await.unwrap();
-        let server_config = crate::tls::server_config(&server_cert).unwrap();
-        let client_config = crate::tls::client_config(&client_cert, server.clone()).unwrap();
+        let server_config = crate::tls::server_config(&server_cert, Default::default()).unwrap();
+        let client_config =
+            crate::tls::client_config(&client_cert, server.clone(), Default::default()).unwrap();
         let accept = async {
             let (tcp, _) = listener.accept().await.unwrap();
             crate::tls::accept(server_config, tcp).await.map(drop)

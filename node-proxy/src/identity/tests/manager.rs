@@ -157,8 +157,9 @@ async fn renews_at_half_life_without_disturbing_live_connections() {
     let old = manager.get(&server_id).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let old_config = crate::tls::server_config(&old).unwrap();
-    let client_config = crate::tls::client_config(&client_cert, server_id.clone()).unwrap();
+    let old_config = crate::tls::server_config(&old, Default::default()).unwrap();
+    let client_config =
+        crate::tls::client_config(&client_cert, server_id.clone(), Default::default()).unwrap();
 
     // A connection set up with the old certificate, echoing what it reads.
     let accept_config = old_config.clone();
@@ -192,7 +193,7 @@ async fn renews_at_half_life_without_disturbing_live_connections() {
     let listener = server.await.unwrap();
 
     // A new handshake with the new certificate presents it.
-    let new_config = crate::tls::server_config(&new).unwrap();
+    let new_config = crate::tls::server_config(&new, Default::default()).unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         crate::tls::accept(new_config, tcp).await.map(drop)
