@@ -25,6 +25,10 @@ use marrow_tests::{
 };
 
 #[path = "hbone/support.rs"]
+#[expect(
+    dead_code,
+    reason = "the inbound suites' cast (`Cast`) is not used here"
+)]
 mod support;
 
 use support::{

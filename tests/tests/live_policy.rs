@@ -16,7 +16,7 @@ use marrow_tests::{Conversation, require_env};
 #[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
 mod support;
 
-use support::{APP_PORT, CLOSED, Mesh, eventually, namespaces, v4};
+use support::{APP_PORT, CLOSED, Cast, eventually, v4};
 
 const OTHER_PORT: u16 = 9090;
 
@@ -51,28 +51,18 @@ fn closed_within(conversation: &mut Conversation, within: Duration) -> Option<Du
 #[test]
 fn a_new_deny_closes_the_open_connections_it_denies_and_only_those() {
     require_env!();
-    let mesh = Mesh::start("live-policy");
-    let client = mesh.n1.add_pod("client", "shop", true);
-    let outsider = mesh.n1.add_pod("outsider", "legacy", false);
-    let web = mesh.n2.add_pod("web", "shop", true);
-    let _app = web.serve(APP_PORT);
-    let _other = web.serve(OTHER_PORT);
-    let state = namespaces()
-        .namespace("legacy", &[])
-        .pod(&client, "client")
-        .pod(&outsider, "default")
-        .pod(&web, "web");
-    mesh.apply(&state);
+    let cast = Cast::start("live-policy", &[APP_PORT, OTHER_PORT]);
+    let (mesh, client, outsider, web) = (&cast.mesh, &cast.client, &cast.outsider, &cast.web);
 
-    let mut hbone = Conversation::open(&client, v4(&web, APP_PORT)).expect("HBONE connection");
-    let mut plain = Conversation::open(&outsider, v4(&web, APP_PORT)).expect("plaintext one");
-    let mut other = Conversation::open(&client, v4(&web, OTHER_PORT)).expect("unrelated one");
+    let mut hbone = Conversation::open(client, v4(web, APP_PORT)).expect("HBONE connection");
+    let mut plain = Conversation::open(outsider, v4(web, APP_PORT)).expect("plaintext one");
+    let mut other = Conversation::open(client, v4(web, OTHER_PORT)).expect("unrelated one");
     for c in [&mut hbone, &mut plain, &mut other] {
         assert_eq!(c.say("before").expect("echo before the policy"), "before");
     }
 
     // Returns once node 2's proxy has applied the new state.
-    mesh.apply_with(&state, DENY_APP_PORT);
+    mesh.apply_with(&cast.state, DENY_APP_PORT);
     let within = Duration::from_secs(1);
     let hbone_closed = closed_within(&mut hbone, within);
     let plain_closed = closed_within(&mut plain, within);
@@ -118,7 +108,7 @@ fn a_new_deny_closes_the_open_connections_it_denies_and_only_those() {
         }
     });
     // New connections are refused as before, and the unrelated one still works afterwards.
-    assert!(!client.connect(v4(&web, APP_PORT), "new").is_ok());
+    assert!(!client.connect(v4(web, APP_PORT), "new").is_ok());
     assert_eq!(other.say("still").expect("still echoing"), "still");
     other
         .close()

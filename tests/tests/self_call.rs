@@ -24,7 +24,7 @@ use marrow_tests::{require_env, spiffe_id};
 #[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
 mod support;
 
-use support::{APP_PORT, Mesh, eventually, ip, namespaces, v4};
+use support::{APP_PORT, Cast, eventually, ip, v4};
 
 /// The proxy's in-pod ports.
 const OWN_PORTS: [u16; 3] = [15001, 15006, 15008];
@@ -42,35 +42,26 @@ fn open_fds(pid: u32) -> usize {
 #[test]
 fn the_proxy_refuses_calls_to_its_own_ports_and_keeps_serving() {
     require_env!();
-    let mesh = Mesh::start("self-call");
-    let client = mesh.n1.add_pod("client", "shop", true);
-    let outsider = mesh.n1.add_pod("outsider", "legacy", false);
-    let web = mesh.n2.add_pod("web", "shop", true);
-    let _app = web.serve(APP_PORT);
-    mesh.apply(
-        &namespaces()
-            .namespace("legacy", &[])
-            .pod(&client, "client")
-            .pod(&outsider, "default")
-            .pod(&web, "web"),
-    );
+    let cast = Cast::start("self-call", &[APP_PORT]);
+    let (mesh, client, outsider, web) = (&cast.mesh, &cast.client, &cast.outsider, &cast.web);
     let pid = mesh.p2.pid().expect("node 2's proxy runs");
     let fds_before = open_fds(pid);
 
     // An HBONE peer (a mesh identity, as ztunnel would be) asking for the proxy's own ports.
     let (ca_cert, ca_key) = (mesh.ca.cert_path(), mesh.ca.key_path());
     let client_id = spiffe_id("shop", "client");
-    let hbone = SocketAddr::new(ip(&web), HBONE_PORT);
+    let hbone = SocketAddr::new(ip(web), HBONE_PORT);
     mesh.n1.netns().run(|| {
         for port in OWN_PORTS {
             let started = Instant::now();
             let report = TlsProbe {
                 identity: Some(ProbeIdentity::signed_by(&ca_cert, &ca_key, &client_id)),
-                request: H2Request::connect(v4(&web, port)),
+                request: H2Request::connect(v4(web, port)),
                 timeout: Duration::from_secs(20),
             }
             .run(hbone);
             let took = started.elapsed();
+            println!("CONNECT to own port {port}: answered after {took:?}");
             assert!(
                 matches!(
                     report.outcome,
@@ -89,15 +80,16 @@ fn the_proxy_refuses_calls_to_its_own_ports_and_keeps_serving() {
     // marrow's own outbound side: the client pod's connection to web's 15006 goes out in HBONE
     // and is refused at the destination.
     for port in [15001, 15006] {
-        let outcome = client.connect(v4(&web, port), "loop?");
+        let outcome = client.connect(v4(web, port), "loop?");
         assert!(!outcome.is_ok(), "HBONE to {port}: {outcome:?}");
     }
     // Plaintext from outside the mesh, captured by sk_lookup onto 15006.
     for port in [15001, 15006] {
         let started = Instant::now();
-        let outcome = outsider.connect(v4(&web, port), "loop?");
+        let outcome = outsider.connect(v4(web, port), "loop?");
         assert!(!outcome.is_ok(), "plaintext to {port}: {outcome:?}");
         let took = started.elapsed();
+        println!("plaintext to own port {port}: {took:?}");
         assert!(took < AT_ONCE, "plaintext to {port} refused after {took:?}");
     }
 
@@ -122,9 +114,9 @@ fn the_proxy_refuses_calls_to_its_own_ports_and_keeps_serving() {
         fds_after < fds_before + 50,
         "the proxy holds {fds_after} fds (was {fds_before}): a relay loop?"
     );
-    let ok = client.connect(v4(&web, APP_PORT), "still-serving");
+    let ok = client.connect(v4(web, APP_PORT), "still-serving");
     assert_eq!(ok.connected().echo, "still-serving");
-    let plain = outsider.connect(v4(&web, APP_PORT), "plain-still-serving");
+    let plain = outsider.connect(v4(web, APP_PORT), "plain-still-serving");
     assert_eq!(plain.connected().echo, "plain-still-serving");
     let ready = mesh
         .p2
@@ -136,19 +128,9 @@ fn the_proxy_refuses_calls_to_its_own_ports_and_keeps_serving() {
 #[test]
 fn a_closed_app_port_is_refused_at_once() {
     require_env!();
-    let mesh = Mesh::start("closed-port");
-    let client = mesh.n1.add_pod("client", "shop", true);
-    let outsider = mesh.n1.add_pod("outsider", "legacy", false);
-    let web = mesh.n2.add_pod("web", "shop", true);
-    let _app = web.serve(APP_PORT);
-    mesh.apply(
-        &namespaces()
-            .namespace("legacy", &[])
-            .pod(&client, "client")
-            .pod(&outsider, "default")
-            .pod(&web, "web"),
-    );
-    let closed = v4(&web, 8081);
+    let cast = Cast::start("closed-port", &[APP_PORT]);
+    let (mesh, client, outsider, web) = (&cast.mesh, &cast.client, &cast.outsider, &cast.web);
+    let closed = v4(web, 8081);
 
     let (ca_cert, ca_key) = (mesh.ca.cert_path(), mesh.ca.key_path());
     let client_id = spiffe_id("shop", "client");
@@ -159,8 +141,9 @@ fn a_closed_app_port_is_refused_at_once() {
             request: H2Request::connect(closed),
             timeout: Duration::from_secs(20),
         }
-        .run(SocketAddr::new(ip(&web), HBONE_PORT));
+        .run(SocketAddr::new(ip(web), HBONE_PORT));
         let took = started.elapsed();
+        println!("CONNECT to a closed port: answered after {took:?}");
         assert!(
             matches!(
                 report.outcome,
@@ -174,16 +157,17 @@ fn a_closed_app_port_is_refused_at_once() {
         );
         assert!(took < AT_ONCE, "503 after {took:?}");
     });
-    for (who, pod) in [("in HBONE", &client), ("in plaintext", &outsider)] {
+    for (who, pod) in [("in HBONE", client), ("in plaintext", outsider)] {
         let started = Instant::now();
         let outcome = pod.connect(closed, "anyone?");
         let took = started.elapsed();
+        println!("closed port {who}: refused after {took:?}");
         assert!(!outcome.is_ok(), "{who}: {outcome:?}");
         assert!(took < AT_ONCE, "{who}: refused after {took:?}");
     }
     // The control: the open port answers.
     assert_eq!(
-        client.connect(v4(&web, APP_PORT), "open").connected().echo,
+        client.connect(v4(web, APP_PORT), "open").connected().echo,
         "open"
     );
 }

@@ -108,6 +108,42 @@ impl Mesh {
     }
 }
 
+/// The usual cast of the inbound tests: `shop/client` and `legacy/outsider` (outside the mesh)
+/// on node 1, `shop/web` on node 2 serving each of `ports`, in the state both proxies applied.
+/// Field order is drop order: the apps, the pods, then the mesh.
+pub struct Cast {
+    pub apps: Vec<marrow_tests::process::PodProcess>,
+    pub client: Pod,
+    pub outsider: Pod,
+    pub web: Pod,
+    pub state: ClusterState,
+    pub mesh: Mesh,
+}
+
+impl Cast {
+    /// Starts the mesh for `test` and the cast, and applies the state.
+    pub fn start(test: &str, ports: &[u16]) -> Cast {
+        let mesh = Mesh::start(test);
+        let client = mesh.n1.add_pod("client", "shop", true);
+        let outsider = mesh.n1.add_pod("outsider", "legacy", false);
+        let web = mesh.n2.add_pod("web", "shop", true);
+        let apps = ports.iter().map(|port| web.serve(*port)).collect();
+        let state = namespaces()
+            .pod(&client, "client")
+            .pod(&outsider, "default")
+            .pod(&web, "web");
+        mesh.apply(&state);
+        Cast {
+            apps,
+            client,
+            outsider,
+            web,
+            state,
+            mesh,
+        }
+    }
+}
+
 /// `shop` is in the ambient mesh, `legacy` is not.
 pub fn namespaces() -> ClusterState {
     ClusterState::new()
