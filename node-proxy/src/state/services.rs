@@ -57,10 +57,13 @@ impl ServiceTarget {
     }
 }
 
-/// Every service port by VIP and port.
+/// Every service port by VIP and port, and by the addresses of its ready endpoints.
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
     by_vip: HashMap<SocketAddr, Arc<ServiceTarget>>,
+    /// The service ports with a ready endpoint at each pod IP, for the per-tunnel lookup of
+    /// the destination's Services (a hash lookup, not a scan of every endpoint).
+    by_endpoint_ip: HashMap<IpAddr, Vec<Arc<ServiceTarget>>>,
 }
 
 impl ServiceIndex {
@@ -71,12 +74,12 @@ impl ServiceIndex {
     }
 
     /// The service ports (one per VIP) with a ready endpoint at `ip`: the Services of the pod
-    /// at that address. A scan of the index; called once per inbound tunnel.
+    /// at that address. One hash lookup; called once per inbound tunnel.
     pub fn serving(&self, ip: IpAddr) -> impl Iterator<Item = &Arc<ServiceTarget>> {
-        let ip = ip.to_canonical();
-        self.by_vip
-            .values()
-            .filter(move |t| t.endpoints.iter().any(|e| e.ip() == ip))
+        self.by_endpoint_ip
+            .get(&ip.to_canonical())
+            .into_iter()
+            .flatten()
     }
 
     /// How many VIP:port entries there are.
@@ -136,6 +139,22 @@ impl ServiceIndex {
         let mut index = ServiceIndex::default();
         for service in &services {
             index.add(service, &slices, &mut warnings);
+        }
+        for target in index.by_vip.values() {
+            let mut ips: Vec<IpAddr> = target
+                .endpoints
+                .iter()
+                .map(|e| e.ip().to_canonical())
+                .collect();
+            ips.sort_unstable();
+            ips.dedup();
+            for ip in ips {
+                index
+                    .by_endpoint_ip
+                    .entry(ip)
+                    .or_default()
+                    .push(target.clone());
+            }
         }
         (index, warnings)
     }
