@@ -16,23 +16,9 @@ use marrow_tests::{Conversation, require_env};
 #[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
 mod support;
 
-use support::{APP_PORT, CLOSED, Cast, eventually, v4};
+use support::{APP_PORT, CLOSED, Cast, DENY_PORT_8080, eventually, v4};
 
 const OTHER_PORT: u16 = 9090;
-
-const DENY_APP_PORT: &str = "\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: no-8080
-  namespace: shop
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        ports: [\"8080\"]
-";
 
 /// Says `ping` every 50 ms until the connection fails; how long that took, or `None` when it
 /// still echoed after `within`.
@@ -62,7 +48,7 @@ fn a_new_deny_closes_the_open_connections_it_denies_and_only_those() {
     }
 
     // Returns once node 2's proxy has applied the new state.
-    mesh.apply_with(&cast.state, DENY_APP_PORT);
+    mesh.apply_with(&cast.state, DENY_PORT_8080);
     let within = Duration::from_secs(1);
     let hbone_closed = closed_within(&mut hbone, within);
     let plain_closed = closed_within(&mut plain, within);

@@ -16,7 +16,7 @@ use marrow_tests::state_file::{PodRecord, write_atomic};
 #[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
 mod support;
 
-use support::{APP_PORT, Mesh, OPENED, eventually, ip, namespaces, v4};
+use support::{APP_PORT, DENY_PORT_8080, Mesh, OPENED, eventually, ip, namespaces, v4};
 
 const ALLOW_CLIENT_ONLY: &str = "\
 apiVersion: security.istio.io/v1
@@ -146,20 +146,6 @@ fn strict_peer_authentication_refuses_plaintext_but_not_hbone() {
         }
     });
 }
-
-const DENY_PORT_8080: &str = "\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: no-8080
-  namespace: shop
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        ports: [\"8080\"]
-";
 
 const BROKEN: &str = "\
 apiVersion: security.istio.io/v1

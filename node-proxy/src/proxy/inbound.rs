@@ -16,6 +16,7 @@ use super::{
 use crate::hbone::{self, IncomingConnect, Refusal};
 use crate::identity::SpiffeId;
 use crate::metrics::{ConnectionLabels, PeerLabels, Reporter};
+use crate::state::Snapshot;
 use crate::{socket, tls};
 
 /// The proxy's own in-pod ports: a connection or CONNECT addressed to one of them would be
@@ -49,7 +50,9 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
     };
     let span = tracing::info_span!("inbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer, dst = %dst);
     async move {
-        let mut labels = plaintext_labels(&ctx, peer);
+        // One snapshot per connection: its labels and its policy decision see the same state.
+        let snap = ctx.hbone.as_ref().map(|h| h.mesh.state.snapshot());
+        let mut labels = plaintext_labels(&ctx, snap.as_deref(), peer);
         let mut conn = ctx
             .connections
             .open(ConnectionInfo::from_labels(&labels, &ctx.pod, peer, dst));
@@ -68,9 +71,9 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
             destination: dst,
         };
         // Plain mode (no mesh configuration) admits all and follows no policy.
-        let watched = match &ctx.hbone {
+        let watched = match &snap {
             None => None,
-            Some(hbone) => match policy_watch::decide(&hbone.mesh.state.snapshot(), &subject) {
+            Some(snap) => match policy_watch::decide(snap, &subject) {
                 Ok(allowed_by) => {
                     conn.allow(allowed_by);
                     Some(conn.follow_policy(subject))
@@ -82,6 +85,8 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
                 }
             },
         };
+        // Not held while the connection lives: a long connection must not pin an old state.
+        drop(snap);
         let _tracked = ctx.live_inbound.track(peer, dst);
         let app = connect_result(connect_preserving_source(&ctx, peer.ip(), dst).await);
         match &watched {
@@ -169,7 +174,7 @@ impl Session {
     /// ztunnel's inbound reads it (`build_inbound_request`, src/proxy/inbound.rs): a client the
     /// state does not know is described by its `baggage`, and `destination_service` is the
     /// Service of this pod named in `forwarded: host=`, else guessed from the port.
-    fn labels_for(&self, target: &hbone::ConnectTarget) -> ConnectionLabels {
+    fn labels_for(&self, snap: &Snapshot, target: &hbone::ConnectTarget) -> ConnectionLabels {
         let mut labels = self.labels.clone();
         if !self.source_known {
             labels.source = Some(Arc::new(mesh::derived_source(
@@ -177,12 +182,9 @@ impl Session {
                 &self.client_id,
             )));
         }
-        if let Some(hbone) = &self.ctx.hbone {
-            let snap = hbone.mesh.state.snapshot();
-            let host = target.forwarded.host.as_deref();
-            labels.destination_service =
-                mesh::inbound_service(&snap, host, target.authority).map(Arc::new);
-        }
+        let host = target.forwarded.host.as_deref();
+        labels.destination_service =
+            mesh::inbound_service(snap, host, target.authority).map(Arc::new);
         labels
     }
 }
@@ -200,7 +202,9 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
     let Some(hbone) = &ctx.hbone else {
         return incoming.refuse(Refusal::Unavailable);
     };
-    let mut labels = session.labels_for(&incoming.target);
+    // One snapshot per tunnel: its labels and its policy decision see the same state.
+    let snap = hbone.mesh.state.snapshot();
+    let mut labels = session.labels_for(&snap, &incoming.target);
     let mut conn = ctx.connections.open(ConnectionInfo::from_labels(
         &labels,
         &ctx.pod,
@@ -225,7 +229,7 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
         source: session.peer,
         destination: target,
     };
-    let watched = match policy_watch::decide(&hbone.mesh.state.snapshot(), &subject) {
+    let watched = match policy_watch::decide(&snap, &subject) {
         Ok(allowed_by) => {
             conn.allow(allowed_by);
             conn.follow_policy(subject)
@@ -235,6 +239,8 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
             return incoming.refuse(Refusal::Denied);
         }
     };
+    // Not held while the tunnel lives: a long connection must not pin an old state.
+    drop(snap);
     match connect_result(connect_preserving_source(ctx, session.peer.ip(), target).await) {
         Ok(mut app) => match incoming.accept() {
             Ok(mut stream) => {
@@ -277,14 +283,16 @@ fn deny(
 /// Labels of a plaintext connection to this pod. As ztunnel: the client is the workload at its
 /// address, if the state knows one (no principal: nothing proves it); this pod is its workload
 /// in the state, else the enrolled pod.
-fn plaintext_labels(ctx: &PodContext, peer: SocketAddr) -> ConnectionLabels {
+fn plaintext_labels(
+    ctx: &PodContext,
+    snap: Option<&Snapshot>,
+    peer: SocketAddr,
+) -> ConnectionLabels {
     let cluster = ctx.metrics.cluster_id.label();
-    let snap = ctx.hbone.as_ref().map(|h| h.mesh.state.snapshot());
     let source = snap
-        .as_ref()
         .and_then(|s| s.workload_by_ip(peer.ip()))
         .map(|w| PeerLabels::of(w, cluster));
-    let destination = match snap.as_ref().and_then(|s| s.workload_at(&ctx.ips)) {
+    let destination = match snap.and_then(|s| s.workload_at(&ctx.ips)) {
         Some(w) => PeerLabels::of(w, cluster),
         None => PeerLabels::pod(&ctx.pod.name, &ctx.pod.namespace, cluster),
     };

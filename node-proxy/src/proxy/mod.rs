@@ -391,7 +391,7 @@ mod tests {
         ];
         println!("{sizes:?}");
         // Bounds: the measured sizes with some room. The HBONE one is per HBONE connection
-        // (its TLS state), shared by all the streams on it. Measured: 1752, 1816, 8104 (the
+        // (its TLS state), shared by all the streams on it. Measured: 1752, 1824, 8104 (the
         // HBONE one was 5304 before it built Istio's full label set per connection and
         // watched the drain signal for GOAWAY).
         let bounds = [2048, 2048, 8192];

@@ -144,6 +144,21 @@ impl Cast {
     }
 }
 
+/// A DENY on port 8080 for everything in `shop`.
+pub const DENY_PORT_8080: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: no-8080
+  namespace: shop
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        ports: [\"8080\"]
+";
+
 /// `shop` is in the ambient mesh, `legacy` is not.
 pub fn namespaces() -> ClusterState {
     ClusterState::new()
