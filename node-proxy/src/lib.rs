@@ -5,21 +5,18 @@
 //! what operators scrape, [`admin`] what they ask (the admin API and its client), [`config`] the settings.
 
 pub mod admin;
-pub mod apiserver;
 pub mod ca;
 pub mod capture;
 pub mod cni_install;
 pub mod config;
-pub mod drain;
-pub mod hbone;
-pub mod http;
-pub mod identity;
 pub mod inpod;
 pub mod metrics;
 pub mod netns;
-pub mod policy;
 pub mod proxy;
 pub mod socket;
-pub mod state;
-pub mod tls;
 pub mod upgrade;
+
+// The shared core, re-exported under its old paths while the programs move over to it.
+pub use marrow_mesh::{
+    apiserver, drain, explain, hbone, http, identity, objects, policy, state, tls,
+};

@@ -662,7 +662,7 @@ async fn take_over_or_bind(
 
 /// `node-proxy explain`: one decision from a state file, as the destination's proxy takes it.
 fn explain_command(args: &ExplainArgs) -> anyhow::Result<()> {
-    use node_proxy::policy::explain::{self, ExplainSource};
+    use node_proxy::explain::{self, ExplainSource};
     let update = LocalFileSource::new(&args.config)
         .with_root_namespace(&args.root_namespace)
         .load()?;

@@ -120,7 +120,7 @@ async fn lists_then_follows_watches_through_drops_and_410() {
     let old = first.workload_by_ip(ip("10.244.2.11")).expect("old");
     assert!(!first.in_mesh(old), "legacy is not");
     assert_eq!(first.policies().warnings().len(), 0);
-    let kinds: Vec<String> = first.deferred().map(|d| d.object.kind.clone()).collect();
+    let kinds: Vec<String> = first.raw_objects().map(|d| d.object.kind.clone()).collect();
     for kind in ["AuthorizationPolicy", "PeerAuthentication", "Service"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} kept: {kinds:?}");
     }

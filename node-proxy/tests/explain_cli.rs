@@ -7,7 +7,7 @@
 use std::process::Command;
 
 const STATE: &str = concat!(
-    include_str!("../testdata/two-pods.yaml"),
+    include_str!("../../mesh/testdata/two-pods.yaml"),
     r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: no-legacy, namespace: shop}

@@ -102,7 +102,7 @@ pub fn check_ebpf_build() -> anyhow::Result<()> {
 
 /// The guard that keeps `protoc` out of the build: a new machine has none (Debian's
 /// `protobuf-compiler` is not installed), and the first command must build there. Istio's CA
-/// protocol is compiled by `protox` in `node-proxy/build.rs` and handed to tonic as descriptors
+/// protocol is compiled by `protox` in `mesh/build.rs` and handed to tonic as descriptors
 /// (`compile_fds`); the protobuf code generators below run `protoc` whenever they are given
 /// `.proto` files instead. Static on purpose: building with `PROTOC=/bin/false` proves the same
 /// but costs a cold build of the build script's dependencies.
@@ -207,7 +207,7 @@ mod no_protoc {
         assert!(
             needs.is_empty(),
             "a new machine has no protoc (compile .proto files with protox and hand the \
-             descriptors to compile_fds, as node-proxy/build.rs does):\n  {}",
+             descriptors to compile_fds, as mesh/build.rs does):\n  {}",
             needs.join("\n  ")
         );
         // The check looked at the build script that generates code: node-proxy's.

@@ -284,7 +284,7 @@ fn logging(admin: &AdminState, method: &Method, query: &str) -> Reply {
 /// `/explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N`: the same answer as `node-proxy explain
 /// --json`, from the state in force.
 fn explain(admin: &AdminState, query: &str) -> Reply {
-    use crate::policy::explain::{self as ex, ExplainSource};
+    use crate::explain::{self as ex, ExplainSource};
     let Some(state) = &admin.state else {
         return Reply::error(
             StatusCode::SERVICE_UNAVAILABLE,

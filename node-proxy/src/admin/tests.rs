@@ -15,7 +15,7 @@ use crate::metrics::Reporter;
 use crate::proxy::connections::ConnectionInfo;
 
 const STATE: &str = concat!(
-    include_str!("../../testdata/two-pods.yaml"),
+    include_str!("../../../mesh/testdata/two-pods.yaml"),
     r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: web-from-client, namespace: shop}
@@ -219,7 +219,7 @@ async fn explain_answers_as_the_cli_and_names_bad_arguments() {
     )
     .await;
     let snap = admin().state.unwrap().snapshot();
-    let cli = crate::policy::explain::explain(
+    let cli = crate::explain::explain(
         &snap,
         &TrustDomain::default(),
         &"shop/client".parse().unwrap(),
@@ -423,4 +423,88 @@ fn query_values_round_trip_through_escaping() {
     for value in ["shop/web", "ip:10.0.0.1", "info,access=off", "a b&c"] {
         assert_eq!(percent_decode(&client::query_escape(value)), value);
     }
+}
+
+/// Istio objects marrow does not enforce as written, each reported by kind and reason in
+/// `marrow_config_unsupported` and listed in `/config_dump` (with the dry-run policy).
+#[tokio::test]
+async fn unsupported_objects_are_reported_by_the_metric_and_config_dump() {
+    let yaml = concat!(
+        include_str!("../../../mesh/testdata/two-pods.yaml"),
+        include_str!("../../../mesh/testdata/unsupported-policies.yaml")
+    );
+    let update =
+        crate::state::file::parse(std::path::Path::new("test.yaml"), yaml.as_bytes()).unwrap();
+    let store = Arc::new(StateStore::new());
+    let snap = store.apply(update);
+
+    // The metric reports each set-aside object by kind and reason.
+    let metrics = crate::metrics::Metrics::default();
+    metrics.record_unsupported(snap.policies());
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for (kind, reason, count) in [
+        ("AuthorizationPolicy", "audit_action", 1),
+        ("AuthorizationPolicy", "custom_action", 1),
+        ("AuthorizationPolicy", "unknown_field", 1),
+        ("AuthorizationPolicy", "invalid_field", 1),
+        ("AuthorizationPolicy", "unrecognized_action", 0),
+        ("RequestAuthentication", "request_authentication", 1),
+    ] {
+        let line =
+            format!("marrow_config_unsupported{{kind=\"{kind}\",reason=\"{reason}\"}} {count}\n");
+        assert!(text.contains(&line), "wants {line}in\n{text}");
+    }
+
+    // So does /config_dump, with the dry-run policy.
+    let admin = AdminState {
+        state: Some(store.clone()),
+        trust_domain: TrustDomain::default(),
+        certs: None,
+        connections: Arc::default(),
+        enrolled: None,
+        config: Config::default(),
+        logging: None,
+    };
+    let uri = "/config_dump".parse::<hyper::Uri>().unwrap();
+    let reply = handle(&admin, &hyper::Method::GET, &uri).await;
+    let dump: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let listed: Vec<String> = dump["unsupported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            format!(
+                "{} {}/{} {}",
+                u["kind"].as_str().unwrap(),
+                u["namespace"].as_str().unwrap(),
+                u["name"].as_str().unwrap(),
+                u["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "AuthorizationPolicy shop/audit-everything audit_action",
+            "AuthorizationPolicy shop/ext-authz custom_action",
+            "AuthorizationPolicy shop/newer-istio unknown_field",
+            "AuthorizationPolicy shop/typo invalid_field",
+            "RequestAuthentication shop/jwt request_authentication",
+        ]
+    );
+    assert!(
+        dump["unsupported"][3]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rules[0].from[0].source.ipBlocks: invalid CIDR \"10.0.0.0/33\""),
+        "{}",
+        dump["unsupported"][3]
+    );
+    assert_eq!(
+        dump["dry_run_policies"],
+        serde_json::json!(["shop/try-deny-client"])
+    );
 }

@@ -11,9 +11,10 @@ use serde::Serialize;
 use super::AdminState;
 use crate::identity::SpiffeId;
 use crate::inpod::PodRecord;
+use crate::objects::RawKind;
 use crate::policy::ModeSetting;
 use crate::proxy::connections::ConnectionView;
-use crate::state::{DeferredKind, Snapshot};
+use crate::state::Snapshot;
 
 /// `GET /workloads`.
 #[derive(Debug, Serialize)]
@@ -146,9 +147,9 @@ pub struct KeptObject {
 /// The Services and EndpointSlices of the state.
 pub fn services(admin: &AdminState) -> Services {
     let snap = snapshot(admin);
-    let of_kind = |kind: DeferredKind| -> Vec<KeptObject> {
+    let of_kind = |kind: RawKind| -> Vec<KeptObject> {
         snap.iter()
-            .flat_map(|s| s.deferred())
+            .flat_map(|s| s.raw_objects())
             .filter(|d| d.kind == kind)
             .map(|d| KeptObject {
                 namespace: d.object.namespace.clone(),
@@ -159,8 +160,8 @@ pub fn services(admin: &AdminState) -> Services {
     };
     Services {
         generation: generation(admin),
-        services: of_kind(DeferredKind::Service),
-        endpoint_slices: of_kind(DeferredKind::EndpointSlice),
+        services: of_kind(RawKind::Service),
+        endpoint_slices: of_kind(RawKind::EndpointSlice),
         note: "kept from the state; not used for routing yet",
     }
 }
@@ -222,8 +223,8 @@ pub fn policies(admin: &AdminState) -> Policies {
     let set = snap.as_ref().map_or(&default_set, |s| s.policies());
     let specs: HashMap<(&str, &str), &serde_json::Value> = snap
         .iter()
-        .flat_map(|s| s.deferred())
-        .filter(|d| d.kind == DeferredKind::AuthorizationPolicy)
+        .flat_map(|s| s.raw_objects())
+        .filter(|d| d.kind == RawKind::AuthorizationPolicy)
         .filter_map(|d| {
             Some((
                 (d.object.namespace.as_deref()?, d.object.name.as_str()),

@@ -1,7 +1,7 @@
 //! The exposition: Istio's label names and values, and the health metrics.
 
 use super::*;
-use crate::state::PodUid;
+use crate::objects::PodUid;
 
 /// Istio's standard TCP label set (istio/proxy `istio_stats.cc`, ztunnel
 /// `proxy/metrics.rs`).
@@ -44,7 +44,7 @@ fn workload(name: &str, labels: &[(&str, &str)]) -> Workload {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         workload_name: name.into(),
-        workload_type: crate::state::WorkloadType::Deployment,
+        workload_type: crate::objects::WorkloadType::Deployment,
         canonical_service: name.into(),
         canonical_revision: "latest".into(),
         host_network: false,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::*;
 use crate::hbone::Forwarded;
-use crate::state::WorkloadType;
+use crate::objects::WorkloadType;
 use crate::state::file::parse;
 
 /// Two pods and three Services: `web` (80 → 8080) and `web-admin` (9090 → 9090) both back

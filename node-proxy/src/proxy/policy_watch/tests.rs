@@ -11,7 +11,7 @@ use crate::identity::TrustDomain;
 use crate::proxy::connections::ConnectionInfo;
 use crate::state::file::parse;
 
-const PODS: &str = include_str!("../../../testdata/two-pods.yaml");
+const PODS: &str = include_str!("../../../../mesh/testdata/two-pods.yaml");
 
 const ALLOW_CLIENT: &str = r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

@@ -1,0 +1,288 @@
+//! "Why can A talk to B?": the decision the destination's proxy would take for a connection,
+//! computed from a state snapshot exactly as the data path computes it (same functions), with
+//! the deciding policy, rule and reason. Used by `node-proxy explain` and the admin endpoint.
+//!
+//! Beside the decision, notes name what marrow does not enforce as written when it would have
+//! mattered for this connection: an AUDIT policy that matches, an ALLOW rule left out for
+//! fields it cannot check whose L4 part matches, a RequestAuthentication selecting the
+//! destination, a PeerAuthentication read as STRICT because it is malformed.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::policy::{
+    Action, ConnectionView, Decision, Finding, MtlsError, PolicySet, Verdict, WorkloadView,
+    evaluate, plaintext_allowed, resolve_mtls, selects,
+};
+use crate::state::{Snapshot, Workload};
+
+/// Who connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExplainSource {
+    /// A workload of the state, `namespace/name`: it connects over HBONE with its identity
+    /// when it is in the mesh, else in plaintext.
+    Workload {
+        /// Namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+    /// A plaintext client at this address (outside the mesh).
+    Ip(IpAddr),
+}
+
+impl std::str::FromStr for ExplainSource {
+    type Err = ExplainError;
+
+    /// `ns/pod`, or `ip:A.B.C.D` (or `ip:<ipv6>`).
+    fn from_str(text: &str) -> Result<Self, ExplainError> {
+        if let Some(ip) = text.strip_prefix("ip:") {
+            return ip
+                .parse()
+                .map(ExplainSource::Ip)
+                .map_err(|_| ExplainError::BadArgument {
+                    what: "source",
+                    value: text.to_owned(),
+                    expected: "ns/pod or ip:ADDRESS",
+                });
+        }
+        let (namespace, name) = workload_ref(text, "source")?;
+        Ok(ExplainSource::Workload { namespace, name })
+    }
+}
+
+/// Splits `ns/pod`.
+pub fn workload_ref(text: &str, what: &'static str) -> Result<(String, String), ExplainError> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(ExplainError::BadArgument {
+            what,
+            value: text.to_owned(),
+            expected: "ns/pod",
+        }),
+    }
+}
+
+/// Errors of an explanation request.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// An argument does not parse.
+    #[error("{what} {value:?}: expected {expected}")]
+    BadArgument {
+        /// Which argument.
+        what: &'static str,
+        /// Its value.
+        value: String,
+        /// The expected form.
+        expected: &'static str,
+    },
+    /// A named workload is not in the state.
+    #[error("{what} {namespace}/{name} is not a pod in the state")]
+    UnknownWorkload {
+        /// Which argument.
+        what: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// A workload has no address to connect to or from.
+    #[error("{namespace}/{name} has no IP in the state")]
+    NoAddress {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
+/// The answer, in the shape `--json` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The deciding policy, `ns/name`.
+    pub policy: Option<String>,
+    /// The deciding rule's index in that policy.
+    pub rule: Option<usize>,
+    /// Why.
+    pub reason: String,
+    /// What marrow does not enforce as written that bears on this connection.
+    pub notes: Vec<String>,
+}
+
+/// Explains a connection from `from` to `to` (`ns/pod`) on `port`.
+pub fn explain(
+    snap: &Snapshot,
+    trust_domain: &TrustDomain,
+    from: &ExplainSource,
+    to: (&str, &str),
+    port: u16,
+) -> Result<Explanation, ExplainError> {
+    let dst = find(snap, "destination", to.0, to.1)?;
+    let destination_ip = first_ip(&dst)?;
+    let (source_principal, source_ip) = match from {
+        ExplainSource::Ip(ip) => (None, *ip),
+        ExplainSource::Workload { namespace, name } => {
+            let src = find(snap, "source", namespace, name)?;
+            let principal = snap
+                .in_mesh(&src)
+                .then(|| SpiffeId::new(trust_domain, &src.namespace, &src.service_account).ok())
+                .flatten();
+            (principal, first_ip(&src)?)
+        }
+    };
+    let view = WorkloadView {
+        namespace: &dst.namespace,
+        name: &dst.name,
+        labels: &dst.labels,
+    };
+    let policies = snap.policies();
+    // Plaintext (no identity) meets PeerAuthentication first, as on 15006.
+    if source_principal.is_none()
+        && let Err(refusal) = plaintext_allowed(policies, &view, port)
+    {
+        let MtlsError::StrictRefusesPlaintext { by, .. } = &refusal;
+        let policy = by.as_ref().map(ToString::to_string);
+        return Ok(Explanation {
+            decision: "deny",
+            policy,
+            rule: None,
+            reason: refusal.to_string(),
+            notes: mtls_notes(policies, &view, port),
+        });
+    }
+    let conn = ConnectionView {
+        source_principal,
+        source_ip,
+        destination_ip,
+        destination_port: port,
+    };
+    let decision = evaluate(policies, &view, &conn);
+    let notes = notes(policies, &view, &conn, &decision);
+    Ok(Explanation {
+        decision: match decision.verdict {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        },
+        policy: decision.policy.map(|p| p.to_string()),
+        rule: decision.rule,
+        reason: decision.reason,
+        notes,
+    })
+}
+
+/// What the objects marrow does not enforce as written would have done for `conn` to `dst`.
+pub fn notes(
+    policies: &PolicySet,
+    dst: &WorkloadView<'_>,
+    conn: &ConnectionView,
+    decision: &Decision,
+) -> Vec<String> {
+    let root = policies.root_namespace();
+    let selecting = || {
+        policies
+            .authorization_policies()
+            .iter()
+            .filter(move |p| !p.dry_run && selects(p, root, dst))
+    };
+    let mut out = Vec::new();
+    for policy in selecting().filter(|p| p.action == Action::Audit) {
+        if let Some(index) = policy
+            .rules
+            .iter()
+            .position(|r| r.matches(Action::Audit, conn))
+        {
+            out.push(format!(
+                "AUDIT policy {} rule {index} matches: Istio would audit-log this connection; \
+                 marrow does not, and AUDIT changes no decision",
+                policy.reference()
+            ));
+        }
+    }
+    // An ALLOW rule left out mattered only if no other ALLOW rule admitted the connection.
+    if decision.verdict == Verdict::Deny && decision.policy.is_none() {
+        for policy in selecting().filter(|p| p.action == Action::Allow) {
+            for (index, rule) in policy.rules.iter().enumerate() {
+                if !rule.unchecked.is_empty() && rule.matches_at_l4(conn) {
+                    out.push(format!(
+                        "ALLOW policy {} rule {index} matches on the fields checked at L4 but \
+                         never applies here: {}",
+                        policy.reference(),
+                        join(&rule.unchecked)
+                    ));
+                }
+            }
+        }
+    }
+    for request in policies.request_authentications() {
+        let in_scope = request.namespace == root || request.namespace == dst.namespace;
+        let selected = request.selector.as_ref().is_none_or(|s| dst.selected_by(s));
+        if in_scope && selected && !request.targets_waypoint {
+            out.push(format!(
+                "RequestAuthentication {} selects {}/{}: JWTs are checked only by an L7 proxy \
+                 (a waypoint); it changes no L4 decision",
+                request.reference(),
+                dst.namespace,
+                dst.name
+            ));
+        }
+    }
+    out
+}
+
+/// A note when the PeerAuthentication that decided `port` was malformed (read as STRICT).
+fn mtls_notes(policies: &PolicySet, dst: &WorkloadView<'_>, port: u16) -> Vec<String> {
+    let (_, by) = resolve_mtls(policies, dst, port);
+    policies
+        .peer_authentications()
+        .iter()
+        .filter(|pa| by.as_ref() == Some(&pa.reference()) && !pa.findings.is_empty())
+        .map(|pa| {
+            format!(
+                "PeerAuthentication {} is malformed ({}): marrow reads it as STRICT",
+                pa.reference(),
+                join(&pa.findings)
+            )
+        })
+        .collect()
+}
+
+fn find(
+    snap: &Snapshot,
+    what: &'static str,
+    namespace: &str,
+    name: &str,
+) -> Result<std::sync::Arc<Workload>, ExplainError> {
+    snap.workload_by_name(namespace, name)
+        .cloned()
+        .ok_or_else(|| ExplainError::UnknownWorkload {
+            what,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+}
+
+fn first_ip(workload: &Workload) -> Result<IpAddr, ExplainError> {
+    workload
+        .ips
+        .first()
+        .copied()
+        .ok_or_else(|| ExplainError::NoAddress {
+            namespace: workload.namespace.clone(),
+            name: workload.name.clone(),
+        })
+}
+
+/// `a, b, c`: findings as one line of a note.
+fn join(findings: &[Finding]) -> String {
+    let texts: Vec<String> = findings.iter().map(ToString::to_string).collect();
+    texts.join(", ")
+}
+
+#[cfg(test)]
+mod tests;

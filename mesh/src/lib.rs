@@ -1,0 +1,20 @@
+//! The core every marrow program shares (the node proxy today; the waypoint and the ingress
+//! gateway next): who a workload is and how it proves it, the tunnel between proxies, what the
+//! cluster looks like and what its policies say.
+//!
+//! Layers, each importing only from those below it (an xtask test checks there is no circle):
+//! [`objects`] (the Kubernetes vocabulary) → [`identity`] → [`tls`] → [`hbone`];
+//! [`objects`] → [`policy`] (pure: parse and evaluate Istio's security objects) → [`state`] (the
+//! snapshot store and its file source) → [`apiserver`] (the Kubernetes source) and [`explain`];
+//! [`http`] (metrics and readiness servers) and [`drain`] (shutdown signals) stand alone.
+
+pub mod apiserver;
+pub mod drain;
+pub mod explain;
+pub mod hbone;
+pub mod http;
+pub mod identity;
+pub mod objects;
+pub mod policy;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,144 @@
+//! The Kubernetes vocabulary every layer shares: how an object is named ([`ObjectRef`]), a
+//! pod's uid ([`PodUid`]), the kind of workload that owns a pod ([`WorkloadType`]), and the
+//! objects a source keeps whole for the module that models them ([`RawObject`]).
+//!
+//! A leaf: the state store, the policy parser, the HBONE metadata and the programs all name
+//! these, and none of them owns them, so no import goes upward from here.
+
+use std::fmt;
+
+/// A pod's uid (`metadata.uid`), or the stable one derived from its namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodUid(String);
+
+impl PodUid {
+    /// Wraps a uid as given.
+    pub fn new(uid: impl Into<String>) -> Self {
+        Self(uid.into())
+    }
+
+    /// The uid of a pod that has none: `<namespace>.<name>`. Namespaces cannot contain dots and
+    /// real uids (UUIDs) never do, so it is unambiguous and never equals a real uid.
+    pub fn derived(namespace: &str, name: &str) -> Self {
+        Self(format!("{namespace}.{name}"))
+    }
+
+    /// The uid as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PodUid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The kind of workload a pod belongs to, as Istio's ambient index names it (istio/istio
+/// `pilot/pkg/serviceregistry/kube/controller/ambient/workloads.go`, `workloadNameAndType`):
+/// the `<type>` of the `k8s.<type>.name` baggage key ztunnel sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WorkloadType {
+    /// A Deployment's pod (through its ReplicaSet).
+    Deployment,
+    /// A CronJob's pod.
+    CronJob,
+    /// A Job's pod.
+    Job,
+    /// Any other pod: bare, or of another controller (StatefulSet, DaemonSet, …).
+    #[default]
+    Pod,
+}
+
+impl WorkloadType {
+    /// Every kind.
+    pub const ALL: [WorkloadType; 4] = [
+        WorkloadType::Deployment,
+        WorkloadType::CronJob,
+        WorkloadType::Job,
+        WorkloadType::Pod,
+    ];
+
+    /// `deployment`, `cronjob`, `job` or `pod`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadType::Deployment => "deployment",
+            WorkloadType::CronJob => "cronjob",
+            WorkloadType::Job => "job",
+            WorkloadType::Pod => "pod",
+        }
+    }
+}
+
+/// Names an object for logs and errors: `Pod shop/web-1`, `Namespace shop`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.namespace`; `None` for cluster-scoped kinds.
+    pub namespace: Option<String>,
+    /// `metadata.name`; empty when the object has none.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = if self.name.is_empty() {
+            "<unnamed>"
+        } else {
+            &self.name
+        };
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{name}", self.kind),
+            None => write!(f, "{} {name}", self.kind),
+        }
+    }
+}
+
+/// The kinds a source keeps whole, as JSON, for the module that models them: Services and
+/// EndpointSlices for [`crate::state::services`], Istio's security objects for [`crate::policy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RawKind {
+    /// `v1` Service.
+    Service,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
+    /// `security.istio.io` AuthorizationPolicy.
+    AuthorizationPolicy,
+    /// `security.istio.io` PeerAuthentication.
+    PeerAuthentication,
+    /// `security.istio.io` RequestAuthentication: kept to be reported, never enforced.
+    RequestAuthentication,
+}
+
+impl RawKind {
+    /// The kind for an `apiVersion` and `kind`, if it is one of the raw ones.
+    pub fn of(api_version: &str, kind: &str) -> Option<Self> {
+        match (api_version, kind) {
+            ("v1", "Service") => Some(Self::Service),
+            ("discovery.k8s.io/v1", "EndpointSlice") => Some(Self::EndpointSlice),
+            ("security.istio.io/v1" | "security.istio.io/v1beta1", "AuthorizationPolicy") => {
+                Some(Self::AuthorizationPolicy)
+            }
+            ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
+                Some(Self::PeerAuthentication)
+            }
+            ("security.istio.io/v1" | "security.istio.io/v1beta1", "RequestAuthentication") => {
+                Some(Self::RequestAuthentication)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An object of a [`RawKind`], kept whole: its modelling module parses it, the admin dump shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawObject {
+    /// Which kind.
+    pub kind: RawKind,
+    /// Its name.
+    pub object: ObjectRef,
+    /// The whole object, as JSON.
+    pub body: serde_json::Value,
+}
