@@ -14,6 +14,7 @@
 //!   is reported by [`crate::policy::PolicySet::unsupported`]);
 //! - generations grow by one per published snapshot, starting from the empty snapshot at 0.
 
+mod balance;
 pub mod file;
 pub mod k8s;
 mod model;
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+pub use balance::EndpointPicker;
 pub use model::{
     DATAPLANE_MODE_LABEL, DEFAULT_SERVICE_ACCOUNT, DataplaneMode, Namespace,
     SIDECAR_STATUS_ANNOTATION, Workload, in_mesh,
@@ -107,6 +109,8 @@ pub struct StateStore {
     /// Serializes writers so generations are published in order; readers never take it.
     writer: Mutex<()>,
     changes: watch::Sender<u64>,
+    /// Where each Service's next connection goes: outlives the snapshots.
+    picker: EndpointPicker,
 }
 
 impl Default for StateStore {
@@ -122,7 +126,13 @@ impl StateStore {
             current: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
             changes: watch::Sender::new(0),
+            picker: EndpointPicker::default(),
         }
+    }
+
+    /// The round-robin position of every Service, for [`route`].
+    pub fn endpoint_picker(&self) -> &EndpointPicker {
+        &self.picker
     }
 
     /// The current snapshot: one atomic load, lock-free, for the data path.

@@ -1,13 +1,15 @@
 //! The outbound decision: carry a captured connection in HBONE or pass it through.
 //!
-//! Pure over a [`Snapshot`]: the same snapshot and destination always give the same route.
+//! Pure over a [`Snapshot`]: the same snapshot and destination always give the same route, but
+//! for which ready endpoint of a Service (the [`EndpointPicker`]'s round-robin, kept outside
+//! the snapshot).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use marrow_common::HBONE_PORT;
 
-use super::{Snapshot, Workload};
+use super::{EndpointPicker, Snapshot, Workload};
 
 /// Where an outbound connection goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,11 +33,12 @@ pub enum Route {
 }
 
 /// Routes a captured connection to `dst` (IPv4-mapped IPv6 destinations count as IPv4); a
-/// Service VIP resolves to one of its ready endpoints first (see [`super::services`]).
-pub fn route(snap: &Snapshot, dst: SocketAddr) -> Route {
+/// Service VIP resolves to one of its ready endpoints first, the one `picker` chooses (see
+/// [`super::services`]). Pure over the snapshot but for the picker's round-robin position.
+pub fn route(snap: &Snapshot, dst: SocketAddr, picker: &EndpointPicker) -> Route {
     // A Service VIP: one of its ready endpoints, then as if the pod had connected there.
     let dst = match snap.services().at(dst) {
-        Some(service) => match service.pick() {
+        Some(service) => match picker.pick(service) {
             Some(endpoint) => endpoint,
             None => {
                 return Route::NoEndpoint {
@@ -176,7 +179,7 @@ mod tests {
         ];
         for (what, dst, expected) in cases {
             let dst = addr(dst);
-            match (route(&snap, dst), expected) {
+            match (route(&snap, dst, &EndpointPicker::default()), expected) {
                 (
                     Route::Hbone {
                         workload,

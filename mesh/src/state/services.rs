@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -35,22 +34,13 @@ pub struct ServiceTarget {
     pub namespace: String,
     /// The Service's name.
     pub name: String,
+    /// The VIP and service port (canonical: IPv4 as IPv4).
+    pub vip: SocketAddr,
     /// Ready endpoints (pod IP, target port), in a stable order.
     pub endpoints: Vec<SocketAddr>,
-    /// Round-robin cursor.
-    next: AtomicUsize,
 }
 
 impl ServiceTarget {
-    /// The next endpoint, round-robin; `None` when the service has no ready endpoint.
-    pub fn pick(&self) -> Option<SocketAddr> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(self.endpoints[n % self.endpoints.len()])
-    }
-
     /// `<name>.<namespace>.svc.cluster.local`, Istio's `destination_service`.
     pub fn host(&self) -> String {
         format!("{}.{}.svc.cluster.local", self.name, self.namespace)
@@ -201,13 +191,14 @@ impl ServiceIndex {
                 };
                 let port_name = port.name.as_deref().unwrap_or_default();
                 let endpoints = ready_endpoints(own_slices, port_name, vip.is_ipv4());
+                let vip = SocketAddr::new(vip, number);
                 self.by_vip.insert(
-                    SocketAddr::new(vip, number),
+                    vip,
                     Arc::new(ServiceTarget {
                         namespace: namespace.clone(),
                         name: name.clone(),
+                        vip,
                         endpoints,
-                        next: AtomicUsize::new(0),
                     }),
                 );
             }
@@ -325,7 +316,8 @@ mod tests {
                 .map(|s| s.parse::<SocketAddr>().unwrap()),
             "ready ones from both slices; the not-ready one left out"
         );
-        let picks: Vec<SocketAddr> = (0..6).filter_map(|_| web.pick()).collect();
+        let picker = super::super::EndpointPicker::default();
+        let picks: Vec<SocketAddr> = (0..6).filter_map(|_| picker.pick(web)).collect();
         assert_eq!(picks[..3], web.endpoints[..], "round-robin");
         assert_eq!(picks[3..], web.endpoints[..]);
         assert_eq!(web.host(), "web.shop.svc.cluster.local");
@@ -334,7 +326,7 @@ mod tests {
             "only its ports"
         );
         let empty = index.at("10.96.0.11:80".parse().unwrap()).expect("empty");
-        assert_eq!(empty.pick(), None, "no endpoints: nothing to pick");
+        assert_eq!(picker.pick(empty), None, "no endpoints: nothing to pick");
         let mapped: SocketAddr = "[::ffff:10.96.0.10]:80".parse().unwrap();
         assert!(index.at(mapped).is_some(), "v4-mapped VIPs count as v4");
     }

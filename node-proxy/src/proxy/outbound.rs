@@ -53,7 +53,7 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                 .services()
                 .at(dst.0)
                 .map(|s| Arc::new(mesh::service_labels(s)));
-            match state::route(&snap, dst.0) {
+            match state::route(&snap, dst.0, hbone.mesh.state.endpoint_picker()) {
                 Route::Hbone {
                     workload,
                     target,

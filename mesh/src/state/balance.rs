@@ -1,0 +1,42 @@
+//! Which ready endpoint of a Service a new connection goes to: round-robin per service port.
+//!
+//! The cursors live here, in the [`StateStore`](super::StateStore), not in a
+//! [`Snapshot`](super::Snapshot): a snapshot stays immutable and a state update neither resets
+//! nor copies them. They are a fixed table of atomics indexed by a hash of the VIP and port, so
+//! picking takes no lock and allocates nothing; two service ports that share a slot share a
+//! cursor, which still spreads each over its endpoints.
+
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::services::ServiceTarget;
+
+/// Cursor slots: 2 KiB for the whole node, whatever the number of Services.
+const SLOTS: usize = 256;
+
+/// Round-robin cursors over every Service's ready endpoints.
+#[derive(Debug)]
+pub struct EndpointPicker {
+    cursors: [AtomicUsize; SLOTS],
+}
+
+impl Default for EndpointPicker {
+    fn default() -> Self {
+        Self {
+            cursors: std::array::from_fn(|_| AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl EndpointPicker {
+    /// The next ready endpoint of `service`; `None` when it has none.
+    pub fn pick(&self, service: &ServiceTarget) -> Option<SocketAddr> {
+        if service.endpoints.is_empty() {
+            return None;
+        }
+        let slot = BuildHasherDefault::<DefaultHasher>::default().hash_one(service.vip) as usize;
+        let n = self.cursors[slot % SLOTS].fetch_add(1, Ordering::Relaxed);
+        service.endpoints.get(n % service.endpoints.len()).copied()
+    }
+}
