@@ -1,7 +1,11 @@
-//! The node proxy and the Kubernetes API server: what it may call on the API server ([`access`]).
-//! [`watch`] feeds the state from the API server with kube-rs watchers.
+//! The Kubernetes API server as a state source: what the node proxy may call on it
+//! ([`access`]), the watchers that feed the state ([`watch`]), what they have seen
+//! ([`caches`]) and how they are doing ([`status`]).
 
 pub mod access;
+mod caches;
+mod status;
 pub mod watch;
 
-pub use watch::{KubeSource, KubeWatch, SourceStatus};
+pub use status::SourceStatus;
+pub use watch::{KubeSource, KubeWatch};

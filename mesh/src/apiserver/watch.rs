@@ -20,7 +20,6 @@
 //! - A kind whose resource the server does not have (Istio's CRDs not installed: 404) counts as
 //!   listed and empty, and is retried.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -31,14 +30,16 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::objects::{RawKind, RawObject};
-use crate::state::{Namespace, StateStore, StateUpdate, Workload, k8s};
+use super::caches::{Caches, Object, pod_object, raw_object};
+use super::status::SourceStatus;
+use crate::objects::RawKind;
+use crate::state::{StateStore, k8s};
 
 /// Pause after a change before a new state version is built, so a burst of events (a list, a
 /// rollout) makes one version, not hundreds.
@@ -77,7 +78,7 @@ impl Kind {
         Kind::RequestAuthentications,
     ];
 
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Kind::Namespaces => "namespaces",
             Kind::LocalPods => "pods on this node",
@@ -106,121 +107,6 @@ impl Debug for KubeSource {
             .field("node_name", &self.node_name)
             .field("root_namespace", &self.root_namespace)
             .finish_non_exhaustive()
-    }
-}
-
-/// The objects of every kind as last listed/watched, converted to the state's types.
-#[derive(Debug, Default)]
-struct Caches {
-    namespaces: BTreeMap<String, Namespace>,
-    /// This node's pods, whole (enrollment decisions need their annotations and spec).
-    local_pods: BTreeMap<String, Arc<Pod>>,
-    /// Every pod's workload, by `namespace/name`, local and remote.
-    workloads: HashMap<String, Arc<Workload>>,
-    /// Which keys of `workloads` each pod watcher put there.
-    workload_keys: HashMap<Kind, std::collections::HashSet<String>>,
-    /// Services, EndpointSlices and policies, kept as JSON for the state's parsers.
-    raw: BTreeMap<(Kind, String), RawObject>,
-    /// Kinds listed at least once.
-    synced: std::collections::HashSet<Kind>,
-    /// The objects of a re-list in progress, per kind, swapped in when it completes.
-    relisting: HashMap<Kind, Vec<Object>>,
-    /// Counts visible changes; a version is built only when it moved.
-    changes: u64,
-}
-
-/// One object converted for the caches.
-#[derive(Debug)]
-enum Object {
-    Namespace(Namespace),
-    Pod {
-        key: String,
-        workload: Option<Arc<Workload>>,
-        whole: Option<Arc<Pod>>,
-    },
-    Raw(String, RawObject),
-}
-
-/// How the source is doing, for readiness and the admin API.
-#[derive(Debug, Default)]
-pub struct SourceStatus {
-    inner: Mutex<StatusInner>,
-}
-
-#[derive(Debug)]
-struct Failing {
-    since: Instant,
-    last: Instant,
-    why: String,
-}
-
-#[derive(Debug, Default)]
-struct StatusInner {
-    /// Per kind: since when its watcher fails, when it last failed, and why.
-    failing: BTreeMap<Kind, Failing>,
-    synced: bool,
-}
-
-impl SourceStatus {
-    /// Whether every kind was listed once and a state is published.
-    pub fn synced(&self) -> bool {
-        self.lock().synced
-    }
-
-    /// A line for readiness: `None` when all is well, else what is wrong and since when.
-    pub fn detail(&self) -> Option<String> {
-        let inner = self.lock();
-        let parts: Vec<String> = inner
-            .failing
-            .iter()
-            .map(|(kind, failing)| {
-                format!(
-                    "API server: watching {} fails for {}s ({}); the last state keeps serving",
-                    kind.name(),
-                    failing.since.elapsed().as_secs(),
-                    failing.why
-                )
-            })
-            .collect();
-        (!parts.is_empty()).then(|| parts.join("; "))
-    }
-
-    fn failing(&self, kind: Kind, why: String) {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        let entry = inner.failing.entry(kind).or_insert(Failing {
-            since: now,
-            last: now,
-            why: String::new(),
-        });
-        entry.last = now;
-        entry.why = why;
-    }
-
-    fn recovered(&self, kind: Kind) {
-        if self.lock().failing.remove(&kind).is_some() {
-            info!(kind = kind.name(), "API server watch recovered");
-        }
-    }
-
-    /// The API server answered a probe started at `probed`: every kind whose last failure is
-    /// older is watching again (kube-runtime's watcher emits nothing when a watch merely
-    /// resumes). A kind that still fails fails again on its next attempt.
-    fn answered_since(&self, probed: Instant) {
-        let mut inner = self.lock();
-        let before = inner.failing.len();
-        inner.failing.retain(|_, failing| failing.last >= probed);
-        if inner.failing.len() < before {
-            info!("API server reachable again");
-        }
-    }
-
-    fn any_failing(&self) -> bool {
-        !self.lock().failing.is_empty()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -393,45 +279,6 @@ fn fields(selector: Option<String>) -> watcher::Config {
     }
 }
 
-/// A pod for the caches: its workload (`None` when finished), and the whole object if local.
-fn pod_object(pod: &Pod, local: bool) -> Result<Object, crate::state::ObjectError> {
-    let key = format!(
-        "{}/{}",
-        pod.namespace()
-            .unwrap_or_else(|| k8s::DEFAULT_NAMESPACE.into()),
-        pod.name_any()
-    );
-    let workload = k8s::workload(pod)?.map(Arc::new);
-    Ok(Object::Pod {
-        key,
-        workload,
-        whole: local.then(|| Arc::new(pod.clone())),
-    })
-}
-
-/// A Service, EndpointSlice or policy kept as JSON.
-fn raw_object<K: serde::Serialize + ResourceExt>(
-    kind: RawKind,
-    kind_name: &str,
-    object: &K,
-) -> Result<Object, crate::state::ObjectError> {
-    let mut body =
-        serde_json::to_value(object).map_err(|e| crate::state::ObjectError::Malformed {
-            reason: e.to_string(),
-        })?;
-    // managedFields are large and no parser reads them.
-    if let Some(meta) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        meta.remove("managedFields");
-    }
-    let raw = k8s::raw_object(kind, kind_name, body)?;
-    let key = format!(
-        "{}/{}",
-        raw.object.namespace.clone().unwrap_or_default(),
-        raw.object.name
-    );
-    Ok(Object::Raw(key, raw))
-}
-
 /// Runs one kind's watcher until aborted, folding its events into the caches.
 fn spawn_watch<K, F>(
     api: Api<K>,
@@ -539,118 +386,6 @@ where
         caches.changes += 1;
     }
     changed
-}
-
-impl Caches {
-    /// Replaces every object of `kind` (a completed re-list).
-    fn replace_kind(&mut self, kind: Kind, objects: Vec<Object>) {
-        match kind {
-            Kind::Namespaces => self.namespaces.clear(),
-            Kind::LocalPods | Kind::RemotePods => {
-                for key in self.workload_keys.remove(&kind).unwrap_or_default() {
-                    self.workloads.remove(&key);
-                    if kind == Kind::LocalPods {
-                        self.local_pods.remove(&key);
-                    }
-                }
-            }
-            _ => self.raw.retain(|(k, _), _| *k != kind),
-        }
-        for object in objects {
-            self.insert(kind, object);
-        }
-    }
-
-    fn insert(&mut self, kind: Kind, object: Object) {
-        match object {
-            Object::Namespace(ns) => {
-                self.namespaces.insert(ns.name.clone(), ns);
-            }
-            Object::Pod {
-                key,
-                workload,
-                whole,
-            } => {
-                match workload {
-                    Some(workload) => {
-                        self.workloads.insert(key.clone(), workload);
-                        self.workload_keys
-                            .entry(kind)
-                            .or_default()
-                            .insert(key.clone());
-                    }
-                    // Finished: its address may be a new pod's already.
-                    None => {
-                        self.workloads.remove(&key);
-                    }
-                }
-                if let Some(whole) = whole {
-                    self.local_pods.insert(key, whole);
-                }
-            }
-            Object::Raw(key, raw) => {
-                self.raw.insert((kind, key), raw);
-            }
-        }
-    }
-
-    fn remove<K: Resource>(&mut self, kind: Kind, object: &K) {
-        let meta = object.meta();
-        let name = meta.name.clone().unwrap_or_default();
-        match kind {
-            Kind::Namespaces => {
-                self.namespaces.remove(&name);
-            }
-            Kind::LocalPods | Kind::RemotePods => {
-                let key = format!(
-                    "{}/{name}",
-                    meta.namespace.as_deref().unwrap_or(k8s::DEFAULT_NAMESPACE)
-                );
-                self.workloads.remove(&key);
-                self.local_pods.remove(&key);
-                if let Some(keys) = self.workload_keys.get_mut(&kind) {
-                    keys.remove(&key);
-                }
-            }
-            _ => {
-                let key = format!(
-                    "{}/{name}",
-                    meta.namespace.as_deref().unwrap_or(k8s::DEFAULT_NAMESPACE)
-                );
-                self.raw.remove(&(kind, key));
-            }
-        }
-    }
-
-    /// A state version from everything cached. Objects that collide (two pods claiming one
-    /// IP while one terminates) keep the first and log the other.
-    fn build(&self, root_namespace: &str) -> StateUpdate {
-        let mut update = StateUpdate::new();
-        for ns in self.namespaces.values() {
-            if let Err(error) = update.add_namespace(ns.clone()) {
-                debug!(%error, "namespace left out");
-            }
-        }
-        let mut keys: Vec<&String> = self.workloads.keys().collect();
-        keys.sort_unstable();
-        for key in keys {
-            if let Err(error) = update.add_shared_workload(self.workloads[key].clone()) {
-                debug!(pod = %key, %error, "pod left out of this version");
-            }
-        }
-        for raw in self.raw.values() {
-            if let Err(error) = update.add_raw_object(raw.clone()) {
-                debug!(%error, "object left out");
-            }
-        }
-        for warning in update.build_policies(root_namespace) {
-            warn!(%warning, "policy warning");
-        }
-        for warning in update.build_services() {
-            warn!(%warning, "service warning");
-        }
-        update
-    }
 }
 
 /// How often the API server is probed while a watcher fails.
