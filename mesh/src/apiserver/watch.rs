@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -39,7 +40,7 @@ use tracing::{debug, info, warn};
 use super::caches::{Caches, Object, pod_object, raw_object};
 use super::status::SourceStatus;
 use crate::objects::RawKind;
-use crate::state::{StateStore, k8s};
+use crate::state::{SourceError, SourceWatch, StateSource, StateStore, k8s};
 
 /// Pause after a change before a new state version is built, so a burst of events (a list, a
 /// rollout) makes one version, not hundreds.
@@ -130,6 +131,44 @@ impl Drop for KubeWatch {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+impl SourceWatch for KubeWatch {
+    fn detail(&self) -> Option<String> {
+        self.status.detail()
+    }
+}
+
+impl StateSource for KubeSource {
+    fn describe(&self) -> String {
+        "--kube".to_owned()
+    }
+
+    /// Starts the watchers and waits until every kind has been listed once, logging every 10 s
+    /// what it still waits for.
+    fn start(
+        self: Box<Self>,
+        store: Arc<StateStore>,
+    ) -> BoxFuture<'static, Result<Box<dyn SourceWatch>, SourceError>> {
+        Box::pin(async move {
+            let watch = KubeSource::start(*self, store);
+            let status = watch.status();
+            let mut waited = Duration::ZERO;
+            let poll = Duration::from_millis(100);
+            while !status.synced() {
+                tokio::time::sleep(poll).await;
+                waited += poll;
+                if waited.as_millis().is_multiple_of(10_000) {
+                    info!(
+                        waited_secs = waited.as_secs(),
+                        detail = status.detail().unwrap_or_default(),
+                        "waiting for the first complete list from the API server"
+                    );
+                }
+            }
+            Ok(Box::new(watch) as Box<dyn SourceWatch>)
+        })
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Owns: the domain types ([`Workload`], [`Namespace`]), the snapshot and its indexes, the
 //! enrollment rule, the outbound [`route`] decision, the conversion from Kubernetes objects
-//! ([`k8s`]), and the local file source ([`file`]). The kube-rs watchers (issue 8) will feed the
-//! same [`StateUpdate`] through [`k8s`].
+//! ([`k8s`]), the [`StateSource`] trait and the local file source ([`file`]). The API server
+//! source (`crate::apiserver`) feeds the same [`StateUpdate`] through [`k8s`].
 //!
 //! Invariants:
 //! - the data path reads with [`StateStore::snapshot`]: one atomic load, no lock, no allocation;
@@ -23,6 +23,7 @@ mod policy_tests;
 mod route;
 pub mod services;
 mod snapshot;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +42,7 @@ pub use route::{Route, route};
 
 use crate::objects::ObjectRef;
 pub use snapshot::{Snapshot, StateUpdate};
+pub use source::{SourceError, SourceWatch, StateSource};
 
 /// Why one object is refused. The source adds where it came from (file, document, watch).
 #[derive(Debug, thiserror::Error)]

@@ -22,11 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
-use super::{ObjectError, StateStore, StateUpdate};
+use super::{ObjectError, SourceError, SourceWatch, StateSource, StateStore, StateUpdate};
 use crate::objects::ObjectRef;
 pub use parse::{parse, parse_with_root};
 use poll::{Check, Poller};
@@ -220,6 +221,24 @@ pub struct FileWatch {
 impl Drop for FileWatch {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl SourceWatch for FileWatch {}
+
+impl StateSource for LocalFileSource {
+    fn describe(&self) -> String {
+        format!("--state-file {}", self.path.display())
+    }
+
+    fn start(
+        self: Box<Self>,
+        store: Arc<StateStore>,
+    ) -> BoxFuture<'static, Result<Box<dyn SourceWatch>, SourceError>> {
+        Box::pin(async move {
+            let watch = LocalFileSource::start(*self, store).await?;
+            Ok(Box::new(watch) as Box<dyn SourceWatch>)
+        })
     }
 }
 
