@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::policy::{
-    Action, ConnectionView, Decision, Finding, MtlsError, PolicySet, Verdict, WorkloadView,
-    evaluate, plaintext_allowed, resolve_mtls, selects,
+    Action, Connection, Decision, Destination, Finding, MtlsError, PolicySet, Verdict, evaluate,
+    plaintext_allowed, resolve_mtls, selects,
 };
 use crate::state::{Snapshot, Workload};
 
@@ -136,7 +136,7 @@ pub fn explain(
             (principal, first_ip(&src)?)
         }
     };
-    let view = WorkloadView {
+    let view = Destination {
         namespace: &dst.namespace,
         name: &dst.name,
         labels: &dst.labels,
@@ -156,7 +156,7 @@ pub fn explain(
             notes: mtls_notes(policies, &view, port),
         });
     }
-    let conn = ConnectionView {
+    let conn = Connection {
         source_principal,
         source_ip,
         destination_ip,
@@ -179,8 +179,8 @@ pub fn explain(
 /// What the objects marrow does not enforce as written would have done for `conn` to `dst`.
 pub fn notes(
     policies: &PolicySet,
-    dst: &WorkloadView<'_>,
-    conn: &ConnectionView,
+    dst: &Destination<'_>,
+    conn: &Connection,
     decision: &Decision,
 ) -> Vec<String> {
     let root = policies.root_namespace();
@@ -236,7 +236,7 @@ pub fn notes(
 }
 
 /// A note when the PeerAuthentication that decided `port` was malformed (read as STRICT).
-fn mtls_notes(policies: &PolicySet, dst: &WorkloadView<'_>, port: u16) -> Vec<String> {
+fn mtls_notes(policies: &PolicySet, dst: &Destination<'_>, port: u16) -> Vec<String> {
     let (_, by) = resolve_mtls(policies, dst, port);
     policies
         .peer_authentications()

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use divan::Bencher;
 use node_proxy::identity::SpiffeId;
-use node_proxy::policy::{ConnectionView, PolicySet, WorkloadView, authorization_policy, evaluate};
+use node_proxy::policy::{Connection, Destination, PolicySet, authorization_policy, evaluate};
 
 fn main() {
     divan::main();
@@ -45,12 +45,12 @@ fn policies(count: usize) -> PolicySet {
 fn decision_allowed(bencher: Bencher, count: usize) {
     let set = policies(count);
     let labels: BTreeMap<String, String> = [("app".to_owned(), "app0".to_owned())].into();
-    let dst = WorkloadView {
+    let dst = Destination {
         namespace: "ns0",
         name: "web",
         labels: &labels,
     };
-    let conn = ConnectionView {
+    let conn = Connection {
         source_principal: Some(
             SpiffeId::parse("spiffe://cluster.local/ns/ns0/sa/client0").unwrap(),
         ),
@@ -66,12 +66,12 @@ fn decision_allowed(bencher: Bencher, count: usize) {
 fn decision_denied(bencher: Bencher, count: usize) {
     let set = policies(count);
     let labels: BTreeMap<String, String> = [("app".to_owned(), "app0".to_owned())].into();
-    let dst = WorkloadView {
+    let dst = Destination {
         namespace: "ns1",
         name: "web",
         labels: &labels,
     };
-    let conn = ConnectionView {
+    let conn = Connection {
         source_principal: None,
         source_ip: "192.0.1.7".parse().unwrap(),
         destination_ip: "10.0.1.2".parse().unwrap(),

@@ -324,7 +324,7 @@ fn unsupported_policies() -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_policies_never_freeze_the_cluster_state() {
-    use node_proxy::policy::{ConnectionView, Verdict, WorkloadView, evaluate};
+    use node_proxy::policy::{Connection, Destination, Verdict, evaluate};
     let server = ApiServer::start().await;
     seed(&server);
     for object in unsupported_policies() {
@@ -387,13 +387,13 @@ async fn unsupported_policies_never_freeze_the_cluster_state() {
     })
     .await;
     let web = snapshot.workload_by_ip(ip("10.244.1.10")).expect("web");
-    let view = WorkloadView {
+    let view = Destination {
         namespace: &web.namespace,
         name: &web.name,
         labels: &web.labels,
     };
     let td = node_proxy::identity::TrustDomain::default();
-    let from = |ns: &str, src: &str, port: u16| ConnectionView {
+    let from = |ns: &str, src: &str, port: u16| Connection {
         source_principal: Some(node_proxy::identity::SpiffeId::new(&td, ns, "client").expect("id")),
         source_ip: ip(src),
         destination_ip: ip("10.244.1.10"),

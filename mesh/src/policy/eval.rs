@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::PolicySet;
-use super::model::{Action, AuthorizationPolicy, ConnectionView, PolicyRef};
+use super::model::{Action, AuthorizationPolicy, Connection, PolicyRef};
 
 /// The destination workload as policy sees it.
 #[derive(Clone, Copy, Debug)]
-pub struct WorkloadView<'a> {
+pub struct Destination<'a> {
     /// Its namespace.
     pub namespace: &'a str,
     /// Its name (for explanations).
@@ -28,7 +28,7 @@ pub struct WorkloadView<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
-impl WorkloadView<'_> {
+impl Destination<'_> {
     /// Whether `match_labels` is a subset of the workload's labels.
     pub fn selected_by(&self, match_labels: &BTreeMap<String, String>) -> bool {
         match_labels
@@ -76,7 +76,7 @@ impl Decision {
 }
 
 /// Whether `policy` applies to `dst` under `root_namespace`.
-pub fn selects(policy: &AuthorizationPolicy, root_namespace: &str, dst: &WorkloadView<'_>) -> bool {
+pub fn selects(policy: &AuthorizationPolicy, root_namespace: &str, dst: &Destination<'_>) -> bool {
     let in_scope = policy.namespace == root_namespace || policy.namespace == dst.namespace;
     in_scope
         && !policy.targets_waypoint
@@ -84,7 +84,7 @@ pub fn selects(policy: &AuthorizationPolicy, root_namespace: &str, dst: &Workloa
 }
 
 /// The first rule of `policy` that matches `conn`.
-fn matching_rule(policy: &AuthorizationPolicy, conn: &ConnectionView) -> Option<usize> {
+fn matching_rule(policy: &AuthorizationPolicy, conn: &Connection) -> Option<usize> {
     policy
         .rules
         .iter()
@@ -92,7 +92,7 @@ fn matching_rule(policy: &AuthorizationPolicy, conn: &ConnectionView) -> Option<
 }
 
 /// Decides whether `conn` may reach `dst`.
-pub fn evaluate(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -> Decision {
+pub fn evaluate(policies: &PolicySet, dst: &Destination<'_>, conn: &Connection) -> Decision {
     let mut decision = decide(policies, dst, conn);
     if policies.has_dry_run() {
         let shadow = dry_run(policies, dst, conn);
@@ -106,7 +106,7 @@ pub fn evaluate(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionV
 /// The decision of the enforced policies (not dry-run, not AUDIT), in one pass in name
 /// order. A rule is evaluated only while no stronger match is known (Istio's order: CUSTOM,
 /// then DENY, then ALLOW), so the work is what a pass per action would do, without the passes.
-fn decide(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -> Decision {
+fn decide(policies: &PolicySet, dst: &Destination<'_>, conn: &Connection) -> Decision {
     let root = policies.root_namespace();
     let applicable = || {
         policies
@@ -167,7 +167,7 @@ fn decide(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -
 /// What the dry-run policies selecting `dst` would have decided, one line each (empty when
 /// none selects it): matching DENY and CUSTOM policies, matching ALLOW policies, and, when
 /// only dry-run ALLOW policies select the workload and none matches, that they would deny.
-pub fn dry_run(policies: &PolicySet, dst: &WorkloadView<'_>, conn: &ConnectionView) -> Vec<String> {
+pub fn dry_run(policies: &PolicySet, dst: &Destination<'_>, conn: &Connection) -> Vec<String> {
     let root = policies.root_namespace();
     let shadow: Vec<&AuthorizationPolicy> = policies
         .authorization_policies()
@@ -235,7 +235,7 @@ fn decided(
     verdict: Verdict,
     policy: &AuthorizationPolicy,
     index: usize,
-    conn: &ConnectionView,
+    conn: &Connection,
 ) -> Decision {
     let why = policy
         .rules

@@ -19,10 +19,10 @@ mod report;
 #[cfg(test)]
 mod tests;
 
-pub use eval::{Decision, Verdict, WorkloadView, evaluate, selects};
+pub use eval::{Decision, Destination, Verdict, evaluate, selects};
 pub use matcher::{CidrError, IpBlock, Match, Pattern, ServiceAccount, StringMatch};
 pub use model::{
-    Action, AuthorizationPolicy, Condition, ConnectionView, Finding, Operation, PolicyRef,
+    Action, AuthorizationPolicy, Condition, Connection, Finding, Operation, PolicyRef,
     RequestAuthentication, Rule, Source,
 };
 pub use parse::{

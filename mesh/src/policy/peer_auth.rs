@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::PolicySet;
-use super::eval::WorkloadView;
+use super::eval::Destination;
 use super::model::PolicyRef;
 
 /// A mode as written in a policy.
@@ -114,7 +114,7 @@ pub enum MtlsError {
 /// The mode in force for `port` of `dst`, and the policy that set it (`None`: the default).
 pub fn resolve_mtls(
     set: &PolicySet,
-    dst: &WorkloadView<'_>,
+    dst: &Destination<'_>,
     port: u16,
 ) -> (MtlsMode, Option<PolicyRef>) {
     let root = set.root_namespace();
@@ -163,14 +163,14 @@ fn older(a: &PeerAuthentication, b: &PeerAuthentication) -> bool {
 }
 
 /// The mode in force for `port` of `dst`.
-pub fn mtls_mode(set: &PolicySet, dst: &WorkloadView<'_>, port: u16) -> MtlsMode {
+pub fn mtls_mode(set: &PolicySet, dst: &Destination<'_>, port: u16) -> MtlsMode {
     resolve_mtls(set, dst, port).0
 }
 
 /// Whether a plaintext connection may reach `port` of `dst`.
 pub fn plaintext_allowed(
     set: &PolicySet,
-    dst: &WorkloadView<'_>,
+    dst: &Destination<'_>,
     port: u16,
 ) -> Result<(), MtlsError> {
     match resolve_mtls(set, dst, port) {

@@ -11,7 +11,7 @@ use super::file::poll::{Check, Poller};
 use super::tests::{state_file, write_settled};
 use super::*;
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::policy::{ConnectionView, Verdict, WorkloadView, evaluate};
+use crate::policy::{Connection, Destination, Verdict, evaluate};
 
 const UNSUPPORTED: &str = include_str!("../../testdata/unsupported-policies.yaml");
 
@@ -46,12 +46,12 @@ fn base() -> String {
 /// What web's proxy decides for `ns/sa` at `src` connecting to `port`.
 fn decide(snap: &Snapshot, ns: &str, sa: &str, src: &str, port: u16) -> crate::policy::Decision {
     let web = snap.workload_by_name("shop", "web").unwrap();
-    let view = WorkloadView {
+    let view = Destination {
         namespace: &web.namespace,
         name: &web.name,
         labels: &web.labels,
     };
-    let conn = ConnectionView {
+    let conn = Connection {
         source_principal: Some(SpiffeId::new(&TrustDomain::default(), ns, sa).unwrap()),
         source_ip: src.parse::<IpAddr>().unwrap(),
         destination_ip: web.ips[0],

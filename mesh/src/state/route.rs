@@ -15,7 +15,7 @@ use super::{EndpointPicker, Snapshot, Workload};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     /// The destination is a workload in the mesh: tunnel to its node proxy.
-    Hbone {
+    Tunnel {
         /// The destination workload (its identity is the server SAN to expect).
         workload: Arc<Workload>,
         /// Where to open the HBONE connection: `<pod ip>:15008`.
@@ -50,7 +50,7 @@ pub fn route(snap: &Snapshot, dst: SocketAddr, picker: &EndpointPicker) -> Route
     };
     let ip = dst.ip().to_canonical();
     match snap.workload_by_ip(ip) {
-        Some(workload) if snap.in_mesh(workload) => Route::Hbone {
+        Some(workload) if snap.in_mesh(workload) => Route::Tunnel {
             workload: Arc::clone(workload),
             target: SocketAddr::new(ip, HBONE_PORT),
             authority: SocketAddr::new(ip, dst.port()),
@@ -181,7 +181,7 @@ mod tests {
             let dst = addr(dst);
             match (route(&snap, dst, &EndpointPicker::default()), expected) {
                 (
-                    Route::Hbone {
+                    Route::Tunnel {
                         workload,
                         target,
                         authority,

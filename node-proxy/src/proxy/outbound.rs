@@ -54,7 +54,7 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                 .at(dst.0)
                 .map(|s| Arc::new(mesh::service_labels(s)));
             match state::route(&snap, dst.0, hbone.mesh.state.endpoint_picker()) {
-                Route::Hbone {
+                Route::Tunnel {
                     workload,
                     target,
                     authority,

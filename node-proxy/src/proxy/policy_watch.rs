@@ -67,7 +67,7 @@ pub fn decide(snap: &Snapshot, subject: &PolicySubject) -> Result<Option<String>
             },
         )?;
     }
-    let conn = policy::ConnectionView {
+    let conn = policy::Connection {
         source_principal: subject.source_principal.clone(),
         source_ip: subject.source.ip().to_canonical(),
         destination_ip: subject.destination.ip().to_canonical(),
@@ -84,8 +84,8 @@ pub fn decide(snap: &Snapshot, subject: &PolicySubject) -> Result<Option<String>
 }
 
 /// The policy view of a workload.
-pub fn view_of(workload: &Workload) -> policy::WorkloadView<'_> {
-    policy::WorkloadView {
+pub fn view_of(workload: &Workload) -> policy::Destination<'_> {
+    policy::Destination {
         namespace: &workload.namespace,
         name: &workload.name,
         labels: &workload.labels,

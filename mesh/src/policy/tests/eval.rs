@@ -15,10 +15,10 @@ fn check(
     set: &PolicySet,
     ns: &str,
     workload_labels: &[(&str, &str)],
-    conn: &ConnectionView,
+    conn: &Connection,
 ) -> Decision {
     let labels = labels(workload_labels);
-    let dst = WorkloadView {
+    let dst = Destination {
         namespace: ns,
         name: "web",
         labels: &labels,
@@ -208,7 +208,7 @@ fn scopes() {
     let s = set(&[root_wide, root_selector, other_ns]);
     let legacy = mtls("legacy", "old", "10.1.2.3", 80);
     let shop = mtls("shop", "web", "10.1.2.3", 80);
-    let cases: &[(&str, Labels<'_>, &ConnectionView, Option<&str>)] = &[
+    let cases: &[(&str, Labels<'_>, &Connection, Option<&str>)] = &[
         (
             "mesh-wide applies everywhere",
             &[],
@@ -328,7 +328,7 @@ fn principals_are_trust_domain_qualified() {
         "a",
         "  rules:\n  - from:\n    - source: {principals: [\"cluster.local/ns/shop/sa/web\"]}\n",
     )]);
-    let other_td = ConnectionView {
+    let other_td = Connection {
         source_principal: Some(SpiffeId::parse("spiffe://other.example/ns/shop/sa/web").unwrap()),
         ..mtls("shop", "web", "10.1.2.3", 80)
     };

@@ -42,8 +42,8 @@ fn id(ns: &str, sa: &str) -> SpiffeId {
 }
 
 /// An mTLS connection from `ns/sa` at `src` to 10.9.0.5:`port`.
-fn mtls(ns: &str, sa: &str, src: &str, port: u16) -> ConnectionView {
-    ConnectionView {
+fn mtls(ns: &str, sa: &str, src: &str, port: u16) -> Connection {
+    Connection {
         source_principal: Some(id(ns, sa)),
         source_ip: ip(src),
         destination_ip: ip("10.9.0.5"),
@@ -52,8 +52,8 @@ fn mtls(ns: &str, sa: &str, src: &str, port: u16) -> ConnectionView {
 }
 
 /// A plaintext connection from `src` to 10.9.0.5:`port`.
-fn plain(src: &str, port: u16) -> ConnectionView {
-    ConnectionView {
+fn plain(src: &str, port: u16) -> Connection {
+    Connection {
         source_principal: None,
         source_ip: ip(src),
         destination_ip: ip("10.9.0.5"),
@@ -71,10 +71,10 @@ fn decide(
     set: &PolicySet,
     ns: &str,
     workload_labels: &[(&str, &str)],
-    conn: &ConnectionView,
+    conn: &Connection,
 ) -> Decision {
     let labels = labels(workload_labels);
-    let dst = WorkloadView {
+    let dst = Destination {
         namespace: ns,
         name: "web",
         labels: &labels,

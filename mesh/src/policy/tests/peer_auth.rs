@@ -25,7 +25,7 @@ fn set(policies: &[(&str, &str, &str)]) -> PolicySet {
 
 fn mode(set: &PolicySet, ns: &str, app: &str, port: u16) -> (MtlsMode, Option<String>) {
     let labels = labels(&[("app", app)]);
-    let dst = WorkloadView {
+    let dst = Destination {
         namespace: ns,
         name: app,
         labels: &labels,
@@ -147,7 +147,7 @@ fn port_level_overrides() {
         );
     }
     let labels = labels(&[("app", "db")]);
-    let dst = WorkloadView {
+    let dst = Destination {
         namespace: "shop",
         name: "db",
         labels: &labels,

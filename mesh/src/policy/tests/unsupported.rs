@@ -4,11 +4,11 @@
 
 use super::*;
 
-fn web() -> ConnectionView {
+fn web() -> Connection {
     mtls("shop", "web", "10.1.2.3", 8080)
 }
 
-fn legacy() -> ConnectionView {
+fn legacy() -> Connection {
     mtls("legacy", "old", "10.1.2.3", 8080)
 }
 
