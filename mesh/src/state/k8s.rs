@@ -1,8 +1,8 @@
 //! Kubernetes API objects (k8s-openapi) to domain types, validating what the mesh relies on.
 //!
-//! The one adapter between the API's types and the state: the local file source uses it now,
-//! the kube-rs watchers (issue 8) will too, so both refuse the same objects for the same
-//! reasons. k8s-openapi types stop here.
+//! The one adapter between the API's types and the state: the local file source and the API
+//! server's watchers both use it, so both refuse the same objects for the same reasons.
+//! k8s-openapi types stop here.
 //!
 //! Names that end up in SPIFFE IDs (namespace, service account) are checked against Kubernetes'
 //! own rules, so a hand-written file cannot smuggle `/` into an identity.

@@ -15,8 +15,8 @@ use super::ObjectError;
 use super::model::{Namespace, Workload, in_mesh};
 use crate::objects::{ObjectRef, PodUid, RawObject};
 
-/// One consistent view of the mesh: workloads, namespaces and (until issue 4 models them) the
-/// raw objects. Never changes once published; a new one replaces it.
+/// One consistent view of the mesh: workloads, namespaces, the raw objects and what is parsed
+/// from them (policies, Services). Never changes once published; a new one replaces it.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Set by the store when published; 0 for the empty initial snapshot.
