@@ -9,6 +9,7 @@ pub mod ca;
 pub mod capture;
 pub mod cni_install;
 pub mod config;
+pub mod handoff;
 pub mod inpod;
 pub mod metrics;
 pub mod netns;

@@ -43,6 +43,7 @@ use redirect_cni::protocol::{Datagram, recv_datagram, send_datagram};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::handoff::{Predecessor, peer_uid};
 use crate::identity::HandedCertificate;
 use crate::inpod::{HandedPod, PodListener, PodRecord, Registry};
 use crate::proxy::Direction;
@@ -413,15 +414,6 @@ fn accepts_connections(sock: &Socket) -> bool {
     rc == 0 && value != 0
 }
 
-/// The old proxy's side: what it hands over and how it stops.
-pub trait Predecessor: Send + Sync + 'static {
-    /// Stops the enrollment server and returns a descriptor of its listening socket, once no
-    /// CNI call is in progress.
-    fn pause_enrollment(&self) -> impl Future<Output = io::Result<OwnedFd>> + Send;
-    /// Starts the enrollment server again (the hand-off failed).
-    fn resume_enrollment(&self, fd: OwnedFd);
-}
-
 /// Old proxy: listens on `path` for a successor. Binding replaces a stale socket file.
 ///
 /// # Errors
@@ -497,7 +489,7 @@ async fn hand_over<P: Predecessor>(
     registry: &Registry,
     predecessor: &P,
 ) -> Result<usize, HandoffError> {
-    let uid = crate::inpod::server::peer_uid(&sock).map_err(|source| HandoffError::Io {
+    let uid = peer_uid(&sock).map_err(|source| HandoffError::Io {
         path: path.to_path_buf(),
         step: "reading the peer's credentials",
         source,
