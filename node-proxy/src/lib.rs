@@ -5,6 +5,7 @@
 //! what operators scrape, [`admin`] what they ask (the admin API and its client), [`config`] the settings.
 
 pub mod admin;
+pub mod app;
 pub mod ca;
 pub mod capture;
 pub mod cni_install;

@@ -269,6 +269,10 @@ fn arg<C: Settings>(setting: &'static Setting) -> Arg {
         .map(|line| line.trim())
         .collect::<Vec<_>>()
         .join(" ");
+    // As clap's derive does: a one-sentence help has no final period.
+    if help.ends_with('.') && help.matches(". ").count() == 0 {
+        help.pop();
+    }
     if let Some(default) = C::default().show(setting.name) {
         help.push_str(&format!(" [default: {default}]"));
     }
@@ -290,7 +294,7 @@ fn arg<C: Settings>(setting: &'static Setting) -> Arg {
 
 impl<C: Settings> clap::Args for Flags<C> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        cmd.args(C::SETTINGS.iter().map(arg::<C>)).arg(
+        cmd.arg(
             Arg::new(CONFIG_FILE_FLAG)
                 .long(CONFIG_FILE_FLAG)
                 .env(CONFIG_FILE_ENV)
@@ -301,6 +305,7 @@ impl<C: Settings> clap::Args for Flags<C> {
                      the environment and the flags override it",
                 ),
         )
+        .args(C::SETTINGS.iter().map(arg::<C>))
     }
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {

@@ -103,7 +103,7 @@ settings! {
         /// A CA speaking Istio's protocol (istiod, istio-csr, `node-proxy ca serve`), e.g.
         /// https://marrow-ca.marrow-system.svc:15012; instead of --ca-dir: no CA key on the node.
         ca_address: Option<String> = None,
-            ("ca-address", "MARROW_CA_ADDRESS", parse::SOME_TEXT),
+            ("ca-address", "MARROW_CA_ADDRESS", parse::SOME_URL),
         /// With --ca-address: PEM root bundle the CA and all peers chain to (during a root
         /// rotation old and new); re-read when it changes.
         ca_roots: Option<PathBuf> = None,

@@ -60,6 +60,15 @@ pub const SOME_TEXT: Parser<Option<String>> = Parser {
     show: Clone::clone,
 };
 
+/// A URL, unset by default.
+pub const SOME_URL: Parser<Option<String>> = Parser {
+    shape: Shape::Value,
+    value_name: "URL",
+    expected: "a URL",
+    parse: |v| one(v).map(|t| Some(t.to_owned())),
+    show: Clone::clone,
+};
+
 /// Names, comma-separated or repeated.
 pub const TEXT_LIST: Parser<Vec<String>> = Parser {
     shape: Shape::List,
