@@ -125,35 +125,32 @@ pub enum AdminCommand {
 
 /// `node-proxy admin …`: one request to the admin API, printed as a table or as its JSON.
 pub fn admin(args: &AdminArgs) -> anyhow::Result<()> {
-    use admin::client::{self, View, query_escape};
-    let (view, method, path) = match &args.what {
-        AdminCommand::Workloads => (View::Workloads, "GET", "/workloads".to_owned()),
-        AdminCommand::Services => (View::Services, "GET", "/services".to_owned()),
-        AdminCommand::Policies => (View::Policies, "GET", "/policies".to_owned()),
-        AdminCommand::Certificates => (View::Certificates, "GET", "/certificates".to_owned()),
-        AdminCommand::Connections => (View::Connections, "GET", "/connections".to_owned()),
-        AdminCommand::Config => (View::Config, "GET", "/config_dump".to_owned()),
-        AdminCommand::Logging { level: None } => (View::Logging, "GET", "/logging".to_owned()),
-        AdminCommand::Logging { level: Some(level) } => (
-            View::Logging,
-            "POST",
-            format!("/logging?level={}", query_escape(level)),
-        ),
-        AdminCommand::Explain { from, to, port } => (
-            View::Explain,
-            "GET",
-            format!(
-                "/explain?from={}&to={}&port={port}",
-                query_escape(from),
-                query_escape(to)
-            ),
-        ),
+    use admin::Endpoint;
+    use admin::client;
+    let port_text;
+    let (endpoint, method, params): (Endpoint, &str, Vec<(&str, &str)>) = match &args.what {
+        AdminCommand::Workloads => (Endpoint::Workloads, "GET", vec![]),
+        AdminCommand::Services => (Endpoint::Services, "GET", vec![]),
+        AdminCommand::Policies => (Endpoint::Policies, "GET", vec![]),
+        AdminCommand::Certificates => (Endpoint::Certificates, "GET", vec![]),
+        AdminCommand::Connections => (Endpoint::Connections, "GET", vec![]),
+        AdminCommand::Config => (Endpoint::ConfigDump, "GET", vec![]),
+        AdminCommand::Logging { level: None } => (Endpoint::Logging, "GET", vec![]),
+        AdminCommand::Logging { level: Some(level) } => {
+            (Endpoint::Logging, "POST", vec![("level", level)])
+        }
+        AdminCommand::Explain { from, to, port } => {
+            port_text = port.to_string();
+            let params = vec![("from", from.as_str()), ("to", to), ("port", &port_text)];
+            (Endpoint::Explain, "GET", params)
+        }
     };
+    let path = client::target(endpoint, &params);
     let reply = client::request(args.addr, method, &path)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
     } else {
-        print!("{}", client::render(view, &reply));
+        print!("{}", client::render(endpoint, &reply));
     }
     Ok(())
 }
