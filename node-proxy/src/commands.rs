@@ -172,7 +172,7 @@ pub enum CaCommand {
     },
     /// Serve the mesh CA over Istio's CA protocol (gRPC CreateCertificate, TLS on :15012):
     /// node proxies obtain only the identities of pods on their own node.
-    Serve(node_proxy::ca::ServeArgs),
+    Serve(node_proxy::config::Flags<node_proxy::ca::ServeConfig>),
 }
 
 /// `node-proxy cni …`.
@@ -289,7 +289,6 @@ pub fn cni(command: CniCommand) -> anyhow::Result<()> {
         }
     }
 }
-
 
 /// `node-proxy ca create`: a self-signed mesh CA in `dir`; prints the paths of its two files.
 pub fn ca_create(dir: &Path, trust_domain: &str, days: u64) -> anyhow::Result<()> {

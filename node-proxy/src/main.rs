@@ -62,12 +62,13 @@ fn main() -> anyhow::Result<()> {
             trust_domain,
             days,
         }) => commands::ca_create(&dir, &trust_domain, days),
-        Command::Ca(CaCommand::Serve(args)) => {
+        Command::Ca(CaCommand::Serve(flags)) => {
+            let config = flags.load(&ProcessEnv)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("building the runtime")?;
-            runtime.block_on(node_proxy::ca::run(args))?;
+            runtime.block_on(node_proxy::ca::run(config))?;
             Ok(())
         }
         Command::Cleanup { bpffs_dir } => commands::cleanup(&bpffs_dir),

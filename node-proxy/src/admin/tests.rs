@@ -517,7 +517,10 @@ fn the_client_asks_the_paths_the_server_routes() {
             .parse()
             .unwrap();
         assert_eq!(Endpoint::at(uri.path()), Some(endpoint), "{uri}");
-        assert_eq!(param(uri.query().unwrap(), "level").unwrap(), "info,access=off");
+        assert_eq!(
+            param(uri.query().unwrap(), "level").unwrap(),
+            "info,access=off"
+        );
     }
     assert_eq!(Endpoint::at("/config"), None);
     assert_eq!(

@@ -132,11 +132,10 @@ fn certificate_provider(
     let (Some(address), Some(roots_file)) = (&config.ca_address, &config.ca_roots) else {
         return Ok(None);
     };
-    let roots =
-        identity::read_roots(roots_file).map_err(|source| AppError::CertificateSource {
-            setting: "--ca-roots",
-            source,
-        })?;
+    let roots = identity::read_roots(roots_file).map_err(|source| AppError::CertificateSource {
+        setting: "--ca-roots",
+        source,
+    })?;
     let bundle = identity::TrustBundle::new(roots);
     let ca = identity::IstioCa::new(
         identity::IstioCaConfig {
@@ -178,18 +177,13 @@ async fn start_kube(
     state: &Arc<StateStore>,
     readiness: &Arc<Readiness>,
 ) -> Result<crate::apiserver::KubeWatch, AppError> {
-    let mut kube_config = kube::Config::infer()
-        .await
-        .map_err(AppError::KubeConfig)?;
+    let mut kube_config = kube::Config::infer().await.map_err(AppError::KubeConfig)?;
     // The watchers retry with their own backoff and must see failures to report them.
     kube_config.default_retry = false;
     let client = kube::Client::try_from(kube_config).map_err(AppError::KubeClient)?;
-    let watch = crate::apiserver::KubeSource::new(
-        client,
-        config.node_name.clone(),
-        &config.root_namespace,
-    )
-    .start(state.clone());
+    let watch =
+        crate::apiserver::KubeSource::new(client, config.node_name.clone(), &config.root_namespace)
+            .start(state.clone());
     let status = watch.status();
     let mut waited = Duration::ZERO;
     let poll = Duration::from_millis(100);

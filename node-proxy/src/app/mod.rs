@@ -126,7 +126,10 @@ pub fn run(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(), A
 }
 
 /// Binds a listener of the node netns, naming its flag on failure.
-async fn bind(setting: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
+async fn bind(
+    setting: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, AppError> {
     http::bind(addr).await.map_err(|source| AppError::Bind {
         setting,
         addr,
@@ -210,16 +213,16 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
     // With the API server as source, pods of this node that belong in the mesh but were never
     // enrolled (running before the install, or labelled later) are enrolled here.
     let _reconcile = match (&mesh_for_reconcile, &config.node_name) {
-        (Some(mesh), Some(node)) if config.kube => Some(AbortOnDrop(tokio::spawn(
-            crate::inpod::reconcile::run(
+        (Some(mesh), Some(node)) if config.kube => {
+            Some(AbortOnDrop(tokio::spawn(crate::inpod::reconcile::run(
                 registry.clone(),
                 mesh.clone(),
                 reconcile_host.clone(),
                 node.clone(),
                 PathBuf::from("/proc"),
                 crate::inpod::reconcile::DEFAULT_EVERY,
-            ),
-        ))),
+            ))))
+        }
         _ => None,
     };
     readiness.set(true);

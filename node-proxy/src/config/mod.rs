@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use layers::{Env, Flags, Origin, ProcessEnv, Settings};
 pub(crate) use layers::settings;
+pub use layers::{Env, Flags, Origin, ProcessEnv, Settings};
 pub use parse::{parse_header, parse_key_exchange, parse_port_range};
 
 /// Errors of reading and validating a configuration, and of cgroup discovery.
@@ -414,4 +414,3 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
         (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
     })
 }
-

@@ -83,7 +83,11 @@ pub const ADDR: Parser<SocketAddr> = Parser {
     shape: Shape::Value,
     value_name: "ADDR",
     expected: "an IP:PORT address such as 0.0.0.0:15020",
-    parse: |v| one(v)?.parse().map_err(|e: std::net::AddrParseError| e.to_string()),
+    parse: |v| {
+        one(v)?
+            .parse()
+            .map_err(|e: std::net::AddrParseError| e.to_string())
+    },
     show: |a| Some(a.to_string()),
 };
 
@@ -92,7 +96,11 @@ pub const COUNT: Parser<usize> = Parser {
     shape: Shape::Value,
     value_name: "N",
     expected: "a whole number",
-    parse: |v| one(v)?.parse().map_err(|e: std::num::ParseIntError| e.to_string()),
+    parse: |v| {
+        one(v)?
+            .parse()
+            .map_err(|e: std::num::ParseIntError| e.to_string())
+    },
     show: |n| Some(n.to_string()),
 };
 

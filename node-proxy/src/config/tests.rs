@@ -301,15 +301,30 @@ fn the_config_file_comes_from_the_flag_before_the_environment() {
 #[test]
 fn a_bad_value_of_each_kind_names_setting_value_layer_and_expectation() {
     let cases: [(&str, &str, &str, &str); 8] = [
-        ("MARROW_WORKER_THREADS", "many", "--worker-threads", "a whole number"),
+        (
+            "MARROW_WORKER_THREADS",
+            "many",
+            "--worker-threads",
+            "a whole number",
+        ),
         (
             "MARROW_CONNECT_TIMEOUT_MS",
             "1.5s",
             "--connect-timeout-ms",
             "milliseconds",
         ),
-        ("MARROW_DRAIN_TIMEOUT_SECS", "-1", "--drain-timeout-secs", "seconds"),
-        ("MARROW_METRICS_ADDR", "localhost", "--metrics-addr", "IP:PORT"),
+        (
+            "MARROW_DRAIN_TIMEOUT_SECS",
+            "-1",
+            "--drain-timeout-secs",
+            "seconds",
+        ),
+        (
+            "MARROW_METRICS_ADDR",
+            "localhost",
+            "--metrics-addr",
+            "IP:PORT",
+        ),
         ("MARROW_KUBE", "yes", "--kube", "true or false"),
         (
             "MARROW_INBOUND_SOURCE_PORTS",
@@ -323,12 +338,20 @@ fn a_bad_value_of_each_kind_names_setting_value_layer_and_expectation() {
             "--tls-key-exchange",
             "post-quantum-only",
         ),
-        ("MARROW_CA_HEADERS", "ClusterID", "--ca-header", "NAME=VALUE"),
+        (
+            "MARROW_CA_HEADERS",
+            "ClusterID",
+            "--ca-header",
+            "NAME=VALUE",
+        ),
     ];
     for (env, value, setting, expected) in cases {
         let error = load(None, &[(env, value)], &[]).unwrap_err().to_string();
         for part in [setting, value, env, expected] {
-            assert!(error.contains(part), "{env}={value}: {part:?} not in {error}");
+            assert!(
+                error.contains(part),
+                "{env}={value}: {part:?} not in {error}"
+            );
         }
     }
     // The same parsers read the file; its errors name the file.
