@@ -387,3 +387,17 @@ fn a_bad_flag_is_refused_by_the_parser() {
     assert!(error.contains("--worker-threads"), "{error}");
     assert!(Cli::try_parse_from(["run", "--no-such-flag"]).is_err());
 }
+
+#[test]
+fn the_readme_example_file_is_valid() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("# node-proxy run --config-file")
+        .expect("README shows a configuration file");
+    let example = &readme[start..];
+    let example = &example[..example.find("```").unwrap()];
+    let c = load(Some(example), &[], &[]).unwrap();
+    c.validate().unwrap();
+    assert!(c.kube);
+    assert_eq!(c.connect_timeout, Duration::from_secs(5));
+}
