@@ -15,8 +15,8 @@ use crate::identity::{
 };
 use crate::metrics::Metrics;
 use crate::proxy::mesh::Mesh;
-use crate::state::StateStore;
-use crate::state::file::{FileWatch, LocalFileSource};
+use crate::state::file::LocalFileSource;
+use crate::state::{SourceWatch, StateSource, StateStore};
 
 /// Loads the state source and the CA when configured, and keeps the state reloading; `None`
 /// without them.
@@ -27,7 +27,7 @@ pub async fn start(
     config: &Config,
     metrics: &Arc<Metrics>,
     readiness: &Arc<Readiness>,
-) -> Result<Option<(Arc<Mesh>, StateWatch)>, AppError> {
+) -> Result<Option<(Arc<Mesh>, Arc<dyn SourceWatch>)>, AppError> {
     let trust_domain = TrustDomain::new(&config.trust_domain)?;
     let Some((provider, bundle, ca_name)) = certificate_provider(config, &trust_domain)? else {
         tracing::info!("no --state-file/--kube with a CA: plain TCP only, no HBONE");
@@ -48,20 +48,25 @@ pub async fn start(
     }
     let certs = Arc::new(certs);
     let state = Arc::new(StateStore::new());
-    let watch = match &config.state_file {
-        Some(state_file) => StateWatch::File(
+    let source: Box<dyn StateSource> = match &config.state_file {
+        Some(state_file) => Box::new(
             LocalFileSource::new(state_file.clone())
                 .with_interval(config.state_poll)
-                .with_root_namespace(config.root_namespace.clone())
-                .start(state.clone())
-                .await
-                .map_err(|source| AppError::StateFile {
-                    path: state_file.clone(),
-                    source,
-                })?,
+                .with_root_namespace(config.root_namespace.clone()),
         ),
-        None => StateWatch::Kube(start_kube(config, &state, readiness).await?),
+        None => Box::new(kube_source(config).await?),
     };
+    let setting = source.describe();
+    let watch: Arc<dyn SourceWatch> = Arc::from(
+        source
+            .start(state.clone())
+            .await
+            .map_err(|source| AppError::StateSource { setting, source })?,
+    );
+    // Readiness carries the source's status (the API server's failing watchers); it must
+    // not keep the source running, which stops when the caller drops the watch.
+    let weak = Arc::downgrade(&watch);
+    readiness.add_detail(Box::new(move || weak.upgrade().and_then(|w| w.detail())));
     let mut generations = state.subscribe();
     let gauge = metrics.config_generation.clone();
     gauge.set(i64::try_from(*generations.borrow()).unwrap_or(i64::MAX));
@@ -160,44 +165,17 @@ fn certificate_provider(
     Ok(Some((Arc::new(ca), Some(bundle), address.clone())))
 }
 
-/// What keeps the cluster state current; held for its `Drop`, which stops the updates.
-#[derive(Debug)]
-pub enum StateWatch {
-    /// `--state-file`, polled.
-    File(FileWatch),
-    /// `--kube`, watched.
-    Kube(crate::apiserver::KubeWatch),
-}
-
-/// Connects to the API server (in-cluster config, or `KUBECONFIG`), starts the watchers and
-/// waits until every kind has been listed once, so the data path never starts on a
-/// half-known cluster. Readiness carries the source's status from then on.
-async fn start_kube(
-    config: &Config,
-    state: &Arc<StateStore>,
-    readiness: &Arc<Readiness>,
-) -> Result<crate::apiserver::KubeWatch, AppError> {
+/// The API server as the state source (in-cluster config, or `KUBECONFIG`); its start waits
+/// until every kind has been listed once, so the data path never starts on a half-known
+/// cluster.
+async fn kube_source(config: &Config) -> Result<crate::apiserver::KubeSource, AppError> {
     let mut kube_config = kube::Config::infer().await.map_err(AppError::KubeConfig)?;
     // The watchers retry with their own backoff and must see failures to report them.
     kube_config.default_retry = false;
     let client = kube::Client::try_from(kube_config).map_err(AppError::KubeClient)?;
-    let watch =
-        crate::apiserver::KubeSource::new(client, config.node_name.clone(), &config.root_namespace)
-            .start(state.clone());
-    let status = watch.status();
-    let mut waited = Duration::ZERO;
-    let poll = Duration::from_millis(100);
-    while !status.synced() {
-        tokio::time::sleep(poll).await;
-        waited += poll;
-        if waited.as_millis().is_multiple_of(10_000) {
-            tracing::info!(
-                waited_secs = waited.as_secs(),
-                detail = status.detail().unwrap_or_default(),
-                "waiting for the first complete list from the API server"
-            );
-        }
-    }
-    readiness.add_detail(Box::new(move || status.detail()));
-    Ok(watch)
+    Ok(crate::apiserver::KubeSource::new(
+        client,
+        config.node_name.clone(),
+        &config.root_namespace,
+    ))
 }

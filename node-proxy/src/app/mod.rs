@@ -28,7 +28,7 @@ use crate::inpod::{RecordError, RecordStore, Registry};
 use crate::metrics::Metrics;
 use crate::netns::HostNetns;
 use crate::proxy::ProxySettings;
-use crate::state::file::FileError;
+use crate::state::SourceError;
 use crate::upgrade::{self, HandoffError};
 
 /// Why the node proxy could not start; each names the step (and setting) that failed.
@@ -70,13 +70,13 @@ pub enum AppError {
         /// Cause.
         source: IdentityError,
     },
-    /// The state file cannot be loaded.
-    #[error("--state-file {}", path.display())]
-    StateFile {
-        /// The file.
-        path: PathBuf,
+    /// The state source (named by its setting) cannot publish a first version.
+    #[error("{setting}")]
+    StateSource {
+        /// The setting that chose it: `--state-file PATH`, `--kube`.
+        setting: String,
         /// Cause.
-        source: FileError,
+        source: SourceError,
     },
     /// No Kubernetes configuration was found for `--kube`.
     #[error("--kube: no in-cluster service account and no usable KUBECONFIG")]
