@@ -5,10 +5,12 @@
 //! what operators scrape, [`admin`] what they ask (the admin API and its client), [`config`] the settings.
 
 pub mod admin;
+pub mod app;
 pub mod ca;
 pub mod capture;
 pub mod cni_install;
 pub mod config;
+pub mod handoff;
 pub mod inpod;
 pub mod metrics;
 pub mod netns;

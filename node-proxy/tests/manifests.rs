@@ -34,7 +34,7 @@ const NODE_PROXY: &str = env!("CARGO_BIN_EXE_node-proxy");
 /// Where the image puts the binary (Dockerfile ENTRYPOINT).
 const ENTRYPOINT: &str = "/usr/bin/node-proxy";
 /// Variables read by node-proxy that are not flags.
-const NOT_FLAGS: [&str; 1] = ["RUST_LOG"]; // tracing's EnvFilter, in main's init_tracing
+const NOT_FLAGS: [&str; 1] = ["RUST_LOG"]; // tracing's EnvFilter, in app::logging::init
 
 fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")

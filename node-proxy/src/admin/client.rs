@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::Endpoint;
+
 /// Bound on connecting, and on each read and write.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -182,38 +184,31 @@ impl std::fmt::Display for Table {
     }
 }
 
-/// What `node-proxy admin` shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum View {
-    /// `/workloads`.
-    Workloads,
-    /// `/services`.
-    Services,
-    /// `/policies`.
-    Policies,
-    /// `/certificates`.
-    Certificates,
-    /// `/connections`.
-    Connections,
-    /// `/config_dump`.
-    Config,
-    /// `/logging`.
-    Logging,
-    /// `/explain`.
-    Explain,
+/// The request line's target for `endpoint` with the query `params` (values escaped).
+pub fn target(endpoint: Endpoint, params: &[(&str, &str)]) -> String {
+    let mut target = endpoint.path().to_owned();
+    for (i, (key, value)) in params.iter().enumerate() {
+        let sep = if i == 0 { '?' } else { '&' };
+        let _ = write!(target, "{sep}{key}={}", query_escape(value));
+    }
+    target
 }
 
-/// The reply of `view` as text for a terminal.
-pub fn render(view: View, reply: &Value) -> String {
-    match view {
-        View::Workloads => workloads(reply),
-        View::Services => services(reply),
-        View::Policies => policies(reply),
-        View::Certificates => certificates(reply),
-        View::Connections => connections(reply),
-        View::Config => config(reply),
-        View::Logging => format!("log level: {}\n", text(&reply["level"])),
-        View::Explain => {
+/// The reply of `endpoint` as text for a terminal.
+pub fn render(endpoint: Endpoint, reply: &Value) -> String {
+    match endpoint {
+        Endpoint::Workloads => workloads(reply),
+        Endpoint::Services => services(reply),
+        Endpoint::Policies => policies(reply),
+        Endpoint::Certificates => certificates(reply),
+        Endpoint::Connections => connections(reply),
+        Endpoint::ConfigDump => config(reply),
+        Endpoint::Logging => format!("log level: {}\n", text(&reply["level"])),
+        Endpoint::Index => items(reply, "endpoints")
+            .iter()
+            .map(|e| format!("{}\n", text(e)))
+            .collect(),
+        Endpoint::Explain => {
             let mut out = format!(
                 "decision: {}\npolicy:   {}\nrule:     {}\nreason:   {}\n",
                 text(&reply["decision"]),

@@ -31,19 +31,95 @@ use crate::inpod::{PodRecord, Registry};
 use crate::proxy::connections::ConnectionTable;
 use crate::state::StateStore;
 
+/// One endpoint of the admin API: the one table the server routes by, the index lists and
+/// the client ([`client`]) asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /workloads`: the state's workloads, and the pods enrolled on this node.
+    Workloads,
+    /// `GET /services`: the state's Services and EndpointSlices.
+    Services,
+    /// `GET /policies`: AuthorizationPolicies and PeerAuthentications in force.
+    Policies,
+    /// `GET /certificates`: the identities held, and their validity.
+    Certificates,
+    /// `GET /connections`: the connections open now.
+    Connections,
+    /// `GET /config_dump`: the effective configuration.
+    ConfigDump,
+    /// `GET /logging`: the log filter; `POST /logging?level=…` replaces it.
+    Logging,
+    /// `GET /explain?from=…&to=…&port=…`: the L4 decision for a connection.
+    Explain,
+    /// `GET /`: this list.
+    Index,
+}
+
+impl Endpoint {
+    /// Every endpoint, in the order the index lists them.
+    pub const ALL: [Endpoint; 9] = [
+        Endpoint::Workloads,
+        Endpoint::Services,
+        Endpoint::Policies,
+        Endpoint::Certificates,
+        Endpoint::Connections,
+        Endpoint::ConfigDump,
+        Endpoint::Logging,
+        Endpoint::Explain,
+        Endpoint::Index,
+    ];
+
+    /// Its path.
+    pub const fn path(self) -> &'static str {
+        match self {
+            Endpoint::Workloads => "/workloads",
+            Endpoint::Services => "/services",
+            Endpoint::Policies => "/policies",
+            Endpoint::Certificates => "/certificates",
+            Endpoint::Connections => "/connections",
+            Endpoint::ConfigDump => "/config_dump",
+            Endpoint::Logging => "/logging",
+            Endpoint::Explain => "/explain",
+            Endpoint::Index => "/",
+        }
+    }
+
+    /// How it is called, as the index and the 404 reply list it.
+    const fn usage(self) -> &'static [&'static str] {
+        match self {
+            Endpoint::Workloads => &["GET /workloads"],
+            Endpoint::Services => &["GET /services"],
+            Endpoint::Policies => &["GET /policies"],
+            Endpoint::Certificates => &["GET /certificates"],
+            Endpoint::Connections => &["GET /connections"],
+            Endpoint::ConfigDump => &["GET /config_dump"],
+            Endpoint::Logging => &["GET /logging", "POST /logging?level=<EnvFilter directive>"],
+            Endpoint::Explain => &["GET /explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N"],
+            Endpoint::Index => &["GET /"],
+        }
+    }
+
+    /// The methods it answers; only `POST /logging` changes anything.
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Endpoint::Logging => &[Method::GET, Method::POST],
+            _ => &[Method::GET],
+        }
+    }
+
+    /// The endpoint at `path`, if any.
+    pub fn at(path: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
+}
+
 /// The endpoints, as the 404 reply and `GET /` list them.
-pub const ENDPOINTS: [&str; 10] = [
-    "GET /workloads",
-    "GET /services",
-    "GET /policies",
-    "GET /certificates",
-    "GET /connections",
-    "GET /config_dump",
-    "GET /logging",
-    "POST /logging?level=<EnvFilter directive>",
-    "GET /explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N",
-    "GET /",
-];
+pub fn endpoints() -> Vec<&'static str> {
+    Endpoint::ALL
+        .iter()
+        .flat_map(|e| e.usage().iter().copied())
+        .collect()
+}
 
 /// The pods enrolled on this node (the enrollment registry; a list in tests).
 pub trait EnrolledPods: Send + Sync {
@@ -199,47 +275,39 @@ pub async fn serve(listener: TcpListener, admin: Arc<AdminState>) {
 pub async fn handle(admin: &AdminState, method: &Method, uri: &Uri) -> Reply {
     let path = uri.path();
     let query = uri.query().unwrap_or_default();
-    let allowed: &[Method] = if path == "/logging" {
-        &[Method::GET, Method::POST]
-    } else {
-        &[Method::GET]
+    let Some(endpoint) = Endpoint::at(path) else {
+        return Reply::with(
+            StatusCode::NOT_FOUND,
+            &ErrorBody {
+                error: &format!("no endpoint {path}"),
+                endpoints: Some(&endpoints()),
+            },
+        );
     };
-    let known = path == "/" || ENDPOINTS.iter().any(|e| endpoint_path(e) == path);
-    if known && !allowed.contains(method) {
+    let allowed = endpoint.methods();
+    if !allowed.contains(method) {
         return Reply::error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} {path} is not supported; use {}", names(allowed)),
         );
     }
-    match path {
-        "/" => Reply::ok(&serde_json::json!({ "endpoints": ENDPOINTS })),
-        "/workloads" => {
+    match endpoint {
+        Endpoint::Index => Reply::ok(&serde_json::json!({ "endpoints": endpoints() })),
+        Endpoint::Workloads => {
             let enrolled = match &admin.enrolled {
                 Some(registry) => registry.enrolled().await,
                 None => Vec::new(),
             };
             Reply::ok(&views::workloads(admin, &enrolled))
         }
-        "/services" => Reply::ok(&views::services(admin)),
-        "/policies" => Reply::ok(&views::policies(admin)),
-        "/certificates" => Reply::ok(&views::certificates(admin).await),
-        "/connections" => Reply::ok(&views::connections(admin)),
-        "/config_dump" => Reply::ok(&views::config_dump(admin)),
-        "/logging" => logging(admin, method, query),
-        "/explain" => explain(admin, query),
-        _ => Reply::with(
-            StatusCode::NOT_FOUND,
-            &ErrorBody {
-                error: &format!("no endpoint {path}"),
-                endpoints: Some(&ENDPOINTS),
-            },
-        ),
+        Endpoint::Services => Reply::ok(&views::services(admin)),
+        Endpoint::Policies => Reply::ok(&views::policies(admin)),
+        Endpoint::Certificates => Reply::ok(&views::certificates(admin).await),
+        Endpoint::Connections => Reply::ok(&views::connections(admin)),
+        Endpoint::ConfigDump => Reply::ok(&views::config_dump(admin)),
+        Endpoint::Logging => logging(admin, method, query),
+        Endpoint::Explain => explain(admin, query),
     }
-}
-
-fn endpoint_path(endpoint: &str) -> &str {
-    let path = endpoint.split_once(' ').map_or(endpoint, |(_, p)| p);
-    path.split_once('?').map_or(path, |(p, _)| p)
 }
 
 fn names(methods: &[Method]) -> String {

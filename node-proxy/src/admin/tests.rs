@@ -8,7 +8,7 @@ use redirect_cni::protocol::{Attachment, PodIdentity};
 use serde_json::Value;
 use tracing_subscriber::layer::SubscriberExt;
 
-use super::client::{self, Table, View};
+use super::client::{self, Table};
 use super::*;
 use crate::identity::{CaFiles, LocalCa, LocalCaOptions, ManagerConfig, SpiffeId};
 use crate::metrics::Reporter;
@@ -270,7 +270,7 @@ async fn connections_list_both_ends_and_bytes() {
     );
     assert!(c["age_ms"].is_u64());
 
-    let text = client::render(View::Connections, &body);
+    let text = client::render(Endpoint::Connections, &body);
     let mut lines = text.lines();
     let header = lines.next().unwrap();
     assert!(header.starts_with("DIR"), "{text}");
@@ -317,7 +317,7 @@ async fn certificates_show_validity_and_serial() {
     assert!(c["seconds_left"].as_i64().unwrap() > 3600, "{c}");
     assert!(c["not_after"].as_str().unwrap().ends_with('Z'), "{c}");
     assert!(c["serial"].as_str().is_some_and(|s| !s.is_empty()), "{c}");
-    let text = client::render(View::Certificates, &body);
+    let text = client::render(Endpoint::Certificates, &body);
     assert!(
         text.contains("spiffe://cluster.local/ns/shop/sa/client"),
         "{text}"
@@ -507,4 +507,25 @@ async fn unsupported_objects_are_reported_by_the_metric_and_config_dump() {
         dump["dry_run_policies"],
         serde_json::json!(["shop/try-deny-client"])
     );
+}
+
+#[test]
+fn the_client_asks_the_paths_the_server_routes() {
+    for endpoint in Endpoint::ALL {
+        assert_eq!(Endpoint::at(endpoint.path()), Some(endpoint));
+        let uri: Uri = client::target(endpoint, &[("level", "info,access=off")])
+            .parse()
+            .unwrap();
+        assert_eq!(Endpoint::at(uri.path()), Some(endpoint), "{uri}");
+        assert_eq!(
+            param(uri.query().unwrap(), "level").unwrap(),
+            "info,access=off"
+        );
+    }
+    assert_eq!(Endpoint::at("/config"), None);
+    assert_eq!(
+        client::target(Endpoint::Explain, &[("from", "shop/a"), ("port", "80")]),
+        "/explain?from=shop%2Fa&port=80"
+    );
+    assert_eq!(endpoints().len(), 10, "{:?}", endpoints());
 }

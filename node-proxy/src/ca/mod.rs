@@ -24,7 +24,7 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::Code;
 
+use crate::config::{parse, settings};
 use crate::identity::{CaFiles, DEFAULT_TRUST_DOMAIN, SpiffeId, TrustDomain};
 
 pub use authorize::{Grant, ServiceAccount};
@@ -39,7 +40,7 @@ pub use server::serve;
 pub use telemetry::{CaTelemetry, RefusalLabels};
 
 /// The port istiod serves its CA on, and so this CA.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:15012";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15012);
 /// The audience node proxies' tokens are projected for (Istio's).
 pub const DEFAULT_AUDIENCE: &str = "istio-ca";
 /// The node proxies' ServiceAccount.
@@ -48,51 +49,65 @@ pub const DEFAULT_NODE_PROXY_ACCOUNTS: &str = "marrow-system/node-proxy";
 pub const DEFAULT_SERVING_NAMES: &str =
     "marrow-ca.marrow-system.svc,marrow-ca.marrow-system.svc.cluster.local";
 
-/// Flags of `node-proxy ca serve`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Address to serve gRPC over TLS on.
-    #[arg(long, env = "MARROW_CA_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-    /// Directory of ca-cert.pem and ca-key.pem (the mounted Secret); reloaded when they change.
-    #[arg(long, env = "MARROW_CA_DIR", default_value = "/etc/marrow-ca")]
-    pub ca_dir: PathBuf,
-    /// SPIFFE trust domain the CA signs for.
-    #[arg(long, env = "MARROW_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
-    pub trust_domain: String,
-    /// ServiceAccounts (`ns/sa`, comma separated) that may ask for the identities of pods on
-    /// their own node.
-    #[arg(long, env = "MARROW_CA_NODE_PROXY_ACCOUNTS", value_delimiter = ',',
-        default_value = DEFAULT_NODE_PROXY_ACCOUNTS)]
-    pub node_proxy_accounts: Vec<String>,
-    /// Audience callers' tokens must be issued for.
-    #[arg(long, env = "MARROW_CA_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
-    pub audience: String,
-    /// DNS names (comma separated) of the CA's own serving certificate.
-    #[arg(long, env = "MARROW_CA_SERVING_NAMES", value_delimiter = ',',
-        default_value = DEFAULT_SERVING_NAMES)]
-    pub serving_names: Vec<String>,
-    /// Longest lifetime of an issued certificate, in seconds.
-    #[arg(long, env = "MARROW_CA_MAX_CERT_TTL_SECS", default_value_t = 86_400)]
-    pub max_cert_ttl_secs: u64,
-    /// Requests checked at once; more are refused with RESOURCE_EXHAUSTED (the proxies retry
-    /// with backoff), so a flood of calls does not become a flood on the API server.
-    #[arg(long, env = "MARROW_CA_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
-    pub max_concurrent_requests: usize,
-    /// `/metrics` (Prometheus): issued and refused requests, the CA's expiry.
-    #[arg(long, env = "MARROW_CA_METRICS_ADDR", default_value = "0.0.0.0:15014")]
-    pub metrics_addr: SocketAddr,
-    /// `/healthz/ready`: 200 once a CA is loaded.
-    #[arg(
-        long,
-        env = "MARROW_CA_READINESS_ADDR",
-        default_value = "0.0.0.0:15021"
-    )]
-    pub readiness_addr: SocketAddr,
+/// The comma-separated `list` as a list.
+fn split(list: &str) -> Vec<String> {
+    list.split(',').map(str::to_owned).collect()
 }
 
-impl ServeArgs {
-    /// The settings these flags give, validated.
+settings! {
+    /// Everything `node-proxy ca serve` needs, read as the node proxy's configuration is
+    /// (defaults, `--config-file`, `MARROW_*`, flags; see [`crate::config::layers`]).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ServeConfig {
+        /// Address to serve gRPC over TLS on.
+        listen: SocketAddr = DEFAULT_LISTEN,
+            ("listen", "MARROW_CA_LISTEN", parse::ADDR),
+        /// Directory of ca-cert.pem and ca-key.pem (the mounted Secret); reloaded when they
+        /// change.
+        ca_dir: PathBuf = PathBuf::from("/etc/marrow-ca"),
+            ("ca-dir", "MARROW_CA_DIR", parse::PATH),
+        /// SPIFFE trust domain the CA signs for.
+        trust_domain: String = DEFAULT_TRUST_DOMAIN.to_owned(),
+            ("trust-domain", "MARROW_TRUST_DOMAIN", parse::TEXT),
+        /// ServiceAccounts (`ns/sa`, comma separated) that may ask for the identities of pods
+        /// on their own node.
+        node_proxy_accounts: Vec<String> = split(DEFAULT_NODE_PROXY_ACCOUNTS),
+            ("node-proxy-accounts", "MARROW_CA_NODE_PROXY_ACCOUNTS", parse::TEXT_LIST),
+        /// Audience callers' tokens must be issued for.
+        audience: String = DEFAULT_AUDIENCE.to_owned(),
+            ("audience", "MARROW_CA_AUDIENCE", parse::TEXT),
+        /// DNS names (comma separated) of the CA's own serving certificate.
+        serving_names: Vec<String> = split(DEFAULT_SERVING_NAMES),
+            ("serving-names", "MARROW_CA_SERVING_NAMES", parse::TEXT_LIST),
+        /// Longest lifetime of an issued certificate, in seconds.
+        max_cert_ttl: Duration = Duration::from_secs(86_400),
+            ("max-cert-ttl-secs", "MARROW_CA_MAX_CERT_TTL_SECS", parse::SECS),
+        /// Requests checked at once; more are refused with RESOURCE_EXHAUSTED (the proxies
+        /// retry with backoff), so a flood of calls does not become a flood on the API server.
+        max_concurrent_requests: usize = 64,
+            ("max-concurrent-requests", "MARROW_CA_MAX_CONCURRENT_REQUESTS", parse::COUNT),
+        /// `/metrics` (Prometheus): issued and refused requests, the CA's expiry.
+        metrics_addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 15014)),
+            ("metrics-addr", "MARROW_CA_METRICS_ADDR", parse::ADDR),
+        /// `/healthz/ready`: 200 once a CA is loaded.
+        readiness_addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 15021)),
+            ("readiness-addr", "MARROW_CA_READINESS_ADDR", parse::ADDR),
+    }
+}
+
+impl ServeConfig {
+    /// Checks the values can work; a bad one is named with what is expected.
+    ///
+    /// # Errors
+    /// As [`ServeConfig::settings`].
+    pub fn validate(&self) -> Result<(), CaError> {
+        self.settings().map(drop)
+    }
+
+    /// The settings of the signing service, validated.
+    ///
+    /// # Errors
+    /// A setting that cannot work, named with its value and what is expected.
     pub fn settings(&self) -> Result<CaSettings, CaError> {
         let setting =
             |setting: &'static str, value: &str, expected: &'static str| CaError::Setting {
@@ -126,7 +141,7 @@ impl ServeArgs {
                 .map(|n| n.trim().to_owned())
                 .filter(|n| !n.is_empty())
                 .collect(),
-            max_cert_ttl: Duration::from_secs(self.max_cert_ttl_secs),
+            max_cert_ttl: self.max_cert_ttl,
             max_concurrent_requests: self.max_concurrent_requests,
             ..CaSettings::default()
         };
@@ -476,13 +491,13 @@ impl From<CaError> for tonic::Status {
     }
 }
 
-/// `node-proxy ca serve`: the settings from `args`, a client for the cluster (in-cluster
+/// `node-proxy ca serve`: the settings from `config`, a client for the cluster (in-cluster
 /// account, or `KUBECONFIG`), [`serve`] on `--listen` until SIGTERM or SIGINT.
 ///
 /// # Errors
 /// As [`serve`], and when the flags, the client or the listener are unusable.
-pub async fn run(args: ServeArgs) -> Result<(), CaError> {
-    let settings = args.settings()?;
+pub async fn run(config: ServeConfig) -> Result<(), CaError> {
+    let settings = config.settings()?;
     let client = kube::Client::try_default()
         .await
         .map_err(CaError::KubeClient)?;
@@ -494,23 +509,23 @@ pub async fn run(args: ServeArgs) -> Result<(), CaError> {
                 source,
             })
     };
-    let listener = bind(args.listen).await?;
+    let listener = bind(config.listen).await?;
     let telemetry = Arc::new(CaTelemetry::default());
     let mut registry = prometheus_client::registry::Registry::default();
     telemetry.register(&mut registry);
     let metrics = tokio::spawn(crate::http::serve_metrics(
-        bind(args.metrics_addr).await?,
+        bind(config.metrics_addr).await?,
         Arc::new(registry),
     ));
     let readiness = tokio::spawn(crate::http::serve_readiness(
-        bind(args.readiness_addr).await?,
+        bind(config.readiness_addr).await?,
         telemetry.readiness.clone(),
     ));
-    tracing::info!(listen = %args.listen, ca_dir = %args.ca_dir.display(),
+    tracing::info!(listen = %config.listen, ca_dir = %config.ca_dir.display(),
         trust_domain = %settings.trust_domain, "ca serving");
     let served = serve(
         client,
-        CaFiles::in_dir(&args.ca_dir),
+        CaFiles::in_dir(&config.ca_dir),
         settings,
         listener,
         telemetry.clone(),

@@ -24,7 +24,7 @@ use redirect_cni::protocol::{AddPod, Attachment, ErrorKind};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use records::{PodRecord, RecordStore};
+pub use records::{PodRecord, RecordError, RecordStore};
 
 use crate::capture::Capture;
 use crate::drain::Drain;

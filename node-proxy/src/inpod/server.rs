@@ -6,7 +6,7 @@
 //! a client that sends nothing is dropped after a timeout.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 use super::Registry;
+use crate::handoff::{Predecessor, peer_uid};
 use crate::http::Readiness;
 
 /// How long a client may take to send its request.
@@ -283,26 +284,6 @@ fn register(sock: Socket, interest: Interest) -> io::Result<AsyncFd<Socket>> {
     unsafe { AsyncFd::register_with_interest(sock, interest) }.map_err(io::Error::from)
 }
 
-pub(crate) fn peer_uid(sock: &Socket) -> io::Result<u32> {
-    // SAFETY: ucred is plain data.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: out-pointers to a live ucred and its length.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred.uid)
-}
-
 /// The running enrollment server, which an upgrade pauses (to hand its socket over) and, if
 /// the upgrade fails, resumes on the same socket.
 pub struct Enrollment {
@@ -379,7 +360,7 @@ impl Enrollment {
     }
 }
 
-impl crate::upgrade::Predecessor for Arc<Enrollment> {
+impl Predecessor for Arc<Enrollment> {
     async fn pause_enrollment(&self) -> io::Result<OwnedFd> {
         self.stop()
             .await

@@ -5,18 +5,22 @@ mod csr;
 
 use clap::Parser;
 
-use super::{CaSettings, ServeArgs};
+use super::{CaSettings, ServeConfig};
+use crate::config::Flags;
 
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
-    serve: ServeArgs,
+    serve: Flags<ServeConfig>,
 }
 
+/// The settings `args` give (no file, an empty environment).
 fn settings(args: &[&str]) -> Result<CaSettings, String> {
     let cli = Cli::try_parse_from(std::iter::once("ca").chain(args.iter().copied()))
         .map_err(|e| e.to_string())?;
-    cli.serve.settings().map_err(|e| e.to_string())
+    let env = std::collections::BTreeMap::new();
+    let config = cli.serve.load(&env).map_err(|e| e.to_string())?;
+    config.settings().map_err(|e| e.to_string())
 }
 
 #[test]
@@ -55,4 +59,37 @@ fn bad_flags_name_the_setting() {
         let e = settings(args).unwrap_err();
         assert!(e.contains(names), "{args:?}: {e}");
     }
+}
+
+#[test]
+fn a_file_and_the_environment_configure_the_ca_as_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ca.yaml");
+    std::fs::write(&file, "max-cert-ttl-secs: 3600\naudience: from-file\n").unwrap();
+    let path = file.display().to_string();
+    let env = std::collections::BTreeMap::from([
+        ("MARROW_CONFIG_FILE", path.as_str()),
+        ("MARROW_CA_AUDIENCE", "from-env"),
+    ]);
+    let config = Cli::try_parse_from(["ca"])
+        .unwrap()
+        .serve
+        .load(&env)
+        .unwrap();
+    assert_eq!(config.max_cert_ttl.as_secs(), 3600);
+    assert_eq!(config.audience, "from-env");
+    assert_eq!(config.settings().unwrap().audience, "from-env");
+    let error = Cli::try_parse_from(["ca"])
+        .unwrap()
+        .serve
+        .load(&std::collections::BTreeMap::from([(
+            "MARROW_CA_LISTEN",
+            ":15012",
+        )]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("--listen") && error.contains("MARROW_CA_LISTEN"),
+        "{error}"
+    );
 }

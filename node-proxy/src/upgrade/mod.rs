@@ -32,20 +32,25 @@
 //! anything else, so a failed upgrade leaves the old proxy serving as before. Every message is
 //! bounded (one datagram of at most 64 KiB, one descriptor) and every wait has a deadline.
 
+mod channel;
+#[cfg(test)]
+mod tests;
+
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redirect_cni::protocol::{Datagram, recv_datagram, send_datagram};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::handoff::{Predecessor, peer_uid};
 use crate::identity::HandedCertificate;
 use crate::inpod::{HandedPod, PodListener, PodRecord, Registry};
 use crate::proxy::Direction;
+use channel::Channel;
 
 /// The hand-off socket's file name in the state directory.
 pub const HANDOFF_SOCKET: &str = "handoff.sock";
@@ -164,62 +169,6 @@ pub enum HandoffError {
     },
 }
 
-/// One connected end of a hand-off, with blocking calls bounded by [`MESSAGE_TIMEOUT`].
-struct Channel {
-    sock: Socket,
-    path: PathBuf,
-}
-
-impl Channel {
-    fn new(sock: Socket, path: &Path, timeout: Duration) -> Result<Channel, HandoffError> {
-        let channel = Channel {
-            sock,
-            path: path.to_path_buf(),
-        };
-        channel.set_timeout(timeout)?;
-        Ok(channel)
-    }
-
-    fn set_timeout(&self, timeout: Duration) -> Result<(), HandoffError> {
-        self.sock
-            .set_nonblocking(false)
-            .and_then(|()| self.sock.set_read_timeout(Some(timeout)))
-            .and_then(|()| self.sock.set_write_timeout(Some(timeout)))
-            .map_err(|source| self.io("setting timeouts", source))
-    }
-
-    fn io(&self, step: &'static str, source: io::Error) -> HandoffError {
-        HandoffError::Io {
-            path: self.path.clone(),
-            step,
-            source,
-        }
-    }
-
-    fn protocol(&self, reason: impl Into<String>) -> HandoffError {
-        HandoffError::Protocol {
-            path: self.path.clone(),
-            reason: reason.into(),
-        }
-    }
-
-    fn send(&self, message: &Message, fd: Option<&OwnedFd>) -> Result<(), HandoffError> {
-        let bytes = serde_json::to_vec(message).map_err(|e| self.protocol(e.to_string()))?;
-        send_datagram(self.sock.as_fd(), &bytes, fd.map(AsFd::as_fd))
-            .map_err(|source| self.io("sending", source))
-    }
-
-    /// The next message and its descriptor, if any.
-    fn receive(&self) -> Result<(Message, Option<OwnedFd>), HandoffError> {
-        let Datagram { bytes, mut fds } = recv_datagram(self.sock.as_fd())
-            .map_err(|source| self.io("receiving", source))?
-            .ok_or_else(|| self.protocol("the other proxy closed the connection"))?;
-        let message: Message = serde_json::from_slice(&bytes)
-            .map_err(|e| self.protocol(format!("malformed message: {e}")))?;
-        Ok((message, fds.pop()))
-    }
-}
-
 /// What the new proxy received from the old one.
 #[derive(Debug)]
 pub struct TakeOver {
@@ -230,14 +179,6 @@ pub struct TakeOver {
     /// The workload certificates the old proxy held (to check before use).
     pub certificates: Vec<HandedCertificate>,
     channel: Channel,
-}
-
-impl std::fmt::Debug for Channel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
 }
 
 impl TakeOver {
@@ -413,15 +354,6 @@ fn accepts_connections(sock: &Socket) -> bool {
     rc == 0 && value != 0
 }
 
-/// The old proxy's side: what it hands over and how it stops.
-pub trait Predecessor: Send + Sync + 'static {
-    /// Stops the enrollment server and returns a descriptor of its listening socket, once no
-    /// CNI call is in progress.
-    fn pause_enrollment(&self) -> impl Future<Output = io::Result<OwnedFd>> + Send;
-    /// Starts the enrollment server again (the hand-off failed).
-    fn resume_enrollment(&self, fd: OwnedFd);
-}
-
 /// Old proxy: listens on `path` for a successor. Binding replaces a stale socket file.
 ///
 /// # Errors
@@ -497,7 +429,7 @@ async fn hand_over<P: Predecessor>(
     registry: &Registry,
     predecessor: &P,
 ) -> Result<usize, HandoffError> {
-    let uid = crate::inpod::server::peer_uid(&sock).map_err(|source| HandoffError::Io {
+    let uid = peer_uid(&sock).map_err(|source| HandoffError::Io {
         path: path.to_path_buf(),
         step: "reading the peer's credentials",
         source,
@@ -645,70 +577,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&worker))
         .await
         .map_err(|e| channel.protocol(format!("hand-off task failed: {e}")))?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_have_their_wire_names() {
-        let json = serde_json::to_string(&Message::Listener {
-            direction: WireDirection::Hbone,
-            ipv6: true,
-        })
-        .unwrap();
-        assert_eq!(
-            json,
-            r#"{"type":"listener","direction":"hbone","ipv6":true}"#
-        );
-        // A proxy from before certificates moved: asks for none, announces none.
-        let parsed: Message = serde_json::from_str(r#"{"type":"take_over","version":1}"#).unwrap();
-        assert!(matches!(
-            parsed,
-            Message::TakeOver {
-                version: 1,
-                certificates: false
-            }
-        ));
-        let parsed: Message = serde_json::from_str(r#"{"type":"done","pods":3}"#).unwrap();
-        assert!(matches!(
-            parsed,
-            Message::Done {
-                pods: 3,
-                certificates: 0
-            }
-        ));
-        assert!(serde_json::from_str::<Message>(r#"{"type":"take_over"}"#).is_err());
-        // This version asks for them; an older predecessor ignores the field and sends none.
-        let json = serde_json::to_string(&Message::TakeOver {
-            version: 1,
-            certificates: true,
-        })
-        .unwrap();
-        assert_eq!(
-            json,
-            r#"{"type":"take_over","version":1,"certificates":true}"#
-        );
-    }
-
-    #[test]
-    fn nobody_listening_means_no_predecessor() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(HANDOFF_SOCKET);
-        assert!(take_over(&path).unwrap().is_none(), "no socket file");
-        // A stale socket file with nobody behind it (a crashed proxy).
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        assert!(take_over(&path).unwrap().is_none(), "stale socket file");
-    }
-
-    #[test]
-    fn only_listening_tcp_sockets_are_accepted_as_listeners() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(listening_tcp(OwnedFd::from(listener)).is_ok());
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert!(listening_tcp(OwnedFd::from(udp)).is_err());
-        let file = std::fs::File::open("/dev/null").unwrap();
-        assert!(listening_tcp(OwnedFd::from(file)).is_err());
-    }
 }
