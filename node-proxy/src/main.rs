@@ -20,6 +20,7 @@ use node_proxy::inpod::{RecordStore, Registry};
 use node_proxy::metrics::Metrics;
 use node_proxy::netns::HostNetns;
 use node_proxy::proxy::ProxySettings;
+use node_proxy::proxy::connections::ConnectionTable;
 use node_proxy::proxy::mesh::Mesh;
 use node_proxy::state::StateStore;
 use node_proxy::state::file::{FileWatch, LocalFileSource};
@@ -447,6 +448,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(cgroup = %cgroup.display(), bpffs = %config.bpffs_dir.display(), "capture loaded");
 
     let metrics = Arc::new(Metrics::new(&config.cluster_id));
+    let connections = Arc::new(ConnectionTable::new(&metrics));
     let mut prom = prometheus_client::registry::Registry::default();
     metrics.register(&mut prom);
     let readiness = Arc::new(Readiness::default());
@@ -455,7 +457,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding --metrics-addr {}", config.metrics_addr))?;
     let metrics_task = tokio::spawn(http::serve_metrics(metrics_listener, Arc::new(prom)));
 
-    let (mesh, _state_watch) = match start_mesh(&config, &metrics, &readiness).await? {
+    let (mesh, _state_watch) = match start_mesh(&config, &metrics, &connections, &readiness).await?
+    {
         Some((mesh, watch)) => (Some(mesh), Some(watch)),
         None => (None, None),
     };
@@ -466,7 +469,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         state: mesh.as_ref().map(|m| m.state.clone()),
         trust_domain: TrustDomain::new(&config.trust_domain)?,
         certs: mesh.as_ref().map(|m| m.certs.clone()),
-        connections: metrics.connections.clone(),
+        connections: connections.clone(),
         enrolled: None,
         config: config.clone(),
         logging: LOG_FILTER.get().cloned(),
@@ -485,6 +488,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             inbound_source_ports: config.inbound_source_ports,
         },
         mesh,
+        connections,
         drain.clone(),
     ));
     admin.enrolled = Some(registry.clone());
@@ -796,6 +800,7 @@ fn cni_command(command: CniCommand) -> anyhow::Result<()> {
 async fn start_mesh(
     config: &Config,
     metrics: &Arc<Metrics>,
+    connections: &Arc<ConnectionTable>,
     readiness: &Arc<Readiness>,
 ) -> anyhow::Result<Option<(Arc<Mesh>, StateWatch)>> {
     let trust_domain = TrustDomain::new(&config.trust_domain)?;
@@ -864,7 +869,7 @@ async fn start_mesh(
     // Open inbound connections follow every policy change.
     tokio::spawn(node_proxy::proxy::policy_watch::follow(
         mesh.state.clone(),
-        metrics.connections.clone(),
+        connections.clone(),
     ));
     let certs = mesh.certs.clone();
     readiness.add_detail(Box::new(move || certificate_detail(&certs.statuses())));

@@ -31,6 +31,7 @@ use crate::drain::Drain;
 use crate::hbone::pool::{Pool, PoolSettings};
 use crate::metrics::Metrics;
 use crate::netns::{HostNetns, PodNetns};
+use crate::proxy::connections::ConnectionTable;
 use crate::proxy::mesh::{LocalIdentity, Mesh, PodConnector};
 use crate::proxy::source_port::{LiveInbound, SourcePorts};
 use crate::proxy::{self, Direction, PodContext, PodHbone, ProxySettings};
@@ -110,6 +111,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     settings: ProxySettings,
     mesh: Option<Arc<Mesh>>,
+    /// The live connection table every pod's data path registers in.
+    connections: Arc<ConnectionTable>,
     /// The proxy's connection tasks (see [`crate::drain`]).
     drain: Drain,
     /// Pods an ADD decided not to capture (not in the ambient mesh), so CHECK and DEL answer
@@ -119,6 +122,10 @@ pub struct Registry {
 
 impl Registry {
     /// A registry over a loaded capture and a record store.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each proxy-wide part the pods share, passed once by the composition root"
+    )]
     pub fn new(
         host: Arc<HostNetns>,
         capture: Capture,
@@ -126,9 +133,11 @@ impl Registry {
         metrics: Arc<Metrics>,
         settings: ProxySettings,
         mesh: Option<Arc<Mesh>>,
+        connections: Arc<ConnectionTable>,
         drain: Drain,
     ) -> Self {
         Self {
+            connections,
             drain,
             skipped: Mutex::new(HashMap::new()),
             mesh,
@@ -408,7 +417,7 @@ impl Registry {
             ),
             live_inbound: LiveInbound::default(),
             drain: self.drain.clone(),
-            connections: self.metrics.connections.clone(),
+            connections: self.connections.clone(),
         });
         let mut tasks = Vec::new();
         for listener in &listeners {

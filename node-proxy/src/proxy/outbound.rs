@@ -14,15 +14,90 @@ use marrow_common::PROXY_OUTBOUND_MARK;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::connections::{ConnectionGuard, ConnectionInfo};
-use super::{OrigDst, PodContext, PodHbone, connect_result, mesh, relay_or_fail};
+use super::record::{ConnectionRecord, Failure, Side};
+use super::relay::RelayError;
+use super::{OrigDst, PodContext, PodHbone, mesh, relay};
 use crate::hbone::pool::PoolKey;
 use crate::hbone::{ConnectRequest, Forwarded, HboneError, TraceParent, TransportFailure};
-use crate::metrics::{
-    ConnectionLabels, Metrics, PeerLabels, Reporter, ResponseFlag, ServiceLabels,
-};
+use crate::identity::{IdentityError, SpiffeId};
+use crate::metrics::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag, ServiceLabels};
 use crate::socket;
 use crate::state::{self, Route};
+
+/// Why an outbound connection was not carried, or ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The Service VIP the pod addressed has no ready endpoint.
+    #[error("service {0} has no ready endpoint")]
+    NoEndpoint(String),
+    /// The destination workload's identity cannot be derived (no SPIFFE ID for its namespace
+    /// and service account).
+    #[error("destination {namespace}/{name} has no valid identity")]
+    NoDestinationIdentity {
+        /// Its namespace.
+        namespace: String,
+        /// Its pod name.
+        name: String,
+    },
+    /// No certificate for this pod's identity.
+    #[error("no certificate for {id}: {source}")]
+    NoCertificate {
+        /// This pod's identity.
+        id: SpiffeId,
+        /// Why.
+        source: IdentityError,
+    },
+    /// The socket for a passthrough connection could not be made in the pod's netns.
+    #[error("socket in the pod netns: {0}")]
+    PodSocket(#[source] std::io::Error),
+    /// The passthrough destination refused or failed the connection.
+    #[error("{0}")]
+    Connect(#[source] std::io::Error),
+    /// Connecting to the passthrough destination timed out.
+    #[error("timed out")]
+    ConnectTimeout,
+    /// The HBONE tunnel could not be opened.
+    #[error("{0}")]
+    Tunnel(#[source] HboneError),
+    /// The relay failed.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+}
+
+impl Failure for OutboundError {
+    fn side(&self) -> Side {
+        match self {
+            OutboundError::NoCertificate { .. } | OutboundError::PodSocket(_) => Side::Internal,
+            OutboundError::NoEndpoint(_)
+            | OutboundError::NoDestinationIdentity { .. }
+            | OutboundError::Connect(_)
+            | OutboundError::ConnectTimeout => Side::Upstream,
+            OutboundError::Tunnel(HboneError::Transport {
+                failure: TransportFailure::Certificate | TransportFailure::TlsConfig,
+                ..
+            }) => Side::Internal,
+            OutboundError::Tunnel(_) => Side::Upstream,
+            OutboundError::Relay(e) => e.side(),
+        }
+    }
+
+    /// ztunnel's flags at the source: `CONNECT` for a passthrough destination or a Service
+    /// that could not be reached, `IDENTITY_ERROR` when an identity or certificate is
+    /// missing, the tunnel's as [`source_flag`] maps them.
+    fn response_flag(&self) -> Option<ResponseFlag> {
+        match self {
+            OutboundError::NoEndpoint(_)
+            | OutboundError::PodSocket(_)
+            | OutboundError::Connect(_)
+            | OutboundError::ConnectTimeout => Some(ResponseFlag::Connect),
+            OutboundError::NoDestinationIdentity { .. } | OutboundError::NoCertificate { .. } => {
+                Some(ResponseFlag::IdentityError)
+            }
+            OutboundError::Tunnel(e) => Some(source_flag(e)),
+            OutboundError::Relay(e) => e.response_flag(),
+        }
+    }
+}
 
 /// Serves one connection accepted on 15001.
 pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
@@ -73,19 +148,8 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                 Route::NoEndpoint { service: host } => {
                     let mut labels = plain_labels(&ctx, dst);
                     labels.destination_service = service;
-                    let conn = ctx
-                        .connections
-                        .open(ConnectionInfo::from_labels(&labels, &ctx.pod, src, dst.0));
-                    let error = format!("service {host} has no ready endpoint");
-                    refuse(
-                        &ctx.metrics,
-                        labels,
-                        conn,
-                        client,
-                        ResponseFlag::Connect,
-                        error,
-                    );
-                    return;
+                    let record = ctx.record(labels, src, dst.0);
+                    return refuse(record, client, OutboundError::NoEndpoint(host));
                 }
             }
         }
@@ -104,33 +168,24 @@ async fn plain(
 ) {
     let mut labels = plain_labels(ctx, dst);
     labels.destination_service = service;
-    let conn = ctx
-        .connections
-        .open(ConnectionInfo::from_labels(&labels, &ctx.pod, src, dst.0));
-    let upstream = match ctx
+    let record = ctx.record(labels, src, dst.0);
+    match connect_passthrough(ctx, dst).await {
+        Ok(upstream) => relay(record, client, upstream).await,
+        Err(error) => refuse(record, client, error),
+    }
+}
+
+/// Connects to `dst` from the pod's netns, with the outbound mark (never captured again).
+async fn connect_passthrough(ctx: &PodContext, dst: OrigDst) -> Result<TcpStream, OutboundError> {
+    let sock = ctx
         .netns
         .run(|| socket::marked_socket(dst.0, PROXY_OUTBOUND_MARK))
         .and_then(|s| s)
-    {
-        Ok(sock) => connect_result(
-            tokio::time::timeout(ctx.settings.connect_timeout, socket::connect(sock, dst.0)).await,
-        ),
-        Err(e) => Err(format!("socket in the pod netns: {e}")),
-    };
-    match upstream {
-        Ok(upstream) => {
-            relay_or_fail::<TcpStream>(&ctx.metrics, labels, conn, client, Ok(upstream)).await;
-        }
-        // ztunnel's flag for a failed plain connect at the source.
-        Err(error) => refuse(
-            &ctx.metrics,
-            labels,
-            conn,
-            client,
-            ResponseFlag::Connect,
-            error,
-        ),
-    }
+        .map_err(OutboundError::PodSocket)?;
+    tokio::time::timeout(ctx.settings.connect_timeout, socket::connect(sock, dst.0))
+        .await
+        .map_err(|_| OutboundError::ConnectTimeout)?
+        .map_err(OutboundError::Connect)
 }
 
 /// Labels of a plain TCP connection from this pod: this pod is its workload in the state, else
@@ -200,26 +255,15 @@ async fn via_hbone(
     labels.destination_service = service;
     let Some(server) = mesh.identity_of(dst_workload) else {
         tracing::warn!(dst_pod = %dst_workload.name, "destination has no valid identity; refusing");
-        let conn = ctx.connections.open(ConnectionInfo::from_labels(
-            &labels, &ctx.pod, src, authority,
-        ));
-        let error = format!(
-            "destination {}/{} has no valid identity",
-            dst_workload.namespace, dst_workload.name
-        );
-        return refuse(
-            &ctx.metrics,
-            labels,
-            conn,
-            client,
-            ResponseFlag::IdentityError,
-            error,
-        );
+        let record = ctx.record(labels, src, authority);
+        let error = OutboundError::NoDestinationIdentity {
+            namespace: dst_workload.namespace.clone(),
+            name: dst_workload.name.clone(),
+        };
+        return refuse(record, client, error);
     };
     let labels = labels.with_mutual_tls(&source, &server);
-    let conn = ctx.connections.open(ConnectionInfo::from_labels(
-        &labels, &ctx.pod, src, authority,
-    ));
+    let record = ctx.record(labels, src, authority);
 
     let request = ConnectRequest {
         authority,
@@ -239,15 +283,11 @@ async fn via_hbone(
         Err(error) => {
             tracing::warn!(%source, %error, "no certificate; refusing");
             mesh.metrics.hbone_failed("outbound", "certificate");
-            let error = format!("no certificate for {source}: {error}");
-            return refuse(
-                &ctx.metrics,
-                labels,
-                conn,
-                client,
-                ResponseFlag::IdentityError,
-                error,
-            );
+            let error = OutboundError::NoCertificate {
+                id: source,
+                source: error,
+            };
+            return refuse(record, client, error);
         }
     };
     let key = PoolKey {
@@ -257,11 +297,8 @@ async fn via_hbone(
         certificate_epoch,
     };
     match hbone.pool.tunnel(&key, &request).await {
-        Ok(stream) => relay_or_fail(&ctx.metrics, labels, conn, client, Ok(stream)).await,
-        Err(error) => {
-            let flag = source_flag(&error);
-            refuse(&ctx.metrics, labels, conn, client, flag, error.to_string());
-        }
+        Ok(stream) => relay(record, client, stream).await,
+        Err(error) => refuse(record, client, OutboundError::Tunnel(error)),
     }
 }
 
@@ -290,21 +327,12 @@ fn source_flag(error: &HboneError) -> ResponseFlag {
     }
 }
 
-/// Counts and logs a connection this side could not carry (opened and closed, with `flag`),
-/// and resets the client.
-fn refuse(
-    metrics: &Metrics,
-    mut labels: ConnectionLabels,
-    mut conn: ConnectionGuard,
-    client: TcpStream,
-    flag: ResponseFlag,
-    error: String,
-) {
-    labels.response_flags = flag.as_str().into();
-    metrics.opened.get_or_create(&labels).inc();
-    metrics.closed.get_or_create(&labels).inc();
-    tracing::info!(%error, response_flags = flag.as_str(), "connection not carried");
-    conn.failed_with(flag, error);
+/// Ends a connection this side could not carry with `error` (its record counts it opened and
+/// closed, with the error's flag), and resets the client.
+fn refuse(record: ConnectionRecord, client: TcpStream, error: OutboundError) {
+    let flag = ResponseFlag::label(error.response_flag());
+    tracing::info!(%error, response_flags = flag, "connection not carried");
+    record.finish(Err(error));
     socket::reset(client);
 }
 
