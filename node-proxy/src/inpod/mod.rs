@@ -32,9 +32,9 @@ use crate::hbone::pool::{Pool, PoolSettings};
 use crate::metrics::Metrics;
 use crate::netns::{HostNetns, PodNetns};
 use crate::proxy::connections::ConnectionTable;
-use crate::proxy::mesh::{LocalIdentity, Mesh, PodConnector};
 use crate::proxy::source_port::{LiveInbound, SourcePorts};
 use crate::proxy::{self, Direction, PodContext, PodHbone, ProxySettings};
+use crate::proxy::{connector::PodConnector, local_identity::LocalIdentity, mesh::Mesh};
 use crate::socket;
 
 /// A refused or failed enrollment operation: the kind the CNI plugin maps to a code, and a
@@ -175,8 +175,9 @@ impl Registry {
             ));
         }
         if let Some(mesh) = &self.mesh
-            && let crate::proxy::mesh::Enrollment::Skip(reason) =
-                mesh.enrollment(&add.pod.namespace, &add.pod.name).await
+            && let crate::proxy::enrollment::CaptureDecision::Skip(reason) = mesh
+                .capture_decision(&add.pod.namespace, &add.pod.name)
+                .await
         {
             tracing::info!(uid = %add.pod.uid, namespace = %add.pod.namespace, pod = %add.pod.name, %reason, "pod not captured");
             self.lock_skipped()

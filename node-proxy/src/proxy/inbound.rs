@@ -11,9 +11,7 @@ use tracing::Instrument;
 use super::policy_watch::{self, Denial, PolicyError, PolicySubject};
 use super::record::{ConnectionRecord, Failure, Side};
 use super::relay::RelayError;
-use super::{
-    PodContext, PodHbone, mesh, relay, relay_until_revoked, relay_watched, upstream_failed,
-};
+use super::{PodContext, peers, relay, relay_until_revoked, relay_watched, upstream_failed};
 use crate::hbone::{self, HboneError, IncomingConnect, Refusal};
 use crate::identity::{IdentityError, SpiffeId};
 use crate::metrics::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag};
@@ -224,9 +222,13 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
         tracing::info_span!("hbone", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer);
     let metrics = &ctx.metrics;
     let served = async {
+        // One snapshot per HBONE connection for this pod's identity and the labels of its
+        // tunnels (each tunnel takes its own for its policy decision); held through the
+        // handshake only.
+        let snap = hbone.mesh.state.snapshot();
         let (workload, id) = hbone
             .identity
-            .resolve(&hbone.mesh, &ctx.ips)
+            .resolve(&hbone.mesh, &snap, &ctx.ips)
             .ok_or(InboundError::NoIdentity)?;
         let cert = match hbone.mesh.certs.get(&id).await {
             Ok(cert) => cert,
@@ -242,7 +244,8 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
         let client_id = tls::peer_identity(tls.get_ref().1, &hbone.mesh.trust_domain)
             .map_err(InboundError::ClientIdentity)?;
         metrics.hbone_established("inbound");
-        let (labels, source_known) = tunnel_labels(&ctx, hbone, peer, &workload, &client_id, &id);
+        let (labels, source_known) = tunnel_labels(&ctx, &snap, peer, &workload, &client_id, &id);
+        drop(snap);
         let session = Arc::new(Session {
             labels,
             source_known,
@@ -290,14 +293,14 @@ impl Session {
     fn labels_for(&self, snap: &Snapshot, target: &hbone::ConnectTarget) -> ConnectionLabels {
         let mut labels = self.labels.clone();
         if !self.source_known {
-            labels.source = Some(Arc::new(mesh::derived_source(
+            labels.source = Some(Arc::new(peers::derived_source(
                 &target.baggage,
                 &self.client_id,
             )));
         }
         let host = target.forwarded.host.as_deref();
         labels.destination_service =
-            mesh::inbound_service(snap, host, target.authority).map(Arc::new);
+            peers::inbound_service(snap, host, target.authority).map(Arc::new);
         labels
     }
 }
@@ -407,14 +410,13 @@ fn plaintext_labels(
 /// more ([`Session::labels_for`]). Also: whether the state knows the client.
 fn tunnel_labels(
     ctx: &PodContext,
-    hbone: &PodHbone,
+    snap: &Snapshot,
     peer: SocketAddr,
     workload: &crate::state::Workload,
     client_id: &SpiffeId,
     server_id: &SpiffeId,
 ) -> (ConnectionLabels, bool) {
     let cluster = ctx.metrics.cluster_id.label();
-    let snap = hbone.mesh.state.snapshot();
     let known = snap.workload_by_ip(peer.ip());
     let source = match known {
         Some(src) => PeerLabels::of(src, cluster),

@@ -16,13 +16,13 @@ use tracing::Instrument;
 
 use super::record::{ConnectionRecord, Failure, Side};
 use super::relay::RelayError;
-use super::{OrigDst, PodContext, PodHbone, mesh, relay};
+use super::{OrigDst, PodContext, PodHbone, peers, relay};
 use crate::hbone::pool::PoolKey;
 use crate::hbone::{ConnectRequest, Forwarded, HboneError, TraceParent, TransportFailure};
 use crate::identity::{IdentityError, SpiffeId};
 use crate::metrics::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag, ServiceLabels};
 use crate::socket;
-use crate::state::{self, Route};
+use crate::state::{self, Route, Snapshot};
 
 /// Why an outbound connection was not carried, or ended badly.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,8 @@ impl Failure for OutboundError {
     }
 }
 
-/// Serves one connection accepted on 15001.
+/// Serves one connection accepted on 15001: decides from one snapshot where it goes and how
+/// it is described ([`plan`]), then carries it.
 pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let accepted_v6 = peer.is_ipv6();
     let dst = match socket::original_dst(client.as_fd(), accepted_v6) {
@@ -119,56 +120,215 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         .unwrap_or(peer);
     let span = tracing::info_span!("outbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %src, dst = %dst);
     async move {
-        let mut dst = dst;
-        let mut service = None;
-        if let Some(hbone) = &ctx.hbone {
-            let snap = hbone.mesh.state.snapshot();
-            // The Service the pod addressed, if it connected to a VIP (route() resolves it).
-            service = snap
-                .services()
-                .at(dst.0)
-                .map(|s| Arc::new(mesh::service_labels(s)));
-            match state::route(&snap, dst.0, hbone.mesh.state.endpoint_picker()) {
-                Route::Tunnel {
-                    workload,
-                    target,
-                    authority,
-                } => {
-                    let tunnel = Tunnel {
-                        dst_workload: &workload,
-                        target,
-                        authority,
-                        service,
-                    };
-                    // Boxed: the tunnel's state would otherwise size every connection's future.
-                    return Box::pin(via_hbone(&ctx, hbone, client, peer, tunnel)).await;
-                }
-                // A Service VIP resolved to an endpoint outside the mesh, or no VIP at all.
-                Route::Passthrough(to) => dst = OrigDst(to),
-                Route::NoEndpoint { service: host } => {
-                    let mut labels = plain_labels(&ctx, dst);
-                    labels.destination_service = service;
-                    let record = ctx.record(labels, src, dst.0);
-                    return refuse(record, client, OutboundError::NoEndpoint(host));
-                }
-            }
+        let Some(hbone) = &ctx.hbone else {
+            // Plain mode (no mesh configuration): everything passes through.
+            let record = ctx.record(plain_labels(&ctx, None, dst), src, dst.0);
+            return passthrough(&ctx, client, record, dst).await;
+        };
+        // One snapshot per connection for its route, its labels and this pod's identity,
+        // dropped before any I/O: a long connection must not pin an old state.
+        match plan(&ctx, hbone, &hbone.mesh.state.snapshot(), src, peer, dst) {
+            // Boxed: the tunnel's state would otherwise size every connection's future.
+            Plan::Tunnel(plan) => Box::pin(tunnel(hbone, client, *plan)).await,
+            Plan::Passthrough(record, dst) => passthrough(&ctx, client, record, dst).await,
+            Plan::Refuse(record, error) => refuse(record, client, *error),
         }
-        plain(&ctx, client, src, dst, service).await;
     }
     .instrument(span)
     .await
 }
 
-async fn plain(
-    ctx: &PodContext,
-    client: TcpStream,
-    src: SocketAddr,
-    dst: OrigDst,
+/// Where a connection goes, decided from one snapshot, with its record open (the labels live
+/// in the record only, so no copy of them is kept in the connection's future).
+enum Plan {
+    /// In HBONE to the destination's node proxy.
+    Tunnel(Box<TunnelPlan>),
+    /// Plain TCP to the address, from the pod's netns.
+    Passthrough(ConnectionRecord, OrigDst),
+    /// Refused before any I/O.
+    Refuse(ConnectionRecord, Box<OutboundError>),
+}
+
+/// A connection to carry in HBONE.
+struct TunnelPlan {
+    /// Its record: mutual TLS between the two identities.
+    record: ConnectionRecord,
+    /// This pod's identity (the client certificate).
+    source: SpiffeId,
+    /// The identity the destination must present.
+    server: SpiffeId,
+    /// The destination's HBONE address, `<pod ip>:15008`.
+    target: SocketAddr,
+    /// The CONNECT.
+    request: ConnectRequest,
+}
+
+/// The route of a connection to a mesh workload.
+struct TunnelRoute<'a> {
+    /// The destination workload (its identity is the server SAN to expect).
+    dst_workload: &'a state::Workload,
+    /// Its HBONE address, `<pod ip>:15008`.
+    target: SocketAddr,
+    /// The CONNECT `:authority`, `<pod ip>:<port>`.
+    authority: SocketAddr,
+    /// The Service the client addressed, if it connected to a VIP.
     service: Option<Arc<ServiceLabels>>,
-) {
-    let mut labels = plain_labels(ctx, dst);
+}
+
+/// Decides, from `snap` alone, where the connection from `src` (the app's `peer`) to `dst`
+/// goes and how it is labelled, and opens its record: a mesh workload (or a Service VIP
+/// resolved to one) in HBONE, anything else passed through, a VIP without endpoints refused.
+fn plan(
+    ctx: &PodContext,
+    hbone: &PodHbone,
+    snap: &Snapshot,
+    src: SocketAddr,
+    peer: SocketAddr,
+    dst: OrigDst,
+) -> Plan {
+    // The Service the pod addressed, if it connected to a VIP (route() resolves it).
+    let service = snap
+        .services()
+        .at(dst.0)
+        .map(|s| Arc::new(peers::service_labels(s)));
+    match state::route(snap, dst.0, hbone.mesh.state.endpoint_picker()) {
+        Route::Tunnel {
+            workload,
+            target,
+            authority,
+        } => {
+            let route = TunnelRoute {
+                dst_workload: &workload,
+                target,
+                authority,
+                service,
+            };
+            plan_tunnel(ctx, hbone, snap, peer, route)
+        }
+        // A Service VIP resolved to an endpoint outside the mesh, or no VIP at all.
+        Route::Passthrough(to) => {
+            let dst = OrigDst(to);
+            let mut labels = plain_labels(ctx, Some(snap), dst);
+            labels.destination_service = service;
+            Plan::Passthrough(ctx.record(labels, src, dst.0), dst)
+        }
+        Route::NoEndpoint { service: host } => {
+            let mut labels = plain_labels(ctx, Some(snap), dst);
+            labels.destination_service = service;
+            let error = OutboundError::NoEndpoint(host);
+            Plan::Refuse(ctx.record(labels, src, dst.0), Box::new(error))
+        }
+    }
+}
+
+/// [`plan`] for a connection to a mesh workload: in HBONE as this pod's identity; passed
+/// through when this pod has none; refused when the destination has none.
+fn plan_tunnel(
+    ctx: &PodContext,
+    hbone: &PodHbone,
+    snap: &Snapshot,
+    peer: SocketAddr,
+    route: TunnelRoute<'_>,
+) -> Plan {
+    let TunnelRoute {
+        dst_workload,
+        target,
+        authority,
+        service,
+    } = route;
+    let mesh = &hbone.mesh;
+    let pod_ip = ctx
+        .ips
+        .iter()
+        .copied()
+        .find(|ip| ip.is_ipv4() == authority.is_ipv4())
+        .unwrap_or(peer.ip());
+    // This pod's end of the connection, as the destination will see it (`forwarded`).
+    let src = SocketAddr::new(pod_ip, peer.port());
+    let Some((src_workload, source)) = hbone.identity.resolve(mesh, snap, &ctx.ips) else {
+        // Without an identity there is no mTLS; the destination decides whether it accepts
+        // plaintext (its PeerAuthentication).
+        tracing::warn!("this pod has no identity in the state; sending plaintext");
+        let dst = OrigDst(authority);
+        let mut labels = plain_labels(ctx, Some(snap), dst);
+        labels.destination_service = service;
+        return Plan::Passthrough(ctx.record(labels, src, dst.0), dst);
+    };
+    let cluster = ctx.metrics.cluster_id.label();
+    let mut labels = ConnectionLabels::between(
+        Reporter::Source,
+        Some(PeerLabels::of(&src_workload, cluster)),
+        Some(PeerLabels::of(dst_workload, cluster)),
+    );
+    let host = service.as_ref().map(|s| s.host.as_str().to_owned());
     labels.destination_service = service;
-    let record = ctx.record(labels, src, dst.0);
+    let Some(server) = mesh.identity_of(dst_workload) else {
+        tracing::warn!(dst_pod = %dst_workload.name, "destination has no valid identity; refusing");
+        let error = OutboundError::NoDestinationIdentity {
+            namespace: dst_workload.namespace.clone(),
+            name: dst_workload.name.clone(),
+        };
+        return Plan::Refuse(ctx.record(labels, src, authority), Box::new(error));
+    };
+    let request = ConnectRequest {
+        authority,
+        forwarded: Forwarded {
+            for_addr: Some(src),
+            host,
+        },
+        baggage: peers::baggage_of(&src_workload, cluster),
+        traceparent: TraceParent::random(),
+    };
+    let labels = labels.with_mutual_tls(&source, &server);
+    Plan::Tunnel(Box::new(TunnelPlan {
+        record: ctx.record(labels, src, authority),
+        source,
+        server,
+        target,
+        request,
+    }))
+}
+
+/// Carries a connection in HBONE: this pod's certificate, looked up once (its expiry picks
+/// the pooled connection), a tunnel from the pod's pool, the relay.
+async fn tunnel(hbone: &PodHbone, client: TcpStream, plan: TunnelPlan) {
+    let TunnelPlan {
+        record,
+        source,
+        server,
+        target,
+        request,
+    } = plan;
+    let certificate_epoch = match hbone.mesh.certs.get(&source).await {
+        Ok(cert) => cert
+            .not_after()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        Err(error) => {
+            tracing::warn!(%source, %error, "no certificate; refusing");
+            hbone.mesh.metrics.hbone_failed("outbound", "certificate");
+            let error = OutboundError::NoCertificate {
+                id: source,
+                source: error,
+            };
+            return refuse(record, client, error);
+        }
+    };
+    let key = PoolKey {
+        source,
+        destination: target,
+        server,
+        certificate_epoch,
+    };
+    match hbone.pool.tunnel(&key, &request).await {
+        Ok(stream) => relay(record, client, stream).await,
+        Err(error) => refuse(record, client, OutboundError::Tunnel(error)),
+    }
+}
+
+/// Carries a connection as plain TCP to `dst`.
+async fn passthrough(ctx: &PodContext, client: TcpStream, record: ConnectionRecord, dst: OrigDst) {
     match connect_passthrough(ctx, dst).await {
         Ok(upstream) => relay(record, client, upstream).await,
         Err(error) => refuse(record, client, error),
@@ -191,115 +351,16 @@ async fn connect_passthrough(ctx: &PodContext, dst: OrigDst) -> Result<TcpStream
 /// Labels of a plain TCP connection from this pod: this pod is its workload in the state, else
 /// the enrolled pod; the destination is the workload at its address, if the state knows one (as
 /// ztunnel; no principals: nothing proves them).
-fn plain_labels(ctx: &PodContext, dst: OrigDst) -> ConnectionLabels {
+fn plain_labels(ctx: &PodContext, snap: Option<&Snapshot>, dst: OrigDst) -> ConnectionLabels {
     let cluster = ctx.metrics.cluster_id.label();
-    let snap = ctx.hbone.as_ref().map(|h| h.mesh.state.snapshot());
-    let source = match snap.as_ref().and_then(|s| s.workload_at(&ctx.ips)) {
+    let source = match snap.and_then(|s| s.workload_at(&ctx.ips)) {
         Some(w) => PeerLabels::of(w, cluster),
         None => PeerLabels::pod(&ctx.pod.name, &ctx.pod.namespace, cluster),
     };
     let destination = snap
-        .as_ref()
         .and_then(|s| s.workload_by_ip(dst.0.ip()))
         .map(|w| PeerLabels::of(w, cluster));
     ConnectionLabels::between(Reporter::Source, Some(source), destination)
-}
-
-/// Where a tunnel goes.
-struct Tunnel<'a> {
-    /// The destination workload (its identity is the server SAN to expect).
-    dst_workload: &'a state::Workload,
-    /// Its HBONE address, `<pod ip>:15008`.
-    target: SocketAddr,
-    /// The CONNECT `:authority`, `<pod ip>:<port>`.
-    authority: SocketAddr,
-    /// The Service the client addressed, if it connected to a VIP.
-    service: Option<Arc<ServiceLabels>>,
-}
-
-async fn via_hbone(
-    ctx: &PodContext,
-    hbone: &PodHbone,
-    client: TcpStream,
-    peer: SocketAddr,
-    tunnel: Tunnel<'_>,
-) {
-    let Tunnel {
-        dst_workload,
-        target,
-        authority,
-        service,
-    } = tunnel;
-    let mesh = &hbone.mesh;
-    let pod_ip = ctx
-        .ips
-        .iter()
-        .copied()
-        .find(|ip| ip.is_ipv4() == authority.is_ipv4())
-        .unwrap_or(peer.ip());
-    // This pod's end of the connection, as the destination will see it (`forwarded`).
-    let src = SocketAddr::new(pod_ip, peer.port());
-    let Some((src_workload, source)) = hbone.identity.resolve(mesh, &ctx.ips) else {
-        // Without an identity there is no mTLS; the destination decides whether it accepts
-        // plaintext (PeerAuthentication, issue 4).
-        tracing::warn!("this pod has no identity in the state; sending plaintext");
-        return plain(ctx, client, src, OrigDst(authority), service).await;
-    };
-    let cluster = ctx.metrics.cluster_id.label();
-    let mut labels = ConnectionLabels::between(
-        Reporter::Source,
-        Some(PeerLabels::of(&src_workload, cluster)),
-        Some(PeerLabels::of(dst_workload, cluster)),
-    );
-    let host = service.as_ref().map(|s| s.host.as_str().to_owned());
-    labels.destination_service = service;
-    let Some(server) = mesh.identity_of(dst_workload) else {
-        tracing::warn!(dst_pod = %dst_workload.name, "destination has no valid identity; refusing");
-        let record = ctx.record(labels, src, authority);
-        let error = OutboundError::NoDestinationIdentity {
-            namespace: dst_workload.namespace.clone(),
-            name: dst_workload.name.clone(),
-        };
-        return refuse(record, client, error);
-    };
-    let labels = labels.with_mutual_tls(&source, &server);
-    let record = ctx.record(labels, src, authority);
-
-    let request = ConnectRequest {
-        authority,
-        forwarded: Forwarded {
-            for_addr: Some(src),
-            host,
-        },
-        baggage: mesh::baggage_of(&src_workload, cluster),
-        traceparent: TraceParent::random(),
-    };
-    let certificate_epoch = match mesh.certs.get(&source).await {
-        Ok(cert) => cert
-            .not_after()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        Err(error) => {
-            tracing::warn!(%source, %error, "no certificate; refusing");
-            mesh.metrics.hbone_failed("outbound", "certificate");
-            let error = OutboundError::NoCertificate {
-                id: source,
-                source: error,
-            };
-            return refuse(record, client, error);
-        }
-    };
-    let key = PoolKey {
-        source,
-        destination: target,
-        server,
-        certificate_epoch,
-    };
-    match hbone.pool.tunnel(&key, &request).await {
-        Ok(stream) => relay(record, client, stream).await,
-        Err(error) => refuse(record, client, OutboundError::Tunnel(error)),
-    }
 }
 
 /// ztunnel's response flag at the source for a tunnel that could not be opened: what its
