@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::netns::{HostNetns, PodNetns};
 use crate::proxy::connections::ConnectionTable;
 use crate::proxy::source_port::{LiveInbound, SourcePorts};
-use crate::proxy::{self, Direction, PodContext, PodHbone, ProxySettings};
+use crate::proxy::{self, Direction, PodContext, PodMesh, ProxySettings};
 use crate::proxy::{connector::PodConnector, local_identity::LocalIdentity, mesh::Mesh};
 use crate::socket;
 
@@ -390,15 +390,15 @@ impl Registry {
             self.undo_capture_unless(adopted, &record);
             return Err(EnrollError::new(ErrorKind::Capture, format!("{who}: {e}")));
         }
-        let hbone = self.mesh.as_ref().map(|mesh| {
+        let pod_mesh = self.mesh.as_ref().map(|mesh| {
             let connector = Arc::new(PodConnector {
                 netns: netns.clone(),
                 mesh: mesh.clone(),
             });
             let pool = Pool::new(connector, PoolSettings::default());
             tokio::spawn(pool.clone().run_reaper());
-            PodHbone {
-                mesh: mesh.clone(),
+            PodMesh {
+                context: mesh.clone(),
                 pool,
                 identity: LocalIdentity::default(),
                 server_config: std::sync::Mutex::new(None),
@@ -407,7 +407,7 @@ impl Registry {
         let ctx = Arc::new(PodContext {
             pod: record.pod.clone(),
             ips: record.ips.clone(),
-            hbone,
+            mesh: pod_mesh,
             netns: netns.clone(),
             metrics: self.metrics.clone(),
             settings: self.settings,
@@ -475,7 +475,7 @@ impl Registry {
         for ip in &record.ips {
             let listener = listeners
                 .iter()
-                .find(|l| l.direction == Direction::Inbound && l.ipv6 == ip.is_ipv6());
+                .find(|l| l.direction == Direction::InboundPlaintext && l.ipv6 == ip.is_ipv6());
             if let Some(listener) = listener {
                 capture.set_inbound_socket(*ip, &listener.socket)?;
             }
@@ -666,11 +666,11 @@ impl Listeners {
     fn into_vec(self) -> Vec<PodListener> {
         [
             (Direction::Outbound, false, self.outbound_v4),
-            (Direction::Inbound, false, self.inbound_v4),
-            (Direction::Hbone, false, self.hbone_v4),
+            (Direction::InboundPlaintext, false, self.inbound_v4),
+            (Direction::InboundTunnel, false, self.hbone_v4),
             (Direction::Outbound, true, self.outbound_v6),
-            (Direction::Inbound, true, self.inbound_v6),
-            (Direction::Hbone, true, self.hbone_v6),
+            (Direction::InboundPlaintext, true, self.inbound_v6),
+            (Direction::InboundTunnel, true, self.hbone_v6),
         ]
         .into_iter()
         .filter_map(|(direction, ipv6, socket)| {

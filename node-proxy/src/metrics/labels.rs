@@ -273,7 +273,8 @@ pub struct ConnectionLabels {
     pub destination: Option<Arc<PeerLabels>>,
     /// The server's SPIFFE ID, proved by its certificate (HBONE); else `unknown`.
     pub destination_principal: LabelValue,
-    /// The Service the client addressed; `None` (all `unknown`) until Service VIPs exist.
+    /// The Service the client addressed (a VIP at the source, `forwarded: host=` or the port
+    /// at the destination); `None` (all `unknown`) when there is none.
     pub destination_service: Option<Arc<ServiceLabels>>,
     /// `tcp`.
     pub request_protocol: LabelValue,

@@ -162,7 +162,7 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
     let span = tracing::info_span!("inbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer, dst = %dst);
     async move {
         // One snapshot per connection: its labels and its policy decision see the same state.
-        let snap = ctx.hbone.as_ref().map(|h| h.mesh.state.snapshot());
+        let snap = ctx.mesh.as_ref().map(|m| m.context.state.snapshot());
         let labels = plaintext_labels(&ctx, snap.as_deref(), peer);
         let mut record = ctx.record(labels, peer, dst);
         if let Err(refused) = self_call(dst) {
@@ -212,9 +212,9 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
 
 /// Serves one connection on 15008: mutual TLS as this pod, then HTTP/2 CONNECT streams, each
 /// relayed to the app from the HBONE connection's source address (the client pod's).
-pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn tunnel_connection(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
     let peer = socket::canonical(peer);
-    let Some(hbone) = &ctx.hbone else {
+    let Some(mesh) = &ctx.mesh else {
         tracing::debug!(pod = %ctx.pod.name, %peer, "hbone without a mesh configuration; closing");
         return;
     };
@@ -225,23 +225,23 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
         // One snapshot per HBONE connection for this pod's identity and the labels of its
         // tunnels (each tunnel takes its own for its policy decision); held through the
         // handshake only.
-        let snap = hbone.mesh.state.snapshot();
-        let (workload, id) = hbone
+        let snap = mesh.context.state.snapshot();
+        let (workload, id) = mesh
             .identity
-            .resolve(&hbone.mesh, &snap, &ctx.ips)
+            .resolve(&mesh.context, &snap, &ctx.ips)
             .ok_or(InboundError::NoIdentity)?;
-        let cert = match hbone.mesh.certs.get(&id).await {
+        let cert = match mesh.context.certs.get(&id).await {
             Ok(cert) => cert,
             Err(source) => return Err(InboundError::Certificate { id, source }),
         };
-        let config = hbone
+        let config = mesh
             .server_config(&cert)
             .map_err(InboundError::ServerConfig)?;
-        let tls = tokio::time::timeout(hbone.mesh.handshake_timeout, tls::accept(config, tcp))
+        let tls = tokio::time::timeout(mesh.context.handshake_timeout, tls::accept(config, tcp))
             .await
             .map_err(|_| InboundError::HandshakeTimeout)?
             .map_err(InboundError::Tls)?;
-        let client_id = tls::peer_identity(tls.get_ref().1, &hbone.mesh.trust_domain)
+        let client_id = tls::peer_identity(tls.get_ref().1, &mesh.context.trust_domain)
             .map_err(InboundError::ClientIdentity)?;
         metrics.hbone_established("inbound");
         let (labels, source_known) = tunnel_labels(&ctx, &snap, peer, &workload, &client_id, &id);
@@ -256,7 +256,7 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
         let drain = ctx.drain.clone();
         hbone::serve(
             tls,
-            hbone.mesh.handshake_timeout,
+            mesh.context.handshake_timeout,
             drain.started(),
             move |incoming| tunnel(session.clone(), incoming),
         )
@@ -315,11 +315,11 @@ async fn tunnel(session: Arc<Session>, incoming: IncomingConnect) {
 
 async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target: SocketAddr) {
     let ctx = &session.ctx;
-    let Some(hbone) = &ctx.hbone else {
+    let Some(mesh) = &ctx.mesh else {
         return incoming.refuse(Refusal::Unavailable);
     };
     // One snapshot per tunnel: its labels and its policy decision see the same state.
-    let snap = hbone.mesh.state.snapshot();
+    let snap = mesh.context.state.snapshot();
     let labels = session.labels_for(&snap, &incoming.target);
     let mut record = ctx.record(labels, session.peer, target);
     if !ctx.ips.contains(&target.ip().to_canonical()) {

@@ -39,11 +39,12 @@ use mesh::Mesh;
 use policy_watch::{PolicyError, Watched};
 use record::{ConnectionRecord, Failure};
 
-/// The destination a captured outbound connection was headed for.
+/// The destination a captured outbound connection was headed for (`SO_ORIGINAL_DST`; not
+/// `marrow_common::OrigDst`, the eBPF map's record it is read from).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OrigDst(pub SocketAddr);
+pub struct OriginalDst(pub SocketAddr);
 
-impl fmt::Display for OrigDst {
+impl fmt::Display for OriginalDst {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
@@ -74,8 +75,8 @@ pub struct PodContext {
     pub source_ports: source_port::SourcePorts,
     /// Captured inbound connections still open.
     pub live_inbound: source_port::LiveInbound,
-    /// HBONE: state, certificates and this pod's connection pool; `None` in plain mode.
-    pub hbone: Option<PodHbone>,
+    /// This pod's part of the mesh (HBONE both ways); `None` in plain mode.
+    pub mesh: Option<PodMesh>,
     /// The proxy's live connection table (shared by every pod and the admin API).
     pub connections: Arc<ConnectionTable>,
     /// The proxy's connection tasks and its drain signal.
@@ -83,9 +84,9 @@ pub struct PodContext {
 }
 
 /// A pod's part of the mesh.
-pub struct PodHbone {
-    /// The mesh.
-    pub mesh: Arc<Mesh>,
+pub struct PodMesh {
+    /// The mesh context.
+    pub context: Arc<Mesh>,
     /// Pooled HBONE connections from this pod.
     pub pool: Arc<Pool>,
     /// The identity this pod holds certificates for.
@@ -101,7 +102,7 @@ pub struct ServerConfigCache {
     config: Arc<rustls::ServerConfig>,
 }
 
-impl PodHbone {
+impl PodMesh {
     /// The server configuration for `cert`, from the cache when it is the same certificate.
     pub fn server_config(
         &self,
@@ -114,7 +115,7 @@ impl PodHbone {
         if let Some(entry) = cached.as_ref().filter(|e| Arc::ptr_eq(&e.cert, cert)) {
             return Ok(entry.config.clone());
         }
-        let config = crate::tls::server_config(cert, self.mesh.key_exchange)?;
+        let config = crate::tls::server_config(cert, self.context.key_exchange)?;
         *cached = Some(ServerConfigCache {
             cert: cert.clone(),
             config: config.clone(),
@@ -134,8 +135,8 @@ impl fmt::Debug for PodContext {
 
 impl Drop for PodContext {
     fn drop(&mut self) {
-        if let Some(hbone) = &self.hbone {
-            hbone.identity.release(&hbone.mesh);
+        if let Some(mesh) = &self.mesh {
+            mesh.identity.release(&mesh.context);
         }
     }
 }
@@ -145,10 +146,10 @@ impl Drop for PodContext {
 pub enum Direction {
     /// 127.0.0.1:15001 / [::1]:15001.
     Outbound,
-    /// *:15006.
-    Inbound,
-    /// *:15008.
-    Hbone,
+    /// *:15006: plaintext captured by `sk_lookup`.
+    InboundPlaintext,
+    /// *:15008: HBONE tunnels (mutual TLS, HTTP/2 CONNECT).
+    InboundTunnel,
 }
 
 /// Accepts on `listener` until the task is aborted, spawning one task per connection.
@@ -173,8 +174,8 @@ pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener, direction: Direc
             let ctx = task_ctx;
             match direction {
                 Direction::Outbound => outbound::handle(ctx, stream, peer).await,
-                Direction::Inbound => inbound::plaintext(ctx, stream, peer).await,
-                Direction::Hbone => inbound::hbone(ctx, stream, peer).await,
+                Direction::InboundPlaintext => inbound::plaintext(ctx, stream, peer).await,
+                Direction::InboundTunnel => inbound::tunnel_connection(ctx, stream, peer).await,
             }
         });
     }
@@ -307,7 +308,7 @@ mod tests {
             },
             source_ports: source_port::SourcePorts::new(1024..=32767, 0),
             live_inbound: source_port::LiveInbound::default(),
-            hbone: None,
+            mesh: None,
             drain: crate::drain::Drain::new(),
             connections: Arc::default(),
         });
@@ -325,7 +326,11 @@ mod tests {
             ),
             (
                 "hbone inbound",
-                std::mem::size_of_val(&inbound::hbone(ctx.clone(), stream().await, addr)),
+                std::mem::size_of_val(&inbound::tunnel_connection(
+                    ctx.clone(),
+                    stream().await,
+                    addr,
+                )),
             ),
         ];
         println!("{sizes:?}");

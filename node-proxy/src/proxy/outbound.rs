@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::record::{ConnectionRecord, Failure, Side};
 use super::relay::RelayError;
-use super::{OrigDst, PodContext, PodHbone, peers, relay};
+use super::{OriginalDst, PodContext, PodMesh, peers, relay};
 use crate::hbone::pool::PoolKey;
 use crate::hbone::{ConnectRequest, Forwarded, HboneError, TraceParent, TransportFailure};
 use crate::identity::{IdentityError, SpiffeId};
@@ -104,7 +104,7 @@ impl Failure for OutboundError {
 pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let accepted_v6 = peer.is_ipv6();
     let dst = match socket::original_dst(client.as_fd(), accepted_v6) {
-        Ok(addr) => OrigDst(socket::canonical(addr)),
+        Ok(addr) => OriginalDst(socket::canonical(addr)),
         Err(error) => {
             tracing::warn!(pod = %ctx.pod.name, %peer, %error, "original destination unknown; closing");
             socket::reset(client);
@@ -120,16 +120,16 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         .unwrap_or(peer);
     let span = tracing::info_span!("outbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %src, dst = %dst);
     async move {
-        let Some(hbone) = &ctx.hbone else {
+        let Some(mesh) = &ctx.mesh else {
             // Plain mode (no mesh configuration): everything passes through.
             let record = ctx.record(plain_labels(&ctx, None, dst), src, dst.0);
             return passthrough(&ctx, client, record, dst).await;
         };
         // One snapshot per connection for its route, its labels and this pod's identity,
         // dropped before any I/O: a long connection must not pin an old state.
-        match plan(&ctx, hbone, &hbone.mesh.state.snapshot(), src, peer, dst) {
+        match plan(&ctx, mesh, &mesh.context.state.snapshot(), src, peer, dst) {
             // Boxed: the tunnel's state would otherwise size every connection's future.
-            Plan::Tunnel(plan) => Box::pin(tunnel(hbone, client, *plan)).await,
+            Plan::Tunnel(plan) => Box::pin(tunnel(mesh, client, *plan)).await,
             Plan::Passthrough(record, dst) => passthrough(&ctx, client, record, dst).await,
             Plan::Refuse(record, error) => refuse(record, client, *error),
         }
@@ -144,7 +144,7 @@ enum Plan {
     /// In HBONE to the destination's node proxy.
     Tunnel(Box<TunnelPlan>),
     /// Plain TCP to the address, from the pod's netns.
-    Passthrough(ConnectionRecord, OrigDst),
+    Passthrough(ConnectionRecord, OriginalDst),
     /// Refused before any I/O.
     Refuse(ConnectionRecord, Box<OutboundError>),
 }
@@ -180,18 +180,18 @@ struct TunnelRoute<'a> {
 /// resolved to one) in HBONE, anything else passed through, a VIP without endpoints refused.
 fn plan(
     ctx: &PodContext,
-    hbone: &PodHbone,
+    mesh: &PodMesh,
     snap: &Snapshot,
     src: SocketAddr,
     peer: SocketAddr,
-    dst: OrigDst,
+    dst: OriginalDst,
 ) -> Plan {
     // The Service the pod addressed, if it connected to a VIP (route() resolves it).
     let service = snap
         .services()
         .at(dst.0)
         .map(|s| Arc::new(peers::service_labels(s)));
-    match state::route(snap, dst.0, hbone.mesh.state.endpoint_picker()) {
+    match state::route(snap, dst.0, mesh.context.state.endpoint_picker()) {
         Route::Tunnel {
             workload,
             target,
@@ -203,11 +203,11 @@ fn plan(
                 authority,
                 service,
             };
-            plan_tunnel(ctx, hbone, snap, peer, route)
+            plan_tunnel(ctx, mesh, snap, peer, route)
         }
         // A Service VIP resolved to an endpoint outside the mesh, or no VIP at all.
         Route::Passthrough(to) => {
-            let dst = OrigDst(to);
+            let dst = OriginalDst(to);
             let mut labels = plain_labels(ctx, Some(snap), dst);
             labels.destination_service = service;
             Plan::Passthrough(ctx.record(labels, src, dst.0), dst)
@@ -225,7 +225,7 @@ fn plan(
 /// through when this pod has none; refused when the destination has none.
 fn plan_tunnel(
     ctx: &PodContext,
-    hbone: &PodHbone,
+    mesh: &PodMesh,
     snap: &Snapshot,
     peer: SocketAddr,
     route: TunnelRoute<'_>,
@@ -236,7 +236,7 @@ fn plan_tunnel(
         authority,
         service,
     } = route;
-    let mesh = &hbone.mesh;
+    let context = &mesh.context;
     let pod_ip = ctx
         .ips
         .iter()
@@ -245,11 +245,11 @@ fn plan_tunnel(
         .unwrap_or(peer.ip());
     // This pod's end of the connection, as the destination will see it (`forwarded`).
     let src = SocketAddr::new(pod_ip, peer.port());
-    let Some((src_workload, source)) = hbone.identity.resolve(mesh, snap, &ctx.ips) else {
+    let Some((src_workload, source)) = mesh.identity.resolve(context, snap, &ctx.ips) else {
         // Without an identity there is no mTLS; the destination decides whether it accepts
         // plaintext (its PeerAuthentication).
         tracing::warn!("this pod has no identity in the state; sending plaintext");
-        let dst = OrigDst(authority);
+        let dst = OriginalDst(authority);
         let mut labels = plain_labels(ctx, Some(snap), dst);
         labels.destination_service = service;
         return Plan::Passthrough(ctx.record(labels, src, dst.0), dst);
@@ -262,7 +262,7 @@ fn plan_tunnel(
     );
     let host = service.as_ref().map(|s| s.host.as_str().to_owned());
     labels.destination_service = service;
-    let Some(server) = mesh.identity_of(dst_workload) else {
+    let Some(server) = context.identity_of(dst_workload) else {
         tracing::warn!(dst_pod = %dst_workload.name, "destination has no valid identity; refusing");
         let error = OutboundError::NoDestinationIdentity {
             namespace: dst_workload.namespace.clone(),
@@ -291,7 +291,7 @@ fn plan_tunnel(
 
 /// Carries a connection in HBONE: this pod's certificate, looked up once (its expiry picks
 /// the pooled connection), a tunnel from the pod's pool, the relay.
-async fn tunnel(hbone: &PodHbone, client: TcpStream, plan: TunnelPlan) {
+async fn tunnel(mesh: &PodMesh, client: TcpStream, plan: TunnelPlan) {
     let TunnelPlan {
         record,
         source,
@@ -299,7 +299,7 @@ async fn tunnel(hbone: &PodHbone, client: TcpStream, plan: TunnelPlan) {
         target,
         request,
     } = plan;
-    let certificate_epoch = match hbone.mesh.certs.get(&source).await {
+    let certificate_epoch = match mesh.context.certs.get(&source).await {
         Ok(cert) => cert
             .not_after()
             .duration_since(std::time::UNIX_EPOCH)
@@ -307,7 +307,7 @@ async fn tunnel(hbone: &PodHbone, client: TcpStream, plan: TunnelPlan) {
             .unwrap_or(0),
         Err(error) => {
             tracing::warn!(%source, %error, "no certificate; refusing");
-            hbone.mesh.metrics.hbone_failed("outbound", "certificate");
+            mesh.context.metrics.hbone_failed("outbound", "certificate");
             let error = OutboundError::NoCertificate {
                 id: source,
                 source: error,
@@ -321,14 +321,19 @@ async fn tunnel(hbone: &PodHbone, client: TcpStream, plan: TunnelPlan) {
         server,
         certificate_epoch,
     };
-    match hbone.pool.tunnel(&key, &request).await {
+    match mesh.pool.tunnel(&key, &request).await {
         Ok(stream) => relay(record, client, stream).await,
         Err(error) => refuse(record, client, OutboundError::Tunnel(error)),
     }
 }
 
 /// Carries a connection as plain TCP to `dst`.
-async fn passthrough(ctx: &PodContext, client: TcpStream, record: ConnectionRecord, dst: OrigDst) {
+async fn passthrough(
+    ctx: &PodContext,
+    client: TcpStream,
+    record: ConnectionRecord,
+    dst: OriginalDst,
+) {
     match connect_passthrough(ctx, dst).await {
         Ok(upstream) => relay(record, client, upstream).await,
         Err(error) => refuse(record, client, error),
@@ -336,7 +341,10 @@ async fn passthrough(ctx: &PodContext, client: TcpStream, record: ConnectionReco
 }
 
 /// Connects to `dst` from the pod's netns, with the outbound mark (never captured again).
-async fn connect_passthrough(ctx: &PodContext, dst: OrigDst) -> Result<TcpStream, OutboundError> {
+async fn connect_passthrough(
+    ctx: &PodContext,
+    dst: OriginalDst,
+) -> Result<TcpStream, OutboundError> {
     let sock = ctx
         .netns
         .run(|| socket::marked_socket(dst.0, PROXY_OUTBOUND_MARK))
@@ -351,7 +359,7 @@ async fn connect_passthrough(ctx: &PodContext, dst: OrigDst) -> Result<TcpStream
 /// Labels of a plain TCP connection from this pod: this pod is its workload in the state, else
 /// the enrolled pod; the destination is the workload at its address, if the state knows one (as
 /// ztunnel; no principals: nothing proves them).
-fn plain_labels(ctx: &PodContext, snap: Option<&Snapshot>, dst: OrigDst) -> ConnectionLabels {
+fn plain_labels(ctx: &PodContext, snap: Option<&Snapshot>, dst: OriginalDst) -> ConnectionLabels {
     let cluster = ctx.metrics.cluster_id.label();
     let source = match snap.and_then(|s| s.workload_at(&ctx.ips)) {
         Some(w) => PeerLabels::of(w, cluster),
