@@ -84,7 +84,15 @@ impl InboundError {
             InboundError::Certificate { .. } | InboundError::ServerConfig(_) => "certificate",
             InboundError::HandshakeTimeout => "timeout",
             InboundError::Tls(_) => "tls",
-            _ => "http2",
+            // The HTTP/2 layer, and the tunnels' own ends (which never end the connection).
+            InboundError::Http2(_)
+            | InboundError::NotThisPod(_)
+            | InboundError::SelfCall(_)
+            | InboundError::Policy(_)
+            | InboundError::AppUnreachable(_)
+            | InboundError::AppTimeout
+            | InboundError::ClientGone(_)
+            | InboundError::Relay(_) => "http2",
         }
     }
 }
