@@ -7,6 +7,10 @@
 //! with the outbound mark. Inbound: plaintext on 15006 (assigned by `sk_lookup` with its
 //! destination intact) and HBONE on 15008 are both relayed to the app from the client's own
 //! address (transparent, inbound mark), so the app sees the real client.
+//!
+//! Every connection, whatever its path, has one [`record::ConnectionRecord`]: its entry in the
+//! live table ([`connections`]), its `istio_tcp_*` counts and its access-log line; each module's
+//! error says which side failed and its response flag ([`record::Failure`]).
 
 pub mod connections;
 pub mod connector;
@@ -144,7 +148,7 @@ impl Drop for PodContext {
 /// Which in-pod listener an accept loop serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
-    /// 127.0.0.1:15001 / [::1]:15001.
+    /// `127.0.0.1:15001` / `[::1]:15001`.
     Outbound,
     /// *:15006: plaintext captured by `sk_lookup`.
     InboundPlaintext,
