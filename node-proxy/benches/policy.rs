@@ -121,8 +121,9 @@ fn state_yaml(count: usize) -> String {
 fn recheck_open_connections(bencher: Bencher, connections: usize) {
     use std::sync::Arc;
 
-    use node_proxy::proxy::connections::{ConnectionInfo, ConnectionTable};
+    use node_proxy::proxy::connections::{ConnectionFacts, ConnectionTable};
     use node_proxy::proxy::policy_watch::{PolicySubject, recheck};
+    use node_proxy::proxy::record::ConnectionRecord;
     use node_proxy::state::StateStore;
 
     let store = StateStore::new();
@@ -133,6 +134,7 @@ fn recheck_open_connections(bencher: Bencher, connections: usize) {
     .unwrap();
     let snap = store.apply(update);
     let table = Arc::new(ConnectionTable::default());
+    let metrics = Arc::default();
     let pod = redirect_cni::protocol::PodIdentity {
         uid: "u".into(),
         namespace: "shop".into(),
@@ -145,12 +147,11 @@ fn recheck_open_connections(bencher: Bencher, connections: usize) {
             let src: std::net::SocketAddr = format!("10.2.{}.{}:40000", i / 250, i % 250)
                 .parse()
                 .unwrap();
-            let guard = table.open(ConnectionInfo::new(
-                node_proxy::metrics::Reporter::Destination,
-                &pod,
-                src,
-                dst,
-            ));
+            let guard = ConnectionRecord::open(
+                &table,
+                &metrics,
+                ConnectionFacts::plain(node_proxy::metrics::Reporter::Destination, &pod, src, dst),
+            );
             let principal = SpiffeId::parse(&format!(
                 "spiffe://cluster.local/ns/shop/sa/client{}",
                 i % 13

@@ -11,8 +11,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use super::client::{self, Table};
 use super::*;
 use crate::identity::{CaFiles, LocalCa, LocalCaOptions, ManagerConfig, SpiffeId};
+use crate::metrics::ConnectionLabels;
 use crate::metrics::Reporter;
-use crate::proxy::connections::ConnectionInfo;
+use crate::proxy::connections::ConnectionFacts;
+use crate::proxy::record::ConnectionRecord;
 
 const STATE: &str = concat!(
     include_str!("../../../mesh/testdata/two-pods.yaml"),
@@ -239,17 +241,17 @@ async fn connections_list_both_ends_and_bytes() {
     let admin = admin();
     let td = TrustDomain::default();
     let pod = record("shop", "client", "u1").pod;
-    let info = ConnectionInfo::new(
-        Reporter::Source,
-        &pod,
-        "10.0.1.2:41000".parse().unwrap(),
-        "10.0.2.2:8080".parse().unwrap(),
-    )
-    .with_mutual_tls(
+    let peers = ConnectionLabels::unknown(Reporter::Source).with_mutual_tls(
         &SpiffeId::new(&td, "shop", "client").unwrap(),
         &SpiffeId::new(&td, "shop", "web").unwrap(),
     );
-    let guard = admin.connections.open(info);
+    let facts = ConnectionFacts::new(
+        peers,
+        &pod,
+        "10.0.1.2:41000".parse().unwrap(),
+        "10.0.2.2:8080".parse().unwrap(),
+    );
+    let guard = ConnectionRecord::open(&admin.connections, &Arc::default(), facts);
     guard
         .bytes()
         .to_upstream
@@ -269,6 +271,8 @@ async fn connections_list_both_ends_and_bytes() {
         (&42.into(), &0.into())
     );
     assert!(c["age_ms"].is_u64());
+    assert_eq!(c["security"], "mutual_tls");
+    assert_eq!(c["dst_workload"], Value::Null);
 
     let text = client::render(Endpoint::Connections, &body);
     let mut lines = text.lines();

@@ -13,7 +13,8 @@ use crate::identity::SpiffeId;
 use crate::inpod::PodRecord;
 use crate::objects::RawKind;
 use crate::policy::ModeSetting;
-use crate::proxy::connections::ConnectionView;
+use crate::proxy::connections::Connection;
+use crate::proxy::record::millis;
 use crate::state::Snapshot;
 
 /// `GET /workloads`.
@@ -425,12 +426,80 @@ pub struct Connections {
     /// How many are open.
     pub count: usize,
     /// The open connections, oldest first.
-    pub connections: Vec<ConnectionView>,
+    pub connections: Vec<OpenConnection>,
+}
+
+/// One open connection: its facts, the bytes moved so far and its age.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OpenConnection {
+    /// Unique in this process, in order of opening.
+    pub id: u64,
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// `source` or `destination`.
+    pub reporter: &'static str,
+    /// The local pod, `namespace/name`.
+    pub pod: String,
+    /// The client's address.
+    pub src: std::net::SocketAddr,
+    /// The address the client connected to.
+    pub dst: std::net::SocketAddr,
+    /// The client's SPIFFE ID.
+    pub src_identity: Option<String>,
+    /// The server's SPIFFE ID.
+    pub dst_identity: Option<String>,
+    /// The client's workload, `namespace/name`.
+    pub src_workload: Option<String>,
+    /// The server's workload, `namespace/name`.
+    pub dst_workload: Option<String>,
+    /// `mutual_tls` or `none`.
+    pub security: &'static str,
+    /// Bytes from the client towards the server so far.
+    pub bytes_sent: u64,
+    /// Bytes from the server to the client so far.
+    pub bytes_received: u64,
+    /// Milliseconds since the connection was accepted.
+    pub age_ms: u64,
+    /// When it was accepted, Unix milliseconds.
+    pub opened_unix_ms: u64,
+}
+
+impl OpenConnection {
+    /// The view of one entry of the table.
+    pub fn of(entry: &Connection) -> Self {
+        let facts = entry.facts();
+        let (bytes_sent, bytes_received) = entry.bytes().get();
+        Self {
+            id: entry.id(),
+            direction: facts.direction(),
+            reporter: facts.reporter().as_str(),
+            pod: facts.pod.clone(),
+            src: facts.src,
+            dst: facts.dst,
+            src_identity: facts.src_identity().map(str::to_owned),
+            dst_identity: facts.dst_identity().map(str::to_owned),
+            src_workload: facts.src_workload(),
+            dst_workload: facts.dst_workload(),
+            security: facts.security().as_str(),
+            bytes_sent,
+            bytes_received,
+            age_ms: millis(entry.age().as_millis()),
+            opened_unix_ms: entry
+                .opened_at()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| millis(d.as_millis())),
+        }
+    }
 }
 
 /// The live connection table.
 pub fn connections(admin: &AdminState) -> Connections {
-    let connections = admin.connections.snapshot();
+    let connections: Vec<OpenConnection> = admin
+        .connections
+        .entries()
+        .iter()
+        .map(|entry| OpenConnection::of(entry))
+        .collect();
     Connections {
         count: connections.len(),
         connections,

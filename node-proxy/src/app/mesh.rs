@@ -14,6 +14,7 @@ use crate::identity::{
     self, CaFiles, CertificateManager, LocalCa, LocalCaOptions, ManagerConfig, TrustDomain,
 };
 use crate::metrics::Metrics;
+use crate::proxy::connections::ConnectionTable;
 use crate::proxy::mesh::Mesh;
 use crate::state::file::LocalFileSource;
 use crate::state::{SourceWatch, StateSource, StateStore};
@@ -26,6 +27,7 @@ use crate::state::{SourceWatch, StateSource, StateStore};
 pub async fn start(
     config: &Config,
     metrics: &Arc<Metrics>,
+    connections: &Arc<ConnectionTable>,
     readiness: &Arc<Readiness>,
 ) -> Result<Option<(Arc<Mesh>, Arc<dyn SourceWatch>)>, AppError> {
     let trust_domain = TrustDomain::new(&config.trust_domain)?;
@@ -102,7 +104,7 @@ pub async fn start(
     // Open inbound connections follow every policy change.
     tokio::spawn(crate::proxy::policy_watch::follow(
         mesh.state.clone(),
-        metrics.connections.clone(),
+        connections.clone(),
     ));
     let certs = mesh.certs.clone();
     readiness.add_detail(Box::new(move || {

@@ -28,6 +28,7 @@ use crate::inpod::{RecordError, RecordStore, Registry};
 use crate::metrics::Metrics;
 use crate::netns::HostNetns;
 use crate::proxy::ProxySettings;
+use crate::proxy::connections::ConnectionTable;
 use crate::state::SourceError;
 use crate::upgrade::{self, HandoffError};
 
@@ -150,22 +151,24 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
     tracing::info!(cgroup = %cgroup.display(), bpffs = %config.bpffs_dir.display(), "capture loaded");
 
     let metrics = Arc::new(Metrics::new(&config.cluster_id));
+    let connections = Arc::new(ConnectionTable::new(&metrics));
     let mut prom = prometheus_client::registry::Registry::default();
     metrics.register(&mut prom);
     let readiness = Arc::new(Readiness::default());
     let metrics_listener = bind("--metrics-addr", config.metrics_addr).await?;
     let metrics_task = tokio::spawn(http::serve_metrics(metrics_listener, Arc::new(prom)));
 
-    let (mesh, _state_watch) = match mesh::start(&config, &metrics, &readiness).await? {
-        Some((mesh, watch)) => (Some(mesh), Some(watch)),
-        None => (None, None),
-    };
+    let (mesh, _state_watch) =
+        match mesh::start(&config, &metrics, &connections, &readiness).await? {
+            Some((mesh, watch)) => (Some(mesh), Some(watch)),
+            None => (None, None),
+        };
     let admin_listener = bind("--admin-addr", config.admin_addr).await?;
     let mut admin = admin::AdminState {
         state: mesh.as_ref().map(|m| m.state.clone()),
         trust_domain: TrustDomain::new(&config.trust_domain)?,
         certs: mesh.as_ref().map(|m| m.certs.clone()),
-        connections: metrics.connections.clone(),
+        connections: connections.clone(),
         enrolled: None,
         config: config.clone(),
         logging,
@@ -184,6 +187,7 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
             inbound_source_ports: config.inbound_source_ports,
         },
         mesh,
+        connections,
         drain.clone(),
     ));
     admin.enrolled = Some(registry.clone());

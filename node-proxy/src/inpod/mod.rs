@@ -31,9 +31,10 @@ use crate::drain::Drain;
 use crate::hbone::pool::{Pool, PoolSettings};
 use crate::metrics::Metrics;
 use crate::netns::{HostNetns, PodNetns};
-use crate::proxy::mesh::{LocalIdentity, Mesh, PodConnector};
+use crate::proxy::connections::ConnectionTable;
 use crate::proxy::source_port::{LiveInbound, SourcePorts};
-use crate::proxy::{self, Direction, PodContext, PodHbone, ProxySettings};
+use crate::proxy::{self, Direction, PodContext, PodMesh, ProxySettings};
+use crate::proxy::{connector::PodConnector, local_identity::LocalIdentity, mesh::Mesh};
 use crate::socket;
 
 /// A refused or failed enrollment operation: the kind the CNI plugin maps to a code, and a
@@ -110,6 +111,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     settings: ProxySettings,
     mesh: Option<Arc<Mesh>>,
+    /// The live connection table every pod's data path registers in.
+    connections: Arc<ConnectionTable>,
     /// The proxy's connection tasks (see [`crate::drain`]).
     drain: Drain,
     /// Pods an ADD decided not to capture (not in the ambient mesh), so CHECK and DEL answer
@@ -119,6 +122,10 @@ pub struct Registry {
 
 impl Registry {
     /// A registry over a loaded capture and a record store.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each proxy-wide part the pods share, passed once by the composition root"
+    )]
     pub fn new(
         host: Arc<HostNetns>,
         capture: Capture,
@@ -126,9 +133,11 @@ impl Registry {
         metrics: Arc<Metrics>,
         settings: ProxySettings,
         mesh: Option<Arc<Mesh>>,
+        connections: Arc<ConnectionTable>,
         drain: Drain,
     ) -> Self {
         Self {
+            connections,
             drain,
             skipped: Mutex::new(HashMap::new()),
             mesh,
@@ -166,8 +175,9 @@ impl Registry {
             ));
         }
         if let Some(mesh) = &self.mesh
-            && let crate::proxy::mesh::Enrollment::Skip(reason) =
-                mesh.enrollment(&add.pod.namespace, &add.pod.name).await
+            && let crate::proxy::enrollment::CaptureDecision::Skip(reason) = mesh
+                .capture_decision(&add.pod.namespace, &add.pod.name)
+                .await
         {
             tracing::info!(uid = %add.pod.uid, namespace = %add.pod.namespace, pod = %add.pod.name, %reason, "pod not captured");
             self.lock_skipped()
@@ -380,15 +390,15 @@ impl Registry {
             self.undo_capture_unless(adopted, &record);
             return Err(EnrollError::new(ErrorKind::Capture, format!("{who}: {e}")));
         }
-        let hbone = self.mesh.as_ref().map(|mesh| {
+        let pod_mesh = self.mesh.as_ref().map(|mesh| {
             let connector = Arc::new(PodConnector {
                 netns: netns.clone(),
                 mesh: mesh.clone(),
             });
             let pool = Pool::new(connector, PoolSettings::default());
             tokio::spawn(pool.clone().run_reaper());
-            PodHbone {
-                mesh: mesh.clone(),
+            PodMesh {
+                context: mesh.clone(),
                 pool,
                 identity: LocalIdentity::default(),
                 server_config: std::sync::Mutex::new(None),
@@ -397,7 +407,7 @@ impl Registry {
         let ctx = Arc::new(PodContext {
             pod: record.pod.clone(),
             ips: record.ips.clone(),
-            hbone,
+            mesh: pod_mesh,
             netns: netns.clone(),
             metrics: self.metrics.clone(),
             settings: self.settings,
@@ -408,7 +418,7 @@ impl Registry {
             ),
             live_inbound: LiveInbound::default(),
             drain: self.drain.clone(),
-            connections: self.metrics.connections.clone(),
+            connections: self.connections.clone(),
         });
         let mut tasks = Vec::new();
         for listener in &listeners {
@@ -465,7 +475,7 @@ impl Registry {
         for ip in &record.ips {
             let listener = listeners
                 .iter()
-                .find(|l| l.direction == Direction::Inbound && l.ipv6 == ip.is_ipv6());
+                .find(|l| l.direction == Direction::InboundPlaintext && l.ipv6 == ip.is_ipv6());
             if let Some(listener) = listener {
                 capture.set_inbound_socket(*ip, &listener.socket)?;
             }
@@ -656,11 +666,11 @@ impl Listeners {
     fn into_vec(self) -> Vec<PodListener> {
         [
             (Direction::Outbound, false, self.outbound_v4),
-            (Direction::Inbound, false, self.inbound_v4),
-            (Direction::Hbone, false, self.hbone_v4),
+            (Direction::InboundPlaintext, false, self.inbound_v4),
+            (Direction::InboundTunnel, false, self.hbone_v4),
             (Direction::Outbound, true, self.outbound_v6),
-            (Direction::Inbound, true, self.inbound_v6),
-            (Direction::Hbone, true, self.hbone_v6),
+            (Direction::InboundPlaintext, true, self.inbound_v6),
+            (Direction::InboundTunnel, true, self.hbone_v6),
         ]
         .into_iter()
         .filter_map(|(direction, ipv6, socket)| {

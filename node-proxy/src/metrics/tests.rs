@@ -1,7 +1,9 @@
 //! The exposition: Istio's label names and values, and the health metrics.
 
 use super::*;
+use crate::identity::SpiffeId;
 use crate::objects::PodUid;
+use crate::state::Workload;
 
 /// Istio's standard TCP label set (istio/proxy `istio_stats.cc`, ztunnel
 /// `proxy/metrics.rs`).
@@ -208,7 +210,7 @@ fn label_values_compare_by_text() {
     assert_eq!(LabelValue::new("unknown"), LabelValue::UNKNOWN);
     let labels = ConnectionLabels::unknown(Reporter::Source);
     let mut shared = labels.clone();
-    shared.response_flags = LabelValue::new("-");
+    shared.destination_principal = LabelValue::new("unknown");
     let family: Family<ConnectionLabels, Counter> = Family::default();
     family.get_or_create(&labels).inc();
     family.get_or_create(&shared).inc();

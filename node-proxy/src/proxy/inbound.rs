@@ -8,16 +8,137 @@ use marrow_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_INBOUND_MARK}
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::connections::ConnectionInfo;
-use super::policy_watch::{self, Denial, PolicySubject};
-use super::{
-    PodContext, PodHbone, connect_result, mesh, relay_or_fail, relay_or_fail_watched, relay_watched,
-};
-use crate::hbone::{self, IncomingConnect, Refusal};
-use crate::identity::SpiffeId;
-use crate::metrics::{ConnectionLabels, PeerLabels, Reporter};
+use super::policy_watch::{self, Denial, PolicyError, PolicySubject};
+use super::record::{ConnectionRecord, Failure, Side};
+use super::relay::RelayError;
+use super::{PodContext, peers, relay, relay_until_revoked, relay_watched, upstream_failed};
+use crate::hbone::{self, HboneError, IncomingConnect, Refusal};
+use crate::identity::{IdentityError, SpiffeId};
+use crate::metrics::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag};
 use crate::state::Snapshot;
+use crate::tls::TlsError;
 use crate::{socket, tls};
+
+/// Why an inbound connection, an HBONE connection or one of its tunnels, was refused or ended
+/// badly.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// The state has no workload at this pod's addresses: no identity to serve HBONE as.
+    #[error("this pod has no identity in the state")]
+    NoIdentity,
+    /// This pod's certificate could not be had.
+    #[error("certificate for {id}: {source}")]
+    Certificate {
+        /// The pod's identity.
+        id: SpiffeId,
+        /// Why.
+        source: IdentityError,
+    },
+    /// The TLS server configuration could not be built from the certificate.
+    #[error("{0}")]
+    ServerConfig(#[source] TlsError),
+    /// The client did not finish the TLS handshake in time.
+    #[error("tls handshake timed out")]
+    HandshakeTimeout,
+    /// The TLS handshake failed.
+    #[error("{0}")]
+    Tls(#[source] TlsError),
+    /// The client's certificate names no identity of this trust domain.
+    #[error("{0}")]
+    ClientIdentity(#[source] TlsError),
+    /// The HTTP/2 connection failed or ended with an error.
+    #[error("{0}")]
+    Http2(#[source] HboneError),
+    /// A CONNECT to an address that is not this pod's.
+    #[error("CONNECT to {0}, not an address of this pod")]
+    NotThisPod(SocketAddr),
+    /// Addressed to one of the proxy's own in-pod ports.
+    #[error(
+        "{0} is the proxy's own port {port}: refused (a recursive call to the proxy)",
+        port = .0.port()
+    )]
+    SelfCall(SocketAddr),
+    /// Refused by policy.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Connecting to the app failed.
+    #[error("{0}")]
+    AppUnreachable(#[source] std::io::Error),
+    /// Connecting to the app timed out.
+    #[error("timed out")]
+    AppTimeout,
+    /// The client reset its stream while the app was being connected.
+    #[error("client went away before the tunnel opened: {0}")]
+    ClientGone(#[source] HboneError),
+    /// The relay failed.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+}
+
+impl InboundError {
+    /// The reason of `marrow_hbone_handshake_failures_total` for an HBONE connection that
+    /// failed before carrying a stream, and of its log line; `http2` is logged, not counted.
+    fn kind(&self) -> &'static str {
+        match self {
+            InboundError::NoIdentity | InboundError::ClientIdentity(_) => "identity",
+            InboundError::Certificate { .. } | InboundError::ServerConfig(_) => "certificate",
+            InboundError::HandshakeTimeout => "timeout",
+            InboundError::Tls(_) => "tls",
+            // The HTTP/2 layer, and the tunnels' own ends (which never end the connection).
+            InboundError::Http2(_)
+            | InboundError::NotThisPod(_)
+            | InboundError::SelfCall(_)
+            | InboundError::Policy(_)
+            | InboundError::AppUnreachable(_)
+            | InboundError::AppTimeout
+            | InboundError::ClientGone(_)
+            | InboundError::Relay(_) => "http2",
+        }
+    }
+}
+
+impl Failure for InboundError {
+    fn side(&self) -> Side {
+        match self {
+            InboundError::NoIdentity
+            | InboundError::Certificate { .. }
+            | InboundError::ServerConfig(_) => Side::Internal,
+            InboundError::HandshakeTimeout
+            | InboundError::Tls(_)
+            | InboundError::ClientIdentity(_)
+            | InboundError::Http2(_)
+            | InboundError::NotThisPod(_)
+            | InboundError::SelfCall(_)
+            | InboundError::ClientGone(_) => Side::Downstream,
+            InboundError::AppUnreachable(_) | InboundError::AppTimeout => Side::Upstream,
+            InboundError::Policy(e) => e.side(),
+            InboundError::Relay(e) => e.side(),
+        }
+    }
+
+    /// `UF` for an unreachable app (Envoy's upstream failure: the destination side reports
+    /// it), `DENY` for policy; a refused request (wrong address, self-call) or a client gone
+    /// before its tunnel opened has none: such a connection is logged, not counted. The HBONE
+    /// connection's own failures carry ztunnel's flags for the same step, for the log.
+    fn response_flag(&self) -> Option<ResponseFlag> {
+        match self {
+            InboundError::NoIdentity
+            | InboundError::Certificate { .. }
+            | InboundError::ClientIdentity(_) => Some(ResponseFlag::IdentityError),
+            InboundError::ServerConfig(_) => Some(ResponseFlag::TlsFailure),
+            InboundError::HandshakeTimeout | InboundError::Tls(_) => Some(ResponseFlag::Connect),
+            InboundError::Http2(_) => Some(ResponseFlag::Http2HandshakeFailure),
+            InboundError::NotThisPod(_)
+            | InboundError::SelfCall(_)
+            | InboundError::ClientGone(_) => None,
+            InboundError::AppUnreachable(_) | InboundError::AppTimeout => {
+                Some(ResponseFlag::UpstreamFailure)
+            }
+            InboundError::Policy(e) => e.response_flag(),
+            InboundError::Relay(e) => e.response_flag(),
+        }
+    }
+}
 
 /// The proxy's own in-pod ports: a connection or CONNECT addressed to one of them would be
 /// relayed back into the proxy (15001 and 15006 loop through `sk_lookup` until the fd limit;
@@ -25,14 +146,12 @@ use crate::{socket, tls};
 /// (`src/config.rs`; `Error::SelfCall`, 503 on HBONE, in `src/proxy/inbound.rs`).
 const OWN_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PORT, HBONE_PORT];
 
-/// Why a connection addressed to `dst` would call the proxy itself, if it would.
-fn self_call(dst: SocketAddr) -> Option<String> {
-    OWN_PORTS.contains(&dst.port()).then(|| {
-        format!(
-            "{dst} is the proxy's own port {}: refused (a recursive call to the proxy)",
-            dst.port()
-        )
-    })
+/// Refuses a connection addressed to `dst` if it would call the proxy itself.
+fn self_call(dst: SocketAddr) -> Result<(), InboundError> {
+    if OWN_PORTS.contains(&dst.port()) {
+        return Err(InboundError::SelfCall(dst));
+    }
+    Ok(())
 }
 
 /// Most source ports tried for one connection to the app before giving up.
@@ -51,16 +170,14 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
     let span = tracing::info_span!("inbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer, dst = %dst);
     async move {
         // One snapshot per connection: its labels and its policy decision see the same state.
-        let snap = ctx.hbone.as_ref().map(|h| h.mesh.state.snapshot());
-        let mut labels = plaintext_labels(&ctx, snap.as_deref(), peer);
-        let mut conn = ctx
-            .connections
-            .open(ConnectionInfo::from_labels(&labels, &ctx.pod, peer, dst));
-        if let Some(reason) = self_call(dst) {
+        let snap = ctx.mesh.as_ref().map(|m| m.context.state.snapshot());
+        let labels = plaintext_labels(&ctx, snap.as_deref(), peer);
+        let mut record = ctx.record(labels, peer, dst);
+        if let Err(refused) = self_call(dst) {
             ctx.metrics
                 .connection_refused(Reporter::Destination, "self_call");
-            tracing::info!(%reason, "connection refused");
-            conn.fail(reason);
+            tracing::info!(reason = %refused, "connection refused");
+            record.finish(Err(refused));
             socket::reset(client);
             return;
         }
@@ -75,11 +192,11 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
             None => None,
             Some(snap) => match policy_watch::decide(snap, &subject) {
                 Ok(allowed_by) => {
-                    conn.allow(allowed_by);
-                    Some(conn.follow_policy(subject))
+                    record.allow(allowed_by);
+                    Some(record.follow_policy(subject))
                 }
                 Err(denial) => {
-                    deny(&ctx, &mut labels, &mut conn, denial);
+                    deny(&ctx, record, denial);
                     socket::reset(client);
                     return;
                 }
@@ -88,12 +205,13 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
         // Not held while the connection lives: a long connection must not pin an old state.
         drop(snap);
         let _tracked = ctx.live_inbound.track(peer, dst);
-        let app = connect_result(connect_preserving_source(&ctx, peer.ip(), dst).await);
+        let app = match connect_preserving_source(&ctx, peer.ip(), dst).await {
+            Ok(app) => app,
+            Err(failure) => return upstream_failed(record, client, failure),
+        };
         match &watched {
-            Some(watched) => {
-                relay_or_fail_watched(&ctx.metrics, labels, conn, client, app, watched).await;
-            }
-            None => relay_or_fail(&ctx.metrics, labels, conn, client, app).await,
+            Some(watched) => relay_watched(&ctx.metrics, record, client, app, watched).await,
+            None => relay(record, client, app).await,
         }
     }
     .instrument(span)
@@ -102,9 +220,9 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
 
 /// Serves one connection on 15008: mutual TLS as this pod, then HTTP/2 CONNECT streams, each
 /// relayed to the app from the HBONE connection's source address (the client pod's).
-pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn tunnel_connection(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
     let peer = socket::canonical(peer);
-    let Some(hbone) = &ctx.hbone else {
+    let Some(mesh) = &ctx.mesh else {
         tracing::debug!(pod = %ctx.pod.name, %peer, "hbone without a mesh configuration; closing");
         return;
     };
@@ -112,27 +230,30 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
         tracing::info_span!("hbone", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %peer);
     let metrics = &ctx.metrics;
     let served = async {
-        let (workload, id) = hbone.identity.resolve(&hbone.mesh, &ctx.ips).ok_or((
-            "identity",
-            "this pod has no identity in the state".to_owned(),
-        ))?;
-        let cert = hbone
-            .mesh
-            .certs
-            .get(&id)
-            .await
-            .map_err(|e| ("certificate", format!("certificate for {id}: {e}")))?;
-        let config = hbone
+        // One snapshot per HBONE connection for this pod's identity and the labels of its
+        // tunnels (each tunnel takes its own for its policy decision); held through the
+        // handshake only.
+        let snap = mesh.context.state.snapshot();
+        let (workload, id) = mesh
+            .identity
+            .resolve(&mesh.context, &snap, &ctx.ips)
+            .ok_or(InboundError::NoIdentity)?;
+        let cert = match mesh.context.certs.get(&id).await {
+            Ok(cert) => cert,
+            Err(source) => return Err(InboundError::Certificate { id, source }),
+        };
+        let config = mesh
             .server_config(&cert)
-            .map_err(|e| ("certificate", e.to_string()))?;
-        let tls = tokio::time::timeout(hbone.mesh.handshake_timeout, tls::accept(config, tcp))
+            .map_err(InboundError::ServerConfig)?;
+        let tls = tokio::time::timeout(mesh.context.handshake_timeout, tls::accept(config, tcp))
             .await
-            .map_err(|_| ("timeout", "tls handshake timed out".to_owned()))?
-            .map_err(|e| ("tls", e.to_string()))?;
-        let client_id = tls::peer_identity(tls.get_ref().1, &hbone.mesh.trust_domain)
-            .map_err(|e| ("identity", e.to_string()))?;
+            .map_err(|_| InboundError::HandshakeTimeout)?
+            .map_err(InboundError::Tls)?;
+        let client_id = tls::peer_identity(tls.get_ref().1, &mesh.context.trust_domain)
+            .map_err(InboundError::ClientIdentity)?;
         metrics.hbone_established("inbound");
-        let (labels, source_known) = tunnel_labels(&ctx, hbone, peer, &workload, &client_id, &id);
+        let (labels, source_known) = tunnel_labels(&ctx, &snap, peer, &workload, &client_id, &id);
+        drop(snap);
         let session = Arc::new(Session {
             labels,
             source_known,
@@ -143,18 +264,21 @@ pub async fn hbone(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
         let drain = ctx.drain.clone();
         hbone::serve(
             tls,
-            hbone.mesh.handshake_timeout,
+            mesh.context.handshake_timeout,
             drain.started(),
             move |incoming| tunnel(session.clone(), incoming),
         )
         .await
-        .map_err(|e| ("http2", e.to_string()))
+        .map_err(InboundError::Http2)
     };
-    if let Err((kind, reason)) = served.instrument(span.clone()).await {
+    if let Err(error) = served.instrument(span.clone()).await {
+        let kind = error.kind();
         if kind != "http2" {
             metrics.hbone_failed("inbound", kind);
         }
-        span.in_scope(|| tracing::info!(kind, %reason, "hbone connection refused or ended"));
+        span.in_scope(
+            || tracing::info!(kind, reason = %error, "hbone connection refused or ended"),
+        );
     }
 }
 
@@ -177,14 +301,14 @@ impl Session {
     fn labels_for(&self, snap: &Snapshot, target: &hbone::ConnectTarget) -> ConnectionLabels {
         let mut labels = self.labels.clone();
         if !self.source_known {
-            labels.source = Some(Arc::new(mesh::derived_source(
+            labels.source = Some(Arc::new(peers::derived_source(
                 &target.baggage,
                 &self.client_id,
             )));
         }
         let host = target.forwarded.host.as_deref();
         labels.destination_service =
-            mesh::inbound_service(snap, host, target.authority).map(Arc::new);
+            peers::inbound_service(snap, host, target.authority).map(Arc::new);
         labels
     }
 }
@@ -199,28 +323,23 @@ async fn tunnel(session: Arc<Session>, incoming: IncomingConnect) {
 
 async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target: SocketAddr) {
     let ctx = &session.ctx;
-    let Some(hbone) = &ctx.hbone else {
+    let Some(mesh) = &ctx.mesh else {
         return incoming.refuse(Refusal::Unavailable);
     };
     // One snapshot per tunnel: its labels and its policy decision see the same state.
-    let snap = hbone.mesh.state.snapshot();
-    let mut labels = session.labels_for(&snap, &incoming.target);
-    let mut conn = ctx.connections.open(ConnectionInfo::from_labels(
-        &labels,
-        &ctx.pod,
-        session.peer,
-        target,
-    ));
+    let snap = mesh.context.state.snapshot();
+    let labels = session.labels_for(&snap, &incoming.target);
+    let mut record = ctx.record(labels, session.peer, target);
     if !ctx.ips.contains(&target.ip().to_canonical()) {
         tracing::info!(%target, "CONNECT to an address that is not this pod's; answering 400");
-        conn.fail(format!("CONNECT to {target}, not an address of this pod"));
+        record.finish(Err(InboundError::NotThisPod(target)));
         return incoming.refuse(Refusal::BadRequest);
     }
-    if let Some(reason) = self_call(target) {
+    if let Err(refused) = self_call(target) {
         ctx.metrics
             .connection_refused(Reporter::Destination, "self_call");
-        tracing::info!(%reason, "CONNECT refused; answering 503");
-        conn.fail(reason);
+        tracing::info!(reason = %refused, "CONNECT refused; answering 503");
+        record.finish(Err(refused));
         return incoming.refuse(Refusal::Unavailable);
     }
     let subject = PolicySubject {
@@ -231,53 +350,47 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
     };
     let watched = match policy_watch::decide(&snap, &subject) {
         Ok(allowed_by) => {
-            conn.allow(allowed_by);
-            conn.follow_policy(subject)
+            record.allow(allowed_by);
+            record.follow_policy(subject)
         }
         Err(denial) => {
-            deny(ctx, &mut labels, &mut conn, denial);
+            deny(ctx, record, denial);
             return incoming.refuse(Refusal::Denied);
         }
     };
     // Not held while the tunnel lives: a long connection must not pin an old state.
     drop(snap);
-    match connect_result(connect_preserving_source(ctx, session.peer.ip(), target).await) {
+    match connect_preserving_source(ctx, session.peer.ip(), target).await {
         Ok(mut app) => match incoming.accept() {
             Ok(mut stream) => {
-                ctx.metrics.opened.get_or_create(&labels).inc();
-                relay_watched(&ctx.metrics, labels, conn, &mut stream, &mut app, &watched).await;
+                relay_until_revoked(&ctx.metrics, record, &mut stream, &mut app, &watched).await;
             }
             Err(error) => {
                 tracing::info!(%error, "client went away before the tunnel opened");
-                conn.fail(format!(
-                    "client went away before the tunnel opened: {error}"
-                ));
+                record.finish(Err(InboundError::ClientGone(error)));
             }
         },
-        Err(error) => {
-            labels.response_flags = "UF".into();
-            ctx.metrics.opened.get_or_create(&labels).inc();
-            ctx.metrics.closed.get_or_create(&labels).inc();
-            tracing::info!(%error, response_flags = "UF", "app unreachable; answering 503");
-            conn.upstream_failed(error);
+        Err(failure) => {
+            tracing::info!(
+                error = %failure,
+                response_flags = ResponseFlag::label(failure.response_flag()),
+                "app unreachable; answering 503"
+            );
+            record.finish(Err(failure));
             incoming.refuse(Refusal::Unavailable);
         }
     }
 }
 
-/// Counts and logs a connection refused by policy when it was accepted.
-fn deny(
-    ctx: &PodContext,
-    labels: &mut ConnectionLabels,
-    conn: &mut super::connections::ConnectionGuard,
-    denial: Denial,
-) {
+/// Ends a connection refused by policy when it was accepted, counting the denial's reason.
+fn deny(ctx: &PodContext, record: ConnectionRecord, denial: Denial) {
     ctx.metrics.policy_denied(denial.reason);
-    labels.response_flags = "DENY".into();
-    ctx.metrics.opened.get_or_create(labels).inc();
-    ctx.metrics.closed.get_or_create(labels).inc();
-    tracing::info!(reason = %denial.explanation, response_flags = "DENY", "connection denied");
-    conn.deny(denial.explanation);
+    tracing::info!(
+        reason = %denial.explanation,
+        response_flags = ResponseFlag::Deny.as_str(),
+        "connection denied"
+    );
+    record.finish(Err(InboundError::Policy(PolicyError::Denied(denial))));
 }
 
 /// Labels of a plaintext connection to this pod. As ztunnel: the client is the workload at its
@@ -305,14 +418,13 @@ fn plaintext_labels(
 /// more ([`Session::labels_for`]). Also: whether the state knows the client.
 fn tunnel_labels(
     ctx: &PodContext,
-    hbone: &PodHbone,
+    snap: &Snapshot,
     peer: SocketAddr,
     workload: &crate::state::Workload,
     client_id: &SpiffeId,
     server_id: &SpiffeId,
 ) -> (ConnectionLabels, bool) {
     let cluster = ctx.metrics.cluster_id.label();
-    let snap = hbone.mesh.state.snapshot();
     let known = snap.workload_by_ip(peer.ip());
     let source = match known {
         Some(src) => PeerLabels::of(src, cluster),
@@ -327,6 +439,19 @@ fn tunnel_labels(
 /// Connects to the app at `dst` from `client_ip`, on a source port of the proxy's choosing
 /// (see [`super::source_port`]): never one of a live captured connection, never one in use.
 async fn connect_preserving_source(
+    ctx: &PodContext,
+    client_ip: IpAddr,
+    dst: SocketAddr,
+) -> Result<TcpStream, InboundError> {
+    match try_source_ports(ctx, client_ip, dst).await {
+        Ok(Ok(app)) => Ok(app),
+        Ok(Err(error)) => Err(InboundError::AppUnreachable(error)),
+        Err(_) => Err(InboundError::AppTimeout),
+    }
+}
+
+/// [`connect_preserving_source`]'s attempts, bounded by the connect timeout.
+async fn try_source_ports(
     ctx: &PodContext,
     client_ip: IpAddr,
     dst: SocketAddr,

@@ -7,12 +7,21 @@
 //! with the outbound mark. Inbound: plaintext on 15006 (assigned by `sk_lookup` with its
 //! destination intact) and HBONE on 15008 are both relayed to the app from the client's own
 //! address (transparent, inbound mark), so the app sees the real client.
+//!
+//! Every connection, whatever its path, has one [`record::ConnectionRecord`]: its entry in the
+//! live table ([`connections`]), its `istio_tcp_*` counts and its access-log line; each module's
+//! error says which side failed and its response flag ([`record::Failure`]).
 
 pub mod connections;
+pub mod connector;
+pub mod enrollment;
 mod inbound;
+pub mod local_identity;
 pub mod mesh;
 mod outbound;
+pub mod peers;
 pub mod policy_watch;
+pub mod record;
 mod relay;
 pub mod source_port;
 
@@ -25,18 +34,21 @@ use redirect_cni::protocol::PodIdentity;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::hbone::pool::Pool;
-use crate::metrics::{ConnectionLabels, Metrics, Reporter, ResponseFlag};
+use crate::metrics::{ConnectionLabels, Metrics, ResponseFlag};
 use crate::netns::PodNetns;
 use crate::socket;
-use connections::{ConnectionGuard, ConnectionTable};
-use mesh::{LocalIdentity, Mesh};
-use policy_watch::Watched;
+use connections::{ConnectionFacts, ConnectionTable};
+use local_identity::LocalIdentity;
+use mesh::Mesh;
+use policy_watch::{PolicyError, Watched};
+use record::{ConnectionRecord, Failure};
 
-/// The destination a captured outbound connection was headed for.
+/// The destination a captured outbound connection was headed for (`SO_ORIGINAL_DST`; not
+/// `marrow_common::OrigDst`, the eBPF map's record it is read from).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OrigDst(pub SocketAddr);
+pub struct OriginalDst(pub SocketAddr);
 
-impl fmt::Display for OrigDst {
+impl fmt::Display for OriginalDst {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
@@ -67,8 +79,8 @@ pub struct PodContext {
     pub source_ports: source_port::SourcePorts,
     /// Captured inbound connections still open.
     pub live_inbound: source_port::LiveInbound,
-    /// HBONE: state, certificates and this pod's connection pool; `None` in plain mode.
-    pub hbone: Option<PodHbone>,
+    /// This pod's part of the mesh (HBONE both ways); `None` in plain mode.
+    pub mesh: Option<PodMesh>,
     /// The proxy's live connection table (shared by every pod and the admin API).
     pub connections: Arc<ConnectionTable>,
     /// The proxy's connection tasks and its drain signal.
@@ -76,9 +88,9 @@ pub struct PodContext {
 }
 
 /// A pod's part of the mesh.
-pub struct PodHbone {
-    /// The mesh.
-    pub mesh: Arc<Mesh>,
+pub struct PodMesh {
+    /// The mesh context.
+    pub context: Arc<Mesh>,
     /// Pooled HBONE connections from this pod.
     pub pool: Arc<Pool>,
     /// The identity this pod holds certificates for.
@@ -94,7 +106,7 @@ pub struct ServerConfigCache {
     config: Arc<rustls::ServerConfig>,
 }
 
-impl PodHbone {
+impl PodMesh {
     /// The server configuration for `cert`, from the cache when it is the same certificate.
     pub fn server_config(
         &self,
@@ -107,7 +119,7 @@ impl PodHbone {
         if let Some(entry) = cached.as_ref().filter(|e| Arc::ptr_eq(&e.cert, cert)) {
             return Ok(entry.config.clone());
         }
-        let config = crate::tls::server_config(cert, self.mesh.key_exchange)?;
+        let config = crate::tls::server_config(cert, self.context.key_exchange)?;
         *cached = Some(ServerConfigCache {
             cert: cert.clone(),
             config: config.clone(),
@@ -127,8 +139,8 @@ impl fmt::Debug for PodContext {
 
 impl Drop for PodContext {
     fn drop(&mut self) {
-        if let Some(hbone) = &self.hbone {
-            hbone.identity.release(&hbone.mesh);
+        if let Some(mesh) = &self.mesh {
+            mesh.identity.release(&mesh.context);
         }
     }
 }
@@ -136,12 +148,12 @@ impl Drop for PodContext {
 /// Which in-pod listener an accept loop serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
-    /// 127.0.0.1:15001 / [::1]:15001.
+    /// `127.0.0.1:15001` / `[::1]:15001`.
     Outbound,
-    /// *:15006.
-    Inbound,
-    /// *:15008.
-    Hbone,
+    /// *:15006: plaintext captured by `sk_lookup`.
+    InboundPlaintext,
+    /// *:15008: HBONE tunnels (mutual TLS, HTTP/2 CONNECT).
+    InboundTunnel,
 }
 
 /// Accepts on `listener` until the task is aborted, spawning one task per connection.
@@ -166,83 +178,67 @@ pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener, direction: Direc
             let ctx = task_ctx;
             match direction {
                 Direction::Outbound => outbound::handle(ctx, stream, peer).await,
-                Direction::Inbound => inbound::plaintext(ctx, stream, peer).await,
-                Direction::Hbone => inbound::hbone(ctx, stream, peer).await,
+                Direction::InboundPlaintext => inbound::plaintext(ctx, stream, peer).await,
+                Direction::InboundTunnel => inbound::tunnel_connection(ctx, stream, peer).await,
             }
         });
     }
 }
 
-/// Relays between `client` and a connected upstream, or resets `client` when connecting failed,
-/// counting either way; `conn` writes the access-log line when this returns.
-async fn relay_or_fail<U>(
-    metrics: &Metrics,
-    mut labels: ConnectionLabels,
-    conn: ConnectionGuard,
-    client: TcpStream,
-    upstream: Result<U, String>,
-) where
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let upstream = match upstream {
-        Ok(stream) => stream,
-        Err(error) => return upstream_failed(metrics, &mut labels, conn, client, error),
-    };
-    metrics.opened.get_or_create(&labels).inc();
-    let outcome = relay::copy_both_ways(client, upstream, conn.bytes()).await;
-    log_closed(metrics, &labels, conn, &outcome);
+impl PodContext {
+    /// Opens the record of a connection of this pod from `src` to `dst`, between the ends
+    /// `peers` describes.
+    fn record(
+        &self,
+        peers: ConnectionLabels,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> ConnectionRecord {
+        let facts = ConnectionFacts::new(peers, &self.pod, src, dst);
+        ConnectionRecord::open(&self.connections, &self.metrics, facts)
+    }
 }
 
-/// [`relay_or_fail`] for a connection the policy watcher follows: cut (`client` reset) when
-/// `watched` is revoked.
-async fn relay_or_fail_watched<U>(
+/// Relays between `client` and the connected `upstream` until both are done, and ends
+/// `record` with the relay's result.
+async fn relay<U>(mut record: ConnectionRecord, client: TcpStream, upstream: U)
+where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    record.established();
+    let result = relay::copy_both_ways(client, upstream, record.bytes()).await;
+    record.finish(result);
+}
+
+/// [`relay`] for a connection the policy watcher follows: cut (`client` reset) when `watched`
+/// is revoked.
+async fn relay_watched<U>(
     metrics: &Metrics,
-    mut labels: ConnectionLabels,
-    conn: ConnectionGuard,
+    record: ConnectionRecord,
     mut client: TcpStream,
-    upstream: Result<U, String>,
+    mut upstream: U,
     watched: &Watched,
 ) where
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut upstream = match upstream {
-        Ok(stream) => stream,
-        Err(error) => return upstream_failed(metrics, &mut labels, conn, client, error),
-    };
-    metrics.opened.get_or_create(&labels).inc();
-    if relay_watched(metrics, labels, conn, &mut client, &mut upstream, watched).await {
+    if relay_until_revoked(metrics, record, &mut client, &mut upstream, watched).await {
         socket::reset(client);
     }
 }
 
-/// Counts a connection whose upstream (or app) could not be reached and resets the client.
-/// The flag: at the source ztunnel's `CONNECT` (a passthrough destination that refused), at the
-/// destination Envoy's `UF` (the app is unreachable), as [`ResponseFlag`] documents.
-fn upstream_failed(
-    metrics: &Metrics,
-    labels: &mut ConnectionLabels,
-    mut conn: ConnectionGuard,
-    client: TcpStream,
-    error: String,
-) {
-    let flag = match labels.reporter {
-        Reporter::Source => ResponseFlag::Connect,
-        Reporter::Destination => ResponseFlag::UpstreamFailure,
-    };
-    labels.response_flags = flag.as_str().into();
-    metrics.opened.get_or_create(labels).inc();
-    metrics.closed.get_or_create(labels).inc();
-    conn.failed_with(flag, error);
+/// Ends a connection whose upstream (or app) could not be reached, with `failure`, and resets
+/// the client.
+fn upstream_failed(record: ConnectionRecord, client: TcpStream, failure: impl Failure) {
+    record.finish(Err(failure));
     socket::reset(client);
 }
 
-/// Relays until both sides are done or until the policy watcher revokes `watched`, then
-/// counts the close and ends `conn`. Returns whether it was revoked (the caller then cuts what
-/// it owns; the streams here are only borrowed).
-async fn relay_watched<C, U>(
+/// Relays until both sides are done or until the policy watcher revokes `watched`, then ends
+/// `record`. Returns whether it was revoked (the caller then cuts what it owns; the streams
+/// here are only borrowed).
+async fn relay_until_revoked<C, U>(
     metrics: &Metrics,
-    mut labels: ConnectionLabels,
-    conn: ConnectionGuard,
+    mut record: ConnectionRecord,
     client: &mut C,
     upstream: &mut U,
     watched: &Watched,
@@ -251,47 +247,28 @@ where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let copy = relay::copy_both_ways(client, upstream, conn.bytes());
+    record.established();
+    let copy = relay::copy_both_ways(client, upstream, record.bytes());
     // Boxed: the watch would otherwise enlarge every connection's future.
-    match Box::pin(until_revoked(copy, watched)).await {
-        Ok(outcome) => {
-            log_closed(metrics, &labels, conn, &outcome);
+    let outcome = Box::pin(until_revoked(copy, watched)).await;
+    match outcome {
+        Ok(result) => {
+            record.finish(result);
             false
         }
         Err(denial) => {
-            revoked(metrics, &mut labels, conn, &denial);
+            // As ztunnel's late rejection, its close-time series carry `DENY`
+            // (`src/proxy/metrics.rs`, `AuthorizationPolicyLateRejection`).
+            metrics.policy_denied(denial.reason);
+            tracing::info!(
+                reason = %denial.explanation,
+                response_flags = ResponseFlag::Deny.as_str(),
+                "connection closed: no longer allowed by policy"
+            );
+            record.finish(Err(PolicyError::Revoked(denial)));
             true
         }
     }
-}
-
-/// Counts and logs a connection closed because a new policy denies it. As ztunnel's late
-/// rejection, its close-time series carry `DENY` (`src/proxy/metrics.rs`,
-/// `AuthorizationPolicyLateRejection`).
-fn revoked(
-    metrics: &Metrics,
-    labels: &mut ConnectionLabels,
-    mut conn: ConnectionGuard,
-    denial: &policy_watch::Denial,
-) {
-    metrics.policy_denied(denial.reason);
-    labels.response_flags = "DENY".into();
-    tracing::info!(
-        reason = %denial.explanation,
-        response_flags = "DENY",
-        "connection closed: no longer allowed by policy"
-    );
-    conn.deny(format!(
-        "closed after a policy change: {}",
-        denial.explanation
-    ));
-    let (to_upstream, to_client) = conn.bytes().get();
-    let outcome = relay::RelayOutcome {
-        to_upstream,
-        to_client,
-        error: None,
-    };
-    log_closed(metrics, labels, conn, &outcome);
 }
 
 /// Runs `relay` unless `watched` is revoked first: then the relay is dropped and the denial
@@ -303,39 +280,6 @@ where
     tokio::select! {
         outcome = relay => Ok(outcome),
         denial = watched.revoked() => Err(denial.clone()),
-    }
-}
-
-/// Counts a finished relay and ends its connection: dropping `conn` removes it from the table
-/// and writes its access-log line (the one line per connection).
-fn log_closed(
-    metrics: &Metrics,
-    labels: &ConnectionLabels,
-    mut conn: ConnectionGuard,
-    outcome: &relay::RelayOutcome,
-) {
-    metrics
-        .sent_bytes
-        .get_or_create(labels)
-        .inc_by(outcome.to_upstream);
-    metrics
-        .received_bytes
-        .get_or_create(labels)
-        .inc_by(outcome.to_client);
-    metrics.closed.get_or_create(labels).inc();
-    if let Some(error) = &outcome.error {
-        conn.fail(error.to_string());
-    }
-}
-
-/// Flattens a timed connect into a message for the log.
-fn connect_result<T>(
-    r: Result<std::io::Result<T>, tokio::time::error::Elapsed>,
-) -> Result<T, String> {
-    match r {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
     }
 }
 
@@ -368,7 +312,7 @@ mod tests {
             },
             source_ports: source_port::SourcePorts::new(1024..=32767, 0),
             live_inbound: source_port::LiveInbound::default(),
-            hbone: None,
+            mesh: None,
             drain: crate::drain::Drain::new(),
             connections: Arc::default(),
         });
@@ -386,15 +330,21 @@ mod tests {
             ),
             (
                 "hbone inbound",
-                std::mem::size_of_val(&inbound::hbone(ctx.clone(), stream().await, addr)),
+                std::mem::size_of_val(&inbound::tunnel_connection(
+                    ctx.clone(),
+                    stream().await,
+                    addr,
+                )),
             ),
         ];
         println!("{sizes:?}");
         // Bounds: the measured sizes with some room. The HBONE one is per HBONE connection
-        // (its TLS state), shared by all the streams on it. Measured: 1752, 1824, 8104 (the
-        // HBONE one was 5304 before it built Istio's full label set per connection and
-        // watched the drain signal for GOAWAY).
-        let bounds = [2048, 2048, 8192];
+        // (its TLS state), shared by all the streams on it. Measured: 1480, 1312, 8120 (the
+        // first two were 1752 and 1824 while each kept its labels beside its table entry; the
+        // HBONE one was 8104 before it held its one snapshot through the handshake, 5304
+        // before it built Istio's full label set per connection and watched the drain signal
+        // for GOAWAY).
+        let bounds = [1536, 1536, 8192];
         for ((what, size), bound) in sizes.into_iter().zip(bounds) {
             assert!(
                 size <= bound,

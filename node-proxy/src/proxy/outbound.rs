@@ -14,21 +14,97 @@ use marrow_common::PROXY_OUTBOUND_MARK;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::connections::{ConnectionGuard, ConnectionInfo};
-use super::{OrigDst, PodContext, PodHbone, connect_result, mesh, relay_or_fail};
+use super::record::{ConnectionRecord, Failure, Side};
+use super::relay::RelayError;
+use super::{OriginalDst, PodContext, PodMesh, peers, relay};
 use crate::hbone::pool::PoolKey;
 use crate::hbone::{ConnectRequest, Forwarded, HboneError, TraceParent, TransportFailure};
-use crate::metrics::{
-    ConnectionLabels, Metrics, PeerLabels, Reporter, ResponseFlag, ServiceLabels,
-};
+use crate::identity::{IdentityError, SpiffeId};
+use crate::metrics::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag, ServiceLabels};
 use crate::socket;
-use crate::state::{self, Route};
+use crate::state::{self, Route, Snapshot};
 
-/// Serves one connection accepted on 15001.
+/// Why an outbound connection was not carried, or ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The Service VIP the pod addressed has no ready endpoint.
+    #[error("service {0} has no ready endpoint")]
+    NoEndpoint(String),
+    /// The destination workload's identity cannot be derived (no SPIFFE ID for its namespace
+    /// and service account).
+    #[error("destination {namespace}/{name} has no valid identity")]
+    NoDestinationIdentity {
+        /// Its namespace.
+        namespace: String,
+        /// Its pod name.
+        name: String,
+    },
+    /// No certificate for this pod's identity.
+    #[error("no certificate for {id}: {source}")]
+    NoCertificate {
+        /// This pod's identity.
+        id: SpiffeId,
+        /// Why.
+        source: IdentityError,
+    },
+    /// The socket for a passthrough connection could not be made in the pod's netns.
+    #[error("socket in the pod netns: {0}")]
+    PodSocket(#[source] std::io::Error),
+    /// The passthrough destination refused or failed the connection.
+    #[error("{0}")]
+    Connect(#[source] std::io::Error),
+    /// Connecting to the passthrough destination timed out.
+    #[error("timed out")]
+    ConnectTimeout,
+    /// The HBONE tunnel could not be opened.
+    #[error("{0}")]
+    Tunnel(#[source] HboneError),
+    /// The relay failed.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+}
+
+impl Failure for OutboundError {
+    fn side(&self) -> Side {
+        match self {
+            OutboundError::NoCertificate { .. } | OutboundError::PodSocket(_) => Side::Internal,
+            OutboundError::NoEndpoint(_)
+            | OutboundError::NoDestinationIdentity { .. }
+            | OutboundError::Connect(_)
+            | OutboundError::ConnectTimeout => Side::Upstream,
+            OutboundError::Tunnel(HboneError::Transport {
+                failure: TransportFailure::Certificate | TransportFailure::TlsConfig,
+                ..
+            }) => Side::Internal,
+            OutboundError::Tunnel(_) => Side::Upstream,
+            OutboundError::Relay(e) => e.side(),
+        }
+    }
+
+    /// ztunnel's flags at the source: `CONNECT` for a passthrough destination or a Service
+    /// that could not be reached, `IDENTITY_ERROR` when an identity or certificate is
+    /// missing, the tunnel's as [`source_flag`] maps them.
+    fn response_flag(&self) -> Option<ResponseFlag> {
+        match self {
+            OutboundError::NoEndpoint(_)
+            | OutboundError::PodSocket(_)
+            | OutboundError::Connect(_)
+            | OutboundError::ConnectTimeout => Some(ResponseFlag::Connect),
+            OutboundError::NoDestinationIdentity { .. } | OutboundError::NoCertificate { .. } => {
+                Some(ResponseFlag::IdentityError)
+            }
+            OutboundError::Tunnel(e) => Some(source_flag(e)),
+            OutboundError::Relay(e) => e.response_flag(),
+        }
+    }
+}
+
+/// Serves one connection accepted on 15001: decides from one snapshot where it goes and how
+/// it is described ([`plan`]), then carries it.
 pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let accepted_v6 = peer.is_ipv6();
     let dst = match socket::original_dst(client.as_fd(), accepted_v6) {
-        Ok(addr) => OrigDst(socket::canonical(addr)),
+        Ok(addr) => OriginalDst(socket::canonical(addr)),
         Err(error) => {
             tracing::warn!(pod = %ctx.pod.name, %peer, %error, "original destination unknown; closing");
             socket::reset(client);
@@ -44,114 +120,51 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         .unwrap_or(peer);
     let span = tracing::info_span!("outbound", pod = %ctx.pod.name, ns = %ctx.pod.namespace, src = %src, dst = %dst);
     async move {
-        let mut dst = dst;
-        let mut service = None;
-        if let Some(hbone) = &ctx.hbone {
-            let snap = hbone.mesh.state.snapshot();
-            // The Service the pod addressed, if it connected to a VIP (route() resolves it).
-            service = snap
-                .services()
-                .at(dst.0)
-                .map(|s| Arc::new(mesh::service_labels(s)));
-            match state::route(&snap, dst.0, hbone.mesh.state.endpoint_picker()) {
-                Route::Tunnel {
-                    workload,
-                    target,
-                    authority,
-                } => {
-                    let tunnel = Tunnel {
-                        dst_workload: &workload,
-                        target,
-                        authority,
-                        service,
-                    };
-                    // Boxed: the tunnel's state would otherwise size every connection's future.
-                    return Box::pin(via_hbone(&ctx, hbone, client, peer, tunnel)).await;
-                }
-                // A Service VIP resolved to an endpoint outside the mesh, or no VIP at all.
-                Route::Passthrough(to) => dst = OrigDst(to),
-                Route::NoEndpoint { service: host } => {
-                    let mut labels = plain_labels(&ctx, dst);
-                    labels.destination_service = service;
-                    let conn = ctx
-                        .connections
-                        .open(ConnectionInfo::from_labels(&labels, &ctx.pod, src, dst.0));
-                    let error = format!("service {host} has no ready endpoint");
-                    refuse(
-                        &ctx.metrics,
-                        labels,
-                        conn,
-                        client,
-                        ResponseFlag::Connect,
-                        error,
-                    );
-                    return;
-                }
-            }
+        let Some(mesh) = &ctx.mesh else {
+            // Plain mode (no mesh configuration): everything passes through.
+            let record = ctx.record(plain_labels(&ctx, None, dst), src, dst.0);
+            return passthrough(&ctx, client, record, dst).await;
+        };
+        // One snapshot per connection for its route, its labels and this pod's identity,
+        // dropped before any I/O: a long connection must not pin an old state.
+        match plan(&ctx, mesh, &mesh.context.state.snapshot(), src, peer, dst) {
+            // Boxed: the tunnel's state would otherwise size every connection's future.
+            Plan::Tunnel(plan) => Box::pin(tunnel(mesh, client, *plan)).await,
+            Plan::Passthrough(record, dst) => passthrough(&ctx, client, record, dst).await,
+            Plan::Refuse(record, error) => refuse(record, client, *error),
         }
-        plain(&ctx, client, src, dst, service).await;
     }
     .instrument(span)
     .await
 }
 
-async fn plain(
-    ctx: &PodContext,
-    client: TcpStream,
-    src: SocketAddr,
-    dst: OrigDst,
-    service: Option<Arc<ServiceLabels>>,
-) {
-    let mut labels = plain_labels(ctx, dst);
-    labels.destination_service = service;
-    let conn = ctx
-        .connections
-        .open(ConnectionInfo::from_labels(&labels, &ctx.pod, src, dst.0));
-    let upstream = match ctx
-        .netns
-        .run(|| socket::marked_socket(dst.0, PROXY_OUTBOUND_MARK))
-        .and_then(|s| s)
-    {
-        Ok(sock) => connect_result(
-            tokio::time::timeout(ctx.settings.connect_timeout, socket::connect(sock, dst.0)).await,
-        ),
-        Err(e) => Err(format!("socket in the pod netns: {e}")),
-    };
-    match upstream {
-        Ok(upstream) => {
-            relay_or_fail::<TcpStream>(&ctx.metrics, labels, conn, client, Ok(upstream)).await;
-        }
-        // ztunnel's flag for a failed plain connect at the source.
-        Err(error) => refuse(
-            &ctx.metrics,
-            labels,
-            conn,
-            client,
-            ResponseFlag::Connect,
-            error,
-        ),
-    }
+/// Where a connection goes, decided from one snapshot, with its record open (the labels live
+/// in the record only, so no copy of them is kept in the connection's future).
+enum Plan {
+    /// In HBONE to the destination's node proxy.
+    Tunnel(Box<TunnelPlan>),
+    /// Plain TCP to the address, from the pod's netns.
+    Passthrough(ConnectionRecord, OriginalDst),
+    /// Refused before any I/O.
+    Refuse(ConnectionRecord, Box<OutboundError>),
 }
 
-/// Labels of a plain TCP connection from this pod: this pod is its workload in the state, else
-/// the enrolled pod; the destination is the workload at its address, if the state knows one (as
-/// ztunnel; no principals: nothing proves them).
-fn plain_labels(ctx: &PodContext, dst: OrigDst) -> ConnectionLabels {
-    let cluster = ctx.metrics.cluster_id.label();
-    let snap = ctx.hbone.as_ref().map(|h| h.mesh.state.snapshot());
-    let source = match snap.as_ref().and_then(|s| s.workload_at(&ctx.ips)) {
-        Some(w) => PeerLabels::of(w, cluster),
-        None => PeerLabels::pod(&ctx.pod.name, &ctx.pod.namespace, cluster),
-    };
-    let destination = snap
-        .as_ref()
-        .and_then(|s| s.workload_by_ip(dst.0.ip()))
-        .map(|w| PeerLabels::of(w, cluster));
-    ConnectionLabels::between(Reporter::Source, Some(source), destination)
+/// A connection to carry in HBONE.
+struct TunnelPlan {
+    /// Its record: mutual TLS between the two identities.
+    record: ConnectionRecord,
+    /// This pod's identity (the client certificate).
+    source: SpiffeId,
+    /// The identity the destination must present.
+    server: SpiffeId,
+    /// The destination's HBONE address, `<pod ip>:15008`.
+    target: SocketAddr,
+    /// The CONNECT.
+    request: ConnectRequest,
 }
 
-/// Where a tunnel goes.
-struct Tunnel<'a> {
+/// The route of a connection to a mesh workload.
+struct TunnelRoute<'a> {
     /// The destination workload (its identity is the server SAN to expect).
     dst_workload: &'a state::Workload,
     /// Its HBONE address, `<pod ip>:15008`.
@@ -162,20 +175,68 @@ struct Tunnel<'a> {
     service: Option<Arc<ServiceLabels>>,
 }
 
-async fn via_hbone(
+/// Decides, from `snap` alone, where the connection from `src` (the app's `peer`) to `dst`
+/// goes and how it is labelled, and opens its record: a mesh workload (or a Service VIP
+/// resolved to one) in HBONE, anything else passed through, a VIP without endpoints refused.
+fn plan(
     ctx: &PodContext,
-    hbone: &PodHbone,
-    client: TcpStream,
+    mesh: &PodMesh,
+    snap: &Snapshot,
+    src: SocketAddr,
     peer: SocketAddr,
-    tunnel: Tunnel<'_>,
-) {
-    let Tunnel {
+    dst: OriginalDst,
+) -> Plan {
+    // The Service the pod addressed, if it connected to a VIP (route() resolves it).
+    let service = snap
+        .services()
+        .at(dst.0)
+        .map(|s| Arc::new(peers::service_labels(s)));
+    match state::route(snap, dst.0, mesh.context.state.endpoint_picker()) {
+        Route::Tunnel {
+            workload,
+            target,
+            authority,
+        } => {
+            let route = TunnelRoute {
+                dst_workload: &workload,
+                target,
+                authority,
+                service,
+            };
+            plan_tunnel(ctx, mesh, snap, peer, route)
+        }
+        // A Service VIP resolved to an endpoint outside the mesh, or no VIP at all.
+        Route::Passthrough(to) => {
+            let dst = OriginalDst(to);
+            let mut labels = plain_labels(ctx, Some(snap), dst);
+            labels.destination_service = service;
+            Plan::Passthrough(ctx.record(labels, src, dst.0), dst)
+        }
+        Route::NoEndpoint { service: host } => {
+            let mut labels = plain_labels(ctx, Some(snap), dst);
+            labels.destination_service = service;
+            let error = OutboundError::NoEndpoint(host);
+            Plan::Refuse(ctx.record(labels, src, dst.0), Box::new(error))
+        }
+    }
+}
+
+/// [`plan`] for a connection to a mesh workload: in HBONE as this pod's identity; passed
+/// through when this pod has none; refused when the destination has none.
+fn plan_tunnel(
+    ctx: &PodContext,
+    mesh: &PodMesh,
+    snap: &Snapshot,
+    peer: SocketAddr,
+    route: TunnelRoute<'_>,
+) -> Plan {
+    let TunnelRoute {
         dst_workload,
         target,
         authority,
         service,
-    } = tunnel;
-    let mesh = &hbone.mesh;
+    } = route;
+    let context = &mesh.context;
     let pod_ip = ctx
         .ips
         .iter()
@@ -184,11 +245,14 @@ async fn via_hbone(
         .unwrap_or(peer.ip());
     // This pod's end of the connection, as the destination will see it (`forwarded`).
     let src = SocketAddr::new(pod_ip, peer.port());
-    let Some((src_workload, source)) = hbone.identity.resolve(mesh, &ctx.ips) else {
+    let Some((src_workload, source)) = mesh.identity.resolve(context, snap, &ctx.ips) else {
         // Without an identity there is no mTLS; the destination decides whether it accepts
-        // plaintext (PeerAuthentication, issue 4).
+        // plaintext (its PeerAuthentication).
         tracing::warn!("this pod has no identity in the state; sending plaintext");
-        return plain(ctx, client, src, OrigDst(authority), service).await;
+        let dst = OriginalDst(authority);
+        let mut labels = plain_labels(ctx, Some(snap), dst);
+        labels.destination_service = service;
+        return Plan::Passthrough(ctx.record(labels, src, dst.0), dst);
     };
     let cluster = ctx.metrics.cluster_id.label();
     let mut labels = ConnectionLabels::between(
@@ -198,39 +262,44 @@ async fn via_hbone(
     );
     let host = service.as_ref().map(|s| s.host.as_str().to_owned());
     labels.destination_service = service;
-    let Some(server) = mesh.identity_of(dst_workload) else {
+    let Some(server) = context.identity_of(dst_workload) else {
         tracing::warn!(dst_pod = %dst_workload.name, "destination has no valid identity; refusing");
-        let conn = ctx.connections.open(ConnectionInfo::from_labels(
-            &labels, &ctx.pod, src, authority,
-        ));
-        let error = format!(
-            "destination {}/{} has no valid identity",
-            dst_workload.namespace, dst_workload.name
-        );
-        return refuse(
-            &ctx.metrics,
-            labels,
-            conn,
-            client,
-            ResponseFlag::IdentityError,
-            error,
-        );
+        let error = OutboundError::NoDestinationIdentity {
+            namespace: dst_workload.namespace.clone(),
+            name: dst_workload.name.clone(),
+        };
+        return Plan::Refuse(ctx.record(labels, src, authority), Box::new(error));
     };
-    let labels = labels.with_mutual_tls(&source, &server);
-    let conn = ctx.connections.open(ConnectionInfo::from_labels(
-        &labels, &ctx.pod, src, authority,
-    ));
-
     let request = ConnectRequest {
         authority,
         forwarded: Forwarded {
             for_addr: Some(src),
             host,
         },
-        baggage: mesh::baggage_of(&src_workload, cluster),
+        baggage: peers::baggage_of(&src_workload, cluster),
         traceparent: TraceParent::random(),
     };
-    let certificate_epoch = match mesh.certs.get(&source).await {
+    let labels = labels.with_mutual_tls(&source, &server);
+    Plan::Tunnel(Box::new(TunnelPlan {
+        record: ctx.record(labels, src, authority),
+        source,
+        server,
+        target,
+        request,
+    }))
+}
+
+/// Carries a connection in HBONE: this pod's certificate, looked up once (its expiry picks
+/// the pooled connection), a tunnel from the pod's pool, the relay.
+async fn tunnel(mesh: &PodMesh, client: TcpStream, plan: TunnelPlan) {
+    let TunnelPlan {
+        record,
+        source,
+        server,
+        target,
+        request,
+    } = plan;
+    let certificate_epoch = match mesh.context.certs.get(&source).await {
         Ok(cert) => cert
             .not_after()
             .duration_since(std::time::UNIX_EPOCH)
@@ -238,16 +307,12 @@ async fn via_hbone(
             .unwrap_or(0),
         Err(error) => {
             tracing::warn!(%source, %error, "no certificate; refusing");
-            mesh.metrics.hbone_failed("outbound", "certificate");
-            let error = format!("no certificate for {source}: {error}");
-            return refuse(
-                &ctx.metrics,
-                labels,
-                conn,
-                client,
-                ResponseFlag::IdentityError,
-                error,
-            );
+            mesh.context.metrics.hbone_failed("outbound", "certificate");
+            let error = OutboundError::NoCertificate {
+                id: source,
+                source: error,
+            };
+            return refuse(record, client, error);
         }
     };
     let key = PoolKey {
@@ -256,13 +321,54 @@ async fn via_hbone(
         server,
         certificate_epoch,
     };
-    match hbone.pool.tunnel(&key, &request).await {
-        Ok(stream) => relay_or_fail(&ctx.metrics, labels, conn, client, Ok(stream)).await,
-        Err(error) => {
-            let flag = source_flag(&error);
-            refuse(&ctx.metrics, labels, conn, client, flag, error.to_string());
-        }
+    match mesh.pool.tunnel(&key, &request).await {
+        Ok(stream) => relay(record, client, stream).await,
+        Err(error) => refuse(record, client, OutboundError::Tunnel(error)),
     }
+}
+
+/// Carries a connection as plain TCP to `dst`.
+async fn passthrough(
+    ctx: &PodContext,
+    client: TcpStream,
+    record: ConnectionRecord,
+    dst: OriginalDst,
+) {
+    match connect_passthrough(ctx, dst).await {
+        Ok(upstream) => relay(record, client, upstream).await,
+        Err(error) => refuse(record, client, error),
+    }
+}
+
+/// Connects to `dst` from the pod's netns, with the outbound mark (never captured again).
+async fn connect_passthrough(
+    ctx: &PodContext,
+    dst: OriginalDst,
+) -> Result<TcpStream, OutboundError> {
+    let sock = ctx
+        .netns
+        .run(|| socket::marked_socket(dst.0, PROXY_OUTBOUND_MARK))
+        .and_then(|s| s)
+        .map_err(OutboundError::PodSocket)?;
+    tokio::time::timeout(ctx.settings.connect_timeout, socket::connect(sock, dst.0))
+        .await
+        .map_err(|_| OutboundError::ConnectTimeout)?
+        .map_err(OutboundError::Connect)
+}
+
+/// Labels of a plain TCP connection from this pod: this pod is its workload in the state, else
+/// the enrolled pod; the destination is the workload at its address, if the state knows one (as
+/// ztunnel; no principals: nothing proves them).
+fn plain_labels(ctx: &PodContext, snap: Option<&Snapshot>, dst: OriginalDst) -> ConnectionLabels {
+    let cluster = ctx.metrics.cluster_id.label();
+    let source = match snap.and_then(|s| s.workload_at(&ctx.ips)) {
+        Some(w) => PeerLabels::of(w, cluster),
+        None => PeerLabels::pod(&ctx.pod.name, &ctx.pod.namespace, cluster),
+    };
+    let destination = snap
+        .and_then(|s| s.workload_by_ip(dst.0.ip()))
+        .map(|w| PeerLabels::of(w, cluster));
+    ConnectionLabels::between(Reporter::Source, Some(source), destination)
 }
 
 /// ztunnel's response flag at the source for a tunnel that could not be opened: what its
@@ -290,21 +396,12 @@ fn source_flag(error: &HboneError) -> ResponseFlag {
     }
 }
 
-/// Counts and logs a connection this side could not carry (opened and closed, with `flag`),
-/// and resets the client.
-fn refuse(
-    metrics: &Metrics,
-    mut labels: ConnectionLabels,
-    mut conn: ConnectionGuard,
-    client: TcpStream,
-    flag: ResponseFlag,
-    error: String,
-) {
-    labels.response_flags = flag.as_str().into();
-    metrics.opened.get_or_create(&labels).inc();
-    metrics.closed.get_or_create(&labels).inc();
-    tracing::info!(%error, response_flags = flag.as_str(), "connection not carried");
-    conn.failed_with(flag, error);
+/// Ends a connection this side could not carry with `error` (its record counts it opened and
+/// closed, with the error's flag), and resets the client.
+fn refuse(record: ConnectionRecord, client: TcpStream, error: OutboundError) {
+    let flag = ResponseFlag::label(error.response_flag());
+    tracing::info!(%error, response_flags = flag, "connection not carried");
+    record.finish(Err(error));
     socket::reset(client);
 }
 

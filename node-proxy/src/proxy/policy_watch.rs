@@ -21,8 +21,9 @@ use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
 use super::connections::ConnectionTable;
+use super::record::{Failure, Side};
 use crate::identity::SpiffeId;
-use crate::metrics::DenialReason;
+use crate::metrics::{DenialReason, ResponseFlag};
 use crate::policy;
 use crate::state::{Snapshot, StateStore, Workload};
 
@@ -46,6 +47,39 @@ pub struct Denial {
     pub reason: DenialReason,
     /// Which policy and rule decided, or that none allowed.
     pub explanation: String,
+}
+
+/// A connection policy refused, when it was accepted or on a later state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// Refused when accepted.
+    #[error("{}", .0.explanation)]
+    Denied(Denial),
+    /// Admitted, then closed because a new state denies it (ztunnel's
+    /// `AuthorizationPolicyLateRejection`).
+    #[error("closed after a policy change: {}", .0.explanation)]
+    Revoked(Denial),
+}
+
+impl PolicyError {
+    /// The denial.
+    pub fn denial(&self) -> &Denial {
+        match self {
+            PolicyError::Denied(denial) | PolicyError::Revoked(denial) => denial,
+        }
+    }
+}
+
+impl Failure for PolicyError {
+    /// The client: it is not allowed to reach this workload.
+    fn side(&self) -> Side {
+        Side::Downstream
+    }
+
+    /// `DENY`, both when accepted and later (ztunnel maps its late rejection to `DENY` too).
+    fn response_flag(&self) -> Option<ResponseFlag> {
+        Some(ResponseFlag::Deny)
+    }
 }
 
 /// The policy decision for a connection to a local pod: PeerAuthentication for plaintext, then

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::connections::ByteCounters;
+use super::record::{Failure, Side};
+use crate::metrics::ResponseFlag;
 
 /// Each direction starts with a small buffer, so thousands of idle connections cost little…
 const INITIAL_BUF: usize = 2 * 1024;
@@ -14,41 +16,80 @@ const INITIAL_BUF: usize = 2 * 1024;
 /// syscall-bound. At most three growths per direction: nothing is allocated per chunk.
 const MAX_BUF: usize = 64 * 1024;
 
-/// What a finished relay moved.
-#[derive(Debug)]
-pub struct RelayOutcome {
-    /// Bytes from the client to the upstream.
-    pub to_upstream: u64,
-    /// Bytes from the upstream to the client.
-    pub to_client: u64,
-    /// The error that ended the relay, if it did not end with both sides closing.
-    pub error: Option<std::io::Error>,
+/// Why a relay ended before both sides closed: reading from or writing to one of the two.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading from or writing to the client failed.
+    #[error("{0}")]
+    Downstream(#[source] std::io::Error),
+    /// Reading from or writing to the upstream (the app, the peer, the tunnel) failed.
+    #[error("{0}")]
+    Upstream(#[source] std::io::Error),
+}
+
+impl Failure for RelayError {
+    fn side(&self) -> Side {
+        match self {
+            RelayError::Downstream(_) => Side::Downstream,
+            RelayError::Upstream(_) => Side::Upstream,
+        }
+    }
+
+    /// None: the connection was carried; a reset midway is logged as the access log's
+    /// `error`, its `response_flags` stay `-` (marrow's behaviour so far; Envoy would write
+    /// `DC`/`UC`, which the waypoint will).
+    fn response_flag(&self) -> Option<ResponseFlag> {
+        None
+    }
+}
+
+/// Which end of one copying direction failed.
+enum HalfError {
+    Read(std::io::Error),
+    Write(std::io::Error),
 }
 
 /// Copies until both directions finished (each end's FIN is passed on as a write shutdown),
 /// adding each chunk to `counters` once written. On an error both streams are dropped, which
 /// closes them.
-pub async fn copy_both_ways<C, U>(client: C, upstream: U, counters: &ByteCounters) -> RelayOutcome
+///
+/// # Errors
+/// The first read or write that failed, by the side it was on.
+pub async fn copy_both_ways<C, U>(
+    client: C,
+    upstream: U,
+    counters: &ByteCounters,
+) -> Result<(), RelayError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
-    let result = {
-        let up = copy_half(&mut cr, &mut uw, &counters.to_upstream);
-        let down = copy_half(&mut ur, &mut cw, &counters.to_client);
-        tokio::try_join!(up, down)
+    let up = async {
+        copy_half(&mut cr, &mut uw, &counters.to_upstream)
+            .await
+            .map_err(|e| match e {
+                HalfError::Read(e) => RelayError::Downstream(e),
+                HalfError::Write(e) => RelayError::Upstream(e),
+            })
     };
-    let (to_upstream, to_client) = counters.get();
-    RelayOutcome {
-        to_upstream,
-        to_client,
-        error: result.err(),
-    }
+    let down = async {
+        copy_half(&mut ur, &mut cw, &counters.to_client)
+            .await
+            .map_err(|e| match e {
+                HalfError::Read(e) => RelayError::Upstream(e),
+                HalfError::Write(e) => RelayError::Downstream(e),
+            })
+    };
+    tokio::try_join!(up, down).map(|_| ())
 }
 
-async fn copy_half<R, W>(reader: &mut R, writer: &mut W, counter: &AtomicU64) -> std::io::Result<()>
+async fn copy_half<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    counter: &AtomicU64,
+) -> Result<(), HalfError>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -56,12 +97,15 @@ where
     use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; INITIAL_BUF];
     loop {
-        let n = reader.read(&mut buf).await?;
+        let n = reader.read(&mut buf).await.map_err(HalfError::Read)?;
         if n == 0 {
-            writer.shutdown().await?;
+            writer.shutdown().await.map_err(HalfError::Write)?;
             return Ok(());
         }
-        writer.write_all(&buf[..n]).await?;
+        writer
+            .write_all(&buf[..n])
+            .await
+            .map_err(HalfError::Write)?;
         // Relaxed: a reader of the table wants a recent count, not an ordering with the data.
         counter.fetch_add(n as u64, Ordering::Relaxed);
         if n == buf.len() && buf.len() < MAX_BUF {
@@ -111,8 +155,7 @@ mod tests {
         app_client.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"reply");
 
-        let outcome = relay.await.unwrap();
-        assert_eq!((outcome.to_upstream, outcome.to_client), (300_000, 5));
-        assert!(outcome.error.is_none());
+        relay.await.unwrap().unwrap();
+        assert_eq!(counters.get(), (300_000, 5));
     }
 }

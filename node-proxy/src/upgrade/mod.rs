@@ -130,8 +130,8 @@ impl From<Direction> for WireDirection {
     fn from(direction: Direction) -> Self {
         match direction {
             Direction::Outbound => WireDirection::Outbound,
-            Direction::Inbound => WireDirection::Inbound,
-            Direction::Hbone => WireDirection::Hbone,
+            Direction::InboundPlaintext => WireDirection::Inbound,
+            Direction::InboundTunnel => WireDirection::Hbone,
         }
     }
 }
@@ -140,8 +140,8 @@ impl From<WireDirection> for Direction {
     fn from(direction: WireDirection) -> Self {
         match direction {
             WireDirection::Outbound => Direction::Outbound,
-            WireDirection::Inbound => Direction::Inbound,
-            WireDirection::Hbone => Direction::Hbone,
+            WireDirection::Inbound => Direction::InboundPlaintext,
+            WireDirection::Hbone => Direction::InboundTunnel,
         }
     }
 }

@@ -8,7 +8,8 @@ use redirect_cni::protocol::PodIdentity;
 
 use super::*;
 use crate::identity::TrustDomain;
-use crate::proxy::connections::ConnectionInfo;
+use crate::proxy::connections::ConnectionFacts;
+use crate::proxy::record::ConnectionRecord;
 use crate::state::file::parse;
 
 const PODS: &str = include_str!("../../../../mesh/testdata/two-pods.yaml");
@@ -66,24 +67,26 @@ fn to_web(principal: Option<SpiffeId>, port: u16) -> PolicySubject {
     }
 }
 
-fn open(table: &Arc<ConnectionTable>, subject: PolicySubject) -> (ConnectionGuard, Arc<Watched>) {
+fn open(table: &Arc<ConnectionTable>, subject: PolicySubject) -> (ConnectionRecord, Arc<Watched>) {
     let pod = PodIdentity {
         uid: "u2".into(),
         namespace: "shop".into(),
         name: "web".into(),
         service_account: None,
     };
-    let guard = table.open(ConnectionInfo::new(
-        crate::metrics::Reporter::Destination,
-        &pod,
-        subject.source,
-        subject.destination,
-    ));
+    let guard = ConnectionRecord::open(
+        table,
+        &Arc::default(),
+        ConnectionFacts::plain(
+            crate::metrics::Reporter::Destination,
+            &pod,
+            subject.source,
+            subject.destination,
+        ),
+    );
     let watched = guard.follow_policy(subject);
     (guard, watched)
 }
-
-use super::super::connections::ConnectionGuard;
 
 #[test]
 fn decide_allows_and_denies_as_the_policies_say() {
@@ -125,17 +128,21 @@ fn recheck_revokes_only_the_connections_now_denied_and_only_once() {
     let (_client, client) = open(&table, to_web(Some(principal("client")), 8080));
     let (_batch, batch) = open(&table, to_web(Some(principal("batch")), 8080));
     let (_plain, plain) = open(&table, to_web(None, 8080));
-    let unwatched = table.open(ConnectionInfo::new(
-        crate::metrics::Reporter::Source,
-        &PodIdentity {
-            uid: "u1".into(),
-            namespace: "shop".into(),
-            name: "client".into(),
-            service_account: None,
-        },
-        "10.0.1.2:40001".parse().unwrap(),
-        "10.0.2.2:8080".parse().unwrap(),
-    ));
+    let unwatched = ConnectionRecord::open(
+        &table,
+        &Arc::default(),
+        ConnectionFacts::plain(
+            crate::metrics::Reporter::Source,
+            &PodIdentity {
+                uid: "u1".into(),
+                namespace: "shop".into(),
+                name: "client".into(),
+                service_account: None,
+            },
+            "10.0.1.2:40001".parse().unwrap(),
+            "10.0.2.2:8080".parse().unwrap(),
+        ),
+    );
     assert_eq!(
         table.watched().len(),
         3,

@@ -6,6 +6,7 @@ use std::path::Path;
 use super::*;
 use crate::hbone::Forwarded;
 use crate::objects::WorkloadType;
+use crate::state::StateStore;
 use crate::state::file::parse;
 
 /// Two pods and three Services: `web` (80 → 8080) and `web-admin` (9090 → 9090) both back

@@ -1,0 +1,117 @@
+//! The HBONE dialer of one pod, handed to its connection pool: TCP from the pod's netns, mutual
+//! TLS as the pod's identity, then HTTP/2; each step's failure named and counted.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use marrow_common::PROXY_OUTBOUND_MARK;
+
+use super::mesh::Mesh;
+use crate::hbone::pool::{Connector, PoolKey};
+use crate::hbone::{HboneClient, HboneError, TransportFailure};
+use crate::netns::PodNetns;
+use crate::socket;
+use crate::tls;
+
+/// Dials HBONE connections for one pod: TCP from the pod's netns (so the peer sees the pod's
+/// address) with the outbound mark, then mutual TLS as the pod's identity, then HTTP/2.
+pub struct PodConnector {
+    /// The pod's netns.
+    pub netns: Arc<PodNetns>,
+    /// The mesh.
+    pub mesh: Arc<Mesh>,
+}
+
+impl Connector for PodConnector {
+    fn connect(
+        &self,
+        key: &PoolKey,
+    ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
+        let key = key.clone();
+        Box::pin(async move {
+            let result = self.dial(&key).await;
+            match &result {
+                Ok(_) => self.mesh.metrics.hbone_established("outbound"),
+                Err(HboneError::Transport { failure, .. }) => {
+                    self.mesh.metrics.hbone_failed("outbound", failure.reason());
+                }
+                // The HTTP/2 handshake, over an established TLS connection.
+                Err(_) => self.mesh.metrics.hbone_failed("outbound", "tls"),
+            }
+            result
+        })
+    }
+}
+
+impl PodConnector {
+    /// Dials: certificate, TCP from the pod's netns, TLS, HTTP/2; a failure names its step.
+    async fn dial(&self, key: &PoolKey) -> Result<HboneClient, HboneError> {
+        let fail = |failure: TransportFailure, step: String, source: std::io::Error| {
+            HboneError::Transport {
+                failure,
+                step,
+                source,
+            }
+        };
+        let cert = self.mesh.certs.get(&key.source).await.map_err(|e| {
+            fail(
+                TransportFailure::Certificate,
+                format!("certificate for {}", key.source),
+                std::io::Error::other(e),
+            )
+        })?;
+        let config = tls::client_config(&cert, key.server.clone(), self.mesh.key_exchange)
+            .map_err(|e| {
+                fail(
+                    TransportFailure::TlsConfig,
+                    "client tls configuration".into(),
+                    std::io::Error::other(e),
+                )
+            })?;
+        let dst = key.destination;
+        let sock = self
+            .netns
+            .run(|| socket::marked_socket(dst, PROXY_OUTBOUND_MARK))
+            .and_then(|sock| sock)
+            .map_err(|e| {
+                fail(
+                    TransportFailure::Connect,
+                    format!("socket for {dst} in the pod netns"),
+                    e,
+                )
+            })?;
+        let tcp = tokio::time::timeout(self.mesh.connect_timeout, socket::connect(sock, dst))
+            .await
+            .map_err(|_| {
+                fail(
+                    TransportFailure::ConnectTimeout,
+                    format!("connecting to {dst}"),
+                    std::io::ErrorKind::TimedOut.into(),
+                )
+            })?
+            .map_err(|e| fail(TransportFailure::Connect, format!("connecting to {dst}"), e))?;
+        let tls = tokio::time::timeout(
+            self.mesh.handshake_timeout,
+            tls::connect(config, dst.ip(), tcp),
+        )
+        .await
+        .map_err(|_| {
+            fail(
+                TransportFailure::HandshakeTimeout,
+                format!("tls handshake with {dst}"),
+                std::io::ErrorKind::TimedOut.into(),
+            )
+        })?
+        .map_err(|e| {
+            let failure = if e.rejection().is_some() {
+                TransportFailure::Identity
+            } else {
+                TransportFailure::Tls
+            };
+            let step = format!("tls handshake with {dst} (expecting {})", key.server);
+            fail(failure, step, std::io::Error::other(e))
+        })?;
+        HboneClient::handshake(tls).await
+    }
+}
