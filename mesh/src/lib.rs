@@ -6,6 +6,7 @@
 //! [`objects`] (the Kubernetes vocabulary) → [`identity`] → [`tls`] → [`hbone`];
 //! [`objects`] → [`policy`] (pure: parse and evaluate Istio's security objects) → [`state`] (the
 //! snapshot store and its file source) → [`apiserver`] (the Kubernetes source) and [`explain`];
+//! [`telemetry`] (Istio's metric labels and response flags) reads identity and state;
 //! [`http`] (metrics and readiness servers) and [`drain`] (shutdown signals) stand alone.
 
 pub mod apiserver;
@@ -17,4 +18,5 @@ pub mod identity;
 pub mod objects;
 pub mod policy;
 pub mod state;
+pub mod telemetry;
 pub mod tls;

@@ -150,7 +150,12 @@ fn recheck_open_connections(bencher: Bencher, connections: usize) {
             let guard = ConnectionRecord::open(
                 &table,
                 &metrics,
-                ConnectionFacts::plain(node_proxy::metrics::Reporter::Destination, &pod, src, dst),
+                ConnectionFacts::plain(
+                    node_proxy::telemetry::Reporter::Destination,
+                    &pod,
+                    src,
+                    dst,
+                ),
             );
             let principal = SpiffeId::parse(&format!(
                 "spiffe://cluster.local/ns/shop/sa/client{}",

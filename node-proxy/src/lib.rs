@@ -20,5 +20,5 @@ pub mod upgrade;
 
 // The shared core, re-exported under its old paths while the programs move over to it.
 pub use marrow_mesh::{
-    apiserver, drain, explain, hbone, http, identity, objects, policy, state, tls,
+    apiserver, drain, explain, hbone, http, identity, objects, policy, state, telemetry, tls,
 };

@@ -7,9 +7,6 @@
 //! Istio's whole standard TCP label set ([`ConnectionLabels`]), each value derived as Istio
 //! derives it ([`PeerLabels::of`]); what the proxy does not know is `unknown`.
 
-mod flags;
-mod labels;
-
 use std::fmt;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -18,14 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-pub use flags::ResponseFlag;
-pub use labels::{ConnectionLabels, LabelValue, PeerLabels, Reporter, Security, ServiceLabels};
-
 use crate::policy::{Decision, Verdict};
-
-/// Istio's default cluster id (`--cluster-id`): `source_cluster`/`destination_cluster` of the
-/// workloads the state knows.
-pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+use crate::telemetry::{ClusterId, ConnectionLabels, Reporter};
 
 /// Labels of `marrow_connections_open`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,28 +116,6 @@ pub struct UnsupportedLabels {
     pub kind: &'static str,
     /// Why it is not enforced as written, e.g. `custom_action` (see `policy::report`).
     pub reason: &'static str,
-}
-
-/// The cluster the proxy's workloads are in (`--cluster-id`), as a label value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterId(LabelValue);
-
-impl ClusterId {
-    /// The cluster named `id`.
-    pub fn new(id: &str) -> Self {
-        Self(LabelValue::new(id))
-    }
-
-    /// The label value.
-    pub fn label(&self) -> &LabelValue {
-        &self.0
-    }
-}
-
-impl Default for ClusterId {
-    fn default() -> Self {
-        Self(LabelValue::fixed(DEFAULT_CLUSTER_ID))
-    }
 }
 
 /// The proxy's metrics.

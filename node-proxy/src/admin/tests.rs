@@ -11,10 +11,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use super::client::{self, Table};
 use super::*;
 use crate::identity::{CaFiles, LocalCa, LocalCaOptions, ManagerConfig, SpiffeId};
-use crate::metrics::ConnectionLabels;
-use crate::metrics::Reporter;
 use crate::proxy::connections::ConnectionFacts;
 use crate::proxy::record::ConnectionRecord;
+use crate::telemetry::ConnectionLabels;
+use crate::telemetry::Reporter;
 
 const STATE: &str = concat!(
     include_str!("../../../mesh/testdata/two-pods.yaml"),

@@ -153,7 +153,7 @@ settings! {
             ("inbound-source-ports", "MARROW_INBOUND_SOURCE_PORTS", parse::PORT_RANGE),
         /// The cluster the workloads are in, as Istio names it (CLUSTER_ID): the
         /// source_cluster/destination_cluster metric labels.
-        cluster_id: String = crate::metrics::DEFAULT_CLUSTER_ID.to_owned(),
+        cluster_id: String = crate::telemetry::DEFAULT_CLUSTER_ID.to_owned(),
             ("cluster-id", "MARROW_CLUSTER_ID", parse::TEXT),
         /// Seconds open connections may go on after SIGTERM or a hand-over to a new proxy
         /// before they are closed; keep it below the pod's terminationGracePeriodSeconds.

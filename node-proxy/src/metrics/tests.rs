@@ -4,6 +4,7 @@ use super::*;
 use crate::identity::SpiffeId;
 use crate::objects::PodUid;
 use crate::state::Workload;
+use crate::telemetry::*;
 
 /// Istio's standard TCP label set (istio/proxy `istio_stats.cc`, ztunnel
 /// `proxy/metrics.rs`).

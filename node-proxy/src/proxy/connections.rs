@@ -22,9 +22,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use redirect_cni::protocol::PodIdentity;
 
 use super::policy_watch::{PolicySubject, Watched};
-use crate::metrics::{
-    ConnectionLabels, LabelValue, Metrics, OpenLabels, PeerLabels, Reporter, Security,
-};
+use crate::metrics::{Metrics, OpenLabels};
+use crate::telemetry::{ConnectionLabels, LabelValue, PeerLabels, Reporter, Security};
 
 /// What the access log and the admin API write for a value that is not known (as the metrics
 /// do).

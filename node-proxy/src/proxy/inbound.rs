@@ -14,8 +14,8 @@ use super::relay::RelayError;
 use super::{PodContext, peers, relay, relay_until_revoked, relay_watched, upstream_failed};
 use crate::hbone::{self, HboneError, IncomingConnect, Refusal};
 use crate::identity::{IdentityError, SpiffeId};
-use crate::metrics::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag};
 use crate::state::Snapshot;
+use crate::telemetry::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag};
 use crate::tls::TlsError;
 use crate::{socket, tls};
 

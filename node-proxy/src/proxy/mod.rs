@@ -34,9 +34,10 @@ use redirect_cni::protocol::PodIdentity;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::hbone::pool::Pool;
-use crate::metrics::{ConnectionLabels, Metrics, ResponseFlag};
+use crate::metrics::Metrics;
 use crate::netns::PodNetns;
 use crate::socket;
+use crate::telemetry::{ConnectionLabels, ResponseFlag};
 use connections::{ConnectionFacts, ConnectionTable};
 use local_identity::LocalIdentity;
 use mesh::Mesh;

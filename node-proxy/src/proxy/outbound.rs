@@ -20,9 +20,9 @@ use super::{OriginalDst, PodContext, PodMesh, peers, relay};
 use crate::hbone::pool::PoolKey;
 use crate::hbone::{ConnectRequest, Forwarded, HboneError, TraceParent, TransportFailure};
 use crate::identity::{IdentityError, SpiffeId};
-use crate::metrics::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag, ServiceLabels};
 use crate::socket;
 use crate::state::{self, Route, Snapshot};
+use crate::telemetry::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag, ServiceLabels};
 
 /// Why an outbound connection was not carried, or ended badly.
 #[derive(Debug, thiserror::Error)]

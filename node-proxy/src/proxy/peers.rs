@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use crate::hbone::Baggage;
 use crate::identity::SpiffeId;
-use crate::metrics::{LabelValue, PeerLabels, ServiceLabels};
 use crate::state::services::ServiceTarget;
 use crate::state::{Snapshot, Workload};
+use crate::telemetry::{LabelValue, PeerLabels, ServiceLabels};
 
 /// The `baggage` of a pod's tunnels: its workload as ztunnel describes its own
 /// (`Workload::baggage` in src/state/workload.rs, written by `baggage_header_val` in

@@ -19,8 +19,9 @@ use std::sync::Arc;
 
 use super::connections::{ByteCounters, Connection, ConnectionFacts, ConnectionTable, UNKNOWN};
 use super::policy_watch::{PolicySubject, Watched};
-use crate::metrics::{Metrics, ResponseFlag};
+use crate::metrics::Metrics;
 use crate::policy::Verdict;
+use crate::telemetry::ResponseFlag;
 
 /// The `tracing` target of access-log lines.
 pub const ACCESS_LOG_TARGET: &str = "access";

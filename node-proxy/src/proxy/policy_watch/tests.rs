@@ -78,7 +78,7 @@ fn open(table: &Arc<ConnectionTable>, subject: PolicySubject) -> (ConnectionReco
         table,
         &Arc::default(),
         ConnectionFacts::plain(
-            crate::metrics::Reporter::Destination,
+            crate::telemetry::Reporter::Destination,
             &pod,
             subject.source,
             subject.destination,
@@ -132,7 +132,7 @@ fn recheck_revokes_only_the_connections_now_denied_and_only_once() {
         &table,
         &Arc::default(),
         ConnectionFacts::plain(
-            crate::metrics::Reporter::Source,
+            crate::telemetry::Reporter::Source,
             &PodIdentity {
                 uid: "u1".into(),
                 namespace: "shop".into(),

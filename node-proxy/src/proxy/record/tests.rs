@@ -4,9 +4,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::metrics::{DenialReason, Reporter};
+use crate::metrics::DenialReason;
 use crate::proxy::connections::tests::facts;
 use crate::proxy::policy_watch::{Denial, PolicyError};
+use crate::telemetry::Reporter;
 
 /// A failure with a chosen flag.
 #[derive(Debug)]

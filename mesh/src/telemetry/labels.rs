@@ -373,3 +373,29 @@ impl EncodeLabelSet for ConnectionLabels {
         .encode(encoder)
     }
 }
+
+/// Istio's default cluster id (`--cluster-id`): `source_cluster`/`destination_cluster` of the
+/// workloads the state knows.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+/// The cluster the proxy's workloads are in (`--cluster-id`), as a label value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterId(LabelValue);
+
+impl ClusterId {
+    /// The cluster named `id`.
+    pub fn new(id: &str) -> Self {
+        Self(LabelValue::new(id))
+    }
+
+    /// The label value.
+    pub fn label(&self) -> &LabelValue {
+        &self.0
+    }
+}
+
+impl Default for ClusterId {
+    fn default() -> Self {
+        Self(LabelValue::fixed(DEFAULT_CLUSTER_ID))
+    }
+}
