@@ -181,7 +181,7 @@ fn sigterm_drains_open_connections_then_exits() {
 
 #[test]
 fn a_failed_hand_off_leaves_the_old_proxy_serving() {
-    use redirect_cni::protocol::{recv_datagram, send_datagram};
+    use marrow_wire::seqpacket::{recv_datagram, send_datagram};
     use socket2::{Domain, SockAddr, Socket, Type};
     use std::os::fd::AsFd;
 
