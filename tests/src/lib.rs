@@ -10,8 +10,8 @@
 //! For the mesh between nodes: [`link_nodes`]/[`NodeLink`] make the underlay, [`MeshCa`] and
 //! [`ClusterState`] the CA and the state file a proxy is given ([`mesh`]), [`Sniffer`] records
 //! the underlay's TCP segments ([`sniff`]), [`probe`] pokes HBONE ports from outside the mesh,
-//! [`Conversation`] keeps a connection open across an event, and [`metrics`] reads the
-//! proxy's Prometheus text.
+//! [`Conversation`] keeps a connection open across an event, [`metrics`] reads the
+//! proxy's Prometheus text, and [`two_nodes`] is the HBONE suites' two-node fixture.
 //!
 //! Invariants: everything the harness creates is named after the test (`marrow-test-<name>`,
 //! `mt-<name>…`), is removed on `Drop` even while a test panics, and leftovers of a crashed
@@ -45,6 +45,7 @@ pub mod proxy;
 pub mod sniff;
 pub mod state_file;
 pub mod testpod;
+pub mod two_nodes;
 pub mod workload_cert;
 
 pub use bpffs::BpffsDir;
