@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::process;
+use marrow_tests::command;
 
 /// The rustup toolchain that builds the eBPF crate: stable, with `RUSTC_BOOTSTRAP=1` for
 /// `-Z build-std`. Its LLVM (22 for rustc 1.95) must not be newer than bpf-linker's.
@@ -48,7 +48,7 @@ pub fn bpf_linker() -> Linker {
 
 /// Whether `rust-src` is installed for [`EBPF_TOOLCHAIN`]; `None` if that toolchain is not.
 pub fn rust_src_installed() -> anyhow::Result<Option<bool>> {
-    let installed = process::capture(Command::new("rustup").args([
+    let installed = command::capture(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
@@ -61,7 +61,7 @@ pub fn rust_src_installed() -> anyhow::Result<Option<bool>> {
 
 /// Whether an apt package is installed.
 pub fn apt_installed(package: &str) -> anyhow::Result<bool> {
-    let status = process::capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+    let status = command::capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .context("setup supports Debian and Ubuntu only: dpkg-query is missing")?;
     Ok(status.is_some_and(|status| status.trim() == "install ok installed"))
 }
