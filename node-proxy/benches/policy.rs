@@ -135,7 +135,7 @@ fn recheck_open_connections(bencher: Bencher, connections: usize) {
     let snap = store.apply(update);
     let table = Arc::new(ConnectionTable::default());
     let metrics = Arc::default();
-    let pod = redirect_cni::protocol::PodIdentity {
+    let pod = marrow_wire::enrollment::PodIdentity {
         uid: "u".into(),
         namespace: "shop".into(),
         name: "web".into(),

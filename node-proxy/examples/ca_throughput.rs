@@ -7,10 +7,6 @@
 //!
 //! `cargo run --release -p node-proxy --example ca_throughput -- [CLIENTS] [SECONDS] [--cached]`
 
-#[path = "../tests/replay/mod.rs"]
-#[expect(dead_code, reason = "shared with the tests; this uses part of it")]
-mod replay;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +16,7 @@ use node_proxy::identity::istio_ca::proto::IstioCertificateRequest;
 use node_proxy::identity::istio_ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
 use node_proxy::identity::{TrustDomain, create_ca};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
-use replay::{ApiServer, objects};
+use replay_apiserver::{ApiServer, objects};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 const TOKEN: &str = "token-node-proxy-a";

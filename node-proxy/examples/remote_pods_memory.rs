@@ -5,10 +5,6 @@
 //!
 //! `cargo run --release -p node-proxy --example remote_pods_memory -- 10000 100000`
 
-#[path = "../tests/replay/mod.rs"]
-#[expect(dead_code, reason = "shared with the tests; this uses part of it")]
-mod replay;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,11 +66,11 @@ async fn main() {
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for n in counts {
         let baseline = LIVE.load(Ordering::Relaxed);
-        let server = replay::ApiServer::start().await;
-        server.seed([replay::objects::namespace("shop", true)]);
+        let server = replay_apiserver::ApiServer::start().await;
+        server.seed([replay_apiserver::objects::namespace("shop", true)]);
         server.seed((0..n).map(|i| {
             let ip = format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256);
-            replay::objects::pod("shop", &format!("pod-{i}"), "node-b", &ip, "sa")
+            replay_apiserver::objects::pod("shop", &format!("pod-{i}"), "node-b", &ip, "sa")
         }));
         let store = Arc::new(StateStore::new());
         let started = Instant::now();

@@ -187,7 +187,7 @@ pub enum CniCommand {
         #[arg(long, default_value = "/usr/lib/marrow/redirect-cni")]
         plugin_binary: PathBuf,
         /// The node proxy's enrollment socket, written as the entry's `proxySocket`.
-        #[arg(long, default_value = redirect_cni::protocol::DEFAULT_SOCKET_PATH)]
+        #[arg(long, default_value = marrow_wire::enrollment::DEFAULT_SOCKET_PATH)]
         socket: PathBuf,
         /// Keep running: chain again whenever the primary CNI rewrites its config; exit on
         /// SIGTERM leaving everything in place.
@@ -208,7 +208,7 @@ pub enum CniCommand {
         #[command(flatten)]
         dirs: CniDirs,
         /// The socket the entry must name.
-        #[arg(long, default_value = redirect_cni::protocol::DEFAULT_SOCKET_PATH)]
+        #[arg(long, default_value = marrow_wire::enrollment::DEFAULT_SOCKET_PATH)]
         socket: PathBuf,
     },
 }

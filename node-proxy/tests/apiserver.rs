@@ -6,19 +6,13 @@
     reason = "test helpers: a failed step must fail the test loudly"
 )]
 
-#[expect(
-    dead_code,
-    reason = "shared with the end-to-end test; this uses part of it"
-)]
-mod replay;
-
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use node_proxy::apiserver::KubeSource;
 use node_proxy::state::{Snapshot, StateStore};
-use replay::{ApiServer, objects};
+use replay_apiserver::{ApiServer, objects};
 
 /// Bound on the source reaching an expected state (not a timing assertion: it polls).
 const WITHIN: Duration = Duration::from_secs(20);

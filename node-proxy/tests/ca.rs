@@ -7,12 +7,6 @@
     reason = "test helpers: a failed step must fail the test loudly"
 )]
 
-#[expect(
-    dead_code,
-    reason = "shared with the API server and end-to-end tests; this uses part of it"
-)]
-mod replay;
-
 /// Renewal, expiry and a CA outage through the proxy's certificate manager.
 #[path = "ca/lifecycle.rs"]
 mod lifecycle;
@@ -34,7 +28,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
     SanType, SignatureAlgorithm,
 };
-use replay::{ApiServer, objects};
+use replay_apiserver::{ApiServer, objects};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use x509_parser::certificate::X509Certificate;

@@ -34,7 +34,7 @@ pub use env::{CniArgs, Command, Env, Invocation, Op, ProcessEnv};
 pub use error::{CniError, refusal_code};
 pub use netns::NetnsId;
 
-use crate::protocol::{
+use marrow_wire::enrollment::{
     self, AddPod, ErrorKind, PROTOCOL_VERSION, ProtocolError, Request, Response,
 };
 
@@ -112,7 +112,7 @@ impl<'a> Plugin<'a> {
             None => None,
         };
         let fd = netns.as_ref().map(AsFd::as_fd);
-        let answer = protocol::call(&conf.proxy_socket, &plan.request, fd, conf.proxy_timeout);
+        let answer = enrollment::call(&conf.proxy_socket, &plan.request, fd, conf.proxy_timeout);
         let handled = interpret(op.command(), &conf, answer)?;
         let container = op.attachment().map_or("", |a| a.container_id.as_str());
         let op_name = plan.request.op();

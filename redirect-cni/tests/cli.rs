@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use redirect_cni::protocol::{Request, Response, decode_request, recv_datagram, send_datagram};
+use marrow_wire::enrollment::{Request, Response, decode_request};
+use marrow_wire::seqpacket::{recv_datagram, send_datagram};
 use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, Socket, Type};
 

@@ -10,8 +10,12 @@
 //! For the mesh between nodes: [`link_nodes`]/[`NodeLink`] make the underlay, [`MeshCa`] and
 //! [`ClusterState`] the CA and the state file a proxy is given ([`mesh`]), [`Sniffer`] records
 //! the underlay's TCP segments ([`sniff`]), [`probe`] pokes HBONE ports from outside the mesh,
-//! [`Conversation`] keeps a connection open across an event, and [`metrics`] reads the
-//! proxy's Prometheus text.
+//! [`Conversation`] keeps a connection open across an event, [`metrics`] reads the
+//! proxy's Prometheus text, and [`two_nodes`] is the HBONE suites' two-node fixture.
+//!
+//! For the programs that drive these fixtures by hand (`cargo xtask demo`, `marrow-bench`):
+//! [`command`] runs and times their steps, [`stop`] turns Ctrl-C into a clean stop, and
+//! [`envoy`] finds the Envoy that `cargo xtask setup` installed.
 //!
 //! Invariants: everything the harness creates is named after the test (`marrow-test-<name>`,
 //! `mt-<name>…`), is removed on `Drop` even while a test panics, and leftovers of a crashed
@@ -30,7 +34,9 @@ pub mod binaries;
 pub mod bpffs;
 pub mod cgroup;
 pub mod cni;
+pub mod command;
 pub mod conversation;
+pub mod envoy;
 pub mod host;
 pub mod http;
 pub mod mesh;
@@ -44,7 +50,9 @@ pub mod process;
 pub mod proxy;
 pub mod sniff;
 pub mod state_file;
+pub mod stop;
 pub mod testpod;
+pub mod two_nodes;
 pub mod workload_cert;
 
 pub use bpffs::BpffsDir;

@@ -622,5 +622,4 @@ fn huffman_digits(bytes: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-#[path = "probe/tests.rs"]
 mod tests;

@@ -631,5 +631,4 @@ pub fn tls_records(stream: &[u8]) -> Result<Vec<TlsRecord>, String> {
 }
 
 #[cfg(test)]
-#[path = "sniff/tests.rs"]
 mod tests;

@@ -14,14 +14,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use marrow_tests::http::{HttpResponse, parse_response};
+use marrow_tests::two_nodes::{APP_PORT, Mesh, eventually, namespaces, v4};
 use marrow_tests::{Conversation, Node, Proxy, require_env, spiffe_id};
 use serde_json::Value;
-
-#[path = "hbone/support.rs"]
-#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
-mod support;
-
-use support::{APP_PORT, Mesh, eventually, namespaces, v4};
 
 /// The admin port inside each node (the proxy's default `--admin-addr` 127.0.0.1:15000).
 const ADMIN_PORT: u16 = 15000;

@@ -10,7 +10,8 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use marrow_tests::{CniCommand, ConnectErrorKind, Node, NodeOptions, Pod, Proxy, require_env};
-use redirect_cni::protocol::{self, ErrorKind, Response};
+use marrow_wire::enrollment::{self, ErrorKind, Response};
+use marrow_wire::seqpacket;
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -275,16 +276,16 @@ fn malformed_enrollment_requests_are_refused_and_the_proxy_keeps_serving() {
 
     // A well-formed ADD with a hostile uid and a real netns descriptor.
     let netns = b.netns().open();
-    let add = protocol::Request::Add {
-        version: protocol::PROTOCOL_VERSION,
-        add: protocol::AddPod {
-            pod: protocol::PodIdentity {
+    let add = enrollment::Request::Add {
+        version: enrollment::PROTOCOL_VERSION,
+        add: enrollment::AddPod {
+            pod: enrollment::PodIdentity {
                 uid: "../../etc/x".into(),
                 namespace: "shop".into(),
                 name: "evil".into(),
                 service_account: None,
             },
-            attachment: protocol::Attachment {
+            attachment: enrollment::Attachment {
                 container_id: "x".into(),
                 ifname: "eth0".into(),
             },
@@ -394,8 +395,8 @@ fn raw_request(node: &Node, bytes: &[u8], fd: Option<std::os::fd::BorrowedFd<'_>
         .expect("timeout");
     sock.connect(&SockAddr::unix(node.cni_socket()).expect("path"))
         .expect("connect to the enrollment socket");
-    protocol::send_datagram(sock.as_fd(), bytes, fd).expect("send");
-    let reply = protocol::recv_datagram(sock.as_fd())
+    seqpacket::send_datagram(sock.as_fd(), bytes, fd).expect("send");
+    let reply = seqpacket::recv_datagram(sock.as_fd())
         .expect("recv")
         .expect("a reply");
     serde_json::from_slice(&reply.bytes).expect("reply JSON")

@@ -4,10 +4,6 @@
 //! underlay as TLS to port 15008 only; traffic to pods outside the mesh passes through as plain
 //! TCP; a server with the wrong identity, and anything that is not a mesh peer speaking TLS 1.3
 //! with a mesh certificate, is refused.
-#![expect(
-    clippy::expect_used,
-    reason = "test helpers: a failed step must fail the test loudly"
-)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,20 +16,12 @@ use marrow_tests::probe::{
 use marrow_tests::sniff::{Capture, TCP_ACK, TCP_SYN, find};
 use marrow_tests::state_file::{DATAPLANE_MODE_LABEL, PodRecord};
 use marrow_tests::testpod::{Held, parse_load_output};
-use marrow_tests::{
-    ConnectErrorKind, Conversation, Node, NodeLink, NodeOptions, Sniffer, require_env, spiffe_id,
-};
-
-#[path = "hbone/support.rs"]
-#[expect(
-    dead_code,
-    reason = "the inbound suites' cast (`Cast`) is not used here"
-)]
-mod support;
-
-use support::{
+use marrow_tests::two_nodes::{
     APP_PORT, BULK_BYTES, CLOSED, Mesh, OPENED, READY, SENT, assert_refusal_logged, assert_tls,
     cleartext_to_apps, eventually, ip, labels, marker, namespaces, principals, v4,
+};
+use marrow_tests::{
+    ConnectErrorKind, Conversation, Node, NodeLink, NodeOptions, Sniffer, require_env, spiffe_id,
 };
 
 /// No proxies: the sniffer on the underlay sees a plaintext marker sent between pods on two

@@ -2,10 +2,6 @@
 //! (`forwarded: host=`) labels `destination_service` at both ends; a client the destination's
 //! state does not know is labelled from its `baggage`; a tunnel the destination refuses is
 //! `response_flags="CONNECT"` at the source, ztunnel's flag there.
-#![expect(
-    clippy::expect_used,
-    reason = "test helpers: a failed step must fail the test loudly"
-)]
 
 use std::net::SocketAddr;
 
@@ -13,12 +9,7 @@ use marrow_tests::mesh::{config_generation, wait_config_generation};
 use marrow_tests::metrics::count;
 use marrow_tests::require_env;
 use marrow_tests::state_file::{PodRecord, write_atomic};
-
-#[path = "hbone/support.rs"]
-#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
-mod support;
-
-use support::{APP_PORT, OPENED, READY, eventually, namespaces, v4};
+use marrow_tests::two_nodes::{self, APP_PORT, OPENED, READY, eventually, namespaces, v4};
 
 const VIP: &str = "10.96.0.20";
 const HOST: &str = "api.shop.svc.cluster.local";
@@ -50,7 +41,7 @@ endpoints:
 #[test]
 fn the_service_a_client_addressed_labels_both_ends() {
     require_env!();
-    let mesh = support::Mesh::start("meta-svc");
+    let mesh = two_nodes::Mesh::start("meta-svc");
     let client = mesh.n1.add_pod("client", "shop", true);
     let api = mesh.n2.add_pod("api", "shop", true);
     let _app = api.serve(APP_PORT);
@@ -102,7 +93,7 @@ fn the_service_a_client_addressed_labels_both_ends() {
 #[test]
 fn a_client_the_destination_does_not_know_is_labelled_from_its_baggage() {
     require_env!();
-    let mesh = support::Mesh::start("meta-bag");
+    let mesh = two_nodes::Mesh::start("meta-bag");
     let client = mesh.n1.add_pod("client", "shop", true);
     let web = mesh.n2.add_pod("web", "shop", true);
     let _app = web.serve(APP_PORT);
@@ -143,7 +134,7 @@ fn a_client_the_destination_does_not_know_is_labelled_from_its_baggage() {
 #[test]
 fn a_tunnel_the_destination_refuses_is_connect_at_the_source() {
     require_env!();
-    let mesh = support::Mesh::start("meta-flag");
+    let mesh = two_nodes::Mesh::start("meta-flag");
     let client = mesh.n1.add_pod("client", "shop", true);
     let web = mesh.n2.add_pod("web", "shop", true);
     let _app = web.serve(APP_PORT);
@@ -183,7 +174,7 @@ spec:
             other => Err(format!("{other:?}\n{m1}")),
         }
     });
-    let log = support::plain_log(&mesh.p1);
+    let log = two_nodes::plain_log(&mesh.p1);
     assert!(
         log.lines().any(|l| l.contains("reporter=\"source\"")
             && l.contains("response_flags=\"CONNECT\"")

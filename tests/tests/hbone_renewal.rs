@@ -10,13 +10,10 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use marrow_tests::metrics::sum;
+use marrow_tests::two_nodes::{
+    APP_PORT, Mesh, OPENED, eventually, ip, labels, namespaces, principals, v4,
+};
 use marrow_tests::{Conversation, require_env, spiffe_id};
-
-#[path = "hbone/support.rs"]
-#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
-mod support;
-
-use support::{APP_PORT, Mesh, OPENED, eventually, ip, labels, namespaces, principals, v4};
 
 /// Lifetime of every workload certificate in this test; renewal comes at half of it.
 const TTL_SECS: u64 = 6;

@@ -1,6 +1,6 @@
 //! Production identity end to end: node proxies without a CA key, taking their pods'
 //! certificates from `node-proxy ca serve` over Istio's CA protocol. Two nodes, each with its
-//! own replay API server (node-proxy/tests/replay, the same objects in both) and a `--kube`
+//! own replay API server (the replay-apiserver crate, the same objects in both) and a `--kube`
 //! proxy; the CA runs in node 1's network namespace and cgroup on the underlay address, checks
 //! each proxy's token with a TokenReview of node 1's replay server (the token is bound to that
 //! node's node-proxy pod) and signs only identities of pods on the caller's node.
@@ -13,13 +13,6 @@
     clippy::expect_used,
     reason = "test helpers: a failed step must fail the test loudly"
 )]
-
-#[path = "../../node-proxy/tests/replay/mod.rs"]
-#[expect(
-    dead_code,
-    reason = "shared with node-proxy's tests; this uses part of it"
-)]
-mod replay;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +29,7 @@ use marrow_tests::{
     ConnectOutcome, Conversation, MeshCa, Node, NodeLink, NodeOptions, Pod, Proxy, ProxyOptions,
     require_env, spiffe_id,
 };
-use replay::{ApiServer, objects};
+use replay_apiserver::{ApiServer, objects};
 use serde_json::Value;
 
 const APP_PORT: u16 = 8080;

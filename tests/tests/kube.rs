@@ -1,5 +1,5 @@
 //! `node-proxy run --kube` end to end: two nodes, each proxy watching an API server (the
-//! in-process replay of node-proxy/tests/replay, one per node, serving the same objects inside
+//! in-process replay of the replay-apiserver crate, one per node, serving the same objects inside
 //! that node's network namespace, found through `KUBECONFIG`), pods enrolled by the real CNI
 //! chain. The pods, their namespace's ambient label and an AuthorizationPolicy come from the
 //! API server only: no state file. There is no real API server on these machines.
@@ -8,19 +8,12 @@
     reason = "test helpers: a failed step must fail the test loudly"
 )]
 
-#[path = "../../node-proxy/tests/replay/mod.rs"]
-#[expect(
-    dead_code,
-    reason = "shared with node-proxy's tests; this uses part of it"
-)]
-mod replay;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use marrow_tests::proxy::READINESS_PORT;
 use marrow_tests::{MeshCa, Node, NodeLink, NodeOptions, Pod, Proxy, ProxyOptions, require_env};
-use replay::{ApiServer, objects};
+use replay_apiserver::{ApiServer, objects};
 use serde_json::Value;
 
 const APP_PORT: u16 = 8080;

@@ -2,21 +2,12 @@
 //! connection are closed soon after a new DENY reaches the destination's proxy, counted with
 //! `response_flags="DENY"` and logged with the deciding policy, while an unrelated connection
 //! held beside them goes on echoing.
-#![expect(
-    clippy::expect_used,
-    reason = "test helpers: a failed step must fail the test loudly"
-)]
 
 use std::time::{Duration, Instant};
 
 use marrow_tests::metrics::count;
+use marrow_tests::two_nodes::{APP_PORT, CLOSED, Cast, DENY_PORT_8080, eventually, v4};
 use marrow_tests::{Conversation, require_env};
-
-#[path = "hbone/support.rs"]
-#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
-mod support;
-
-use support::{APP_PORT, CLOSED, Cast, DENY_PORT_8080, eventually, v4};
 
 const OTHER_PORT: u16 = 9090;
 

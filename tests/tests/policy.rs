@@ -2,21 +2,14 @@
 //! which identities may reach a workload over HBONE (denied tunnels get 401 and the client's
 //! connection is closed), and a STRICT PeerAuthentication refuses plaintext. Each denial is
 //! counted with `response_flags="DENY"` and logged with the deciding reason.
-#![expect(
-    clippy::expect_used,
-    reason = "test helpers: a failed step must fail the test loudly"
-)]
 
 use marrow_tests::mesh::{STRICT_MESH_WIDE, config_generation};
 use marrow_tests::metrics::count;
 use marrow_tests::require_env;
 use marrow_tests::state_file::{PodRecord, write_atomic};
-
-#[path = "hbone/support.rs"]
-#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
-mod support;
-
-use support::{APP_PORT, DENY_PORT_8080, Mesh, OPENED, eventually, ip, namespaces, v4};
+use marrow_tests::two_nodes::{
+    APP_PORT, DENY_PORT_8080, Mesh, OPENED, eventually, ip, namespaces, v4,
+};
 
 const ALLOW_CLIENT_ONLY: &str = "\
 apiVersion: security.istio.io/v1

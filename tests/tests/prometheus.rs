@@ -23,14 +23,9 @@ use marrow_tests::metrics::count;
 use marrow_tests::names::PREFIX;
 use marrow_tests::process::{kill_and_reap, tail};
 use marrow_tests::state_file::PodRecord;
+use marrow_tests::two_nodes::{APP_PORT, CLOSED, Mesh, eventually, namespaces, v4};
 use marrow_tests::{Node, require_env, spiffe_id};
 use serde_json::Value;
-
-#[path = "hbone/support.rs"]
-#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
-mod support;
-
-use support::{APP_PORT, CLOSED, Mesh, eventually, namespaces, v4};
 
 /// Bound on Prometheus answering a query with what the proxy counted (not a timing assertion:
 /// it scrapes every second).

@@ -7,10 +7,6 @@
 //! proxy ~10,000 times until the fd limit, cutting every pod of the node off; `CONNECT
 //! <pod-ip>:15008` hung 10 s in the proxy's own TLS listener; a closed app port answered 503
 //! only after the 10 s connect timeout, because the kernel's RST left by eth0.
-#![expect(
-    clippy::expect_used,
-    reason = "test helpers: a failed step must fail the test loudly"
-)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,13 +14,8 @@ use std::time::{Duration, Instant};
 use marrow_tests::mesh::HBONE_PORT;
 use marrow_tests::metrics::count;
 use marrow_tests::probe::{H2Request, ProbeIdentity, TlsOutcome, TlsProbe};
+use marrow_tests::two_nodes::{APP_PORT, Cast, eventually, ip, v4};
 use marrow_tests::{require_env, spiffe_id};
-
-#[path = "hbone/support.rs"]
-#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
-mod support;
-
-use support::{APP_PORT, Cast, eventually, ip, v4};
 
 /// The proxy's in-pod ports.
 const OWN_PORTS: [u16; 3] = [15001, 15006, 15008];

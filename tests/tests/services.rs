@@ -2,22 +2,13 @@
 //! (from its EndpointSlices), round-robin, carried in HBONE to the chosen pod; a Service with
 //! no ready endpoint refuses the connection. There is no kube-proxy here: the VIP is not
 //! routable anywhere, so a connection that works went through the proxy's resolution.
-#![expect(
-    clippy::expect_used,
-    reason = "test helpers: a failed step must fail the test loudly"
-)]
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use marrow_tests::require_env;
-
-#[path = "hbone/support.rs"]
-#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
-mod support;
-
-use support::{APP_PORT, Mesh, namespaces};
+use marrow_tests::two_nodes::{APP_PORT, Mesh, namespaces};
 
 const VIP: &str = "10.96.0.10";
 const EMPTY_VIP: &str = "10.96.0.11";

@@ -7,21 +7,12 @@
 //!   and holds long-lived ones: none of either may fail.
 //! - Drain: on SIGTERM readiness goes false, new connections are refused (fail closed), open
 //!   ones go on until they finish or the deadline passes; then the process exits.
-#![expect(
-    clippy::expect_used,
-    reason = "test helpers: a failed step must fail the test loudly"
-)]
 
 use std::time::{Duration, Instant};
 
 use marrow_tests::proxy::READINESS_PORT;
+use marrow_tests::two_nodes::{APP_PORT, Mesh, namespaces, v4};
 use marrow_tests::{Conversation, Node, Proxy, binaries::testpod, require_env};
-
-#[path = "hbone/support.rs"]
-#[expect(dead_code, reason = "shared with hbone.rs; this file uses part of it")]
-mod support;
-
-use support::{APP_PORT, Mesh, namespaces, v4};
 
 /// Bound on the successor taking over (it loads the capture and issues certificates first).
 const TAKE_OVER: Duration = Duration::from_secs(30);
@@ -181,7 +172,7 @@ fn sigterm_drains_open_connections_then_exits() {
 
 #[test]
 fn a_failed_hand_off_leaves_the_old_proxy_serving() {
-    use redirect_cni::protocol::{recv_datagram, send_datagram};
+    use marrow_wire::seqpacket::{recv_datagram, send_datagram};
     use socket2::{Domain, SockAddr, Socket, Type};
     use std::os::fd::AsFd;
 

@@ -4,9 +4,9 @@
 use std::{fs, path::PathBuf};
 
 use anyhow::Context as _;
+use marrow_tests::command::{self, timed};
 
 use crate::{
-    process::{self, timed},
     toolchain::{self, EBPF_TOOLCHAIN},
     workspace_root,
 };
@@ -41,8 +41,8 @@ pub fn run(options: &Options) -> anyhow::Result<PathBuf> {
         ("release", "release")
     };
     timed(&format!("building {CRATE_DIR} ({profile} profile)"), || {
-        process::run(
-            process::cargo(EBPF_TOOLCHAIN)
+        command::run(
+            command::cargo(EBPF_TOOLCHAIN)
                 .current_dir(&crate_dir)
                 // `-Z build-std` is unstable; RUSTC_BOOTSTRAP lets stable accept it, so no nightly
                 // toolchain is needed.

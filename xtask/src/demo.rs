@@ -26,8 +26,8 @@ use std::time::Instant;
 
 use marrow_tests::{BpffsDir, Cgroup};
 
-use crate::process::{self, timed};
-use crate::stop::{self, Stop};
+use marrow_tests::command::{self, timed};
+use marrow_tests::stop::{self, Stop};
 use report::Report;
 
 /// Options of `cargo xtask demo`.
@@ -77,9 +77,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     println!(
         "The demo took {} (set-up and builds {}, the nodes and their checks {}).",
-        process::seconds(started.elapsed()),
-        process::seconds(prepared),
-        process::seconds(started.elapsed().saturating_sub(prepared))
+        command::seconds(started.elapsed()),
+        command::seconds(prepared),
+        command::seconds(started.elapsed().saturating_sub(prepared))
     );
     if let Err(error) = outcome {
         if let Some(interrupted) = error.downcast_ref::<stop::Interrupted>() {
@@ -130,7 +130,7 @@ fn prepare(options: &Options, stop: &Stop) -> anyhow::Result<()> {
     timed(
         "building node-proxy, redirect-cni and testpod (debug)",
         || {
-            process::run(process::workspace_cargo(&root).args([
+            command::run(command::workspace_cargo(&root).args([
                 "build",
                 "--workspace",
                 "--bins",

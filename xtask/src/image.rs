@@ -23,8 +23,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::process::{self, timed};
 use crate::workspace_root;
+use marrow_tests::command::{self, timed};
 
 /// The layout's directory, relative to the workspace root.
 const IMAGE_DIR: &str = "target/image";
@@ -78,7 +78,7 @@ fn build(root: &Path, image: &Path) -> anyhow::Result<()> {
         crate::build_ebpf::run(&crate::build_ebpf::Options::default())
     })?;
     timed("build node-proxy (release)", || {
-        process::run(process::workspace_cargo(root).args([
+        command::run(command::workspace_cargo(root).args([
             "build",
             "--release",
             "-j2",
@@ -90,8 +90,8 @@ fn build(root: &Path, image: &Path) -> anyhow::Result<()> {
     timed("build redirect-cni (release, static)", || {
         // With an explicit --target, RUSTFLAGS reach only the target's artifacts, not build
         // scripts or proc macros; the output lands in target/<triple>/release.
-        process::run(
-            process::workspace_cargo(root)
+        command::run(
+            command::workspace_cargo(root)
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
                 .args(["build", "--release", "-j2", "--target", &host])
                 .args(["--bin", "redirect-cni"]),
@@ -118,7 +118,7 @@ fn build(root: &Path, image: &Path) -> anyhow::Result<()> {
 /// ~27 MB); symbols stay, so backtraces still name functions. Without `strip` the binaries are
 /// kept as built.
 fn strip_debug_info(binary: &Path) -> anyhow::Result<()> {
-    match process::capture(Command::new("strip").arg("--strip-debug").arg(binary)) {
+    match command::capture(Command::new("strip").arg("--strip-debug").arg(binary)) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => bail!("`strip --strip-debug {}` failed", binary.display()),
         Err(_) => {
@@ -142,7 +142,7 @@ fn place(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 fn host_triple() -> anyhow::Result<String> {
-    let info = process::capture(Command::new("rustc").arg("-vV"))?.context("`rustc -vV` failed")?;
+    let info = command::capture(Command::new("rustc").arg("-vV"))?.context("`rustc -vV` failed")?;
     info.lines()
         .find_map(|line| line.strip_prefix("host: "))
         .map(str::to_owned)
@@ -195,13 +195,13 @@ pub fn check_layout(image: &Path) -> anyhow::Result<()> {
 /// Runs both binaries of the layout: `node-proxy --version` names this version, and
 /// redirect-cni answers the CNI `VERSION` command.
 fn check_binaries_answer(image: &Path) -> anyhow::Result<()> {
-    let version = process::capture(Command::new(image.join(NODE_PROXY)).arg("--version"))?
+    let version = command::capture(Command::new(image.join(NODE_PROXY)).arg("--version"))?
         .context("node-proxy --version failed")?;
     ensure!(
         version.trim() == format!("node-proxy {}", env!("CARGO_PKG_VERSION")),
         "node-proxy --version says {version:?}"
     );
-    let reply = process::capture(
+    let reply = command::capture(
         Command::new(image.join(REDIRECT_CNI))
             .env_clear()
             .env("CNI_COMMAND", "VERSION"),

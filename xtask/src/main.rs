@@ -11,9 +11,7 @@ mod bench;
 mod build_ebpf;
 mod demo;
 mod image;
-mod process;
 mod setup;
-mod stop;
 mod test;
 mod toolchain;
 
@@ -47,7 +45,9 @@ enum Task {
     Test(test::Options),
     /// Run the demo: pods on a node made of network namespaces, captured by marrow.
     Demo(demo::Options),
-    /// Measure marrow against the direct path on namespaced nodes.
+    /// Measure marrow against the direct path on namespaced nodes: builds and runs the
+    /// bench harness (`bench/`) with these arguments (`cargo xtask bench --help` lists them).
+    #[command(disable_help_flag = true)]
     Bench(bench::Options),
     /// Lay out the node proxy image's contents in target/image (--check: verify them).
     Image(image::Options),

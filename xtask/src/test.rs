@@ -2,7 +2,7 @@
 //! integration tests run (the eBPF object, node-proxy, redirect-cni, testpod), then runs the
 //! workspace's tests. The namespace tests need root; without it they print `SKIPPED`.
 
-use crate::process::{self, timed};
+use marrow_tests::command::{self, timed};
 
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
@@ -28,7 +28,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     })?;
     let root = crate::workspace_root()?;
     timed("build the binaries", || {
-        process::run(process::workspace_cargo(&root).args([
+        command::run(command::workspace_cargo(&root).args([
             "build",
             "--workspace",
             "--bins",
@@ -37,10 +37,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     })?;
     if !options.no_lint {
         timed("cargo fmt --check", || {
-            process::run(process::workspace_cargo(&root).args(["fmt", "--all", "--check"]))
+            command::run(command::workspace_cargo(&root).args(["fmt", "--all", "--check"]))
         })?;
         timed("cargo clippy", || {
-            process::run(process::workspace_cargo(&root).args([
+            command::run(command::workspace_cargo(&root).args([
                 "clippy",
                 "--workspace",
                 "--all-targets",
@@ -53,9 +53,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     timed("cargo test", || {
         // Two test threads: the namespace tests are light, and the machine has two cores.
-        let mut cmd = process::workspace_cargo(&root);
+        let mut cmd = command::workspace_cargo(&root);
         cmd.args(["test", "--workspace", "-j2", "--", "--test-threads=2"]);
         cmd.args(&options.test_args);
-        process::run(&mut cmd)
+        command::run(&mut cmd)
     })
 }

@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::process;
+use marrow_tests::command;
 
 /// The rustup toolchain that builds the eBPF crate: stable, with `RUSTC_BOOTSTRAP=1` for
 /// `-Z build-std`. Its LLVM (22 for rustc 1.95) must not be newer than bpf-linker's.
@@ -48,7 +48,7 @@ pub fn bpf_linker() -> Linker {
 
 /// Whether `rust-src` is installed for [`EBPF_TOOLCHAIN`]; `None` if that toolchain is not.
 pub fn rust_src_installed() -> anyhow::Result<Option<bool>> {
-    let installed = process::capture(Command::new("rustup").args([
+    let installed = command::capture(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
@@ -61,7 +61,7 @@ pub fn rust_src_installed() -> anyhow::Result<Option<bool>> {
 
 /// Whether an apt package is installed.
 pub fn apt_installed(package: &str) -> anyhow::Result<bool> {
-    let status = process::capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+    let status = command::capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .context("setup supports Debian and Ubuntu only: dpkg-query is missing")?;
     Ok(status.is_some_and(|status| status.trim() == "install ok installed"))
 }
@@ -173,6 +173,28 @@ mod no_protoc {
         }
     }
 
+    /// The directory of the workspace package named `package` (a package's name need not be
+    /// its directory's: `marrow-mesh` lives in `mesh/`), among the root's subdirectories and
+    /// `ebpf/`'s.
+    fn member_dir(root: &Path, package: &str) -> Option<std::path::PathBuf> {
+        let wanted = format!("name = \"{package}\"");
+        [root.to_path_buf(), root.join("ebpf")]
+            .iter()
+            .filter_map(|parent| std::fs::read_dir(parent).ok())
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|dir| {
+                std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|manifest| {
+                    // The `[package]` table's own name, not a dependency's.
+                    format!("\n{manifest}")
+                        .split("\n[")
+                        .find(|table| table.starts_with("package]"))
+                        .is_some_and(|table| table.lines().any(|line| line.trim() == wanted))
+                })
+            })
+    }
+
     /// Everything in the workspace (both lockfiles, every build script) that would need
     /// `protoc`, each named with the reason.
     fn protoc_needs(root: &Path) -> Vec<String> {
@@ -180,8 +202,8 @@ mod no_protoc {
         for lock in ["Cargo.lock", "ebpf/marrow-ebpf/Cargo.lock"] {
             let text = std::fs::read_to_string(root.join(lock)).unwrap();
             for (package, driver) in driver_users(&text) {
-                let build = root.join(&package).join("build.rs");
-                if !build.is_file() {
+                let build = member_dir(root, &package).map(|dir| dir.join("build.rs"));
+                if !build.is_some_and(|build| build.is_file()) {
                     needs.push(format!(
                         "{lock}: {package} depends on {driver}, which runs protoc unless handed \
                          descriptors; it is not a workspace member whose build script is checked here"
@@ -210,13 +232,14 @@ mod no_protoc {
              descriptors to compile_fds, as mesh/build.rs does):\n  {}",
             needs.join("\n  ")
         );
-        // The check looked at the build script that generates code: node-proxy's.
+        // The check looked at the build script that generates code: the mesh core's.
         let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
         assert!(
             driver_users(&lock)
                 .iter()
-                .any(|(package, _)| package == "node-proxy")
+                .any(|(package, _)| package == "marrow-mesh")
         );
+        assert_eq!(member_dir(&root, "marrow-mesh"), Some(root.join("mesh")));
     }
 
     #[test]

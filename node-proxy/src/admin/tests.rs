@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode, Uri};
-use redirect_cni::protocol::{Attachment, PodIdentity};
+use marrow_wire::enrollment::{Attachment, PodIdentity};
 use serde_json::Value;
 use tracing_subscriber::layer::SubscriberExt;
 

@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use redirect_cni::cni::CniVersion;
+use marrow_wire::cni_version::CniVersion;
 use serde::Serialize;
 use serde_json::{Map, Value};
 

@@ -74,7 +74,7 @@ settings! {
         state_dir: PathBuf = PathBuf::from("/var/run/marrow"),
             ("state-dir", "MARROW_STATE_DIR", parse::PATH),
         /// The enrollment socket redirect-cni talks to.
-        cni_socket: PathBuf = PathBuf::from(redirect_cni::protocol::DEFAULT_SOCKET_PATH),
+        cni_socket: PathBuf = PathBuf::from(marrow_wire::enrollment::DEFAULT_SOCKET_PATH),
             ("cni-socket", "MARROW_CNI_SOCKET", parse::PATH),
         /// `/metrics` listen address.
         metrics_addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 15020)),

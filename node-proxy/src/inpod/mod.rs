@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use marrow_common::{HBONE_PORT, INBOUND_PORT};
-use redirect_cni::protocol::{AddPod, Attachment, ErrorKind};
+use marrow_wire::enrollment::{AddPod, Attachment, ErrorKind};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redirect_cni::protocol::{AddPod, Attachment, PodIdentity};
+use marrow_wire::enrollment::{AddPod, Attachment, PodIdentity};
 use tracing::{debug, info, warn};
 
 use super::Registry;

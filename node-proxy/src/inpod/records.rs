@@ -10,7 +10,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use redirect_cni::protocol::{Attachment, PodIdentity};
+use marrow_wire::enrollment::{Attachment, PodIdentity};
 use serde::{Deserialize, Serialize};
 
 /// What the proxy remembers of an enrolled pod.

@@ -1,5 +1,5 @@
 //! The enrollment server: a Unix `SOCK_SEQPACKET` socket on which redirect-cni sends one
-//! request per connection (see `redirect_cni::protocol`).
+//! request per connection (see `marrow_wire::enrollment`).
 //!
 //! Only root (or the proxy's own user) may talk to it: the socket is mode 0600 and the peer's
 //! credentials are checked. A malformed request gets an error reply and affects nothing else;
@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redirect_cni::protocol::{self, Datagram, ErrorKind, PROTOCOL_VERSION, Request, Response};
+use marrow_wire::enrollment::{self, ErrorKind, PROTOCOL_VERSION, Request, Response};
+use marrow_wire::seqpacket::{self, Datagram};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -198,7 +199,7 @@ async fn handle_connection(
 
 /// Decodes and executes one request.
 async fn dispatch(mut datagram: Datagram, registry: &Registry, readiness: &Readiness) -> Response {
-    let request = match protocol::decode_request(&datagram) {
+    let request = match enrollment::decode_request(&datagram) {
         Ok(request) => request,
         Err(e) => {
             tracing::warn!(error = %e, "malformed enrollment request");
@@ -259,7 +260,7 @@ fn error(kind: ErrorKind, message: String) -> Response {
 async fn receive(conn: &AsyncFd<Socket>) -> io::Result<Option<Datagram>> {
     loop {
         let mut guard = conn.readable().await?;
-        match guard.try_io(|inner| protocol::recv_datagram(inner.get_ref().as_fd())) {
+        match guard.try_io(|inner| seqpacket::recv_datagram(inner.get_ref().as_fd())) {
             Ok(result) => return result,
             Err(_would_block) => continue,
         }
@@ -270,7 +271,8 @@ async fn send(conn: &AsyncFd<Socket>, response: &Response) -> io::Result<()> {
     let bytes = serde_json::to_vec(response).map_err(io::Error::other)?;
     loop {
         let mut guard = conn.writable().await?;
-        match guard.try_io(|inner| protocol::send_datagram(inner.get_ref().as_fd(), &bytes, None)) {
+        match guard.try_io(|inner| seqpacket::send_datagram(inner.get_ref().as_fd(), &bytes, None))
+        {
             Ok(result) => return result,
             Err(_would_block) => continue,
         }

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use redirect_cni::protocol::AddPod;
+use marrow_wire::enrollment::AddPod;
 
 /// Most addresses one pod may have.
 const MAX_IPS: usize = 8;
@@ -89,7 +89,7 @@ fn dns_name(what: &str, value: &str, max: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redirect_cni::protocol::{Attachment, PodIdentity};
+    use marrow_wire::enrollment::{Attachment, PodIdentity};
 
     fn good() -> AddPod {
         AddPod {

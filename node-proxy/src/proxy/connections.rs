@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use marrow_wire::enrollment::PodIdentity;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use redirect_cni::protocol::PodIdentity;
 
 use super::policy_watch::{PolicySubject, Watched};
 use crate::metrics::{Metrics, OpenLabels};

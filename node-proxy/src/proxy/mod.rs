@@ -30,7 +30,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redirect_cni::protocol::PodIdentity;
+use marrow_wire::enrollment::PodIdentity;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::hbone::pool::Pool;

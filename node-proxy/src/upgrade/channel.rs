@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use redirect_cni::protocol::{Datagram, recv_datagram, send_datagram};
+use marrow_wire::seqpacket::{Datagram, recv_datagram, send_datagram};
 use socket2::Socket;
 
 use super::{HandoffError, Message};

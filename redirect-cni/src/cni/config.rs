@@ -6,7 +6,6 @@
 //! them, so a DEL is never refused over a result it does not need. `prevResult` is echoed with
 //! every field it came with, whatever this plugin understands of it.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -14,68 +13,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::protocol::{Attachment, DEFAULT_SOCKET_PATH};
+pub use marrow_wire::cni_version::CniVersion;
+use marrow_wire::enrollment::{Attachment, DEFAULT_SOCKET_PATH};
 
 use super::{CniError, Command};
-
-/// A CNI spec version this plugin speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum CniVersion {
-    /// 0.3.0.
-    V0_3_0,
-    /// 0.3.1.
-    V0_3_1,
-    /// 0.4.0: adds CHECK.
-    V0_4_0,
-    /// 1.0.0.
-    V1_0_0,
-    /// 1.1.0: adds STATUS and GC.
-    V1_1_0,
-}
-
-impl CniVersion {
-    /// Every supported version, oldest first.
-    pub const SUPPORTED: [Self; 5] = [
-        Self::V0_3_0,
-        Self::V0_3_1,
-        Self::V0_4_0,
-        Self::V1_0_0,
-        Self::V1_1_0,
-    ];
-    /// The newest supported version, used when the input names none.
-    pub const LATEST: Self = Self::V1_1_0;
-
-    /// Parses an exact version string such as `1.0.0`.
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::SUPPORTED.into_iter().find(|v| v.as_str() == value)
-    }
-
-    /// The version string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::V0_3_0 => "0.3.0",
-            Self::V0_3_1 => "0.3.1",
-            Self::V0_4_0 => "0.4.0",
-            Self::V1_0_0 => "1.0.0",
-            Self::V1_1_0 => "1.1.0",
-        }
-    }
-
-    /// The first version that defines `command` (libcni refuses it under older configs).
-    pub fn introducing(command: Command) -> Self {
-        match command {
-            Command::Check => Self::V0_4_0,
-            Command::Status | Command::Gc => Self::V1_1_0,
-            Command::Add | Command::Del | Command::Version => Self::V0_3_0,
-        }
-    }
-}
-
-impl fmt::Display for CniVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Default of `proxyTimeoutMs`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
@@ -146,7 +87,7 @@ impl NetConf {
 
     /// Refuses `command` under a config version older than the one that introduced it.
     pub fn allows(&self, command: Command) -> Result<(), CniError> {
-        let minimum = CniVersion::introducing(command);
+        let minimum = introducing(command);
         if self.cni_version < minimum {
             return Err(CniError::VersionTooOld {
                 command,
@@ -334,5 +275,14 @@ fn absent(setting: &str, expected: &'static str) -> CniError {
         setting: setting.to_owned(),
         value: "<absent>".into(),
         expected,
+    }
+}
+
+/// The first version that defines `command` (libcni refuses it under older configs).
+fn introducing(command: Command) -> CniVersion {
+    match command {
+        Command::Check => CniVersion::V0_4_0,
+        Command::Status | Command::Gc => CniVersion::V1_1_0,
+        Command::Add | Command::Del | Command::Version => CniVersion::V0_3_0,
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 
-use crate::protocol::{Attachment, PodIdentity};
+use marrow_wire::enrollment::{Attachment, PodIdentity};
 
 use super::CniError;
 

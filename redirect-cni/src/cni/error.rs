@@ -1,7 +1,7 @@
 //! The plugin's errors and their CNI error codes, and the error JSON printed on stdout.
 //!
 //! Every [`CniError`] variant has one code (the proxy's refusals one per
-//! [`ErrorKind`](crate::protocol::ErrorKind)):
+//! [`ErrorKind`](marrow_wire::enrollment::ErrorKind)):
 //!
 //! | code | meaning |
 //! | ---: | --- |
@@ -27,7 +27,7 @@
 
 use std::io;
 
-use crate::protocol::{ErrorKind, ProtocolError};
+use marrow_wire::enrollment::{ErrorKind, ProtocolError};
 
 use super::{CniVersion, Command};
 

@@ -17,10 +17,11 @@ use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::*;
-use crate::protocol::{
-    Attachment, Datagram, ErrorKind, PROTOCOL_VERSION, PodIdentity, ProtocolError, Request,
-    Response, decode_request, recv_datagram, send_datagram,
+use marrow_wire::enrollment::{
+    Attachment, ErrorKind, PROTOCOL_VERSION, PodIdentity, ProtocolError, Request, Response,
+    decode_request,
 };
+use marrow_wire::seqpacket::{Datagram, recv_datagram, send_datagram};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

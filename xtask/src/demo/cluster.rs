@@ -28,8 +28,8 @@ use marrow_tests::{
 };
 
 use super::observe::Metrics;
-use crate::process::seconds;
-use crate::stop::Stop;
+use marrow_tests::command::seconds;
+use marrow_tests::stop::Stop;
 
 /// The nodes' names: namespaces `mt-demo-1`/`mt-demo-2`, cgroups and pin directories
 /// `marrow-test-demo-1`/`marrow-test-demo-2`.

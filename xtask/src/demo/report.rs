@@ -14,7 +14,7 @@
 
 use std::fmt::Display;
 
-use crate::stop::{Interrupted, Stop};
+use marrow_tests::stop::{Interrupted, Stop};
 
 /// Marker of a check that held.
 const OK: &str = "[ok]  ";

@@ -17,7 +17,7 @@ use marrow_tests::{Capture, ConnectOutcome, spiffe_id};
 use super::cluster::{API_PORT, Cluster};
 use super::observe::since_last_start;
 use super::report::Report;
-use crate::stop::Stop;
+use marrow_tests::stop::Stop;
 
 /// The metric whose labels carry the connection's identities.
 const OPENED: &str = "istio_tcp_connections_opened_total";

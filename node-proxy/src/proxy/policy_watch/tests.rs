@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use redirect_cni::protocol::PodIdentity;
+use marrow_wire::enrollment::PodIdentity;
 
 use super::*;
 use crate::identity::TrustDomain;

@@ -147,7 +147,7 @@ fn config_defaults_and_unknown_keys() {
     assert_eq!(conf.cni_version, CniVersion::V0_3_1);
     assert_eq!(
         conf.proxy_socket,
-        Path::new(crate::protocol::DEFAULT_SOCKET_PATH)
+        Path::new(marrow_wire::enrollment::DEFAULT_SOCKET_PATH)
     );
     assert_eq!(
         conf.proxy_timeout,

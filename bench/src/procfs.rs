@@ -43,7 +43,7 @@ fn parse_stat_cpu(text: &str) -> anyhow::Result<u64> {
 /// Clock ticks per second, the unit of `/proc` CPU times (`sysconf(_SC_CLK_TCK)`, asked of
 /// `getconf`; Linux's USER_HZ is 100 everywhere it runs, the fallback).
 pub fn clock_ticks_per_second() -> u64 {
-    crate::process::capture(Command::new("getconf").arg("CLK_TCK"))
+    marrow_tests::command::capture(Command::new("getconf").arg("CLK_TCK"))
         .ok()
         .flatten()
         .and_then(|out| out.trim().parse().ok())

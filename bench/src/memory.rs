@@ -257,7 +257,7 @@ pub fn measure(
         for (i, pods) in params.memory_pods.iter().copied().enumerate() {
             let largest = i + 1 == params.memory_pods.len();
             let name = format!("bench-mem-{}-{pods}", setup.name());
-            let step = crate::process::timed(
+            let step = marrow_tests::command::timed(
                 &format!("{} memory, {} on node 1", setup.name(), pods_label(pods)),
                 || {
                     let mut bed = Bed::new(setup, &name, envoy)?;

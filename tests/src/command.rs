@@ -1,5 +1,5 @@
-//! Running the external commands the tasks are made of: printing them, timing them, and
-//! turning a failure into an error that names the command.
+//! Running the external commands the developer tasks (`cargo xtask`, `marrow-bench`) are made
+//! of: printing them, timing them, and turning a failure into an error that names the command.
 
 use std::{
     process::Command,
@@ -8,8 +8,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Variables a `cargo xtask` run inherits that would make a nested cargo use the outer
-/// build's toolchain, compiler or target directory instead of its own.
+/// Variables a process run by `cargo run` (xtask, marrow-bench) inherits that would make a
+/// nested cargo use the outer build's toolchain, compiler or target directory instead of its
+/// own.
 const OUTER_CARGO_VARS: [&str; 4] = [
     "RUSTUP_TOOLCHAIN",
     "RUSTC",
@@ -27,9 +28,10 @@ pub fn cargo(toolchain: &str) -> Command {
     cmd
 }
 
-/// Variables `cargo run` sets for the xtask process that describe xtask itself. A nested cargo
-/// passes them on to build scripts, and some (ring's) track `CARGO_MANIFEST_DIR`: inherited,
-/// it made every `cargo xtask demo` recompile ring, rustls and everything above them.
+/// Variables `cargo run` sets for the process it runs (xtask, marrow-bench) that describe that
+/// package itself. A nested cargo passes them on to build scripts, and some (ring's) track
+/// `CARGO_MANIFEST_DIR`: inherited, it made every `cargo xtask demo` recompile ring, rustls
+/// and everything above them.
 const OWN_PACKAGE_VARS: [&str; 5] = [
     "CARGO_MANIFEST_DIR",
     "CARGO_MANIFEST_PATH",
@@ -38,7 +40,7 @@ const OWN_PACKAGE_VARS: [&str; 5] = [
     "CARGO_PRIMARY_PACKAGE",
 ];
 
-/// `cargo` run in the workspace `root`, without the variables that describe the xtask
+/// `cargo` run in the workspace `root`, without the variables that describe the calling
 /// package (see [`OWN_PACKAGE_VARS`]).
 pub fn workspace_cargo(root: &std::path::Path) -> Command {
     let mut cmd = Command::new("cargo");

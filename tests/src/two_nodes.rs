@@ -1,18 +1,17 @@
-//! Fixtures and checks shared by the HBONE tests: two linked nodes with a proxy each, wire
-//! checks over a capture, metric label sets, and log checks.
+//! Fixtures and checks shared by the HBONE suites (hbone, policy, admin, upgrade, …): two
+//! linked nodes with a proxy each ([`Mesh`]) or the inbound suites' cast on them ([`Cast`]),
+//! wire checks over a capture, metric label sets, and log checks.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use marrow_tests::mesh::{config_generation, mesh_proxy_options, wait_config_generation};
-use marrow_tests::sniff::{
+use crate::mesh::{config_generation, mesh_proxy_options, wait_config_generation};
+use crate::sniff::{
     Capture, Flow, TLS_APPLICATION_DATA, TLS_CHANGE_CIPHER_SPEC, TLS_HANDSHAKE, tls_records,
 };
-use marrow_tests::state_file::write_atomic;
-use marrow_tests::{
-    ClusterState, MeshCa, Node, NodeLink, NodeOptions, Pod, Proxy, Sniffer, spiffe_id,
-};
+use crate::state_file::write_atomic;
+use crate::{ClusterState, MeshCa, Node, NodeLink, NodeOptions, Pod, Proxy, Sniffer, spiffe_id};
 
 /// Bound on a proxy becoming ready (and on its first state file).
 pub const READY: Duration = Duration::from_secs(30);
@@ -30,13 +29,21 @@ pub const SENT: &str = "istio_tcp_sent_bytes_total";
 /// Two linked nodes, a mesh CA, each node's own copy of the state file, and a proxy per node.
 /// Field order is drop order: proxies, then nodes (the CA directory goes last).
 pub struct Mesh {
+    /// Node 1's proxy.
     pub p1: Proxy,
+    /// Node 2's proxy.
     pub p2: Proxy,
+    /// Node 1.
     pub n1: Node,
+    /// Node 2.
     pub n2: Node,
+    /// The underlay between them.
     pub link: NodeLink,
+    /// Node 1's copy of the state file.
     pub state1: PathBuf,
+    /// Node 2's copy of the state file.
     pub state2: PathBuf,
+    /// The mesh CA both proxies trust.
     pub ca: MeshCa,
 }
 
@@ -112,11 +119,17 @@ impl Mesh {
 /// on node 1, `shop/web` on node 2 serving each of `ports`, in the state both proxies applied.
 /// Field order is drop order: the apps, the pods, then the mesh.
 pub struct Cast {
-    pub apps: Vec<marrow_tests::process::PodProcess>,
+    /// `web`'s servers, one per port.
+    pub apps: Vec<crate::process::PodProcess>,
+    /// `shop/client` on node 1.
     pub client: Pod,
+    /// `legacy/outsider` on node 1, not in the mesh.
     pub outsider: Pod,
+    /// `shop/web` on node 2.
     pub web: Pod,
+    /// The state both proxies applied.
     pub state: ClusterState,
+    /// The two nodes and their proxies.
     pub mesh: Mesh,
 }
 
@@ -166,10 +179,12 @@ pub fn namespaces() -> ClusterState {
         .namespace("legacy", &[])
 }
 
+/// `pod`'s IPv4 address with `port`.
 pub fn v4(pod: &Pod, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(pod.ipv4()), port)
 }
 
+/// `pod`'s IPv4 address.
 pub fn ip(pod: &Pod) -> IpAddr {
     IpAddr::V4(pod.ipv4())
 }
@@ -240,6 +255,7 @@ pub fn cleartext_to_apps(capture: &Capture, text: &str) -> Vec<(IpAddr, SocketAd
         .collect()
 }
 
+/// The `source_principal` and `destination_principal` labels of two `shop` service accounts.
 pub fn principals(source: &str, destination: &str) -> [(&'static str, String); 2] {
     [
         ("source_principal", spiffe_id("shop", source)),
@@ -263,7 +279,7 @@ pub fn labels<'a>(
 
 /// The proxy's log without terminal colours.
 pub fn plain_log(proxy: &Proxy) -> String {
-    marrow_tests::process::strip_ansi(&proxy.log())
+    crate::process::strip_ansi(&proxy.log())
 }
 
 /// Waits until `proxy` logged a refusal of the connection from `local` (a line naming it that

@@ -1,9 +1,9 @@
-//! The TLS stack alone: new mutual-TLS handshakes per second of node-proxy's own `identity`
-//! and `tls` modules — TLS 1.3, ECDSA P-256 workload certificates from a local CA, rustls on
-//! aws-lc-rs, no resumption — with client and server in one process over loopback TCP, once per
-//! key-exchange setting (`--tls-key-exchange`: the X25519MLKEM768 hybrid preferred, and
-//! X25519MLKEM768 only). No proxy, no HTTP/2, no namespaces: the ceiling on brand-new HBONE
-//! connections, not a mesh figure.
+//! The TLS stack alone: new mutual-TLS handshakes per second of the node proxy's own
+//! `identity` and `tls` modules (in `marrow-mesh`) — TLS 1.3, ECDSA P-256 workload
+//! certificates from a local CA, rustls on aws-lc-rs, no resumption — with client and server
+//! in one process over loopback TCP, once per key-exchange setting (`--tls-key-exchange`: the
+//! X25519MLKEM768 hybrid preferred, and X25519MLKEM768 only). No proxy, no HTTP/2, no
+//! namespaces: the ceiling on brand-new HBONE connections, not a mesh figure.
 //!
 //! Each handshake is a new TCP connection, the client's and the server's handshake (each side
 //! verifies the other's chain and SPIFFE identity, as the proxies do), then one byte from the
@@ -12,9 +12,9 @@
 //! spawns one task per connection) on a runtime with a worker per CPU. CPU time is the whole
 //! process's (`/proc/self/stat`): both sides of every handshake.
 //!
-//! `cargo xtask` is a debug build, in which rustls and aws-lc's C code run several times slower,
-//! so the bench runs the release build of itself (`target/release/xtask bench
-//! --handshakes-only --json FILE`) and reads the file.
+//! `cargo xtask bench` runs a debug build of the bench, in which rustls and aws-lc's C code run
+//! several times slower, so the bench runs the release build of itself
+//! (`target/release/marrow-bench --handshakes-only --json FILE`) and reads the file.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use node_proxy::identity::{LocalCa, LocalCaOptions, SpiffeId, TrustDomain, create_ca};
-use node_proxy::tls::{self, KeyExchange};
+use marrow_mesh::identity::{LocalCa, LocalCaOptions, SpiffeId, TrustDomain, create_ca};
+use marrow_mesh::tls::{self, KeyExchange};
 use rustls::{ClientConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -164,7 +164,7 @@ impl HandshakeFigures {
     }
 }
 
-/// Runs the measurement in the release build of `cargo xtask` in `bin_dir` (`quick` sizes,
+/// Runs the measurement in the release build of `marrow-bench` in `bin_dir` (`quick` sizes,
 /// `rounds` rounds), printing its lines, and reads its figures back.
 pub fn measure_in_release(
     bin_dir: &Path,
@@ -176,15 +176,15 @@ pub fn measure_in_release(
         .tempdir()
         .context("creating a temporary directory")?;
     let file = dir.path().join("handshakes.json");
-    let mut cmd = Command::new(bin_dir.join("xtask"));
-    cmd.args(["bench", "--handshakes-only", "--no-build"])
+    let mut cmd = Command::new(bin_dir.join(crate::BINARY));
+    cmd.args(["--handshakes-only", "--no-build"])
         .args(["--rounds", &rounds.to_string()])
         .arg("--json")
         .arg(&file);
     if quick {
         cmd.arg("--quick");
     }
-    crate::process::run(&mut cmd)?;
+    marrow_tests::command::run(&mut cmd)?;
     let parse = || -> anyhow::Result<HandshakeFigures> {
         let text = std::fs::read_to_string(&file)?;
         let value: serde_json::Value = serde_json::from_str(&text)?;

@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+/// A Namespace, labelled `istio.io/dataplane-mode=ambient` when `ambient`.
 pub fn namespace(name: &str, ambient: bool) -> Value {
     let labels = if ambient {
         json!({"kubernetes.io/metadata.name": name, "istio.io/dataplane-mode": "ambient"})
@@ -15,6 +16,7 @@ pub fn namespace(name: &str, ambient: bool) -> Value {
         "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
 }
 
+/// A running Pod on `node` with one address `ip`, labelled `app=<name>`, as its ReplicaSet made it.
 pub fn pod(namespace: &str, name: &str, node: &str, ip: &str, sa: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace,
@@ -53,18 +55,21 @@ pub fn service_account_user(namespace: &str, sa: &str, pod: Option<(&str, &str, 
     user
 }
 
+/// An AuthorizationPolicy that DENYs every connection to `port` in `namespace`.
 pub fn deny_port(namespace: &str, name: &str, port: &str) -> Value {
     json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
         "metadata": {"name": name, "namespace": namespace, "generation": 1},
         "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"ports": [port]}}]}]}})
 }
 
+/// The namespace's default PeerAuthentication, STRICT (plaintext refused).
 pub fn strict(namespace: &str) -> Value {
     json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
         "metadata": {"name": "default", "namespace": namespace},
         "spec": {"mtls": {"mode": "STRICT"}}})
 }
 
+/// A ClusterIP Service `name` with the virtual IP `vip`, selecting `app=<name>`, port 80 to 8080.
 pub fn service(namespace: &str, name: &str, vip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": namespace},

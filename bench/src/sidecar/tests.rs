@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use marrow_mesh::identity::{TrustDomain, create_ca};
 use marrow_tests::workload_cert::WorkloadCert;
-use node_proxy::identity::{TrustDomain, create_ca};
 
 use super::*;
 
@@ -109,7 +109,7 @@ fn every_route_has_an_mtls_outbound_and_inbound_hop() {
 #[test]
 fn envoy_accepts_the_bootstrap() {
     let root = crate::workspace_root().unwrap();
-    let envoy = match crate::setup::envoy_binary(&root) {
+    let envoy = match marrow_tests::envoy::envoy_binary(&root) {
         Ok(envoy) => envoy,
         Err(why) => {
             println!("SKIPPED: Envoy is not installed ({why:#}); run `cargo xtask setup`");

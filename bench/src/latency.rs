@@ -5,7 +5,7 @@
 //! for the latency plot.
 //!
 //! The client runs inside the client pod (its namespace and cgroup, so capture sees it) as the
-//! release build of this very binary: `xtask bench --pingpong-client ADDR --pingpong-count N`
+//! release build of this very binary: `marrow-bench --pingpong-client ADDR --pingpong-count N`
 //! prints one JSON line, a [`Distribution`], which [`measure_in`] reads.
 
 use std::io::{ErrorKind, Read as _, Write as _};
@@ -149,11 +149,11 @@ fn read_greeting(stream: &mut TcpStream) -> anyhow::Result<()> {
 /// Runs the client in `pod` against `addr` (the release build of this binary, from the
 /// fixtures' binary directory) and parses its line.
 pub fn measure_in(pod: &Pod, addr: SocketAddr, count: u64) -> anyhow::Result<Distribution> {
-    let binary = binaries::bin_dir().join("xtask");
-    let line = format!("xtask bench --pingpong-client {addr} --pingpong-count {count}");
+    let binary = binaries::bin_dir().join(crate::BINARY);
+    let line = format!("marrow-bench --pingpong-client {addr} --pingpong-count {count}");
     let out = pod
         .command(&binary)
-        .args(["bench", "--pingpong-client", &addr.to_string()])
+        .args(["--pingpong-client", &addr.to_string()])
         .args(["--pingpong-count", &count.to_string()])
         .output()
         .with_context(|| format!("running `{line}` in pod {}", pod.name()))?;

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::procfs::{self, Host};
 use super::report::Report;
 use super::topology::SetUp;
-use crate::process;
+use marrow_tests::command;
 
 /// The Markdown tables, in `target/bench/`.
 pub const TABLE_FILE: &str = "report.md";
@@ -50,10 +50,10 @@ pub struct Machine {
 impl Machine {
     /// Reads the machine; `envoy` is the sidecars' binary, if they ran.
     pub fn read(envoy: Option<&Path>) -> anyhow::Result<Machine> {
-        let capture = |cmd: &mut Command| process::capture(cmd).ok().flatten();
+        let capture = |cmd: &mut Command| command::capture(cmd).ok().flatten();
         let envoy = envoy
             .and_then(|e| capture(Command::new(e).arg("--version")))
-            .and_then(|out| crate::setup::parse_envoy_version(&out).ok());
+            .and_then(|out| marrow_tests::envoy::parse_envoy_version(&out).ok());
         let root = crate::workspace_root()?;
         let git = |args: &[&str]| {
             let mut cmd = Command::new("git");
@@ -271,8 +271,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::bench::figure::Figure;
-    use crate::bench::report::Samples;
+    use crate::figure::Figure;
+    use crate::report::Samples;
 
     #[test]
     fn civil_dates() {
