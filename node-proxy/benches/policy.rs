@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use divan::Bencher;
-use node_proxy::identity::SpiffeId;
-use node_proxy::policy::{Connection, Destination, PolicySet, authorization_policy, evaluate};
+use marrow_mesh::identity::SpiffeId;
+use marrow_mesh::policy::{Connection, Destination, PolicySet, authorization_policy, evaluate};
 
 fn main() {
     divan::main();
@@ -121,13 +121,13 @@ fn state_yaml(count: usize) -> String {
 fn recheck_open_connections(bencher: Bencher, connections: usize) {
     use std::sync::Arc;
 
+    use marrow_mesh::state::StateStore;
     use node_proxy::proxy::connections::{ConnectionFacts, ConnectionTable};
     use node_proxy::proxy::policy_watch::{PolicySubject, recheck};
     use node_proxy::proxy::record::ConnectionRecord;
-    use node_proxy::state::StateStore;
 
     let store = StateStore::new();
-    let update = node_proxy::state::file::parse(
+    let update = marrow_mesh::state::file::parse(
         std::path::Path::new("bench.yaml"),
         state_yaml(1_000).as_bytes(),
     )
@@ -151,7 +151,7 @@ fn recheck_open_connections(bencher: Bencher, connections: usize) {
                 &table,
                 &metrics,
                 ConnectionFacts::plain(
-                    node_proxy::telemetry::Reporter::Destination,
+                    marrow_mesh::telemetry::Reporter::Destination,
                     &pod,
                     src,
                     dst,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use node_proxy::apiserver::KubeSource;
-use node_proxy::state::StateStore;
+use marrow_mesh::apiserver::KubeSource;
+use marrow_mesh::state::StateStore;
 
 /// Counts the bytes in use.
 struct Counting;

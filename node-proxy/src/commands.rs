@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
+use marrow_mesh::identity::{self, TrustDomain};
+use marrow_mesh::state::StateStore;
+use marrow_mesh::state::file::LocalFileSource;
 use node_proxy::admin;
-use node_proxy::identity::{self, TrustDomain};
-use node_proxy::state::StateStore;
-use node_proxy::state::file::LocalFileSource;
 
 /// Flags of `explain`.
 #[derive(clap::Args)]
@@ -32,16 +32,16 @@ pub struct ExplainArgs {
     #[arg(long)]
     json: bool,
     /// SPIFFE trust domain of the mesh.
-    #[arg(long, default_value = node_proxy::identity::DEFAULT_TRUST_DOMAIN)]
+    #[arg(long, default_value = marrow_mesh::identity::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
     /// Namespace whose policies apply mesh-wide.
-    #[arg(long, default_value = node_proxy::policy::DEFAULT_ROOT_NAMESPACE)]
+    #[arg(long, default_value = marrow_mesh::policy::DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
 }
 
 /// `node-proxy explain`: one decision from a state file, as the destination's proxy takes it.
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
-    use node_proxy::explain::{self, ExplainSource};
+    use marrow_mesh::explain::{self, ExplainSource};
     let update = LocalFileSource::new(&args.config)
         .with_root_namespace(&args.root_namespace)
         .load()?;
@@ -164,7 +164,7 @@ pub enum CaCommand {
         #[arg(long)]
         dir: PathBuf,
         /// SPIFFE trust domain.
-        #[arg(long, default_value = node_proxy::identity::DEFAULT_TRUST_DOMAIN)]
+        #[arg(long, default_value = marrow_mesh::identity::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
         /// Validity in days.
         #[arg(long, default_value_t = 3650)]
@@ -244,7 +244,7 @@ pub fn cni(command: CniCommand) -> anyhow::Result<()> {
                     .context("building the runtime")?;
                 runtime.block_on(installer.watch(
                     Duration::from_secs(poll_secs),
-                    node_proxy::drain::shutdown_signal(),
+                    marrow_mesh::drain::shutdown_signal(),
                 ))?;
                 return Ok(());
             }

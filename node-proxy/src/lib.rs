@@ -1,8 +1,14 @@
-//! marrow's node proxy: eBPF capture of enrolled pods, in-pod listeners, and the data path.
+//! marrow's node proxy, one program over the shared core (`marrow_mesh`: identity, TLS, HBONE,
+//! policy, state, telemetry): eBPF capture of enrolled pods, their in-pod listeners and the
+//! data path between them.
 //!
-//! Modules own one concern each: [`capture`] the kernel programs and maps, [`netns`] switching
-//! into pod namespaces, [`inpod`] enrollment, [`proxy`] the data path, [`metrics`] and [`http`]
-//! what operators scrape, [`admin`] what they ask (the admin API and its client), [`config`] the settings.
+//! [`app`] assembles the program from its [`config`] and runs it (start, serve, drain).
+//! [`capture`] loads the kernel programs and maps; [`netns`] and [`socket`] enter pods'
+//! network namespaces; [`inpod`] enrolls pods (the CNI's requests) and starts their listeners;
+//! [`proxy`] is the data path (outbound, inbound, the relay, one record per connection);
+//! [`upgrade`] and [`handoff`] hand the enrolled pods to a new proxy; [`metrics`] and [`admin`]
+//! are what operators scrape and ask; [`cni_install`] chains redirect-cni into the node's CNI
+//! config. [`ca`] is a second program in the same binary: `node-proxy ca serve`, the mesh CA.
 
 pub mod admin;
 pub mod app;
@@ -17,8 +23,3 @@ pub mod netns;
 pub mod proxy;
 pub mod socket;
 pub mod upgrade;
-
-// The shared core, re-exported under its old paths while the programs move over to it.
-pub use marrow_mesh::{
-    apiserver, drain, explain, hbone, http, identity, objects, policy, state, telemetry, tls,
-};

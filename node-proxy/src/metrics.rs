@@ -15,8 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::policy::{Decision, Verdict};
-use crate::telemetry::{ClusterId, ConnectionLabels, Reporter};
+use marrow_mesh::policy::{Decision, Verdict};
+use marrow_mesh::telemetry::{ClusterId, ConnectionLabels, Reporter};
 
 /// Labels of `marrow_connections_open`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -200,9 +200,9 @@ impl Metrics {
 
     /// Sets `marrow_config_unsupported` from the policies in force: every (kind, reason)
     /// pair is exported, 0 when none, so the series stay put as the state changes.
-    pub fn record_unsupported(&self, policies: &crate::policy::PolicySet) {
+    pub fn record_unsupported(&self, policies: &marrow_mesh::policy::PolicySet) {
         let counts = policies.unsupported_counts();
-        for &(kind, reason) in crate::policy::UnsupportedReason::BY_KIND {
+        for &(kind, reason) in marrow_mesh::policy::UnsupportedReason::BY_KIND {
             let labels = UnsupportedLabels {
                 kind: kind.as_str(),
                 reason: reason.as_str(),

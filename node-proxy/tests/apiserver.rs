@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node_proxy::apiserver::KubeSource;
-use node_proxy::state::{Snapshot, StateStore};
+use marrow_mesh::apiserver::KubeSource;
+use marrow_mesh::state::{Snapshot, StateStore};
 use replay_apiserver::{ApiServer, objects};
 
 /// Bound on the source reaching an expected state (not a timing assertion: it polls).
@@ -318,7 +318,7 @@ fn unsupported_policies() -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_policies_never_freeze_the_cluster_state() {
-    use node_proxy::policy::{Connection, Destination, Verdict, evaluate};
+    use marrow_mesh::policy::{Connection, Destination, Verdict, evaluate};
     let server = ApiServer::start().await;
     seed(&server);
     for object in unsupported_policies() {
@@ -386,9 +386,11 @@ async fn unsupported_policies_never_freeze_the_cluster_state() {
         name: &web.name,
         labels: &web.labels,
     };
-    let td = node_proxy::identity::TrustDomain::default();
+    let td = marrow_mesh::identity::TrustDomain::default();
     let from = |ns: &str, src: &str, port: u16| Connection {
-        source_principal: Some(node_proxy::identity::SpiffeId::new(&td, ns, "client").expect("id")),
+        source_principal: Some(
+            marrow_mesh::identity::SpiffeId::new(&td, ns, "client").expect("id"),
+        ),
         source_ip: ip(src),
         destination_ip: ip("10.244.1.10"),
         destination_port: port,

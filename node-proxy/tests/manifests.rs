@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use node_proxy::apiserver::access::NODE_PROXY_ACCESS;
+use marrow_mesh::apiserver::access::NODE_PROXY_ACCESS;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -408,12 +408,12 @@ async fn the_readiness_probe_asks_what_the_proxy_answers() {
     let path = probe.path.unwrap();
 
     // The proxy's own readiness server answers that path: 503 starting, 200 when ready.
-    let readiness = std::sync::Arc::new(node_proxy::http::Readiness::default());
-    let listener = node_proxy::http::bind("127.0.0.1:0".parse().unwrap())
+    let readiness = std::sync::Arc::new(marrow_mesh::http::Readiness::default());
+    let listener = marrow_mesh::http::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let local = listener.local_addr().unwrap();
-    let server = tokio::spawn(node_proxy::http::serve_readiness(
+    let server = tokio::spawn(marrow_mesh::http::serve_readiness(
         listener,
         readiness.clone(),
     ));

@@ -26,10 +26,10 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::reload;
 
 use crate::config::Config;
-use crate::identity::{CertificateManager, TrustDomain};
 use crate::inpod::{PodRecord, Registry};
 use crate::proxy::connections::ConnectionTable;
-use crate::state::StateStore;
+use marrow_mesh::identity::{CertificateManager, TrustDomain};
+use marrow_mesh::state::StateStore;
 
 /// One endpoint of the admin API: the one table the server routes by, the index lists and
 /// the client ([`client`]) asks.
@@ -261,7 +261,7 @@ impl Reply {
 
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, admin: Arc<AdminState>) {
-    crate::http::serve_async(listener, move |req| {
+    marrow_mesh::http::serve_async(listener, move |req| {
         let admin = admin.clone();
         async move {
             let reply = handle(&admin, req.method(), req.uri()).await;
@@ -352,7 +352,7 @@ fn logging(admin: &AdminState, method: &Method, query: &str) -> Reply {
 /// `/explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N`: the same answer as `node-proxy explain
 /// --json`, from the state in force.
 fn explain(admin: &AdminState, query: &str) -> Reply {
-    use crate::explain::{self as ex, ExplainSource};
+    use marrow_mesh::explain::{self as ex, ExplainSource};
     let Some(state) = &admin.state else {
         return Reply::error(
             StatusCode::SERVICE_UNAVAILABLE,

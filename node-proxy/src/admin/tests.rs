@@ -10,11 +10,11 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use super::client::{self, Table};
 use super::*;
-use crate::identity::{CaFiles, LocalCa, LocalCaOptions, ManagerConfig, SpiffeId};
 use crate::proxy::connections::ConnectionFacts;
 use crate::proxy::record::ConnectionRecord;
-use crate::telemetry::ConnectionLabels;
-use crate::telemetry::Reporter;
+use marrow_mesh::identity::{CaFiles, LocalCa, LocalCaOptions, ManagerConfig, SpiffeId};
+use marrow_mesh::telemetry::ConnectionLabels;
+use marrow_mesh::telemetry::Reporter;
 
 const STATE: &str = concat!(
     include_str!("../../../mesh/testdata/two-pods.yaml"),
@@ -38,7 +38,8 @@ spec: {mtls: {mode: STRICT}}
 
 fn admin() -> AdminState {
     let update =
-        crate::state::file::parse(std::path::Path::new("test.yaml"), STATE.as_bytes()).unwrap();
+        marrow_mesh::state::file::parse(std::path::Path::new("test.yaml"), STATE.as_bytes())
+            .unwrap();
     let state = Arc::new(StateStore::new());
     state.apply(update);
     AdminState {
@@ -221,7 +222,7 @@ async fn explain_answers_as_the_cli_and_names_bad_arguments() {
     )
     .await;
     let snap = admin().state.unwrap().snapshot();
-    let cli = crate::explain::explain(
+    let cli = marrow_mesh::explain::explain(
         &snap,
         &TrustDomain::default(),
         &"shop/client".parse().unwrap(),
@@ -296,7 +297,7 @@ async fn connections_list_both_ends_and_bytes() {
 async fn certificates_show_validity_and_serial() {
     let dir = tempfile::tempdir().unwrap();
     let td = TrustDomain::default();
-    crate::identity::create_ca(dir.path(), &td, Duration::from_secs(86_400)).unwrap();
+    marrow_mesh::identity::create_ca(dir.path(), &td, Duration::from_secs(86_400)).unwrap();
     let ca = LocalCa::load(
         &CaFiles::in_dir(dir.path()),
         td.clone(),
@@ -438,7 +439,8 @@ async fn unsupported_objects_are_reported_by_the_metric_and_config_dump() {
         include_str!("../../../mesh/testdata/unsupported-policies.yaml")
     );
     let update =
-        crate::state::file::parse(std::path::Path::new("test.yaml"), yaml.as_bytes()).unwrap();
+        marrow_mesh::state::file::parse(std::path::Path::new("test.yaml"), yaml.as_bytes())
+            .unwrap();
     let store = Arc::new(StateStore::new());
     let snap = store.apply(update);
 

@@ -9,13 +9,13 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::AdminState;
-use crate::identity::SpiffeId;
 use crate::inpod::PodRecord;
-use crate::objects::RawKind;
-use crate::policy::ModeSetting;
 use crate::proxy::connections::Connection;
 use crate::proxy::record::millis;
-use crate::state::Snapshot;
+use marrow_mesh::identity::SpiffeId;
+use marrow_mesh::objects::RawKind;
+use marrow_mesh::policy::ModeSetting;
+use marrow_mesh::state::Snapshot;
 
 /// `GET /workloads`.
 #[derive(Debug, Serialize)]
@@ -220,7 +220,7 @@ pub struct PeerAuthenticationView {
 /// The policies in force, with their warnings.
 pub fn policies(admin: &AdminState) -> Policies {
     let snap = snapshot(admin);
-    let default_set = crate::policy::PolicySet::default();
+    let default_set = marrow_mesh::policy::PolicySet::default();
     let set = snap.as_ref().map_or(&default_set, |s| s.policies());
     let specs: HashMap<(&str, &str), &serde_json::Value> = snap
         .iter()
@@ -511,7 +511,7 @@ pub fn connections(admin: &AdminState) -> Connections {
 pub fn config_dump(admin: &AdminState) -> serde_json::Value {
     let c = &admin.config;
     let snap = snapshot(admin);
-    let unsupported: Vec<crate::policy::UnsupportedView> = snap
+    let unsupported: Vec<marrow_mesh::policy::UnsupportedView> = snap
         .iter()
         .flat_map(|s| s.policies().unsupported())
         .map(|u| u.view())

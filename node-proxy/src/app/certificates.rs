@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::identity::{CertificateManager, CertificateStatus};
 use crate::metrics::Metrics;
+use marrow_mesh::identity::{CertificateManager, CertificateStatus};
 
 /// Keeps the per-identity certificate gauges current (every 2 s: renewals are minutes or hours
 /// apart in production, seconds apart only in tests).

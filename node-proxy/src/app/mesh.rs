@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use super::AppError;
 use crate::config::Config;
-use crate::http::Readiness;
-use crate::identity::{
-    self, CaFiles, CertificateManager, LocalCa, LocalCaOptions, ManagerConfig, TrustDomain,
-};
 use crate::metrics::Metrics;
 use crate::proxy::connections::ConnectionTable;
 use crate::proxy::mesh::Mesh;
-use crate::state::file::LocalFileSource;
-use crate::state::{SourceWatch, StateSource, StateStore};
+use marrow_mesh::http::Readiness;
+use marrow_mesh::identity::{
+    self, CaFiles, CertificateManager, LocalCa, LocalCaOptions, ManagerConfig, TrustDomain,
+};
+use marrow_mesh::state::file::LocalFileSource;
+use marrow_mesh::state::{SourceWatch, StateSource, StateStore};
 
 /// Loads the state source and the CA when configured, and keeps the state reloading; `None`
 /// without them.
@@ -170,12 +170,12 @@ fn certificate_provider(
 /// The API server as the state source (in-cluster config, or `KUBECONFIG`); its start waits
 /// until every kind has been listed once, so the data path never starts on a half-known
 /// cluster.
-async fn kube_source(config: &Config) -> Result<crate::apiserver::KubeSource, AppError> {
+async fn kube_source(config: &Config) -> Result<marrow_mesh::apiserver::KubeSource, AppError> {
     let mut kube_config = kube::Config::infer().await.map_err(AppError::KubeConfig)?;
     // The watchers retry with their own backoff and must see failures to report them.
     kube_config.default_retry = false;
     let client = kube::Client::try_from(kube_config).map_err(AppError::KubeClient)?;
-    Ok(crate::apiserver::KubeSource::new(
+    Ok(marrow_mesh::apiserver::KubeSource::new(
         client,
         config.node_name.clone(),
         &config.root_namespace,

@@ -20,17 +20,17 @@ use std::sync::Arc;
 use crate::admin::{self, LogControl};
 use crate::capture::{Capture, CaptureConfig, CaptureError};
 use crate::config::{Config, ConfigError};
-use crate::drain::Drain;
-use crate::http::{self, Readiness};
-use crate::identity::{IdentityError, SpiffeIdError, TrustDomain};
 use crate::inpod::server::{Enrollment, ServerError};
 use crate::inpod::{RecordError, RecordStore, Registry};
 use crate::metrics::Metrics;
 use crate::netns::HostNetns;
 use crate::proxy::ProxySettings;
 use crate::proxy::connections::ConnectionTable;
-use crate::state::SourceError;
 use crate::upgrade::{self, HandoffError};
+use marrow_mesh::drain::Drain;
+use marrow_mesh::http::{self, Readiness};
+use marrow_mesh::identity::{IdentityError, SpiffeIdError, TrustDomain};
+use marrow_mesh::state::SourceError;
 
 /// Why the node proxy could not start; each names the step (and setting) that failed.
 #[derive(Debug, thiserror::Error)]
@@ -233,7 +233,7 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
     tracing::info!("node proxy ready");
 
     let handed_over = tokio::select! {
-        () = crate::drain::shutdown_signal() => {
+        () = marrow_mesh::drain::shutdown_signal() => {
             successor.abort();
             false
         }
@@ -265,7 +265,7 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
             left = &mut draining => break left,
             // Kubernetes signals the old pod while it drains after a hand-over: not a reason
             // to cut connections short.
-            () = crate::drain::shutdown_signal() => tracing::info!("signal while draining; the drain goes on to its deadline"),
+            () = marrow_mesh::drain::shutdown_signal() => tracing::info!("signal while draining; the drain goes on to its deadline"),
         }
     };
     if left > 0 {

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 
 use super::{CaError, CaSettings};
-use crate::identity::SpiffeId;
-pub use crate::policy::ServiceAccount;
+use marrow_mesh::identity::SpiffeId;
+pub use marrow_mesh::policy::ServiceAccount;
 
 /// `status.user.extra` key of the pod a bound token belongs to.
 pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";

@@ -25,7 +25,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
 use super::CaError;
-use crate::identity::SpiffeId;
+use marrow_mesh::identity::SpiffeId;
 
 /// Smallest RSA modulus accepted, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
@@ -276,7 +276,7 @@ pub fn sign(
         subject: identity.to_string(),
         source,
     };
-    let mut params = crate::identity::leaf_params(identity, window).map_err(signing)?;
+    let mut params = marrow_mesh::identity::leaf_params(identity, window).map_err(signing)?;
     params.serial_number = Some(random_serial().map_err(signing)?);
     params.signed_by(csr, issuer).map_err(signing)
 }

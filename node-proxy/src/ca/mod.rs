@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 
 use crate::config::{parse, settings};
-use crate::identity::{CaFiles, DEFAULT_TRUST_DOMAIN, SpiffeId, TrustDomain};
+use marrow_mesh::identity::{CaFiles, DEFAULT_TRUST_DOMAIN, SpiffeId, TrustDomain};
 
 pub use authorize::{Grant, ServiceAccount};
 pub use server::serve;
@@ -513,11 +513,11 @@ pub async fn run(config: ServeConfig) -> Result<(), CaError> {
     let telemetry = Arc::new(CaTelemetry::default());
     let mut registry = prometheus_client::registry::Registry::default();
     telemetry.register(&mut registry);
-    let metrics = tokio::spawn(crate::http::serve_metrics(
+    let metrics = tokio::spawn(marrow_mesh::http::serve_metrics(
         bind(config.metrics_addr).await?,
         Arc::new(registry),
     ));
-    let readiness = tokio::spawn(crate::http::serve_readiness(
+    let readiness = tokio::spawn(marrow_mesh::http::serve_readiness(
         bind(config.readiness_addr).await?,
         telemetry.readiness.clone(),
     ));
@@ -530,7 +530,7 @@ pub async fn run(config: ServeConfig) -> Result<(), CaError> {
         listener,
         telemetry.clone(),
         async {
-            crate::drain::shutdown_signal().await;
+            marrow_mesh::drain::shutdown_signal().await;
             telemetry.readiness.set(false);
             tracing::info!("ca stopping");
         },

@@ -19,12 +19,12 @@ use tracing::{debug, info, warn};
 use super::authorize::{self, Grant, Seen};
 use super::signer::{self, Signer};
 use super::{CaError, CaSettings, CaTelemetry, csr};
-use crate::identity::CaFiles;
-use crate::identity::istio_ca::IMPERSONATED_IDENTITY;
-use crate::identity::istio_ca::proto::istio_certificate_service_server::{
+use marrow_mesh::identity::CaFiles;
+use marrow_mesh::identity::istio_ca::IMPERSONATED_IDENTITY;
+use marrow_mesh::identity::istio_ca::proto::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
-use crate::identity::istio_ca::proto::{IstioCertificateRequest, IstioCertificateResponse};
+use marrow_mesh::identity::istio_ca::proto::{IstioCertificateRequest, IstioCertificateResponse};
 
 /// Bound on a client's TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -21,7 +21,7 @@ use x509_parser::prelude::FromDer;
 
 use super::csr::{self, CheckedCsr};
 use super::{CaError, CaSettings};
-use crate::identity::{CaFiles, SpiffeId};
+use marrow_mesh::identity::{CaFiles, SpiffeId};
 
 /// Lifetime of the CA's own serving certificate (renewed at half-life, and with the key).
 const SERVING_VALIDITY: Duration = Duration::from_secs(30 * 24 * 60 * 60);

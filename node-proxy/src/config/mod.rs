@@ -123,10 +123,10 @@ settings! {
         ca_headers: Vec<(String, String)> = Vec::new(),
             ("ca-header", "MARROW_CA_HEADERS", parse::HEADERS),
         /// The mesh's SPIFFE trust domain.
-        trust_domain: String = crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+        trust_domain: String = marrow_mesh::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             ("trust-domain", "MARROW_TRUST_DOMAIN", parse::TEXT),
         /// Namespace whose policies apply mesh-wide (Istio's root namespace).
-        root_namespace: String = crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
+        root_namespace: String = marrow_mesh::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
             ("root-namespace", "MARROW_ROOT_NAMESPACE", parse::TEXT),
         /// This node's name (Kubernetes: spec.nodeName of this DaemonSet pod): the proxy takes
         /// identities only of pods the state places here.
@@ -142,7 +142,7 @@ settings! {
         /// HBONE TLS key exchange: prefer-post-quantum (X25519MLKEM768, then X25519, P-256,
         /// P-384) or post-quantum-only (X25519MLKEM768 alone, as ztunnel's
         /// COMPLIANCE_POLICY=pqc).
-        tls_key_exchange: crate::tls::KeyExchange = crate::tls::KeyExchange::default(),
+        tls_key_exchange: marrow_mesh::tls::KeyExchange = marrow_mesh::tls::KeyExchange::default(),
             ("tls-key-exchange", "MARROW_TLS_KEY_EXCHANGE", parse::KEY_EXCHANGE),
         /// Source ports (LO-HI) of the proxy's connections to apps that keep the client's
         /// address.
@@ -153,7 +153,7 @@ settings! {
             ("inbound-source-ports", "MARROW_INBOUND_SOURCE_PORTS", parse::PORT_RANGE),
         /// The cluster the workloads are in, as Istio names it (CLUSTER_ID): the
         /// source_cluster/destination_cluster metric labels.
-        cluster_id: String = crate::telemetry::DEFAULT_CLUSTER_ID.to_owned(),
+        cluster_id: String = marrow_mesh::telemetry::DEFAULT_CLUSTER_ID.to_owned(),
             ("cluster-id", "MARROW_CLUSTER_ID", parse::TEXT),
         /// Seconds open connections may go on after SIGTERM or a hand-over to a new proxy
         /// before they are closed; keep it below the pod's terminationGracePeriodSeconds.
@@ -206,7 +206,7 @@ impl Config {
             }
         }
         for (name, value) in &self.ca_headers {
-            if crate::identity::istio_ca::metadata(name, value).is_err() {
+            if marrow_mesh::identity::istio_ca::metadata(name, value).is_err() {
                 return Err(invalid(
                     "--ca-header",
                     format!("{name}={value}"),
@@ -322,7 +322,7 @@ impl Config {
                 "10..=600000",
             ));
         }
-        if crate::identity::TrustDomain::new(&self.trust_domain).is_err() {
+        if marrow_mesh::identity::TrustDomain::new(&self.trust_domain).is_err() {
             return Err(invalid(
                 "--trust-domain",
                 &self.trust_domain,

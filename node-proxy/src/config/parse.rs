@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::layers::{Parser, Shape};
-use crate::tls::KeyExchange;
+use marrow_mesh::tls::KeyExchange;
 
 /// The value of a one-value setting: the last text given.
 fn one<'a>(values: &[&'a str]) -> Result<&'a str, String> {

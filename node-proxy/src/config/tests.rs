@@ -168,7 +168,7 @@ fn the_certificate_source_is_one_complete_ca() {
 
 #[test]
 fn the_key_exchange_setting_takes_two_values() {
-    use crate::tls::KeyExchange;
+    use marrow_mesh::tls::KeyExchange;
     assert_eq!(
         Config::default().tls_key_exchange,
         KeyExchange::PreferPostQuantum
@@ -242,7 +242,10 @@ state-file: null
         ]
     );
     assert_eq!(c.inbound_source_ports, (20000, 40000));
-    assert_eq!(c.tls_key_exchange, crate::tls::KeyExchange::PostQuantumOnly);
+    assert_eq!(
+        c.tls_key_exchange,
+        marrow_mesh::tls::KeyExchange::PostQuantumOnly
+    );
     // A number where a name is expected is the name it spells.
     assert_eq!(c.node_name.as_deref(), Some("1234"));
     assert_eq!(c.state_file, None);

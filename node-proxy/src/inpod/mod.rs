@@ -27,8 +27,6 @@ use tokio::task::JoinHandle;
 pub use records::{PodRecord, RecordError, RecordStore};
 
 use crate::capture::Capture;
-use crate::drain::Drain;
-use crate::hbone::pool::{Pool, PoolSettings};
 use crate::metrics::Metrics;
 use crate::netns::{HostNetns, PodNetns};
 use crate::proxy::connections::ConnectionTable;
@@ -36,6 +34,8 @@ use crate::proxy::source_port::{LiveInbound, SourcePorts};
 use crate::proxy::{self, Direction, PodContext, PodMesh, ProxySettings};
 use crate::proxy::{connector::PodConnector, local_identity::LocalIdentity, mesh::Mesh};
 use crate::socket;
+use marrow_mesh::drain::Drain;
+use marrow_mesh::hbone::pool::{Pool, PoolSettings};
 
 /// A refused or failed enrollment operation: the kind the CNI plugin maps to a code, and a
 /// message naming the pod and the reason.
@@ -113,7 +113,7 @@ pub struct Registry {
     mesh: Option<Arc<Mesh>>,
     /// The live connection table every pod's data path registers in.
     connections: Arc<ConnectionTable>,
-    /// The proxy's connection tasks (see [`crate::drain`]).
+    /// The proxy's connection tasks (see [`marrow_mesh::drain`]).
     drain: Drain,
     /// Pods an ADD decided not to capture (not in the ambient mesh), so CHECK and DEL answer
     /// for them. Kept in memory only: after a restart their CHECK says "not enrolled".
@@ -555,14 +555,14 @@ impl Registry {
     }
 
     /// Upgrade, old side: the valid workload certificates held now, for the successor.
-    pub fn certificates(&self) -> Vec<crate::identity::HandedCertificate> {
+    pub fn certificates(&self) -> Vec<marrow_mesh::identity::HandedCertificate> {
         self.mesh
             .as_ref()
             .map(|mesh| {
                 mesh.certs
                     .current()
                     .iter()
-                    .map(|cert| crate::identity::HandedCertificate::of(cert))
+                    .map(|cert| marrow_mesh::identity::HandedCertificate::of(cert))
                     .collect()
             })
             .unwrap_or_default()
@@ -571,7 +571,7 @@ impl Registry {
     /// Upgrade, new side: keeps the certificates the previous proxy held, so this one needs
     /// no CA until their half-life; returns how many were taken. One that fails the checks is
     /// logged and skipped (its identity is fetched as usual).
-    pub fn adopt_certificates(&self, handed: &[crate::identity::HandedCertificate]) -> usize {
+    pub fn adopt_certificates(&self, handed: &[marrow_mesh::identity::HandedCertificate]) -> usize {
         let Some(mesh) = &self.mesh else {
             return 0;
         };
@@ -627,7 +627,7 @@ impl Registry {
     /// Stops serving every pod's listeners (shutdown or after a hand-over) without touching
     /// the capture or the records: pods stay enrolled, for this proxy's successor. Without a
     /// successor their new connections are refused (fail closed) until one starts.
-    /// Connections already accepted go on (see [`crate::drain`]).
+    /// Connections already accepted go on (see [`marrow_mesh::drain`]).
     pub async fn stop_accepting(&self) -> usize {
         let mut pods = self.pods.lock().await;
         let stopped = pods.len();

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use super::Registry;
 use crate::netns::{HostNetns, PodNetns};
 use crate::proxy::mesh::Mesh;
-use crate::state::Workload;
+use marrow_mesh::state::Workload;
 
 /// How often the reconcile looks, besides after each state change.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(10);

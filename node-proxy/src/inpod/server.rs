@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Registry;
 use crate::handoff::{Predecessor, peer_uid};
-use crate::http::Readiness;
+use marrow_mesh::http::Readiness;
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

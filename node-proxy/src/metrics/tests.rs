@@ -1,10 +1,10 @@
 //! The exposition: Istio's label names and values, and the health metrics.
 
 use super::*;
-use crate::identity::SpiffeId;
-use crate::objects::PodUid;
-use crate::state::Workload;
-use crate::telemetry::*;
+use marrow_mesh::identity::SpiffeId;
+use marrow_mesh::objects::PodUid;
+use marrow_mesh::state::Workload;
+use marrow_mesh::telemetry::*;
 
 /// Istio's standard TCP label set (istio/proxy `istio_stats.cc`, ztunnel
 /// `proxy/metrics.rs`).
@@ -47,7 +47,7 @@ fn workload(name: &str, labels: &[(&str, &str)]) -> Workload {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         workload_name: name.into(),
-        workload_type: crate::objects::WorkloadType::Deployment,
+        workload_type: marrow_mesh::objects::WorkloadType::Deployment,
         canonical_service: name.into(),
         canonical_revision: "latest".into(),
         host_network: false,
@@ -85,7 +85,7 @@ fn exposition_has_every_istio_tcp_label() {
     let cluster = metrics.cluster_id.label();
     let src = workload("client", &[("app", "client")]);
     let dst = workload("web", &[("app", "web"), ("version", "v2")]);
-    let td = crate::identity::TrustDomain::new("cluster.local").unwrap();
+    let td = marrow_mesh::identity::TrustDomain::new("cluster.local").unwrap();
     let ids = [
         SpiffeId::new(&td, "shop", "client").unwrap(),
         SpiffeId::new(&td, "shop", "web").unwrap(),
@@ -225,7 +225,7 @@ fn label_values_compare_by_text() {
 fn denials_are_counted_by_a_fixed_reason() {
     let decision = |verdict, policy: Option<&str>| Decision {
         verdict,
-        policy: policy.map(|name| crate::policy::PolicyRef {
+        policy: policy.map(|name| marrow_mesh::policy::PolicyRef {
             namespace: "shop".into(),
             name: name.into(),
         }),

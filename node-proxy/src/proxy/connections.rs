@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::policy_watch::{PolicySubject, Watched};
 use crate::metrics::{Metrics, OpenLabels};
-use crate::telemetry::{ConnectionLabels, LabelValue, PeerLabels, Reporter, Security};
+use marrow_mesh::telemetry::{ConnectionLabels, LabelValue, PeerLabels, Reporter, Security};
 
 /// What the access log and the admin API write for a value that is not known (as the metrics
 /// do).

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use marrow_common::PROXY_OUTBOUND_MARK;
 
 use super::mesh::Mesh;
-use crate::hbone::pool::{Connector, PoolKey};
-use crate::hbone::{HboneClient, HboneError, TransportFailure};
 use crate::netns::PodNetns;
 use crate::socket;
-use crate::tls;
+use marrow_mesh::hbone::pool::{Connector, PoolKey};
+use marrow_mesh::hbone::{HboneClient, HboneError, TransportFailure};
+use marrow_mesh::tls;
 
 /// Dials HBONE connections for one pod: TCP from the pod's netns (so the peer sees the pod's
 /// address) with the outbound mark, then mutual TLS as the pod's identity, then HTTP/2.

@@ -5,7 +5,7 @@
 use super::mesh::Mesh;
 
 /// Whether a pod starting on this node is captured (Istio ambient's rule, see
-/// [`crate::state::in_mesh`]).
+/// [`marrow_mesh::state::in_mesh`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CaptureDecision {
     /// In the mesh: capture it.
@@ -36,7 +36,7 @@ impl Mesh {
             if !matches!(waited, Ok(Ok(()))) {
                 let ambient = snap
                     .namespace(namespace)
-                    .is_some_and(crate::state::Namespace::ambient);
+                    .is_some_and(marrow_mesh::state::Namespace::ambient);
                 return if ambient {
                     CaptureDecision::Capture
                 } else {

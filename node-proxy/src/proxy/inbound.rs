@@ -12,12 +12,13 @@ use super::policy_watch::{self, Denial, PolicyError, PolicySubject};
 use super::record::{ConnectionRecord, Failure, Side};
 use super::relay::RelayError;
 use super::{PodContext, peers, relay, relay_until_revoked, relay_watched, upstream_failed};
-use crate::hbone::{self, HboneError, IncomingConnect, Refusal};
-use crate::identity::{IdentityError, SpiffeId};
-use crate::state::Snapshot;
-use crate::telemetry::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag};
-use crate::tls::TlsError;
-use crate::{socket, tls};
+use crate::socket;
+use marrow_mesh::hbone::{self, HboneError, IncomingConnect, Refusal};
+use marrow_mesh::identity::{IdentityError, SpiffeId};
+use marrow_mesh::state::Snapshot;
+use marrow_mesh::telemetry::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag};
+use marrow_mesh::tls;
+use marrow_mesh::tls::TlsError;
 
 /// Why an inbound connection, an HBONE connection or one of its tunnels, was refused or ended
 /// badly.
@@ -420,7 +421,7 @@ fn tunnel_labels(
     ctx: &PodContext,
     snap: &Snapshot,
     peer: SocketAddr,
-    workload: &crate::state::Workload,
+    workload: &marrow_mesh::state::Workload,
     client_id: &SpiffeId,
     server_id: &SpiffeId,
 ) -> (ConnectionLabels, bool) {

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use super::mesh::Mesh;
-use crate::identity::SpiffeId;
-use crate::state::{Snapshot, Workload};
+use marrow_mesh::identity::SpiffeId;
+use marrow_mesh::state::{Snapshot, Workload};
 
 /// The identity a local pod currently holds a certificate permission for.
 #[derive(Debug, Default)]

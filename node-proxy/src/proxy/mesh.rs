@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::identity::{CertificateManager, SpiffeId, TrustDomain};
-use crate::state::{StateStore, Workload};
-use crate::tls;
+use marrow_mesh::identity::{CertificateManager, SpiffeId, TrustDomain};
+use marrow_mesh::state::{StateStore, Workload};
+use marrow_mesh::tls;
 
 /// The mesh-wide parts of the data path; absent when the proxy runs without state and CA.
 pub struct Mesh {

@@ -33,13 +33,13 @@ use std::time::Duration;
 use marrow_wire::enrollment::PodIdentity;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::hbone::pool::Pool;
 use crate::metrics::Metrics;
 use crate::netns::PodNetns;
 use crate::socket;
-use crate::telemetry::{ConnectionLabels, ResponseFlag};
 use connections::{ConnectionFacts, ConnectionTable};
 use local_identity::LocalIdentity;
+use marrow_mesh::hbone::pool::Pool;
+use marrow_mesh::telemetry::{ConnectionLabels, ResponseFlag};
 use mesh::Mesh;
 use policy_watch::{PolicyError, Watched};
 use record::{ConnectionRecord, Failure};
@@ -85,7 +85,7 @@ pub struct PodContext {
     /// The proxy's live connection table (shared by every pod and the admin API).
     pub connections: Arc<ConnectionTable>,
     /// The proxy's connection tasks and its drain signal.
-    pub drain: crate::drain::Drain,
+    pub drain: marrow_mesh::drain::Drain,
 }
 
 /// A pod's part of the mesh.
@@ -103,7 +103,7 @@ pub struct PodMesh {
 
 /// A server configuration and the certificate it was built from.
 pub struct ServerConfigCache {
-    cert: Arc<crate::identity::WorkloadCertificate>,
+    cert: Arc<marrow_mesh::identity::WorkloadCertificate>,
     config: Arc<rustls::ServerConfig>,
 }
 
@@ -111,8 +111,8 @@ impl PodMesh {
     /// The server configuration for `cert`, from the cache when it is the same certificate.
     pub fn server_config(
         &self,
-        cert: &Arc<crate::identity::WorkloadCertificate>,
-    ) -> Result<Arc<rustls::ServerConfig>, crate::tls::TlsError> {
+        cert: &Arc<marrow_mesh::identity::WorkloadCertificate>,
+    ) -> Result<Arc<rustls::ServerConfig>, marrow_mesh::tls::TlsError> {
         let mut cached = self
             .server_config
             .lock()
@@ -120,7 +120,7 @@ impl PodMesh {
         if let Some(entry) = cached.as_ref().filter(|e| Arc::ptr_eq(&e.cert, cert)) {
             return Ok(entry.config.clone());
         }
-        let config = crate::tls::server_config(cert, self.context.key_exchange)?;
+        let config = marrow_mesh::tls::server_config(cert, self.context.key_exchange)?;
         *cached = Some(ServerConfigCache {
             cert: cert.clone(),
             config: config.clone(),
@@ -314,7 +314,7 @@ mod tests {
             source_ports: source_port::SourcePorts::new(1024..=32767, 0),
             live_inbound: source_port::LiveInbound::default(),
             mesh: None,
-            drain: crate::drain::Drain::new(),
+            drain: marrow_mesh::drain::Drain::new(),
             connections: Arc::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

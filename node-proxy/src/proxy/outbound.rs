@@ -17,12 +17,12 @@ use tracing::Instrument;
 use super::record::{ConnectionRecord, Failure, Side};
 use super::relay::RelayError;
 use super::{OriginalDst, PodContext, PodMesh, peers, relay};
-use crate::hbone::pool::PoolKey;
-use crate::hbone::{ConnectRequest, Forwarded, HboneError, TraceParent, TransportFailure};
-use crate::identity::{IdentityError, SpiffeId};
 use crate::socket;
-use crate::state::{self, Route, Snapshot};
-use crate::telemetry::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag, ServiceLabels};
+use marrow_mesh::hbone::pool::PoolKey;
+use marrow_mesh::hbone::{ConnectRequest, Forwarded, HboneError, TraceParent, TransportFailure};
+use marrow_mesh::identity::{IdentityError, SpiffeId};
+use marrow_mesh::state::{self, Route, Snapshot};
+use marrow_mesh::telemetry::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag, ServiceLabels};
 
 /// Why an outbound connection was not carried, or ended badly.
 #[derive(Debug, thiserror::Error)]

@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::hbone::Baggage;
-use crate::identity::SpiffeId;
-use crate::state::services::ServiceTarget;
-use crate::state::{Snapshot, Workload};
-use crate::telemetry::{LabelValue, PeerLabels, ServiceLabels};
+use marrow_mesh::hbone::Baggage;
+use marrow_mesh::identity::SpiffeId;
+use marrow_mesh::state::services::ServiceTarget;
+use marrow_mesh::state::{Snapshot, Workload};
+use marrow_mesh::telemetry::{LabelValue, PeerLabels, ServiceLabels};
 
 /// The `baggage` of a pod's tunnels: its workload as ztunnel describes its own
 /// (`Workload::baggage` in src/state/workload.rs, written by `baggage_header_val` in

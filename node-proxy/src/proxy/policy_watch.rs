@@ -22,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::connections::ConnectionTable;
 use super::record::{Failure, Side};
-use crate::identity::SpiffeId;
 use crate::metrics::DenialReason;
-use crate::policy;
-use crate::state::{Snapshot, StateStore, Workload};
-use crate::telemetry::ResponseFlag;
+use marrow_mesh::identity::SpiffeId;
+use marrow_mesh::policy;
+use marrow_mesh::state::{Snapshot, StateStore, Workload};
+use marrow_mesh::telemetry::ResponseFlag;
 
 /// What a policy decision about one inbound connection depends on, fixed when it was accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]

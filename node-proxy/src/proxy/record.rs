@@ -20,8 +20,8 @@ use std::sync::Arc;
 use super::connections::{ByteCounters, Connection, ConnectionFacts, ConnectionTable, UNKNOWN};
 use super::policy_watch::{PolicySubject, Watched};
 use crate::metrics::Metrics;
-use crate::policy::Verdict;
-use crate::telemetry::ResponseFlag;
+use marrow_mesh::policy::Verdict;
+use marrow_mesh::telemetry::ResponseFlag;
 
 /// The `tracing` target of access-log lines.
 pub const ACCESS_LOG_TARGET: &str = "access";

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::connections::ByteCounters;
 use super::record::{Failure, Side};
-use crate::telemetry::ResponseFlag;
+use marrow_mesh::telemetry::ResponseFlag;
 
 /// Each direction starts with a small buffer, so thousands of idle connections cost little…
 const INITIAL_BUF: usize = 2 * 1024;

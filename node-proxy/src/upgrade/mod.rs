@@ -47,10 +47,10 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::handoff::{Predecessor, peer_uid};
-use crate::identity::HandedCertificate;
 use crate::inpod::{HandedPod, PodListener, PodRecord, Registry};
 use crate::proxy::Direction;
 use channel::Channel;
+use marrow_mesh::identity::HandedCertificate;
 
 /// The hand-off socket's file name in the state directory.
 pub const HANDOFF_SOCKET: &str = "handoff.sock";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use node_proxy::identity::{CertificateManager, ManagerConfig, WorkloadCertificate};
+use marrow_mesh::identity::{CertificateManager, ManagerConfig, WorkloadCertificate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,14 +43,14 @@ async fn connect(
         tokio_rustls::client::TlsStream<TcpStream>,
         tokio::task::JoinHandle<()>,
     ),
-    node_proxy::tls::TlsError,
+    marrow_mesh::tls::TlsError,
 > {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    let server_config = node_proxy::tls::server_config(cert, Default::default())?;
+    let server_config = marrow_mesh::tls::server_config(cert, Default::default())?;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
-        let Ok(mut tls) = node_proxy::tls::accept(server_config, tcp).await else {
+        let Ok(mut tls) = marrow_mesh::tls::accept(server_config, tcp).await else {
             return;
         };
         let mut buf = [0u8; 4];
@@ -60,9 +60,9 @@ async fn connect(
             }
         }
     });
-    let client_config = node_proxy::tls::client_config(cert, id(CART), Default::default())?;
+    let client_config = marrow_mesh::tls::client_config(cert, id(CART), Default::default())?;
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let tls = node_proxy::tls::connect(client_config, addr.ip(), tcp).await?;
+    let tls = marrow_mesh::tls::connect(client_config, addr.ip(), tcp).await?;
     Ok((tls, server))
 }
 

@@ -9,7 +9,7 @@ use crate::ca::authorize::{
     plan, requested_identity,
 };
 use crate::ca::{CaError, CaSettings};
-use crate::identity::SpiffeId;
+use marrow_mesh::identity::SpiffeId;
 
 const NODE: &str = "node-a";
 const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";

@@ -13,7 +13,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::ca::CaError;
 use crate::ca::csr::{self, KeyKind};
-use crate::identity::SpiffeId;
+use marrow_mesh::identity::SpiffeId;
 
 const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 

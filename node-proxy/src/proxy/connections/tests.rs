@@ -2,8 +2,8 @@
 //! (also on abort and panic), byte counters and the gauge.
 
 use super::*;
-use crate::identity::SpiffeId;
 use crate::proxy::record::ConnectionRecord;
+use marrow_mesh::identity::SpiffeId;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// An mTLS connection from `shop/client` (the workload known) to an unknown server workload.
@@ -14,7 +14,7 @@ pub(crate) fn facts(reporter: Reporter) -> ConnectionFacts {
         name: "client-1".into(),
         service_account: None,
     };
-    let td = crate::identity::TrustDomain::default();
+    let td = marrow_mesh::identity::TrustDomain::default();
     let client = SpiffeId::new(&td, "shop", "client").unwrap();
     let server = SpiffeId::new(&td, "shop", "web").unwrap();
     let source = PeerLabels {
@@ -45,7 +45,7 @@ fn open_gauge(metrics: &Metrics, reporter: Reporter) -> i64 {
 
 #[test]
 fn labels_become_the_facts_with_unknowns_left_out() {
-    let td = crate::identity::TrustDomain::default();
+    let td = marrow_mesh::identity::TrustDomain::default();
     let client = SpiffeId::new(&td, "shop", "client").unwrap();
     let web = SpiffeId::new(&td, "shop", "web").unwrap();
     let cluster = LabelValue::fixed("Kubernetes");

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use super::*;
-use crate::hbone::Forwarded;
-use crate::objects::WorkloadType;
-use crate::state::StateStore;
-use crate::state::file::parse;
+use marrow_mesh::hbone::Forwarded;
+use marrow_mesh::objects::WorkloadType;
+use marrow_mesh::state::StateStore;
+use marrow_mesh::state::file::parse;
 
 /// Two pods and three Services: `web` (80 → 8080) and `web-admin` (9090 → 9090) both back
 /// web-0; `api` (80 → 8080) backs api-0 only.

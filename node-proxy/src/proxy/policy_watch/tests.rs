@@ -7,10 +7,10 @@ use std::time::Duration;
 use marrow_wire::enrollment::PodIdentity;
 
 use super::*;
-use crate::identity::TrustDomain;
 use crate::proxy::connections::ConnectionFacts;
 use crate::proxy::record::ConnectionRecord;
-use crate::state::file::parse;
+use marrow_mesh::identity::TrustDomain;
+use marrow_mesh::state::file::parse;
 
 const PODS: &str = include_str!("../../../../mesh/testdata/two-pods.yaml");
 
@@ -78,7 +78,7 @@ fn open(table: &Arc<ConnectionTable>, subject: PolicySubject) -> (ConnectionReco
         table,
         &Arc::default(),
         ConnectionFacts::plain(
-            crate::telemetry::Reporter::Destination,
+            marrow_mesh::telemetry::Reporter::Destination,
             &pod,
             subject.source,
             subject.destination,
@@ -132,7 +132,7 @@ fn recheck_revokes_only_the_connections_now_denied_and_only_once() {
         &table,
         &Arc::default(),
         ConnectionFacts::plain(
-            crate::telemetry::Reporter::Source,
+            marrow_mesh::telemetry::Reporter::Source,
             &PodIdentity {
                 uid: "u1".into(),
                 namespace: "shop".into(),

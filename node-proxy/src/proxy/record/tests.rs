@@ -7,7 +7,7 @@ use super::*;
 use crate::metrics::DenialReason;
 use crate::proxy::connections::tests::facts;
 use crate::proxy::policy_watch::{Denial, PolicyError};
-use crate::telemetry::Reporter;
+use marrow_mesh::telemetry::Reporter;
 
 /// A failure with a chosen flag.
 #[derive(Debug)]
