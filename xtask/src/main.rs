@@ -11,6 +11,8 @@ mod bench;
 mod build_ebpf;
 mod demo;
 mod image;
+#[cfg(test)]
+mod layout;
 mod setup;
 mod test;
 mod toolchain;
