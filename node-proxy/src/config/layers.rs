@@ -350,7 +350,7 @@ impl<C: Settings> clap::FromArgMatches for Flags<C> {
 /// Declares a program's configuration once: the struct (fields with their docs), its
 /// [`Default`] and its [`Settings`] (flag, variable and parser of each field).
 ///
-/// ```ignore
+/// ```text
 /// settings! {
 ///     /// Everything the program needs.
 ///     #[derive(Clone, Debug)]

@@ -38,6 +38,7 @@ use crate::proxy::{connector::PodConnector, local_identity::LocalIdentity, mesh:
 use crate::socket;
 use marrow_mesh::drain::Drain;
 use marrow_mesh::hbone::pool::{Pool, PoolSettings};
+use marrow_mesh::objects::PodUid;
 
 /// A refused or failed enrollment operation: the kind the CNI plugin maps to a code, and a
 /// message naming the pod and the reason.
@@ -84,7 +85,7 @@ impl Drop for EnrolledPod {
 pub struct Registry {
     host: Arc<HostNetns>,
     capture: Mutex<Capture>,
-    pods: tokio::sync::Mutex<HashMap<String, EnrolledPod>>,
+    pods: tokio::sync::Mutex<HashMap<PodUid, EnrolledPod>>,
     records: RecordStore,
     metrics: Arc<Metrics>,
     settings: ProxySettings,
@@ -162,24 +163,25 @@ impl Registry {
                 .insert(skip_key(&add.attachment), reason.clone());
             return Ok(format!("{reason}; not captured"));
         }
+        let uid = PodUid::new(add.pod.uid.as_str());
         let mut pods = self.pods.lock().await;
-        if let Some(existing) = pods.get(&add.pod.uid) {
+        if let Some(existing) = pods.get(&uid) {
             if existing.record.netns_cookie == netns.cookie() {
                 return Ok(format!("{who} already enrolled"));
             }
             // The pod's sandbox was re-created without a DEL for the old one.
             tracing::warn!(uid = %add.pod.uid, "pod re-added with a new netns; replacing the old enrollment");
-            self.remove_locked(&mut pods, &add.pod.uid);
+            self.remove_locked(&mut pods, &uid);
         }
         // An address still held by another enrolled pod means that pod is gone without a DEL.
-        let stale: Vec<String> = pods
+        let stale: Vec<PodUid> = pods
             .iter()
             .filter(|(_, p)| p.record.ips.iter().any(|ip| add.ips.contains(ip)))
             .map(|(uid, _)| uid.clone())
             .collect();
-        for uid in stale {
-            tracing::warn!(%uid, new_uid = %add.pod.uid, "address re-used by a new pod; removing the stale enrollment");
-            self.remove_locked(&mut pods, &uid);
+        for stale_uid in stale {
+            tracing::warn!(uid = %stale_uid, new_uid = %uid, "address re-used by a new pod; removing the stale enrollment");
+            self.remove_locked(&mut pods, &stale_uid);
         }
         let record = PodRecord {
             pod: add.pod,
@@ -195,7 +197,7 @@ impl Registry {
         })?;
         let detail = format!("{who} enrolled: {}", display_ips(&enrolled.record.ips));
         tracing::info!(uid = %enrolled.record.pod.uid, namespace = %enrolled.record.pod.namespace, pod = %enrolled.record.pod.name, ips = %display_ips(&enrolled.record.ips), "pod enrolled");
-        pods.insert(enrolled.record.pod.uid.clone(), enrolled);
+        pods.insert(uid, enrolled);
         self.metrics.enrolled_pods.set(pods.len() as i64);
         Ok(detail)
     }
@@ -270,7 +272,7 @@ impl Registry {
     /// CNI GC: removes every enrollment whose attachment is not in `valid`.
     pub async fn gc(&self, valid: &[Attachment]) -> String {
         let mut pods = self.pods.lock().await;
-        let stale: Vec<String> = pods
+        let stale: Vec<PodUid> = pods
             .iter()
             .filter(|(_, p)| !valid.contains(&p.record.attachment))
             .map(|(uid, _)| uid.clone())
@@ -296,7 +298,7 @@ impl Registry {
                     continue;
                 }
             };
-            let uid = record.pod.uid.clone();
+            let uid = record.uid();
             if self.pods.lock().await.contains_key(&uid) {
                 // Handed over by the previous proxy, with its listeners.
                 continue;
@@ -461,7 +463,7 @@ impl Registry {
         capture.attach_inbound(netns)
     }
 
-    fn remove_locked(&self, pods: &mut HashMap<String, EnrolledPod>, uid: &str) {
+    fn remove_locked(&self, pods: &mut HashMap<PodUid, EnrolledPod>, uid: &PodUid) {
         if let Some(pod) = pods.remove(uid) {
             self.undo_capture(&pod.record);
             if let Err(error) = self.records.remove(uid) {
@@ -503,7 +505,7 @@ impl Registry {
     }
 
     /// Whether the pod with `uid` is enrolled here.
-    pub async fn is_enrolled(&self, uid: &str) -> bool {
+    pub async fn is_enrolled(&self, uid: &PodUid) -> bool {
         self.pods.lock().await.contains_key(uid)
     }
 
@@ -591,7 +593,7 @@ fn skip_key(attachment: &Attachment) -> String {
     format!("{}/{}", attachment.container_id, attachment.ifname)
 }
 
-fn find(pods: &HashMap<String, EnrolledPod>, attachment: &Attachment) -> Option<String> {
+fn find(pods: &HashMap<PodUid, EnrolledPod>, attachment: &Attachment) -> Option<PodUid> {
     pods.iter()
         .find(|(_, p)| &p.record.attachment == attachment)
         .map(|(uid, _)| uid.clone())

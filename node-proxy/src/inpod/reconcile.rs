@@ -68,7 +68,7 @@ async fn pass(
         .cloned()
         .collect();
     for workload in wanted {
-        if registry.is_enrolled(workload.uid.as_str()).await {
+        if registry.is_enrolled(&workload.uid).await {
             continue;
         }
         let uid = workload.uid.as_str().to_owned();

@@ -10,6 +10,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use marrow_mesh::objects::PodUid;
 use marrow_wire::enrollment::{Attachment, PodIdentity};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,13 @@ pub struct PodRecord {
     pub netns_cookie: u64,
     /// Its addresses.
     pub ips: Vec<IpAddr>,
+}
+
+impl PodRecord {
+    /// The pod's uid (the wire carries it as text).
+    pub fn uid(&self) -> PodUid {
+        PodUid::new(self.pod.uid.as_str())
+    }
 }
 
 /// Errors of the record store.
@@ -68,7 +76,7 @@ impl RecordStore {
 
     /// Writes `record` atomically. The uid was validated to be a safe file name.
     pub fn save(&self, record: &PodRecord) -> Result<(), RecordError> {
-        let path = self.path_of(&record.pod.uid);
+        let path = self.path_of(&record.uid());
         let tmp = self.dir.join(format!(".{}.tmp", record.pod.uid));
         let io_err = |source| RecordError::Io {
             path: path.clone(),
@@ -83,7 +91,7 @@ impl RecordStore {
     }
 
     /// Removes the record of `uid`; a missing record is fine.
-    pub fn remove(&self, uid: &str) -> Result<(), RecordError> {
+    pub fn remove(&self, uid: &PodUid) -> Result<(), RecordError> {
         let path = self.path_of(uid);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -123,7 +131,7 @@ impl RecordStore {
         }
     }
 
-    fn path_of(&self, uid: &str) -> PathBuf {
+    fn path_of(&self, uid: &PodUid) -> PathBuf {
         self.dir.join(format!("{uid}.json"))
     }
 }
@@ -170,8 +178,8 @@ mod tests {
         let mut all: Vec<_> = store.load_all().into_iter().map(Result::unwrap).collect();
         all.sort_by(|x, y| x.pod.uid.cmp(&y.pod.uid));
         assert_eq!(all, vec![record("a"), record("b")]);
-        store.remove("a").unwrap();
-        store.remove("a").unwrap();
+        store.remove(&PodUid::new("a")).unwrap();
+        store.remove(&PodUid::new("a")).unwrap();
         assert_eq!(store.load_all().len(), 1);
     }
 

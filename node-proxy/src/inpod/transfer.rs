@@ -119,7 +119,7 @@ impl Registry {
                 format!("{who}: the handed-over netns is not the recorded one"),
             ));
         }
-        let uid = record.pod.uid.clone();
+        let uid = record.uid();
         let enrolled = self.capture_pod(record, netns, Some(listeners)).await?;
         let mut pods = self.pods.lock().await;
         pods.insert(uid, enrolled);
