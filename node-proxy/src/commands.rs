@@ -13,12 +13,9 @@ use marrow_mesh::state::StateStore;
 use marrow_mesh::state::file::LocalFileSource;
 use node_proxy::admin;
 
-/// Flags of `explain`.
+/// The connection a decision is asked for, in `explain` and `admin explain`.
 #[derive(clap::Args)]
-pub struct ExplainArgs {
-    /// The state file (Kubernetes YAML with Pods, Namespaces and Istio security policies).
-    #[arg(long)]
-    config: PathBuf,
+pub struct ConnectionArgs {
     /// The client: `ns/pod`, or `ip:A.B.C.D` for a plaintext client outside the mesh.
     #[arg(long)]
     from: String,
@@ -28,6 +25,16 @@ pub struct ExplainArgs {
     /// The destination port.
     #[arg(long)]
     port: u16,
+}
+
+/// Flags of `explain`.
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    /// The state file (Kubernetes YAML with Pods, Namespaces and Istio security policies).
+    #[arg(long)]
+    config: PathBuf,
+    #[command(flatten)]
+    connection: ConnectionArgs,
     /// Print `{"decision":..,"policy":..,"rule":..,"reason":..}`.
     #[arg(long)]
     json: bool,
@@ -47,10 +54,11 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         .load()?;
     let store = StateStore::new();
     store.apply(update);
-    let source: ExplainSource = args.from.parse()?;
-    let (ns, name) = explain::workload_ref(&args.to, "destination")?;
+    let ConnectionArgs { from, to, port } = &args.connection;
+    let source: ExplainSource = from.parse()?;
+    let (ns, name) = explain::workload_ref(to, "destination")?;
     let td = TrustDomain::new(&args.trust_domain)?;
-    let answer = explain::explain(&store.snapshot(), &td, &source, (&ns, &name), args.port)?;
+    let answer = explain::explain(&store.snapshot(), &td, &source, (&ns, &name), *port)?;
     if args.json {
         println!("{}", serde_json::to_string(&answer)?);
     } else {
@@ -110,17 +118,7 @@ pub enum AdminCommand {
         level: Option<String>,
     },
     /// The running proxy's L4 decision for a connection (as `node-proxy explain`).
-    Explain {
-        /// The client: `ns/pod`, or `ip:A.B.C.D`.
-        #[arg(long)]
-        from: String,
-        /// The server: `ns/pod`.
-        #[arg(long)]
-        to: String,
-        /// The destination port.
-        #[arg(long)]
-        port: u16,
-    },
+    Explain(ConnectionArgs),
 }
 
 /// `node-proxy admin …`: one request to the admin API, printed as a table or as its JSON.
@@ -139,7 +137,7 @@ pub fn admin(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Logging { level: Some(level) } => {
             (Endpoint::Logging, "POST", vec![("level", level)])
         }
-        AdminCommand::Explain { from, to, port } => {
+        AdminCommand::Explain(ConnectionArgs { from, to, port }) => {
             port_text = port.to_string();
             let params = vec![("from", from.as_str()), ("to", to), ("port", &port_text)];
             (Endpoint::Explain, "GET", params)
