@@ -170,7 +170,7 @@ pub enum CaCommand {
     },
     /// Serve the mesh CA over Istio's CA protocol (gRPC CreateCertificate, TLS on :15012):
     /// node proxies obtain only the identities of pods on their own node.
-    Serve(node_proxy::config::Flags<node_proxy::ca::ServeConfig>),
+    Serve(marrow_settings::Flags<marrow_ca::ServeConfig>),
 }
 
 /// `node-proxy cni …`.

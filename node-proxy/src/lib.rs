@@ -8,11 +8,11 @@
 //! [`proxy`] is the data path (outbound, inbound, the relay, one record per connection);
 //! [`upgrade`] and [`handoff`] hand the enrolled pods to a new proxy; [`metrics`] and [`admin`]
 //! are what operators scrape and ask; [`cni_install`] chains redirect-cni into the node's CNI
-//! config. [`ca`] is a second program in the same binary: `node-proxy ca serve`, the mesh CA.
+//! config. The binary also runs a second program, `node-proxy ca serve`
+//! (the mesh CA, crate `marrow-ca`).
 
 pub mod admin;
 pub mod app;
-pub mod ca;
 pub mod capture;
 pub mod cni_install;
 pub mod config;

@@ -1,6 +1,6 @@
 //! The `node-proxy` command: which programs and commands exist. Each arm hands its parsed
 //! flags to the program's entry — the node proxy ([`node_proxy::app::run`]), the mesh CA
-//! ([`node_proxy::ca::run`]) — or to a one-shot command ([`commands`]).
+//! ([`marrow_ca::run`]) — or to a one-shot command ([`commands`]).
 
 mod commands;
 
@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use commands::{AdminArgs, CaCommand, CniCommand, ExplainArgs};
-use node_proxy::config::{Config, Flags, ProcessEnv};
+use marrow_settings::{Flags, ProcessEnv};
+use node_proxy::config::Config;
 
 #[derive(Parser)]
 #[command(name = "node-proxy", version, about = "marrow's per-node proxy")]
@@ -68,7 +69,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("building the runtime")?;
-            runtime.block_on(node_proxy::ca::run(config))?;
+            runtime.block_on(marrow_ca::run(config))?;
             Ok(())
         }
         Command::Cleanup { bpffs_dir } => commands::cleanup(&bpffs_dir),

@@ -1,11 +1,9 @@
 //! The node proxy's configuration (`node-proxy run`): each setting declared once below, with
 //! its default, flag, `MARROW_*` variable and parser; read from the defaults, then a YAML
 //! file (`--config-file`, `MARROW_CONFIG_FILE`), then the environment, then the flags
-//! ([`layers`]); then [`Config::validate`]d, with errors naming the setting, the value and what
+//! ([`marrow_settings`]); then [`Config::validate`]d, with errors naming the setting, the value and what
 //! is expected.
 
-pub mod layers;
-pub mod parse;
 #[cfg(test)]
 mod tests;
 
@@ -13,45 +11,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub(crate) use layers::settings;
-pub use layers::{Env, Flags, Origin, ProcessEnv, Settings};
-pub use parse::{parse_header, parse_key_exchange, parse_port_range};
+use marrow_mesh::tls::KeyExchange;
+use marrow_settings::{Parser, SettingsError, Shape, parse, settings};
 
-/// Errors of reading and validating a configuration, and of cgroup discovery.
+/// Errors of reading and validating the configuration, and of cgroup discovery.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A setting has a value that cannot work.
-    #[error("setting {setting} = {value:?}: {expected}")]
-    Invalid {
-        /// Setting name (the flag).
-        setting: &'static str,
-        /// The offending value.
-        value: String,
-        /// What is expected.
-        expected: &'static str,
-    },
-    /// A layer gave a setting text that is no value of it.
-    #[error("setting {setting} = {value:?} {origin}: expected {expected} ({reason})")]
-    Layer {
-        /// The setting (its flag).
-        setting: String,
-        /// The text given.
-        value: String,
-        /// Where it was given.
-        origin: Origin,
-        /// What a good value looks like.
-        expected: &'static str,
-        /// What the parser said.
-        reason: String,
-    },
-    /// The configuration file cannot be read, or is not a map of settings.
-    #[error("configuration file {path}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    /// A setting is missing, malformed or cannot work (named with its layer and value).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// No cgroup2 mount was found and none was configured.
     #[error("no cgroup2 mount in /proc/self/mountinfo; pass --cgroup")]
     NoCgroup2,
@@ -143,7 +111,7 @@ settings! {
         /// P-384) or post-quantum-only (X25519MLKEM768 alone, as ztunnel's
         /// COMPLIANCE_POLICY=pqc).
         tls_key_exchange: marrow_mesh::tls::KeyExchange = marrow_mesh::tls::KeyExchange::default(),
-            ("tls-key-exchange", "MARROW_TLS_KEY_EXCHANGE", parse::KEY_EXCHANGE),
+            ("tls-key-exchange", "MARROW_TLS_KEY_EXCHANGE", KEY_EXCHANGE),
         /// Source ports (LO-HI) of the proxy's connections to apps that keep the client's
         /// address.
         inbound_source_ports: (u16, u16) = (
@@ -398,11 +366,7 @@ fn invalid(
     value: impl std::fmt::Display,
     expected: &'static str,
 ) -> ConfigError {
-    ConfigError::Invalid {
-        setting,
-        value: value.to_string(),
-        expected,
-    }
+    ConfigError::Settings(marrow_settings::invalid(setting, value, expected))
 }
 
 /// The first cgroup2 mount point in a mountinfo text (hybrid hosts mount it at
@@ -413,4 +377,21 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
         let fstype = right.split_whitespace().next()?;
         (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
     })
+}
+
+/// HBONE's TLS key exchange.
+pub const KEY_EXCHANGE: Parser<KeyExchange> = Parser {
+    shape: Shape::Value,
+    value_name: "POLICY",
+    expected: "prefer-post-quantum or post-quantum-only",
+    parse: |v| parse_key_exchange(parse::one(v)?),
+    show: |k| Some(k.as_str().to_owned()),
+};
+
+/// Parses `--tls-key-exchange`: `prefer-post-quantum` or `post-quantum-only`.
+///
+/// # Errors
+/// Any other text.
+pub fn parse_key_exchange(text: &str) -> Result<KeyExchange, String> {
+    text.trim().parse()
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::*;
+use marrow_settings::{CONFIG_FILE_ENV, Flags};
 
 /// `node-proxy run`'s flags, as main parses them.
 #[derive(clap::Parser)]
@@ -24,10 +25,10 @@ fn load(file: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Result<Confi
     let path_text = path.display().to_string();
     if let Some(text) = file {
         std::fs::write(&path, text).unwrap();
-        env.insert(layers::CONFIG_FILE_ENV, &path_text);
+        env.insert(CONFIG_FILE_ENV, &path_text);
     }
     let cli = Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).unwrap();
-    cli.flags.load(&env)
+    Ok(cli.flags.load(&env)?)
 }
 
 #[test]
@@ -293,7 +294,7 @@ fn the_config_file_comes_from_the_flag_before_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flag.yaml");
     std::fs::write(&path, "worker-threads: 5\n").unwrap();
-    let env = BTreeMap::from([(layers::CONFIG_FILE_ENV, "/nonexistent/marrow.yaml")]);
+    let env = BTreeMap::from([(CONFIG_FILE_ENV, "/nonexistent/marrow.yaml")]);
     let cli = Cli::try_parse_from(["run", "--config-file", path.to_str().unwrap()]).unwrap();
     assert_eq!(cli.flags.load(&env).unwrap().worker_threads, 5);
     let missing = Cli::try_parse_from(["run"]).unwrap().flags.load(&env);

@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::layers::{Parser, Shape};
-use marrow_mesh::tls::KeyExchange;
+use crate::{Parser, Shape};
 
 /// The value of a one-value setting: the last text given.
-fn one<'a>(values: &[&'a str]) -> Result<&'a str, String> {
+///
+/// # Errors
+/// When no text was given.
+pub fn one<'a>(values: &[&'a str]) -> Result<&'a str, String> {
     values
         .last()
         .copied()
@@ -144,15 +146,6 @@ pub const PORT_RANGE: Parser<(u16, u16)> = Parser {
     show: |(lo, hi)| Some(format!("{lo}-{hi}")),
 };
 
-/// HBONE's TLS key exchange.
-pub const KEY_EXCHANGE: Parser<KeyExchange> = Parser {
-    shape: Shape::Value,
-    value_name: "POLICY",
-    expected: "prefer-post-quantum or post-quantum-only",
-    parse: |v| parse_key_exchange(one(v)?),
-    show: |k| Some(k.as_str().to_owned()),
-};
-
 /// Extra headers `NAME=VALUE`, comma-separated or repeated.
 pub const HEADERS: Parser<Vec<(String, String)>> = Parser {
     shape: Shape::List,
@@ -171,14 +164,6 @@ pub fn parse_header(text: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
     Ok((name.trim().to_owned(), value.trim().to_owned()))
-}
-
-/// Parses `--tls-key-exchange`: `prefer-post-quantum` or `post-quantum-only`.
-///
-/// # Errors
-/// Any other text.
-pub fn parse_key_exchange(text: &str) -> Result<KeyExchange, String> {
-    text.trim().parse()
 }
 
 /// Parses a port range `LO-HI`.

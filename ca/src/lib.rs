@@ -32,8 +32,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::Code;
 
-use crate::config::{parse, settings};
 use marrow_mesh::identity::{CaFiles, DEFAULT_TRUST_DOMAIN, SpiffeId, TrustDomain};
+use marrow_settings::{parse, settings};
 
 pub use authorize::{Grant, ServiceAccount};
 pub use server::serve;
@@ -56,7 +56,7 @@ fn split(list: &str) -> Vec<String> {
 
 settings! {
     /// Everything `node-proxy ca serve` needs, read as the node proxy's configuration is
-    /// (defaults, `--config-file`, `MARROW_*`, flags; see [`crate::config::layers`]).
+    /// (defaults, `--config-file`, `MARROW_*`, flags; see [`marrow_settings`]).
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct ServeConfig {
         /// Address to serve gRPC over TLS on.

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use marrow_ca::{self as ca, CaSettings, CaTelemetry};
 use marrow_mesh::identity::istio_ca::IMPERSONATED_IDENTITY;
 use marrow_mesh::identity::istio_ca::proto::IstioCertificateRequest;
 use marrow_mesh::identity::istio_ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
@@ -23,7 +24,6 @@ use marrow_mesh::identity::{
     CaFiles, CertificateProvider, IstioCa, IstioCaConfig, Roots, SpiffeId, TrustBundle,
     TrustDomain, create_ca,
 };
-use node_proxy::ca::{self, CaSettings, CaTelemetry};
 use rcgen::{
     BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
     SanType, SignatureAlgorithm,

@@ -4,11 +4,11 @@ use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
-use crate::ca::authorize::{
+use crate::authorize::{
     Caller, Grant, Plan, PodBinding, ServiceAccount, authenticate, caller_node, check_on_node,
     plan, requested_identity,
 };
-use crate::ca::{CaError, CaSettings};
+use crate::{CaError, CaSettings};
 use marrow_mesh::identity::SpiffeId;
 
 const NODE: &str = "node-a";

@@ -11,20 +11,20 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::ca::CaError;
-use crate::ca::csr::{self, KeyKind};
+use crate::CaError;
+use crate::csr::{self, KeyKind};
 use marrow_mesh::identity::SpiffeId;
 
 const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 
 /// `openssl req -new -newkey rsa:1024 -addext subjectAltName=URI:<CART>`.
-const RSA_1024_CSR: &str = include_str!("../../../tests/fixtures/rsa-1024.csr");
+const RSA_1024_CSR: &str = include_str!("../../tests/fixtures/rsa-1024.csr");
 
 /// `openssl req -new -newkey rsa:2048 -addext subjectAltName=URI:<CART>`.
-const RSA_2048_CSR: &str = include_str!("../../../tests/fixtures/rsa-2048.csr");
+const RSA_2048_CSR: &str = include_str!("../../tests/fixtures/rsa-2048.csr");
 
 /// `openssl req -new` with a secp256k1 key and SAN URI:<CART>.
-const SECP256K1_CSR: &str = include_str!("../../../tests/fixtures/secp256k1.csr");
+const SECP256K1_CSR: &str = include_str!("../../tests/fixtures/secp256k1.csr");
 
 fn cart() -> SpiffeId {
     SpiffeId::parse(CART).unwrap()
@@ -151,7 +151,7 @@ fn tamper(pem: &str, change: impl FnOnce(&mut Vec<u8>)) -> String {
         .as_ref()
         .to_vec();
     change(&mut der);
-    crate::ca::signer::pem("CERTIFICATE REQUEST", &der)
+    crate::signer::pem("CERTIFICATE REQUEST", &der)
 }
 
 fn self_signed_pem() -> String {
@@ -288,7 +288,7 @@ fn pem_round_trips() {
     use rustls::pki_types::pem::PemObject;
     for len in [0usize, 1, 2, 3, 47, 48, 49, 100] {
         let der: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
-        let text = crate::ca::signer::pem("CERTIFICATE", &der);
+        let text = crate::signer::pem("CERTIFICATE", &der);
         if len == 0 {
             continue;
         }

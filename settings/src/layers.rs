@@ -1,7 +1,7 @@
 //! The layers a program's configuration is read from, lowest first: its defaults, a YAML file
 //! (`--config-file`, `MARROW_CONFIG_FILE`), the environment (`MARROW_*`), the flags.
 //!
-//! A program declares each setting once, with [`settings!`](crate::config::settings): its
+//! A program declares each setting once, with [`settings!`](crate::settings): its
 //! field, doc, default, flag name (also its key in the file), environment variable and
 //! [`Parser`]. Every layer hands the setting's text to the same parser, so a value means the
 //! same wherever it is written, and a bad one is named with its layer. The environment is read
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches};
 
-use super::ConfigError;
+use crate::SettingsError;
 
 /// The variable naming the configuration file, when `--config-file` is not given.
 pub const CONFIG_FILE_ENV: &str = "MARROW_CONFIG_FILE";
@@ -74,7 +74,7 @@ impl Setting {
 }
 
 /// A program's configuration: its settings, declared with
-/// [`settings!`](crate::config::settings).
+/// [`settings!`](crate::settings).
 pub trait Settings: Default + 'static {
     /// Every setting, in the order `--help` lists them.
     const SETTINGS: &'static [Setting];
@@ -154,7 +154,7 @@ impl<C: Settings> Flags<C> {
     /// # Errors
     /// When the file cannot be read or holds no setting map, or a value does not parse; the
     /// error names the setting, the value, its layer and what is expected.
-    pub fn load(&self, env: &dyn Env) -> Result<C, ConfigError> {
+    pub fn load(&self, env: &dyn Env) -> Result<C, SettingsError> {
         let mut config = C::default();
         let file = self
             .config_file
@@ -189,11 +189,11 @@ fn apply<C: Settings>(
     setting: &Setting,
     values: &[String],
     origin: Origin,
-) -> Result<(), ConfigError> {
+) -> Result<(), SettingsError> {
     let texts: Vec<&str> = values.iter().map(String::as_str).collect();
     config
         .set(setting.name, &texts)
-        .map_err(|reason| ConfigError::Layer {
+        .map_err(|reason| SettingsError::Layer {
             setting: setting.flag(),
             value: values.join(","),
             origin,
@@ -207,8 +207,8 @@ fn apply<C: Settings>(
 fn read_file(
     path: &std::path::Path,
     settings: &'static [Setting],
-) -> Result<Vec<(&'static Setting, Vec<String>)>, ConfigError> {
-    let file = |reason: String| ConfigError::File {
+) -> Result<Vec<(&'static Setting, Vec<String>)>, SettingsError> {
+    let file = |reason: String| SettingsError::File {
         path: path.to_path_buf(),
         reason,
     };
@@ -361,6 +361,7 @@ impl<C: Settings> clap::FromArgMatches for Flags<C> {
 ///     }
 /// }
 /// ```
+#[macro_export]
 macro_rules! settings {
     (
         $(#[$meta:meta])*
@@ -383,9 +384,9 @@ macro_rules! settings {
             }
         }
 
-        impl $crate::config::layers::Settings for $name {
-            const SETTINGS: &'static [$crate::config::layers::Setting] = &[
-                $( $crate::config::layers::Setting {
+        impl $crate::Settings for $name {
+            const SETTINGS: &'static [$crate::Setting] = &[
+                $( $crate::Setting {
                     name: $flag,
                     env: $env,
                     doc: &[$($doc),*],
@@ -412,5 +413,3 @@ macro_rules! settings {
         }
     };
 }
-
-pub(crate) use settings;

@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use marrow_ca::{self as ca, CaSettings, CaTelemetry};
 use marrow_mesh::identity::istio_ca::IMPERSONATED_IDENTITY;
 use marrow_mesh::identity::istio_ca::proto::IstioCertificateRequest;
 use marrow_mesh::identity::istio_ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
 use marrow_mesh::identity::{TrustDomain, create_ca};
-use node_proxy::ca::{self, CaSettings, CaTelemetry};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use replay_apiserver::{ApiServer, objects};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};

@@ -6,7 +6,7 @@ mod csr;
 use clap::Parser;
 
 use super::{CaSettings, ServeConfig};
-use crate::config::Flags;
+use marrow_settings::Flags;
 
 #[derive(Parser)]
 struct Cli {
