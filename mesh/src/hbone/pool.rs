@@ -3,7 +3,9 @@
 //! every pooled connection is at its stream limit; connections idle longer than the timeout
 //! are closed.
 //!
-//! The pool knows nothing of TLS or namespaces: a [`Connector`] makes connections.
+//! The pool knows nothing of TLS or namespaces: a [`Connector`] makes connections, with the
+//! [`Connector::Credential`] the caller already holds (the node proxy's: the source workload's
+//! certificate, looked up once per connection), handed through untouched.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,10 +40,16 @@ pub struct PoolKey {
 
 /// Makes a new HBONE connection for a key (TCP from the source pod, TLS, HTTP/2 handshake).
 pub trait Connector: Send + Sync + 'static {
-    /// Connects.
+    /// What a tunnel's caller already holds and a new connection needs (a workload
+    /// certificate), so the connector need not look it up again; it must match the key's
+    /// source (and `certificate_epoch`).
+    type Credential: Send + Sync;
+
+    /// Connects for `key` with `credential`.
     fn connect(
         &self,
         key: &PoolKey,
+        credential: &Self::Credential,
     ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>>;
 }
 
@@ -80,9 +88,9 @@ impl Pooled {
     }
 }
 
-/// The pool.
-pub struct Pool {
-    connector: Arc<dyn Connector>,
+/// The pool, over one kind of connector.
+pub struct Pool<C: Connector> {
+    connector: Arc<C>,
     settings: PoolSettings,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<Pooled>>>>,
     /// Serialises connection set-up per key, so a burst opens one connection, not one per
@@ -90,9 +98,9 @@ pub struct Pool {
     dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl Pool {
+impl<C: Connector> Pool<C> {
     /// A pool over `connector`; call [`Pool::run_reaper`] to close idle connections.
-    pub fn new(connector: Arc<dyn Connector>, settings: PoolSettings) -> Arc<Self> {
+    pub fn new(connector: Arc<C>, settings: PoolSettings) -> Arc<Self> {
         Arc::new(Self {
             connector,
             settings,
@@ -101,17 +109,19 @@ impl Pool {
         })
     }
 
-    /// Opens a tunnel for `key`, on a pooled connection with room or on a new one.
+    /// Opens a tunnel for `key`, on a pooled connection with room or on a new one (made with
+    /// `credential`).
     pub async fn tunnel(
         &self,
         key: &PoolKey,
+        credential: &C::Credential,
         request: &ConnectRequest,
     ) -> Result<PooledStream, HboneError> {
         let mut retried = false;
         loop {
             let conn = match self.checkout(key) {
                 Some(conn) => conn,
-                None => self.dial(key).await?,
+                None => self.dial(key, credential).await?,
             };
             let guard = StreamGuard { conn: conn.clone() };
             match conn.client.connect(request).await {
@@ -148,7 +158,11 @@ impl Pool {
         Some(conn)
     }
 
-    async fn dial(&self, key: &PoolKey) -> Result<Arc<Pooled>, HboneError> {
+    async fn dial(
+        &self,
+        key: &PoolKey,
+        credential: &C::Credential,
+    ) -> Result<Arc<Pooled>, HboneError> {
         let gate = {
             let mut dialing = self
                 .dialing
@@ -161,7 +175,7 @@ impl Pool {
         if let Some(conn) = self.checkout(key) {
             return Ok(conn);
         }
-        let client = self.connector.connect(key).await?;
+        let client = self.connector.connect(key, credential).await?;
         let conn = Arc::new(Pooled {
             client,
             retired: AtomicBool::new(false),
@@ -284,19 +298,26 @@ mod tests {
 
     const TEST_HANDSHAKE: Duration = Duration::from_secs(5);
 
-    /// Plain-TCP connector to one server, counting dials.
+    /// Plain-TCP connector to one server, counting dials; its credential is a number, the
+    /// last one it dialled with kept.
     struct Counting {
         addr: SocketAddr,
         dials: AtomicUsize,
+        credential: AtomicUsize,
     }
 
     impl Connector for Counting {
+        type Credential = usize;
+
         fn connect(
             &self,
             _key: &PoolKey,
+            credential: &usize,
         ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
+            let credential = *credential;
             Box::pin(async move {
                 self.dials.fetch_add(1, Ordering::SeqCst);
+                self.credential.store(credential, Ordering::SeqCst);
                 let io = TcpStream::connect(self.addr).await.map_err(|source| {
                     HboneError::Transport {
                         failure: crate::hbone::TransportFailure::Connect,
@@ -378,11 +399,12 @@ mod tests {
         }
     }
 
-    async fn pool(settings: PoolSettings) -> (Arc<Pool>, Arc<Counting>) {
+    async fn pool(settings: PoolSettings) -> (Arc<Pool<Counting>>, Arc<Counting>) {
         let (addr, _) = echo_server().await;
         let connector = Arc::new(Counting {
             addr,
             dials: AtomicUsize::new(0),
+            credential: AtomicUsize::new(0),
         });
         (Pool::new(connector.clone(), settings), connector)
     }
@@ -400,15 +422,16 @@ mod tests {
         let connector = Arc::new(Counting {
             addr,
             dials: AtomicUsize::new(0),
+            credential: AtomicUsize::new(0),
         });
         let pool = Pool::new(connector.clone(), PoolSettings::default());
-        let mut long_lived = pool.tunnel(&key("a"), &req()).await.unwrap();
+        let mut long_lived = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
         ping(&mut long_lived).await;
         drain.cancel();
         // Round trips on the open stream: the GOAWAY, sent before the echoes, has arrived.
         ping(&mut long_lived).await;
         ping(&mut long_lived).await;
-        let mut fresh = pool.tunnel(&key("a"), &req()).await.unwrap();
+        let mut fresh = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
         ping(&mut fresh).await;
         assert_eq!(
             connector.dials.load(Ordering::SeqCst),
@@ -416,7 +439,7 @@ mod tests {
             "the new stream went to a new connection"
         );
         ping(&mut long_lived).await;
-        let mut again = pool.tunnel(&key("a"), &req()).await.unwrap();
+        let mut again = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
         ping(&mut again).await;
         assert_eq!(
             connector.dials.load(Ordering::SeqCst),
@@ -429,7 +452,7 @@ mod tests {
     async fn sequential_tunnels_reuse_one_connection() {
         let (pool, connector) = pool(PoolSettings::default()).await;
         for _ in 0..5 {
-            let mut t = pool.tunnel(&key("a"), &req()).await.unwrap();
+            let mut t = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
             ping(&mut t).await;
         }
         assert_eq!(connector.dials.load(Ordering::SeqCst), 1);
@@ -445,7 +468,7 @@ mod tests {
         .await;
         let mut held = Vec::new();
         for _ in 0..5 {
-            let mut t = pool.tunnel(&key("a"), &req()).await.unwrap();
+            let mut t = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
             ping(&mut t).await;
             held.push(t);
         }
@@ -455,7 +478,7 @@ mod tests {
             "2 + 2 + 1 streams"
         );
         drop(held);
-        let mut t = pool.tunnel(&key("a"), &req()).await.unwrap();
+        let mut t = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
         ping(&mut t).await;
         assert_eq!(
             connector.dials.load(Ordering::SeqCst),
@@ -465,10 +488,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_callers_credential_makes_a_new_connection_only() {
+        let (pool, connector) = pool(PoolSettings::default()).await;
+        let mut first = pool.tunnel(&key("a"), &7, &req()).await.unwrap();
+        ping(&mut first).await;
+        assert_eq!(connector.credential.load(Ordering::SeqCst), 7);
+        // A pooled connection is reused as is: the next caller's credential is not used.
+        let mut second = pool.tunnel(&key("a"), &8, &req()).await.unwrap();
+        ping(&mut second).await;
+        assert_eq!(connector.dials.load(Ordering::SeqCst), 1);
+        assert_eq!(connector.credential.load(Ordering::SeqCst), 7);
+        let mut other = pool.tunnel(&key("b"), &9, &req()).await.unwrap();
+        ping(&mut other).await;
+        assert_eq!(connector.credential.load(Ordering::SeqCst), 9);
+    }
+
+    #[tokio::test]
     async fn sources_do_not_share_connections() {
         let (pool, connector) = pool(PoolSettings::default()).await;
-        let mut a = pool.tunnel(&key("a"), &req()).await.unwrap();
-        let mut b = pool.tunnel(&key("b"), &req()).await.unwrap();
+        let mut a = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
+        let mut b = pool.tunnel(&key("b"), &1, &req()).await.unwrap();
         ping(&mut a).await;
         ping(&mut b).await;
         assert_eq!(connector.dials.load(Ordering::SeqCst), 2);
@@ -481,7 +520,7 @@ mod tests {
             .map(|_| {
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    let mut t = pool.tunnel(&key("a"), &req()).await.unwrap();
+                    let mut t = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
                     ping(&mut t).await;
                 })
             })
@@ -499,9 +538,9 @@ mod tests {
             ..PoolSettings::default()
         };
         let (pool, _) = pool(settings).await;
-        let mut busy = pool.tunnel(&key("busy"), &req()).await.unwrap();
+        let mut busy = pool.tunnel(&key("busy"), &1, &req()).await.unwrap();
         ping(&mut busy).await;
-        drop(pool.tunnel(&key("idle"), &req()).await.unwrap());
+        drop(pool.tunnel(&key("idle"), &1, &req()).await.unwrap());
         assert_eq!(pool.connections(), 2);
         pool.reap(Instant::now() + Duration::from_secs(31));
         assert_eq!(pool.connections(), 1, "only the idle one went");

@@ -9,6 +9,8 @@
 
 mod flags;
 mod labels;
+#[cfg(test)]
+mod tests;
 
 pub use flags::ResponseFlag;
 pub use labels::{

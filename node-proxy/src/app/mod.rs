@@ -21,7 +21,7 @@ use crate::admin::{self, LogControl};
 use crate::capture::{Capture, CaptureConfig, CaptureError};
 use crate::config::{Config, ConfigError};
 use crate::inpod::server::{Enrollment, ServerError};
-use crate::inpod::{RecordError, RecordStore, Registry};
+use crate::inpod::{ProxyParts, RecordError, RecordStore, Registry};
 use crate::metrics::Metrics;
 use crate::netns::HostNetns;
 use crate::proxy::ProxySettings;
@@ -177,19 +177,17 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
     let drain = Drain::new();
     let reconcile_host = host.clone();
     let mesh_for_reconcile = mesh.clone();
-    let registry = Arc::new(Registry::new(
-        host,
-        capture,
-        records,
+    let parts = ProxyParts {
         metrics,
-        ProxySettings {
+        settings: ProxySettings {
             connect_timeout: config.connect_timeout,
             inbound_source_ports: config.inbound_source_ports,
         },
         mesh,
         connections,
-        drain.clone(),
-    ));
+        drain: drain.clone(),
+    };
+    let registry = Arc::new(Registry::new(host, capture, records, parts));
     admin.enrolled = Some(registry.clone());
     let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     let (server, predecessor) = takeover::take_over_or_bind(&config, &registry).await?;

@@ -81,6 +81,21 @@ impl Drop for EnrolledPod {
     }
 }
 
+/// The proxy-wide parts every enrolled pod's data path shares, built once by the composition
+/// root and handed to the [`Registry`].
+pub struct ProxyParts {
+    /// The proxy's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Connection settings every pod uses.
+    pub settings: ProxySettings,
+    /// The mesh context; `None` in plain mode (everything passes through).
+    pub mesh: Option<Arc<Mesh>>,
+    /// The live connection table every pod's data path registers in.
+    pub connections: Arc<ConnectionTable>,
+    /// The proxy's connection tasks (see [`marrow_mesh::drain`]).
+    pub drain: Drain,
+}
+
 /// The enrolled pods of this node.
 pub struct Registry {
     host: Arc<HostNetns>,
@@ -100,21 +115,21 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry over a loaded capture and a record store.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "each proxy-wide part the pods share, passed once by the composition root"
-    )]
+    /// A registry over a loaded capture and a record store, serving its pods with `parts`;
+    /// `host` is the proxy's own netns.
     pub fn new(
         host: Arc<HostNetns>,
         capture: Capture,
         records: RecordStore,
-        metrics: Arc<Metrics>,
-        settings: ProxySettings,
-        mesh: Option<Arc<Mesh>>,
-        connections: Arc<ConnectionTable>,
-        drain: Drain,
+        parts: ProxyParts,
     ) -> Self {
+        let ProxyParts {
+            metrics,
+            settings,
+            mesh,
+            connections,
+            drain,
+        } = parts;
         Self {
             connections,
             drain,

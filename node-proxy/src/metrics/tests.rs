@@ -1,4 +1,5 @@
-//! The exposition: Istio's label names and values, and the health metrics.
+//! The exposition: Istio's label names and values, and the health metrics. How each label
+//! value is derived is tested in `marrow_mesh::telemetry`.
 
 use super::*;
 use marrow_mesh::identity::SpiffeId;
@@ -160,65 +161,6 @@ fn unknown_peers_are_unknown_everywhere() {
         };
         assert_eq!(value, want, "{name}");
     }
-}
-
-#[test]
-fn app_and_version_prefer_the_kubernetes_labels_then_the_bare_ones() {
-    let cluster = LabelValue::fixed("east");
-    let qualified = workload(
-        "web",
-        &[
-            ("app", "bare"),
-            ("app.kubernetes.io/name", "qualified"),
-            ("version", "v1"),
-            ("app.kubernetes.io/version", "1.2.3"),
-        ],
-    );
-    let peer = PeerLabels::of(&qualified, &cluster);
-    assert_eq!(
-        (peer.app.as_str(), peer.version.as_str()),
-        ("qualified", "1.2.3")
-    );
-    let bare = PeerLabels::of(
-        &workload("web", &[("app", "bare"), ("version", "v1")]),
-        &cluster,
-    );
-    assert_eq!((bare.app.as_str(), bare.version.as_str()), ("bare", "v1"));
-    let none = PeerLabels::of(&workload("web", &[]), &cluster);
-    assert_eq!(
-        (none.app.as_str(), none.version.as_str()),
-        ("unknown", "unknown")
-    );
-    assert_eq!(
-        none.workload.as_str(),
-        "web",
-        "the owner's name, not the pod's"
-    );
-    assert_eq!(none.cluster.as_str(), "east");
-}
-
-#[test]
-fn an_enrolled_pod_without_state_is_its_own_canonical_service() {
-    let peer = PeerLabels::pod("client", "shop", &LabelValue::fixed("east"));
-    assert_eq!(peer.workload.as_str(), "client");
-    assert_eq!(peer.canonical_service.as_str(), "client");
-    assert_eq!(peer.canonical_revision.as_str(), "latest");
-    assert_eq!(peer.app, LabelValue::UNKNOWN);
-}
-
-#[test]
-fn label_values_compare_by_text() {
-    assert_eq!(LabelValue::new("unknown"), LabelValue::UNKNOWN);
-    let labels = ConnectionLabels::unknown(Reporter::Source);
-    let mut shared = labels.clone();
-    shared.destination_principal = LabelValue::new("unknown");
-    let family: Family<ConnectionLabels, Counter> = Family::default();
-    family.get_or_create(&labels).inc();
-    family.get_or_create(&shared).inc();
-    assert_eq!(family.get_or_create(&labels).get(), 2, "one series");
-    let unknown_peer = ConnectionLabels::between(Reporter::Source, Some(PeerLabels::UNKNOWN), None);
-    family.get_or_create(&unknown_peer).inc();
-    assert_eq!(family.get_or_create(&labels).get(), 3, "still one series");
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! The HBONE dialer of one pod, handed to its connection pool: TCP from the pod's netns, mutual
-//! TLS as the pod's identity, then HTTP/2; each step's failure named and counted.
+//! TLS as the pod's identity, then HTTP/2; each step's failure named and counted. The pod's
+//! certificate comes from the outbound connection that needs the tunnel (it looked it up once,
+//! its expiry picks the pooled connection), so a new connection asks the manager nothing.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +14,7 @@ use crate::netns::PodNetns;
 use crate::socket;
 use marrow_mesh::hbone::pool::{Connector, PoolKey};
 use marrow_mesh::hbone::{HboneClient, HboneError, TransportFailure};
+use marrow_mesh::identity::WorkloadCertificate;
 use marrow_mesh::tls;
 
 /// Dials HBONE connections for one pod: TCP from the pod's netns (so the peer sees the pod's
@@ -24,13 +27,18 @@ pub struct PodConnector {
 }
 
 impl Connector for PodConnector {
+    /// The source pod's certificate, for the key's source identity.
+    type Credential = Arc<WorkloadCertificate>;
+
     fn connect(
         &self,
         key: &PoolKey,
+        cert: &Arc<WorkloadCertificate>,
     ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
         let key = key.clone();
+        let cert = cert.clone();
         Box::pin(async move {
-            let result = self.dial(&key).await;
+            let result = self.dial(&key, &cert).await;
             match &result {
                 Ok(_) => self.mesh.metrics.hbone_established("outbound"),
                 Err(HboneError::Transport { failure, .. }) => {
@@ -45,8 +53,12 @@ impl Connector for PodConnector {
 }
 
 impl PodConnector {
-    /// Dials: certificate, TCP from the pod's netns, TLS, HTTP/2; a failure names its step.
-    async fn dial(&self, key: &PoolKey) -> Result<HboneClient, HboneError> {
+    /// Dials as `cert`: TCP from the pod's netns, TLS, HTTP/2; a failure names its step.
+    async fn dial(
+        &self,
+        key: &PoolKey,
+        cert: &WorkloadCertificate,
+    ) -> Result<HboneClient, HboneError> {
         let fail = |failure: TransportFailure, step: String, source: std::io::Error| {
             HboneError::Transport {
                 failure,
@@ -54,15 +66,8 @@ impl PodConnector {
                 source,
             }
         };
-        let cert = self.mesh.certs.get(&key.source).await.map_err(|e| {
-            fail(
-                TransportFailure::Certificate,
-                format!("certificate for {}", key.source),
-                std::io::Error::other(e),
-            )
-        })?;
-        let config = tls::client_config(&cert, key.server.clone(), self.mesh.key_exchange)
-            .map_err(|e| {
+        let config =
+            tls::client_config(cert, key.server.clone(), self.mesh.key_exchange).map_err(|e| {
                 fail(
                     TransportFailure::TlsConfig,
                     "client tls configuration".into(),

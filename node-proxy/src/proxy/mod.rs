@@ -93,7 +93,7 @@ pub struct PodMesh {
     /// The mesh context.
     pub context: Arc<Mesh>,
     /// Pooled HBONE connections from this pod.
-    pub pool: Arc<Pool>,
+    pub pool: Arc<Pool<connector::PodConnector>>,
     /// The identity this pod holds certificates for.
     pub identity: LocalIdentity,
     /// The TLS server configuration of this pod's 15008, rebuilt only when the certificate

@@ -290,7 +290,8 @@ fn plan_tunnel(
 }
 
 /// Carries a connection in HBONE: this pod's certificate, looked up once (its expiry picks
-/// the pooled connection), a tunnel from the pod's pool, the relay.
+/// the pooled connection, and a new pooled connection is made with it), a tunnel from the
+/// pod's pool, the relay.
 async fn tunnel(mesh: &PodMesh, client: TcpStream, plan: TunnelPlan) {
     let TunnelPlan {
         record,
@@ -299,12 +300,8 @@ async fn tunnel(mesh: &PodMesh, client: TcpStream, plan: TunnelPlan) {
         target,
         request,
     } = plan;
-    let certificate_epoch = match mesh.context.certs.get(&source).await {
-        Ok(cert) => cert
-            .not_after()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+    let cert = match mesh.context.certs.get(&source).await {
+        Ok(cert) => cert,
         Err(error) => {
             tracing::warn!(%source, %error, "no certificate; refusing");
             mesh.context.metrics.hbone_failed("outbound", "certificate");
@@ -315,13 +312,18 @@ async fn tunnel(mesh: &PodMesh, client: TcpStream, plan: TunnelPlan) {
             return refuse(record, client, error);
         }
     };
+    let certificate_epoch = cert
+        .not_after()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let key = PoolKey {
         source,
         destination: target,
         server,
         certificate_epoch,
     };
-    match mesh.pool.tunnel(&key, &request).await {
+    match mesh.pool.tunnel(&key, &cert, &request).await {
         Ok(stream) => relay(record, client, stream).await,
         Err(error) => refuse(record, client, OutboundError::Tunnel(error)),
     }
