@@ -1,5 +1,5 @@
 //! The node proxy program (`node-proxy run`): its composition root. [`run`] builds the proxy
-//! from a [`Config`] — capture, metrics, the mesh context ([`mesh`]), the admin API, the
+//! from a [`Config`] — capture, metrics, the mesh context ([`mesh_context`]), the admin API, the
 //! enrollment registry, a take-over of a running proxy ([`takeover`]) — serves until SIGTERM
 //! or a successor takes over, then drains.
 //!
@@ -10,7 +10,7 @@
 
 pub mod certificates;
 pub mod logging;
-pub mod mesh;
+pub mod mesh_context;
 pub mod takeover;
 
 use std::net::SocketAddr;
@@ -159,7 +159,7 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
     let metrics_task = tokio::spawn(http::serve_metrics(metrics_listener, Arc::new(prom)));
 
     let (mesh, _state_watch) =
-        match mesh::start(&config, &metrics, &connections, &readiness).await? {
+        match mesh_context::start(&config, &metrics, &connections, &readiness).await? {
             Some((mesh, watch)) => (Some(mesh), Some(watch)),
             None => (None, None),
         };

@@ -34,7 +34,7 @@ use crate::netns::{HostNetns, PodNetns};
 use crate::proxy::connections::ConnectionTable;
 use crate::proxy::source_port::{LiveInbound, SourcePorts};
 use crate::proxy::{self, Direction, PodContext, PodMesh, ProxySettings};
-use crate::proxy::{connector::PodConnector, local_identity::LocalIdentity, mesh::Mesh};
+use crate::proxy::{connector::PodConnector, context::MeshContext, local_identity::LocalIdentity};
 use crate::socket;
 use marrow_mesh::drain::Drain;
 use marrow_mesh::hbone::pool::{Pool, PoolSettings};
@@ -89,7 +89,7 @@ pub struct ProxyParts {
     /// Connection settings every pod uses.
     pub settings: ProxySettings,
     /// The mesh context; `None` in plain mode (everything passes through).
-    pub mesh: Option<Arc<Mesh>>,
+    pub mesh: Option<Arc<MeshContext>>,
     /// The live connection table every pod's data path registers in.
     pub connections: Arc<ConnectionTable>,
     /// The proxy's connection tasks (see [`marrow_mesh::drain`]).
@@ -104,7 +104,7 @@ pub struct Registry {
     records: RecordStore,
     metrics: Arc<Metrics>,
     settings: ProxySettings,
-    mesh: Option<Arc<Mesh>>,
+    mesh: Option<Arc<MeshContext>>,
     /// The live connection table every pod's data path registers in.
     connections: Arc<ConnectionTable>,
     /// The proxy's connection tasks (see [`marrow_mesh::drain`]).

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::Registry;
 use crate::netns::{HostNetns, PodNetns};
-use crate::proxy::mesh::Mesh;
+use crate::proxy::context::MeshContext;
 use marrow_mesh::state::Workload;
 
 /// How often the reconcile looks, besides after each state change.
@@ -37,7 +37,7 @@ pub const RECONCILED_CONTAINER_PREFIX: &str = "reconciled-";
 /// Enrolls the mesh pods of `node` that are not enrolled, until aborted.
 pub async fn run(
     registry: Arc<Registry>,
-    mesh: Arc<Mesh>,
+    mesh: Arc<MeshContext>,
     host: Arc<HostNetns>,
     node: String,
     proc_root: PathBuf,
@@ -55,7 +55,7 @@ pub async fn run(
 /// One look at every pod of the node.
 async fn pass(
     registry: &Registry,
-    mesh: &Mesh,
+    mesh: &MeshContext,
     host: &Arc<HostNetns>,
     node: &str,
     proc_root: &Path,

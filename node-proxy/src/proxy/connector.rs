@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use marrow_common::PROXY_OUTBOUND_MARK;
 
-use super::mesh::Mesh;
+use super::context::MeshContext;
 use crate::netns::PodNetns;
 use crate::socket;
 use marrow_mesh::hbone::pool::{Connector, PoolKey};
@@ -23,7 +23,7 @@ pub struct PodConnector {
     /// The pod's netns.
     pub netns: Arc<PodNetns>,
     /// The mesh.
-    pub mesh: Arc<Mesh>,
+    pub mesh: Arc<MeshContext>,
 }
 
 impl Connector for PodConnector {

@@ -2,7 +2,7 @@
 //! pod's and its namespace's `istio.io/dataplane-mode`, host network, sidecar), waiting a
 //! little for the state to know a new pod.
 
-use super::mesh::Mesh;
+use super::context::MeshContext;
 
 /// Whether a pod starting on this node is captured (Istio ambient's rule, see
 /// [`marrow_mesh::state::in_mesh`]).
@@ -14,10 +14,10 @@ pub enum CaptureDecision {
     Skip(String),
 }
 
-impl Mesh {
+impl MeshContext {
     /// Decides whether the pod `namespace/name` is captured: by the state's record of the pod
     /// (its `istio.io/dataplane-mode` label, its namespace's, host network, sidecar), waiting
-    /// up to [`Mesh::enrollment_wait`] for the record; without one, by the namespace's label.
+    /// up to [`MeshContext::enrollment_wait`] for the record; without one, by the namespace's label.
     pub async fn capture_decision(&self, namespace: &str, name: &str) -> CaptureDecision {
         let deadline = tokio::time::Instant::now() + self.enrollment_wait;
         let mut changes = self.state.subscribe();

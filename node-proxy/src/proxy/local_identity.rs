@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use super::mesh::Mesh;
+use super::context::MeshContext;
 use marrow_mesh::identity::SpiffeId;
 use marrow_mesh::state::{Snapshot, Workload};
 
@@ -19,7 +19,7 @@ impl LocalIdentity {
     /// account changed).
     pub fn resolve(
         &self,
-        mesh: &Mesh,
+        mesh: &MeshContext,
         snap: &Snapshot,
         ips: &[IpAddr],
     ) -> Option<(Arc<Workload>, SpiffeId)> {
@@ -45,7 +45,7 @@ impl LocalIdentity {
     }
 
     /// Gives up the identity (the pod left).
-    pub fn release(&self, mesh: &Mesh) {
+    pub fn release(&self, mesh: &MeshContext) {
         let held = self
             .0
             .lock()

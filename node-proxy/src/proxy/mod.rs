@@ -14,10 +14,10 @@
 
 pub mod connections;
 pub mod connector;
+pub mod context;
 pub mod enrollment;
 mod inbound;
 pub mod local_identity;
-pub mod mesh;
 mod outbound;
 pub mod peers;
 pub mod policy_watch;
@@ -37,10 +37,10 @@ use crate::metrics::Metrics;
 use crate::netns::PodNetns;
 use crate::socket;
 use connections::{ConnectionFacts, ConnectionTable};
+use context::MeshContext;
 use local_identity::LocalIdentity;
 use marrow_mesh::hbone::pool::Pool;
 use marrow_mesh::telemetry::{ConnectionLabels, ResponseFlag};
-use mesh::Mesh;
 use policy_watch::{PolicyError, Watched};
 use record::{ConnectionRecord, Failure};
 
@@ -91,7 +91,7 @@ pub struct PodContext {
 /// A pod's part of the mesh.
 pub struct PodMesh {
     /// The mesh context.
-    pub context: Arc<Mesh>,
+    pub context: Arc<MeshContext>,
     /// Pooled HBONE connections from this pod.
     pub pool: Arc<Pool<connector::PodConnector>>,
     /// The identity this pod holds certificates for.

@@ -11,7 +11,7 @@ use super::AppError;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::connections::ConnectionTable;
-use crate::proxy::mesh::Mesh;
+use crate::proxy::context::MeshContext;
 use marrow_mesh::http::Readiness;
 use marrow_mesh::identity::{
     self, CaFiles, CertificateManager, LocalCa, LocalCaOptions, ManagerConfig, TrustDomain,
@@ -29,7 +29,7 @@ pub async fn start(
     metrics: &Arc<Metrics>,
     connections: &Arc<ConnectionTable>,
     readiness: &Arc<Readiness>,
-) -> Result<Option<(Arc<Mesh>, Arc<dyn SourceWatch>)>, AppError> {
+) -> Result<Option<(Arc<MeshContext>, Arc<dyn SourceWatch>)>, AppError> {
     let trust_domain = TrustDomain::new(&config.trust_domain)?;
     let Some((provider, bundle, ca_name)) = certificate_provider(config, &trust_domain)? else {
         tracing::info!("no --state-file/--kube with a CA: plain TCP only, no HBONE");
@@ -82,7 +82,7 @@ pub async fn start(
         }
     });
     tracing::info!(ca = %ca_name, trust_domain = %trust_domain, key_exchange = %config.tls_key_exchange, "hbone on");
-    let mesh = Mesh {
+    let mesh = MeshContext {
         enrollment_wait: if config.kube {
             Duration::from_secs(2)
         } else {

@@ -3,7 +3,7 @@
 //! state and CA.
 //!
 //! Identity rule: a pod's SPIFFE ID is derived from the state's record of the workload at the
-//! pod's address (namespace, service account) — see [`Mesh::identity_of`]; the proxy asks the
+//! pod's address (namespace, service account) — see [`MeshContext::identity_of`]; the proxy asks the
 //! certificate manager only for identities of pods enrolled on this node (and, when
 //! `--node-name` is set, scheduled on it; see [`super::local_identity`]).
 
@@ -15,7 +15,7 @@ use marrow_mesh::state::{StateStore, Workload};
 use marrow_mesh::tls;
 
 /// The mesh-wide parts of the data path; absent when the proxy runs without state and CA.
-pub struct Mesh {
+pub struct MeshContext {
     /// Workloads, from the state file.
     pub state: Arc<StateStore>,
     /// Workload certificates.
@@ -38,15 +38,15 @@ pub struct Mesh {
     pub enrollment_wait: Duration,
 }
 
-impl std::fmt::Debug for Mesh {
+impl std::fmt::Debug for MeshContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mesh")
+        f.debug_struct("MeshContext")
             .field("trust_domain", &self.trust_domain)
             .finish_non_exhaustive()
     }
 }
 
-impl Mesh {
+impl MeshContext {
     /// The SPIFFE ID of a workload.
     pub fn identity_of(&self, workload: &Workload) -> Option<SpiffeId> {
         let (ns, sa) = workload.spiffe_id_parts();
