@@ -6,6 +6,8 @@
 
 mod layers;
 pub mod parse;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 
