@@ -7,6 +7,7 @@
 //! capture for its netns. A failure at any step undoes the capture and leaves the other pods
 //! untouched. Removal is idempotent.
 
+mod listeners;
 pub mod reconcile;
 mod records;
 mod routing;
@@ -20,7 +21,6 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use marrow_common::{HBONE_PORT, INBOUND_PORT};
 use marrow_wire::enrollment::{AddPod, Attachment, ErrorKind};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -35,7 +35,7 @@ use crate::proxy::connections::ConnectionTable;
 use crate::proxy::source_port::{LiveInbound, SourcePorts};
 use crate::proxy::{self, Direction, PodContext, PodMesh, ProxySettings};
 use crate::proxy::{connector::PodConnector, context::MeshContext, local_identity::LocalIdentity};
-use crate::socket;
+use listeners::open_listeners;
 use marrow_mesh::drain::Drain;
 use marrow_mesh::hbone::pool::{Pool, PoolSettings};
 use marrow_mesh::objects::PodUid;
@@ -550,57 +550,6 @@ impl Registry {
         let pods = self.pods.lock().await;
         pods.values().map(|p| p.record.clone()).collect()
     }
-}
-
-/// The in-pod listeners of one pod.
-struct Listeners {
-    outbound_v4: Option<std::net::TcpListener>,
-    inbound_v4: Option<std::net::TcpListener>,
-    hbone_v4: Option<std::net::TcpListener>,
-    outbound_v6: Option<std::net::TcpListener>,
-    inbound_v6: Option<std::net::TcpListener>,
-    hbone_v6: Option<std::net::TcpListener>,
-}
-
-impl Listeners {
-    fn into_vec(self) -> Vec<PodListener> {
-        [
-            (Direction::Outbound, false, self.outbound_v4),
-            (Direction::InboundPlaintext, false, self.inbound_v4),
-            (Direction::InboundTunnel, false, self.hbone_v4),
-            (Direction::Outbound, true, self.outbound_v6),
-            (Direction::InboundPlaintext, true, self.inbound_v6),
-            (Direction::InboundTunnel, true, self.hbone_v6),
-        ]
-        .into_iter()
-        .filter_map(|(direction, ipv6, socket)| {
-            socket.map(|socket| PodListener {
-                direction,
-                ipv6,
-                socket,
-            })
-        })
-        .collect()
-    }
-}
-
-/// Runs inside the pod netns.
-fn open_listeners(v4: bool, v6: bool) -> std::io::Result<Listeners> {
-    let open = |wanted: bool, addr| {
-        if wanted {
-            socket::listener(addr).map(Some)
-        } else {
-            Ok(None)
-        }
-    };
-    Ok(Listeners {
-        outbound_v4: open(v4, socket::outbound_listen_addr(false))?,
-        inbound_v4: open(v4, socket::wildcard_addr(false, INBOUND_PORT))?,
-        hbone_v4: open(v4, socket::wildcard_addr(false, HBONE_PORT))?,
-        outbound_v6: open(v6, socket::outbound_listen_addr(true))?,
-        inbound_v6: open(v6, socket::wildcard_addr(true, INBOUND_PORT))?,
-        hbone_v6: open(v6, socket::wildcard_addr(true, HBONE_PORT))?,
-    })
 }
 
 /// The key of a skipped pod's attachment: container and interface.
