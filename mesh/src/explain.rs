@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::policy::{
-    Action, Connection, Decision, Destination, Finding, MtlsError, PolicySet, Verdict, evaluate,
-    plaintext_allowed, resolve_mtls, selects,
+    Action, ConnectionAttrs, Decision, Destination, Finding, MtlsError, PolicySet, Verdict,
+    evaluate, plaintext_allowed, resolve_mtls, selects,
 };
 use crate::state::{Snapshot, Workload};
 
@@ -156,7 +156,7 @@ pub fn explain(
             notes: mtls_notes(policies, &view, port),
         });
     }
-    let conn = Connection {
+    let conn = ConnectionAttrs {
         source_principal,
         source_ip,
         destination_ip,
@@ -180,7 +180,7 @@ pub fn explain(
 pub fn notes(
     policies: &PolicySet,
     dst: &Destination<'_>,
-    conn: &Connection,
+    conn: &ConnectionAttrs,
     decision: &Decision,
 ) -> Vec<String> {
     let root = policies.root_namespace();

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use divan::Bencher;
 use marrow_mesh::identity::SpiffeId;
-use marrow_mesh::policy::{Connection, Destination, PolicySet, authorization_policy, evaluate};
+use marrow_mesh::policy::{
+    ConnectionAttrs, Destination, PolicySet, authorization_policy, evaluate,
+};
 
 fn main() {
     divan::main();
@@ -50,7 +52,7 @@ fn decision_allowed(bencher: Bencher, count: usize) {
         name: "web",
         labels: &labels,
     };
-    let conn = Connection {
+    let conn = ConnectionAttrs {
         source_principal: Some(
             SpiffeId::parse("spiffe://cluster.local/ns/ns0/sa/client0").unwrap(),
         ),
@@ -71,7 +73,7 @@ fn decision_denied(bencher: Bencher, count: usize) {
         name: "web",
         labels: &labels,
     };
-    let conn = Connection {
+    let conn = ConnectionAttrs {
         source_principal: None,
         source_ip: "192.0.1.7".parse().unwrap(),
         destination_ip: "10.0.1.2".parse().unwrap(),

@@ -318,7 +318,7 @@ fn unsupported_policies() -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_policies_never_freeze_the_cluster_state() {
-    use marrow_mesh::policy::{Connection, Destination, Verdict, evaluate};
+    use marrow_mesh::policy::{ConnectionAttrs, Destination, Verdict, evaluate};
     let server = ApiServer::start().await;
     seed(&server);
     for object in unsupported_policies() {
@@ -387,7 +387,7 @@ async fn unsupported_policies_never_freeze_the_cluster_state() {
         labels: &web.labels,
     };
     let td = marrow_mesh::identity::TrustDomain::default();
-    let from = |ns: &str, src: &str, port: u16| Connection {
+    let from = |ns: &str, src: &str, port: u16| ConnectionAttrs {
         source_principal: Some(
             marrow_mesh::identity::SpiffeId::new(&td, ns, "client").expect("id"),
         ),

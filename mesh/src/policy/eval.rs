@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::PolicySet;
-use super::model::{Action, AuthorizationPolicy, Connection, PolicyRef};
+use super::model::{Action, AuthorizationPolicy, ConnectionAttrs, PolicyRef};
 
 /// The destination workload as policy sees it.
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +84,7 @@ pub fn selects(policy: &AuthorizationPolicy, root_namespace: &str, dst: &Destina
 }
 
 /// The first rule of `policy` that matches `conn`.
-fn matching_rule(policy: &AuthorizationPolicy, conn: &Connection) -> Option<usize> {
+fn matching_rule(policy: &AuthorizationPolicy, conn: &ConnectionAttrs) -> Option<usize> {
     policy
         .rules
         .iter()
@@ -92,7 +92,7 @@ fn matching_rule(policy: &AuthorizationPolicy, conn: &Connection) -> Option<usiz
 }
 
 /// Decides whether `conn` may reach `dst`.
-pub fn evaluate(policies: &PolicySet, dst: &Destination<'_>, conn: &Connection) -> Decision {
+pub fn evaluate(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAttrs) -> Decision {
     let mut decision = decide(policies, dst, conn);
     if policies.has_dry_run() {
         let shadow = dry_run(policies, dst, conn);
@@ -106,7 +106,7 @@ pub fn evaluate(policies: &PolicySet, dst: &Destination<'_>, conn: &Connection) 
 /// The decision of the enforced policies (not dry-run, not AUDIT), in one pass in name
 /// order. A rule is evaluated only while no stronger match is known (Istio's order: CUSTOM,
 /// then DENY, then ALLOW), so the work is what a pass per action would do, without the passes.
-fn decide(policies: &PolicySet, dst: &Destination<'_>, conn: &Connection) -> Decision {
+fn decide(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAttrs) -> Decision {
     let root = policies.root_namespace();
     let applicable = || {
         policies
@@ -167,7 +167,7 @@ fn decide(policies: &PolicySet, dst: &Destination<'_>, conn: &Connection) -> Dec
 /// What the dry-run policies selecting `dst` would have decided, one line each (empty when
 /// none selects it): matching DENY and CUSTOM policies, matching ALLOW policies, and, when
 /// only dry-run ALLOW policies select the workload and none matches, that they would deny.
-pub fn dry_run(policies: &PolicySet, dst: &Destination<'_>, conn: &Connection) -> Vec<String> {
+pub fn dry_run(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAttrs) -> Vec<String> {
     let root = policies.root_namespace();
     let shadow: Vec<&AuthorizationPolicy> = policies
         .authorization_policies()
@@ -235,7 +235,7 @@ fn decided(
     verdict: Verdict,
     policy: &AuthorizationPolicy,
     index: usize,
-    conn: &Connection,
+    conn: &ConnectionAttrs,
 ) -> Decision {
     let why = policy
         .rules

@@ -22,7 +22,7 @@ mod tests;
 pub use eval::{Decision, Destination, Verdict, evaluate, selects};
 pub use matcher::{CidrError, IpBlock, Match, Pattern, ServiceAccount, StringMatch};
 pub use model::{
-    Action, AuthorizationPolicy, Condition, Connection, Finding, Operation, PolicyRef,
+    Action, AuthorizationPolicy, Condition, ConnectionAttrs, Finding, Operation, PolicyRef,
     RequestAuthentication, Rule, Source,
 };
 pub use parse::{

@@ -266,7 +266,7 @@ pub enum Condition {
 
 /// The connection as policy sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Connection {
+pub struct ConnectionAttrs {
     /// The peer's verified identity; `None` for plaintext.
     pub source_principal: Option<SpiffeId>,
     /// The peer's address.
@@ -277,7 +277,7 @@ pub struct Connection {
     pub destination_port: u16,
 }
 
-impl Connection {
+impl ConnectionAttrs {
     /// The principal as Istio writes it: the SPIFFE ID without `spiffe://`.
     pub fn principal(&self) -> Option<&str> {
         self.source_principal
@@ -299,7 +299,7 @@ impl Connection {
 impl Rule {
     /// Istio's rule semantics under `action`: an ALLOW rule with unchecked fields never
     /// matches; a DENY or CUSTOM rule is checked without them.
-    pub fn matches(&self, action: Action, conn: &Connection) -> bool {
+    pub fn matches(&self, action: Action, conn: &ConnectionAttrs) -> bool {
         if action == Action::Allow && !self.unchecked.is_empty() {
             return false;
         }
@@ -307,14 +307,14 @@ impl Rule {
     }
 
     /// Whether the fields checked at L4 match, whatever the action.
-    pub fn matches_at_l4(&self, conn: &Connection) -> bool {
+    pub fn matches_at_l4(&self, conn: &ConnectionAttrs) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(conn)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(conn)))
             && self.when.iter().all(|c| c.matches(conn))
     }
 
     /// What made a matching rule match, for the decision's reason.
-    pub fn explain(&self, conn: &Connection) -> String {
+    pub fn explain(&self, conn: &ConnectionAttrs) -> String {
         let mut parts = Vec::new();
         if let Some(source) = self.from.iter().find(|s| s.matches(conn)) {
             source.explain(conn, &mut parts);
@@ -340,7 +340,7 @@ impl Rule {
 
 impl Source {
     /// Whether every set field matches.
-    pub fn matches(&self, conn: &Connection) -> bool {
+    pub fn matches(&self, conn: &ConnectionAttrs) -> bool {
         self.principals.matches(conn.principal())
             && self.namespaces.matches(conn.source_namespace())
             && self
@@ -350,7 +350,7 @@ impl Source {
             && self.trust_domains.matches(conn.source_trust_domain())
     }
 
-    fn explain(&self, conn: &Connection, out: &mut Vec<String>) {
+    fn explain(&self, conn: &ConnectionAttrs, out: &mut Vec<String>) {
         let principal = conn.principal();
         let id = conn.source_principal.as_ref();
         self.principals.explain("source.principal", principal, out);
@@ -367,14 +367,14 @@ impl Source {
 
 impl Operation {
     /// Whether the destination port matches.
-    pub fn matches(&self, conn: &Connection) -> bool {
+    pub fn matches(&self, conn: &ConnectionAttrs) -> bool {
         self.ports.matches(Some(&conn.destination_port))
     }
 }
 
 impl Condition {
     /// Whether the condition holds for `conn`.
-    pub fn matches(&self, conn: &Connection) -> bool {
+    pub fn matches(&self, conn: &ConnectionAttrs) -> bool {
         match self {
             Self::SourceIp(m) => m.matches(Some(&conn.source_ip)),
             Self::SourceNamespace(m) => m.matches(conn.source_namespace()),
@@ -386,7 +386,7 @@ impl Condition {
         }
     }
 
-    fn explain(&self, conn: &Connection, out: &mut Vec<String>) {
+    fn explain(&self, conn: &ConnectionAttrs, out: &mut Vec<String>) {
         match self {
             Self::SourceIp(m) => m.explain("when source.ip", Some(&conn.source_ip), out),
             Self::SourceNamespace(m) => {

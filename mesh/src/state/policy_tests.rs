@@ -11,7 +11,7 @@ use super::file::poll::{Check, Poller};
 use super::tests::{state_file, write_settled};
 use super::*;
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::policy::{Connection, Destination, Verdict, evaluate};
+use crate::policy::{ConnectionAttrs, Destination, Verdict, evaluate};
 
 const UNSUPPORTED: &str = include_str!("../../testdata/unsupported-policies.yaml");
 
@@ -51,7 +51,7 @@ fn decide(snap: &Snapshot, ns: &str, sa: &str, src: &str, port: u16) -> crate::p
         name: &web.name,
         labels: &web.labels,
     };
-    let conn = Connection {
+    let conn = ConnectionAttrs {
         source_principal: Some(SpiffeId::new(&TrustDomain::default(), ns, sa).unwrap()),
         source_ip: src.parse::<IpAddr>().unwrap(),
         destination_ip: web.ips[0],

@@ -102,7 +102,7 @@ pub fn decide(snap: &Snapshot, subject: &PolicySubject) -> Result<Option<String>
             },
         )?;
     }
-    let conn = policy::Connection {
+    let conn = policy::ConnectionAttrs {
         source_principal: subject.source_principal.clone(),
         source_ip: subject.source.ip().to_canonical(),
         destination_ip: subject.destination.ip().to_canonical(),

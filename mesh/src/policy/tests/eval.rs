@@ -15,7 +15,7 @@ fn check(
     set: &PolicySet,
     ns: &str,
     workload_labels: &[(&str, &str)],
-    conn: &Connection,
+    conn: &ConnectionAttrs,
 ) -> Decision {
     let labels = labels(workload_labels);
     let dst = Destination {
@@ -208,7 +208,7 @@ fn scopes() {
     let s = set(&[root_wide, root_selector, other_ns]);
     let legacy = mtls("legacy", "old", "10.1.2.3", 80);
     let shop = mtls("shop", "web", "10.1.2.3", 80);
-    let cases: &[(&str, Labels<'_>, &Connection, Option<&str>)] = &[
+    let cases: &[(&str, Labels<'_>, &ConnectionAttrs, Option<&str>)] = &[
         (
             "mesh-wide applies everywhere",
             &[],
@@ -328,7 +328,7 @@ fn principals_are_trust_domain_qualified() {
         "a",
         "  rules:\n  - from:\n    - source: {principals: [\"cluster.local/ns/shop/sa/web\"]}\n",
     )]);
-    let other_td = Connection {
+    let other_td = ConnectionAttrs {
         source_principal: Some(SpiffeId::parse("spiffe://other.example/ns/shop/sa/web").unwrap()),
         ..mtls("shop", "web", "10.1.2.3", 80)
     };

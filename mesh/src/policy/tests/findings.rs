@@ -5,7 +5,7 @@
 use super::*;
 
 /// web in shop at 10.1.2.3 → :8080.
-fn web() -> Connection {
+fn web() -> ConnectionAttrs {
     mtls("shop", "web", "10.1.2.3", 8080)
 }
 

@@ -3,12 +3,12 @@
 use super::*;
 
 /// web in shop at 10.1.2.3 → :8080.
-fn web() -> Connection {
+fn web() -> ConnectionAttrs {
     mtls("shop", "web", "10.1.2.3", 8080)
 }
 
 /// Whether the single rule `rule` (YAML under `rules:`) of an ALLOW policy matches `conn`.
-fn rule_matches(rule: &str, conn: &Connection) -> bool {
+fn rule_matches(rule: &str, conn: &ConnectionAttrs) -> bool {
     let policy = authz("shop", "t", &format!("  rules:\n{rule}"));
     assert_eq!(policy.rules.len(), 1, "{rule}");
     policy.rules[0].matches(Action::Allow, conn)
@@ -28,11 +28,11 @@ fn when(condition: &str) -> String {
 
 #[test]
 fn source_fields() {
-    let v6 = Connection {
+    let v6 = ConnectionAttrs {
         source_ip: ip("fd00::7"),
         ..web()
     };
-    let cases: &[(&str, &str, Connection, bool)] = &[
+    let cases: &[(&str, &str, ConnectionAttrs, bool)] = &[
         (
             "principal exact",
             r#"{principals: ["cluster.local/ns/shop/sa/web"]}"#,
@@ -301,7 +301,7 @@ fn source_fields() {
         (
             "ipBlocks v4-mapped peer",
             r#"{ipBlocks: ["10.0.0.0/8"]}"#,
-            Connection {
+            ConnectionAttrs {
                 source_ip: ip("::ffff:10.1.2.3"),
                 ..web()
             },
@@ -368,7 +368,7 @@ fn operation_ports() {
 
 #[test]
 fn when_conditions() {
-    let cases: &[(&str, &str, Connection, bool)] = &[
+    let cases: &[(&str, &str, ConnectionAttrs, bool)] = &[
         (
             "source.ip",
             r#"{key: source.ip, values: ["10.0.0.0/8"]}"#,

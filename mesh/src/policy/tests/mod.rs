@@ -42,8 +42,8 @@ fn id(ns: &str, sa: &str) -> SpiffeId {
 }
 
 /// An mTLS connection from `ns/sa` at `src` to 10.9.0.5:`port`.
-fn mtls(ns: &str, sa: &str, src: &str, port: u16) -> Connection {
-    Connection {
+fn mtls(ns: &str, sa: &str, src: &str, port: u16) -> ConnectionAttrs {
+    ConnectionAttrs {
         source_principal: Some(id(ns, sa)),
         source_ip: ip(src),
         destination_ip: ip("10.9.0.5"),
@@ -52,8 +52,8 @@ fn mtls(ns: &str, sa: &str, src: &str, port: u16) -> Connection {
 }
 
 /// A plaintext connection from `src` to 10.9.0.5:`port`.
-fn plain(src: &str, port: u16) -> Connection {
-    Connection {
+fn plain(src: &str, port: u16) -> ConnectionAttrs {
+    ConnectionAttrs {
         source_principal: None,
         source_ip: ip(src),
         destination_ip: ip("10.9.0.5"),
@@ -71,7 +71,7 @@ fn decide(
     set: &PolicySet,
     ns: &str,
     workload_labels: &[(&str, &str)],
-    conn: &Connection,
+    conn: &ConnectionAttrs,
 ) -> Decision {
     let labels = labels(workload_labels);
     let dst = Destination {

@@ -4,11 +4,11 @@
 
 use super::*;
 
-fn web() -> Connection {
+fn web() -> ConnectionAttrs {
     mtls("shop", "web", "10.1.2.3", 8080)
 }
 
-fn legacy() -> Connection {
+fn legacy() -> ConnectionAttrs {
     mtls("legacy", "old", "10.1.2.3", 8080)
 }
 
