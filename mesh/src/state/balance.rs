@@ -2,9 +2,10 @@
 //!
 //! The cursors live here, in the [`StateStore`](super::StateStore), not in a
 //! [`Snapshot`](super::Snapshot): a snapshot stays immutable and a state update neither resets
-//! nor copies them. They are a fixed table of atomics indexed by a hash of the VIP and port, so
-//! picking takes no lock and allocates nothing; two service ports that share a slot share a
-//! cursor, which still spreads each over its endpoints.
+//! nor copies them. They are a fixed table of atomics; each service port's slot is a hash of its
+//! VIP and port taken once when the Service index is built, so picking hashes nothing, takes no
+//! lock and allocates nothing. Two service ports that share a slot share a cursor, which still
+//! spreads each over its endpoints.
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::net::SocketAddr;
@@ -35,8 +36,13 @@ impl EndpointPicker {
         if service.endpoints.is_empty() {
             return None;
         }
-        let slot = BuildHasherDefault::<DefaultHasher>::default().hash_one(service.vip) as usize;
-        let n = self.cursors[slot % SLOTS].fetch_add(1, Ordering::Relaxed);
+        let n = self.cursors[service.slot % SLOTS].fetch_add(1, Ordering::Relaxed);
         service.endpoints.get(n % service.endpoints.len()).copied()
     }
+}
+
+/// The cursor slot of the service port at `vip`: computed once, when the Service index is
+/// built, so picking hashes nothing.
+pub(super) fn slot_of(vip: SocketAddr) -> usize {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(vip) as usize % SLOTS
 }

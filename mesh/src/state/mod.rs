@@ -38,7 +38,7 @@ pub use model::{
     DATAPLANE_MODE_LABEL, DEFAULT_SERVICE_ACCOUNT, DataplaneMode, Namespace,
     SIDECAR_STATUS_ANNOTATION, Workload, in_mesh,
 };
-pub use route::{Route, route};
+pub use route::{Route, Routed, route};
 
 use crate::objects::ObjectRef;
 pub use snapshot::{Snapshot, StateUpdate};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use marrow_common::HBONE_PORT;
 
+use super::services::ServiceTarget;
 use super::{EndpointPicker, Snapshot, Workload};
 
 /// Where an outbound connection goes.
@@ -32,22 +33,40 @@ pub enum Route {
     },
 }
 
+/// A [`Route`] and the Service whose VIP the connection addressed, if it did (for its labels:
+/// the caller needs not look the VIP up again).
+#[derive(Debug)]
+pub struct Routed<'s> {
+    /// Where the connection goes.
+    pub route: Route,
+    /// The Service port at the addressed VIP.
+    pub service: Option<&'s Arc<ServiceTarget>>,
+}
+
 /// Routes a captured connection to `dst` (IPv4-mapped IPv6 destinations count as IPv4); a
 /// Service VIP resolves to one of its ready endpoints first, the one `picker` chooses (see
 /// [`super::services`]). Pure over the snapshot but for the picker's round-robin position.
-pub fn route(snap: &Snapshot, dst: SocketAddr, picker: &EndpointPicker) -> Route {
+pub fn route<'s>(snap: &'s Snapshot, dst: SocketAddr, picker: &EndpointPicker) -> Routed<'s> {
     // A Service VIP: one of its ready endpoints, then as if the pod had connected there.
-    let dst = match snap.services().at(dst) {
-        Some(service) => match picker.pick(service) {
+    let service = snap.services().at(dst);
+    let dst = match service {
+        Some(target) => match picker.pick(target) {
             Some(endpoint) => endpoint,
             None => {
-                return Route::NoEndpoint {
-                    service: service.host(),
+                let route = Route::NoEndpoint {
+                    service: target.host(),
                 };
+                return Routed { route, service };
             }
         },
         None => dst,
     };
+    let route = to_endpoint(snap, dst);
+    Routed { route, service }
+}
+
+/// The route to a pod address (or anything else) once no VIP is left to resolve.
+fn to_endpoint(snap: &Snapshot, dst: SocketAddr) -> Route {
     let ip = dst.ip().to_canonical();
     match snap.workload_by_ip(ip) {
         Some(workload) if snap.in_mesh(workload) => Route::Tunnel {
@@ -179,7 +198,10 @@ mod tests {
         ];
         for (what, dst, expected) in cases {
             let dst = addr(dst);
-            match (route(&snap, dst, &EndpointPicker::default()), expected) {
+            match (
+                route(&snap, dst, &EndpointPicker::default()).route,
+                expected,
+            ) {
                 (
                     Route::Tunnel {
                         workload,

@@ -36,6 +36,8 @@ pub struct ServiceTarget {
     pub name: String,
     /// The VIP and service port (canonical: IPv4 as IPv4).
     pub vip: SocketAddr,
+    /// Its round-robin cursor in the [`EndpointPicker`](super::EndpointPicker).
+    pub(super) slot: usize,
     /// Ready endpoints (pod IP, target port), in a stable order.
     pub endpoints: Vec<SocketAddr>,
 }
@@ -198,6 +200,7 @@ impl ServiceIndex {
                         namespace: namespace.clone(),
                         name: name.clone(),
                         vip,
+                        slot: super::balance::slot_of(vip),
                         endpoints,
                     }),
                 );

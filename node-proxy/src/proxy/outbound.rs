@@ -186,12 +186,10 @@ fn plan(
     peer: SocketAddr,
     dst: OriginalDst,
 ) -> Plan {
-    // The Service the pod addressed, if it connected to a VIP (route() resolves it).
-    let service = snap
-        .services()
-        .at(dst.0)
-        .map(|s| Arc::new(peers::service_labels(s)));
-    match state::route(snap, dst.0, mesh.context.state.endpoint_picker()) {
+    let routed = state::route(snap, dst.0, mesh.context.state.endpoint_picker());
+    // The Service the pod addressed, if it connected to a VIP.
+    let service = routed.service.map(|s| Arc::new(peers::service_labels(s)));
+    match routed.route {
         Route::Tunnel {
             workload,
             target,
