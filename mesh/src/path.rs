@@ -87,7 +87,8 @@ impl fmt::Display for NormalizedPath {
     }
 }
 
-/// Normalizes a request target's path and query (see the module's notes).
+/// Normalizes a request target's path and query (see the module's notes). `*` comes back as
+/// it is: the caller refuses it for any method but OPTIONS.
 pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     if raw == "*" {
         return Ok(NormalizedPath {
