@@ -80,7 +80,10 @@ impl Worker {
     /// Sends batches until `stop` is cancelled, then drains the queue and sends the rest.
     pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Span>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        let mut timer = tokio::time::interval(self.flush_interval);
+        // The first tick a full interval from now (`interval` would tick at once and send a
+        // batch of one).
+        let first = tokio::time::Instant::now() + self.flush_interval;
+        let mut timer = tokio::time::interval_at(first, self.flush_interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
