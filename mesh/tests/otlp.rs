@@ -2,6 +2,10 @@
 //! receives carry the ids the proxy propagated (the parent is the caller's span, the span is
 //! the one written upstream) and Envoy's attributes; batches go out when full, on the timer
 //! and on shutdown; a dead collector costs dropped, counted spans and never a blocked request.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed set-up step must fail the test loudly"
+)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

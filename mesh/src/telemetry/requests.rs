@@ -20,7 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::{ConnectionLabels, LabelValue, Reporter};
+use super::{ConnectionLabels, LabelValue};
 
 /// Envoy's default histogram buckets, which Istio's request histograms keep (milliseconds for
 /// the duration, bytes for the sizes).
@@ -48,8 +48,8 @@ impl RequestProtocol {
     }
 }
 
-/// The labels of one request's series: Istio's connection labels (reporter `waypoint`,
-/// `request_protocol` `http` or `grpc`) plus `response_code` and `grpc_response_status`.
+/// The labels of one request's series: Istio's connection labels (`request_protocol` `http`
+/// or `grpc`) plus `response_code` and `grpc_response_status`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct RequestLabels {
     /// The connection's labels: peers, principals, `destination_service*`, response flags,
@@ -62,12 +62,12 @@ pub struct RequestLabels {
 }
 
 impl RequestLabels {
-    /// Labels of a request on a connection with `connection`'s labels, reported as a waypoint,
-    /// with no response yet.
+    /// Labels of a request on a connection with `connection`'s labels (its reporter:
+    /// [`super::Reporter::Waypoint`] at the waypoint; Istio's gateways report `source`), with no
+    /// response yet.
     pub fn new(connection: ConnectionLabels, protocol: RequestProtocol) -> Self {
         Self {
             connection: ConnectionLabels {
-                reporter: Reporter::Waypoint,
                 request_protocol: LabelValue::fixed(protocol.as_str()),
                 ..connection
             },

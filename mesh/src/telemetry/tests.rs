@@ -94,7 +94,7 @@ fn request_labels(protocol: RequestProtocol, code: u16, grpc: Option<u32>) -> Re
     let cluster = LabelValue::fixed("Kubernetes");
     let source = PeerLabels::of(&workload("client", &[("app", "client")]), &cluster);
     let destination = PeerLabels::of(&workload("web", &[("version", "v1")]), &cluster);
-    let connection = ConnectionLabels::between(Reporter::Source, Some(source), Some(destination))
+    let connection = ConnectionLabels::between(Reporter::Waypoint, Some(source), Some(destination))
         .with_mutual_tls(
             &crate::identity::SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/client").unwrap(),
             &crate::identity::SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap(),

@@ -98,23 +98,39 @@ impl Worker {
                     }
                     None => break,
                 },
-                _ = timer.tick() => self.export(&mut batch).await,
+                _ = timer.tick() => {
+                    self.export(&mut batch).await;
+                }
             }
         }
+        // Shutting down: send what is queued, but after one failed export count the rest as
+        // failed instead of waiting out a timeout per batch on a dead collector.
         queue.close();
+        let mut alive = true;
         while let Ok(span) = queue.try_recv() {
             batch.push(span);
             if batch.len() >= self.max_batch {
-                self.export(&mut batch).await;
+                alive = self.flush_or_drop(&mut batch, alive).await;
             }
         }
-        self.export(&mut batch).await;
+        self.flush_or_drop(&mut batch, alive).await;
+    }
+
+    /// Exports `batch` while the collector has been answering; else drops and counts it.
+    async fn flush_or_drop(&mut self, batch: &mut Vec<Span>, alive: bool) -> bool {
+        if alive {
+            return self.export(batch).await;
+        }
+        self.metrics.drop_spans(&EXPORT_FAILED, batch.len());
+        batch.clear();
+        false
     }
 
     /// Sends `batch` (emptying it); counts what the collector took and what it did not.
-    async fn export(&mut self, batch: &mut Vec<Span>) {
+    /// Whether the collector answered.
+    async fn export(&mut self, batch: &mut Vec<Span>) -> bool {
         if batch.is_empty() {
-            return;
+            return true;
         }
         let spans = std::mem::replace(batch, Vec::with_capacity(self.max_batch));
         let count = spans.len();
@@ -147,14 +163,17 @@ impl Worker {
                 self.metrics.drop_spans(&REJECTED, rejected);
                 let taken = u64::try_from(count - rejected).unwrap_or(u64::MAX);
                 self.metrics.exported.inc_by(taken);
+                true
             }
             Ok(Err(status)) => {
                 tracing::debug!(spans = count, error = %status, "trace export failed");
                 self.metrics.drop_spans(&EXPORT_FAILED, count);
+                false
             }
             Err(_) => {
                 tracing::debug!(spans = count, "trace export timed out");
                 self.metrics.drop_spans(&EXPORT_FAILED, count);
+                false
             }
         }
     }
