@@ -320,3 +320,31 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn shutdown_with_a_hanging_collector_is_bounded_by_one_export_timeout() {
+    // Accepts connections (the kernel does) but never answers: every export times out.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut registry = Registry::default();
+    let config = TracerConfig {
+        max_batch: 4,
+        export_timeout: Duration::from_millis(300),
+        ..config(hanging.local_addr().unwrap())
+    };
+    let tracer = Tracer::new(&config, &mut registry).unwrap();
+    let sampled = request(&[("traceparent", format!("00-{TRACE}-{SPAN}-01"))]);
+    for _ in 0..40 {
+        tracer.start(&sampled, &ATTRS).finish(&ok());
+    }
+    let started = Instant::now();
+    tracer.shutdown().await;
+    let took = started.elapsed();
+    // 10 batches at 300 ms each would be 3 s: after the first failure the rest is dropped.
+    assert!(took < Duration::from_millis(1500), "shutdown took {took:?}");
+    let failed = sample(
+        &registry,
+        "marrow_spans_dropped_total{reason=\"export_failed\"}",
+    );
+    assert_eq!(failed, 40, "every span counted");
+    drop(hanging);
+}
