@@ -21,4 +21,6 @@ pub use labels::{
     ClusterId, ConnectionLabels, DEFAULT_CLUSTER_ID, LabelValue, PeerLabels, Reporter, Security,
     ServiceLabels,
 };
-pub use requests::{ISTIO_BUCKETS, RequestLabels, RequestMetrics, RequestProtocol, RequestSample};
+pub use requests::{
+    ISTIO_BUCKETS, RequestLabels, RequestMetrics, RequestProtocol, RequestSample, grpc_status,
+};

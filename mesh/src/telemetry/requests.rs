@@ -39,6 +39,18 @@ pub enum RequestProtocol {
 }
 
 impl RequestProtocol {
+    /// The protocol of a request with `headers`: gRPC when its `content-type` is
+    /// `application/grpc` or a subtype (`application/grpc+proto`, …), as Envoy's
+    /// `Grpc::Common::isGrpcRequestHeaders`; HTTP otherwise (gRPC-Web included).
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("application/grpc"))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'));
+        if grpc { Self::Grpc } else { Self::Http }
+    }
+
     /// `http` or `grpc`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -75,6 +87,12 @@ impl RequestLabels {
             grpc_response_status: None,
         }
     }
+}
+
+/// The `grpc-status` of a gRPC response's trailers (or headers, for a trailers-only
+/// response); none when absent or not a number.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// gRPC's status codes (0 OK … 16 UNAUTHENTICATED) as label values, without formatting.

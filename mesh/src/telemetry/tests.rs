@@ -443,3 +443,30 @@ fn the_access_log_text_keeps_envoys_order_and_quotes_hostile_values() {
     assert!(text.contains(r#"path="/a b\n\"forged\" line""#), "{text}");
     assert!(text.contains(" access: "), "the target: {text}");
 }
+
+#[test]
+fn grpc_is_told_by_the_content_type_and_its_status_by_grpc_status() {
+    let with = |content_type: &'static str| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
+        RequestProtocol::of(&headers)
+    };
+    assert_eq!(with("application/grpc"), RequestProtocol::Grpc);
+    assert_eq!(with("application/grpc+proto"), RequestProtocol::Grpc);
+    assert_eq!(with("application/grpc-web"), RequestProtocol::Http);
+    assert_eq!(with("application/json"), RequestProtocol::Http);
+    assert_eq!(
+        RequestProtocol::of(&http::HeaderMap::new()),
+        RequestProtocol::Http
+    );
+
+    let mut trailers = http::HeaderMap::new();
+    assert_eq!(grpc_status(&trailers), None);
+    trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+    assert_eq!(grpc_status(&trailers), Some(14));
+    trailers.insert("grpc-status", http::HeaderValue::from_static("unavailable"));
+    assert_eq!(grpc_status(&trailers), None);
+}

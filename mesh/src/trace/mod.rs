@@ -8,6 +8,14 @@
 //! tracer is off: headers pass untouched and nothing is recorded, as Envoy without a tracing
 //! provider.
 //!
+//! ```ignore
+//! let tracer = Tracer::new(&config, &mut registry)?;        // once, inside the runtime
+//! let span = tracer.start(request.headers(), &RequestAttrs { method: "GET", .. });
+//! span.inject(upstream_request.headers_mut());              // before sending upstream
+//! span.finish(&SpanEnd { status: Some(response.status()), .. }); // after the last byte
+//! tracer.shutdown().await;                                  // on drain: flushes the queue
+//! ```
+//!
 //! Sampling as Envoy's (`source/extensions/tracers/opentelemetry/tracer.cc`): a caller's
 //! decision (the W3C sampled flag, B3's `sampled`/`d`/`x-b3-flags: 1`) is honoured either way;
 //! without one the tracer samples [`TracerConfig::sampling_percent`] of requests. An unsampled
