@@ -6,7 +6,8 @@
 //! [`objects`] (the Kubernetes vocabulary) → [`identity`] → [`tls`] → [`hbone`];
 //! [`objects`] → [`policy`] (pure: parse and evaluate Istio's security objects) → [`state`] (the
 //! snapshot store and its file source) → [`apiserver`] (the Kubernetes source) and [`explain`];
-//! [`telemetry`] (Istio's metric labels and response flags) reads identity and state;
+//! [`telemetry`] (Istio's metric labels and response flags, request metrics, access log)
+//! reads identity and state; [`trace`] (trace context, spans, OTLP export) reads telemetry;
 //! [`http`] (metrics and readiness servers), [`drain`] (shutdown signals) and [`path`] (request
 //! path normalization, which [`policy`] matches against) stand alone.
 
@@ -22,3 +23,4 @@ pub mod policy;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
