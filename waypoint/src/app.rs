@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use crate::WaypointError;
 use crate::config::Config;
 use crate::context::Context;
+use crate::upstream::DialMap;
 
 /// Installs the global log subscriber (stderr; JSON lines with `json`; `RUST_LOG`, default
 /// `info`). Call once, first thing.
@@ -121,6 +122,17 @@ fn local_addr(setting: &'static str, listener: &TcpListener) -> Result<SocketAdd
 /// When the configuration is invalid, the CA or state source is unusable, or a listener cannot
 /// be bound.
 pub async fn start(config: &Config) -> Result<Running, WaypointError> {
+    start_with(config, None).await
+}
+
+/// [`start`], with node proxies dialled through `dial_map` (see [`DialMap`]).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with(
+    config: &Config,
+    dial_map: Option<DialMap>,
+) -> Result<Running, WaypointError> {
     config.validate()?;
     let (trust_domain, identity) = config.identity()?;
     let (provider, bundle) = certificate_provider(config, &trust_domain)?;
@@ -152,6 +164,7 @@ pub async fn start(config: &Config) -> Result<Running, WaypointError> {
         trust_domain,
         config.cluster_id.clone(),
         config.limits(),
+        dial_map,
     ));
     let readiness = Arc::new(Readiness::default());
     let weak = Arc::downgrade(&state_watch);

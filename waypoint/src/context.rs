@@ -11,7 +11,7 @@ use marrow_mesh::tls::{self, TlsError};
 use rustls::ServerConfig;
 
 use crate::config::Limits;
-use crate::upstream::Upstreams;
+use crate::upstream::{DialMap, Upstreams};
 
 /// The waypoint's shared parts.
 pub struct Context {
@@ -45,7 +45,7 @@ pub enum ServerTlsError {
 }
 
 impl Context {
-    /// The shared parts.
+    /// The shared parts; `dial_map` as [`Upstreams::new`].
     pub fn new(
         state: Arc<StateStore>,
         certs: Arc<CertificateManager>,
@@ -53,6 +53,7 @@ impl Context {
         trust_domain: TrustDomain,
         cluster_id: String,
         limits: Limits,
+        dial_map: Option<DialMap>,
     ) -> Self {
         certs.allow(identity.clone());
         let upstreams = Upstreams::new(
@@ -61,6 +62,7 @@ impl Context {
             trust_domain.clone(),
             limits.connect_timeout,
             limits.handshake_timeout,
+            dial_map,
         );
         Self {
             state,

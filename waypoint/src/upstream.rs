@@ -75,11 +75,17 @@ impl UpstreamError {
     }
 }
 
+/// Where the TCP connection to a node proxy's HBONE address goes: that address in production;
+/// the in-process tests, whose pods have routable addresses but whose node proxies listen on
+/// loopback (the state refuses loopback pod addresses), map one to the other.
+pub type DialMap = Arc<dyn Fn(SocketAddr) -> SocketAddr + Send + Sync>;
+
 /// Dials HBONE connections as the waypoint: TCP, mutual TLS (own certificate, expecting the
 /// endpoint's identity), HTTP/2.
 pub struct WaypointConnector {
     connect_timeout: Duration,
     handshake_timeout: Duration,
+    dial_map: Option<DialMap>,
 }
 
 impl Connector for WaypointConnector {
@@ -117,7 +123,8 @@ impl WaypointConnector {
                     std::io::Error::other(e),
                 )
             })?;
-        let tcp = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(dst))
+        let dial = self.dial_map.as_ref().map_or(dst, |map| map(dst));
+        let tcp = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(dial))
             .await
             .map_err(|_| {
                 fail(
@@ -153,7 +160,8 @@ impl WaypointConnector {
     }
 }
 
-/// The endpoints' side: the balancer, the HBONE pool, the waypoint's identity.
+/// The endpoints' side: the balancer, the HBONE pool (to each node proxy's port 15008), the
+/// waypoint's identity.
 pub struct Upstreams {
     /// Least-request counts over every endpoint.
     pub balancer: Arc<LeastRequest>,
@@ -162,8 +170,6 @@ pub struct Upstreams {
     identity: SpiffeId,
     trust_domain: TrustDomain,
     connect_timeout: Duration,
-    /// The node proxies' HBONE port (15008; tests may move it).
-    hbone_port: u16,
 }
 
 impl Upstreams {
@@ -174,10 +180,12 @@ impl Upstreams {
         trust_domain: TrustDomain,
         connect_timeout: Duration,
         handshake_timeout: Duration,
+        dial_map: Option<DialMap>,
     ) -> Self {
         let connector = Arc::new(WaypointConnector {
             connect_timeout,
             handshake_timeout,
+            dial_map,
         });
         let pool = Pool::new(connector, PoolSettings::default());
         tokio::spawn(pool.clone().run_reaper());
@@ -188,7 +196,6 @@ impl Upstreams {
             identity,
             trust_domain,
             connect_timeout,
-            hbone_port: HBONE_PORT,
         }
     }
 
@@ -229,7 +236,7 @@ impl Upstreams {
             .unwrap_or(0);
         let key = PoolKey {
             source: self.identity.clone(),
-            destination: SocketAddr::new(endpoint.ip(), self.hbone_port),
+            destination: SocketAddr::new(endpoint.ip(), HBONE_PORT),
             server,
             certificate_epoch: epoch,
         };
