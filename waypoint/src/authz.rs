@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::body::{Body, full};
 use crate::client::OriginalClient;
-use crate::forward::{Body, full};
 
 /// What the policy engine sees of a request.
 #[derive(Debug)]

@@ -285,3 +285,108 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runnable() -> Config {
+        Config {
+            state_file: Some("/etc/marrow/state.yaml".into()),
+            ca_dir: Some("/etc/marrow-ca".into()),
+            gateway_namespace: "shop".into(),
+            gateway_name: "shop-waypoint".into(),
+            ..Config::default()
+        }
+    }
+
+    fn refused(config: &Config) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_identity_is_the_gateways_service_account() {
+        let (td, id) = runnable().identity().unwrap();
+        assert_eq!(td.as_str(), "cluster.local");
+        assert_eq!(
+            id.as_str(),
+            "spiffe://cluster.local/ns/shop/sa/shop-waypoint"
+        );
+        let own_account = Config {
+            service_account: Some("custom".into()),
+            ..runnable()
+        };
+        assert_eq!(
+            own_account.identity().unwrap().1.as_str(),
+            "spiffe://cluster.local/ns/shop/sa/custom"
+        );
+        assert!(runnable().validate().is_ok());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_setting() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    gateway_namespace: "Not_A_Namespace".into(),
+                    ..runnable()
+                },
+                "--gateway-namespace",
+            ),
+            (
+                Config {
+                    trust_domain: "Bad Domain".into(),
+                    ..runnable()
+                },
+                "--trust-domain",
+            ),
+            (
+                Config {
+                    max_header_bytes: 100,
+                    ..runnable()
+                },
+                "--max-header-bytes",
+            ),
+            (
+                Config {
+                    sniff_timeout: Duration::ZERO,
+                    ..runnable()
+                },
+                "--sniff-timeout-ms",
+            ),
+            (
+                Config {
+                    state_file: None,
+                    ..runnable()
+                },
+                "--state-file",
+            ),
+            (
+                Config {
+                    kube: true,
+                    ..runnable()
+                },
+                "--state-file",
+            ),
+            (
+                Config {
+                    ca_dir: None,
+                    ca_address: Some("https://marrow-ca:15012".into()),
+                    ..runnable()
+                },
+                "--ca-roots",
+            ),
+            (
+                Config {
+                    ca_dir: None,
+                    ..runnable()
+                },
+                "--ca-dir",
+            ),
+        ];
+        for (config, setting) in cases {
+            let error = refused(&config);
+            assert!(error.contains(setting), "{setting}: {error}");
+        }
+    }
+}

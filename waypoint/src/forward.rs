@@ -17,8 +17,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::authz::{self, AuthzRequest, Decision};
 use crate::balance::ActiveRequest;
+use crate::body::{Body, BoxError, full};
 use crate::client::OriginalClient;
 use crate::context::Context;
 use crate::headers;
@@ -33,16 +33,6 @@ use crate::outcome::{RequestOutcome, record};
 use crate::target::Destination;
 use crate::upstream::UpstreamError;
 use marrow_mesh::telemetry::ResponseFlag;
-
-/// An error of a streamed body.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Every body the proxy sends, either way.
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// A body of `bytes`.
-pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
 
 /// The path as forwarded and matched.
 // TODO(l7policy): `marrow_mesh::path::normalize` (RFC 3986 dot segments, merged slashes,

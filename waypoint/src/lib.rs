@@ -12,6 +12,7 @@
 pub mod app;
 pub mod authz;
 pub mod balance;
+pub mod body;
 pub mod client;
 pub mod config;
 pub mod context;

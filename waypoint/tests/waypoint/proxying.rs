@@ -243,3 +243,32 @@ async fn a_service_without_endpoints_answers_503() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"no healthy upstream");
 }
+
+/// A plain HTTP/1.1 GET to a local listener; the status line.
+async fn status_line(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn readiness_follows_the_certificate_and_metrics_answer() {
+    let mesh = TestMesh::start(7, &[1]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = status_line(mesh.waypoint.readiness_addr, "/healthz/ready").await;
+        if line.contains("200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {line}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = status_line(mesh.waypoint.metrics_addr, "/metrics").await;
+    assert!(line.contains("200"), "{line}");
+}
