@@ -88,7 +88,7 @@ pub struct Running {
 impl Running {
     /// Turns unready, stops accepting, and waits up to `deadline` for open tunnels; returns
     /// how many were still open.
-    pub async fn stop(self, deadline: Duration) -> usize {
+    pub async fn stop(&self, deadline: Duration) -> usize {
         self.readiness.set(false);
         let left = self.drain.drain(deadline).await;
         for task in &self.tasks {

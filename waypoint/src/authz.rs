@@ -58,7 +58,7 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 /// The response to a denied request: gRPC gets a trailers-only `grpc-status: 7`, anything else
 /// a 403 `RBAC: access denied`, as Envoy's RBAC filter answers.
 pub fn denied(grpc: bool) -> Response<Body> {
-    let mut response = if grpc {
+    if grpc {
         let mut r = Response::new(full(Bytes::new()));
         let headers = r.headers_mut();
         headers.insert(
@@ -79,11 +79,7 @@ pub fn denied(grpc: bool) -> Response<Body> {
             HeaderValue::from_static("text/plain"),
         );
         r
-    };
-    response
-        .headers_mut()
-        .insert("x-marrow-denied", HeaderValue::from_static("rbac"));
-    response
+    }
 }
 
 #[cfg(test)]

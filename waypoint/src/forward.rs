@@ -32,6 +32,7 @@ use crate::headers;
 use crate::outcome::{RequestOutcome, record};
 use crate::target::Destination;
 use crate::upstream::UpstreamError;
+use marrow_mesh::drain::Drain;
 use marrow_mesh::telemetry::ResponseFlag;
 
 /// The path as forwarded and matched.
@@ -56,9 +57,15 @@ struct Conns {
     h2: HashMap<SocketAddr, http2::SendRequest<Body>>,
 }
 
-/// Serves HTTP on an accepted tunnel until the client closes it.
-pub async fn serve<IO>(io: IO, ctx: Arc<Context>, dest: Destination, client: OriginalClient)
-where
+/// Serves HTTP on an accepted tunnel until the client closes it, or gracefully once `drain`
+/// starts.
+pub async fn serve<IO>(
+    io: IO,
+    ctx: Arc<Context>,
+    dest: Destination,
+    client: OriginalClient,
+    drain: Drain,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ctx.limits;
@@ -87,10 +94,18 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
         .max_local_error_reset_streams(Some(1024));
-    if let Err(error) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = drain.started() => {
+            // Draining: HTTP/1 closes after the request in flight, HTTP/2 sends GOAWAY; both
+            // finish what they carry (up to the drain deadline).
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
         tracing::debug!(%error, "http connection ended with an error");
     }
 }

@@ -72,6 +72,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain: 
         }
     };
     let own_ips: Vec<std::net::IpAddr> = local_ip.into_iter().collect();
+    let streams_drain = drain.clone();
     let result = hbone::serve(
         stream,
         ctx.limits.handshake_timeout,
@@ -80,7 +81,8 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, drain: 
             let ctx = ctx.clone();
             let identity = identity.clone();
             let own_ips = own_ips.clone();
-            async move { tunnel(incoming, ctx, identity, peer, &own_ips).await }
+            let drain = streams_drain.clone();
+            async move { tunnel(incoming, ctx, identity, peer, &own_ips, drain).await }
         },
     )
     .await;
@@ -96,6 +98,7 @@ async fn tunnel(
     identity: SpiffeId,
     peer: SocketAddr,
     own_ips: &[std::net::IpAddr],
+    drain: Drain,
 ) {
     let snap = ctx.state.snapshot();
     let client = OriginalClient::of(&incoming.target, identity, peer, &snap, &ctx.cluster_id);
@@ -125,7 +128,7 @@ async fn tunnel(
             return;
         }
     };
-    handle(stream, ctx, dest, client).await;
+    handle(stream, ctx, dest, client, drain).await;
 }
 
 /// Proxies an accepted tunnel by its destination's protocol.
@@ -134,10 +137,11 @@ async fn handle(
     ctx: Arc<Context>,
     dest: Destination,
     client: OriginalClient,
+    drain: Drain,
 ) {
     match dest.protocol() {
         protocol if protocol.is_http() => {
-            crate::forward::serve(stream, ctx, dest, client).await;
+            crate::forward::serve(stream, ctx, dest, client, drain).await;
         }
         Protocol::Unspecified => {
             let limits = ctx.limits;
@@ -151,7 +155,7 @@ async fn handle(
                 };
             let stream = Rewind::new(read, stream);
             match sniffed {
-                Sniffed::Http => crate::forward::serve(stream, ctx, dest, client).await,
+                Sniffed::Http => crate::forward::serve(stream, ctx, dest, client, drain).await,
                 Sniffed::Opaque => crate::relay::relay(stream, ctx, dest, client).await,
             }
         }

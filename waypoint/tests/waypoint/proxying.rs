@@ -272,3 +272,31 @@ async fn readiness_follows_the_certificate_and_metrics_answer() {
     let line = status_line(mesh.waypoint.metrics_addr, "/metrics").await;
     assert!(line.contains("200"), "{line}");
 }
+
+#[tokio::test]
+async fn draining_lets_the_request_in_flight_finish() {
+    let mesh = TestMesh::start(8, &[1]).await;
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(8), 80)).await;
+    let slow = tokio::spawn(http.send_request(get("/slow")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let left = mesh.waypoint.stop(Duration::from_secs(5)).await;
+    let response = slow.await.unwrap().unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the request in flight finished"
+    );
+    assert_eq!(left, 0, "every connection closed before the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(mesh.waypoint.hbone_addr)
+            .await
+            .is_err(),
+        "no new connection is accepted once draining"
+    );
+}
