@@ -29,7 +29,7 @@ use crate::body::{Body, BoxError, full};
 use crate::client::OriginalClient;
 use crate::context::Context;
 use crate::headers;
-use crate::outcome::{RequestOutcome, record};
+use crate::outcome::{Pending, RequestOutcome, record};
 use crate::target::Destination;
 use crate::upstream::UpstreamError;
 use marrow_mesh::drain::Drain;
@@ -126,12 +126,12 @@ fn authority_of<B>(req: &Request<B>) -> String {
 
 impl Downstream {
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
-        let mut outcome = RequestOutcome::start(
+        let mut outcome = Pending::new(RequestOutcome::start(
             self.client.identity.to_string(),
             Some(self.client.addr),
             self.dest.authority(),
             self.dest.service_host(),
-        );
+        ));
         let version = req.version();
         outcome.method = req.method().to_string();
         outcome.protocol = if version == Version::HTTP_2 {
@@ -145,7 +145,13 @@ impl Downstream {
             && let Err(reason) = headers::check_framing(req.headers())
         {
             tracing::info!(client = %self.client.addr, reason, "malformed request; answering 400");
-            return local(outcome, StatusCode::BAD_REQUEST, reason, None, true);
+            return local(
+                outcome.finish(),
+                StatusCode::BAD_REQUEST,
+                reason,
+                None,
+                true,
+            );
         }
         let path = normalize_path(req.uri());
         outcome.path = path.clone();
@@ -164,7 +170,7 @@ impl Downstream {
             outcome.status = response.status().as_u16();
             outcome.grpc_status = grpc.then_some(7);
             outcome.flag = Some(ResponseFlag::Deny);
-            record(outcome);
+            record(outcome.finish());
             return response;
         }
         let endpoint = match &self.dest {
@@ -175,7 +181,7 @@ impl Downstream {
                         let error = UpstreamError::NoEndpoint(service.host());
                         tracing::info!(%error, "no upstream");
                         return local(
-                            outcome,
+                            outcome.finish(),
                             StatusCode::SERVICE_UNAVAILABLE,
                             "no healthy upstream",
                             Some(error.flag()),
@@ -204,7 +210,7 @@ impl Downstream {
                     "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
                 };
                 return local(
-                    outcome,
+                    outcome.finish(),
                     StatusCode::SERVICE_UNAVAILABLE,
                     message,
                     Some(flag),
@@ -224,7 +230,7 @@ impl Downstream {
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         let body = Recording {
             inner: body,
-            outcome: Some(outcome),
+            outcome: Some(outcome.finish()),
             bytes_in,
             bytes_out: 0,
             _active: active,

@@ -98,3 +98,125 @@ pub fn record(mut outcome: RequestOutcome) {
         "request"
     );
 }
+
+/// A request's outcome while its answer is being made: dropped before [`Pending::finish`] (the
+/// client went away before the response started), it is recorded with `DC`, as Envoy does.
+#[derive(Debug)]
+pub struct Pending {
+    outcome: RequestOutcome,
+    armed: bool,
+}
+
+impl Pending {
+    /// Watches `outcome`.
+    pub fn new(outcome: RequestOutcome) -> Self {
+        Self {
+            outcome,
+            armed: true,
+        }
+    }
+
+    /// The outcome, for whoever records it next.
+    pub fn finish(mut self) -> RequestOutcome {
+        self.finish_in_place()
+    }
+}
+
+impl std::ops::Deref for Pending {
+    type Target = RequestOutcome;
+
+    fn deref(&self) -> &RequestOutcome {
+        &self.outcome
+    }
+}
+
+impl std::ops::DerefMut for Pending {
+    fn deref_mut(&mut self) -> &mut RequestOutcome {
+        &mut self.outcome
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut outcome = self.finish_in_place();
+            outcome
+                .flag
+                .get_or_insert(ResponseFlag::DownstreamTermination);
+            record(outcome);
+        }
+    }
+}
+
+impl Pending {
+    /// Disarms and takes the outcome; a placeholder that allocates nothing takes its place.
+    fn finish_in_place(&mut self) -> RequestOutcome {
+        self.armed = false;
+        let placeholder =
+            RequestOutcome::start(String::new(), None, self.outcome.destination, None);
+        std::mem::replace(&mut self.outcome, placeholder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A log writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(f: impl FnOnce()) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned()
+    }
+
+    fn outcome() -> RequestOutcome {
+        RequestOutcome::start(
+            "spiffe://cluster.local/ns/shop/sa/client".into(),
+            None,
+            "10.96.0.10:80".parse().unwrap(),
+            Some("web.shop.svc.cluster.local".into()),
+        )
+    }
+
+    #[test]
+    fn a_request_abandoned_before_its_answer_is_recorded_as_dc() {
+        let log = logged(|| drop(Pending::new(outcome())));
+        assert!(
+            log.contains("flags=\"DC\"") || log.contains("flags=DC"),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn a_finished_request_is_recorded_once_by_its_new_owner() {
+        let log = logged(|| {
+            let mut pending = Pending::new(outcome());
+            pending.status = 200;
+            record(pending.finish());
+        });
+        assert_eq!(log.matches("request").count(), 1, "{log}");
+        assert!(log.contains("status=200"), "{log}");
+        assert!(!log.contains("DC"), "{log}");
+    }
+}

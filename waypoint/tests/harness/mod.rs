@@ -71,6 +71,9 @@ pub struct NodeProxy {
     pub connects: Arc<Mutex<Vec<SeenConnect>>>,
 }
 
+/// A pod host whose node proxy presents an identity other than the pod's (`sa/impostor`).
+pub const IMPOSTOR: u8 = 9;
+
 /// The test's mesh.
 pub struct TestMesh {
     pub net: u8,
@@ -206,7 +209,8 @@ impl TestMesh {
         let mut proxies = Vec::new();
         for host in pods {
             let ip = pod_ip(net, *host);
-            let id = SpiffeId::new(&trust_domain, "shop", "web").unwrap();
+            let account = if *host == IMPOSTOR { "impostor" } else { "web" };
+            let id = SpiffeId::new(&trust_domain, "shop", account).unwrap();
             let cert = Arc::new(ca.issue(&id).unwrap());
             proxies.push(node_proxy(ip, cert, &tasks).await);
             serve_echo(SocketAddr::new(ip, HTTP_PORT), &tasks).await;

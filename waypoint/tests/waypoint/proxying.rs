@@ -300,3 +300,20 @@ async fn draining_lets_the_request_in_flight_finish() {
         "no new connection is accepted once draining"
     );
 }
+
+#[tokio::test]
+async fn an_endpoint_that_is_not_the_pods_identity_is_never_sent_a_request() {
+    let mesh = TestMesh::start(9, &[crate::harness::IMPOSTOR]).await;
+    let (_client, mut http) = mesh.http1(SocketAddr::new(solo_vip(9), 80)).await;
+    let response = http.send_request(get("/secret")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("connection failure"),
+        "UF: {body:?}"
+    );
+    assert!(
+        mesh.connects().is_empty(),
+        "no CONNECT reached the impostor"
+    );
+}
