@@ -35,6 +35,9 @@ use crate::upstream::UpstreamError;
 use marrow_mesh::drain::Drain;
 use marrow_mesh::telemetry::ResponseFlag;
 
+/// HTTP/1.1 upstream connections kept per endpoint and client tunnel.
+const MAX_H1_PER_ENDPOINT: usize = 16;
+
 /// The path as forwarded and matched.
 // TODO(l7policy): `marrow_mesh::path::normalize` (RFC 3986 dot segments, merged slashes,
 // unreserved percent-escapes decoded) replaces this pass-through; this is its one call site.
@@ -324,7 +327,13 @@ impl Downstream {
         // Back to the pool at once: it reports ready again only once this response is read.
         // A switched connection belongs to the upgrade and never comes back.
         if !upgrade {
-            self.lock().h1.entry(endpoint).or_default().push(sender);
+            let mut conns = self.lock();
+            let list = conns.h1.entry(endpoint).or_default();
+            // A burst of HTTP/2 client streams over HTTP/1 upstream opens one connection per
+            // stream; only so many are kept for reuse afterwards.
+            if list.len() < MAX_H1_PER_ENDPOINT {
+                list.push(sender);
+            }
         }
         response.await.map_err(terminated)
     }
