@@ -4,7 +4,6 @@
 //! readiness and another class do.
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::panic,
     reason = "tests: a failed step must fail the test loudly"
 )]
