@@ -37,7 +37,11 @@ pub async fn run(config: ServeConfig) -> Result<(), CaError> {
     controller_telemetry.register(&mut registry);
     let controller = config.controller_settings().map(|settings| {
         tracing::info!(image = %settings.image, "waypoint controller starting");
-        tokio::spawn(run_controller(client.clone(), settings, controller_telemetry))
+        tokio::spawn(run_controller(
+            client.clone(),
+            settings,
+            controller_telemetry,
+        ))
     });
     let metrics = tokio::spawn(marrow_mesh::http::serve_metrics(
         bind(config.metrics_addr).await?,

@@ -134,6 +134,30 @@ impl ServeConfig {
                     .ok_or_else(|| setting("--node-proxy-accounts", a, "namespace/serviceaccount"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if self.waypoint_controller {
+            for (flag, value, expected) in [
+                (
+                    "--waypoint-image",
+                    &self.waypoint_image,
+                    "an image reference",
+                ),
+                (
+                    "--waypoint-ca-address",
+                    &self.waypoint_ca_address,
+                    "an https:// URL",
+                ),
+                (
+                    "--waypoint-roots-config-map",
+                    &self.waypoint_roots_config_map,
+                    "a ConfigMap name",
+                ),
+            ] {
+                let https = flag != "--waypoint-ca-address" || value.starts_with("https://");
+                if value.trim().is_empty() || !https {
+                    return Err(setting(flag, value, expected));
+                }
+            }
+        }
         let settings = CaSettings {
             trust_domain,
             node_proxy_accounts,

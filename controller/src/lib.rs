@@ -17,6 +17,8 @@ pub mod reconcile;
 pub mod render;
 pub mod status;
 mod telemetry;
+#[cfg(test)]
+mod tests;
 
 pub use config::{ControllerSettings, DEFAULT_IMAGE, FIELD_MANAGER};
 pub use error::ControllerError;

@@ -113,7 +113,17 @@ impl Context {
 
     /// Folds one watch event into the caches; returns the objects it touched.
     fn fold(&self, kind: Kind, event: Event<DynamicObject>) -> Vec<Value> {
-        let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or(Value::Null);
+        // A real API server leaves apiVersion and kind out of list items: put them back, so a
+        // listed object compares with a render as a watched one does.
+        let value = |o: &DynamicObject| {
+            let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+            if v.is_object() && v["kind"].is_null() {
+                let resource = kind.resource();
+                v["apiVersion"] = json!(resource.api_version);
+                v["kind"] = json!(resource.kind);
+            }
+            v
+        };
         let mut caches = self.caches();
         match event {
             Event::Init => {

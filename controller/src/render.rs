@@ -182,13 +182,17 @@ pub fn waypoint_container(w: &Waypoint, settings: &ControllerSettings) -> Value 
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": ["waypoint"],
+        // The waypoint program's settings (waypoint/src/config.rs): which Gateway it serves and
+        // its identity, from the downward API as istiod's template passes them; then Istio's
+        // pod variables, for logs and baggage.
         "env": [
+            {"name": "MARROW_GATEWAY_NAMESPACE", "valueFrom": field("metadata.namespace")},
+            {"name": "MARROW_GATEWAY_NAME", "value": w.name},
+            {"name": "MARROW_SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
             {"name": "POD_NAME", "valueFrom": field("metadata.name")},
             {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
             {"name": "INSTANCE_IP", "valueFrom": field("status.podIP")},
-            {"name": "SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
             {"name": "NODE_NAME", "valueFrom": field("spec.nodeName")},
-            {"name": "GATEWAY_NAME", "value": w.name},
             {"name": "MARROW_TRUST_DOMAIN", "value": settings.trust_domain},
             {"name": "MARROW_CA_ADDRESS", "value": settings.ca_address},
             {"name": "MARROW_CA_TOKEN_FILE", "value": format!("{TOKEN_DIR}/istio-token")},

@@ -15,8 +15,9 @@ use serde_json::Value;
 type Triples = BTreeSet<(String, String, String)>;
 
 fn documents() -> Vec<Value> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/ca.yaml"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/ca.yaml"))
+            .unwrap();
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|doc| Value::deserialize(doc).unwrap())
         .collect()
@@ -31,7 +32,11 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 /// (group, resource, verb) for every rule of a ClusterRole.
 fn granted(role: &Value) -> Triples {
     let strings = |v: &Value| -> Vec<String> {
-        v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
     };
     let mut triples = BTreeSet::new();
     for rule in role["rules"].as_array().unwrap() {
@@ -65,7 +70,10 @@ fn the_role_grants_exactly_what_the_controller_calls() {
     // Nothing the controller never needs: no delete (owner references), no Secrets, no pods.
     for (group, resource, verb) in granted(role) {
         assert_ne!(verb, "delete", "{group}/{resource}");
-        assert!(!["secrets", "pods"].contains(&resource.as_str()), "{resource}");
+        assert!(
+            !["secrets", "pods"].contains(&resource.as_str()),
+            "{resource}"
+        );
     }
 }
 
@@ -73,7 +81,10 @@ fn the_role_grants_exactly_what_the_controller_calls() {
 fn a_drift_either_way_is_caught() {
     let docs = documents();
     let mut role = find(&docs, "ClusterRole", "marrow-waypoint-controller").clone();
-    role["rules"][0]["verbs"].as_array_mut().unwrap().push("get".into());
+    role["rules"][0]["verbs"]
+        .as_array_mut()
+        .unwrap()
+        .push("get".into());
     assert_ne!(granted(&role), wanted(), "an extra verb");
     role["rules"][0]["verbs"] = serde_json::json!(["list"]);
     assert_ne!(granted(&role), wanted(), "a missing verb");
@@ -91,5 +102,8 @@ fn the_role_is_bound_to_the_cas_account() {
     assert_eq!(subjects.len(), 1);
     assert_eq!(subjects[0]["kind"], "ServiceAccount");
     assert_eq!(&subjects[0]["name"], account);
-    assert_eq!(subjects[0]["namespace"], deployment["metadata"]["namespace"]);
+    assert_eq!(
+        subjects[0]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
 }

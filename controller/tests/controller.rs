@@ -184,15 +184,20 @@ async fn a_gateway_gets_its_service_account_deployment_and_service() {
         "registry.example/marrow/node-proxy:9.9.9"
     );
     assert_eq!(container["args"], json!(["waypoint"]));
-    assert_eq!(env(container, "GATEWAY_NAME")["value"], "waypoint");
+    assert_eq!(env(container, "MARROW_GATEWAY_NAME")["value"], "waypoint");
     assert_eq!(
-        env(container, "POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        env(container, "MARROW_GATEWAY_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.namespace"
     );
     assert_eq!(
-        env(container, "SERVICE_ACCOUNT")["valueFrom"]["fieldRef"]["fieldPath"],
+        env(container, "MARROW_SERVICE_ACCOUNT")["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.serviceAccountName"
     );
+    assert_eq!(
+        env(container, "MARROW_TRUST_DOMAIN")["value"],
+        "cluster.local"
+    );
+    assert_eq!(env(container, "MARROW_KUBE")["value"], "true");
     let container_ports: Vec<u64> = container["ports"]
         .as_array()
         .unwrap()
