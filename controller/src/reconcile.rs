@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use crate::config::ControllerSettings;
 use crate::error::ControllerError;
 use crate::gateway::{self, Waypoint};
-use crate::render::{self, MANAGED_LABEL};
+use crate::render::{self, MANAGED_LABEL, contains};
 use crate::status::{self, Observed};
 use crate::telemetry::{ControllerTelemetry, KindLabels, ReasonLabels};
 
@@ -212,21 +212,6 @@ async fn watch(context: Arc<Context>, kind: Kind, queue: mpsc::UnboundedSender<S
             }
             Err(error) => warn!(kind = kind.name(), %error, "watch failed; retrying"),
         }
-    }
-}
-
-/// Whether `have` holds every field of `want` with the same value: maps key by key, lists
-/// element by element (the API server adds defaults inside list elements, e.g. a container's
-/// `terminationMessagePath`), anything else equal.
-pub(crate) fn contains(have: &Value, want: &Value) -> bool {
-    match (have, want) {
-        (Value::Object(have), Value::Object(want)) => want
-            .iter()
-            .all(|(k, w)| have.get(k).is_some_and(|h| contains(h, w)) || w.is_null()),
-        (Value::Array(have), Value::Array(want)) => {
-            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| contains(h, w))
-        }
-        (have, want) => have == want,
     }
 }
 

@@ -276,3 +276,18 @@ fn port_name(listener: &str, port: u16, used: &[String]) -> String {
     }
     name
 }
+
+/// Whether `have` holds every field of `want` with the same value: maps key by key, lists
+/// element by element (the API server adds defaults inside list elements, e.g. a container's
+/// `terminationMessagePath`), anything else equal.
+pub fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(have), Value::Object(want)) => want
+            .iter()
+            .all(|(k, w)| have.get(k).is_some_and(|h| contains(h, w)) || w.is_null()),
+        (Value::Array(have), Value::Array(want)) => {
+            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| contains(h, w))
+        }
+        (have, want) => have == want,
+    }
+}

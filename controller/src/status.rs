@@ -171,5 +171,5 @@ pub fn desired(w: &Waypoint, observed: &Observed, cluster_domain: &str, now: &st
 /// Whether the Gateway's current status already says what `desired` says (the API server may
 /// order or add fields; only what the controller writes is compared).
 pub fn unchanged(current: &Value, desired: &Value) -> bool {
-    crate::reconcile::contains(current, desired)
+    crate::render::contains(current, desired)
 }

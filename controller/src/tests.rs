@@ -5,8 +5,7 @@ use serde_json::{Value, json};
 
 use crate::ControllerSettings;
 use crate::gateway::{GatewayError, parse};
-use crate::reconcile::contains;
-use crate::render::render;
+use crate::render::{contains, render};
 use crate::status::{Observed, desired};
 
 fn gateway() -> Value {
