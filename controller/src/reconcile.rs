@@ -122,7 +122,7 @@ impl Context {
                 v["apiVersion"] = json!(resource.api_version);
                 v["kind"] = json!(resource.kind);
             }
-            v
+            trimmed(kind, v)
         };
         let mut caches = self.caches();
         match event {
@@ -171,6 +171,24 @@ impl Context {
             }
         }
     }
+}
+
+/// What is kept of an object that is none of ours: the watches see every Service, Deployment
+/// and ServiceAccount of the cluster (to know which names are taken, istiod's `canManage`),
+/// but only a waypoint's own objects and Gateways of its class are kept whole.
+fn trimmed(kind: Kind, object: Value) -> Value {
+    let ours = match kind {
+        Kind::Gateway => object["spec"]["gatewayClassName"] == gateway::WAYPOINT_CLASS,
+        _ => !object["metadata"]["labels"][MANAGED_LABEL].is_null(),
+    };
+    if ours {
+        return object;
+    }
+    let meta = &object["metadata"];
+    json!({"apiVersion": object["apiVersion"], "kind": object["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+            "labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
+        "spec": {"gatewayClassName": object["spec"]["gatewayClassName"]}})
 }
 
 /// The Gateways an object's change concerns: itself for a Gateway, else its owner Gateways
