@@ -4,8 +4,9 @@
 //! lets a test change the collections, drop watch connections, expire resource versions
 //! (compaction) and go unreachable. It also answers what a CA asks: TokenReviews (from a token
 //! table the test fills, audiences checked as the API server checks them), a single object by
-//! name (404 `NotFound` Status when absent) and namespaced lists. There is no API server on
-//! these machines; this replays what one says.
+//! name (404 `NotFound` Status when absent) and namespaced lists; and what a controller does:
+//! server-side apply of an object or its `/status`, and the garbage collector's cascade on a
+//! delete (`apply`). There is no API server on these machines; this replays what one says.
 
 #![expect(
     clippy::expect_used,
