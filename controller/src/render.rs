@@ -181,7 +181,8 @@ pub fn waypoint_container(w: &Waypoint, settings: &ControllerSettings) -> Value 
         "name": "istio-proxy",
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "args": ["waypoint"],
+        // The waypoint program of the marrow image (xtask/src/image.rs lays it out there).
+        "command": ["/usr/bin/waypoint"],
         // The waypoint program's settings (waypoint/src/config.rs): which Gateway it serves and
         // its identity, from the downward API as istiod's template passes them; then Istio's
         // pod variables, for logs and baggage.

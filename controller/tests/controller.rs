@@ -183,7 +183,7 @@ async fn a_gateway_gets_its_service_account_deployment_and_service() {
         container["image"],
         "registry.example/marrow/node-proxy:9.9.9"
     );
-    assert_eq!(container["args"], json!(["waypoint"]));
+    assert_eq!(container["command"], json!(["/usr/bin/waypoint"]));
     assert_eq!(env(container, "MARROW_GATEWAY_NAME")["value"], "waypoint");
     assert_eq!(
         env(container, "MARROW_GATEWAY_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
