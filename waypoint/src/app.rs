@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use crate::WaypointError;
 use crate::config::Config;
 use crate::context::{Context, Gateway};
+use crate::telemetry::Telemetry;
 use crate::upstream::DialMap;
 
 /// Installs the global log subscriber (stderr; JSON lines with `json`; `RUST_LOG`, default
@@ -91,6 +92,8 @@ impl Running {
     pub async fn stop(&self, deadline: Duration) -> usize {
         self.readiness.set(false);
         let left = self.drain.drain(deadline).await;
+        // The spans of the requests just finished go out before the process does.
+        self.context.telemetry.tracer().shutdown().await;
         for task in &self.tasks {
             task.abort();
         }
@@ -161,12 +164,15 @@ pub async fn start_with(
         namespace: config.gateway_namespace.clone(),
         name: config.gateway_name.clone(),
     };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let telemetry = Telemetry::new(&mut registry, &config.tracing(), &config.cluster_id)
+        .map_err(WaypointError::Tracing)?;
     let context = Arc::new(Context::new(
         state,
         certs.clone(),
         (gateway, identity.clone()),
         trust_domain,
-        config.cluster_id.clone(),
+        telemetry,
         config.limits(),
         dial_map,
     ));
@@ -183,8 +189,6 @@ pub async fn start_with(
     let readiness_addr = local_addr("--readiness-addr", &ready)?;
     let admin_addr = local_addr("--admin-addr", &admin)?;
 
-    // TODO(lead): the request metrics register here (telemetry, reporter "waypoint").
-    let registry = prometheus_client::registry::Registry::default();
     let drain = Drain::new();
     let mut tasks = vec![
         tokio::spawn(http::serve_metrics(metrics, Arc::new(registry))),

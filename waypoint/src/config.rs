@@ -89,6 +89,14 @@ settings! {
         /// The cluster the workloads are in, as Istio names it (CLUSTER_ID).
         cluster_id: String = marrow_mesh::telemetry::DEFAULT_CLUSTER_ID.to_owned(),
             ("cluster-id", "MARROW_CLUSTER_ID", parse::TEXT),
+        /// The OpenTelemetry collector spans are exported to over OTLP/gRPC, `host:port`
+        /// (Istio's `opentelemetry` tracing provider); none turns tracing off.
+        tracing_collector: Option<String> = None,
+            ("tracing-collector", "MARROW_TRACING_COLLECTOR", parse::SOME_TEXT),
+        /// Percentage of requests traced when the caller decided nothing (Istio's
+        /// `randomSamplingPercentage`, default 1), 0 to 100 in steps of 0.01.
+        tracing_sampling: Percent = Percent::from_hundredths(100),
+            ("tracing-sampling", "MARROW_TRACING_SAMPLING", PERCENT),
         /// Bound on a TCP connect to an endpoint's node proxy, in milliseconds.
         connect_timeout: Duration = Duration::from_secs(10),
             ("connect-timeout-ms", "MARROW_CONNECT_TIMEOUT_MS", parse::MILLIS),
@@ -126,6 +134,38 @@ settings! {
             ("worker-threads", "MARROW_WORKER_THREADS", parse::COUNT),
     }
 }
+
+/// A percentage, 0 to 100, kept in hundredths of a percent (so settings compare exactly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Percent(u32);
+
+impl Percent {
+    /// `hundredths` / 100 percent.
+    pub const fn from_hundredths(hundredths: u32) -> Self {
+        Self(hundredths)
+    }
+
+    /// As a number of percent.
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+}
+
+/// A percentage from 0 to 100, e.g. `1`, `0.5`, `100`.
+const PERCENT: marrow_settings::Parser<Percent> = marrow_settings::Parser {
+    shape: marrow_settings::Shape::Value,
+    value_name: "PERCENT",
+    expected: "a percentage from 0 to 100",
+    parse: |v| {
+        let text = parse::one(v)?;
+        let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+        if !(0.0..=100.0).contains(&value) {
+            return Err(format!("{value} is outside 0..=100"));
+        }
+        Ok(Percent((value * 100.0).round() as u32))
+    },
+    show: |p| Some(format!("{}", p.as_f64())),
+};
 
 /// The bounds the HTTP side enforces on clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,6 +307,26 @@ impl Config {
             }
         })?;
         Ok((trust_domain, id))
+    }
+
+    /// The tracer's configuration: the collector, the sampling percentage, and Istio's
+    /// names for this proxy (`service.name` `<gateway>.<namespace>`, the canonical tags).
+    pub fn tracing(&self) -> marrow_mesh::trace::TracerConfig {
+        marrow_mesh::trace::TracerConfig {
+            collector: self.tracing_collector.clone(),
+            sampling_percent: self.tracing_sampling.as_f64(),
+            service_name: format!("{}.{}", self.gateway_name, self.gateway_namespace),
+            node_id: format!("waypoint~{}.{}", self.gateway_name, self.gateway_namespace),
+            tags: vec![
+                (
+                    "istio.canonical_service".to_owned(),
+                    self.gateway_name.clone(),
+                ),
+                ("istio.namespace".to_owned(), self.gateway_namespace.clone()),
+                ("istio.cluster_id".to_owned(), self.cluster_id.clone()),
+            ],
+            ..marrow_mesh::trace::TracerConfig::default()
+        }
     }
 
     /// The bounds on clients.

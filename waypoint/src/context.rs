@@ -11,6 +11,7 @@ use marrow_mesh::tls::{self, TlsError};
 use rustls::ServerConfig;
 
 use crate::config::Limits;
+use crate::telemetry::Telemetry;
 use crate::upstream::{DialMap, Upstreams};
 
 /// The waypoint's shared parts.
@@ -26,7 +27,7 @@ pub struct Context {
     /// The mesh's trust domain: clients must be of it.
     pub trust_domain: TrustDomain,
     /// Istio's CLUSTER_ID, for baggage the waypoint fills in.
-    pub cluster_id: String,
+    pub telemetry: Telemetry,
     /// Bounds on clients.
     pub limits: Limits,
     /// Endpoints, balancing and the HBONE pool.
@@ -62,7 +63,7 @@ impl Context {
         certs: Arc<CertificateManager>,
         (gateway, identity): (Gateway, SpiffeId),
         trust_domain: TrustDomain,
-        cluster_id: String,
+        telemetry: Telemetry,
         limits: Limits,
         dial_map: Option<DialMap>,
     ) -> Self {
@@ -81,7 +82,7 @@ impl Context {
             identity,
             gateway,
             trust_domain,
-            cluster_id,
+            telemetry,
             limits,
             upstreams,
             server_tls: Mutex::new(None),

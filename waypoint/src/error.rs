@@ -49,6 +49,9 @@ pub enum WaypointError {
         /// Cause.
         source: SourceError,
     },
+    /// The tracer cannot be set up from `--tracing-*`.
+    #[error("--tracing-collector/--tracing-sampling")]
+    Tracing(#[source] marrow_mesh::trace::TraceError),
     /// No Kubernetes configuration was found for `--kube`.
     #[error("--kube: no in-cluster service account and no usable KUBECONFIG")]
     KubeConfig(#[source] kube::config::InferConfigError),

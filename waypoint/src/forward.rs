@@ -34,7 +34,9 @@ use crate::target::Destination;
 use crate::upstream::UpstreamError;
 use marrow_mesh::drain::Drain;
 use marrow_mesh::path::{self, NormalizedPath};
+use marrow_mesh::telemetry::RequestProtocol;
 use marrow_mesh::telemetry::ResponseFlag;
+use marrow_mesh::trace;
 
 /// HTTP/1.1 upstream connections kept per endpoint and client tunnel.
 const MAX_H1_PER_ENDPOINT: usize = 16;
@@ -135,12 +137,16 @@ fn authority_of<B>(req: &Request<B>) -> String {
 
 impl Downstream {
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
-        let mut outcome = Pending::new(RequestOutcome::start(
-            self.client.identity.to_string(),
-            Some(self.client.addr),
-            self.dest.authority(),
-            self.dest.service_host(),
-        ));
+        let mut outcome = Pending::new(
+            self.ctx.clone(),
+            RequestOutcome::start(
+                Some(self.client.identity.clone()),
+                Some(self.client.addr),
+                self.dest.authority(),
+                self.dest.service().cloned(),
+                self.ctx.trust_domain.clone(),
+            ),
+        );
         let version = req.version();
         outcome.method = req.method().to_string();
         outcome.protocol = if version == Version::HTTP_2 {
@@ -150,11 +156,51 @@ impl Downstream {
         };
         let host = authority_of(&req);
         outcome.authority = host.clone();
+        outcome.request_protocol = RequestProtocol::of(req.headers());
+        let text = |name: http::header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        outcome.user_agent = text(http::header::USER_AGENT);
+        // Envoy's connection manager gives every request an id (`generate_request_id`), which
+        // the access log, the span's guid and the app all see.
+        let request_id = text(X_REQUEST_ID).unwrap_or_else(new_request_id);
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            req.headers_mut().insert(X_REQUEST_ID, value);
+        }
+        outcome.request_id = Some(request_id);
+        // The span starts before policy, as Envoy's connection manager traces before its RBAC
+        // filter: a denied request is traced too.
+        let span_name = match self.dest.service() {
+            Some(service) => format!("{}:{}/*", service.host(), service.vip.port()),
+            None => format!("{}/*", self.dest.authority()),
+        };
+        let cluster = outcome.upstream_cluster();
+        let uri_path = req.uri().path().to_owned();
+        outcome.span = Some(self.ctx.telemetry.tracer().start(
+            req.headers(),
+            &trace::RequestAttrs {
+                name: &span_name,
+                method: req.method().as_str(),
+                scheme: "http",
+                authority: &host,
+                path: &uri_path,
+                protocol: outcome.protocol,
+                user_agent: outcome.user_agent.as_deref(),
+                request_id: outcome.request_id.as_deref(),
+                downstream_cluster: None,
+                peer: Some(self.client.addr.ip()),
+                upstream_cluster: cluster.as_deref(),
+            },
+        ));
         if version != Version::HTTP_2
             && let Err(reason) = headers::check_framing(req.headers())
         {
             tracing::info!(client = %self.client.addr, reason, "malformed request; answering 400");
             return local(
+                &self.ctx,
                 outcome.finish(),
                 StatusCode::BAD_REQUEST,
                 reason,
@@ -168,6 +214,7 @@ impl Downstream {
                 outcome.path = req.uri().path().to_owned();
                 tracing::info!(client = %self.client.addr, reason, "invalid request path; answering 400");
                 return local(
+                    &self.ctx,
                     outcome.finish(),
                     StatusCode::BAD_REQUEST,
                     "Bad Request",
@@ -204,7 +251,7 @@ impl Downstream {
             outcome.status = response.status().as_u16();
             outcome.grpc_status = grpc.then_some(7);
             outcome.flag = Some(ResponseFlag::Deny);
-            record(outcome.finish());
+            record(&self.ctx, outcome.finish());
             return response;
         }
         let endpoint = match &self.dest {
@@ -215,6 +262,7 @@ impl Downstream {
                         let error = UpstreamError::NoEndpoint(service.host());
                         tracing::info!(%error, "no upstream");
                         return local(
+                            &self.ctx,
                             outcome.finish(),
                             StatusCode::SERVICE_UNAVAILABLE,
                             "no healthy upstream",
@@ -232,7 +280,10 @@ impl Downstream {
         let use_h2 = !upgrade && (self.dest.protocol().is_http2() || version == Version::HTTP_2);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let upstream_req = self.prepare(req, &host, &path, use_h2, upgrade, bytes_in.clone());
+        let mut upstream_req = self.prepare(req, &host, &path, use_h2, upgrade, bytes_in.clone());
+        if let Some(span) = &outcome.span {
+            span.inject(upstream_req.headers_mut());
+        }
         let sent = match self.send(endpoint, use_h2, upgrade, upstream_req).await {
             Ok(response) => response,
             Err((error, flag)) => {
@@ -244,6 +295,7 @@ impl Downstream {
                     "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
                 };
                 return local(
+                    &self.ctx,
                     outcome.finish(),
                     StatusCode::SERVICE_UNAVAILABLE,
                     message,
@@ -263,6 +315,7 @@ impl Downstream {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         let body = Recording {
+            ctx: self.ctx.clone(),
             inner: body,
             outcome: Some(outcome.finish()),
             bytes_in,
@@ -441,8 +494,29 @@ impl Downstream {
     }
 }
 
+/// `x-request-id`.
+const X_REQUEST_ID: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-request-id");
+
+/// A random UUID (version 4), as Envoy's request ids.
+fn new_request_id() -> String {
+    // Version 4 in bits 76..80, variant 0b10 in bits 62..64.
+    let bits = fastrand::u128(..);
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// A response made here (refusals, failures), recorded at once.
 fn local(
+    ctx: &Context,
     mut outcome: RequestOutcome,
     status: StatusCode,
     message: &'static str,
@@ -451,7 +525,7 @@ fn local(
 ) -> Response<Body> {
     outcome.status = status.as_u16();
     outcome.flag = flag;
-    record(outcome);
+    record(ctx, outcome);
     let mut response = Response::new(full(Bytes::from_static(message.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -529,6 +603,7 @@ impl HttpBody for Counted {
 /// A response body that records its request's outcome when it ends: at its last frame, on an
 /// upstream error (UC), or when dropped unfinished because the client went away (DC).
 struct Recording {
+    ctx: Arc<Context>,
     inner: Incoming,
     outcome: Option<RequestOutcome>,
     bytes_in: Arc<AtomicU64>,
@@ -544,7 +619,7 @@ impl Recording {
             if outcome.flag.is_none() {
                 outcome.flag = flag;
             }
-            record(outcome);
+            record(&self.ctx, outcome);
         }
     }
 }

@@ -101,21 +101,28 @@ async fn tunnel(
     drain: Drain,
 ) {
     let snap = ctx.state.snapshot();
-    let client = OriginalClient::of(&incoming.target, identity, peer, &snap, &ctx.cluster_id);
+    let client = OriginalClient::of(
+        &incoming.target,
+        identity,
+        peer,
+        &snap,
+        ctx.telemetry.cluster_id(),
+    );
     let authority = incoming.target.authority;
     let dest = match target::resolve(&snap, authority, own_ips) {
         Ok(dest) => dest,
         Err(error) => {
             tracing::info!(target = %authority, client = %client.identity, %error, "connect refused; answering 400");
             let mut outcome = RequestOutcome::start(
-                client.identity.to_string(),
+                Some(client.identity.clone()),
                 Some(client.addr),
                 authority,
                 None,
+                ctx.trust_domain.clone(),
             );
             outcome.status = 400;
             outcome.flag = Some(marrow_mesh::telemetry::ResponseFlag::NoRoute);
-            record(outcome);
+            record(&ctx, outcome);
             incoming.refuse(Refusal::BadRequest);
             return;
         }

@@ -24,6 +24,7 @@ pub mod outcome;
 pub mod relay;
 pub mod sniff;
 pub mod target;
+pub mod telemetry;
 pub mod upstream;
 
 pub use error::WaypointError;

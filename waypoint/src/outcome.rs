@@ -1,24 +1,32 @@
-//! Telemetry's seam: one [`RequestOutcome`] per request (or per L4 connection), filled as the
-//! request goes and handed to [`record`] once at its end.
+//! One [`RequestOutcome`] per request (or per L4 tunnel), filled as the request goes and handed
+//! to [`record`] once at its end, which gives it to the waypoint's [`crate::telemetry`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use marrow_mesh::telemetry::ResponseFlag;
+use marrow_mesh::identity::{SpiffeId, TrustDomain};
+use marrow_mesh::state::services::ServiceTarget;
+use marrow_mesh::telemetry::{RequestProtocol, ResponseFlag};
+use marrow_mesh::trace::ActiveSpan;
+
+use crate::context::Context;
 
 /// Everything known of one request when it ends.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RequestOutcome {
     /// When the request (or connection) started.
     pub start: Instant,
-    /// The original client's identity (`-` without one).
-    pub source: String,
+    /// The original client's identity.
+    pub source: Option<SpiffeId>,
     /// The original client's address.
     pub client_addr: Option<SocketAddr>,
     /// The destination the client dialled.
     pub destination: SocketAddr,
-    /// The Service host, when a Service was addressed.
-    pub service: Option<String>,
+    /// The Service addressed, if one was.
+    pub service: Option<Arc<ServiceTarget>>,
+    /// The trust domain, for the endpoint's identity.
+    pub trust_domain: TrustDomain,
     /// Request method (empty at L4).
     pub method: String,
     /// The normalized path (empty at L4).
@@ -27,6 +35,12 @@ pub struct RequestOutcome {
     pub authority: String,
     /// `HTTP/1.1`, `HTTP/2`, `tcp`.
     pub protocol: &'static str,
+    /// `http` or `grpc`, for the metrics' `request_protocol`.
+    pub request_protocol: RequestProtocol,
+    /// `user-agent`.
+    pub user_agent: Option<String>,
+    /// `x-request-id`.
+    pub request_id: Option<String>,
     /// Response status (0 when none was sent).
     pub status: u16,
     /// `grpc-status` of a gRPC response, from its headers or trailers.
@@ -41,15 +55,18 @@ pub struct RequestOutcome {
     pub flag: Option<ResponseFlag>,
     /// How long it took, set by [`record`] when zero.
     pub duration: Duration,
+    /// The request's span, finished when the outcome is recorded.
+    pub span: Option<ActiveSpan>,
 }
 
 impl RequestOutcome {
     /// An outcome starting now.
     pub fn start(
-        source: String,
+        source: Option<SpiffeId>,
         client_addr: Option<SocketAddr>,
         destination: SocketAddr,
-        service: Option<String>,
+        service: Option<Arc<ServiceTarget>>,
+        trust_domain: TrustDomain,
     ) -> Self {
         Self {
             start: Instant::now(),
@@ -57,10 +74,14 @@ impl RequestOutcome {
             client_addr,
             destination,
             service,
+            trust_domain,
             method: String::new(),
             path: String::new(),
             authority: String::new(),
             protocol: "tcp",
+            request_protocol: RequestProtocol::Http,
+            user_agent: None,
+            request_id: None,
             status: 0,
             grpc_status: None,
             bytes_in: 0,
@@ -68,49 +89,46 @@ impl RequestOutcome {
             upstream: None,
             flag: None,
             duration: Duration::ZERO,
+            span: None,
         }
+    }
+
+    /// Envoy's name of the upstream cluster: `outbound|<port>||<service host>` for a Service,
+    /// none for a workload addressed directly.
+    pub fn upstream_cluster(&self) -> Option<String> {
+        self.service
+            .as_ref()
+            .map(|s| format!("outbound|{}||{}", s.vip.port(), s.host()))
     }
 }
 
-/// Records a finished request: for now one access-log line.
-// TODO(lead): the request metrics (istio_requests_total, …, reporter waypoint) and the span go
-// here, from the same outcome.
-pub fn record(mut outcome: RequestOutcome) {
-    if outcome.duration.is_zero() {
-        outcome.duration = outcome.start.elapsed();
-    }
-    tracing::info!(
-        src = %outcome.source,
-        client = ?outcome.client_addr,
-        dst = %outcome.destination,
-        service = outcome.service.as_deref().unwrap_or("-"),
-        method = %outcome.method,
-        path = %outcome.path,
-        authority = %outcome.authority,
-        protocol = outcome.protocol,
-        status = outcome.status,
-        grpc_status = ?outcome.grpc_status,
-        bytes_in = outcome.bytes_in,
-        bytes_out = outcome.bytes_out,
-        upstream = ?outcome.upstream,
-        flags = ResponseFlag::label(outcome.flag),
-        duration_ms = outcome.duration.as_millis() as u64,
-        "request"
-    );
+/// Records a finished request with the waypoint's telemetry.
+pub fn record(ctx: &Context, outcome: RequestOutcome) {
+    ctx.telemetry.record(&ctx.state.snapshot(), outcome);
 }
 
 /// A request's outcome while its answer is being made: dropped before [`Pending::finish`] (the
 /// client went away before the response started), it is recorded with `DC`, as Envoy does.
-#[derive(Debug)]
 pub struct Pending {
+    ctx: Arc<Context>,
     outcome: RequestOutcome,
     armed: bool,
 }
 
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("outcome", &self.outcome)
+            .field("armed", &self.armed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Pending {
-    /// Watches `outcome`.
-    pub fn new(outcome: RequestOutcome) -> Self {
+    /// Watches `outcome`, recorded with `ctx`'s telemetry if dropped unfinished.
+    pub fn new(ctx: Arc<Context>, outcome: RequestOutcome) -> Self {
         Self {
+            ctx,
             outcome,
             armed: true,
         }
@@ -143,7 +161,7 @@ impl Drop for Pending {
             outcome
                 .flag
                 .get_or_insert(ResponseFlag::DownstreamTermination);
-            record(outcome);
+            record(&self.ctx, outcome);
         }
     }
 }
@@ -152,71 +170,13 @@ impl Pending {
     /// Disarms and takes the outcome; a placeholder that allocates nothing takes its place.
     fn finish_in_place(&mut self) -> RequestOutcome {
         self.armed = false;
-        let placeholder =
-            RequestOutcome::start(String::new(), None, self.outcome.destination, None);
-        std::mem::replace(&mut self.outcome, placeholder)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
-    use super::*;
-
-    /// A log writer into a shared buffer.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn logged(f: impl FnOnce()) -> String {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned()
-    }
-
-    fn outcome() -> RequestOutcome {
-        RequestOutcome::start(
-            "spiffe://cluster.local/ns/shop/sa/client".into(),
+        let placeholder = RequestOutcome::start(
             None,
-            "10.96.0.10:80".parse().unwrap(),
-            Some("web.shop.svc.cluster.local".into()),
-        )
-    }
-
-    #[test]
-    fn a_request_abandoned_before_its_answer_is_recorded_as_dc() {
-        let log = logged(|| drop(Pending::new(outcome())));
-        assert!(
-            log.contains("flags=\"DC\"") || log.contains("flags=DC"),
-            "{log}"
+            None,
+            self.outcome.destination,
+            None,
+            self.outcome.trust_domain.clone(),
         );
-    }
-
-    #[test]
-    fn a_finished_request_is_recorded_once_by_its_new_owner() {
-        let log = logged(|| {
-            let mut pending = Pending::new(outcome());
-            pending.status = 200;
-            record(pending.finish());
-        });
-        assert_eq!(log.matches("request").count(), 1, "{log}");
-        assert!(log.contains("status=200"), "{log}");
-        assert!(!log.contains("DC"), "{log}");
+        std::mem::replace(&mut self.outcome, placeholder)
     }
 }

@@ -17,10 +17,11 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut outcome = RequestOutcome::start(
-        client.identity.to_string(),
+        Some(client.identity.clone()),
         Some(client.addr),
         dest.authority(),
-        dest.service_host(),
+        dest.service().cloned(),
+        ctx.trust_domain.clone(),
     );
     let endpoint = match &dest {
         Destination::Service(service) => ctx.upstreams.balancer.pick(&service.endpoints),
@@ -30,7 +31,7 @@ where
         let error = UpstreamError::NoEndpoint(dest.service_host().unwrap_or_default());
         tracing::info!(%error, "no upstream for a tcp tunnel");
         outcome.flag = Some(error.flag());
-        record(outcome);
+        record(&ctx, outcome);
         return;
     };
     outcome.upstream = Some(endpoint);
@@ -45,7 +46,7 @@ where
         Err(error) => {
             tracing::info!(%error, "tcp tunnel to the endpoint failed");
             outcome.flag = Some(error.flag());
-            record(outcome);
+            record(&ctx, outcome);
             return;
         }
     };
@@ -60,5 +61,5 @@ where
             outcome.flag = Some(marrow_mesh::telemetry::ResponseFlag::UpstreamTermination);
         }
     }
-    record(outcome);
+    record(&ctx, outcome);
 }

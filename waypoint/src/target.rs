@@ -42,6 +42,14 @@ impl Destination {
         }
     }
 
+    /// The Service port addressed, if a Service was.
+    pub fn service(&self) -> Option<&Arc<ServiceTarget>> {
+        match self {
+            Destination::Service(service) => Some(service),
+            Destination::Workload { .. } => None,
+        }
+    }
+
     /// The Service addressed, `(namespace, name)`, for the policies bound to it.
     pub fn service_ref(&self) -> Option<(&str, &str)> {
         match self {

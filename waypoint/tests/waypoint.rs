@@ -13,3 +13,5 @@ mod harness;
 mod hostile;
 #[path = "waypoint/proxying.rs"]
 mod proxying;
+#[path = "waypoint/telemetry.rs"]
+mod telemetry;

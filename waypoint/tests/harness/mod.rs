@@ -437,7 +437,8 @@ type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// The echo app: HTTP/1.1 and h2 (by preface).
 ///
 /// - any path: 200, the request body back; headers `x-served-by` (the app's address),
-///   `x-echo-method`, `x-echo-path` (with the query), `x-echo-xff`, `x-echo-forwarded`, `x-echo-version`;
+///   `x-echo-method`, `x-echo-path` (with the query), `x-echo-traceparent`,
+///   `x-echo-request-id`, `x-echo-xff`, `x-echo-forwarded`, `x-echo-version`;
 /// - `/slow`: the same after 300 ms;
 /// - `/grpc`: a gRPC-style stream of 3 messages 50 ms apart, then trailers `grpc-status: 0`;
 /// - `/ws` with `Upgrade: websocket`: 101, then every byte echoed.
@@ -469,6 +470,7 @@ async fn echo(
             .unwrap_or_default()
     };
     let (xff, forwarded) = (header("x-forwarded-for"), header("forwarded"));
+    let (traceparent, request_id) = (header("traceparent"), header("x-request-id"));
     let method = req.method().to_string();
     let path = req
         .uri()
@@ -482,6 +484,8 @@ async fn echo(
         .header("x-echo-path", &path)
         .header("x-echo-xff", xff)
         .header("x-echo-forwarded", forwarded)
+        .header("x-echo-traceparent", traceparent)
+        .header("x-echo-request-id", request_id)
         .header("x-echo-version", version);
     if path == "/ws" {
         let upgrade = hyper::upgrade::on(&mut req);
