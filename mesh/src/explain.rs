@@ -11,6 +11,8 @@
 //! destination's waypoint instead, through [`evaluate_request`], the function the waypoint
 //! calls, after the same path normalization ([`crate::path::normalize`]).
 
+mod query;
+
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -24,6 +26,8 @@ use crate::policy::{
     resolve_mtls, selects,
 };
 use crate::state::{Snapshot, Workload};
+
+pub use query::ExplainQuery;
 
 /// Who connects.
 #[derive(Clone, Debug, PartialEq, Eq)]

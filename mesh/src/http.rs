@@ -1,5 +1,6 @@
 //! The node-local HTTP endpoints: `/metrics` (15020) and `/healthz/ready` (15021), and the
-//! HTTP/1 server loop they and the admin API ([`crate::admin`], 15000) share.
+//! HTTP/1 server loop they and the admin API ([`crate::admin`], 15000) share, and the decoding of
+//! query strings.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -212,6 +213,50 @@ where
                 .await;
         });
     }
+}
+
+/// The (decoded) value of `key` in a query string.
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    query_params(query, key).into_iter().next()
+}
+
+/// Every (decoded) value of `key` in a query string, in order.
+pub fn query_params(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == key).then(|| percent_decode(v))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes and `+` in a query value; malformed escapes are kept as they are.
+pub fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -223,17 +223,52 @@ pub async fn start_with(
     })
 }
 
-/// The admin API (localhost): `/` answers the waypoint's identity and open HBONE connections.
+/// The admin API (localhost): `/` answers the waypoint's identity and open HBONE connections;
+/// `/explain?from=…&to=…&port=…&method=…&path=…&host=…&header=K%3DV` the decision this
+/// waypoint takes for that request (the same answer as `node-proxy explain --waypoint`), from
+/// the state in force.
 async fn serve_admin(listener: TcpListener, context: Arc<Context>) {
-    http::serve_async(listener, move |_req| {
-        let body = format!(
-            "{{\"identity\":\"{}\",\"upstream_connections\":{}}}\n",
-            context.identity,
-            context.upstreams.connections()
-        );
-        std::future::ready(hyper::Response::new(Full::new(Bytes::from(body))))
+    http::serve_async(listener, move |req| {
+        let (status, body) = match req.uri().path() {
+            "/" => (
+                hyper::StatusCode::OK,
+                format!(
+                    "{{\"identity\":\"{}\",\"upstream_connections\":{}}}",
+                    context.identity,
+                    context.upstreams.connections()
+                ),
+            ),
+            "/explain" => explain(&context, req.uri().query().unwrap_or_default()),
+            _ => (
+                hyper::StatusCode::NOT_FOUND,
+                "{\"error\":\"no such endpoint: / and /explain are\"}".to_owned(),
+            ),
+        };
+        let mut response = hyper::Response::new(Full::new(Bytes::from(body + "\n")));
+        *response.status_mut() = status;
+        std::future::ready(response)
     })
     .await;
+}
+
+/// `/explain`: the request's decision at this waypoint (its Gateway unless `waypoint=` names
+/// another), as JSON.
+fn explain(context: &Context, query: &str) -> (hyper::StatusCode, String) {
+    let answer = marrow_mesh::explain::ExplainQuery::parse(query).and_then(|mut q| {
+        if q.request.waypoint.is_none() {
+            let gateway = &context.gateway;
+            q.request.waypoint = Some(format!("{}/{}", gateway.namespace, gateway.name));
+        }
+        q.answer(&context.state.snapshot(), &context.trust_domain)
+            .map_err(|e| e.to_string())
+    });
+    match answer.and_then(|a| serde_json::to_string(&a).map_err(|e| e.to_string())) {
+        Ok(json) => (hyper::StatusCode::OK, json),
+        Err(reason) => (
+            hyper::StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": reason }).to_string(),
+        ),
+    }
 }
 
 /// The local CA (--ca-dir) or an Istio-protocol CA (--ca-address with --ca-roots), and the

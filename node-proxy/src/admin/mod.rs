@@ -333,7 +333,7 @@ fn logging(admin: &AdminState, method: &Method, query: &str) -> Reply {
     if method == Method::GET {
         return Reply::ok(&serde_json::json!({ "level": previous }));
     }
-    let Some(level) = param(query, "level") else {
+    let Some(level) = marrow_mesh::http::query_param(query, "level") else {
         return Reply::error(
             StatusCode::BAD_REQUEST,
             "missing level=<EnvFilter directive>, e.g. level=debug or level=info,access=off",
@@ -356,61 +356,20 @@ fn logging(admin: &AdminState, method: &Method, query: &str) -> Reply {
 /// --json`, from the state in force; with `method=`, `path=`, `host=`, `header=K%3DV`
 /// (repeatable) or `waypoint=ns/name`, the waypoint's decision for that request.
 fn explain(admin: &AdminState, query: &str) -> Reply {
-    use marrow_mesh::explain::{self as ex, ExplainSource};
     let Some(state) = &admin.state else {
         return Reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no state file: policy is not in use",
         );
     };
-    let answer = (|| {
-        let from: ExplainSource = param(query, "from")
-            .ok_or("missing from=")?
-            .parse()
-            .map_err(|e: ex::ExplainError| e.to_string())?;
-        let to = param(query, "to").ok_or("missing to=")?;
-        let (ns, name) = ex::workload_ref(&to, "destination").map_err(|e| e.to_string())?;
-        let port: u16 = param(query, "port")
-            .ok_or("missing port=")?
-            .parse()
-            .map_err(|_| "port= is not a port number".to_owned())?;
-        let request = ex::RequestQuery {
-            method: param(query, "method"),
-            path: param(query, "path"),
-            host: param(query, "host"),
-            headers: params(query, "header"),
-            waypoint: param(query, "waypoint"),
-        };
-        let snap = state.snapshot();
-        let td = &admin.trust_domain;
-        // One code path with the waypoint: an HTTP request goes through `evaluate_request`.
-        if request.is_empty() {
-            ex::explain(&snap, td, &from, (&ns, &name), port)
-        } else {
-            ex::explain_request(&snap, td, &from, (&ns, &name), port, &request)
-        }
-        .map_err(|e| e.to_string())
-    })();
+    let answer = marrow_mesh::explain::ExplainQuery::parse(query).and_then(|q| {
+        q.answer(&state.snapshot(), &admin.trust_domain)
+            .map_err(|e| e.to_string())
+    });
     match answer {
         Ok(answer) => Reply::ok(&answer),
         Err(reason) => Reply::error(StatusCode::BAD_REQUEST, reason),
     }
-}
-
-/// The (decoded) value of `key` in a query string.
-fn param(query: &str, key: &str) -> Option<String> {
-    params(query, key).into_iter().next()
-}
-
-/// Every (decoded) value of `key` in a query string, in order.
-fn params(query: &str, key: &str) -> Vec<String> {
-    query
-        .split('&')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == key).then(|| percent_decode(v))
-        })
-        .collect()
 }
 
 /// The HTTP response of `reply`, with a trailing newline for curl users.
@@ -424,32 +383,4 @@ fn encode(reply: Reply) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// Decodes `%XX` escapes and `+` in a query value; malformed escapes are kept as they are.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -8,6 +8,8 @@ use marrow_wire::enrollment::{Attachment, PodIdentity};
 use serde_json::Value;
 use tracing_subscriber::layer::SubscriberExt;
 
+use marrow_mesh::http::{percent_decode, query_param as param};
+
 use super::client::{self, Table};
 use super::*;
 use crate::proxy::connections::ConnectionFacts;

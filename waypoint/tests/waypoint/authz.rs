@@ -140,3 +140,36 @@ async fn a_denied_grpc_call_gets_permission_denied() {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().get("grpc-status").is_none());
 }
+
+#[tokio::test]
+async fn the_admin_explains_a_request_at_this_waypoint() {
+    let mesh = TestMesh::start_with_state(32, &[1], POLICIES).await;
+    let port = crate::harness::HTTP_PORT;
+    let ask = |query: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(mesh.waypoint.admin_addr)
+            .await
+            .unwrap();
+        let request = format!("GET /explain?{query} HTTP/1.0\r\nHost: x\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut raw)
+            .await
+            .unwrap();
+        let body = raw.split_once("\r\n\r\n").unwrap().1.to_owned();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let from = "from=shop%2Fclient&to=shop%2Fweb-1";
+    let denied = ask(format!("{from}&port={port}&method=DELETE&path=%2Fapi%2F1")).await;
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    assert_eq!(denied["policy"], "shop/no-deletes", "{denied}");
+    assert_eq!(denied["rule"], 0, "{denied}");
+    let bypass = ask(format!("{from}&port={port}&path=%2F%2Fadmin")).await;
+    assert_eq!(bypass["decision"], "deny", "{bypass}");
+    assert_eq!(bypass["rule"], 1, "{bypass}");
+    let allowed = ask(format!("{from}&port={port}&method=GET&path=%2Fapi")).await;
+    assert_eq!(allowed["decision"], "allow", "{allowed}");
+    let bad = ask(format!("{from}&method=GET")).await;
+    assert!(bad["error"].as_str().unwrap().contains("port="), "{bad}");
+}
