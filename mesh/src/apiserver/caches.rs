@@ -190,6 +190,9 @@ impl Caches {
         for warning in update.build_services() {
             warn!(%warning, "service warning");
         }
+        for warning in update.build_waypoints() {
+            warn!(%warning, "waypoint warning");
+        }
         update
     }
 }
