@@ -104,12 +104,22 @@ fn collection_of(object: &Value) -> String {
         "AuthorizationPolicy" => "authorizationpolicies",
         "PeerAuthentication" => "peerauthentications",
         "RequestAuthentication" => "requestauthentications",
-        other => panic!("replay server: unknown kind {other}"),
+        other => gateway_api_plural(other)
+            .unwrap_or_else(|| panic!("replay server: unknown kind {other}")),
     };
     if api_version.contains('/') {
         format!("/apis/{api_version}/{plural}")
     } else {
         format!("/api/{api_version}/{plural}")
+    }
+}
+
+/// The Gateway API's kinds (CRDs: absent from a cluster that did not install them).
+fn gateway_api_plural(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Gateway" => Some("gateways"),
+        "GatewayClass" => Some("gatewayclasses"),
+        _ => None,
     }
 }
 
