@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use marrow_tests::metrics::count;
 use marrow_tests::require_env;
+use marrow_tests::state_file::PodRecord;
 use marrow_tests::two_nodes::{APP_PORT, Mesh, eventually, namespaces, v4};
 
 const VIP: &str = "10.96.0.20";
@@ -84,13 +85,17 @@ fn a_service_behind_a_down_waypoint_fails_and_its_pods_admit_only_the_waypoint()
         "a down waypoint must not be bypassed: {through_vip:?}"
     );
     mesh.p1
-        .wait_for_log("waypoint shop/wp has no ready instance", Duration::from_secs(10))
+        .wait_for_log(
+            "waypoint shop/wp has no ready instance",
+            Duration::from_secs(10),
+        )
         .expect("node 1 names the waypoint it could not reach");
     let m1 = mesh.p1.metrics();
     assert!(
-        m1.lines().any(|l| l.starts_with("istio_tcp_connections_opened_total")
-            && l.contains("response_flags=\"UH\"")
-            && l.contains("destination_service_name=\"web\"")),
+        m1.lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains("response_flags=\"UH\"")
+                && l.contains("destination_service_name=\"web\"")),
         "counted with UH for the Service:\n{m1}"
     );
 
@@ -115,4 +120,70 @@ fn a_service_behind_a_down_waypoint_fails_and_its_pods_admit_only_the_waypoint()
     // A pod not behind a waypoint still echoes.
     let fine = client.connect(v4(&other, APP_PORT), "other");
     assert_eq!(fine.connected().echo, "other");
+}
+
+/// With a ready instance — a pod outside the mesh labelled as the Gateway's, here a plain echo
+/// server on 15008 standing in for the waypoint — the VIP's connection goes to that pod's
+/// 15008 (and fails there: it speaks no TLS), never to web: labelled with the waypoint's pod as
+/// the destination workload and `web` as the destination service.
+#[test]
+fn a_service_with_a_ready_waypoint_is_sent_to_the_waypoints_pod() {
+    require_env!();
+    let mesh = Mesh::start("wpready");
+    let client = mesh.n1.add_pod("client", "shop", true);
+    let web = mesh.n2.add_pod("web", "shop", true);
+    let waypoint = mesh.n2.add_pod("wp-0", "shop", false);
+    let _apps = [web.serve(APP_PORT), waypoint.serve(15008)];
+    let state = namespaces()
+        .pod(&client, "client")
+        .pod(&web, "web")
+        .with_pod(
+            PodRecord::of(&waypoint, "wp")
+                .with_label("gateway.networking.k8s.io/gateway-name", "wp")
+                .with_label("istio.io/dataplane-mode", "none"),
+        );
+    let ready_instance = format!(
+        "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: wp-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: wp}}
+addressType: IPv4
+ports: [{{name: mesh, port: 15008, protocol: TCP}}]
+endpoints:
+- addresses: [{}]
+",
+        waypoint.ipv4()
+    );
+    let objects = waypoint_objects(&web.ipv4().to_string()) + &ready_instance;
+    mesh.apply_with(&state, &objects);
+
+    let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+    let outcome = client.connect(vip, "via-waypoint");
+    assert!(
+        !outcome.is_ok(),
+        "the stand-in speaks no TLS, so the tunnel fails: {outcome:?}"
+    );
+    eventually(
+        "node 1 to count the connection to the waypoint's pod",
+        || {
+            let m1 = mesh.p1.metrics();
+            let to_waypoint = m1.lines().any(|l| {
+                l.starts_with("istio_tcp_connections_opened_total")
+                    && l.contains("destination_workload=\"wp-0\"")
+                    && l.contains("destination_service_name=\"web\"")
+                    && l.contains("destination_principal=\"spiffe://cluster.local/ns/shop/sa/wp\"")
+            });
+            if to_waypoint { Ok(()) } else { Err(m1) }
+        },
+    );
+    let m1 = mesh.p1.metrics();
+    assert!(
+        !m1.lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains("destination_workload=\"web\"")),
+        "nothing went to web directly:\n{m1}"
+    );
 }
