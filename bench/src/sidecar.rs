@@ -40,14 +40,6 @@ const LOG_TAIL: usize = 30;
 /// Envoy's types, as `@type` URLs.
 const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
-const UPSTREAM_TLS: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
-const DOWNSTREAM_TLS: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
-const DOWNSTREAM_CONNECTIONS: &str = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
-/// The bound on each Envoy's downstream connections: far above what the bench opens (Istio
-/// sets one too; without it Envoy warns at start).
-const MAX_DOWNSTREAM_CONNECTIONS: u64 = 1_000_000;
 
 /// One app port reached through the sidecars (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,47 +71,6 @@ pub struct Bootstrap<'a> {
 impl Bootstrap<'_> {
     /// The static bootstrap, as JSON (which Envoy reads as the YAML subset it is).
     pub fn json(&self) -> Value {
-        let file = |path: &Path| json!({ "filename": path.display().to_string() });
-        let tls = |san_matcher: Value| {
-            json!({
-                "tls_params": {
-                    "tls_minimum_protocol_version": "TLSv1_3",
-                    "tls_maximum_protocol_version": "TLSv1_3",
-                },
-                "tls_certificates": [{
-                    "certificate_chain": file(&self.identity.cert),
-                    "private_key": file(&self.identity.key),
-                }],
-                "validation_context": {
-                    "trusted_ca": file(self.ca_cert),
-                    "match_typed_subject_alt_names": [
-                        { "san_type": "URI", "matcher": san_matcher }
-                    ],
-                },
-            })
-        };
-        let tls_socket = |kind: &str, mut context: Value| {
-            context["@type"] = json!(kind);
-            json!({ "name": "envoy.transport_sockets.tls", "typed_config": context })
-        };
-        let address = |ip: &str, port: u16| json!({ "socket_address": { "address": ip, "port_value": port } });
-        let tcp_proxy = |name: &str| {
-            json!({ "filters": [{
-                "name": "envoy.filters.network.tcp_proxy",
-                "typed_config": { "@type": TCP_PROXY, "stat_prefix": name, "cluster": name },
-            }]})
-        };
-        let cluster = |name: &str, ip: &str, port: u16| {
-            json!({
-                "name": name,
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "load_assignment": {
-                    "cluster_name": name,
-                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": address(ip, port) } }] }],
-                },
-            })
-        };
         let peer = self.peer.to_string();
         let mut listeners = Vec::new();
         let mut clusters = Vec::new();
@@ -127,45 +78,35 @@ impl Bootstrap<'_> {
             let out = format!("outbound_{}", route.app);
             listeners.push(json!({
                 "name": out,
-                "address": address("127.0.0.1", route.outbound),
+                "address": config::address("127.0.0.1", route.outbound),
                 "filter_chains": [tcp_proxy(&out)],
             }));
-            let mut upstream = cluster(&out, &peer, route.inbound);
-            upstream["transport_socket"] = tls_socket(
-                UPSTREAM_TLS,
-                json!({ "common_tls_context": tls(json!({ "exact": self.peer_id })) }),
-            );
+            let mut upstream = config::static_cluster(&out, &peer, route.inbound);
+            upstream["transport_socket"] =
+                config::upstream_mtls(self.identity, self.ca_cert, self.peer_id);
             clusters.push(upstream);
 
             let inbound = format!("inbound_{}", route.app);
             let mut chain = tcp_proxy(&inbound);
-            let trust_domain = format!("spiffe://{}/", self.trust_domain);
-            chain["transport_socket"] = tls_socket(
-                DOWNSTREAM_TLS,
-                json!({
-                    "require_client_certificate": true,
-                    "common_tls_context": tls(json!({ "prefix": trust_domain })),
-                }),
-            );
+            chain["transport_socket"] =
+                config::downstream_mtls(self.identity, self.ca_cert, self.trust_domain);
             listeners.push(json!({
                 "name": inbound,
-                "address": address("0.0.0.0", route.inbound),
+                "address": config::address("0.0.0.0", route.inbound),
                 "filter_chains": [chain],
             }));
-            clusters.push(cluster(&inbound, "127.0.0.1", route.app));
+            clusters.push(config::static_cluster(&inbound, "127.0.0.1", route.app));
         }
-        json!({
-            "admin": { "address": address("127.0.0.1", ADMIN_PORT) },
-            "static_resources": { "listeners": listeners, "clusters": clusters },
-            "overload_manager": { "resource_monitors": [{
-                "name": "envoy.resource_monitors.global_downstream_max_connections",
-                "typed_config": {
-                    "@type": DOWNSTREAM_CONNECTIONS,
-                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
-                },
-            }]},
-        })
+        config::bootstrap(listeners, clusters)
     }
+}
+
+/// A filter chain that relays bytes to `cluster` (`tcp_proxy`).
+fn tcp_proxy(cluster: &str) -> Value {
+    json!({ "filters": [{
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": { "@type": TCP_PROXY, "stat_prefix": cluster, "cluster": cluster },
+    }]})
 }
 
 /// The command-line flags of every sidecar Envoy, after `-c <bootstrap>`.
@@ -407,5 +348,14 @@ pub fn parse_stats(text: &str) -> anyhow::Result<Stats> {
     Ok(Stats(stats))
 }
 
+mod config;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the L7 baseline of the waypoint set-up, which lands with the waypoint program"
+    )
+)]
+pub mod l7_hop;
 #[cfg(test)]
 mod tests;

@@ -6,15 +6,22 @@
 //! mattered for this connection: an AUDIT policy that matches, an ALLOW rule left out for
 //! fields it cannot check whose L4 part matches, a RequestAuthentication selecting the
 //! destination, a PeerAuthentication read as STRICT because it is malformed.
+//!
+//! With an HTTP request ([`RequestQuery`]: method, path, host, headers) it answers for the
+//! destination's waypoint instead, through [`evaluate_request`], the function the waypoint
+//! calls, after the same path normalization ([`crate::path::normalize`]).
 
 use std::net::IpAddr;
 
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Serialize;
 
 use crate::identity::{SpiffeId, TrustDomain};
+use crate::path;
 use crate::policy::{
-    Action, ConnectionAttrs, Decision, Destination, Finding, MtlsError, PolicySet, Verdict,
-    evaluate, plaintext_allowed, resolve_mtls, selects,
+    Action, ConnectionAttrs, Decision, Destination, Finding, MtlsError, PolicySet, RequestAttrs,
+    Verdict, WaypointScope, evaluate, evaluate_request, plaintext_allowed, request_host,
+    resolve_mtls, selects,
 };
 use crate::state::{Snapshot, Workload};
 
@@ -98,6 +105,61 @@ pub enum ExplainError {
         /// Name.
         name: String,
     },
+    /// An HTTP request was asked about, but no waypoint is known for the destination.
+    #[error(
+        "{namespace}/{name} has no waypoint in the state: name one with --waypoint ns/name \
+         (waypoint=ns/name on /explain)"
+    )]
+    NoWaypoint {
+        /// The destination's namespace.
+        namespace: String,
+        /// The destination's name.
+        name: String,
+    },
+}
+
+/// An HTTP request to explain at the destination's waypoint. Unset fields take defaults:
+/// `GET`, `/`, and the host of the destination's Service (else the pod's name).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestQuery {
+    /// `--method`.
+    pub method: Option<String>,
+    /// `--path`, as the client sends it (normalized here, as the waypoint does).
+    pub path: Option<String>,
+    /// `--host`: the authority (a port is ignored).
+    pub host: Option<String>,
+    /// `--header K=V`, repeatable.
+    pub headers: Vec<String>,
+    /// `--waypoint ns/name`: the waypoint to decide at.
+    pub waypoint: Option<String>,
+}
+
+impl RequestQuery {
+    /// Whether nothing of a request is given: the question is then the L4 one.
+    pub fn is_empty(&self) -> bool {
+        self.method.is_none()
+            && self.path.is_none()
+            && self.host.is_none()
+            && self.headers.is_empty()
+            && self.waypoint.is_none()
+    }
+
+    /// The headers as a map; `K=V` with a valid name and value, or an error naming it.
+    fn header_map(&self) -> Result<HeaderMap, ExplainError> {
+        let mut map = HeaderMap::with_capacity(self.headers.len());
+        for text in &self.headers {
+            let bad = || ExplainError::BadArgument {
+                what: "header",
+                value: text.clone(),
+                expected: "NAME=VALUE with a valid header name and value",
+            };
+            let (name, value) = text.split_once('=').ok_or_else(bad)?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
+            let value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
 }
 
 /// The answer, in the shape `--json` prints.
@@ -125,17 +187,7 @@ pub fn explain(
 ) -> Result<Explanation, ExplainError> {
     let dst = find(snap, "destination", to.0, to.1)?;
     let destination_ip = first_ip(&dst)?;
-    let (source_principal, source_ip) = match from {
-        ExplainSource::Ip(ip) => (None, *ip),
-        ExplainSource::Workload { namespace, name } => {
-            let src = find(snap, "source", namespace, name)?;
-            let principal = snap
-                .in_mesh(&src)
-                .then(|| SpiffeId::new(trust_domain, &src.namespace, &src.service_account).ok())
-                .flatten();
-            (principal, first_ip(&src)?)
-        }
-    };
+    let (source_principal, source_ip) = client(snap, trust_domain, from)?;
     let view = Destination {
         namespace: &dst.namespace,
         name: &dst.name,
@@ -174,6 +226,120 @@ pub fn explain(
         reason: decision.reason,
         notes,
     })
+}
+
+/// Explains an HTTP request from `from` to `to` (`ns/pod`) on `port` at the destination's
+/// waypoint: the decision the waypoint takes, with [`evaluate_request`]. The destination the
+/// waypoint sees is the Service's VIP and port when a Service of the state sends `port` to the
+/// pod (as a node proxy's CONNECT names it), else the pod's address.
+pub fn explain_request(
+    snap: &Snapshot,
+    trust_domain: &TrustDomain,
+    from: &ExplainSource,
+    to: (&str, &str),
+    port: u16,
+    request: &RequestQuery,
+) -> Result<Explanation, ExplainError> {
+    let dst = find(snap, "destination", to.0, to.1)?;
+    let pod_ip = first_ip(&dst)?;
+    let (source_principal, source_ip) = client(snap, trust_domain, from)?;
+    let service = snap.services().serving(pod_ip).find(|s| {
+        s.endpoints
+            .iter()
+            .any(|e| e.ip() == pod_ip && e.port() == port)
+    });
+    // TODO(issue 16, binding): ask the state for the destination's waypoint when it has them.
+    let Some(waypoint) = &request.waypoint else {
+        return Err(ExplainError::NoWaypoint {
+            namespace: dst.namespace.clone(),
+            name: dst.name.clone(),
+        });
+    };
+    let (gateway_namespace, gateway_name) = workload_ref(waypoint, "waypoint")?;
+    let at = WaypointScope {
+        gateway_namespace: &gateway_namespace,
+        gateway_name: &gateway_name,
+        service: service.map(|s| (s.namespace.as_str(), s.name.as_str())),
+    };
+    let method_text = request.method.as_deref().unwrap_or("GET");
+    let method =
+        Method::from_bytes(method_text.as_bytes()).map_err(|_| ExplainError::BadArgument {
+            what: "method",
+            value: method_text.to_owned(),
+            expected: "an HTTP method token",
+        })?;
+    let headers = request.header_map()?;
+    let authority = match (&request.host, service) {
+        (Some(host), _) => host.clone(),
+        (None, Some(s)) => s.host(),
+        (None, None) => dst.name.clone(),
+    };
+    let host = request_host(&authority);
+    let normalized = match path::normalize(request.path.as_deref().unwrap_or("/")) {
+        Ok(p) => p,
+        Err(refused) => {
+            return Ok(Explanation {
+                decision: "deny",
+                policy: None,
+                rule: None,
+                reason: format!("refused before policy (the waypoint answers 400): {refused}"),
+                notes: Vec::new(),
+            });
+        }
+    };
+    let (destination_ip, destination_port) =
+        service.map_or((pod_ip, port), |s| (s.vip.ip(), s.vip.port()));
+    let conn = ConnectionAttrs {
+        source_principal,
+        source_ip,
+        destination_ip,
+        destination_port,
+    };
+    let req = RequestAttrs {
+        conn: &conn,
+        host: &host,
+        method: &method,
+        path: &normalized,
+        headers: &headers,
+        sni: None,
+    };
+    let decision = evaluate_request(snap.policies(), &at, &req);
+    let mut notes = Vec::new();
+    if normalized.as_str() != request.path.as_deref().unwrap_or("/") {
+        notes.push(format!(
+            "the waypoint normalizes the path to {} before matching and forwarding",
+            normalized.path()
+        ));
+    }
+    Ok(Explanation {
+        decision: match decision.verdict {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        },
+        policy: decision.policy.map(|p| p.to_string()),
+        rule: decision.rule,
+        reason: decision.reason,
+        notes,
+    })
+}
+
+/// The client's identity (when it is a workload in the mesh) and address.
+fn client(
+    snap: &Snapshot,
+    trust_domain: &TrustDomain,
+    from: &ExplainSource,
+) -> Result<(Option<SpiffeId>, IpAddr), ExplainError> {
+    match from {
+        ExplainSource::Ip(ip) => Ok((None, *ip)),
+        ExplainSource::Workload { namespace, name } => {
+            let src = find(snap, "source", namespace, name)?;
+            let principal = snap
+                .in_mesh(&src)
+                .then(|| SpiffeId::new(trust_domain, &src.namespace, &src.service_account).ok())
+                .flatten();
+            Ok((principal, first_ip(&src)?))
+        }
+    }
 }
 
 /// What the objects marrow does not enforce as written would have done for `conn` to `dst`.

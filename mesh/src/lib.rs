@@ -6,8 +6,10 @@
 //! [`objects`] (the Kubernetes vocabulary) → [`identity`] → [`tls`] → [`hbone`];
 //! [`objects`] → [`policy`] (pure: parse and evaluate Istio's security objects) → [`state`] (the
 //! snapshot store and its file source) → [`apiserver`] (the Kubernetes source) and [`explain`];
-//! [`telemetry`] (Istio's metric labels and response flags) reads identity and state;
-//! [`http`] (metrics and readiness servers) and [`drain`] (shutdown signals) stand alone.
+//! [`telemetry`] (Istio's metric labels and response flags, request metrics, access log)
+//! reads identity and state; [`trace`] (trace context, spans, OTLP export) reads telemetry;
+//! [`http`] (metrics and readiness servers), [`drain`] (shutdown signals) and [`path`] (request
+//! path normalization, which [`policy`] matches against) stand alone.
 
 pub mod apiserver;
 pub mod drain;
@@ -16,7 +18,9 @@ pub mod hbone;
 pub mod http;
 pub mod identity;
 pub mod objects;
+pub mod path;
 pub mod policy;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;

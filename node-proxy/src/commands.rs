@@ -25,6 +25,41 @@ pub struct ConnectionArgs {
     /// The destination port.
     #[arg(long)]
     port: u16,
+    #[command(flatten)]
+    request: RequestArgs,
+}
+
+/// An HTTP request: with any of these, the decision is the destination waypoint's (L7).
+#[derive(clap::Args)]
+pub struct RequestArgs {
+    /// The request method (default GET).
+    #[arg(long)]
+    method: Option<String>,
+    /// The request path, as the client sends it (default /); normalized as the waypoint does.
+    #[arg(long)]
+    path: Option<String>,
+    /// The request's host (default: the destination Service's).
+    #[arg(long)]
+    host: Option<String>,
+    /// A request header, `NAME=VALUE`; repeatable.
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+    /// The waypoint deciding, `ns/name` (needed until the state names waypoints).
+    #[arg(long)]
+    waypoint: Option<String>,
+}
+
+impl RequestArgs {
+    /// The request as `explain` takes it.
+    fn query(&self) -> marrow_mesh::explain::RequestQuery {
+        marrow_mesh::explain::RequestQuery {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            host: self.host.clone(),
+            headers: self.headers.clone(),
+            waypoint: self.waypoint.clone(),
+        }
+    }
 }
 
 /// Flags of `explain`.
@@ -54,11 +89,23 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         .load()?;
     let store = StateStore::new();
     store.apply(update);
-    let ConnectionArgs { from, to, port } = &args.connection;
+    let ConnectionArgs {
+        from,
+        to,
+        port,
+        request,
+    } = &args.connection;
     let source: ExplainSource = from.parse()?;
     let (ns, name) = explain::workload_ref(to, "destination")?;
     let td = TrustDomain::new(&args.trust_domain)?;
-    let answer = explain::explain(&store.snapshot(), &td, &source, (&ns, &name), *port)?;
+    let snap = store.snapshot();
+    let query = request.query();
+    // One code path with the waypoint: an HTTP request goes through `evaluate_request`.
+    let answer = if query.is_empty() {
+        explain::explain(&snap, &td, &source, (&ns, &name), *port)?
+    } else {
+        explain::explain_request(&snap, &td, &source, (&ns, &name), *port, &query)?
+    };
     if args.json {
         println!("{}", serde_json::to_string(&answer)?);
     } else {
@@ -117,7 +164,8 @@ pub enum AdminCommand {
         #[arg(long)]
         level: Option<String>,
     },
-    /// The running proxy's L4 decision for a connection (as `node-proxy explain`).
+    /// The running proxy's L4 decision for a connection, or with --method/--path/--host/--header
+    /// the waypoint's for a request (as `node-proxy explain`).
     Explain(ConnectionArgs),
 }
 
@@ -137,9 +185,26 @@ pub fn admin(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Logging { level: Some(level) } => {
             (Endpoint::Logging, "POST", vec![("level", level)])
         }
-        AdminCommand::Explain(ConnectionArgs { from, to, port }) => {
+        AdminCommand::Explain(ConnectionArgs {
+            from,
+            to,
+            port,
+            request,
+        }) => {
             port_text = port.to_string();
-            let params = vec![("from", from.as_str()), ("to", to), ("port", &port_text)];
+            let mut params = vec![("from", from.as_str()), ("to", to), ("port", &port_text)];
+            let optional = [
+                ("method", &request.method),
+                ("path", &request.path),
+                ("host", &request.host),
+                ("waypoint", &request.waypoint),
+            ];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    params.push((key, value));
+                }
+            }
+            params.extend(request.headers.iter().map(|h| ("header", h.as_str())));
             (Endpoint::Explain, "GET", params)
         }
     };

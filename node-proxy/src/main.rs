@@ -26,8 +26,9 @@ struct Cli {
 enum Command {
     /// Load the capture, serve enrollment and proxy enrolled pods.
     Run(Flags<Config>),
-    /// Explain the L4 decision for a connection, from a state file: allow or deny, the deciding
-    /// policy and rule, and why.
+    /// Explain the L4 decision for a connection (or, with --method/--path/--host/--header, the
+    /// waypoint's for a request), from a state file: allow or deny, the deciding policy and
+    /// rule, and why.
     Explain(ExplainArgs),
     /// The local mesh CA (demos, tests, small clusters).
     #[command(subcommand)]

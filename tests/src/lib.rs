@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod names;
 pub mod netns;
 pub mod node;
+pub mod peers;
 pub mod pod;
 pub mod probe;
 pub mod process;

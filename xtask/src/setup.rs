@@ -19,7 +19,7 @@ use crate::toolchain::{
 };
 
 /// The apt packages, and what each is for.
-const APT_PACKAGES: [(&str, &str); 7] = [
+const APT_PACKAGES: [(&str, &str); 9] = [
     (
         LLVM_PACKAGE,
         "LLVM 22, which bpf-linker is built against and loads",
@@ -37,6 +37,14 @@ const APT_PACKAGES: [(&str, &str); 7] = [
     (
         "python3-venv",
         "`python3 -m venv`, for the virtualenv Envoy is installed into",
+    ),
+    (
+        "curl",
+        "a real HTTP/1.1 and HTTP/2 client for the waypoint tests and the demo",
+    ),
+    (
+        "python3-grpcio",
+        "a real gRPC client and server (tests/peers/grpc_peer.py) for the waypoint tests",
     ),
     (
         "prometheus",

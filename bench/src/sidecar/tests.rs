@@ -6,6 +6,7 @@ use std::time::Duration;
 use marrow_mesh::identity::{TrustDomain, create_ca};
 use marrow_tests::workload_cert::WorkloadCert;
 
+use super::config::{DOWNSTREAM_TLS, UPSTREAM_TLS};
 use super::*;
 
 const ROUTES: [Route; 2] = [

@@ -231,3 +231,109 @@ fn a_malformed_peer_authentication_is_named_for_plaintext() {
         ]
     );
 }
+
+/// [`STATE`] with L7 policies bound to the waypoint `shop/wp`.
+const WAYPOINT_STATE: &str = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [DELETE], paths: ["/api", "/api/*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: admins-only, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]
+    when: [{key: "request.headers[x-role]", notValues: [guest]}]
+"#;
+
+fn run_request(from: &str, request: &RequestQuery) -> Result<Explanation, ExplainError> {
+    let state = format!("{STATE}{WAYPOINT_STATE}");
+    let update =
+        crate::state::file::parse(std::path::Path::new("test.yaml"), state.as_bytes()).unwrap();
+    let store = StateStore::new();
+    store.apply(update);
+    explain_request(
+        &store.snapshot(),
+        &TrustDomain::default(),
+        &from.parse()?,
+        ("shop", "web"),
+        8080,
+        request,
+    )
+}
+
+fn request(method: &str, path: &str) -> RequestQuery {
+    RequestQuery {
+        method: Some(method.to_owned()),
+        path: Some(path.to_owned()),
+        waypoint: Some("shop/wp".to_owned()),
+        ..RequestQuery::default()
+    }
+}
+
+#[test]
+fn a_request_is_decided_at_the_waypoint() {
+    let e = run_request("shop/client", &request("DELETE", "/api")).unwrap();
+    assert_eq!(
+        (e.decision, e.policy.as_deref(), e.rule),
+        ("deny", Some("shop/no-delete"), Some(0))
+    );
+    assert_eq!(
+        e.reason,
+        "denied by DENY policy shop/no-delete rule 0: request.method DELETE matched, \
+         request.path /api matched"
+    );
+    let e = run_request("shop/client", &request("GET", "/api")).unwrap();
+    assert_eq!(
+        (e.decision, e.policy.as_deref()),
+        ("allow", Some("shop/admins-only"))
+    );
+    // Another client: no ALLOW bound to the waypoint matches.
+    let e = run_request("shop/web", &request("GET", "/api")).unwrap();
+    assert_eq!((e.decision, e.policy), ("deny", None));
+}
+
+#[test]
+fn headers_are_taken_as_name_value() {
+    let mut guest = request("GET", "/api");
+    guest.headers = vec!["X-Role=guest".to_owned()];
+    assert_eq!(run_request("shop/client", &guest).unwrap().decision, "deny");
+    guest.headers = vec!["x-role=admin".to_owned()];
+    assert_eq!(
+        run_request("shop/client", &guest).unwrap().decision,
+        "allow"
+    );
+    guest.headers = vec!["no-equals-sign".to_owned()];
+    let error = run_request("shop/client", &guest).unwrap_err().to_string();
+    assert!(error.contains("NAME=VALUE"), "{error}");
+}
+
+#[test]
+fn the_path_is_normalized_as_the_waypoint_does() {
+    let e = run_request("shop/client", &request("DELETE", "//api/./x")).unwrap();
+    assert_eq!(e.decision, "deny");
+    assert_eq!(
+        e.notes,
+        ["the waypoint normalizes the path to /api/x before matching and forwarding"]
+    );
+    let e = run_request("shop/client", &request("GET", "/api%zz")).unwrap();
+    assert_eq!((e.decision, e.policy), ("deny", None));
+    assert!(e.reason.contains("answers 400"), "{}", e.reason);
+}
+
+#[test]
+fn a_request_needs_a_waypoint() {
+    let mut no_waypoint = request("GET", "/");
+    no_waypoint.waypoint = None;
+    assert!(!no_waypoint.is_empty());
+    let error = run_request("shop/client", &no_waypoint).unwrap_err();
+    assert!(matches!(error, ExplainError::NoWaypoint { .. }), "{error}");
+    assert!(RequestQuery::default().is_empty());
+}

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::PolicySet;
-use super::model::{Action, AuthorizationPolicy, ConnectionAttrs, PolicyRef};
+use super::model::{Action, AuthorizationPolicy, ConnectionAttrs, PolicyRef, Rule};
 
 /// The destination workload as policy sees it.
 #[derive(Clone, Copy, Debug)]
@@ -83,19 +83,61 @@ pub fn selects(policy: &AuthorizationPolicy, root_namespace: &str, dst: &Destina
         && policy.selector.as_ref().is_none_or(|s| dst.selected_by(s))
 }
 
-/// The first rule of `policy` that matches `conn`.
-fn matching_rule(policy: &AuthorizationPolicy, conn: &ConnectionAttrs) -> Option<usize> {
+/// What one evaluation is about: which policies apply, and how a rule matches and is
+/// explained. The node proxy asks about a connection to a workload; the waypoint about a
+/// request through it (`super::waypoint`). The order and the wording are shared.
+pub(super) trait Subject {
+    /// Whether `policy` (dry-run or not) applies here.
+    fn applies(&self, policy: &AuthorizationPolicy, root_namespace: &str) -> bool;
+    /// Whether `rule` of a policy with `action` matches.
+    fn rule_matches(&self, rule: &Rule, action: Action) -> bool;
+    /// What made a matching rule match.
+    fn explain(&self, rule: &Rule) -> String;
+    /// How the reason names the policies' scope, e.g. `selecting shop/web`.
+    fn scope(&self) -> String;
+}
+
+/// A connection to a workload, as the node proxy sees it.
+struct Connection<'a> {
+    /// The destination workload.
+    dst: &'a Destination<'a>,
+    /// The connection.
+    conn: &'a ConnectionAttrs,
+}
+
+impl Subject for Connection<'_> {
+    fn applies(&self, policy: &AuthorizationPolicy, root_namespace: &str) -> bool {
+        selects(policy, root_namespace, self.dst)
+    }
+    fn rule_matches(&self, rule: &Rule, action: Action) -> bool {
+        rule.matches(action, self.conn)
+    }
+    fn explain(&self, rule: &Rule) -> String {
+        rule.explain(self.conn)
+    }
+    fn scope(&self) -> String {
+        format!("selecting {}/{}", self.dst.namespace, self.dst.name)
+    }
+}
+
+/// The first rule of `policy` that matches.
+fn matching_rule(policy: &AuthorizationPolicy, subject: &impl Subject) -> Option<usize> {
     policy
         .rules
         .iter()
-        .position(|r| r.matches(policy.action, conn))
+        .position(|r| subject.rule_matches(r, policy.action))
 }
 
 /// Decides whether `conn` may reach `dst`.
 pub fn evaluate(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAttrs) -> Decision {
-    let mut decision = decide(policies, dst, conn);
+    evaluate_subject(policies, &Connection { dst, conn })
+}
+
+/// The decision, with what dry-run policies would have done added to the reason.
+pub(super) fn evaluate_subject(policies: &PolicySet, subject: &impl Subject) -> Decision {
+    let mut decision = decide(policies, subject);
     if policies.has_dry_run() {
-        let shadow = dry_run(policies, dst, conn);
+        let shadow = dry_run(policies, subject);
         if !shadow.is_empty() {
             decision.reason = format!("{}; dry-run: {}", decision.reason, shadow.join("; "));
         }
@@ -106,18 +148,18 @@ pub fn evaluate(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAt
 /// The decision of the enforced policies (not dry-run, not AUDIT), in one pass in name
 /// order. A rule is evaluated only while no stronger match is known (Istio's order: CUSTOM,
 /// then DENY, then ALLOW), so the work is what a pass per action would do, without the passes.
-fn decide(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAttrs) -> Decision {
+fn decide(policies: &PolicySet, subject: &impl Subject) -> Decision {
     let root = policies.root_namespace();
     let applicable = || {
         policies
             .authorization_policies()
             .iter()
-            .filter(move |p| !p.dry_run && selects(p, root, dst))
+            .filter(move |p| !p.dry_run && subject.applies(p, root))
     };
     let (mut custom, mut deny, mut allow) = (None, None, None);
     let mut allows = 0_usize;
     for policy in applicable() {
-        let first = |policy| matching_rule(policy, conn).map(|index| (policy, index));
+        let first = |policy| matching_rule(policy, subject).map(|index| (policy, index));
         match policy.action {
             Action::Unrecognized => return unreadable(policy),
             Action::Custom if custom.is_none() => custom = first(policy),
@@ -132,10 +174,10 @@ fn decide(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAttrs) -
         }
     }
     if let Some((policy, index)) = custom.or(deny) {
-        return decided(Verdict::Deny, policy, index, conn);
+        return decided(Verdict::Deny, policy, index, subject);
     }
     if let Some((policy, index)) = allow {
-        return decided(Verdict::Allow, policy, index, conn);
+        return decided(Verdict::Allow, policy, index, subject);
     }
     if allows == 0 {
         return Decision {
@@ -156,23 +198,22 @@ fn decide(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAttrs) -
         policy: None,
         rule: None,
         reason: format!(
-            "no ALLOW policy selecting {}/{} matched ({checked} {noun} checked: {})",
-            dst.namespace,
-            dst.name,
+            "no ALLOW policy {} matched ({checked} {noun} checked: {})",
+            subject.scope(),
             names.join(", ")
         ),
     }
 }
 
-/// What the dry-run policies selecting `dst` would have decided, one line each (empty when
-/// none selects it): matching DENY and CUSTOM policies, matching ALLOW policies, and, when
-/// only dry-run ALLOW policies select the workload and none matches, that they would deny.
-pub fn dry_run(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAttrs) -> Vec<String> {
+/// What the dry-run policies that apply would have decided, one line each (empty when none
+/// applies): matching DENY and CUSTOM policies, matching ALLOW policies, and, when only dry-run
+/// ALLOW policies apply and none matches, that they would deny.
+fn dry_run(policies: &PolicySet, subject: &impl Subject) -> Vec<String> {
     let root = policies.root_namespace();
     let shadow: Vec<&AuthorizationPolicy> = policies
         .authorization_policies()
         .iter()
-        .filter(|p| p.dry_run && selects(p, root, dst))
+        .filter(|p| p.dry_run && subject.applies(p, root))
         .collect();
     let mut out = Vec::new();
     for policy in &shadow {
@@ -188,7 +229,7 @@ pub fn dry_run(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAtt
             }
             Action::Audit => continue,
         };
-        if let Some(index) = matching_rule(policy, conn) {
+        if let Some(index) = matching_rule(policy, subject) {
             out.push(format!(
                 "{} policy {} rule {index} would {verdict}",
                 policy.action,
@@ -199,7 +240,7 @@ pub fn dry_run(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAtt
     let enforced_allow = policies
         .authorization_policies()
         .iter()
-        .any(|p| !p.dry_run && p.action == Action::Allow && selects(p, root, dst));
+        .any(|p| !p.dry_run && p.action == Action::Allow && subject.applies(p, root));
     let shadow_allow: Vec<&&AuthorizationPolicy> = shadow
         .iter()
         .filter(|p| p.action == Action::Allow)
@@ -208,7 +249,7 @@ pub fn dry_run(policies: &PolicySet, dst: &Destination<'_>, conn: &ConnectionAtt
         && !shadow_allow.is_empty()
         && !shadow_allow
             .iter()
-            .any(|p| matching_rule(p, conn).is_some())
+            .any(|p| matching_rule(p, subject).is_some())
     {
         out.push("no dry-run ALLOW policy matches: they would deny".to_owned());
     }
@@ -235,12 +276,12 @@ fn decided(
     verdict: Verdict,
     policy: &AuthorizationPolicy,
     index: usize,
-    conn: &ConnectionAttrs,
+    subject: &impl Subject,
 ) -> Decision {
     let why = policy
         .rules
         .get(index)
-        .map(|r| r.explain(conn))
+        .map(|r| subject.explain(r))
         .unwrap_or_default();
     let verb = match verdict {
         Verdict::Allow => "allowed",

@@ -86,6 +86,94 @@ impl fmt::Display for StringMatch {
     }
 }
 
+/// An Istio `paths` pattern: the string forms, or a path template (`/a/{*}/b`, `/a/{**}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathPattern {
+    /// Exact, `x*`, `*x` or `*`.
+    Plain(StringMatch),
+    /// A template: literal segments, `{*}` (one segment) and a last `{**}` (the rest).
+    Template {
+        /// The segments after the leading `/`.
+        segments: Vec<TemplateSegment>,
+        /// As written, for explanations.
+        text: String,
+    },
+}
+
+/// One segment of a path template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateSegment {
+    /// The segment exactly.
+    Literal(String),
+    /// `{*}`: any one non-empty segment.
+    One,
+    /// `{**}`: whatever follows, `/` included (only last).
+    Many,
+}
+
+impl PathPattern {
+    /// Reads Istio's notation. A pattern with `{` or `}` is a template, checked as Istio's
+    /// validation does (`pkg/config/security/security.go`, `validateNewPathSyntax`): it starts
+    /// with `/`, each operator is a whole segment, `{**}` comes last, and no `*` glob beside.
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        if !text.contains(['{', '}']) {
+            return Ok(Self::Plain(StringMatch::parse(text)));
+        }
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err("a path template must start with /");
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            segments.push(match *part {
+                "{*}" => TemplateSegment::One,
+                "{**}" if i + 1 == parts.len() => TemplateSegment::Many,
+                "{**}" => return Err("{**} must be the last segment of a path template"),
+                p if p.contains(['{', '}', '*']) => {
+                    return Err("a path template operator must be a whole segment, {*} or {**}");
+                }
+                p => TemplateSegment::Literal(p.to_owned()),
+            });
+        }
+        Ok(Self::Template {
+            segments,
+            text: text.to_owned(),
+        })
+    }
+
+    /// Whether the normalized `path` (without its query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Plain(m) => m.matches(path),
+            Self::Template { segments, .. } => {
+                let Some(rest) = path.strip_prefix('/') else {
+                    return false;
+                };
+                let mut parts = rest.split('/');
+                for segment in segments {
+                    let part = parts.next();
+                    match (segment, part) {
+                        (TemplateSegment::Many, Some(_)) => return true,
+                        (TemplateSegment::One, Some(p)) if !p.is_empty() => {}
+                        (TemplateSegment::Literal(l), Some(p)) if l == p => {}
+                        _ => return false,
+                    }
+                }
+                parts.next().is_none()
+            }
+        }
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Plain(m) => m.fmt(f),
+            Self::Template { text, .. } => f.write_str(text),
+        }
+    }
+}
+
 /// An address block, e.g. `10.0.0.0/8` or `fd00::/64`; a bare IP is `/32` or `/128`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpBlock {
@@ -224,6 +312,13 @@ impl Pattern for StringMatch {
     type Subject = str;
     fn matches(&self, subject: &str) -> bool {
         StringMatch::matches(self, subject)
+    }
+}
+
+impl Pattern for PathPattern {
+    type Subject = str;
+    fn matches(&self, subject: &str) -> bool {
+        PathPattern::matches(self, subject)
     }
 }
 

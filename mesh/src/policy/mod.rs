@@ -1,7 +1,8 @@
-//! L4 authorization with Istio's semantics: `security.istio.io` AuthorizationPolicy and
+//! Authorization with Istio's semantics: `security.istio.io` AuthorizationPolicy and
 //! PeerAuthentication (RequestAuthentication is kept to be reported), parsed from Kubernetes
-//! JSON into a [`PolicySet`] and evaluated as pure functions of that set, the destination
-//! workload and the connection.
+//! JSON into a [`PolicySet`] and evaluated as pure functions of that set: at L4 for the node
+//! proxy ([`evaluate`]: the destination workload and the connection), and at L7 for a waypoint
+//! ([`evaluate_request`]: the policies bound to it by `targetRefs`, and the request).
 //!
 //! Invariants: every valid Istio object is accepted, and a malformed one costs only itself —
 //! nothing here refuses a state. A [`PolicySet`] is sorted by `namespace/name` (so decisions
@@ -15,15 +16,19 @@ mod model;
 mod parse;
 mod peer_auth;
 mod report;
+mod request;
+mod waypoint;
 
 #[cfg(test)]
 mod tests;
 
 pub use eval::{Decision, Destination, Verdict, evaluate, selects};
-pub use matcher::{CidrError, IpBlock, Match, Pattern, ServiceAccount, StringMatch};
+pub use matcher::{
+    CidrError, IpBlock, Match, PathPattern, Pattern, ServiceAccount, StringMatch, TemplateSegment,
+};
 pub use model::{
     Action, AuthorizationPolicy, Condition, ConnectionAttrs, Finding, Operation, PolicyRef,
-    RequestAuthentication, Rule, Source,
+    RequestAuthentication, Rule, Source, TargetRef,
 };
 pub use parse::{
     ParseError, PolicyKind, authorization_policy, peer_authentication, request_authentication,
@@ -33,6 +38,8 @@ pub use peer_auth::{
     resolve_mtls,
 };
 pub use report::{Unsupported, UnsupportedReason, UnsupportedView};
+pub use request::{RequestAttrs, RequestCondition, request_host};
+pub use waypoint::{WaypointScope, binds, evaluate_request};
 
 use crate::objects::{RawKind, RawObject};
 

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use super::matcher::{IpBlock, Match, ServiceAccount, StringMatch};
+use super::matcher::{IpBlock, Match, PathPattern, ServiceAccount, StringMatch};
 use super::parse::ParseError;
+use super::request::RequestCondition;
 use crate::identity::SpiffeId;
 
 /// A policy's namespace and name, shown as `ns/name`.
@@ -76,6 +77,12 @@ pub enum Finding {
     },
     /// A malformed value or shape, which Istio's validation would have refused.
     Invalid(ParseError),
+    /// A field the waypoint does not check yet: JWT claims and request principals (issue 19)
+    /// and Envoy's experimental filter metadata.
+    NotAtWaypoint {
+        /// Where, e.g. `from.source.requestPrincipals`.
+        field: String,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -84,6 +91,7 @@ impl fmt::Display for Finding {
             Self::L7Only { field } => write!(f, "{field} (L7-only)"),
             Self::Unknown { field } => write!(f, "{field} (a field marrow does not know)"),
             Self::Invalid(error) => write!(f, "{error}"),
+            Self::NotAtWaypoint { field } => write!(f, "{field} (not checked by the waypoint)"),
         }
     }
 }
@@ -104,6 +112,13 @@ pub struct AuthorizationPolicy {
     /// `spec.targetRef(s)` is set: the policy binds to a waypoint or gateway, so the node
     /// proxy does not enforce it (Istio's ztunnel ignores it too).
     pub targets_waypoint: bool,
+    /// `spec.targetRefs` (or the older `spec.targetRef`): what the policy binds to at a
+    /// waypoint; malformed entries and kinds marrow does not bind are in
+    /// [`AuthorizationPolicy::waypoint_findings`].
+    pub target_refs: Vec<TargetRef>,
+    /// Problems only the waypoint cares about (its target references); they bar the policy's
+    /// ALLOW rules there, as [`Rule::unchecked_at_waypoint`] does.
+    pub waypoint_findings: Vec<Finding>,
     /// `spec.provider.name`, for a CUSTOM policy.
     pub provider: Option<String>,
     /// The `istio.io/dry-run` annotation is true: evaluated for the log and `explain`, never
@@ -208,6 +223,30 @@ impl RequestAuthentication {
     }
 }
 
+/// What a `targetRefs` entry names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetRef {
+    /// A `gateway.networking.k8s.io` Gateway: the waypoint, by name, in the policy's namespace.
+    Gateway {
+        /// `name`.
+        name: String,
+    },
+    /// A core Service, by name, in the policy's namespace: its waypoint applies the policy to
+    /// requests for it.
+    Service {
+        /// `name`.
+        name: String,
+    },
+    /// The GatewayClass `istio-waypoint`: every waypoint, when the policy is in the root
+    /// namespace.
+    WaypointClass,
+    /// Anything else (another kind or group, another namespace): binds to nothing.
+    Other {
+        /// `group/kind/name` as written.
+        text: String,
+    },
+}
+
 /// One rule: every non-empty list must have an element that matches.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rule {
@@ -220,6 +259,13 @@ pub struct Rule {
     /// What the rule had that is not checked here (L7-only, unknown or malformed fields, and
     /// policy-wide problems that bar an ALLOW); dropped from the above.
     pub unchecked: Vec<Finding>,
+    /// The `when` conditions only a waypoint reads (`request.headers[…]`, `remote.ip`,
+    /// `connection.sni`); at L4 they are in [`Rule::unchecked`].
+    pub request_when: Vec<RequestCondition>,
+    /// What the waypoint does not check as written (the JWT fields, unknown and malformed
+    /// fields, policy-wide problems): at the waypoint an ALLOW rule with any never matches and
+    /// a DENY rule is checked without them.
+    pub unchecked_at_waypoint: Vec<Finding>,
 }
 
 /// `from.source`: all set fields must match.
@@ -236,13 +282,23 @@ pub struct Source {
     pub trust_domains: Match<StringMatch>,
     /// `ipBlocks` / `notIpBlocks`, the peer's address.
     pub ip_blocks: Match<IpBlock>,
+    /// `remoteIpBlocks` / `notRemoteIpBlocks`, checked only by a waypoint: the original
+    /// client's address (from the tunnel's `forwarded` header).
+    pub remote_ip_blocks: Match<IpBlock>,
 }
 
-/// `to.operation` at L4: ports only.
+/// `to.operation`: ports at L4; a waypoint checks hosts, methods and paths too.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Operation {
     /// `ports` / `notPorts`, the destination port.
     pub ports: Match<u16>,
+    /// `hosts` / `notHosts`, the request's host without port; patterns are lowercased, as
+    /// Istio matches hosts without case.
+    pub hosts: Match<StringMatch>,
+    /// `methods` / `notMethods`, the request method (case-sensitive, as in Istio).
+    pub methods: Match<StringMatch>,
+    /// `paths` / `notPaths`, the normalized path without its query.
+    pub paths: Match<PathPattern>,
 }
 
 /// A `when` condition on one of the L4 keys.
@@ -350,7 +406,7 @@ impl Source {
             && self.trust_domains.matches(conn.source_trust_domain())
     }
 
-    fn explain(&self, conn: &ConnectionAttrs, out: &mut Vec<String>) {
+    pub(super) fn explain(&self, conn: &ConnectionAttrs, out: &mut Vec<String>) {
         let principal = conn.principal();
         let id = conn.source_principal.as_ref();
         self.principals.explain("source.principal", principal, out);
@@ -386,7 +442,7 @@ impl Condition {
         }
     }
 
-    fn explain(&self, conn: &ConnectionAttrs, out: &mut Vec<String>) {
+    pub(super) fn explain(&self, conn: &ConnectionAttrs, out: &mut Vec<String>) {
         match self {
             Self::SourceIp(m) => m.explain("when source.ip", Some(&conn.source_ip), out),
             Self::SourceNamespace(m) => {

@@ -32,6 +32,9 @@ pub enum UnsupportedReason {
     InvalidField,
     /// A RequestAuthentication: JWTs are checked only at L7.
     RequestAuthentication,
+    /// Fields of a waypoint's policy the waypoint does not check (JWT, experimental keys) or
+    /// target references it cannot bind.
+    NotAtWaypoint,
 }
 
 impl UnsupportedReason {
@@ -43,6 +46,7 @@ impl UnsupportedReason {
         (PolicyKind::AuthorizationPolicy, Self::L7OnlyField),
         (PolicyKind::AuthorizationPolicy, Self::UnknownField),
         (PolicyKind::AuthorizationPolicy, Self::InvalidField),
+        (PolicyKind::AuthorizationPolicy, Self::NotAtWaypoint),
         (PolicyKind::PeerAuthentication, Self::UnknownField),
         (PolicyKind::PeerAuthentication, Self::InvalidField),
         (
@@ -61,6 +65,7 @@ impl UnsupportedReason {
             Self::UnknownField => "unknown_field",
             Self::InvalidField => "invalid_field",
             Self::RequestAuthentication => "request_authentication",
+            Self::NotAtWaypoint => "not_at_waypoint",
         }
     }
 }
@@ -179,6 +184,7 @@ fn authorization(policy: &AuthorizationPolicy, out: &mut Vec<Unsupported>) {
                 ),
             );
         }
+        at_waypoint(policy, push);
         return;
     }
     match policy.action {
@@ -225,6 +231,7 @@ fn authorization(policy: &AuthorizationPolicy, out: &mut Vec<Unsupported>) {
             Finding::L7Only { .. } => UnsupportedReason::L7OnlyField,
             Finding::Unknown { .. } => UnsupportedReason::UnknownField,
             Finding::Invalid(_) => UnsupportedReason::InvalidField,
+            Finding::NotAtWaypoint { .. } => UnsupportedReason::NotAtWaypoint,
         };
         let text = match at {
             Some(i) if matches!(finding, Finding::L7Only { .. }) => format!("rule {i}: {finding}"),
@@ -245,6 +252,33 @@ fn authorization(policy: &AuthorizationPolicy, out: &mut Vec<Unsupported>) {
     }
     for (reason, texts) in by_reason {
         push(reason, format!("{}: {effect}", texts.join(", ")));
+    }
+}
+
+/// What the waypoint does not check as written in a policy bound to it by `targetRefs`, one
+/// entry for all of it (the policy-wide problems are reported above).
+fn at_waypoint(policy: &AuthorizationPolicy, mut push: impl FnMut(UnsupportedReason, String)) {
+    let mut texts: Vec<String> = Vec::new();
+    let rules = policy.rules.iter().enumerate();
+    let per_rule = rules.flat_map(|(i, r)| r.unchecked_at_waypoint.iter().map(move |f| (i, f)));
+    let elsewhere =
+        |f: &Finding| policy.findings.contains(f) || policy.waypoint_findings.contains(f);
+    for (i, finding) in per_rule.filter(|(_, f)| !elsewhere(f)) {
+        let text = format!("rule {i}: {finding}");
+        if !texts.contains(&text) {
+            texts.push(text);
+        }
+    }
+    texts.extend(policy.waypoint_findings.iter().map(ToString::to_string));
+    if !texts.is_empty() {
+        push(
+            UnsupportedReason::NotAtWaypoint,
+            format!(
+                "{}: at the waypoint an ALLOW rule with them never matches and a DENY rule is \
+                 checked without them",
+                texts.join(", ")
+            ),
+        );
     }
 }
 

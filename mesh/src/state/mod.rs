@@ -20,6 +20,7 @@ pub mod k8s;
 mod model;
 #[cfg(test)]
 mod policy_tests;
+pub mod protocol;
 mod route;
 pub mod services;
 mod snapshot;

@@ -36,6 +36,10 @@ pub struct ServiceTarget {
     pub name: String,
     /// The VIP and service port (canonical: IPv4 as IPv4).
     pub vip: SocketAddr,
+    /// The service port's `name` (empty when unnamed): Istio's protocol by name prefix.
+    pub port_name: String,
+    /// The service port's `appProtocol`, which Istio reads instead of the name when set.
+    pub app_protocol: Option<String>,
     /// Its round-robin cursor in the [`EndpointPicker`](super::EndpointPicker).
     pub(super) slot: usize,
     /// Ready endpoints (pod IP, target port), in a stable order.
@@ -43,6 +47,15 @@ pub struct ServiceTarget {
 }
 
 impl ServiceTarget {
+    /// The port's application protocol, as Istio chooses it ([`super::protocol::of_port`]).
+    pub fn protocol(&self) -> super::protocol::Protocol {
+        super::protocol::of_port(
+            self.app_protocol.as_deref(),
+            &self.port_name,
+            self.vip.port(),
+        )
+    }
+
     /// `<name>.<namespace>.svc.cluster.local`, Istio's `destination_service`.
     pub fn host(&self) -> String {
         format!("{}.{}.svc.cluster.local", self.name, self.namespace)
@@ -202,6 +215,8 @@ impl ServiceIndex {
                         namespace: namespace.clone(),
                         name: name.clone(),
                         vip,
+                        port_name: port_name.to_owned(),
+                        app_protocol: port.app_protocol.clone(),
                         slot: super::balance::slot_of(vip),
                         endpoints,
                     }),
@@ -326,6 +341,9 @@ mod tests {
         assert_eq!(picks[..3], web.endpoints[..], "round-robin");
         assert_eq!(picks[3..], web.endpoints[..]);
         assert_eq!(web.host(), "web.shop.svc.cluster.local");
+        assert_eq!(web.port_name, "http");
+        assert_eq!(web.app_protocol, None);
+        assert_eq!(web.protocol(), super::super::protocol::Protocol::Http);
         assert!(
             index.at("10.96.0.10:81".parse().unwrap()).is_none(),
             "only its ports"

@@ -112,14 +112,18 @@ pub enum Reporter {
     Source,
     /// The proxy of the server pod (inbound).
     Destination,
+    /// A waypoint, between the two (Istio's value for the requests an ambient waypoint
+    /// proxies).
+    Waypoint,
 }
 
 impl Reporter {
-    /// `source` or `destination`.
+    /// `source`, `destination` or `waypoint`.
     pub fn as_str(self) -> &'static str {
         match self {
             Reporter::Source => "source",
             Reporter::Destination => "destination",
+            Reporter::Waypoint => "waypoint",
         }
     }
 }
@@ -262,7 +266,7 @@ impl ServiceLabels {
 /// connection; an absent peer or service encodes as `unknown` throughout.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ConnectionLabels {
-    /// `source` or `destination`.
+    /// `source`, `destination` or `waypoint`.
     pub reporter: Reporter,
     /// The client's workload labels, when known. Never `Some` of [`PeerLabels::UNKNOWN`]: that
     /// would be a second series with the same label values as `None`.

@@ -49,7 +49,8 @@ pub enum Endpoint {
     ConfigDump,
     /// `GET /logging`: the log filter; `POST /logging?level=…` replaces it.
     Logging,
-    /// `GET /explain?from=…&to=…&port=…`: the L4 decision for a connection.
+    /// `GET /explain?from=…&to=…&port=…`: the L4 decision for a connection (with `method=`,
+    /// `path=`, `host=`, `header=`, `waypoint=`: the waypoint's for a request).
     Explain,
     /// `GET /`: this list.
     Index,
@@ -94,7 +95,9 @@ impl Endpoint {
             Endpoint::Connections => &["GET /connections"],
             Endpoint::ConfigDump => &["GET /config_dump"],
             Endpoint::Logging => &["GET /logging", "POST /logging?level=<EnvFilter directive>"],
-            Endpoint::Explain => &["GET /explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N"],
+            Endpoint::Explain => &[
+                "GET /explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N[&method=M&path=P&host=H&header=K%3DV&waypoint=ns/name]",
+            ],
             Endpoint::Index => &["GET /"],
         }
     }
@@ -350,7 +353,8 @@ fn logging(admin: &AdminState, method: &Method, query: &str) -> Reply {
 }
 
 /// `/explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N`: the same answer as `node-proxy explain
-/// --json`, from the state in force.
+/// --json`, from the state in force; with `method=`, `path=`, `host=`, `header=K%3DV`
+/// (repeatable) or `waypoint=ns/name`, the waypoint's decision for that request.
 fn explain(admin: &AdminState, query: &str) -> Reply {
     use marrow_mesh::explain::{self as ex, ExplainSource};
     let Some(state) = &admin.state else {
@@ -370,13 +374,21 @@ fn explain(admin: &AdminState, query: &str) -> Reply {
             .ok_or("missing port=")?
             .parse()
             .map_err(|_| "port= is not a port number".to_owned())?;
-        ex::explain(
-            &state.snapshot(),
-            &admin.trust_domain,
-            &from,
-            (&ns, &name),
-            port,
-        )
+        let request = ex::RequestQuery {
+            method: param(query, "method"),
+            path: param(query, "path"),
+            host: param(query, "host"),
+            headers: params(query, "header"),
+            waypoint: param(query, "waypoint"),
+        };
+        let snap = state.snapshot();
+        let td = &admin.trust_domain;
+        // One code path with the waypoint: an HTTP request goes through `evaluate_request`.
+        if request.is_empty() {
+            ex::explain(&snap, td, &from, (&ns, &name), port)
+        } else {
+            ex::explain_request(&snap, td, &from, (&ns, &name), port, &request)
+        }
         .map_err(|e| e.to_string())
     })();
     match answer {
@@ -387,10 +399,18 @@ fn explain(admin: &AdminState, query: &str) -> Reply {
 
 /// The (decoded) value of `key` in a query string.
 fn param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == key).then(|| percent_decode(v))
-    })
+    params(query, key).into_iter().next()
+}
+
+/// Every (decoded) value of `key` in a query string, in order.
+fn params(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == key).then(|| percent_decode(v))
+        })
+        .collect()
 }
 
 /// The HTTP response of `reply`, with a trailing newline for curl users.

@@ -238,6 +238,44 @@ async fn explain_answers_as_the_cli_and_names_bad_arguments() {
 }
 
 #[tokio::test]
+async fn explain_takes_a_request_for_the_waypoint() {
+    // No policy is bound to the waypoint shop/wp in this state: the request is allowed there,
+    // and the answer is the same function's as the CLI's.
+    let body = ok(
+        &admin(),
+        "/explain?from=shop%2Fclient&to=shop/web&port=9090&method=DELETE&path=%2F%2Fapi\
+         &header=x-user%3Dalice&header=x-role%3Dguest&waypoint=shop%2Fwp",
+    )
+    .await;
+    let snap = admin().state.unwrap().snapshot();
+    let request = marrow_mesh::explain::RequestQuery {
+        method: Some("DELETE".to_owned()),
+        path: Some("//api".to_owned()),
+        host: None,
+        headers: vec!["x-user=alice".to_owned(), "x-role=guest".to_owned()],
+        waypoint: Some("shop/wp".to_owned()),
+    };
+    let cli = marrow_mesh::explain::explain_request(
+        &snap,
+        &TrustDomain::default(),
+        &"shop/client".parse().unwrap(),
+        ("shop", "web"),
+        9090,
+        &request,
+    )
+    .unwrap();
+    assert_eq!(body, serde_json::to_value(&cli).unwrap());
+    assert_eq!(body["decision"], "allow", "{body}");
+    let bad = get(
+        &admin(),
+        "/explain?from=shop%2Fclient&to=shop/web&port=80&method=GET",
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(json(&bad)["error"].as_str().unwrap().contains("waypoint"));
+}
+
+#[tokio::test]
 async fn connections_list_both_ends_and_bytes() {
     let admin = admin();
     let td = TrustDomain::default();

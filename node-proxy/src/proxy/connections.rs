@@ -75,7 +75,8 @@ impl ConnectionFacts {
     pub fn direction(&self) -> &'static str {
         match self.reporter() {
             Reporter::Source => "outbound",
-            Reporter::Destination => "inbound",
+            // A node proxy never reports as a waypoint; a waypoint's traffic is inbound to it.
+            Reporter::Destination | Reporter::Waypoint => "inbound",
         }
     }
 
@@ -271,7 +272,7 @@ impl ConnectionTable {
     fn series(&self, reporter: Reporter) -> &Gauge {
         match reporter {
             Reporter::Source => &self.source_open,
-            Reporter::Destination => &self.destination_open,
+            Reporter::Destination | Reporter::Waypoint => &self.destination_open,
         }
     }
 

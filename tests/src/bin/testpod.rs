@@ -15,6 +15,8 @@
 //!     load generators for `cargo xtask bench`: see the `load` module.
 //! testpod converse <ip:port> [--timeout-ms N]
 //!     one connection driven line by line from stdin: see the `converse` module.
+//! testpod http-serve | http-load …
+//!     the L7 server and load generator of the bench: see the `http_load` module.
 //! ```
 //! Addresses are printed canonically (an IPv4-mapped IPv6 peer shows as plain IPv4).
 
@@ -31,6 +33,8 @@ use json::{Json, object};
 mod bulk;
 #[path = "testpod/converse.rs"]
 mod converse;
+#[path = "testpod/http_load.rs"]
+mod http_load;
 #[path = "testpod/json.rs"]
 mod json;
 #[path = "testpod/load.rs"]
@@ -43,7 +47,9 @@ const USAGE: &str = "usage: testpod serve --port P [--v6] [--sink]
        testpod send <ip:port> --bytes N [--timeout-ms N]
        testpod pingpong <ip:port> --count N [--size B] [--timeout-ms N]
        testpod hold <ip:port> --connections N [--seconds S] [--timeout-ms N]
-       testpod converse <ip:port> [--timeout-ms N]";
+       testpod converse <ip:port> [--timeout-ms N]
+       testpod http-serve --port P [--size B]
+       testpod http-load <ip:port> --seconds S [--connections C] [--size B] [--rate R] [--timeout-ms N]";
 const CHUNK: usize = 64 * 1024;
 
 fn main() -> ExitCode {
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
         "pingpong" => client(&flags, load::pingpong),
         "hold" => load::hold(&flags),
         "converse" => converse::converse(&flags),
+        "http-serve" => http_load::serve(&flags),
+        "http-load" => http_load::load(&flags),
         other => Err(format!("unknown command {other:?}")),
     };
     match result {
@@ -100,7 +108,7 @@ impl Flags {
                 Some(name @ ("v6" | "sink")) => flags.switches.push(name.to_owned()),
                 Some(
                     name @ ("port" | "send" | "timeout-ms" | "bytes" | "seconds" | "threads"
-                    | "count" | "size" | "connections"),
+                    | "count" | "size" | "connections" | "rate"),
                 ) => {
                     let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
                     flags.values.insert(name.to_owned(), value.clone());

@@ -6,10 +6,11 @@
 
 use serde_json::{Map, Value};
 
-use super::{AUTHZ, Doc, ParseError, is_unset, pattern, wrong_type};
+use super::{AUTHZ, Doc, ParseError, is_unset, l7, pattern, wrong_type};
 use crate::policy::model::{
     Action, AuthorizationPolicy, Condition, Finding, Operation, Rule, Source,
 };
+use crate::policy::request::RequestCondition;
 
 /// The annotation Istio honours on policies: evaluate, log, never enforce.
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
@@ -74,6 +75,8 @@ pub fn authorization_policy(body: &Value) -> Result<AuthorizationPolicy, ParseEr
         action: Action::Allow,
         rules: Vec::new(),
         targets_waypoint: false,
+        target_refs: Vec::new(),
+        waypoint_findings: Vec::new(),
         provider: None,
         dry_run,
         findings: Vec::new(),
@@ -99,6 +102,7 @@ pub fn authorization_policy(body: &Value) -> Result<AuthorizationPolicy, ParseEr
     // rules never match there: it denies more, never allows more.
     policy.selector = doc.selector(spec, &mut every_rule).unwrap_or(None);
     policy.targets_waypoint = Doc::targets_waypoint(spec);
+    policy.target_refs = l7::target_refs(&doc, spec, &mut policy.waypoint_findings);
     if policy.targets_waypoint && spec.get("selector").is_some_and(|s| !s.is_null()) {
         // istiod's ambient conversion sends ztunnel nothing for a targetRefs policy, so the
         // node proxy leaves it to the waypoint (`convertAuthorizationPolicy`).
@@ -127,6 +131,7 @@ pub fn authorization_policy(body: &Value) -> Result<AuthorizationPolicy, ParseEr
             // Unreadable rules: one rule that an ALLOW never matches and a DENY always does.
             vec![Rule {
                 unchecked: vec![wrong_type("rules", "a list")],
+                unchecked_at_waypoint: vec![wrong_type("rules", "a list")],
                 ..Rule::default()
             }]
         }
@@ -134,6 +139,9 @@ pub fn authorization_policy(body: &Value) -> Result<AuthorizationPolicy, ParseEr
     for rule in &mut policy.rules {
         rule.unchecked.extend(every_rule.iter().cloned());
         rule.unchecked.dedup();
+        let at_waypoint = every_rule.iter().chain(&policy.waypoint_findings).cloned();
+        rule.unchecked_at_waypoint.extend(at_waypoint);
+        rule.unchecked_at_waypoint.dedup();
     }
     findings.extend(every_rule);
     policy.findings = findings;
@@ -231,6 +239,8 @@ fn provider(
 
 fn rule(doc: &Doc, value: &Value, at: &str) -> Rule {
     let mut found = Vec::new();
+    // What only the waypoint reads and cannot take (L4 has these as L7-only).
+    let mut l7_found = Vec::new();
     let empty = Map::new();
     let map = doc.object(value, at, &mut found).unwrap_or(&empty);
     doc.unknown_fields(map, at, RULE_FIELDS, &mut found);
@@ -249,7 +259,8 @@ fn rule(doc: &Doc, value: &Value, at: &str) -> Rule {
         .enumerate()
     {
         let item = format!("{at}.from[{i}]");
-        rule.from.push(source(doc, from, &item, &mut found));
+        rule.from
+            .push(source(doc, from, &item, &mut found, &mut l7_found));
     }
     if map
         .get("to")
@@ -265,7 +276,8 @@ fn rule(doc: &Doc, value: &Value, at: &str) -> Rule {
         .enumerate()
     {
         let item = format!("{at}.to[{i}]");
-        rule.to.push(operation(doc, to, &item, &mut found));
+        rule.to
+            .push(operation(doc, to, &item, &mut found, &mut l7_found));
     }
     for (i, when) in doc
         .list(map.get("when"), &format!("{at}.when"), &mut found)
@@ -273,17 +285,38 @@ fn rule(doc: &Doc, value: &Value, at: &str) -> Rule {
         .enumerate()
     {
         let at = format!("{at}.when[{i}]");
-        if let Some(condition) = condition(doc, when, &at, &mut found) {
-            rule.when.push(condition);
+        match condition(doc, when, &at, &mut found, &mut l7_found) {
+            When::Connection(c) => rule.when.push(c),
+            When::Request(c) => rule.request_when.push(c),
+            When::Neither => {}
         }
     }
     found.dedup();
+    rule.unchecked_at_waypoint = l7::still_unchecked(&found).cloned().collect();
+    rule.unchecked_at_waypoint.extend(l7_found);
+    rule.unchecked_at_waypoint.dedup();
     rule.unchecked = found;
     rule
 }
 
+/// A parsed `when` entry: for both proxies, for the waypoint only, or for neither.
+enum When {
+    /// A key the node proxy checks (and the waypoint too).
+    Connection(Condition),
+    /// A key only the waypoint checks.
+    Request(RequestCondition),
+    /// Not checked as written (recorded as a finding).
+    Neither,
+}
+
 /// One `from[i]` entry; a malformed part reads as unconstrained (and is in `found`).
-fn source(doc: &Doc, from: &Value, item: &str, found: &mut Vec<Finding>) -> Source {
+fn source(
+    doc: &Doc,
+    from: &Value,
+    item: &str,
+    found: &mut Vec<Finding>,
+    l7_found: &mut Vec<Finding>,
+) -> Source {
     let empty = Map::new();
     let from = doc.object(from, item, found).unwrap_or(&empty);
     doc.unknown_fields(from, item, &["source"], found);
@@ -299,13 +332,15 @@ fn source(doc: &Doc, from: &Value, item: &str, found: &mut Vec<Finding>) -> Sour
     if says_nothing(raw) {
         found.push(Finding::Invalid(ParseError::Empty { field: at.clone() }));
     }
-    let source = Source {
+    let mut source = Source {
         principals: doc.pair(map, &at, "principals", found, pattern),
         namespaces: doc.pair(map, &at, "namespaces", found, pattern),
         service_accounts: doc.pair(map, &at, "serviceAccounts", found, Doc::service_account),
         ip_blocks: doc.pair(map, &at, "ipBlocks", found, Doc::cidr),
         trust_domains: doc.pair(map, &at, "trustDomains", found, Doc::trust_domain),
+        ..Source::default()
     };
+    l7::source(doc, map, &at, &mut source, l7_found);
     let set = |name: &str| map.get(name).is_some_and(|v| !is_unset(v));
     if (set("serviceAccounts") || set("notServiceAccounts"))
         && ["principals", "notPrincipals", "namespaces", "notNamespaces"]
@@ -323,7 +358,13 @@ fn source(doc: &Doc, from: &Value, item: &str, found: &mut Vec<Finding>) -> Sour
 }
 
 /// One `to[i]` entry; a malformed part reads as unconstrained (and is in `found`).
-fn operation(doc: &Doc, to: &Value, item: &str, found: &mut Vec<Finding>) -> Operation {
+fn operation(
+    doc: &Doc,
+    to: &Value,
+    item: &str,
+    found: &mut Vec<Finding>,
+    l7_found: &mut Vec<Finding>,
+) -> Operation {
     let empty = Map::new();
     let to = doc.object(to, item, found).unwrap_or(&empty);
     doc.unknown_fields(to, item, &["operation"], found);
@@ -339,9 +380,13 @@ fn operation(doc: &Doc, to: &Value, item: &str, found: &mut Vec<Finding>) -> Ope
     if says_nothing(raw) {
         found.push(Finding::Invalid(ParseError::Empty { field: at.clone() }));
     }
-    let ports = doc.pair(map, &at, "ports", found, Doc::port);
+    let mut op = Operation {
+        ports: doc.pair(map, &at, "ports", found, Doc::port),
+        ..Operation::default()
+    };
+    l7::operation(doc, map, &at, &mut op, l7_found);
     l7_fields(map, L7_OPERATION_FIELDS, "to.operation", found);
-    Operation { ports }
+    op
 }
 
 /// Whether a `source` or `operation` is absent or sets nothing (Istio's validation refuses
@@ -365,8 +410,16 @@ fn l7_fields(map: &Map<String, Value>, names: &[&str], at: &str, out: &mut Vec<F
     }
 }
 
-/// A `when` entry; `None` when it is L7-only, unknown or malformed (recorded in `found`).
-fn condition(doc: &Doc, value: &Value, at: &str, found: &mut Vec<Finding>) -> Option<Condition> {
+/// A `when` entry. An L7-only key is a finding in `found` (for L4) and a condition for the
+/// waypoint (or, if it cannot check it, a finding in `l7_found`); an unknown or malformed entry
+/// is a finding in `found`.
+fn condition(
+    doc: &Doc,
+    value: &Value,
+    at: &str,
+    found: &mut Vec<Finding>,
+    l7_found: &mut Vec<Finding>,
+) -> When {
     let empty = Map::new();
     let map = doc.object(value, at, found).unwrap_or(&empty);
     doc.unknown_fields(map, at, CONDITION_FIELDS, found);
@@ -376,11 +429,11 @@ fn condition(doc: &Doc, value: &Value, at: &str, found: &mut Vec<Finding>) -> Op
             found.push(Finding::Invalid(ParseError::Empty {
                 field: format!("{at}.key"),
             }));
-            return None;
+            return When::Neither;
         }
         Some(_) => {
             found.push(wrong_type(&format!("{at}.key"), "a string"));
-            return None;
+            return When::Neither;
         }
     };
     let before = found.len();
@@ -413,13 +466,16 @@ fn condition(doc: &Doc, value: &Value, at: &str, found: &mut Vec<Finding>) -> Op
             found.push(Finding::L7Only {
                 field: format!("when.{k}"),
             });
-            return None;
+            return match l7::condition(doc, k, map, at, l7_found) {
+                Some(c) => When::Request(c),
+                None => When::Neither,
+            };
         }
         k => {
             found.push(Finding::Unknown {
                 field: format!("when.{k}"),
             });
-            return None;
+            return When::Neither;
         }
     };
     let set = match &condition {
@@ -437,7 +493,7 @@ fn condition(doc: &Doc, value: &Value, at: &str, found: &mut Vec<Finding>) -> Op
                 field: format!("{at}.values"),
             }));
         }
-        return None;
+        return When::Neither;
     }
-    Some(condition)
+    When::Connection(condition)
 }

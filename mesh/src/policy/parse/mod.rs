@@ -11,6 +11,7 @@
 //! module holds the error type and the JSON helpers that name fields.
 
 mod authz;
+mod l7;
 mod peer;
 mod request;
 

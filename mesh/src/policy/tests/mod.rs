@@ -4,6 +4,7 @@
 
 mod eval;
 mod findings;
+mod l7;
 mod matching;
 mod parse;
 mod patterns;

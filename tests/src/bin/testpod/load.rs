@@ -85,7 +85,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The `q` quantile (0..=1) of ascending `sorted` by nearest rank; 0 when empty.
-fn quantile(sorted: &[u64], q: f64) -> u64 {
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

@@ -1,0 +1,568 @@
+//! The HTTP proxy over one accepted tunnel: hyper serves HTTP/1.1 or HTTP/2 (told apart by the
+//! preface) to the client; each request is checked, authorized ([`crate::authz`]), sent to an
+//! endpoint chosen least-request over a pooled HBONE tunnel, and its response streamed back
+//! (trailers included); one [`RequestOutcome`] per request is recorded at its end.
+//!
+//! Upstream HTTP connections belong to the client's tunnel: they carry that client's
+//! `forwarded`/`baggage` on their CONNECT, and go when it goes. HTTP/1.1 ones are reused while
+//! idle (keep-alive); an HTTP/2 one per endpoint carries every request.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::authz::{self, AuthzRequest, Decision};
+use crate::balance::ActiveRequest;
+use crate::body::{Body, BoxError, full};
+use crate::client::OriginalClient;
+use crate::context::Context;
+use crate::headers;
+use crate::outcome::{Pending, RequestOutcome, record};
+use crate::target::Destination;
+use crate::upstream::UpstreamError;
+use marrow_mesh::drain::Drain;
+use marrow_mesh::telemetry::ResponseFlag;
+
+/// HTTP/1.1 upstream connections kept per endpoint and client tunnel.
+const MAX_H1_PER_ENDPOINT: usize = 16;
+
+/// The path as forwarded and matched.
+// TODO(l7policy): `marrow_mesh::path::normalize` (RFC 3986 dot segments, merged slashes,
+// unreserved percent-escapes decoded) replaces this pass-through; this is its one call site.
+fn normalize_path(uri: &http::Uri) -> String {
+    uri.path().to_owned()
+}
+
+/// One client tunnel's HTTP side.
+pub struct Downstream {
+    ctx: Arc<Context>,
+    dest: Destination,
+    client: OriginalClient,
+    conns: Mutex<Conns>,
+}
+
+/// Upstream HTTP connections of one tunnel, by endpoint.
+#[derive(Default)]
+struct Conns {
+    h1: HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>,
+    h2: HashMap<SocketAddr, http2::SendRequest<Body>>,
+}
+
+/// Serves HTTP on an accepted tunnel until the client closes it, or gracefully once `drain`
+/// starts.
+pub async fn serve<IO>(
+    io: IO,
+    ctx: Arc<Context>,
+    dest: Destination,
+    client: OriginalClient,
+    drain: Drain,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = ctx.limits;
+    let downstream = Arc::new(Downstream {
+        ctx,
+        dest,
+        client,
+        conns: Mutex::new(Conns::default()),
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let downstream = downstream.clone();
+        async move { Ok::<_, Infallible>(downstream.handle(req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
+        .max_local_error_reset_streams(Some(1024));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = drain.started() => {
+            // Draining: HTTP/1 closes after the request in flight, HTTP/2 sends GOAWAY; both
+            // finish what they carry (up to the drain deadline).
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%error, "http connection ended with an error");
+    }
+}
+
+/// The `:authority` or `Host` of a request.
+fn authority_of<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+impl Downstream {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        let mut outcome = Pending::new(RequestOutcome::start(
+            self.client.identity.to_string(),
+            Some(self.client.addr),
+            self.dest.authority(),
+            self.dest.service_host(),
+        ));
+        let version = req.version();
+        outcome.method = req.method().to_string();
+        outcome.protocol = if version == Version::HTTP_2 {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        };
+        let host = authority_of(&req);
+        outcome.authority = host.clone();
+        if version != Version::HTTP_2
+            && let Err(reason) = headers::check_framing(req.headers())
+        {
+            tracing::info!(client = %self.client.addr, reason, "malformed request; answering 400");
+            return local(
+                outcome.finish(),
+                StatusCode::BAD_REQUEST,
+                reason,
+                None,
+                true,
+            );
+        }
+        let path = normalize_path(req.uri());
+        outcome.path = path.clone();
+        let grpc = authz::is_grpc(req.headers());
+        let decision = authz::decide(&AuthzRequest {
+            client: &self.client,
+            destination: self.dest.authority(),
+            method: req.method(),
+            path: &path,
+            host: &host,
+            headers: req.headers(),
+        });
+        if let Decision::Deny { reason } = decision {
+            tracing::info!(client = %self.client.identity, path, %reason, "request denied");
+            let response = authz::denied(grpc);
+            outcome.status = response.status().as_u16();
+            outcome.grpc_status = grpc.then_some(7);
+            outcome.flag = Some(ResponseFlag::Deny);
+            record(outcome.finish());
+            return response;
+        }
+        let endpoint = match &self.dest {
+            Destination::Service(service) => {
+                match self.ctx.upstreams.balancer.pick(&service.endpoints) {
+                    Some(endpoint) => endpoint,
+                    None => {
+                        let error = UpstreamError::NoEndpoint(service.host());
+                        tracing::info!(%error, "no upstream");
+                        return local(
+                            outcome.finish(),
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no healthy upstream",
+                            Some(error.flag()),
+                            false,
+                        );
+                    }
+                }
+            }
+            Destination::Workload { addr, .. } => *addr,
+        };
+        outcome.upstream = Some(endpoint);
+        let active = self.ctx.upstreams.balancer.start(endpoint);
+        let upgrade = version != Version::HTTP_2 && headers::is_upgrade(req.headers());
+        let use_h2 = !upgrade && (self.dest.protocol().is_http2() || version == Version::HTTP_2);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let upstream_req = self.prepare(req, &host, use_h2, upgrade, bytes_in.clone());
+        let sent = match self.send(endpoint, use_h2, upgrade, upstream_req).await {
+            Ok(response) => response,
+            Err((error, flag)) => {
+                tracing::info!(%error, %endpoint, "upstream request failed");
+                outcome.bytes_in = bytes_in.load(Ordering::Relaxed);
+                let message = if flag == ResponseFlag::UpstreamFailure {
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+                } else {
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+                };
+                return local(
+                    outcome.finish(),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                    Some(flag),
+                    false,
+                );
+            }
+        };
+        let mut response = sent;
+        outcome.status = response.status().as_u16();
+        outcome.grpc_status = grpc_status(response.headers());
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice(client_upgrade, upstream_upgrade, endpoint));
+        }
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        let body = Recording {
+            inner: body,
+            outcome: Some(outcome.finish()),
+            bytes_in,
+            bytes_out: 0,
+            _active: active,
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+
+    /// The request as the endpoint gets it: hop-by-hop headers gone, the client appended to
+    /// the forwarding headers, the normalized path, HTTP/2 (absolute URI, `te: trailers` kept
+    /// for gRPC) or HTTP/1.1 (origin form, `Host`).
+    fn prepare(
+        &self,
+        req: Request<Incoming>,
+        host: &str,
+        use_h2: bool,
+        upgrade: bool,
+        bytes_in: Arc<AtomicU64>,
+    ) -> Request<Body> {
+        let (mut parts, body) = req.into_parts();
+        let trailers_wanted = parts
+            .headers
+            .get_all(http::header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::append_client(&mut parts.headers, self.client.addr);
+        let path = normalize_path(&parts.uri);
+        let path_and_query = match parts.uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        };
+        if use_h2 {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(http::header::HOST);
+            if trailers_wanted {
+                parts
+                    .headers
+                    .insert(http::header::TE, HeaderValue::from_static("trailers"));
+            }
+            if let Ok(uri) = format!("http://{host}{path_and_query}").parse() {
+                parts.uri = uri;
+            }
+        } else {
+            parts.version = Version::HTTP_11;
+            if let Ok(uri) = path_and_query.parse() {
+                parts.uri = uri;
+            }
+            if !parts.headers.contains_key(http::header::HOST)
+                && let Ok(value) = HeaderValue::from_str(host)
+            {
+                parts.headers.insert(http::header::HOST, value);
+            }
+        }
+        let body = Counted {
+            inner: body,
+            count: bytes_in,
+        };
+        Request::from_parts(parts, body.boxed())
+    }
+
+    /// Sends `req` to `endpoint` on a pooled or new upstream connection.
+    async fn send(
+        &self,
+        endpoint: SocketAddr,
+        use_h2: bool,
+        upgrade: bool,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, (String, ResponseFlag)> {
+        let failed = |e: UpstreamError| (e.to_string(), e.flag());
+        let terminated = |e: hyper::Error| (e.to_string(), ResponseFlag::UpstreamTermination);
+        if use_h2 {
+            let mut sender = match self.idle_h2(endpoint) {
+                Some(sender) => sender,
+                None => {
+                    let sender = self.open_h2(endpoint).await.map_err(failed)?;
+                    self.lock().h2.insert(endpoint, sender.clone());
+                    sender
+                }
+            };
+            return sender.send_request(req).await.map_err(terminated);
+        }
+        let mut sender = match self.idle_h1(endpoint) {
+            Some(sender) => sender,
+            None => self.open_h1(endpoint).await.map_err(failed)?,
+        };
+        let response = sender.send_request(req);
+        // Back to the pool at once: it reports ready again only once this response is read.
+        // A switched connection belongs to the upgrade and never comes back.
+        if !upgrade {
+            let mut conns = self.lock();
+            let list = conns.h1.entry(endpoint).or_default();
+            // A burst of HTTP/2 client streams over HTTP/1 upstream opens one connection per
+            // stream; only so many are kept for reuse afterwards.
+            if list.len() < MAX_H1_PER_ENDPOINT {
+                list.push(sender);
+            }
+        }
+        response.await.map_err(terminated)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
+        // Each critical section leaves the map consistent.
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn idle_h1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let mut conns = self.lock();
+        let list = conns.h1.get_mut(&endpoint)?;
+        list.retain(|s| !s.is_closed());
+        let ready = list.iter().position(http1::SendRequest::is_ready)?;
+        Some(list.swap_remove(ready))
+    }
+
+    fn idle_h2(&self, endpoint: SocketAddr) -> Option<http2::SendRequest<Body>> {
+        let mut conns = self.lock();
+        match conns.h2.get(&endpoint) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                conns.h2.remove(&endpoint);
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn open_h1(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let stream = self.tunnel(endpoint).await?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Http { endpoint, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, %endpoint, "upstream http/1 connection ended");
+            }
+        });
+        sender
+            .ready()
+            .await
+            .map_err(|source| UpstreamError::Http { endpoint, source })?;
+        Ok(sender)
+    }
+
+    async fn open_h2(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let stream = self.tunnel(endpoint).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Http { endpoint, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, %endpoint, "upstream http/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn tunnel(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<marrow_mesh::hbone::pool::PooledStream, UpstreamError> {
+        let snap = self.ctx.state.snapshot();
+        self.ctx
+            .upstreams
+            .tunnel(&snap, endpoint, &self.client, self.dest.service_host())
+            .await
+    }
+}
+
+/// A response made here (refusals, failures), recorded at once.
+fn local(
+    mut outcome: RequestOutcome,
+    status: StatusCode,
+    message: &'static str,
+    flag: Option<ResponseFlag>,
+    close: bool,
+) -> Response<Body> {
+    outcome.status = status.as_u16();
+    outcome.flag = flag;
+    record(outcome);
+    let mut response = Response::new(full(Bytes::from_static(message.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    if close {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Copies bytes both ways between a switched client and upstream connection (WebSocket).
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    endpoint: SocketAddr,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(%error, %endpoint, "protocol switch failed");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(%endpoint, up, down, "upgraded connection closed"),
+        Err(error) => tracing::debug!(%error, %endpoint, "upgraded connection failed"),
+    }
+}
+
+/// `grpc-status` of a header or trailer block.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A request body counting its bytes.
+struct Counted {
+    inner: Incoming,
+    count: Arc<AtomicU64>,
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that records its request's outcome when it ends: at its last frame, on an
+/// upstream error (UC), or when dropped unfinished because the client went away (DC).
+struct Recording {
+    inner: Incoming,
+    outcome: Option<RequestOutcome>,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+    _active: ActiveRequest,
+}
+
+impl Recording {
+    fn finish(&mut self, flag: Option<ResponseFlag>) {
+        if let Some(mut outcome) = self.outcome.take() {
+            outcome.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+            outcome.bytes_out = self.bytes_out;
+            if outcome.flag.is_none() {
+                outcome.flag = flag;
+            }
+            record(outcome);
+        }
+    }
+}
+
+impl HttpBody for Recording {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes_out += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(status) = grpc_status(trailers)
+                    && let Some(outcome) = self.outcome.as_mut()
+                {
+                    outcome.grpc_status = Some(status);
+                }
+            }
+            Poll::Ready(None) => self.finish(None),
+            Poll::Ready(Some(Err(_))) => self.finish(Some(ResponseFlag::UpstreamTermination)),
+            Poll::Pending => {}
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if self.outcome.is_some() {
+            // An empty body may be dropped without a poll once hyper knows it is empty.
+            let flag = (!self.inner.is_end_stream()).then_some(ResponseFlag::DownstreamTermination);
+            self.finish(flag);
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! What a CONNECT's authority names: the original destination the client dialled, a Service
+//! VIP:port (service waypoints) or a pod ip:port (workload waypoints). A pure decision over the
+//! snapshot; anything else is refused with 400, as ztunnel answers a bad target
+//! (`src/proxy/inbound.rs`, `Error::IPMismatch` → 400).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use marrow_mesh::state::protocol::Protocol;
+use marrow_mesh::state::services::ServiceTarget;
+use marrow_mesh::state::{Snapshot, Workload};
+
+/// Where a tunnel's traffic goes, before an endpoint is chosen.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    /// A Service port: each request (or connection, at L4) goes to one of its endpoints.
+    Service(Arc<ServiceTarget>),
+    /// One pod, addressed directly.
+    Workload {
+        /// The pod's ip:port the client dialled.
+        addr: SocketAddr,
+        /// The pod.
+        workload: Arc<Workload>,
+    },
+}
+
+impl Destination {
+    /// The address the client dialled.
+    pub fn authority(&self) -> SocketAddr {
+        match self {
+            Destination::Service(service) => service.vip,
+            Destination::Workload { addr, .. } => *addr,
+        }
+    }
+
+    /// How the traffic is read: the Service port's declared protocol; a pod address has no
+    /// declaration, so it is sniffed.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Destination::Service(service) => service.protocol(),
+            Destination::Workload { .. } => Protocol::Unspecified,
+        }
+    }
+
+    /// `<name>.<namespace>.svc.cluster.local` of a Service.
+    pub fn service_host(&self) -> Option<String> {
+        match self {
+            Destination::Service(service) => Some(service.host()),
+            Destination::Workload { .. } => None,
+        }
+    }
+}
+
+/// Why a CONNECT target is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// The authority is neither a Service VIP:port nor a pod of the snapshot.
+    #[error("{0} is no service port or workload known to the waypoint")]
+    Unknown(SocketAddr),
+    /// The authority is the waypoint's own address: a loop.
+    #[error("{0} is the waypoint itself")]
+    Loop(SocketAddr),
+}
+
+/// Resolves the authority of a CONNECT against `snap`. `own_ips` are the waypoint's own
+/// addresses (a CONNECT to itself would loop).
+// TODO(binding): once Services and pods carry their waypoint binding, refuse targets that do
+// not name this waypoint (ztunnel sends only those here), so the waypoint is no open relay
+// inside the mesh.
+pub fn resolve(
+    snap: &Snapshot,
+    authority: SocketAddr,
+    own_ips: &[std::net::IpAddr],
+) -> Result<Destination, TargetError> {
+    if own_ips.contains(&authority.ip().to_canonical()) {
+        return Err(TargetError::Loop(authority));
+    }
+    if let Some(service) = snap.services().at(authority) {
+        return Ok(Destination::Service(service.clone()));
+    }
+    match snap.workload_by_ip(authority.ip()) {
+        Some(workload) => Ok(Destination::Workload {
+            addr: authority,
+            workload: workload.clone(),
+        }),
+        None => Err(TargetError::Unknown(authority)),
+    }
+}

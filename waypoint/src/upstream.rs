@@ -1,0 +1,260 @@
+//! The way out: a tunnel to a chosen endpoint through its node proxy — HBONE to
+//! `<pod ip>:15008`, `CONNECT <pod ip:port>`, as the waypoint's own identity, expecting the
+//! endpoint workload's; connections pooled ([`Pool`]) so requests and tunnels share them. The
+//! CONNECT carries the *original* client in `forwarded` and `baggage`, as ztunnel's does, so
+//! the destination's telemetry names the real source.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use marrow_mesh::hbone::pool::{Connector, Pool, PoolKey, PoolSettings, PooledStream};
+use marrow_mesh::hbone::{
+    ConnectRequest, Forwarded, HBONE_PORT, HboneClient, HboneError, TraceParent, TransportFailure,
+};
+use marrow_mesh::identity::{
+    CertificateManager, IdentityError, SpiffeId, TrustDomain, WorkloadCertificate,
+};
+use marrow_mesh::state::Snapshot;
+use marrow_mesh::telemetry::ResponseFlag;
+use marrow_mesh::tls;
+
+use crate::balance::LeastRequest;
+use crate::client::OriginalClient;
+
+/// Why a tunnel to an endpoint could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The Service has no ready endpoint.
+    #[error("service {0} has no ready endpoint")]
+    NoEndpoint(String),
+    /// The endpoint is no workload of the snapshot, so its identity is unknown.
+    #[error("endpoint {0} is no known workload: its identity is unknown")]
+    UnknownWorkload(SocketAddr),
+    /// The workload's identity cannot be formed.
+    #[error("endpoint {endpoint}: no SPIFFE identity for its workload: {reason}")]
+    Identity {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The waypoint has no certificate of its own.
+    #[error("the waypoint's own certificate: {0}")]
+    Certificate(#[source] IdentityError),
+    /// HBONE to the endpoint's node proxy failed (connect, TLS, refusal).
+    #[error("tunnel to {endpoint}: {source}")]
+    Tunnel {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// Cause.
+        source: HboneError,
+    },
+    /// Opening the tunnel took longer than the connect timeout.
+    #[error("tunnel to {0}: timed out")]
+    Timeout(SocketAddr),
+    /// The HTTP handshake over the tunnel failed.
+    #[error("http handshake with {endpoint}: {source}")]
+    Http {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// Cause.
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Envoy's flag for it: no endpoint is UH, every other failure to reach one is UF.
+    pub fn flag(&self) -> ResponseFlag {
+        match self {
+            UpstreamError::NoEndpoint(_) => ResponseFlag::NoHealthyUpstream,
+            _ => ResponseFlag::UpstreamFailure,
+        }
+    }
+}
+
+/// Where the TCP connection to a node proxy's HBONE address goes: that address in production;
+/// the in-process tests, whose pods have routable addresses but whose node proxies listen on
+/// loopback (the state refuses loopback pod addresses), map one to the other.
+pub type DialMap = Arc<dyn Fn(SocketAddr) -> SocketAddr + Send + Sync>;
+
+/// Dials HBONE connections as the waypoint: TCP, mutual TLS (own certificate, expecting the
+/// endpoint's identity), HTTP/2.
+pub struct WaypointConnector {
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    dial_map: Option<DialMap>,
+}
+
+impl Connector for WaypointConnector {
+    /// The waypoint's certificate.
+    type Credential = Arc<WorkloadCertificate>;
+
+    fn connect(
+        &self,
+        key: &PoolKey,
+        cert: &Arc<WorkloadCertificate>,
+    ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
+        let key = key.clone();
+        let cert = cert.clone();
+        Box::pin(async move { self.dial(&key, &cert).await })
+    }
+}
+
+impl WaypointConnector {
+    async fn dial(
+        &self,
+        key: &PoolKey,
+        cert: &WorkloadCertificate,
+    ) -> Result<HboneClient, HboneError> {
+        let fail = |failure, step: String, source| HboneError::Transport {
+            failure,
+            step,
+            source,
+        };
+        let dst = key.destination;
+        let config = tls::client_config(cert, key.server.clone(), tls::KeyExchange::default())
+            .map_err(|e| {
+                fail(
+                    TransportFailure::TlsConfig,
+                    "client tls configuration".into(),
+                    std::io::Error::other(e),
+                )
+            })?;
+        let dial = self.dial_map.as_ref().map_or(dst, |map| map(dst));
+        let tcp = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(dial))
+            .await
+            .map_err(|_| {
+                fail(
+                    TransportFailure::ConnectTimeout,
+                    format!("connecting to {dst}"),
+                    std::io::ErrorKind::TimedOut.into(),
+                )
+            })?
+            .map_err(|e| fail(TransportFailure::Connect, format!("connecting to {dst}"), e))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(self.handshake_timeout, tls::connect(config, dst.ip(), tcp))
+            .await
+            .map_err(|_| {
+                fail(
+                    TransportFailure::HandshakeTimeout,
+                    format!("tls handshake with {dst}"),
+                    std::io::ErrorKind::TimedOut.into(),
+                )
+            })?
+            .map_err(|e| {
+                let failure = if e.rejection().is_some() {
+                    TransportFailure::Identity
+                } else {
+                    TransportFailure::Tls
+                };
+                fail(
+                    failure,
+                    format!("tls handshake with {dst} (expecting {})", key.server),
+                    std::io::Error::other(e),
+                )
+            })?;
+        HboneClient::handshake(tls).await
+    }
+}
+
+/// The endpoints' side: the balancer, the HBONE pool (to each node proxy's port 15008), the
+/// waypoint's identity.
+pub struct Upstreams {
+    /// Least-request counts over every endpoint.
+    pub balancer: Arc<LeastRequest>,
+    pool: Arc<Pool<WaypointConnector>>,
+    certs: Arc<CertificateManager>,
+    identity: SpiffeId,
+    trust_domain: TrustDomain,
+    connect_timeout: Duration,
+}
+
+impl Upstreams {
+    /// The upstream side of a waypoint with `identity`, its certificates from `certs`.
+    pub fn new(
+        certs: Arc<CertificateManager>,
+        identity: SpiffeId,
+        trust_domain: TrustDomain,
+        connect_timeout: Duration,
+        handshake_timeout: Duration,
+        dial_map: Option<DialMap>,
+    ) -> Self {
+        let connector = Arc::new(WaypointConnector {
+            connect_timeout,
+            handshake_timeout,
+            dial_map,
+        });
+        let pool = Pool::new(connector, PoolSettings::default());
+        tokio::spawn(pool.clone().run_reaper());
+        Self {
+            balancer: Arc::new(LeastRequest::default()),
+            pool,
+            certs,
+            identity,
+            trust_domain,
+            connect_timeout,
+        }
+    }
+
+    /// HBONE connections open to node proxies.
+    pub fn connections(&self) -> usize {
+        self.pool.connections()
+    }
+
+    /// Opens a tunnel to `endpoint` (a pod ip:port) for `client`'s traffic to `service_host`.
+    pub async fn tunnel(
+        &self,
+        snap: &Snapshot,
+        endpoint: SocketAddr,
+        client: &OriginalClient,
+        service_host: Option<String>,
+    ) -> Result<PooledStream, UpstreamError> {
+        let workload = snap
+            .workload_by_ip(endpoint.ip())
+            .ok_or(UpstreamError::UnknownWorkload(endpoint))?;
+        let server = SpiffeId::new(
+            &self.trust_domain,
+            &workload.namespace,
+            &workload.service_account,
+        )
+        .map_err(|e| UpstreamError::Identity {
+            endpoint,
+            reason: e.to_string(),
+        })?;
+        let cert = self
+            .certs
+            .get(&self.identity)
+            .await
+            .map_err(UpstreamError::Certificate)?;
+        let epoch = cert
+            .not_after()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let key = PoolKey {
+            source: self.identity.clone(),
+            destination: SocketAddr::new(endpoint.ip(), HBONE_PORT),
+            server,
+            certificate_epoch: epoch,
+        };
+        let request = ConnectRequest {
+            authority: endpoint,
+            forwarded: Forwarded {
+                for_addr: Some(client.addr),
+                host: service_host,
+            },
+            baggage: client.baggage.clone(),
+            traceparent: client.traceparent.unwrap_or_else(TraceParent::random),
+        };
+        tokio::time::timeout(
+            self.connect_timeout,
+            self.pool.tunnel(&key, &cert, &request),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(endpoint))?
+        .map_err(|source| UpstreamError::Tunnel { endpoint, source })
+    }
+}

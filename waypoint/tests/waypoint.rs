@@ -1,0 +1,13 @@
+//! The waypoint end to end on loopback: a client pod's HBONE tunnel in, HTTP (1.1, 2, gRPC,
+//! WebSocket) or TCP through, HBONE out to fake node proxies in front of echo apps; and hostile
+//! clients answered without disturbing anyone else.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed step must fail the test loudly"
+)]
+
+mod harness;
+#[path = "waypoint/hostile.rs"]
+mod hostile;
+#[path = "waypoint/proxying.rs"]
+mod proxying;
