@@ -296,6 +296,50 @@ impl WaypointIndex {
         self.guards.get(&workload.uid)
     }
 
+    /// Why a connection to `workload` from a client of identity `client` (namespace, service
+    /// account; `None` for plaintext) must be refused: the workload sits behind a waypoint and
+    /// the client is none of its pods. `None` when it may pass. The node proxy's decision and
+    /// `explain` both ask this, so they say the same.
+    ///
+    /// ztunnel has no such check of its own: istiod adds an ALLOW policy
+    /// `istio_allow_waypoint_*` for it (istio `pilot/pkg/serviceregistry/ambient/policies.go`,
+    /// `implicitWaypointPolicy`), and only with `PILOT_AUTO_ALLOW_WAYPOINT_POLICY` set; marrow
+    /// always applies it, so nothing gets past a waypoint's L7 policy.
+    pub fn refusal(&self, workload: &Workload, client: Option<(&str, &str)>) -> Option<String> {
+        let guard = self.guard(workload)?;
+        if client.is_some_and(|(ns, sa)| guard.admits(ns, sa)) {
+            return None;
+        }
+        let client = client.map_or_else(
+            || "a plaintext client".to_owned(),
+            |(ns, sa)| format!("ns/{ns}/sa/{sa}"),
+        );
+        Some(format!(
+            "{}/{} is behind waypoint {} and accepts only its identity; {client} is not it",
+            workload.namespace,
+            workload.name,
+            guard.names()
+        ))
+    }
+
+    /// The waypoint a request to `workload` on `port` meets: that of the Service whose endpoint
+    /// it is on that port, else the workload's own (Service-addressed traffic uses the
+    /// Service's, pod-addressed the pod's).
+    pub fn in_front_of(
+        &self,
+        snap: &Snapshot,
+        workload: &Workload,
+        port: u16,
+    ) -> Option<&Arc<Waypoint>> {
+        let by_service = workload.ips.iter().find_map(|ip| {
+            snap.services()
+                .serving(*ip)
+                .filter(|s| s.endpoints.contains(&SocketAddr::new(*ip, port)))
+                .find_map(|s| self.for_service(&s.namespace, &s.name).ok())
+        });
+        by_service.or_else(|| self.for_workload(workload).ok())
+    }
+
     /// Builds the index from `snap`'s namespaces, workloads, Services (indexed already) and
     /// Gateways; returns it and a warning per Gateway it cannot use and per binding refused.
     pub fn build(snap: &Snapshot) -> (WaypointIndex, Vec<String>) {

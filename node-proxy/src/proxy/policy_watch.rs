@@ -120,32 +120,22 @@ pub fn decide(snap: &Snapshot, subject: &PolicySubject) -> Result<Option<String>
 }
 
 /// A workload behind a waypoint (its own binding, or one of its Services') accepts only that
-/// waypoint's pods as clients: plaintext and every other identity are refused, so nothing gets
-/// past the waypoint's L7 policy. ztunnel has no such check of its own — istiod adds an
-/// ALLOW policy `istio_allow_waypoint_*` for it (istio `pilot/pkg/serviceregistry/ambient/
-/// policies.go`, `implicitWaypointPolicy`), and only with `PILOT_AUTO_ALLOW_WAYPOINT_POLICY`
-/// set — but marrow always applies it. L4 policy then sees the waypoint as the client.
+/// waypoint's pods as clients; plaintext and every other identity are refused (see
+/// `WaypointIndex::refusal`, which explains why marrow always applies it). L4 policy then sees
+/// the waypoint as the client.
 fn from_waypoint(
     snap: &Snapshot,
     workload: &Workload,
     principal: Option<&SpiffeId>,
 ) -> Result<(), Denial> {
-    let Some(guard) = snap.waypoints().guard(workload) else {
-        return Ok(());
-    };
-    if principal.is_some_and(|p| guard.admits(p.namespace(), p.service_account())) {
-        return Ok(());
+    let client = principal.map(|p| (p.namespace(), p.service_account()));
+    match snap.waypoints().refusal(workload, client) {
+        None => Ok(()),
+        Some(explanation) => Err(Denial {
+            reason: DenialReason::NotFromWaypoint,
+            explanation,
+        }),
     }
-    let client = principal.map_or_else(|| "a plaintext client".to_owned(), |p| p.to_string());
-    Err(Denial {
-        reason: DenialReason::NotFromWaypoint,
-        explanation: format!(
-            "{}/{} is behind waypoint {} and accepts only its identity; {client} is not it",
-            workload.namespace,
-            workload.name,
-            guard.names()
-        ),
-    })
 }
 
 /// The policy view of a workload.

@@ -285,9 +285,7 @@ fn a_workload_behind_a_waypoint_admits_only_the_waypoint() {
     assert_eq!(client.reason, DenialReason::NotFromWaypoint);
     assert!(
         client.explanation.contains("waypoint shop/wp")
-            && client
-                .explanation
-                .contains("spiffe://cluster.local/ns/shop/sa/client"),
+            && client.explanation.contains("ns/shop/sa/client is not it"),
         "{}",
         client.explanation
     );
