@@ -1,4 +1,6 @@
-# The node proxy image: node-proxy (also the CNI installer), redirect-cni and the eBPF object.
+# The marrow image: node-proxy (also the CNI installer and `ca serve`), waypoint, redirect-cni and
+# the eBPF object. The DaemonSet and the CA run the entrypoint; the waypoint Deployments the
+# controller makes run /usr/bin/waypoint as their command.
 # Nothing is compiled here; the contents come from `cargo xtask image` (release binaries,
 # redirect-cni linked statically, the eBPF object), laid out in target/image/:
 #

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::{CaError, CaTelemetry, ServeConfig, serve};
+use marrow_controller::ControllerTelemetry;
 use marrow_mesh::identity::CaFiles;
 
 /// `node-proxy ca serve`: the settings from `config`, a client for the cluster (in-cluster
@@ -31,6 +32,17 @@ pub async fn run(config: ServeConfig) -> Result<(), CaError> {
     let telemetry = Arc::new(CaTelemetry::default());
     let mut registry = prometheus_client::registry::Registry::default();
     telemetry.register(&mut registry);
+    // The waypoint controller shares the CA's client, metrics and lifetime (--waypoint-controller).
+    let controller_telemetry = Arc::new(ControllerTelemetry::default());
+    controller_telemetry.register(&mut registry);
+    let controller = config.controller_settings().map(|settings| {
+        tracing::info!(image = %settings.image, "waypoint controller starting");
+        tokio::spawn(run_controller(
+            client.clone(),
+            settings,
+            controller_telemetry,
+        ))
+    });
     let metrics = tokio::spawn(marrow_mesh::http::serve_metrics(
         bind(config.metrics_addr).await?,
         Arc::new(registry),
@@ -56,5 +68,19 @@ pub async fn run(config: ServeConfig) -> Result<(), CaError> {
     .await;
     metrics.abort();
     readiness.abort();
+    if let Some(controller) = controller {
+        controller.abort();
+    }
     served
+}
+
+/// The waypoint controller until the CA stops; a failure is logged, and the CA keeps signing.
+async fn run_controller(
+    client: kube::Client,
+    settings: marrow_controller::ControllerSettings,
+    telemetry: Arc<ControllerTelemetry>,
+) {
+    if let Err(error) = marrow_controller::run(client, settings, telemetry).await {
+        tracing::error!(%error, "waypoint controller stopped");
+    }
 }

@@ -20,6 +20,9 @@ pub const DEFAULT_NODE_PROXY_ACCOUNTS: &str = "marrow-system/node-proxy";
 pub const DEFAULT_SERVING_NAMES: &str =
     "marrow-ca.marrow-system.svc,marrow-ca.marrow-system.svc.cluster.local";
 
+/// Where waypoints reach this CA: its Service (ca.yaml), as the node proxies do.
+pub const DEFAULT_WAYPOINT_CA_ADDRESS: &str = "https://marrow-ca.marrow-system.svc:15012";
+
 /// The comma-separated `list` as a list.
 fn split(list: &str) -> Vec<String> {
     list.split(',').map(str::to_owned).collect()
@@ -63,6 +66,21 @@ settings! {
         /// `/healthz/ready`: 200 once a CA is loaded.
         readiness_addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 15021)),
             ("readiness-addr", "MARROW_CA_READINESS_ADDR", parse::ADDR),
+        /// Run the waypoint controller beside the CA: every Gateway of class istio-waypoint
+        /// gets its ServiceAccount, Deployment and Service (off: `false` in the environment or
+        /// the file, e.g. where istiod deploys waypoints).
+        waypoint_controller: bool = true,
+            ("waypoint-controller", "MARROW_CA_WAYPOINT_CONTROLLER", parse::SWITCH),
+        /// Image of the waypoints the controller deploys (the node proxy's image: it holds the
+        /// `waypoint` command).
+        waypoint_image: String = marrow_controller::DEFAULT_IMAGE.to_owned(),
+            ("waypoint-image", "MARROW_CA_WAYPOINT_IMAGE", parse::TEXT),
+        /// The CA address waypoints ask for their certificate (the node proxies' --ca-address).
+        waypoint_ca_address: String = DEFAULT_WAYPOINT_CA_ADDRESS.to_owned(),
+            ("waypoint-ca-address", "MARROW_CA_WAYPOINT_CA_ADDRESS", parse::TEXT),
+        /// ConfigMap in each waypoint's namespace with the mesh roots as root-cert.pem.
+        waypoint_roots_config_map: String = "istio-ca-root-cert".to_owned(),
+            ("waypoint-roots-config-map", "MARROW_CA_WAYPOINT_ROOTS_CONFIG_MAP", parse::TEXT),
     }
 }
 
@@ -73,6 +91,20 @@ impl ServeConfig {
     /// As [`ServeConfig::settings`].
     pub fn validate(&self) -> Result<(), CaError> {
         self.settings().map(drop)
+    }
+
+    /// The waypoint controller's settings, or `None` when it is off: the CA's trust domain and
+    /// token audience, so the waypoints it deploys get their certificates from this CA.
+    pub fn controller_settings(&self) -> Option<marrow_controller::ControllerSettings> {
+        self.waypoint_controller
+            .then(|| marrow_controller::ControllerSettings {
+                image: self.waypoint_image.clone(),
+                trust_domain: self.trust_domain.clone(),
+                ca_address: self.waypoint_ca_address.clone(),
+                roots_config_map: self.waypoint_roots_config_map.clone(),
+                ca_audience: self.audience.clone(),
+                ..marrow_controller::ControllerSettings::default()
+            })
     }
 
     /// The settings of the signing service, validated.
@@ -102,6 +134,30 @@ impl ServeConfig {
                     .ok_or_else(|| setting("--node-proxy-accounts", a, "namespace/serviceaccount"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if self.waypoint_controller {
+            for (flag, value, expected) in [
+                (
+                    "--waypoint-image",
+                    &self.waypoint_image,
+                    "an image reference",
+                ),
+                (
+                    "--waypoint-ca-address",
+                    &self.waypoint_ca_address,
+                    "an https:// URL",
+                ),
+                (
+                    "--waypoint-roots-config-map",
+                    &self.waypoint_roots_config_map,
+                    "a ConfigMap name",
+                ),
+            ] {
+                let https = flag != "--waypoint-ca-address" || value.starts_with("https://");
+                if value.trim().is_empty() || !https {
+                    return Err(setting(flag, value, expected));
+                }
+            }
+        }
         let settings = CaSettings {
             trust_domain,
             node_proxy_accounts,

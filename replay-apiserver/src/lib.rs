@@ -4,8 +4,9 @@
 //! lets a test change the collections, drop watch connections, expire resource versions
 //! (compaction) and go unreachable. It also answers what a CA asks: TokenReviews (from a token
 //! table the test fills, audiences checked as the API server checks them), a single object by
-//! name (404 `NotFound` Status when absent) and namespaced lists. There is no API server on
-//! these machines; this replays what one says.
+//! name (404 `NotFound` Status when absent) and namespaced lists; and what a controller does:
+//! server-side apply of an object or its `/status`, and the garbage collector's cascade on a
+//! delete (`apply`). There is no API server on these machines; this replays what one says.
 
 #![expect(
     clippy::expect_used,
@@ -28,10 +29,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
+mod apply;
 /// Objects as the API server returns them.
 pub mod objects;
 mod respond;
 
+use apply::answer_patch;
 use respond::{answer, answer_post};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -64,6 +67,8 @@ struct World {
     post_delay: Duration,
     /// Requests seen, `METHOD path?query`.
     requests: Vec<String>,
+    /// ClusterIPs handed out to applied Services so far.
+    next_cluster_ip: u32,
     /// Tokens the TokenReview endpoint knows: token -> its audiences and user.
     tokens: BTreeMap<String, (Vec<String>, Value)>,
     /// The `spec` of every TokenReview received.
@@ -93,10 +98,9 @@ impl Drop for ApiServer {
     }
 }
 
-/// The collection path of an object (`/api/v1/pods`, `/apis/<group>/<version>/<plural>`).
-fn collection_of(object: &Value) -> String {
-    let api_version = object["apiVersion"].as_str().unwrap_or_default();
-    let plural = match object["kind"].as_str().unwrap_or_default() {
+/// The plural of a kind this server knows.
+fn plural_of(kind: &str) -> Option<&'static str> {
+    Some(match kind {
         "Namespace" => "namespaces",
         "Pod" => "pods",
         "Service" => "services",
@@ -104,22 +108,19 @@ fn collection_of(object: &Value) -> String {
         "AuthorizationPolicy" => "authorizationpolicies",
         "PeerAuthentication" => "peerauthentications",
         "RequestAuthentication" => "requestauthentications",
-        other => gateway_api_plural(other)
-            .unwrap_or_else(|| panic!("replay server: unknown kind {other}")),
-    };
+        other => return apply::controller_plural(other),
+    })
+}
+
+/// The collection path of an object (`/api/v1/pods`, `/apis/<group>/<version>/<plural>`).
+fn collection_of(object: &Value) -> String {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let plural = plural_of(kind).unwrap_or_else(|| panic!("replay server: unknown kind {kind}"));
     if api_version.contains('/') {
         format!("/apis/{api_version}/{plural}")
     } else {
         format!("/api/{api_version}/{plural}")
-    }
-}
-
-/// The Gateway API's kinds (CRDs: absent from a cluster that did not install them).
-fn gateway_api_plural(kind: &str) -> Option<&'static str> {
-    match kind {
-        "Gateway" => Some("gateways"),
-        "GatewayClass" => Some("gatewayclasses"),
-        _ => None,
     }
 }
 
@@ -178,6 +179,25 @@ impl ApiServer {
                                     tokio::time::sleep(delay).await;
                                     return Ok::<_, Infallible>(response);
                                 }
+                                if req.method() == hyper::Method::PATCH {
+                                    let (parts, body) = req.into_parts();
+                                    let body = body
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    let content_type = parts
+                                        .headers
+                                        .get(hyper::header::CONTENT_TYPE)
+                                        .and_then(|v| v.to_str().ok());
+                                    return Ok::<_, Infallible>(answer_patch(
+                                        &state.0,
+                                        &state.1,
+                                        &parts.uri,
+                                        content_type,
+                                        &body,
+                                    ));
+                                }
                                 Ok::<_, Infallible>(answer(&state.0, &state.1, &state.2, req))
                             }
                         });
@@ -227,32 +247,47 @@ current-context: replay
         )
     }
 
-    /// Adds or replaces an object (ADDED / MODIFIED to watchers).
+    /// Adds or replaces an object (ADDED / MODIFIED to watchers). A Pod, or an object of a
+    /// kind the waypoint controller uses, without a uid gets one (a Gateway's names its
+    /// resourceVersion, so a Gateway made again under the same name is another owner).
     pub fn apply(&self, mut object: Value) {
         let mut world = self.world.lock().unwrap();
-        world.resource_version += 1;
-        let rv = world.resource_version;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if object["metadata"]["uid"].is_null() && object["kind"] == "Pod" {
-            object["metadata"]["uid"] = json!(format!("uid-{}", key_of(&object).replace('/', "-")));
+        let kind = object["kind"].as_str().unwrap_or_default();
+        // Replacing an object keeps its identity, as an update does.
+        let existing_uid = world
+            .collections
+            .get(&collection_of(&object))
+            .and_then(|c| c.objects.get(&key_of(&object)))
+            .map(|o| o["metadata"]["uid"].clone())
+            .filter(|uid| !uid.is_null());
+        if let Some(uid) = existing_uid.filter(|_| object["metadata"]["uid"].is_null()) {
+            object["metadata"]["uid"] = uid;
+        } else if object["metadata"]["uid"].is_null() {
+            if kind == "Pod" {
+                object["metadata"]["uid"] =
+                    json!(format!("uid-{}", key_of(&object).replace('/', "-")));
+            } else if apply::controller_plural(kind).is_some() {
+                let uid = format!(
+                    "uid-{}-{}-{}",
+                    kind.to_lowercase(),
+                    key_of(&object).replace('/', "-"),
+                    world.resource_version + 1
+                );
+                object["metadata"]["uid"] = json!(uid);
+            }
         }
-        let collection = world.collections.entry(collection_of(&object)).or_default();
-        let kind = if collection
-            .objects
-            .insert(key_of(&object), object.clone())
-            .is_some()
-        {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        collection.history.push(Change {
-            resource_version: rv,
-            kind,
-            object,
-        });
+        apply::record(&mut world, object);
         drop(world);
         let _ = self.changes.send(());
+    }
+
+    /// The object of `kind` (`apiVersion` as in the object) `namespace/name`, as stored.
+    pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let probe = json!({"apiVersion": api_version, "kind": kind,
+            "metadata": {"namespace": namespace, "name": name}});
+        let world = self.world.lock().unwrap();
+        let collection = world.collections.get(&collection_of(&probe))?;
+        collection.objects.get(&key_of(&probe)).cloned()
     }
 
     /// Adds many objects at once, without watch history (a cluster that existed before the
@@ -267,7 +302,8 @@ current-context: replay
         }
     }
 
-    /// Deletes an object (DELETED to watchers).
+    /// Deletes an object (DELETED to watchers), and with it what it owns, as the garbage
+    /// collector's background propagation does.
     pub fn delete(&self, object: &Value) {
         let mut world = self.world.lock().unwrap();
         world.resource_version += 1;
@@ -275,11 +311,13 @@ current-context: replay
         let collection = world.collections.entry(collection_of(object)).or_default();
         if let Some(mut gone) = collection.objects.remove(&key_of(object)) {
             gone["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let uid = gone["metadata"]["uid"].as_str().map(str::to_owned);
             collection.history.push(Change {
                 resource_version: rv,
                 kind: "DELETED",
                 object: gone,
             });
+            apply::collect_garbage(&mut world, uid.into_iter().collect());
         }
         drop(world);
         let _ = self.changes.send(());

@@ -78,7 +78,7 @@ pub(super) fn answer_post(
 
 /// `/api/v1/namespaces/{ns}/{plural}[/{name}]` or the same under `/apis/{group}/{version}`:
 /// the cluster-wide collection path, the namespace and the name.
-fn namespaced(path: &str) -> Option<(String, String, Option<String>)> {
+pub(super) fn namespaced(path: &str) -> Option<(String, String, Option<String>)> {
     let (prefix, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
         ("/api/v1".to_owned(), rest)
     } else {
@@ -345,21 +345,21 @@ fn gone_watch(from: u64) -> Response<Body> {
         .expect("response")
 }
 
-fn status(code: StatusCode, message: &str) -> Response<Body> {
+pub(super) fn status(code: StatusCode, message: &str) -> Response<Body> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "code": code.as_u16()});
     json_response(code, &body)
 }
 
 /// A get of an absent object, as the API server answers it.
-fn not_found(plural: &str, name: &str) -> Response<Body> {
+pub(super) fn not_found(plural: &str, name: &str) -> Response<Body> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": format!("{plural} \"{name}\" not found"), "reason": "NotFound",
         "details": {"name": name, "kind": plural}, "code": 404});
     json_response(StatusCode::NOT_FOUND, &body)
 }
 
-fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
+pub(super) fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("content-type", "application/json")

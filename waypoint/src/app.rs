@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::WaypointError;
 use crate::config::Config;
-use crate::context::Context;
+use crate::context::{Context, Gateway};
 use crate::upstream::DialMap;
 
 /// Installs the global log subscriber (stderr; JSON lines with `json`; `RUST_LOG`, default
@@ -157,10 +157,14 @@ pub async fn start_with(
             .await
             .map_err(|source| WaypointError::StateSource { setting, source })?,
     );
+    let gateway = Gateway {
+        namespace: config.gateway_namespace.clone(),
+        name: config.gateway_name.clone(),
+    };
     let context = Arc::new(Context::new(
         state,
         certs.clone(),
-        identity.clone(),
+        (gateway, identity.clone()),
         trust_domain,
         config.cluster_id.clone(),
         config.limits(),

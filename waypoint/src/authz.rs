@@ -1,50 +1,68 @@
-//! L7 authorization's seam: one [`decide`] that returns the [`Decision`] for a request, and
-//! [`denied`] that turns a denial into Istio's response — HTTP 403 with body
-//! `RBAC: access denied` (Envoy's RBAC filter), or for gRPC a trailers-only 200 with
-//! `grpc-status: 7` (PERMISSION_DENIED).
+//! L7 authorization at the waypoint: [`decide`] asks the policy engine
+//! ([`marrow_mesh::policy::evaluate_request`], the function `explain` calls too) about a
+//! request, with the policies bound to this waypoint's Gateway or to the destination Service;
+//! [`denied`] turns a denial into Istio's response — HTTP 403 with body `RBAC: access denied`
+//! (Envoy's RBAC filter), or for gRPC a trailers-only 200 with `grpc-status: 7`
+//! (PERMISSION_DENIED).
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
+use marrow_mesh::path::NormalizedPath;
+use marrow_mesh::policy::{
+    ConnectionAttrs, Decision, PolicySet, RequestAttrs, WaypointScope, evaluate_request,
+    request_host,
+};
 
 use crate::body::{Body, full};
 use crate::client::OriginalClient;
+use crate::context::Gateway;
+use crate::target::Destination;
 
 /// What the policy engine sees of a request.
 #[derive(Debug)]
 pub struct AuthzRequest<'a> {
     /// The original client (identity, address).
     pub client: &'a OriginalClient,
-    /// The destination the client dialled (VIP:port or pod ip:port).
-    pub destination: SocketAddr,
+    /// What the client dialled: a Service port or a workload.
+    pub destination: &'a Destination,
     /// The request method.
     pub method: &'a http::Method,
-    /// The normalized path.
-    pub path: &'a str,
+    /// The normalized path (and query).
+    pub path: &'a NormalizedPath,
     /// `:authority` / `Host`.
     pub host: &'a str,
     /// The request headers.
     pub headers: &'a http::HeaderMap,
 }
 
-/// The policy decision for one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Forward it.
-    Allow,
-    /// Refuse it; `reason` names the policy and rule, for the log.
-    Deny {
-        /// Which policy and rule denied it.
-        reason: String,
-    },
-}
-
-/// The decision for `request`.
-// TODO(lead): evaluate the L7 AuthorizationPolicies (targetRefs to this Gateway or the
-// Service, namespace and root scopes) here; everything is allowed until then.
-pub fn decide(_request: &AuthzRequest<'_>) -> Decision {
-    Decision::Allow
+/// The decision for `request` under `policies`, at the waypoint of `gateway`: as Istio's
+/// waypoint, the client is the ORIGINAL one (the identity in the tunnel, the address in
+/// `forwarded`), the destination what it dialled (the CONNECT target).
+pub fn decide(policies: &PolicySet, gateway: &Gateway, request: &AuthzRequest<'_>) -> Decision {
+    let destination: SocketAddr = request.destination.authority();
+    let conn = ConnectionAttrs {
+        source_principal: Some(request.client.identity.clone()),
+        source_ip: request.client.addr.ip(),
+        destination_ip: destination.ip(),
+        destination_port: destination.port(),
+    };
+    let host = request_host(request.host);
+    let scope = WaypointScope {
+        gateway_namespace: &gateway.namespace,
+        gateway_name: &gateway.name,
+        service: request.destination.service_ref(),
+    };
+    let attrs = RequestAttrs {
+        conn: &conn,
+        host: &host,
+        method: request.method,
+        path: request.path,
+        headers: request.headers,
+        sni: None,
+    };
+    evaluate_request(policies, &scope, &attrs)
 }
 
 /// Whether a request is gRPC (`content-type: application/grpc*`).

@@ -21,6 +21,8 @@ pub struct Context {
     pub certs: Arc<CertificateManager>,
     /// `spiffe://<td>/ns/<gateway ns>/sa/<sa>`.
     pub identity: SpiffeId,
+    /// The waypoint Gateway this proxy serves, for the policies bound to it.
+    pub gateway: Gateway,
     /// The mesh's trust domain: clients must be of it.
     pub trust_domain: TrustDomain,
     /// Istio's CLUSTER_ID, for baggage the waypoint fills in.
@@ -44,12 +46,21 @@ pub enum ServerTlsError {
     Config(#[from] TlsError),
 }
 
+/// The waypoint Gateway a proxy serves: `metadata.namespace` and `metadata.name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
 impl Context {
     /// The shared parts; `dial_map` as [`Upstreams::new`].
     pub fn new(
         state: Arc<StateStore>,
         certs: Arc<CertificateManager>,
-        identity: SpiffeId,
+        (gateway, identity): (Gateway, SpiffeId),
         trust_domain: TrustDomain,
         cluster_id: String,
         limits: Limits,
@@ -68,6 +79,7 @@ impl Context {
             state,
             certs,
             identity,
+            gateway,
             trust_domain,
             cluster_id,
             limits,

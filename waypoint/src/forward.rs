@@ -23,7 +23,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::authz::{self, AuthzRequest, Decision};
+use crate::authz::{self, AuthzRequest};
 use crate::balance::ActiveRequest;
 use crate::body::{Body, BoxError, full};
 use crate::client::OriginalClient;
@@ -33,16 +33,22 @@ use crate::outcome::{Pending, RequestOutcome, record};
 use crate::target::Destination;
 use crate::upstream::UpstreamError;
 use marrow_mesh::drain::Drain;
+use marrow_mesh::path::{self, NormalizedPath};
 use marrow_mesh::telemetry::ResponseFlag;
 
 /// HTTP/1.1 upstream connections kept per endpoint and client tunnel.
 const MAX_H1_PER_ENDPOINT: usize = 16;
 
-/// The path as forwarded and matched.
-// TODO(l7policy): `marrow_mesh::path::normalize` (RFC 3986 dot segments, merged slashes,
-// unreserved percent-escapes decoded) replaces this pass-through; this is its one call site.
-fn normalize_path(uri: &http::Uri) -> String {
-    uri.path().to_owned()
+/// The request target as matched and forwarded: normalized (RFC 3986 dot segments, merged
+/// slashes, unreserved escapes decoded; see [`marrow_mesh::path`]), so `//admin` or `/%61dmin`
+/// cannot slip past a rule on `/admin`. `*` only for OPTIONS, as HTTP allows.
+fn normalize_target(method: &http::Method, uri: &http::Uri) -> Result<NormalizedPath, String> {
+    let raw = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path = path::normalize(raw).map_err(|e| e.to_string())?;
+    if path.as_str() == "*" && method != http::Method::OPTIONS {
+        return Err(format!("the target * is only for OPTIONS, not {method}"));
+    }
+    Ok(path)
 }
 
 /// One client tunnel's HTTP side.
@@ -156,19 +162,44 @@ impl Downstream {
                 true,
             );
         }
-        let path = normalize_path(req.uri());
-        outcome.path = path.clone();
+        let path = match normalize_target(req.method(), req.uri()) {
+            Ok(path) => path,
+            Err(reason) => {
+                outcome.path = req.uri().path().to_owned();
+                tracing::info!(client = %self.client.addr, reason, "invalid request path; answering 400");
+                return local(
+                    outcome.finish(),
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    None,
+                    true,
+                );
+            }
+        };
+        outcome.path = path.path().to_owned();
         let grpc = authz::is_grpc(req.headers());
-        let decision = authz::decide(&AuthzRequest {
-            client: &self.client,
-            destination: self.dest.authority(),
-            method: req.method(),
-            path: &path,
-            host: &host,
-            headers: req.headers(),
-        });
-        if let Decision::Deny { reason } = decision {
-            tracing::info!(client = %self.client.identity, path, %reason, "request denied");
+        let decision = authz::decide(
+            self.ctx.state.snapshot().policies(),
+            &self.ctx.gateway,
+            &AuthzRequest {
+                client: &self.client,
+                destination: &self.dest,
+                method: req.method(),
+                path: &path,
+                host: &host,
+                headers: req.headers(),
+            },
+        );
+        if !decision.is_allowed() {
+            let policy = decision.policy.as_ref().map(ToString::to_string);
+            tracing::info!(
+                client = %self.client.identity,
+                path = path.path(),
+                policy = policy.as_deref().unwrap_or("-"),
+                rule = ?decision.rule,
+                reason = %decision.reason,
+                "request denied"
+            );
             let response = authz::denied(grpc);
             outcome.status = response.status().as_u16();
             outcome.grpc_status = grpc.then_some(7);
@@ -201,7 +232,7 @@ impl Downstream {
         let use_h2 = !upgrade && (self.dest.protocol().is_http2() || version == Version::HTTP_2);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let upstream_req = self.prepare(req, &host, use_h2, upgrade, bytes_in.clone());
+        let upstream_req = self.prepare(req, &host, &path, use_h2, upgrade, bytes_in.clone());
         let sent = match self.send(endpoint, use_h2, upgrade, upstream_req).await {
             Ok(response) => response,
             Err((error, flag)) => {
@@ -248,6 +279,7 @@ impl Downstream {
         &self,
         req: Request<Incoming>,
         host: &str,
+        path: &NormalizedPath,
         use_h2: bool,
         upgrade: bool,
         bytes_in: Arc<AtomicU64>,
@@ -264,11 +296,7 @@ impl Downstream {
             });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         headers::append_client(&mut parts.headers, self.client.addr);
-        let path = normalize_path(&parts.uri);
-        let path_and_query = match parts.uri.query() {
-            Some(query) => format!("{path}?{query}"),
-            None => path,
-        };
+        let path_and_query = path.as_str();
         if use_h2 {
             parts.version = Version::HTTP_2;
             parts.headers.remove(http::header::HOST);
@@ -282,7 +310,7 @@ impl Downstream {
             }
         } else {
             parts.version = Version::HTTP_11;
-            if let Ok(uri) = path_and_query.parse() {
+            if let Ok(uri) = http::Uri::try_from(path_and_query) {
                 parts.uri = uri;
             }
             if !parts.headers.contains_key(http::header::HOST)

@@ -42,6 +42,14 @@ impl Destination {
         }
     }
 
+    /// The Service addressed, `(namespace, name)`, for the policies bound to it.
+    pub fn service_ref(&self) -> Option<(&str, &str)> {
+        match self {
+            Destination::Service(service) => Some((&service.namespace, &service.name)),
+            Destination::Workload { .. } => None,
+        }
+    }
+
     /// `<name>.<namespace>.svc.cluster.local` of a Service.
     pub fn service_host(&self) -> Option<String> {
         match self {

@@ -6,6 +6,8 @@
     reason = "test helpers: a failed step must fail the test loudly"
 )]
 
+#[path = "waypoint/authz.rs"]
+mod authz;
 mod harness;
 #[path = "waypoint/hostile.rs"]
 mod hostile;

@@ -1,9 +1,10 @@
-//! `cargo xtask image`: lays out the node proxy image's contents in `target/image/`, which the
+//! `cargo xtask image`: lays out the marrow image's contents in `target/image/`, which the
 //! repository's `Dockerfile` copies over a distroless base:
 //!
 //! | path | what |
 //! | --- | --- |
 //! | `usr/bin/node-proxy` | the proxy, also the CNI installer (`node-proxy cni install`) |
+//! | `usr/bin/waypoint` | the waypoint (L7), which the waypoint controller's Deployments run |
 //! | `usr/lib/marrow/redirect-cni` | the plugin the installer copies to the host, linked statically |
 //! | `usr/lib/marrow/marrow-ebpf.o` | the kernel programs |
 //!
@@ -30,6 +31,8 @@ use marrow_tests::command::{self, timed};
 const IMAGE_DIR: &str = "target/image";
 /// The proxy in the image (the Dockerfile's ENTRYPOINT).
 const NODE_PROXY: &str = "usr/bin/node-proxy";
+/// The waypoint in the image (the command of the Deployments the waypoint controller makes).
+const WAYPOINT: &str = "usr/bin/waypoint";
 /// The CNI plugin in the image (`node-proxy cni install --plugin-binary`).
 const REDIRECT_CNI: &str = "usr/lib/marrow/redirect-cni";
 /// The eBPF object in the image (`--ebpf-object`'s default).
@@ -77,13 +80,15 @@ fn build(root: &Path, image: &Path) -> anyhow::Result<()> {
     let object = timed("build the eBPF object", || {
         crate::build_ebpf::run(&crate::build_ebpf::Options::default())
     })?;
-    timed("build node-proxy (release)", || {
+    timed("build node-proxy and waypoint (release)", || {
         command::run(command::workspace_cargo(root).args([
             "build",
             "--release",
             "-j2",
             "--bin",
             "node-proxy",
+            "--bin",
+            "waypoint",
         ]))
     })?;
     let host = host_triple()?;
@@ -102,13 +107,14 @@ fn build(root: &Path, image: &Path) -> anyhow::Result<()> {
     }
     let release = root.join("target/release");
     place(&release.join("node-proxy"), &image.join(NODE_PROXY), 0o755)?;
+    place(&release.join("waypoint"), &image.join(WAYPOINT), 0o755)?;
     place(
         &root.join("target").join(&host).join("release/redirect-cni"),
         &image.join(REDIRECT_CNI),
         0o755,
     )?;
     place(&object, &image.join(EBPF_OBJECT), 0o644)?;
-    for binary in [NODE_PROXY, REDIRECT_CNI] {
+    for binary in [NODE_PROXY, WAYPOINT, REDIRECT_CNI] {
         strip_debug_info(&image.join(binary))?;
     }
     Ok(())
@@ -154,6 +160,7 @@ fn host_triple() -> anyhow::Result<String> {
 pub fn check_layout(image: &Path) -> anyhow::Result<()> {
     for (path, mode) in [
         (NODE_PROXY, 0o755),
+        (WAYPOINT, 0o755),
         (REDIRECT_CNI, 0o755),
         (EBPF_OBJECT, 0o644),
     ] {
@@ -172,11 +179,12 @@ pub fn check_layout(image: &Path) -> anyhow::Result<()> {
         Elf::parse(&bytes).with_context(|| format!("{}: not a 64-bit ELF file", file.display()))
     };
     let proxy = elf(NODE_PROXY)?;
+    let waypoint = elf(WAYPOINT)?;
     let plugin = elf(REDIRECT_CNI)?;
     let object = elf(EBPF_OBJECT)?;
     ensure!(
-        proxy.is_executable() && plugin.is_executable(),
-        "{NODE_PROXY} and {REDIRECT_CNI} must be executables"
+        proxy.is_executable() && waypoint.is_executable() && plugin.is_executable(),
+        "{NODE_PROXY}, {WAYPOINT} and {REDIRECT_CNI} must be executables"
     );
     ensure!(
         !plugin.has_interpreter,
@@ -192,14 +200,20 @@ pub fn check_layout(image: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs both binaries of the layout: `node-proxy --version` names this version, and
-/// redirect-cni answers the CNI `VERSION` command.
+/// Runs the binaries of the layout: `node-proxy --version` and `waypoint --version` name this
+/// version, and redirect-cni answers the CNI `VERSION` command.
 fn check_binaries_answer(image: &Path) -> anyhow::Result<()> {
     let version = command::capture(Command::new(image.join(NODE_PROXY)).arg("--version"))?
         .context("node-proxy --version failed")?;
     ensure!(
         version.trim() == format!("node-proxy {}", env!("CARGO_PKG_VERSION")),
         "node-proxy --version says {version:?}"
+    );
+    let version = command::capture(Command::new(image.join(WAYPOINT)).arg("--version"))?
+        .context("waypoint --version failed")?;
+    ensure!(
+        version.trim() == format!("waypoint {}", env!("CARGO_PKG_VERSION")),
+        "waypoint --version says {version:?}"
     );
     let reply = command::capture(
         Command::new(image.join(REDIRECT_CNI))
@@ -277,6 +291,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (path, bytes, mode) in [
             (NODE_PROXY, elf(3, 62, PT_INTERP), 0o755),
+            (WAYPOINT, elf(3, 62, PT_INTERP), 0o755),
             (REDIRECT_CNI, elf(3, 62, plugin_ptype), 0o755),
             (EBPF_OBJECT, elf(ET_REL, object_machine, 0), 0o644),
         ] {

@@ -93,3 +93,36 @@ fn a_file_and_the_environment_configure_the_ca_as_the_proxy() {
         "{error}"
     );
 }
+
+#[test]
+fn the_waypoint_controller_is_on_by_default_and_follows_the_ca() {
+    let load = |args: &[&str], env: &[(&str, &str)]| {
+        let cli = Cli::try_parse_from(std::iter::once("ca").chain(args.iter().copied())).unwrap();
+        let env: std::collections::BTreeMap<&str, &str> = env.iter().copied().collect();
+        cli.serve.load(&env).unwrap()
+    };
+    let on = load(
+        &[
+            "--trust-domain",
+            "mesh.example",
+            "--waypoint-image",
+            "r/i:1",
+        ],
+        &[],
+    );
+    let controller = on.controller_settings().unwrap();
+    assert_eq!(controller.image, "r/i:1");
+    assert_eq!(controller.trust_domain, "mesh.example");
+    assert_eq!(controller.ca_audience, "istio-ca");
+    let off = load(&[], &[("MARROW_CA_WAYPOINT_CONTROLLER", "false")]);
+    assert_eq!(off.controller_settings(), None);
+    // Its settings are checked only when it runs.
+    let plain = load(&["--waypoint-ca-address", "http://ca:15012"], &[]);
+    let e = plain.settings().unwrap_err().to_string();
+    assert!(e.contains("--waypoint-ca-address"), "{e}");
+    let plain_off = load(
+        &["--waypoint-ca-address", "http://ca:15012"],
+        &[("MARROW_CA_WAYPOINT_CONTROLLER", "false")],
+    );
+    assert!(plain_off.settings().is_ok());
+}

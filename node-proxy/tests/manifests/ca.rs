@@ -390,3 +390,30 @@ fn the_ca_runs_unprivileged_twice_on_different_nodes() {
         "kubernetes.io/hostname"
     );
 }
+
+#[test]
+fn the_waypoints_run_the_cas_image_and_ask_the_proxies_ca() {
+    let (_, ca, ca_args) = ca_container();
+    // The controller deploys waypoints from the image the CA runs (the `waypoint` command is
+    // in it), so both move together on an upgrade.
+    assert_eq!(arg(&ca_args, "--waypoint-image"), ca.image.as_deref());
+    // And they ask for certificates where the node proxies do.
+    let ds = node_proxy_ds();
+    let args = container(&pod_spec(&ds), "node-proxy")
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(
+        arg(&ca_args, "--waypoint-ca-address"),
+        arg(&args, "--ca-address")
+    );
+    // The controller's role is the CA account's second role, apart from the signing one.
+    let binding: ClusterRoleBinding = only(
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+        "marrow-waypoint-controller",
+    );
+    assert_eq!(binding.role_ref.name, "marrow-waypoint-controller");
+    let subjects = binding.subjects.unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, "marrow-ca");
+}

@@ -119,7 +119,7 @@ pub fn empty_vip(net: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 96, net, 12))
 }
 
-fn state_yaml(net: u8, pods: &[u8]) -> String {
+fn state_yaml(net: u8, pods: &[u8], extra: &str) -> String {
     let mut docs = vec![serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}
@@ -178,10 +178,16 @@ fn state_yaml(net: u8, pods: &[u8]) -> String {
     ));
     docs.extend(service("solo", solo_vip(net), vec![pod_ip(net, pods[0])]));
     docs.extend(service("empty", empty_vip(net), vec![]));
-    docs.iter()
+    let mut yaml = docs
+        .iter()
         .map(|d| serde_json::to_string(d).unwrap())
         .collect::<Vec<_>>()
-        .join("\n---\n")
+        .join("\n---\n");
+    if !extra.is_empty() {
+        yaml.push_str("\n---\n");
+        yaml.push_str(extra);
+    }
+    yaml
 }
 
 impl TestMesh {
@@ -192,6 +198,20 @@ impl TestMesh {
 
     /// As [`TestMesh::start`], with the waypoint's config adjusted by `tune`.
     pub async fn start_with(net: u8, pods: &[u8], tune: impl FnOnce(&mut Config)) -> TestMesh {
+        Self::start_full(net, pods, "", tune).await
+    }
+
+    /// As [`TestMesh::start`], with `extra` YAML documents (policies) in the state.
+    pub async fn start_with_state(net: u8, pods: &[u8], extra: &str) -> TestMesh {
+        Self::start_full(net, pods, extra, |_| {}).await
+    }
+
+    async fn start_full(
+        net: u8,
+        pods: &[u8],
+        extra: &str,
+        tune: impl FnOnce(&mut Config),
+    ) -> TestMesh {
         let dir = tempfile::tempdir().unwrap();
         let trust_domain = TrustDomain::new("cluster.local").unwrap();
         let ca_dir = dir.path().join("ca");
@@ -203,7 +223,7 @@ impl TestMesh {
         )
         .unwrap();
         let state_file: PathBuf = dir.path().join("state.yaml");
-        std::fs::write(&state_file, state_yaml(net, pods)).unwrap();
+        std::fs::write(&state_file, state_yaml(net, pods, extra)).unwrap();
 
         let tasks = Tasks::default();
         let mut proxies = Vec::new();
@@ -417,7 +437,7 @@ type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// The echo app: HTTP/1.1 and h2 (by preface).
 ///
 /// - any path: 200, the request body back; headers `x-served-by` (the app's address),
-///   `x-echo-method`, `x-echo-path`, `x-echo-xff`, `x-echo-forwarded`, `x-echo-version`;
+///   `x-echo-method`, `x-echo-path` (with the query), `x-echo-xff`, `x-echo-forwarded`, `x-echo-version`;
 /// - `/slow`: the same after 300 ms;
 /// - `/grpc`: a gRPC-style stream of 3 messages 50 ms apart, then trailers `grpc-status: 0`;
 /// - `/ws` with `Upgrade: websocket`: 101, then every byte echoed.
@@ -450,7 +470,11 @@ async fn echo(
     };
     let (xff, forwarded) = (header("x-forwarded-for"), header("forwarded"));
     let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
     let version = format!("{:?}", req.version());
     let mut builder = Response::builder()
         .header("x-served-by", addr.to_string())
