@@ -192,6 +192,20 @@ pub fn explain(
     let dst = find(snap, "destination", to.0, to.1)?;
     let destination_ip = first_ip(&dst)?;
     let (source_principal, source_ip) = client(snap, trust_domain, from)?;
+    // A workload behind a waypoint admits only the waypoint, before any policy (as the node
+    // proxy's decision, with the same words).
+    let identity = source_principal
+        .as_ref()
+        .map(|p| (p.namespace(), p.service_account()));
+    if let Some(reason) = snap.waypoints().refusal(&dst, identity) {
+        return Ok(Explanation {
+            decision: "deny",
+            policy: None,
+            rule: None,
+            reason,
+            notes: Vec::new(),
+        });
+    }
     let view = Destination {
         namespace: &dst.namespace,
         name: &dst.name,
@@ -252,14 +266,19 @@ pub fn explain_request(
             .iter()
             .any(|e| e.ip() == pod_ip && e.port() == port)
     });
-    // TODO(issue 16, binding): ask the state for the destination's waypoint when it has them.
-    let Some(waypoint) = &request.waypoint else {
-        return Err(ExplainError::NoWaypoint {
-            namespace: dst.namespace.clone(),
-            name: dst.name.clone(),
-        });
+    // `--waypoint` names one; else the one the state puts in front of the destination.
+    let (gateway_namespace, gateway_name) = match &request.waypoint {
+        Some(waypoint) => workload_ref(waypoint, "waypoint")?,
+        None => match snap.waypoints().in_front_of(snap, &dst, port) {
+            Some(waypoint) => (waypoint.name.namespace.clone(), waypoint.name.name.clone()),
+            None => {
+                return Err(ExplainError::NoWaypoint {
+                    namespace: dst.namespace.clone(),
+                    name: dst.name.clone(),
+                });
+            }
+        },
     };
-    let (gateway_namespace, gateway_name) = workload_ref(waypoint, "waypoint")?;
     let at = WaypointScope {
         gateway_namespace: &gateway_namespace,
         gateway_name: &gateway_name,
@@ -337,8 +356,9 @@ fn client(
         ExplainSource::Ip(ip) => Ok((None, *ip)),
         ExplainSource::Workload { namespace, name } => {
             let src = find(snap, "source", namespace, name)?;
-            let principal = snap
-                .in_mesh(&src)
+            // A waypoint's pod is not captured but speaks HBONE with its own identity.
+            let has_identity = snap.in_mesh(&src) || snap.waypoints().instance_of(&src).is_some();
+            let principal = has_identity
                 .then(|| SpiffeId::new(trust_domain, &src.namespace, &src.service_account).ok())
                 .flatten();
             Ok((principal, first_ip(&src)?))

@@ -97,7 +97,8 @@ impl fmt::Display for ObjectRef {
 }
 
 /// The kinds a source keeps whole, as JSON, for the module that models them: Services and
-/// EndpointSlices for [`crate::state::services`], Istio's security objects for [`crate::policy`].
+/// EndpointSlices for [`crate::state::services`], Istio's security objects for [`crate::policy`],
+/// the Gateway API's Gateways and GatewayClasses for `crate::state::waypoints`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RawKind {
     /// `v1` Service.
@@ -110,6 +111,10 @@ pub enum RawKind {
     PeerAuthentication,
     /// `security.istio.io` RequestAuthentication: kept to be reported, never enforced.
     RequestAuthentication,
+    /// `gateway.networking.k8s.io` Gateway (v1, or v1beta1: the same schema).
+    Gateway,
+    /// `gateway.networking.k8s.io` GatewayClass (cluster-scoped).
+    GatewayClass,
 }
 
 impl RawKind {
@@ -127,8 +132,20 @@ impl RawKind {
             ("security.istio.io/v1" | "security.istio.io/v1beta1", "RequestAuthentication") => {
                 Some(Self::RequestAuthentication)
             }
+            ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "Gateway") => {
+                Some(Self::Gateway)
+            }
+            (
+                "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+                "GatewayClass",
+            ) => Some(Self::GatewayClass),
             _ => None,
         }
+    }
+
+    /// Whether objects of this kind have no namespace (`metadata.namespace` is ignored).
+    pub fn cluster_scoped(self) -> bool {
+        matches!(self, Self::GatewayClass)
     }
 }
 

@@ -74,6 +74,8 @@ pub enum DenialReason {
     NoAllowMatch,
     /// Plaintext to a port that PeerAuthentication makes STRICT.
     MtlsRequired,
+    /// A workload behind a waypoint, reached by another client than the waypoint.
+    NotFromWaypoint,
 }
 
 impl DenialReason {
@@ -83,6 +85,7 @@ impl DenialReason {
             DenialReason::DenyPolicy => "deny_policy",
             DenialReason::NoAllowMatch => "no_allow_match",
             DenialReason::MtlsRequired => "mtls_required",
+            DenialReason::NotFromWaypoint => "not_from_waypoint",
         }
     }
 
@@ -290,7 +293,7 @@ impl Metrics {
         registry.register(
             "marrow_policy_denials",
             "Connections refused by policy at the destination, by reason \
-             (deny_policy, no_allow_match, mtls_required)",
+             (deny_policy, no_allow_match, mtls_required, not_from_waypoint)",
             self.policy_denials.clone(),
         );
         registry.register(

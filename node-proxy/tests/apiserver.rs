@@ -431,3 +431,92 @@ async fn unsupported_policies_never_freeze_the_cluster_state() {
     );
     drop(watch);
 }
+
+/// Gateway API objects and the waypoint labels, from the API server: a Service that uses a
+/// waypoint is bound to it, its pod admits only the waypoint's pods, and a deleted Gateway (or
+/// GatewayClass, cluster-scoped) leaves the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_and_waypoint_labels_bind_services_to_waypoints() {
+    use serde_json::json;
+    let server = ApiServer::start().await;
+    server.apply(objects::namespace("shop", true));
+    server.apply(objects::pod("shop", "web", NODE, "10.244.1.70", "web"));
+    let mut waypoint_pod = objects::pod("shop", "wp-0", "node-b", "10.244.2.70", "wp");
+    waypoint_pod["metadata"]["labels"] =
+        json!({"gateway.networking.k8s.io/gateway-name": "wp", "istio.io/dataplane-mode": "none"});
+    server.apply(waypoint_pod);
+    let class = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "istio-waypoint", "labels": {"istio.io/waypoint-for": "all"}},
+        "spec": {"controllerName": "istio.io/mesh-controller"}});
+    server.apply(class.clone());
+    let gateway = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "wp", "namespace": "shop"},
+        "spec": {"gatewayClassName": "istio-waypoint",
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}});
+    server.apply(gateway.clone());
+    let mut web = objects::service("shop", "web", "10.96.0.70");
+    web["metadata"]["labels"] = json!({"istio.io/use-waypoint": "wp"});
+    server.apply(web);
+    server.apply(
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [{"addresses": ["10.244.1.70"]}]}),
+    );
+    let mut wp_service = objects::service("shop", "wp", "10.96.0.71");
+    wp_service["spec"]["ports"] = json!([{"name": "mesh", "port": 15008, "protocol": "TCP"}]);
+    server.apply(wp_service);
+    server.apply(
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "wp-1", "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "wp"}},
+        "addressType": "IPv4", "ports": [{"name": "mesh", "port": 15008}],
+        "endpoints": [{"addresses": ["10.244.2.70"]}]}),
+    );
+    let store = Arc::new(StateStore::new());
+    let _watch = KubeSource::new(server.client(), Some(NODE.into()), "istio-system")
+        .with_debounce(Duration::from_millis(20))
+        .start(store.clone());
+    let bound = |s: &Snapshot| {
+        s.waypoints()
+            .for_service("shop", "web")
+            .map(|w| {
+                (
+                    w.name.to_string(),
+                    w.traffic.as_str(),
+                    w.instances().count(),
+                )
+            })
+            .map_err(|e| e.to_string())
+    };
+    let snapshot = eventually(&store, "web bound to shop/wp", |s| bound(s).map(|_| ())).await;
+    assert_eq!(
+        bound(&snapshot),
+        Ok(("shop/wp".into(), "all", 1)),
+        "the class's waypoint-for, one ready instance"
+    );
+    let web = snapshot.workload_by_name("shop", "web").expect("web");
+    let guard = snapshot
+        .waypoints()
+        .guard(web)
+        .expect("web is behind the waypoint");
+    assert!(guard.admits("shop", "wp") && !guard.admits("shop", "web"));
+
+    server.delete(&class);
+    eventually(&store, "the class's label gone with it", |s| {
+        match bound(s) {
+            Ok((_, "service", _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    server.delete(&gateway);
+    eventually(&store, "the waypoint gone", |s| {
+        match s.waypoints().for_service("shop", "web") {
+            Err(marrow_mesh::state::waypoints::Unbound::Missing(_)) => Ok(()),
+            other => Err(format!("{:?}", other.map(|w| w.name.to_string()))),
+        }
+    })
+    .await;
+}

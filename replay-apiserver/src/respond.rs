@@ -173,7 +173,9 @@ pub(super) fn answer(
     }
     let Some(collection) = w.collections.get(&path) else {
         // Istio's CRDs may be absent: a real server says 404 for an unknown resource.
-        if path.starts_with("/apis/security.istio.io/") && !known_istio(&w) {
+        if (path.starts_with("/apis/security.istio.io/") && !known_istio(&w))
+            || absent_gateway_api(&w, &path)
+        {
             return status(
                 StatusCode::NOT_FOUND,
                 "the server could not find the requested resource",
@@ -237,6 +239,13 @@ fn known_istio(world: &World) -> bool {
         .collections
         .keys()
         .any(|k| k.starts_with("/apis/security.istio.io/"))
+}
+
+/// A Gateway API resource while the server has no object of that group: its CRDs are not
+/// installed (404), as with Istio's.
+fn absent_gateway_api(world: &World, path: &str) -> bool {
+    const GROUP: &str = "/apis/gateway.networking.k8s.io/";
+    path.starts_with(GROUP) && !world.collections.keys().any(|k| k.starts_with(GROUP))
 }
 
 fn list_body(items: &[Value], rv: u64) -> Response<Body> {

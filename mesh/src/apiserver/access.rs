@@ -5,7 +5,8 @@
 /// One resource the node proxy reads: API group (`""` for core), resource (plural), verbs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApiAccess {
-    /// API group: `""` (core), `discovery.k8s.io`, `security.istio.io`.
+    /// API group: `""` (core), `discovery.k8s.io`, `security.istio.io`,
+    /// `gateway.networking.k8s.io`.
     pub group: &'static str,
     /// Resource name, plural, as in RBAC rules.
     pub resource: &'static str,
@@ -52,6 +53,16 @@ pub const NODE_PROXY_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "security.istio.io",
         resource: "requestauthentications",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "gateway.networking.k8s.io",
+        resource: "gateways",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "gateway.networking.k8s.io",
+        resource: "gatewayclasses",
         verbs: READ,
     },
 ];

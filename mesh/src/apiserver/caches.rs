@@ -60,7 +60,7 @@ pub(super) fn pod_object(pod: &Pod, local: bool) -> Result<Object, ObjectError> 
     })
 }
 
-/// A Service, EndpointSlice or policy kept as JSON.
+/// A Service, EndpointSlice, policy or Gateway API object kept as JSON.
 pub(super) fn raw_object<K: serde::Serialize + ResourceExt>(
     kind: RawKind,
     kind_name: &str,
@@ -153,6 +153,10 @@ impl Caches {
                     keys.remove(&key);
                 }
             }
+            // Keyed as `raw_object` keys them: no namespace for a cluster-scoped kind.
+            Kind::GatewayClasses => {
+                self.raw.remove(&(kind, format!("/{name}")));
+            }
             _ => {
                 let key = format!(
                     "{}/{name}",
@@ -189,6 +193,9 @@ impl Caches {
         }
         for warning in update.build_services() {
             warn!(%warning, "service warning");
+        }
+        for warning in update.build_waypoints() {
+            warn!(%warning, "waypoint warning");
         }
         update
     }

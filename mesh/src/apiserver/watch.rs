@@ -5,7 +5,8 @@
 //! Pods (field selector `spec.nodeName=<node>`, kept whole for enrollment decisions) and the
 //! other Pods (`spec.nodeName!=<node>`, kept only as the trimmed [`Workload`] the data path
 //! needs); Services and EndpointSlices; Istio's AuthorizationPolicies, PeerAuthentications and
-//! RequestAuthentications (kept to be reported: marrow does not enforce them).
+//! RequestAuthentications (kept to be reported: marrow does not enforce them); the Gateway
+//! API's Gateways and GatewayClasses (which Gateways are waypoints).
 //! kube-runtime's watcher lists (paginated, or as a streaming list where the server offers
 //! one), then watches with bookmarks; on `410 Gone` or a dropped watch it re-lists, with
 //! backoff while the server is unreachable.
@@ -65,10 +66,14 @@ pub enum Kind {
     PeerAuthentications,
     /// security.istio.io/v1 RequestAuthentication.
     RequestAuthentications,
+    /// gateway.networking.k8s.io/v1 Gateway.
+    Gateways,
+    /// gateway.networking.k8s.io/v1 GatewayClass (cluster-scoped).
+    GatewayClasses,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 10] = [
         Kind::Namespaces,
         Kind::LocalPods,
         Kind::RemotePods,
@@ -77,6 +82,8 @@ impl Kind {
         Kind::AuthorizationPolicies,
         Kind::PeerAuthentications,
         Kind::RequestAuthentications,
+        Kind::Gateways,
+        Kind::GatewayClasses,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -89,6 +96,8 @@ impl Kind {
             Kind::AuthorizationPolicies => "authorizationpolicies",
             Kind::PeerAuthentications => "peerauthentications",
             Kind::RequestAuthentications => "requestauthentications",
+            Kind::Gateways => "gateways",
+            Kind::GatewayClasses => "gatewayclasses",
         }
     }
 }
@@ -261,25 +270,40 @@ impl KubeSource {
                 .synced
                 .insert(Kind::LocalPods);
         }
-        for (kind, kind_name, raw) in [
+        // Custom resources, watched as dynamic objects: their CRDs may be absent.
+        for (kind, group, kind_name, raw) in [
             (
                 Kind::AuthorizationPolicies,
+                "security.istio.io",
                 "AuthorizationPolicy",
                 RawKind::AuthorizationPolicy,
             ),
             (
                 Kind::PeerAuthentications,
+                "security.istio.io",
                 "PeerAuthentication",
                 RawKind::PeerAuthentication,
             ),
             (
                 Kind::RequestAuthentications,
+                "security.istio.io",
                 "RequestAuthentication",
                 RawKind::RequestAuthentication,
             ),
+            (
+                Kind::Gateways,
+                "gateway.networking.k8s.io",
+                "Gateway",
+                RawKind::Gateway,
+            ),
+            (
+                Kind::GatewayClasses,
+                "gateway.networking.k8s.io",
+                "GatewayClass",
+                RawKind::GatewayClass,
+            ),
         ] {
-            let resource =
-                ApiResource::from_gvk(&GroupVersionKind::gvk("security.istio.io", "v1", kind_name));
+            let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, "v1", kind_name));
             tasks.push(spawn_watch(
                 Api::<DynamicObject>::all_with(client.clone(), &resource),
                 watcher::Config::default(),
@@ -288,7 +312,7 @@ impl KubeSource {
                 move |object| {
                     let mut object = object.clone();
                     object.types = Some(kube::core::TypeMeta {
-                        api_version: "security.istio.io/v1".into(),
+                        api_version: format!("{group}/v1"),
                         kind: kind_name.into(),
                     });
                     raw_object(raw, kind_name, &object)

@@ -337,3 +337,92 @@ fn a_request_needs_a_waypoint() {
     assert!(matches!(error, ExplainError::NoWaypoint { .. }), "{error}");
     assert!(RequestQuery::default().is_empty());
 }
+
+/// `shop/web` behind the waypoint `shop/wp` (its Service `web` uses it); the waypoint's pod
+/// `wp-0` runs as `shop/wp`.
+const BOUND: &str = r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: wp-0
+  namespace: shop
+  labels: {gateway.networking.k8s.io/gateway-name: wp, istio.io/dataplane-mode: none}
+spec: {nodeName: n1, serviceAccountName: wp}
+status: {phase: Running, podIP: 10.0.9.1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: wp}}
+spec: {clusterIP: 10.96.0.1, ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.2.2]}]
+"#;
+
+fn bound_snapshot() -> std::sync::Arc<Snapshot> {
+    let state = format!("{STATE}{WAYPOINT_STATE}{BOUND}");
+    let update =
+        crate::state::file::parse(std::path::Path::new("test.yaml"), state.as_bytes()).unwrap();
+    StateStore::new().apply(update)
+}
+
+#[test]
+fn a_workload_behind_a_waypoint_is_explained_as_refusing_other_clients() {
+    let snap = bound_snapshot();
+    let at_l4 = |from: &str| {
+        explain(
+            &snap,
+            &TrustDomain::default(),
+            &from.parse().unwrap(),
+            ("shop", "web"),
+            8080,
+        )
+        .unwrap()
+    };
+    let client = at_l4("shop/client");
+    assert_eq!((client.decision, client.policy), ("deny", None));
+    assert_eq!(
+        client.reason,
+        "shop/web is behind waypoint shop/wp and accepts only its identity; \
+         ns/shop/sa/client is not it"
+    );
+    // The waypoint passes, and meets L4 policy as the client: web's ALLOW names only client.
+    let waypoint = at_l4("shop/wp-0");
+    assert_eq!(waypoint.decision, "deny");
+    assert!(
+        waypoint.reason.contains("no ALLOW policy"),
+        "{}",
+        waypoint.reason
+    );
+}
+
+#[test]
+fn a_request_is_decided_at_the_waypoint_the_state_puts_in_front() {
+    let mut delete = request("DELETE", "/api");
+    delete.waypoint = None;
+    let e = explain_request(
+        &bound_snapshot(),
+        &TrustDomain::default(),
+        &"shop/client".parse().unwrap(),
+        ("shop", "web"),
+        8080,
+        &delete,
+    )
+    .unwrap();
+    assert_eq!(
+        (e.decision, e.policy.as_deref()),
+        ("deny", Some("shop/no-delete")),
+        "without --waypoint, the state's binding chose shop/wp"
+    );
+}

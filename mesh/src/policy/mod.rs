@@ -97,7 +97,10 @@ impl PolicySet {
                 }
                 RawKind::RequestAuthentication => request_authentication(&object.body)
                     .map(|p| set.insert_request_authentication(p)),
-                RawKind::Service | RawKind::EndpointSlice => Ok(()),
+                RawKind::Service
+                | RawKind::EndpointSlice
+                | RawKind::Gateway
+                | RawKind::GatewayClass => Ok(()),
             };
             if let Err(error) = parsed {
                 tracing::warn!(object = %object.object, %error, "policy left out");

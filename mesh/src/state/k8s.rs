@@ -132,7 +132,7 @@ pub fn workload(pod: &Pod) -> Result<Option<Workload>, ObjectError> {
 }
 
 /// An object of a raw kind, from its JSON body (`metadata.name` required, namespace
-/// defaulted).
+/// defaulted; none for a cluster-scoped kind).
 pub fn raw_object(
     kind: RawKind,
     kind_name: &str,
@@ -143,10 +143,15 @@ pub fn raw_object(
     if name.is_empty() {
         return Err(ObjectError::MissingName);
     }
-    let namespace = meta["namespace"].as_str().unwrap_or(DEFAULT_NAMESPACE);
+    let namespace = (!kind.cluster_scoped()).then(|| {
+        meta["namespace"]
+            .as_str()
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .to_owned()
+    });
     let object = ObjectRef {
         kind: kind_name.to_owned(),
-        namespace: Some(namespace.to_owned()),
+        namespace,
         name: name.to_owned(),
     };
     Ok(RawObject { kind, object, body })

@@ -2,7 +2,7 @@
 //! mesh — one immutable [`Snapshot`], swapped atomically in a [`StateStore`].
 //!
 //! Owns: the domain types ([`Workload`], [`Namespace`]), the snapshot and its indexes, the
-//! enrollment rule, the outbound [`route`] decision, the conversion from Kubernetes objects
+//! enrollment rule, the waypoint bindings ([`waypoints`]), the outbound [`route`] decision, the conversion from Kubernetes objects
 //! ([`k8s`]), the [`StateSource`] trait and the local file source ([`file`]). The API server
 //! source (`crate::apiserver`) feeds the same [`StateUpdate`] through [`k8s`].
 //!
@@ -27,6 +27,7 @@ mod snapshot;
 mod source;
 #[cfg(test)]
 mod tests;
+pub mod waypoints;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,8 +1,17 @@
-//! The outbound decision: carry a captured connection in HBONE or pass it through.
+//! The outbound decision: carry a captured connection in HBONE — to the destination's node
+//! proxy, or to a waypoint — or pass it through.
 //!
-//! Pure over a [`Snapshot`]: the same snapshot and destination always give the same route, but
-//! for which ready endpoint of a Service (the [`EndpointPicker`]'s round-robin, kept outside
-//! the snapshot).
+//! Pure over a [`Snapshot`]: the same snapshot, source and destination always give the same
+//! route, but for which ready endpoint of a Service or waypoint (the [`EndpointPicker`]'s
+//! round-robin, kept outside the snapshot).
+//!
+//! Waypoints as ztunnel uses them (istio/ztunnel `src/proxy/outbound.rs` `build_request`,
+//! `src/state.rs` `fetch_service_waypoint`): a Service VIP whose Service uses a waypoint (type
+//! service or all) goes in HBONE to an instance of it with `CONNECT <VIP:port>`, the original
+//! destination (`hbone_target_destination`); a pod address whose workload uses one (type
+//! workload or all) likewise with `CONNECT <pod ip:port>`. Traffic from a waypoint's own pods
+//! never goes to a waypoint. A waypoint with no ready instance, or named but absent, refuses
+//! the connection (ztunnel's `UnknownWaypoint`): never a way around it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +19,7 @@ use std::sync::Arc;
 use marrow_common::HBONE_PORT;
 
 use super::services::ServiceTarget;
+use super::waypoints::{Unbound, Waypoint, WaypointName};
 use super::{EndpointPicker, Snapshot, Workload};
 
 /// Where an outbound connection goes.
@@ -24,12 +34,29 @@ pub enum Route {
         /// The CONNECT `:authority`: `<pod ip>:<port>`.
         authority: SocketAddr,
     },
+    /// The destination uses a waypoint: tunnel to one of its instances.
+    Waypoint {
+        /// The waypoint.
+        waypoint: WaypointName,
+        /// The instance chosen (its identity is the server SAN to expect).
+        instance: Arc<Workload>,
+        /// Where to open the HBONE connection: `<instance ip>:15008`.
+        target: SocketAddr,
+        /// The CONNECT `:authority`: the original destination (VIP or pod, and port).
+        authority: SocketAddr,
+    },
     /// Anything else: plain TCP to the original destination, untouched.
     Passthrough(SocketAddr),
     /// A Service VIP with no ready endpoint: refused, as kube-proxy does.
     NoEndpoint {
         /// The service, `<name>.<namespace>.svc.cluster.local`.
         service: String,
+    },
+    /// The destination uses a waypoint that has no ready instance, or that the state lacks:
+    /// refused, never sent around it.
+    WaypointDown {
+        /// The waypoint.
+        waypoint: WaypointName,
     },
 }
 
@@ -43,37 +70,86 @@ pub struct Routed<'s> {
     pub service: Option<&'s Arc<ServiceTarget>>,
 }
 
-/// Routes a captured connection to `dst` (IPv4-mapped IPv6 destinations count as IPv4); a
-/// Service VIP resolves to one of its ready endpoints first, the one `picker` chooses (see
+/// Routes a connection from `src` (the source pod's workload, if the state knows it) to `dst`
+/// (IPv4-mapped IPv6 destinations count as IPv4). A Service VIP goes to its waypoint if it uses
+/// one, else resolves to one of its ready endpoints, the one `picker` chooses (see
 /// [`super::services`]). Pure over the snapshot but for the picker's round-robin position.
-pub fn route<'s>(snap: &'s Snapshot, dst: SocketAddr, picker: &EndpointPicker) -> Routed<'s> {
-    // A Service VIP: one of its ready endpoints, then as if the pod had connected there.
+pub fn route<'s>(
+    snap: &'s Snapshot,
+    src: Option<&Workload>,
+    dst: SocketAddr,
+    picker: &EndpointPicker,
+) -> Routed<'s> {
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    // ztunnel's rule: a waypoint's own traffic never goes to a waypoint (no loops).
+    let from_waypoint = src.is_some_and(|w| snap.waypoints().instance_of(w).is_some());
+    // A Service VIP: its waypoint, or one of its ready endpoints, then as if the pod had
+    // connected there.
     let service = snap.services().at(dst);
-    let dst = match service {
-        Some(target) => match picker.pick(target) {
-            Some(endpoint) => endpoint,
-            None => {
-                let route = Route::NoEndpoint {
-                    service: target.host(),
-                };
-                return Routed { route, service };
-            }
-        },
-        None => dst,
+    let Some(target) = service else {
+        let route = to_endpoint(snap, dst, (!from_waypoint).then_some(picker));
+        return Routed { route, service };
     };
-    let route = to_endpoint(snap, dst);
+    if !from_waypoint {
+        let bound = snap
+            .waypoints()
+            .for_service(&target.namespace, &target.name);
+        if let Some(route) = via_waypoint(bound, dst, picker) {
+            return Routed { route, service };
+        }
+    }
+    let route = match picker.pick(target) {
+        // Service-addressed: a workload waypoint of the endpoint does not apply (ztunnel).
+        Some(endpoint) => to_endpoint(snap, endpoint, None),
+        None => Route::NoEndpoint {
+            service: target.host(),
+        },
+    };
     Routed { route, service }
 }
 
-/// The route to a pod address (or anything else) once no VIP is left to resolve.
-fn to_endpoint(snap: &Snapshot, dst: SocketAddr) -> Route {
+/// The route through the waypoint of a binding, `None` when there is none to use.
+fn via_waypoint(
+    bound: Result<&Arc<Waypoint>, Unbound>,
+    authority: SocketAddr,
+    picker: &EndpointPicker,
+) -> Option<Route> {
+    match bound {
+        Ok(waypoint) => Some(match waypoint.pick(picker) {
+            Some((target, instance)) => Route::Waypoint {
+                waypoint: waypoint.name.clone(),
+                instance: instance.clone(),
+                target,
+                authority,
+            },
+            None => Route::WaypointDown {
+                waypoint: waypoint.name.clone(),
+            },
+        }),
+        Err(Unbound::Missing(waypoint)) => Some(Route::WaypointDown { waypoint }),
+        Err(_) => None,
+    }
+}
+
+/// The route to a pod address (or anything else) once no VIP is left to resolve; a pod that
+/// uses a workload waypoint goes through it when `waypoints` is given (pod-addressed traffic
+/// not from a waypoint).
+fn to_endpoint(snap: &Snapshot, dst: SocketAddr, waypoints: Option<&EndpointPicker>) -> Route {
     let ip = dst.ip().to_canonical();
     match snap.workload_by_ip(ip) {
-        Some(workload) if snap.in_mesh(workload) => Route::Tunnel {
-            workload: Arc::clone(workload),
-            target: SocketAddr::new(ip, HBONE_PORT),
-            authority: SocketAddr::new(ip, dst.port()),
-        },
+        Some(workload) if snap.in_mesh(workload) => {
+            if let Some(picker) = waypoints {
+                let bound = snap.waypoints().for_workload(workload);
+                if let Some(route) = via_waypoint(bound, SocketAddr::new(ip, dst.port()), picker) {
+                    return route;
+                }
+            }
+            Route::Tunnel {
+                workload: Arc::clone(workload),
+                target: SocketAddr::new(ip, HBONE_PORT),
+                authority: SocketAddr::new(ip, dst.port()),
+            }
+        }
         _ => Route::Passthrough(dst),
     }
 }
@@ -199,7 +275,7 @@ mod tests {
         for (what, dst, expected) in cases {
             let dst = addr(dst);
             match (
-                route(&snap, dst, &EndpointPicker::default()).route,
+                route(&snap, None, dst, &EndpointPicker::default()).route,
                 expected,
             ) {
                 (

@@ -134,7 +134,9 @@ impl ServiceIndex {
                 }
                 RawKind::AuthorizationPolicy
                 | RawKind::PeerAuthentication
-                | RawKind::RequestAuthentication => {}
+                | RawKind::RequestAuthentication
+                | RawKind::Gateway
+                | RawKind::GatewayClass => {}
             }
         }
         let mut index = ServiceIndex::default();

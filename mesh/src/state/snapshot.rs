@@ -31,12 +31,19 @@ pub struct Snapshot {
     policies: Arc<crate::policy::PolicySet>,
     /// Service VIPs and their ready endpoints, from the raw Services and EndpointSlices.
     services: Arc<super::services::ServiceIndex>,
+    /// Waypoints and who uses them, from the raw Gateways and the rest.
+    waypoints: Arc<super::waypoints::WaypointIndex>,
 }
 
 impl Snapshot {
     /// Service VIPs and their endpoints.
     pub fn services(&self) -> &super::services::ServiceIndex {
         &self.services
+    }
+
+    /// Waypoints, and which Services and workloads use them.
+    pub fn waypoints(&self) -> &super::waypoints::WaypointIndex {
+        &self.waypoints
     }
 
     /// The authorization and peer-authentication policies in force.
@@ -203,6 +210,15 @@ impl StateUpdate {
     pub fn build_services(&mut self) -> Vec<String> {
         let (index, warnings) = super::services::ServiceIndex::build(self.snapshot.raw.values());
         self.snapshot.services = Arc::new(index);
+        warnings
+    }
+
+    /// Indexes the waypoints and their bindings; after [`StateUpdate::build_services`] (a
+    /// waypoint's instances are its Service's endpoints). A Gateway it cannot use, or a binding
+    /// Istio would refuse, is reported, never refused: returns a warning for each.
+    pub fn build_waypoints(&mut self) -> Vec<String> {
+        let (index, warnings) = super::waypoints::WaypointIndex::build(&self.snapshot);
+        self.snapshot.waypoints = Arc::new(index);
         warnings
     }
 

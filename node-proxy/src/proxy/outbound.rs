@@ -21,6 +21,7 @@ use crate::socket;
 use marrow_mesh::hbone::pool::PoolKey;
 use marrow_mesh::hbone::{ConnectRequest, Forwarded, HboneError, TraceParent, TransportFailure};
 use marrow_mesh::identity::{IdentityError, SpiffeId};
+use marrow_mesh::state::waypoints::WaypointName;
 use marrow_mesh::state::{self, Route, Snapshot};
 use marrow_mesh::telemetry::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag, ServiceLabels};
 
@@ -30,6 +31,10 @@ pub enum OutboundError {
     /// The Service VIP the pod addressed has no ready endpoint.
     #[error("service {0} has no ready endpoint")]
     NoEndpoint(String),
+    /// The destination uses a waypoint with no ready instance, or one the state lacks: the
+    /// connection is refused, never sent around it (ztunnel's `UnknownWaypoint`).
+    #[error("waypoint {0} has no ready instance")]
+    WaypointDown(WaypointName),
     /// The destination workload's identity cannot be derived (no SPIFFE ID for its namespace
     /// and service account).
     #[error("destination {namespace}/{name} has no valid identity")]
@@ -69,6 +74,7 @@ impl Failure for OutboundError {
         match self {
             OutboundError::NoCertificate { .. } | OutboundError::PodSocket(_) => Side::Internal,
             OutboundError::NoEndpoint(_)
+            | OutboundError::WaypointDown(_)
             | OutboundError::NoDestinationIdentity { .. }
             | OutboundError::Connect(_)
             | OutboundError::ConnectTimeout => Side::Upstream,
@@ -83,9 +89,12 @@ impl Failure for OutboundError {
 
     /// ztunnel's flags at the source: `CONNECT` for a passthrough destination or a Service
     /// that could not be reached, `IDENTITY_ERROR` when an identity or certificate is
-    /// missing, the tunnel's as [`source_flag`] maps them.
+    /// missing, the tunnel's as [`source_flag`] maps them; `UH` for a waypoint with no ready
+    /// instance (Envoy's "no healthy upstream": ztunnel's `UnknownWaypoint` has no flag of
+    /// its own).
     fn response_flag(&self) -> Option<ResponseFlag> {
         match self {
+            OutboundError::WaypointDown(_) => Some(ResponseFlag::NoHealthyUpstream),
             OutboundError::NoEndpoint(_)
             | OutboundError::PodSocket(_)
             | OutboundError::Connect(_)
@@ -186,7 +195,8 @@ fn plan(
     peer: SocketAddr,
     dst: OriginalDst,
 ) -> Plan {
-    let routed = state::route(snap, dst.0, mesh.context.state.endpoint_picker());
+    let source = snap.workload_at(&ctx.ips).map(|w| w.as_ref());
+    let routed = state::route(snap, source, dst.0, mesh.context.state.endpoint_picker());
     // The Service the pod addressed, if it connected to a VIP.
     let service = routed.service.map(|s| Arc::new(peers::service_labels(s)));
     match routed.route {
@@ -202,6 +212,30 @@ fn plan(
                 service,
             };
             plan_tunnel(ctx, mesh, snap, peer, route)
+        }
+        // Through a waypoint: to one of its instances, as to a workload, with the original
+        // destination in the CONNECT; the destination workload is the waypoint's pod, the
+        // destination service stays the Service addressed.
+        Route::Waypoint {
+            waypoint,
+            instance,
+            target,
+            authority,
+        } => {
+            tracing::debug!(%waypoint, instance = %instance.name, "through the waypoint");
+            let route = TunnelRoute {
+                dst_workload: &instance,
+                target,
+                authority,
+                service,
+            };
+            plan_tunnel(ctx, mesh, snap, peer, route)
+        }
+        Route::WaypointDown { waypoint } => {
+            let mut labels = plain_labels(ctx, Some(snap), dst);
+            labels.destination_service = service;
+            let error = OutboundError::WaypointDown(waypoint);
+            Plan::Refuse(ctx.record(labels, src, dst.0), Box::new(error))
         }
         // A Service VIP resolved to an endpoint outside the mesh, or no VIP at all.
         Route::Passthrough(to) => {

@@ -83,8 +83,8 @@ impl Failure for PolicyError {
     }
 }
 
-/// The policy decision for a connection to a local pod: PeerAuthentication for plaintext, then
-/// AuthorizationPolicy. `Ok(None)` when the state does not know the pod (not in the mesh: no
+/// The policy decision for a connection to a local pod: the waypoint it sits behind, if any,
+/// then PeerAuthentication for plaintext, then AuthorizationPolicy. `Ok(None)` when the state does not know the pod (not in the mesh: no
 /// policy selects it); `Ok(Some(why))` when allowed with a decision.
 ///
 /// # Errors
@@ -93,6 +93,7 @@ pub fn decide(snap: &Snapshot, subject: &PolicySubject) -> Result<Option<String>
     let Some(workload) = snap.workload_at(&subject.pod_ips) else {
         return Ok(None);
     };
+    from_waypoint(snap, workload, subject.source_principal.as_ref())?;
     let view = view_of(workload);
     if subject.source_principal.is_none() {
         policy::plaintext_allowed(snap.policies(), &view, subject.destination.port()).map_err(
@@ -115,6 +116,25 @@ pub fn decide(snap: &Snapshot, subject: &PolicySubject) -> Result<Option<String>
             explanation: decision.reason,
         }),
         None => Ok(Some(decision.reason)),
+    }
+}
+
+/// A workload behind a waypoint (its own binding, or one of its Services') accepts only that
+/// waypoint's pods as clients; plaintext and every other identity are refused (see
+/// `WaypointIndex::refusal`, which explains why marrow always applies it). L4 policy then sees
+/// the waypoint as the client.
+fn from_waypoint(
+    snap: &Snapshot,
+    workload: &Workload,
+    principal: Option<&SpiffeId>,
+) -> Result<(), Denial> {
+    let client = principal.map(|p| (p.namespace(), p.service_account()));
+    match snap.waypoints().refusal(workload, client) {
+        None => Ok(()),
+        Some(explanation) => Err(Denial {
+            reason: DenialReason::NotFromWaypoint,
+            explanation,
+        }),
     }
 }
 
@@ -175,8 +195,8 @@ pub fn recheck(snap: &Snapshot, table: &ConnectionTable) -> usize {
 }
 
 /// [`recheck`], skipping the connections whose decision cannot have changed since `previous`:
-/// the same policies and the same local workload (namespace, name, labels) — the only inputs
-/// of [`decide`] that a state change can move.
+/// the same policies, the same local workload (namespace, name, labels) and the same waypoints
+/// in front of it — the only inputs of [`decide`] that a state change can move.
 fn recheck_since(previous: Option<&Snapshot>, snap: &Snapshot, table: &ConnectionTable) -> usize {
     let same_policies = previous.is_some_and(|prev| prev.policies() == snap.policies());
     let mut revoked = 0;
@@ -185,7 +205,10 @@ fn recheck_since(previous: Option<&Snapshot>, snap: &Snapshot, table: &Connectio
             continue;
         }
         if same_policies
-            && previous.is_some_and(|prev| same_workload(prev, snap, &watched.subject.pod_ips))
+            && previous.is_some_and(|prev| {
+                same_workload(prev, snap, &watched.subject.pod_ips)
+                    && same_guard(prev, snap, &watched.subject.pod_ips)
+            })
         {
             continue;
         }
@@ -207,6 +230,16 @@ fn same_workload(a: &Snapshot, b: &Snapshot, ips: &[IpAddr]) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether the pod at `ips` sits behind the same waypoints, admitting the same identities, in
+/// both snapshots.
+fn same_guard(a: &Snapshot, b: &Snapshot, ips: &[IpAddr]) -> bool {
+    let guard = |s: &Snapshot| {
+        s.workload_at(ips)
+            .and_then(|w| s.waypoints().guard(w).cloned())
+    };
+    guard(a) == guard(b)
 }
 
 /// Follows `state` until it is dropped: after each published snapshot, re-checks the open

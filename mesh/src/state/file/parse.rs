@@ -1,7 +1,7 @@
 //! Multi-document Kubernetes YAML to a [`StateUpdate`], stopping at the first bad document.
 //!
-//! Kinds: `v1` Namespace and Pod become state; Service, EndpointSlice and the Istio security
-//! kinds are kept as raw objects; `List` (what `kubectl get -o yaml` prints) and typed
+//! Kinds: `v1` Namespace and Pod become state; Service, EndpointSlice, the Istio security
+//! kinds and the Gateway API's Gateway and GatewayClass are kept as raw objects; `List` (what `kubectl get -o yaml` prints) and typed
 //! lists (`PodList`, …) are expanded; any other kind is ignored with one warning per kind.
 //! Fields the mesh does not read (managedFields, ownerReferences beyond the controller,
 //! conditions, …) are accepted as they are.
@@ -68,6 +68,9 @@ pub fn parse_with_root(
     for warning in update.build_services() {
         warn!(file = %path.display(), %warning, "service warning");
     }
+    for warning in update.build_waypoints() {
+        warn!(file = %path.display(), %warning, "waypoint warning");
+    }
     Ok(update)
 }
 
@@ -100,8 +103,10 @@ impl Parser<'_> {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
+        let cluster_scoped = kind == "Namespace"
+            || RawKind::of(&api_version, &kind).is_some_and(RawKind::cluster_scoped);
         let object = ObjectRef {
-            namespace: (kind != "Namespace")
+            namespace: (!cluster_scoped)
                 .then(|| meta("namespace").unwrap_or_else(|| k8s::DEFAULT_NAMESPACE.into())),
             name: meta("name").unwrap_or_default(),
             kind,

@@ -242,3 +242,84 @@ fn a_workload_whose_labels_change_is_rechecked() {
         &["10.0.2.2".parse().unwrap()]
     ));
 }
+
+/// Service `web` (endpoint 10.0.2.2) uses waypoint `shop/wp`, whose pod runs as `shop/wp`.
+const WEB_BEHIND_WAYPOINT: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: wp-0
+  namespace: shop
+  labels: {gateway.networking.k8s.io/gateway-name: wp, istio.io/dataplane-mode: none}
+spec: {nodeName: n1, serviceAccountName: wp}
+status: {phase: Running, podIP: 10.0.9.1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: wp}}
+spec: {clusterIP: 10.96.0.1, ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.2.2]}]
+---
+"#;
+
+#[test]
+fn a_workload_behind_a_waypoint_admits_only_the_waypoint() {
+    let snap = store(&[WEB_BEHIND_WAYPOINT]).snapshot();
+    assert!(
+        decide(&snap, &to_web(Some(principal("wp")), 8080)).is_ok(),
+        "the waypoint's identity"
+    );
+    let client = decide(&snap, &to_web(Some(principal("client")), 8080)).unwrap_err();
+    assert_eq!(client.reason, DenialReason::NotFromWaypoint);
+    assert!(
+        client.explanation.contains("waypoint shop/wp")
+            && client.explanation.contains("ns/shop/sa/client is not it"),
+        "{}",
+        client.explanation
+    );
+    let plaintext = decide(&snap, &to_web(None, 8080)).unwrap_err();
+    assert_eq!(plaintext.reason, DenialReason::NotFromWaypoint);
+    // L4 policy then sees the waypoint as the client.
+    let with_policy = store(&[WEB_BEHIND_WAYPOINT, ALLOW_CLIENT]).snapshot();
+    let waypoint = decide(&with_policy, &to_web(Some(principal("wp")), 8080)).unwrap_err();
+    assert_eq!(waypoint.reason, DenialReason::NoAllowMatch);
+    // Without the binding, the client is admitted as before.
+    let unbound = store(&[&WEB_BEHIND_WAYPOINT.replace("istio.io/use-waypoint: wp", "a: b")]);
+    assert!(
+        decide(
+            &unbound.snapshot(),
+            &to_web(Some(principal("client")), 8080)
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_workload_put_behind_a_waypoint_has_its_other_clients_revoked() {
+    let unbound = WEB_BEHIND_WAYPOINT.replace("istio.io/use-waypoint: wp", "a: b");
+    let state = store(&[&unbound]);
+    let table = Arc::new(ConnectionTable::default());
+    let (_client, client) = open(&table, to_web(Some(principal("client")), 8080));
+    let (_waypoint, waypoint) = open(&table, to_web(Some(principal("wp")), 8080));
+    let before = state.snapshot();
+    // The same (no) policies, the same workload: only the waypoint binding moved.
+    apply(&state, &[WEB_BEHIND_WAYPOINT]);
+    assert_eq!(recheck_since(Some(&before), &state.snapshot(), &table), 1);
+    assert_eq!(
+        client.denial.get().map(|d| d.reason),
+        Some(DenialReason::NotFromWaypoint)
+    );
+    assert!(!waypoint.token.is_cancelled());
+}
