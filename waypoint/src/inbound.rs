@@ -109,7 +109,7 @@ async fn tunnel(
         ctx.telemetry.cluster_id(),
     );
     let authority = incoming.target.authority;
-    let dest = match target::resolve(&snap, authority, own_ips) {
+    let dest = match target::resolve(&snap, &ctx.gateway, authority, own_ips) {
         Ok(dest) => dest,
         Err(error) => {
             tracing::info!(target = %authority, client = %client.identity, %error, "connect refused; answering 400");

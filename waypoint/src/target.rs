@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use marrow_mesh::state::protocol::Protocol;
 use marrow_mesh::state::services::ServiceTarget;
+use marrow_mesh::state::waypoints::{Unbound, Waypoint};
 use marrow_mesh::state::{Snapshot, Workload};
+
+use crate::context::Gateway;
 
 /// Where a tunnel's traffic goes, before an endpoint is chosen.
 #[derive(Clone, Debug)]
@@ -76,29 +79,75 @@ pub enum TargetError {
     /// The authority is the waypoint's own address: a loop.
     #[error("{0} is the waypoint itself")]
     Loop(SocketAddr),
+    /// The Service or workload at the authority does not use this waypoint: node proxies send
+    /// only what is bound to it here, so anything else is a client trying to use the waypoint's
+    /// identity to reach what it may not (an open relay otherwise).
+    #[error("{target} ({what}) does not use waypoint {waypoint}: {why}")]
+    NotBound {
+        /// The authority.
+        target: SocketAddr,
+        /// `Service ns/name` or `Pod ns/name`.
+        what: String,
+        /// This waypoint.
+        waypoint: String,
+        /// What it uses instead, or why none.
+        why: String,
+    },
 }
 
-/// Resolves the authority of a CONNECT against `snap`. `own_ips` are the waypoint's own
-/// addresses (a CONNECT to itself would loop).
-// TODO(binding): once Services and pods carry their waypoint binding, refuse targets that do
-// not name this waypoint (ztunnel sends only those here), so the waypoint is no open relay
-// inside the mesh.
+/// Resolves the authority of a CONNECT against `snap`: a Service VIP:port bound to this
+/// waypoint (`gateway`), or a pod bound to it for workload traffic — what a node proxy sends
+/// here (ztunnel's `fetch_service_waypoint` / `fetch_workload_waypoint`, src/state.rs).
+/// `own_ips` are the waypoint's own addresses (a CONNECT to itself would loop).
 pub fn resolve(
     snap: &Snapshot,
+    gateway: &Gateway,
     authority: SocketAddr,
     own_ips: &[std::net::IpAddr],
 ) -> Result<Destination, TargetError> {
     if own_ips.contains(&authority.ip().to_canonical()) {
         return Err(TargetError::Loop(authority));
     }
+    let ours = |bound: Result<&Arc<Waypoint>, Unbound>, what: String| {
+        let why = match bound {
+            Ok(waypoint)
+                if waypoint.name.namespace == gateway.namespace
+                    && waypoint.name.name == gateway.name =>
+            {
+                return Ok(());
+            }
+            Ok(other) => format!("it uses waypoint {}", other.name),
+            Err(unbound) => unbound.to_string(),
+        };
+        Err(TargetError::NotBound {
+            target: authority,
+            what,
+            waypoint: format!("{}/{}", gateway.namespace, gateway.name),
+            why,
+        })
+    };
     if let Some(service) = snap.services().at(authority) {
+        let bound = snap
+            .waypoints()
+            .for_service(&service.namespace, &service.name);
+        ours(
+            bound,
+            format!("Service {}/{}", service.namespace, service.name),
+        )?;
         return Ok(Destination::Service(service.clone()));
     }
     match snap.workload_by_ip(authority.ip()) {
-        Some(workload) => Ok(Destination::Workload {
-            addr: authority,
-            workload: workload.clone(),
-        }),
+        Some(workload) => {
+            let bound = snap.waypoints().for_workload(workload);
+            ours(
+                bound,
+                format!("Pod {}/{}", workload.namespace, workload.name),
+            )?;
+            Ok(Destination::Workload {
+                addr: authority,
+                workload: workload.clone(),
+            })
+        }
         None => Err(TargetError::Unknown(authority)),
     }
 }

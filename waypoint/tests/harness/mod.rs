@@ -119,11 +119,32 @@ pub fn empty_vip(net: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 96, net, 12))
 }
 
+/// The VIP of a Service (`opted-out`) that opts out of the namespace's waypoint.
+pub fn opted_out_vip(net: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 96, net, 13))
+}
+
 fn state_yaml(net: u8, pods: &[u8], extra: &str) -> String {
-    let mut docs = vec![serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}
-    })];
+    // Everything in `shop` uses the waypoint `shop/waypoint`, for Service and workload traffic
+    // alike, but the Service `opted-out` (`istio.io/use-waypoint: none`).
+    let mut docs = vec![
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {
+                "istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "waypoint"}}
+        }),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "elsewhere", "labels": {"istio.io/dataplane-mode": "ambient"}}
+        }),
+        serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "waypoint", "namespace": "shop",
+                "labels": {"istio.io/waypoint-for": "all"}},
+            "spec": {"gatewayClassName": "istio-waypoint",
+                "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}
+        }),
+    ];
     let pod = |name: String, ip: IpAddr, sa: &str| {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -178,6 +199,9 @@ fn state_yaml(net: u8, pods: &[u8], extra: &str) -> String {
     ));
     docs.extend(service("solo", solo_vip(net), vec![pod_ip(net, pods[0])]));
     docs.extend(service("empty", empty_vip(net), vec![]));
+    let mut opted_out = service("opted-out", opted_out_vip(net), vec![pod_ip(net, pods[0])]);
+    opted_out[0]["metadata"]["labels"] = serde_json::json!({"istio.io/use-waypoint": "none"});
+    docs.extend(opted_out);
     let mut yaml = docs
         .iter()
         .map(|d| serde_json::to_string(d).unwrap())

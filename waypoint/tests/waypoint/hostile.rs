@@ -45,6 +45,14 @@ async fn a_connect_to_no_service_is_refused_with_400() {
     // A known Service's VIP on a port it does not have is no target either.
     let wrong_port = SocketAddr::new(vip(20), 8443);
     assert!(mesh.tunnel(wrong_port).await.is_err());
+    // Nor is a Service that does not use this waypoint: the waypoint is no open relay.
+    let not_ours = SocketAddr::new(crate::harness::opted_out_vip(20), 80);
+    match mesh.tunnel(not_ours).await {
+        Err(marrow_mesh::hbone::HboneError::Refused(status)) => {
+            assert_eq!(status, StatusCode::BAD_REQUEST)
+        }
+        other => panic!("expected a 400 refusal, got {:?}", other.map(|_| ())),
+    }
     still_serves(&mesh).await;
 }
 
