@@ -261,11 +261,6 @@ pub fn explain_request(
     let dst = find(snap, "destination", to.0, to.1)?;
     let pod_ip = first_ip(&dst)?;
     let (source_principal, source_ip) = client(snap, trust_domain, from)?;
-    let service = snap.services().serving(pod_ip).find(|s| {
-        s.endpoints
-            .iter()
-            .any(|e| e.ip() == pod_ip && e.port() == port)
-    });
     // `--waypoint` names one; else the one the state puts in front of the destination.
     let (gateway_namespace, gateway_name) = match &request.waypoint {
         Some(waypoint) => workload_ref(waypoint, "waypoint")?,
@@ -279,6 +274,29 @@ pub fn explain_request(
             }
         },
     };
+    // The Service the request is for: of those sending `port` to the pod, the first by
+    // namespace/name that uses this waypoint, else the first (a pod behind several Services on
+    // one port is ambiguous; the answer names the one it took).
+    let mut services: Vec<_> = snap
+        .services()
+        .serving(pod_ip)
+        .filter(|s| {
+            s.endpoints
+                .iter()
+                .any(|e| e.ip() == pod_ip && e.port() == port)
+        })
+        .collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let uses_this = |s: &&&std::sync::Arc<crate::state::services::ServiceTarget>| {
+        snap.waypoints()
+            .for_service(&s.namespace, &s.name)
+            .is_ok_and(|w| w.name.namespace == gateway_namespace && w.name.name == gateway_name)
+    };
+    let service = services
+        .iter()
+        .find(uses_this)
+        .or(services.first())
+        .copied();
     let at = WaypointScope {
         gateway_namespace: &gateway_namespace,
         gateway_name: &gateway_name,

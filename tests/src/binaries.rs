@@ -62,6 +62,11 @@ pub fn node_proxy() -> PathBuf {
     workspace_binary("node-proxy")
 }
 
+/// The `waypoint` binary (the L7 proxy).
+pub fn waypoint() -> PathBuf {
+    workspace_binary("waypoint")
+}
+
 /// The `redirect-cni` plugin binary.
 pub fn redirect_cni() -> PathBuf {
     workspace_binary("redirect-cni")

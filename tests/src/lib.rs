@@ -54,6 +54,7 @@ pub mod state_file;
 pub mod stop;
 pub mod testpod;
 pub mod two_nodes;
+pub mod waypoint;
 pub mod workload_cert;
 
 pub use bpffs::BpffsDir;

@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::client::OriginalClient;
 use crate::context::Context;
-use crate::outcome::{RequestOutcome, record};
+use crate::outcome::RequestOutcome;
+use crate::record::record;
 use crate::sniff::{Rewind, Sniffed, sniff};
 use crate::target::{self, Destination};
 

@@ -21,6 +21,7 @@ pub mod forward;
 pub mod headers;
 pub mod inbound;
 pub mod outcome;
+pub mod record;
 pub mod relay;
 pub mod sniff;
 pub mod target;

@@ -1,5 +1,6 @@
 //! One [`RequestOutcome`] per request (or per L4 tunnel), filled as the request goes and handed
-//! to [`record`] once at its end, which gives it to the waypoint's [`crate::telemetry`].
+//! to [`crate::record::record`] once at its end, which gives it to the waypoint's
+//! [`crate::telemetry`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,8 +10,6 @@ use marrow_mesh::identity::{SpiffeId, TrustDomain};
 use marrow_mesh::state::services::ServiceTarget;
 use marrow_mesh::telemetry::{RequestProtocol, ResponseFlag};
 use marrow_mesh::trace::ActiveSpan;
-
-use crate::context::Context;
 
 /// Everything known of one request when it ends.
 #[derive(Debug)]
@@ -53,7 +52,7 @@ pub struct RequestOutcome {
     pub upstream: Option<SocketAddr>,
     /// Envoy's response flag, when something failed.
     pub flag: Option<ResponseFlag>,
-    /// How long it took, set by [`record`] when zero.
+    /// How long it took, set when recorded if still zero.
     pub duration: Duration,
     /// The request's span, finished when the outcome is recorded.
     pub span: Option<ActiveSpan>,
@@ -99,84 +98,5 @@ impl RequestOutcome {
         self.service
             .as_ref()
             .map(|s| format!("outbound|{}||{}", s.vip.port(), s.host()))
-    }
-}
-
-/// Records a finished request with the waypoint's telemetry.
-pub fn record(ctx: &Context, outcome: RequestOutcome) {
-    ctx.telemetry.record(&ctx.state.snapshot(), outcome);
-}
-
-/// A request's outcome while its answer is being made: dropped before [`Pending::finish`] (the
-/// client went away before the response started), it is recorded with `DC`, as Envoy does.
-pub struct Pending {
-    ctx: Arc<Context>,
-    outcome: RequestOutcome,
-    armed: bool,
-}
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending")
-            .field("outcome", &self.outcome)
-            .field("armed", &self.armed)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Pending {
-    /// Watches `outcome`, recorded with `ctx`'s telemetry if dropped unfinished.
-    pub fn new(ctx: Arc<Context>, outcome: RequestOutcome) -> Self {
-        Self {
-            ctx,
-            outcome,
-            armed: true,
-        }
-    }
-
-    /// The outcome, for whoever records it next.
-    pub fn finish(mut self) -> RequestOutcome {
-        self.finish_in_place()
-    }
-}
-
-impl std::ops::Deref for Pending {
-    type Target = RequestOutcome;
-
-    fn deref(&self) -> &RequestOutcome {
-        &self.outcome
-    }
-}
-
-impl std::ops::DerefMut for Pending {
-    fn deref_mut(&mut self) -> &mut RequestOutcome {
-        &mut self.outcome
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut outcome = self.finish_in_place();
-            outcome
-                .flag
-                .get_or_insert(ResponseFlag::DownstreamTermination);
-            record(&self.ctx, outcome);
-        }
-    }
-}
-
-impl Pending {
-    /// Disarms and takes the outcome; a placeholder that allocates nothing takes its place.
-    fn finish_in_place(&mut self) -> RequestOutcome {
-        self.armed = false;
-        let placeholder = RequestOutcome::start(
-            None,
-            None,
-            self.outcome.destination,
-            None,
-            self.outcome.trust_domain.clone(),
-        );
-        std::mem::replace(&mut self.outcome, placeholder)
     }
 }

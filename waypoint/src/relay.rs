@@ -7,7 +7,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::client::OriginalClient;
 use crate::context::Context;
-use crate::outcome::{RequestOutcome, record};
+use crate::outcome::RequestOutcome;
+use crate::record::record;
 use crate::target::Destination;
 use crate::upstream::UpstreamError;
 

@@ -143,7 +143,8 @@ async fn a_denied_grpc_call_gets_permission_denied() {
 
 #[tokio::test]
 async fn the_admin_explains_a_request_at_this_waypoint() {
-    let mesh = TestMesh::start_with_state(32, &[1], POLICIES).await;
+    // web-2 backs only `web` (pod 1 also backs `solo`, whose ALLOW would decide instead).
+    let mesh = TestMesh::start_with_state(32, &[1, 2], POLICIES).await;
     let port = crate::harness::HTTP_PORT;
     let ask = |query: String| async move {
         let mut tcp = tokio::net::TcpStream::connect(mesh.waypoint.admin_addr)
@@ -160,7 +161,7 @@ async fn the_admin_explains_a_request_at_this_waypoint() {
         let body = raw.split_once("\r\n\r\n").unwrap().1.to_owned();
         serde_json::from_str::<serde_json::Value>(&body).unwrap()
     };
-    let from = "from=shop%2Fclient&to=shop%2Fweb-1";
+    let from = "from=shop%2Fclient&to=shop%2Fweb-2";
     let denied = ask(format!("{from}&port={port}&method=DELETE&path=%2Fapi%2F1")).await;
     assert_eq!(denied["decision"], "deny", "{denied}");
     assert_eq!(denied["policy"], "shop/no-deletes", "{denied}");

@@ -161,16 +161,23 @@ async fn websocket_upgrades_and_echoes_both_ways() {
 #[tokio::test]
 async fn http2_and_grpc_streams_pass_with_their_trailers() {
     let mesh = TestMesh::start(4, &[1]).await;
-    // h2 from the client to an http port: upstream follows the client's version.
+    // h2 from the client to a port declared http: upstream speaks HTTP/1.1, as Istio's.
     let (_client, mut h2) = mesh.http2(SocketAddr::new(vip(4), 80)).await;
     let request = Request::post("http://web.shop/h2")
         .body(Full::new(Bytes::from_static(b"over h2")))
         .unwrap();
     let response = h2.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["x-echo-version"], "HTTP/2.0");
+    assert_eq!(response.headers()["x-echo-version"], "HTTP/1.1");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"over h2");
+    // To a port of no declared protocol (`web`, 81): upstream follows the client's version.
+    let (_client, mut h2) = mesh.http2(SocketAddr::new(vip(4), 81)).await;
+    let request = Request::get("http://web.shop/h2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = h2.send_request(request).await.unwrap();
+    assert_eq!(response.headers()["x-echo-version"], "HTTP/2.0");
 
     // gRPC on a grpc port: unary-shaped call and a server stream, trailers passed through.
     let (_client, mut grpc) = mesh.http2(SocketAddr::new(vip(4), 9090)).await;

@@ -10,33 +10,36 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::authz::{self, AuthzRequest};
-use crate::balance::ActiveRequest;
-use crate::body::{Body, BoxError, full};
+use crate::body::{Body, full};
 use crate::client::OriginalClient;
 use crate::context::Context;
 use crate::headers;
-use crate::outcome::{Pending, RequestOutcome, record};
+use crate::outcome::RequestOutcome;
+use crate::record::{Pending, record};
 use crate::target::Destination;
 use crate::upstream::UpstreamError;
 use marrow_mesh::drain::Drain;
 use marrow_mesh::path::{self, NormalizedPath};
-use marrow_mesh::telemetry::RequestProtocol;
+use marrow_mesh::state::protocol::Protocol;
 use marrow_mesh::telemetry::ResponseFlag;
+use marrow_mesh::telemetry::{RequestProtocol, grpc_status};
 use marrow_mesh::trace;
+
+mod bodies;
+
+use bodies::{Counted, Recording};
 
 /// HTTP/1.1 upstream connections kept per endpoint and client tunnel.
 const MAX_H1_PER_ENDPOINT: usize = 16;
@@ -277,7 +280,15 @@ impl Downstream {
         outcome.upstream = Some(endpoint);
         let active = self.ctx.upstreams.balancer.start(endpoint);
         let upgrade = version != Version::HTTP_2 && headers::is_upgrade(req.headers());
-        let use_h2 = !upgrade && (self.dest.protocol().is_http2() || version == Version::HTTP_2);
+        // Istio's upstream protocol (pilot/pkg/networking/core/cluster_builder.go): HTTP/2 for
+        // ports declared http2/grpc, HTTP/1.1 for ports declared http whatever the client
+        // spoke, and the client's own (`USE_DOWNSTREAM_PROTOCOL`) where nothing is declared.
+        let use_h2 = !upgrade
+            && match self.dest.protocol() {
+                Protocol::Http2 | Protocol::Grpc => true,
+                Protocol::Unspecified => version == Version::HTTP_2,
+                _ => false,
+            };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut upstream_req = self.prepare(req, &host, &path, use_h2, upgrade, bytes_in.clone());
@@ -557,115 +568,5 @@ async fn splice(
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(%endpoint, up, down, "upgraded connection closed"),
         Err(error) => tracing::debug!(%error, %endpoint, "upgraded connection failed"),
-    }
-}
-
-/// `grpc-status` of a header or trailer block.
-fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-/// A request body counting its bytes.
-struct Counted {
-    inner: Incoming,
-    count: Arc<AtomicU64>,
-}
-
-impl HttpBody for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled.map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body that records its request's outcome when it ends: at its last frame, on an
-/// upstream error (UC), or when dropped unfinished because the client went away (DC).
-struct Recording {
-    ctx: Arc<Context>,
-    inner: Incoming,
-    outcome: Option<RequestOutcome>,
-    bytes_in: Arc<AtomicU64>,
-    bytes_out: u64,
-    _active: ActiveRequest,
-}
-
-impl Recording {
-    fn finish(&mut self, flag: Option<ResponseFlag>) {
-        if let Some(mut outcome) = self.outcome.take() {
-            outcome.bytes_in = self.bytes_in.load(Ordering::Relaxed);
-            outcome.bytes_out = self.bytes_out;
-            if outcome.flag.is_none() {
-                outcome.flag = flag;
-            }
-            record(&self.ctx, outcome);
-        }
-    }
-}
-
-impl HttpBody for Recording {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes_out += data.len() as u64;
-                } else if let Some(trailers) = frame.trailers_ref()
-                    && let Some(status) = grpc_status(trailers)
-                    && let Some(outcome) = self.outcome.as_mut()
-                {
-                    outcome.grpc_status = Some(status);
-                }
-            }
-            Poll::Ready(None) => self.finish(None),
-            Poll::Ready(Some(Err(_))) => self.finish(Some(ResponseFlag::UpstreamTermination)),
-            Poll::Pending => {}
-        }
-        polled.map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        if self.outcome.is_some() {
-            // An empty body may be dropped without a poll once hyper knows it is empty.
-            let flag = (!self.inner.is_end_stream()).then_some(ResponseFlag::DownstreamTermination);
-            self.finish(flag);
-        }
     }
 }
