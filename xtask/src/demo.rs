@@ -18,6 +18,7 @@ mod keep;
 mod observe;
 mod report;
 mod scenarios;
+mod waypoint;
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};

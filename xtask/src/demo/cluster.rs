@@ -16,7 +16,7 @@
 //! leaves nothing behind.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
@@ -93,9 +93,13 @@ pub struct Cluster {
     /// Node 1.
     pub node1: Node,
     /// Node 2; dropped after the pods and proxies (they hold it too).
-    _node2: Node,
+    pub node2: Node,
+    /// The pods both proxies' state files list (policies are added when written).
+    pub state: ClusterState,
+    /// Node 1's and node 2's state files.
+    pub state_files: [PathBuf; 2],
     /// The mesh CA (a temporary directory).
-    _ca: MeshCa,
+    pub ca: MeshCa,
 }
 
 impl Cluster {
@@ -164,6 +168,7 @@ impl Cluster {
             write_state(path, &yaml)?;
             wait_generation(proxy, before + 1, stop)?;
         }
+        let state_files = [state1, state2];
         println!(
             "   state files  pods, service accounts, STRICT mTLS and shop/api-from-frontend applied by both proxies [{}]",
             seconds(step.elapsed())
@@ -179,9 +184,38 @@ impl Cluster {
             proxy2,
             link,
             node1,
-            _node2: node2,
-            _ca: ca,
+            node2,
+            state,
+            state_files,
+            ca,
         })
+    }
+
+    /// Writes `pods`, the mesh's policies and `extra` (YAML documents) to both state files and
+    /// waits until both proxies applied them.
+    ///
+    /// # Errors
+    /// When a file cannot be written or a proxy does not apply it in time.
+    pub fn apply(&self, pods: &ClusterState, extra: &str, stop: &Stop) -> anyhow::Result<()> {
+        let yaml = format!("{}\n---\n{POLICIES}\n---\n{extra}", pods.to_yaml());
+        for (proxy, path) in [
+            (&self.proxy1, &self.state_files[0]),
+            (&self.proxy2, &self.state_files[1]),
+        ] {
+            let before = config_generation(proxy).unwrap_or_default();
+            write_state(path, &yaml)?;
+            let started = Instant::now();
+            while config_generation(proxy).is_none_or(|g| g <= before) {
+                stop.check()?;
+                anyhow::ensure!(
+                    started.elapsed() < READY_TIMEOUT,
+                    "a proxy did not apply its state file; see {}",
+                    proxy.log_path().display()
+                );
+                std::thread::sleep(POLL);
+            }
+        }
+        Ok(())
     }
 
     /// `shop/api`'s address on [`API_PORT`].
@@ -346,7 +380,7 @@ fn wait_generation(proxy: &mut Proxy, at_least: u64, stop: &Stop) -> anyhow::Res
 }
 
 /// Creates a pod and prints its node, address and CNI chain.
-fn add_pod(
+pub(super) fn add_pod(
     node: &Node,
     name: &str,
     namespace: &str,

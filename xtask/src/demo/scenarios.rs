@@ -1,6 +1,6 @@
-//! The demo's scenarios, one function each, run in order against one [`Cluster`]: the issue's
-//! five points (allowed with identities, denied by policy, plaintext refused by STRICT, no
-//! plaintext on the wire, `/metrics`).
+//! The demo's scenarios, one function each, run in order against one [`Cluster`]: allowed with
+//! identities, denied by policy, plaintext refused by STRICT, no plaintext on the wire,
+//! `/metrics`, and a Service behind a waypoint (L7, in `super::waypoint`).
 //!
 //! Every check reads a real outcome: what `testpod` printed inside the pods, the proxies'
 //! `/metrics` and `/explain`, and packets captured on the link between the nodes. The SPIFFE
@@ -69,6 +69,7 @@ fn run_all(cluster: &Cluster, stop: &Stop, report: &mut Report<'_>) -> anyhow::R
     plaintext_refused(cluster, stop, report)?;
     no_plaintext_on_the_wire(cluster, &capture, report)?;
     metrics_excerpt(cluster, report)?;
+    super::waypoint::through_a_waypoint(cluster, stop, report)?;
     Ok(())
 }
 
