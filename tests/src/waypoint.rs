@@ -115,3 +115,47 @@ impl<'p> Waypoint<'p> {
         self.process.log()
     }
 }
+
+/// The objects that make `namespace/name` a waypoint in a state file: the Gateway (class
+/// `istio-waypoint`, listener `mesh` 15008 HBONE), its Service (ClusterIP `vip`, port 15008, as
+/// the controller makes it), and that Service's EndpointSlice with `instances` as the ready
+/// waypoint pods (none: the waypoint is down). YAML documents, separated by `---`.
+pub fn gateway_objects(namespace: &str, name: &str, vip: &str, instances: &[String]) -> String {
+    let endpoints: String = instances
+        .iter()
+        .map(|ip| format!("- addresses: [{ip}]\n"))
+        .collect();
+    let endpoints = if endpoints.is_empty() {
+        "endpoints: []\n".to_owned()
+    } else {
+        format!("endpoints:\n{endpoints}")
+    };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}
+  labels: {{gateway.istio.io/managed: istio.io-mesh-controller}}
+spec:
+  clusterIP: {vip}
+  ports: [{{name: mesh, port: 15008, protocol: TCP, appProtocol: hbone}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: mesh, port: 15008, protocol: TCP}}]
+{endpoints}"
+    )
+}

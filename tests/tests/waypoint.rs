@@ -14,7 +14,7 @@ use marrow_tests::peers::{self, curl, grpc_call};
 use marrow_tests::require_env;
 use marrow_tests::state_file::PodRecord;
 use marrow_tests::two_nodes::{Mesh, eventually, namespaces};
-use marrow_tests::waypoint::Waypoint;
+use marrow_tests::waypoint::{Waypoint, gateway_objects};
 
 const VIP: &str = "10.96.0.30";
 const WAYPOINT_VIP: &str = "10.96.0.31";
@@ -29,35 +29,9 @@ fn objects(wp_ip: &str, servers: &[String]) -> String {
         .iter()
         .map(|ip| format!("- addresses: [{ip}]\n"))
         .collect();
+    let gateway = gateway_objects("shop", "wp", WAYPOINT_VIP, &[wp_ip.to_owned()]);
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: wp, namespace: shop}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: wp
-  namespace: shop
-  labels: {{gateway.istio.io/managed: istio.io-mesh-controller}}
-spec:
-  clusterIP: {WAYPOINT_VIP}
-  ports: [{{name: mesh, port: 15008, protocol: TCP, appProtocol: hbone}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: wp-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: wp}}
-addressType: IPv4
-ports: [{{name: mesh, port: 15008, protocol: TCP}}]
-endpoints:
-- addresses: [{wp_ip}]
----
+        "{gateway}---
 apiVersion: v1
 kind: Service
 metadata:

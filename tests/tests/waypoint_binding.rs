@@ -22,33 +22,19 @@ use marrow_tests::metrics::count;
 use marrow_tests::require_env;
 use marrow_tests::state_file::PodRecord;
 use marrow_tests::two_nodes::{APP_PORT, Mesh, eventually, namespaces, v4};
+use marrow_tests::waypoint::gateway_objects;
 use marrow_tests::{MeshCa, Pod};
 
 const VIP: &str = "10.96.0.20";
 const WAYPOINT_VIP: &str = "10.96.0.21";
 const DENIALS: &str = "marrow_policy_denials_total";
 
-/// The Gateway `shop/wp`, its Service with no ready endpoint (the waypoint is down), and the
-/// Service `web` that uses it, backed by the pod at `web_ip`.
-fn waypoint_objects(web_ip: &str) -> String {
+/// The Gateway `shop/wp` and its Service with `instances` as its ready pods (none: the waypoint
+/// is down), and the Service `web` that uses it, backed by the pod at `web_ip`.
+fn waypoint_objects(web_ip: &str, instances: &[String]) -> String {
+    let gateway = gateway_objects("shop", "wp", WAYPOINT_VIP, instances);
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: wp, namespace: shop}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: wp
-  namespace: shop
-  labels: {{gateway.istio.io/managed: istio.io-mesh-controller}}
-spec:
-  clusterIP: {WAYPOINT_VIP}
-  ports: [{{name: mesh, port: 15008, protocol: TCP}}]
----
+        "{gateway}---
 apiVersion: v1
 kind: Service
 metadata:
@@ -85,7 +71,7 @@ fn a_service_behind_a_down_waypoint_fails_and_its_pods_admit_only_the_waypoint()
         .pod(&client, "client")
         .pod(&web, "web")
         .pod(&other, "other");
-    mesh.apply_with(&state, &waypoint_objects(&web.ipv4().to_string()));
+    mesh.apply_with(&state, &waypoint_objects(&web.ipv4().to_string(), &[]));
 
     // The VIP: the waypoint has no ready instance, so the connection fails, never reaching web
     // directly.
@@ -240,22 +226,7 @@ fn a_service_with_a_ready_waypoint_is_sent_to_the_waypoint_with_the_vip() {
                 .with_label("gateway.networking.k8s.io/gateway-name", "wp")
                 .with_label("istio.io/dataplane-mode", "none"),
         );
-    let ready_instance = format!(
-        "---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: wp-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: wp}}
-addressType: IPv4
-ports: [{{name: mesh, port: 15008, protocol: TCP}}]
-endpoints:
-- addresses: [{}]
-",
-        waypoint.ipv4()
-    );
-    let objects = waypoint_objects(&web.ipv4().to_string()) + &ready_instance;
+    let objects = waypoint_objects(&web.ipv4().to_string(), &[waypoint.ipv4().to_string()]);
     mesh.apply_with(&state, &objects);
 
     let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");

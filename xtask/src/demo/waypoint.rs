@@ -10,7 +10,7 @@ use marrow_tests::metrics::matching;
 use marrow_tests::peers::{self, curl};
 use marrow_tests::state_file::PodRecord;
 use marrow_tests::stop::Stop;
-use marrow_tests::waypoint::{ADMIN_PORT, Waypoint};
+use marrow_tests::waypoint::{ADMIN_PORT, Waypoint, gateway_objects};
 
 use super::cluster::{Cluster, add_pod};
 use super::report::Report;
@@ -24,35 +24,9 @@ const WEB_PORT: u16 = 8080;
 
 /// The Gateway, the two Services and their endpoints, and the L7 policy.
 fn objects(web_ip: &str, waypoint_ip: &str) -> String {
+    let gateway = gateway_objects("shop", "waypoint", WAYPOINT_VIP, &[waypoint_ip.to_owned()]);
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: waypoint, namespace: shop}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: waypoint
-  namespace: shop
-  labels: {{gateway.istio.io/managed: istio.io-mesh-controller}}
-spec:
-  clusterIP: {WAYPOINT_VIP}
-  ports: [{{name: mesh, port: 15008, protocol: TCP, appProtocol: hbone}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: waypoint-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: waypoint}}
-addressType: IPv4
-ports: [{{name: mesh, port: 15008, protocol: TCP}}]
-endpoints:
-- addresses: [{waypoint_ip}]
----
+        "{gateway}---
 apiVersion: v1
 kind: Service
 metadata:
