@@ -84,8 +84,9 @@ impl Failure for PolicyError {
 }
 
 /// The policy decision for a connection to a local pod: the waypoint it sits behind, if any,
-/// then PeerAuthentication for plaintext, then AuthorizationPolicy. `Ok(None)` when the state does not know the pod (not in the mesh: no
-/// policy selects it); `Ok(Some(why))` when allowed with a decision.
+/// then PeerAuthentication for plaintext, then AuthorizationPolicy. `Ok(None)` when the state
+/// does not know the pod (not in the mesh: no policy selects it); `Ok(Some(why))` when allowed
+/// with a decision.
 ///
 /// # Errors
 /// The [`Denial`] when refused.
