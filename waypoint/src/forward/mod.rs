@@ -139,6 +139,40 @@ fn authority_of<B>(req: &Request<B>) -> String {
 }
 
 impl Downstream {
+    /// The request's span; none (and nothing built for it) while tracing is off.
+    fn start_span(
+        &self,
+        req: &Request<Incoming>,
+        outcome: &RequestOutcome,
+        host: &str,
+    ) -> Option<trace::ActiveSpan> {
+        let tracer = self.ctx.telemetry.tracer();
+        if !tracer.is_on() {
+            return None;
+        }
+        let name = match self.dest.service() {
+            Some(service) => format!("{}:{}/*", service.host(), service.vip.port()),
+            None => format!("{}/*", self.dest.authority()),
+        };
+        let cluster = outcome.upstream_cluster();
+        Some(tracer.start(
+            req.headers(),
+            &trace::RequestAttrs {
+                name: &name,
+                method: req.method().as_str(),
+                scheme: "http",
+                authority: host,
+                path: req.uri().path(),
+                protocol: outcome.protocol,
+                user_agent: outcome.user_agent.as_deref(),
+                request_id: outcome.request_id.as_deref(),
+                downstream_cluster: None,
+                peer: Some(self.client.addr.ip()),
+                upstream_cluster: cluster.as_deref(),
+            },
+        ))
+    }
+
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let mut outcome = Pending::new(
             self.ctx.clone(),
@@ -176,28 +210,7 @@ impl Downstream {
         outcome.request_id = Some(request_id);
         // The span starts before policy, as Envoy's connection manager traces before its RBAC
         // filter: a denied request is traced too.
-        let span_name = match self.dest.service() {
-            Some(service) => format!("{}:{}/*", service.host(), service.vip.port()),
-            None => format!("{}/*", self.dest.authority()),
-        };
-        let cluster = outcome.upstream_cluster();
-        let uri_path = req.uri().path().to_owned();
-        outcome.span = Some(self.ctx.telemetry.tracer().start(
-            req.headers(),
-            &trace::RequestAttrs {
-                name: &span_name,
-                method: req.method().as_str(),
-                scheme: "http",
-                authority: &host,
-                path: &uri_path,
-                protocol: outcome.protocol,
-                user_agent: outcome.user_agent.as_deref(),
-                request_id: outcome.request_id.as_deref(),
-                downstream_cluster: None,
-                peer: Some(self.client.addr.ip()),
-                upstream_cluster: cluster.as_deref(),
-            },
-        ));
+        outcome.span = self.start_span(&req, &outcome, &host);
         if version != Version::HTTP_2
             && let Err(reason) = headers::check_framing(req.headers())
         {

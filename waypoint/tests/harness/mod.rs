@@ -583,3 +583,26 @@ async fn serve_tcp_echo(addr: SocketAddr, tasks: &Tasks) {
         }
     });
 }
+
+/// A request for `path` with `method`, `Host: web.shop`, no body.
+pub fn request(method: http::Method, path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "web.shop")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// `GET path` on `addr` over HTTP/1.0: the whole body.
+pub async fn body_of(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}

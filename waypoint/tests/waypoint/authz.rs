@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::harness::{TestMesh, solo_vip, vip};
+use crate::harness::{TestMesh, body_of, request, solo_vip, vip};
 
 /// DENY `DELETE /api*` and `/admin`, `/admin/*` at the waypoint `shop/waypoint`; ALLOW only
 /// `shop/other` to the Service `solo`; a policy bound to another waypoint, which must not apply.
@@ -41,15 +41,6 @@ spec:
   rules:
   - to: [{operation: {methods: [GET]}}]
 "#;
-
-fn request(method: Method, path: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "web.shop")
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
 
 #[tokio::test]
 async fn requests_are_allowed_and_denied_by_method_path_and_source() {
@@ -147,18 +138,7 @@ async fn the_admin_explains_a_request_at_this_waypoint() {
     let mesh = TestMesh::start_with_state(32, &[1, 2], POLICIES).await;
     let port = crate::harness::HTTP_PORT;
     let ask = |query: String| async move {
-        let mut tcp = tokio::net::TcpStream::connect(mesh.waypoint.admin_addr)
-            .await
-            .unwrap();
-        let request = format!("GET /explain?{query} HTTP/1.0\r\nHost: x\r\n\r\n");
-        tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
-            .await
-            .unwrap();
-        let mut raw = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut raw)
-            .await
-            .unwrap();
-        let body = raw.split_once("\r\n\r\n").unwrap().1.to_owned();
+        let body = body_of(mesh.waypoint.admin_addr, &format!("/explain?{query}")).await;
         serde_json::from_str::<serde_json::Value>(&body).unwrap()
     };
     let from = "from=shop%2Fclient&to=shop%2Fweb-2";

@@ -12,10 +12,9 @@ use http_body_util::{BodyExt, Full};
 use marrow_mesh::trace::otlp::collector::trace_service_server::{TraceService, TraceServiceServer};
 use marrow_mesh::trace::otlp::collector::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use marrow_waypoint::config::Percent;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{TestMesh, vip};
+use crate::harness::{TestMesh, body_of, request, vip};
 
 const DENY_DELETE: &str = r#"
 apiVersion: security.istio.io/v1
@@ -27,28 +26,6 @@ spec:
   rules:
   - to: [{operation: {methods: [DELETE]}}]
 "#;
-
-fn request(method: Method, path: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "web.shop")
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
-
-/// `GET path` on `addr`, the whole body.
-async fn body_of(addr: SocketAddr, path: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.unwrap();
-    raw.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
 
 /// The `istio_requests_total` sample whose labels include every one of `labels`.
 fn requests_total(metrics: &str, labels: &[&str]) -> Option<f64> {
