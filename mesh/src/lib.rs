@@ -1,9 +1,10 @@
-//! The core every marrow program shares (the node proxy today; the waypoint and the ingress
+//! The core every marrow program shares (the node proxy, the CA and the waypoint; the ingress
 //! gateway next): who a workload is and how it proves it, the tunnel between proxies, what the
 //! cluster looks like and what its policies say.
 //!
 //! Layers, each importing only from those below it (an xtask test checks there is no circle):
-//! [`objects`] (the Kubernetes vocabulary) → [`identity`] → [`tls`] → [`hbone`];
+//! [`objects`] (the Kubernetes vocabulary) → [`identity`] → [`tls`] → [`hbone`] → [`dial`]
+//! (an HBONE connection to a peer, over TLS);
 //! [`objects`] → [`policy`] (pure: parse and evaluate Istio's security objects) → [`state`] (the
 //! snapshot store and its file source) → [`apiserver`] (the Kubernetes source) and [`explain`];
 //! [`telemetry`] (Istio's metric labels and response flags, request metrics, access log)
@@ -12,6 +13,7 @@
 //! path normalization, which [`policy`] matches against) stand alone.
 
 pub mod apiserver;
+pub mod dial;
 pub mod drain;
 pub mod explain;
 pub mod hbone;

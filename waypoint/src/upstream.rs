@@ -10,9 +10,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use marrow_mesh::dial::{DialTimeouts, dial};
 use marrow_mesh::hbone::pool::{Connector, Pool, PoolKey, PoolSettings, PooledStream};
 use marrow_mesh::hbone::{
-    ConnectRequest, Forwarded, HBONE_PORT, HboneClient, HboneError, TraceParent, TransportFailure,
+    ConnectRequest, Forwarded, HBONE_PORT, HboneClient, HboneError, TraceParent,
 };
 use marrow_mesh::identity::{
     CertificateManager, IdentityError, SpiffeId, TrustDomain, WorkloadCertificate,
@@ -104,59 +105,26 @@ impl Connector for WaypointConnector {
 }
 
 impl WaypointConnector {
+    /// Dials as `cert`: TCP (through the dial map in tests), TLS, HTTP/2.
     async fn dial(
         &self,
         key: &PoolKey,
         cert: &WorkloadCertificate,
     ) -> Result<HboneClient, HboneError> {
-        let fail = |failure, step: String, source| HboneError::Transport {
-            failure,
-            step,
-            source,
+        let to = self
+            .dial_map
+            .as_ref()
+            .map_or(key.destination, |map| map(key.destination));
+        let tcp = async move {
+            let tcp = tokio::net::TcpStream::connect(to).await?;
+            tcp.set_nodelay(true)?;
+            Ok(tcp)
         };
-        let dst = key.destination;
-        let config = tls::client_config(cert, key.server.clone(), tls::KeyExchange::default())
-            .map_err(|e| {
-                fail(
-                    TransportFailure::TlsConfig,
-                    "client tls configuration".into(),
-                    std::io::Error::other(e),
-                )
-            })?;
-        let dial = self.dial_map.as_ref().map_or(dst, |map| map(dst));
-        let tcp = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(dial))
-            .await
-            .map_err(|_| {
-                fail(
-                    TransportFailure::ConnectTimeout,
-                    format!("connecting to {dst}"),
-                    std::io::ErrorKind::TimedOut.into(),
-                )
-            })?
-            .map_err(|e| fail(TransportFailure::Connect, format!("connecting to {dst}"), e))?;
-        let _ = tcp.set_nodelay(true);
-        let tls = tokio::time::timeout(self.handshake_timeout, tls::connect(config, dst.ip(), tcp))
-            .await
-            .map_err(|_| {
-                fail(
-                    TransportFailure::HandshakeTimeout,
-                    format!("tls handshake with {dst}"),
-                    std::io::ErrorKind::TimedOut.into(),
-                )
-            })?
-            .map_err(|e| {
-                let failure = if e.rejection().is_some() {
-                    TransportFailure::Identity
-                } else {
-                    TransportFailure::Tls
-                };
-                fail(
-                    failure,
-                    format!("tls handshake with {dst} (expecting {})", key.server),
-                    std::io::Error::other(e),
-                )
-            })?;
-        HboneClient::handshake(tls).await
+        let timeouts = DialTimeouts {
+            connect: self.connect_timeout,
+            handshake: self.handshake_timeout,
+        };
+        dial(key, cert, tls::KeyExchange::default(), timeouts, tcp).await
     }
 }
 

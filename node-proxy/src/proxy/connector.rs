@@ -12,10 +12,10 @@ use marrow_common::PROXY_OUTBOUND_MARK;
 use super::context::MeshContext;
 use crate::netns::PodNetns;
 use crate::socket;
+use marrow_mesh::dial::{DialTimeouts, dial};
 use marrow_mesh::hbone::pool::{Connector, PoolKey};
 use marrow_mesh::hbone::{HboneClient, HboneError, TransportFailure};
 use marrow_mesh::identity::WorkloadCertificate;
-use marrow_mesh::tls;
 
 /// Dials HBONE connections for one pod: TCP from the pod's netns (so the peer sees the pod's
 /// address) with the outbound mark, then mutual TLS as the pod's identity, then HTTP/2.
@@ -59,64 +59,27 @@ impl PodConnector {
         key: &PoolKey,
         cert: &WorkloadCertificate,
     ) -> Result<HboneClient, HboneError> {
-        let fail = |failure: TransportFailure, step: String, source: std::io::Error| {
-            HboneError::Transport {
-                failure,
-                step,
-                source,
-            }
-        };
-        let config =
-            tls::client_config(cert, key.server.clone(), self.mesh.key_exchange).map_err(|e| {
-                fail(
-                    TransportFailure::TlsConfig,
-                    "client tls configuration".into(),
-                    std::io::Error::other(e),
-                )
-            })?;
         let dst = key.destination;
         let sock = self
             .netns
             .run(|| socket::marked_socket(dst, PROXY_OUTBOUND_MARK))
             .and_then(|sock| sock)
-            .map_err(|e| {
-                fail(
-                    TransportFailure::Connect,
-                    format!("socket for {dst} in the pod netns"),
-                    e,
-                )
+            .map_err(|source| HboneError::Transport {
+                failure: TransportFailure::Connect,
+                step: format!("socket for {dst} in the pod netns"),
+                source,
             })?;
-        let tcp = tokio::time::timeout(self.mesh.connect_timeout, socket::connect(sock, dst))
-            .await
-            .map_err(|_| {
-                fail(
-                    TransportFailure::ConnectTimeout,
-                    format!("connecting to {dst}"),
-                    std::io::ErrorKind::TimedOut.into(),
-                )
-            })?
-            .map_err(|e| fail(TransportFailure::Connect, format!("connecting to {dst}"), e))?;
-        let tls = tokio::time::timeout(
-            self.mesh.handshake_timeout,
-            tls::connect(config, dst.ip(), tcp),
+        let timeouts = DialTimeouts {
+            connect: self.mesh.connect_timeout,
+            handshake: self.mesh.handshake_timeout,
+        };
+        dial(
+            key,
+            cert,
+            self.mesh.key_exchange,
+            timeouts,
+            socket::connect(sock, dst),
         )
         .await
-        .map_err(|_| {
-            fail(
-                TransportFailure::HandshakeTimeout,
-                format!("tls handshake with {dst}"),
-                std::io::ErrorKind::TimedOut.into(),
-            )
-        })?
-        .map_err(|e| {
-            let failure = if e.rejection().is_some() {
-                TransportFailure::Identity
-            } else {
-                TransportFailure::Tls
-            };
-            let step = format!("tls handshake with {dst} (expecting {})", key.server);
-            fail(failure, step, std::io::Error::other(e))
-        })?;
-        HboneClient::handshake(tls).await
     }
 }
