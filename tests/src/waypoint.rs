@@ -159,3 +159,55 @@ ports: [{{name: mesh, port: 15008, protocol: TCP}}]
 {endpoints}"
     )
 }
+
+/// A Service `namespace/name` at ClusterIP `vip` labelled `istio.io/use-waypoint: waypoint`,
+/// with `ports` (`(name, port, target port)`), and its EndpointSlice with `endpoints` ready.
+/// YAML documents, separated by `---`, ending with a newline.
+pub fn bound_service(
+    (namespace, name): (&str, &str),
+    vip: &str,
+    waypoint: &str,
+    ports: &[(&str, u16, u16)],
+    endpoints: &[String],
+) -> String {
+    let service_ports: String = ports
+        .iter()
+        .map(|(port_name, port, target)| {
+            format!(
+                "  - {{name: {port_name}, port: {port}, targetPort: {target}, protocol: TCP}}\n"
+            )
+        })
+        .collect();
+    let slice_ports: String = ports
+        .iter()
+        .map(|(port_name, _, target)| {
+            format!("- {{name: {port_name}, port: {target}, protocol: TCP}}\n")
+        })
+        .collect();
+    let endpoints: String = endpoints
+        .iter()
+        .map(|ip| format!("- addresses: [{ip}]\n"))
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}
+  labels: {{istio.io/use-waypoint: {waypoint}}}
+spec:
+  clusterIP: {vip}
+  ports:
+{service_ports}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports:
+{slice_ports}endpoints:
+{endpoints}"
+    )
+}

@@ -14,7 +14,7 @@ use marrow_tests::peers::{self, curl, grpc_call};
 use marrow_tests::require_env;
 use marrow_tests::state_file::PodRecord;
 use marrow_tests::two_nodes::{Mesh, eventually, namespaces};
-use marrow_tests::waypoint::{Waypoint, gateway_objects};
+use marrow_tests::waypoint::{Waypoint, bound_service, gateway_objects};
 
 const VIP: &str = "10.96.0.30";
 const WAYPOINT_VIP: &str = "10.96.0.31";
@@ -25,37 +25,12 @@ const GRPC_PORT: u16 = 9090;
 /// gRPC on 9090) that uses it, backed by `servers`, and the L7 policies at the waypoint: no
 /// DELETE on `/api*`, nothing under `/admin`, no `Count` calls, nothing with `x-block: yes`.
 fn objects(wp_ip: &str, servers: &[String]) -> String {
-    let endpoints: String = servers
-        .iter()
-        .map(|ip| format!("- addresses: [{ip}]\n"))
-        .collect();
     let gateway = gateway_objects("shop", "wp", WAYPOINT_VIP, &[wp_ip.to_owned()]);
+    let ports = [("http", 80, HTTP_PORT), ("grpc", GRPC_PORT, GRPC_PORT)];
+    let web = bound_service(("shop", "web"), VIP, "wp", &ports, servers);
     format!(
         "{gateway}---
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: shop
-  labels: {{istio.io/use-waypoint: wp}}
-spec:
-  clusterIP: {VIP}
-  ports:
-  - {{name: http, port: 80, targetPort: {HTTP_PORT}, protocol: TCP}}
-  - {{name: grpc, port: {GRPC_PORT}, targetPort: {GRPC_PORT}, protocol: TCP}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
-ports:
-- {{name: http, port: {HTTP_PORT}, protocol: TCP}}
-- {{name: grpc, port: {GRPC_PORT}, protocol: TCP}}
-endpoints:
-{endpoints}---
+{web}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: guard-web, namespace: shop}}

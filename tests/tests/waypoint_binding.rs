@@ -22,7 +22,7 @@ use marrow_tests::metrics::count;
 use marrow_tests::require_env;
 use marrow_tests::state_file::PodRecord;
 use marrow_tests::two_nodes::{APP_PORT, Mesh, eventually, namespaces, v4};
-use marrow_tests::waypoint::gateway_objects;
+use marrow_tests::waypoint::{bound_service, gateway_objects};
 use marrow_tests::{MeshCa, Pod};
 
 const VIP: &str = "10.96.0.20";
@@ -33,30 +33,9 @@ const DENIALS: &str = "marrow_policy_denials_total";
 /// is down), and the Service `web` that uses it, backed by the pod at `web_ip`.
 fn waypoint_objects(web_ip: &str, instances: &[String]) -> String {
     let gateway = gateway_objects("shop", "wp", WAYPOINT_VIP, instances);
-    format!(
-        "{gateway}---
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: shop
-  labels: {{istio.io/use-waypoint: wp}}
-spec:
-  clusterIP: {VIP}
-  ports: [{{name: http, port: 80, targetPort: {APP_PORT}, protocol: TCP}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{{name: http, port: {APP_PORT}, protocol: TCP}}]
-endpoints:
-- addresses: [{web_ip}]
-"
-    )
+    let ports = [("http", 80, APP_PORT)];
+    let web = bound_service(("shop", "web"), VIP, "wp", &ports, &[web_ip.to_owned()]);
+    format!("{gateway}---\n{web}")
 }
 
 #[test]

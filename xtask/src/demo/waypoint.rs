@@ -10,7 +10,7 @@ use marrow_tests::metrics::matching;
 use marrow_tests::peers::{self, curl};
 use marrow_tests::state_file::PodRecord;
 use marrow_tests::stop::Stop;
-use marrow_tests::waypoint::{ADMIN_PORT, Waypoint, gateway_objects};
+use marrow_tests::waypoint::{ADMIN_PORT, Waypoint, bound_service, gateway_objects};
 
 use super::cluster::{Cluster, add_pod};
 use super::report::Report;
@@ -25,29 +25,17 @@ const WEB_PORT: u16 = 8080;
 /// The Gateway, the two Services and their endpoints, and the L7 policy.
 fn objects(web_ip: &str, waypoint_ip: &str) -> String {
     let gateway = gateway_objects("shop", "waypoint", WAYPOINT_VIP, &[waypoint_ip.to_owned()]);
+    let ports = [("http", 80, WEB_PORT)];
+    let web = bound_service(
+        ("shop", "web"),
+        WEB_VIP,
+        "waypoint",
+        &ports,
+        &[web_ip.to_owned()],
+    );
     format!(
         "{gateway}---
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: shop
-  labels: {{istio.io/use-waypoint: waypoint}}
-spec:
-  clusterIP: {WEB_VIP}
-  ports: [{{name: http, port: 80, targetPort: {WEB_PORT}, protocol: TCP}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{{name: http, port: {WEB_PORT}, protocol: TCP}}]
-endpoints:
-- addresses: [{web_ip}]
----
+{web}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: no-deletes, namespace: shop}}
