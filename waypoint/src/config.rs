@@ -106,6 +106,17 @@ settings! {
         /// Bound on reading an HTTP/1 request's headers, in milliseconds (slowloris).
         header_read_timeout: Duration = Duration::from_secs(10),
             ("header-read-timeout-ms", "MARROW_HEADER_READ_TIMEOUT_MS", parse::MILLIS),
+        /// How long an HTTP/1 client connection with no request under way is kept open, in
+        /// seconds (Envoy's `idle_timeout`, 1 h by default); 0 keeps it open until the client
+        /// closes it.
+        idle_timeout: Duration = Duration::from_secs(60 * 60),
+            ("idle-timeout-secs", "MARROW_IDLE_TIMEOUT_SECS", parse::SECS),
+        /// Largest request body, in bytes: a larger declared `content-length` is answered 413
+        /// before anything goes upstream, a longer streamed body 413 while the upstream has
+        /// not answered (else the request is reset). 0 (the default) is no limit: bodies are
+        /// streamed, as Envoy does.
+        max_request_body_bytes: usize = 0,
+            ("max-request-body-bytes", "MARROW_MAX_REQUEST_BODY_BYTES", parse::COUNT),
         /// How long to wait for a client's first bytes on a port of unspecified protocol, in
         /// milliseconds; server-first protocols send nothing, and are relayed at L4 after it.
         sniff_timeout: Duration = Duration::from_secs(5),
@@ -174,8 +185,12 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// TLS and HTTP/2 handshakes.
     pub handshake_timeout: Duration,
-    /// Reading an HTTP/1 request head.
+    /// Reading an HTTP/1 request head, from its first byte.
     pub header_read_timeout: Duration,
+    /// An HTTP/1 connection with no request under way; `None` never.
+    pub idle_timeout: Option<Duration>,
+    /// Request body size; `None` is no limit.
+    pub max_request_body_bytes: Option<u64>,
     /// Waiting for a client's first bytes when sniffing.
     pub sniff_timeout: Duration,
     /// Bytes read when sniffing.
@@ -335,6 +350,9 @@ impl Config {
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.handshake_timeout,
             header_read_timeout: self.header_read_timeout,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            max_request_body_bytes: (self.max_request_body_bytes != 0)
+                .then(|| u64::try_from(self.max_request_body_bytes).unwrap_or(u64::MAX)),
             sniff_timeout: self.sniff_timeout,
             sniff_bytes: self.sniff_bytes,
             max_header_bytes: self.max_header_bytes,

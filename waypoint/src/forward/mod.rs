@@ -39,7 +39,9 @@ use marrow_mesh::trace;
 
 mod bodies;
 
-use bodies::{Counted, Recording};
+use bodies::{Answered, Counted, Recording};
+
+use crate::guard_io::{ConnWatch, GuardIo, Timeouts};
 
 /// HTTP/1.1 upstream connections kept per endpoint and client tunnel.
 const MAX_H1_PER_ENDPOINT: usize = 16;
@@ -89,15 +91,38 @@ pub async fn serve<IO>(
         client,
         conns: Mutex::new(Conns::default()),
     });
-    let service = hyper::service::service_fn(move |req| {
-        let downstream = downstream.clone();
-        async move { Ok::<_, Infallible>(downstream.handle(req).await) }
-    });
+    // The watch follows HTTP/1 framing for what hyper hides (a head with both lengths) or
+    // cannot answer (408 to a slow head); see `guard_io`.
+    let watch = Arc::new(ConnWatch::default());
+    let io = GuardIo::new(
+        io,
+        watch.clone(),
+        Timeouts {
+            header: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+            max_head: limits.max_header_bytes,
+        },
+    );
+    let service = {
+        let (downstream, watch) = (downstream.clone(), watch.clone());
+        hyper::service::service_fn(move |req| {
+            // Counted here, when hyper hands the request over, not when it is first polled.
+            let both_lengths = watch.dispatch();
+            let downstream = downstream.clone();
+            let watch = watch.clone();
+            async move {
+                let response = downstream.handle(req, both_lengths).await;
+                Ok::<_, Infallible>(response.map(|inner| Answered { inner, watch }))
+            }
+        })
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The watch times heads from their first byte and answers 408; hyper's own timer
+        // starts before any byte and closes without an answer.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
@@ -121,6 +146,13 @@ pub async fn serve<IO>(
     };
     if let Err(error) = ended {
         tracing::debug!(%error, "http connection ended with an error");
+    }
+    if watch.timed_out() {
+        // The 408 is a request too, for the metrics and the access log (no method or path).
+        let mut outcome = downstream.outcome();
+        outcome.protocol = "HTTP/1.1";
+        outcome.status = StatusCode::REQUEST_TIMEOUT.as_u16();
+        record(&downstream.ctx, outcome);
     }
 }
 
@@ -173,17 +205,25 @@ impl Downstream {
         ))
     }
 
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
-        let mut outcome = Pending::new(
-            self.ctx.clone(),
-            RequestOutcome::start(
-                Some(self.client.identity.clone()),
-                Some(self.client.addr),
-                self.dest.authority(),
-                self.dest.service().cloned(),
-                self.ctx.trust_domain.clone(),
-            ),
-        );
+    /// A new outcome of a request on this tunnel.
+    fn outcome(&self) -> RequestOutcome {
+        RequestOutcome::start(
+            Some(self.client.identity.clone()),
+            Some(self.client.addr),
+            self.dest.authority(),
+            self.dest.service().cloned(),
+            self.ctx.trust_domain.clone(),
+        )
+    }
+
+    /// One request; `both_lengths` when its HTTP/1 head had both `content-length` and
+    /// `transfer-encoding` (which hyper does not show).
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        both_lengths: bool,
+    ) -> Response<Body> {
+        let mut outcome = Pending::new(self.ctx.clone(), self.outcome());
         let version = req.version();
         outcome.method = req.method().to_string();
         outcome.protocol = if version == Version::HTTP_2 {
@@ -211,9 +251,16 @@ impl Downstream {
         // The span starts before policy, as Envoy's connection manager traces before its RBAC
         // filter: a denied request is traced too.
         outcome.span = self.start_span(&req, &outcome, &host);
-        if version != Version::HTTP_2
-            && let Err(reason) = headers::check_framing(req.headers())
-        {
+        let framing = if both_lengths {
+            // Envoy refuses this unless `allow_chunked_length` is set
+            // (source/common/http/http1/codec_impl.cc); hyper would let chunked win.
+            Err("content-length together with transfer-encoding")
+        } else if version != Version::HTTP_2 {
+            headers::check_framing(req.headers())
+        } else {
+            Ok(())
+        };
+        if let Err(reason) = framing {
             tracing::info!(client = %self.client.addr, reason, "malformed request; answering 400");
             return local(
                 &self.ctx,
@@ -270,6 +317,22 @@ impl Downstream {
             record(&self.ctx, outcome.finish());
             return response;
         }
+        let limit = self.ctx.limits.max_request_body_bytes;
+        // The declared length (`content-length`, either version), known before any byte.
+        let declared = hyper::body::Body::size_hint(req.body()).lower();
+        if let Some(limit) = limit
+            && declared > limit
+        {
+            tracing::info!(client = %self.client.addr, limit, declared, "request body over the limit; answering 413");
+            return local(
+                &self.ctx,
+                outcome.finish(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+                None,
+                version != Version::HTTP_2,
+            );
+        }
         let endpoint = match &self.dest {
             Destination::Service(service) => {
                 match self.ctx.upstreams.balancer.pick(&service.endpoints) {
@@ -311,8 +374,24 @@ impl Downstream {
         let sent = match self.send(endpoint, use_h2, upgrade, upstream_req).await {
             Ok(response) => response,
             Err((error, flag)) => {
-                tracing::info!(%error, %endpoint, "upstream request failed");
                 outcome.bytes_in = bytes_in.load(Ordering::Relaxed);
+                if let Some(limit) = limit
+                    && outcome.bytes_in > limit
+                {
+                    // The body ran past the limit before the upstream answered: Envoy's
+                    // answer to a request over its buffer limit
+                    // (source/common/http/filter_manager.cc, `PayloadTooLarge`).
+                    tracing::info!(client = %self.client.addr, limit, "request body over the limit; answering 413");
+                    return local(
+                        &self.ctx,
+                        outcome.finish(),
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "Payload Too Large",
+                        None,
+                        version != Version::HTTP_2,
+                    );
+                }
+                tracing::info!(%error, %endpoint, "upstream request failed");
                 let message = if flag == ResponseFlag::UpstreamFailure {
                     "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
                 } else {
@@ -399,6 +478,7 @@ impl Downstream {
         let body = Counted {
             inner: body,
             count: bytes_in,
+            limit: self.ctx.limits.max_request_body_bytes.unwrap_or(u64::MAX),
         };
         Request::from_parts(parts, body.boxed())
     }
