@@ -164,8 +164,8 @@ pub struct GuardIo<IO> {
     dirty: bool,
     /// Bytes of the 408 written, once it is being written.
     reply: Option<usize>,
-    /// The 408 is out and the write side shut: reads end.
-    replied: bool,
+    /// The connection is over (idle, or the 408 is out and the write side shut): reads end.
+    ended: bool,
 }
 
 impl<IO> GuardIo<IO> {
@@ -185,7 +185,7 @@ impl<IO> GuardIo<IO> {
             timer: None,
             dirty: false,
             reply: None,
-            replied: false,
+            ended: false,
         }
     }
 
@@ -386,6 +386,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> GuardIo<IO> {
             Wait::Idle => {
                 tracing::debug!("idle http/1 connection closed");
                 self.off();
+                self.ended = true;
                 Poll::Ready(Ok(()))
             }
             Wait::Head => {
@@ -403,7 +404,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> GuardIo<IO> {
 
     /// Writes the 408, flushes and shuts the write side; then reads end.
     fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.replied {
+        if self.ended {
             return Poll::Ready(Ok(()));
         }
         while let Some(written) = self.reply
@@ -419,7 +420,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> GuardIo<IO> {
         }
         std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
         std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
-        self.replied = true;
+        self.ended = true;
         // Reads end here: hyper gives up the half head without an answer of its own.
         Poll::Ready(Ok(()))
     }
@@ -432,7 +433,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardIo<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.reply.is_some() {
+        if this.reply.is_some() || this.ended {
             return this.poll_reply(cx);
         }
         if this.scan == Scan::Off {
