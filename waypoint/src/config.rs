@@ -402,6 +402,29 @@ mod tests {
     }
 
     #[test]
+    fn zero_turns_the_idle_timeout_and_the_body_limit_off() {
+        let limits = runnable().limits();
+        assert_eq!(limits.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(limits.max_request_body_bytes, None, "no limit by default");
+        let limits = Config {
+            idle_timeout: Duration::ZERO,
+            max_request_body_bytes: 1024,
+            ..runnable()
+        }
+        .limits();
+        assert_eq!(limits.idle_timeout, None);
+        assert_eq!(limits.max_request_body_bytes, Some(1024));
+        assert!(
+            Config {
+                idle_timeout: Duration::ZERO,
+                ..runnable()
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn a_bad_value_names_its_setting() {
         let cases: Vec<(Config, &str)> = vec![
             (

@@ -29,8 +29,9 @@
 //! head behind a slow response never interleaves with it.
 //!
 //! Cost: a head is copied once into a buffer kept per connection (bounded by the header size
-//! limit); body bytes are only counted (chunk-size lines read); a timer is touched only when a
-//! read would wait.
+//! limit); body bytes are only counted (chunk-size lines read); the clock and the timer are
+//! touched only when a read would wait, so a head's deadline runs from the first wait after
+//! its first byte (the same instant, to within one read).
 
 use std::future::Future;
 use std::io;
@@ -285,7 +286,9 @@ impl<IO> GuardIo<IO> {
                     continue;
                 }
                 started = true;
-                self.deadline = Some((Instant::now() + self.timeouts.header, Wait::Head));
+                // The head's own deadline is set at the first read that waits (no clock read
+                // per request when a head comes whole); an idle one no longer applies.
+                self.deadline = None;
             }
             if self.head.len() >= self.timeouts.max_head {
                 // hyper answers 431 to this head and closes.
@@ -351,11 +354,17 @@ impl<IO> GuardIo<IO> {
 impl<IO: AsyncRead + AsyncWrite + Unpin> GuardIo<IO> {
     /// While a read waits: the idle or head timer; `Ready` once the connection is to end.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.deadline.is_none()
-            && let Scan::Head { started: false, .. } = self.scan
-            && let Some(idle) = self.timeouts.idle
-        {
-            self.deadline = Some((Instant::now() + idle, Wait::Idle));
+        if self.deadline.is_none() {
+            self.deadline = match self.scan {
+                Scan::Head { started: true, .. } => {
+                    Some((Instant::now() + self.timeouts.header, Wait::Head))
+                }
+                Scan::Head { started: false, .. } => self
+                    .timeouts
+                    .idle
+                    .map(|idle| (Instant::now() + idle, Wait::Idle)),
+                _ => None,
+            };
         }
         let Some((at, wait)) = self.deadline else {
             return Poll::Pending;

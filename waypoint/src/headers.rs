@@ -22,9 +22,10 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Why an HTTP/1 request's framing is refused (answered 400, connection closed). A second line
-/// behind hyper's parser, which already refuses differing lengths and, given both headers,
-/// lets chunked win, drops the length and closes the connection after the answer (RFC 9112
-/// §6.3): whatever framing reaches the proxy is checked again before it is forwarded.
+/// behind hyper's parser, which already refuses differing lengths and a transfer-encoding not
+/// ending in chunked; given both headers hyper drops the length, so that case is caught before
+/// hyper by [`crate::guard_io`]: whatever framing reaches the proxy is checked again before it
+/// is forwarded.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
     let has_te = headers.contains_key(TRANSFER_ENCODING);
     let lengths: Vec<&HeaderValue> = headers.get_all(CONTENT_LENGTH).iter().collect();

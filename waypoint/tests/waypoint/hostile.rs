@@ -9,7 +9,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use tokio::io::AsyncWriteExt;
 
-use crate::harness::{TestMesh, raw_exchange, vip};
+use crate::harness::{TestMesh, body_of, raw_exchange, vip};
 
 async fn still_serves(mesh: &TestMesh) {
     let (_client, mut http) = mesh.http1(SocketAddr::new(vip(mesh.net), 80)).await;
@@ -23,6 +23,26 @@ async fn still_serves(mesh: &TestMesh) {
         StatusCode::OK,
         "the next client is served"
     );
+}
+
+/// The waypoint's `istio_requests_total` with `response_code` `code`, once it reaches `want`
+/// (requests are recorded when their connection or response ends), or after a second.
+async fn requests_with_code(mesh: &TestMesh, code: u16, want: f64) -> f64 {
+    let label = format!("response_code=\"{code}\"");
+    let mut total = 0.0;
+    for _ in 0..50 {
+        let metrics = body_of(mesh.waypoint.metrics_addr, "/metrics").await;
+        total = metrics
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if total >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    total
 }
 
 async fn raw(mesh: &TestMesh, bytes: &[u8]) -> String {
@@ -103,6 +123,8 @@ async fn request_smuggling_is_refused() {
             "nothing reached the upstream"
         );
     }
+    // Recorded like any other local 400 (the two hyper refuses above never reach the service).
+    assert_eq!(requests_with_code(&mesh, 400, 2.0).await, 2.0);
     // A chunked body alone is served.
     let answer = raw(
         &mesh,
@@ -239,6 +261,11 @@ async fn a_slow_head_is_cut_off() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert!(!answer.contains("408"), "{answer}");
+    assert_eq!(
+        requests_with_code(&mesh, 408, 3.0).await,
+        3.0,
+        "each 408 is a request in the metrics"
+    );
     still_serves(&mesh).await;
 }
 
@@ -302,12 +329,13 @@ async fn a_body_over_the_limit_is_refused_with_413() {
     let big = Request::post("http://web.shop/upload").body(()).unwrap();
     let (big, mut body) = h2.send_request(big, false).unwrap();
     body.send_data(Bytes::from(kib(2)), false).unwrap();
-    match big.await {
-        Ok(response) => assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE),
-        Err(error) => assert!(error.is_reset(), "{error}"),
-    }
+    // The echo app answers only once the body is complete, so the upstream has not answered
+    // when the limit is passed: 413, not a reset.
+    let big = big.await.unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let slow = slow.await.unwrap();
     assert_eq!(slow.status(), StatusCode::OK, "the other stream is served");
+    assert_eq!(requests_with_code(&mesh, 413, 3.0).await, 3.0);
     still_serves(&mesh).await;
 }
 
