@@ -1,23 +1,22 @@
 //! The HTTP proxy over one accepted tunnel: hyper serves HTTP/1.1 or HTTP/2 (told apart by the
 //! preface) to the client; each request is checked, authorized ([`crate::authz`]), sent to an
 //! endpoint chosen least-request over a pooled HBONE tunnel, and its response streamed back
-//! (trailers included); one [`RequestOutcome`] per request is recorded at its end.
+//! (trailers included); one [`RequestOutcome`] per request is recorded at its end. HTTP/1 bytes
+//! pass [`crate::guard_io`] first (both lengths, slow heads, idle connections).
 //!
-//! Upstream HTTP connections belong to the client's tunnel: they carry that client's
+//! Upstream HTTP connections ([`conns`]) belong to the client's tunnel: they carry that client's
 //! `forwarded`/`baggage` on their CONNECT, and go when it goes. HTTP/1.1 ones are reused while
 //! idle (keep-alive); an HTTP/2 one per endpoint carries every request.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -38,13 +37,12 @@ use marrow_mesh::telemetry::{RequestProtocol, grpc_status};
 use marrow_mesh::trace;
 
 mod bodies;
+mod conns;
 
 use bodies::{Answered, Counted, Recording};
+use conns::Conns;
 
 use crate::guard_io::{ConnWatch, GuardIo, Timeouts};
-
-/// HTTP/1.1 upstream connections kept per endpoint and client tunnel.
-const MAX_H1_PER_ENDPOINT: usize = 16;
 
 /// The request target as matched and forwarded: normalized (RFC 3986 dot segments, merged
 /// slashes, unreserved escapes decoded; see [`marrow_mesh::path`]), so `//admin` or `/%61dmin`
@@ -64,13 +62,6 @@ pub struct Downstream {
     dest: Destination,
     client: OriginalClient,
     conns: Mutex<Conns>,
-}
-
-/// Upstream HTTP connections of one tunnel, by endpoint.
-#[derive(Default)]
-struct Conns {
-    h1: HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>,
-    h2: HashMap<SocketAddr, http2::SendRequest<Body>>,
 }
 
 /// Serves HTTP on an accepted tunnel until the client closes it, or gracefully once `drain`
@@ -481,120 +472,6 @@ impl Downstream {
             limit: self.ctx.limits.max_request_body_bytes.unwrap_or(u64::MAX),
         };
         Request::from_parts(parts, body.boxed())
-    }
-
-    /// Sends `req` to `endpoint` on a pooled or new upstream connection.
-    async fn send(
-        &self,
-        endpoint: SocketAddr,
-        use_h2: bool,
-        upgrade: bool,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, (String, ResponseFlag)> {
-        let failed = |e: UpstreamError| (e.to_string(), e.flag());
-        let terminated = |e: hyper::Error| (e.to_string(), ResponseFlag::UpstreamTermination);
-        if use_h2 {
-            let mut sender = match self.idle_h2(endpoint) {
-                Some(sender) => sender,
-                None => {
-                    let sender = self.open_h2(endpoint).await.map_err(failed)?;
-                    self.lock().h2.insert(endpoint, sender.clone());
-                    sender
-                }
-            };
-            return sender.send_request(req).await.map_err(terminated);
-        }
-        let mut sender = match self.idle_h1(endpoint) {
-            Some(sender) => sender,
-            None => self.open_h1(endpoint).await.map_err(failed)?,
-        };
-        let response = sender.send_request(req);
-        // Back to the pool at once: it reports ready again only once this response is read.
-        // A switched connection belongs to the upgrade and never comes back.
-        if !upgrade {
-            let mut conns = self.lock();
-            let list = conns.h1.entry(endpoint).or_default();
-            // A burst of HTTP/2 client streams over HTTP/1 upstream opens one connection per
-            // stream; only so many are kept for reuse afterwards.
-            if list.len() < MAX_H1_PER_ENDPOINT {
-                list.push(sender);
-            }
-        }
-        response.await.map_err(terminated)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
-        // Each critical section leaves the map consistent.
-        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn idle_h1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Body>> {
-        let mut conns = self.lock();
-        let list = conns.h1.get_mut(&endpoint)?;
-        list.retain(|s| !s.is_closed());
-        let ready = list.iter().position(http1::SendRequest::is_ready)?;
-        Some(list.swap_remove(ready))
-    }
-
-    fn idle_h2(&self, endpoint: SocketAddr) -> Option<http2::SendRequest<Body>> {
-        let mut conns = self.lock();
-        match conns.h2.get(&endpoint) {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
-            Some(_) => {
-                conns.h2.remove(&endpoint);
-                None
-            }
-            None => None,
-        }
-    }
-
-    async fn open_h1(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let stream = self.tunnel(endpoint).await?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Http { endpoint, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(%error, %endpoint, "upstream http/1 connection ended");
-            }
-        });
-        sender
-            .ready()
-            .await
-            .map_err(|source| UpstreamError::Http { endpoint, source })?;
-        Ok(sender)
-    }
-
-    async fn open_h2(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        let stream = self.tunnel(endpoint).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Http { endpoint, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, %endpoint, "upstream http/2 connection ended");
-            }
-        });
-        Ok(sender)
-    }
-
-    async fn tunnel(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<marrow_mesh::hbone::pool::PooledStream, UpstreamError> {
-        let snap = self.ctx.state.snapshot();
-        self.ctx
-            .upstreams
-            .tunnel(&snap, endpoint, &self.client, self.dest.service_host())
-            .await
     }
 }
 
