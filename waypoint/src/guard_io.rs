@@ -28,9 +28,10 @@
 //! everything hyper wrote has been flushed. Otherwise the timer starts again, so a pipelined
 //! head behind a slow response never interleaves with it.
 //!
-//! Cost: a head is copied once into a buffer kept per connection (bounded by the header size
-//! limit); body bytes are only counted (chunk-size lines read); the clock and the timer are
-//! touched only when a read would wait, so a head's deadline runs from the first wait after
+//! Cost: a head is read a line at a time where it lies (`memchr` for line ends; only a line cut
+//! by the end of a read is copied, into a buffer kept per connection); only three header names
+//! are looked at; body bytes are only counted (chunk-size lines read); the clock and the timer
+//! are touched only when a read would wait, so a head's deadline runs from the first wait after
 //! its first byte (the same instant, to within one read).
 
 use std::future::Future;
@@ -108,9 +109,9 @@ pub struct Timeouts {
 /// Where the scan is in the client's byte stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scan {
-    /// In a head; `started` once a byte other than a leading empty line came, `line` bytes
-    /// of the current line so far (without CR).
-    Head { started: bool, line: usize },
+    /// In a head; `started` once a byte other than a leading empty line came, `len` bytes
+    /// of it so far.
+    Head { started: bool, len: usize },
     /// In a body of this many bytes still to come.
     Fixed(u64),
     /// In a chunk-size line: the size so far, whether a digit came.
@@ -149,13 +150,83 @@ enum Framing {
     Lost,
 }
 
+/// What the lines of a head so far say about its body, as hyper reads them
+/// (`proto/h1/role.rs`): the last `transfer-encoding` line decides chunked; equal
+/// `content-length` lines are one.
+#[derive(Debug, Default)]
+struct HeadInfo {
+    /// The request line was seen.
+    request_line: bool,
+    http11: bool,
+    length: Option<u64>,
+    chunked: Option<bool>,
+}
+
+impl HeadInfo {
+    /// Takes one line (without its line end); `false` once the head is not followed.
+    fn line(&mut self, line: &[u8]) -> bool {
+        if !self.request_line {
+            self.request_line = true;
+            self.http11 = line.ends_with(b" HTTP/1.1");
+            // The HTTP/2 preface, anything hyper does not serve as HTTP/1, and CONNECT (its
+            // bytes are a tunnel afterwards) are not followed.
+            return (self.http11 || line.ends_with(b" HTTP/1.0")) && !line.starts_with(b"CONNECT ");
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            return true;
+        };
+        let name = &line[..colon];
+        // By length first: most names are none of the three.
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let value = line[colon + 1..].trim_ascii();
+                let parsed = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok());
+                match (parsed, self.length) {
+                    (Some(n), None) => self.length = Some(n),
+                    (Some(n), Some(m)) if n == m => {}
+                    // Differing or malformed lengths: hyper refuses the head with 400.
+                    _ => return false,
+                }
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                let value = line[colon + 1..].trim_ascii();
+                let last = value.rsplit(|b| *b == b',').next().unwrap_or(value);
+                self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            // Bytes after a switch are no HTTP/1; hyper may switch after this request.
+            7 if self.http11 && name.eq_ignore_ascii_case(b"upgrade") => return false,
+            _ => {}
+        }
+        true
+    }
+
+    /// The body the complete head announces.
+    fn framing(&self) -> Framing {
+        match (self.chunked, self.length) {
+            // hyper refuses a transfer-encoding not ending in chunked, and any in HTTP/1.0.
+            (Some(false), _) => Framing::Lost,
+            (Some(true), _) if !self.http11 => Framing::Lost,
+            (Some(true), Some(_)) => Framing::BothLengths,
+            (Some(true), None) => Framing::Chunked,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Empty,
+        }
+    }
+}
+
 /// The client side of a tunnel, watched (see the module).
 pub struct GuardIo<IO> {
     inner: IO,
     watch: Arc<ConnWatch>,
     timeouts: Timeouts,
     scan: Scan,
-    head: Vec<u8>,
+    /// The head so far.
+    info: HeadInfo,
+    /// A line of a head cut by the end of a read (kept per connection, usually empty).
+    partial: Vec<u8>,
     /// Heads completed.
     heads: u64,
     deadline: Option<(Instant, Wait)>,
@@ -176,11 +247,9 @@ impl<IO> GuardIo<IO> {
             inner,
             watch,
             timeouts,
-            scan: Scan::Head {
-                started: false,
-                line: 0,
-            },
-            head: Vec::new(),
+            scan: Self::next_head(),
+            info: HeadInfo::default(),
+            partial: Vec::new(),
             heads: 0,
             deadline: None,
             timer: None,
@@ -195,7 +264,7 @@ impl<IO> GuardIo<IO> {
         while !bytes.is_empty() {
             let used = match self.scan {
                 Scan::Off => return,
-                Scan::Head { started, line } => self.in_head(bytes, started, line),
+                Scan::Head { started, len } => self.in_head(bytes, started, len),
                 Scan::Fixed(left) => {
                     let n = left.min(bytes.len() as u64);
                     self.scan = if n == left {
@@ -264,7 +333,7 @@ impl<IO> GuardIo<IO> {
     fn next_head() -> Scan {
         Scan::Head {
             started: false,
-            line: 0,
+            len: 0,
         }
     }
 
@@ -276,55 +345,72 @@ impl<IO> GuardIo<IO> {
         }
     }
 
-    /// Follows head bytes; returns how many it took.
-    fn in_head(&mut self, bytes: &[u8], mut started: bool, mut line: usize) -> usize {
-        for (i, &b) in bytes.iter().enumerate() {
-            if !started {
-                // RFC 9112 §2.2: empty lines before a request line are ignored (so does
-                // httparse).
-                if b == b'\r' || b == b'\n' {
-                    continue;
-                }
-                started = true;
-                // The head's own deadline is set at the first read that waits (no clock read
-                // per request when a head comes whole); an idle one no longer applies.
-                self.deadline = None;
-            }
-            if self.head.len() >= self.timeouts.max_head {
-                // hyper answers 431 to this head and closes.
-                self.off();
+    /// Follows head bytes a line at a time; returns how many it took.
+    fn in_head(&mut self, bytes: &[u8], mut started: bool, mut len: usize) -> usize {
+        let mut rest = bytes;
+        if !started {
+            // RFC 9112 §2.2: empty lines before a request line are ignored (so does httparse).
+            let Some(first) = rest.iter().position(|b| *b != b'\r' && *b != b'\n') else {
                 return bytes.len();
-            }
-            self.head.push(b);
-            match b {
-                b'\n' if line == 0 => {
-                    self.head_done();
-                    return i + 1;
-                }
-                b'\n' => line = 0,
-                b'\r' => {}
-                _ => line += 1,
-            }
+            };
+            rest = &rest[first..];
+            started = true;
+            // The head's own deadline is set at the first read that waits (no clock read
+            // per request when a head comes whole); an idle one no longer applies.
+            self.deadline = None;
         }
-        self.scan = Scan::Head { started, line };
-        bytes.len()
+        loop {
+            let Some(end) = memchr::memchr(b'\n', rest) else {
+                len += rest.len();
+                if len > self.timeouts.max_head {
+                    // hyper answers 431 to this head and closes.
+                    self.off();
+                } else {
+                    self.partial.extend_from_slice(rest);
+                    self.scan = Scan::Head { started, len };
+                }
+                return bytes.len();
+            };
+            len += end + 1;
+            let partial = std::mem::take(&mut self.partial);
+            let mut whole = partial;
+            let line = if whole.is_empty() {
+                &rest[..end]
+            } else {
+                whole.extend_from_slice(&rest[..end]);
+                &whole[..]
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let done = line.is_empty();
+            let followed = done || self.info.line(line);
+            whole.clear();
+            self.partial = whole;
+            let used = bytes.len() - rest.len() + end + 1;
+            if len > self.timeouts.max_head || !followed {
+                self.off();
+                return used;
+            }
+            if done {
+                self.head_done();
+                return used;
+            }
+            rest = &rest[end + 1..];
+        }
     }
 
     fn off(&mut self) {
         self.scan = Scan::Off;
         self.deadline = None;
-        self.head = Vec::new();
+        self.partial = Vec::new();
     }
 
     fn head_done(&mut self) {
         let index = self.heads;
         self.heads += 1;
         self.deadline = None;
-        let framing = framing(&self.head);
-        self.head.clear();
+        let framing = std::mem::take(&mut self.info).framing();
         self.scan = match framing {
-            Framing::Empty => Self::next_head(),
-            Framing::Length(0) => Self::next_head(),
+            Framing::Empty | Framing::Length(0) => Self::next_head(),
             Framing::Length(n) => Scan::Fixed(n),
             Framing::Chunked => Scan::ChunkSize {
                 size: 0,
@@ -496,60 +582,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for GuardIo<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// The body a complete request head announces, as hyper reads it (`proto/h1/role.rs`): the
-/// last `transfer-encoding` line decides chunked; equal `content-length` lines are one.
-fn framing(head: &[u8]) -> Framing {
-    let mut lines = head
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let Some(request_line) = lines.next() else {
-        return Framing::Lost;
-    };
-    let http11 = request_line.ends_with(b" HTTP/1.1");
-    if !http11 && !request_line.ends_with(b" HTTP/1.0") {
-        // The HTTP/2 preface, or nothing hyper serves as HTTP/1.
-        return Framing::Lost;
-    }
-    if request_line.starts_with(b"CONNECT ") {
-        return Framing::Lost;
-    }
-    let mut length: Option<u64> = None;
-    let mut chunked: Option<bool> = None;
-    for line in lines {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let parsed = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok());
-            match (parsed, length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
-                // Differing or malformed lengths: hyper refuses the head with 400.
-                _ => return Framing::Lost,
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = value.rsplit(|b| *b == b',').next().unwrap_or(value);
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"upgrade") && http11 {
-            // Bytes after a switch are no HTTP/1; hyper may switch after this request.
-            return Framing::Lost;
-        }
-    }
-    match (chunked, length) {
-        // hyper refuses a transfer-encoding not ending in chunked, and any in HTTP/1.0.
-        (Some(false), _) => Framing::Lost,
-        (Some(true), _) if !http11 => Framing::Lost,
-        (Some(true), Some(_)) => Framing::BothLengths,
-        (Some(true), None) => Framing::Chunked,
-        (None, Some(n)) => Framing::Length(n),
-        (None, None) => Framing::Empty,
     }
 }
 

@@ -4,6 +4,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
 
+/// The framing of a whole head, line by line as the watch reads it.
+fn framing(head: &[u8]) -> Framing {
+    let mut info = HeadInfo::default();
+    for line in head.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if !info.line(line) {
+            return Framing::Lost;
+        }
+    }
+    info.framing()
+}
+
 #[test]
 fn framing_follows_hyper() {
     let cases: &[(&[u8], Framing)] = &[
@@ -97,6 +112,15 @@ async fn heads_are_found_behind_bodies() {
     // The service sees request 3, not 0..2, as the one with both.
     let flags: Vec<bool> = (0..4).map(|_| watch.dispatch()).collect();
     assert_eq!(flags, [false, false, false, true]);
+
+    // A head over the limit is not followed (hyper answers 431); one just under it is.
+    let (_, io) = guard(format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(9000)).as_bytes());
+    assert_eq!((io.heads, io.scan), (0, Scan::Off));
+    let (_, io) = guard(format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(8000)).as_bytes());
+    assert_eq!(
+        (io.heads, io.scan),
+        (1, GuardIo::<DuplexStream>::next_head())
+    );
 
     // A body that only looks like a head is not one.
     let body: &[u8] = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
