@@ -103,7 +103,8 @@ settings! {
         /// Bound on a TLS and HTTP/2 handshake, either side, in milliseconds.
         handshake_timeout: Duration = Duration::from_secs(10),
             ("handshake-timeout-ms", "MARROW_HANDSHAKE_TIMEOUT_MS", parse::MILLIS),
-        /// Bound on reading an HTTP/1 request's headers, in milliseconds (slowloris).
+        /// Bound on reading an HTTP/1 request's headers from their first byte, in milliseconds
+        /// (slowloris); answered 408, then the connection closes.
         header_read_timeout: Duration = Duration::from_secs(10),
             ("header-read-timeout-ms", "MARROW_HEADER_READ_TIMEOUT_MS", parse::MILLIS),
         /// How long an HTTP/1 client connection with no request under way is kept open, in
