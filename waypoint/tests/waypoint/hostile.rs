@@ -123,8 +123,22 @@ async fn request_smuggling_is_refused() {
             "nothing reached the upstream"
         );
     }
+    // Behind a served chunked request on the same keep-alive connection: found all the same.
+    let answer = raw(
+        &mesh,
+        b"POST /first HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;x=1\r\nhello\r\n0\r\n\r\n\
+          POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answer[i..i + 12])
+        .collect();
+    assert_eq!(statuses, ["HTTP/1.1 200", "HTTP/1.1 400"], "{answer}");
     // Recorded like any other local 400 (the two hyper refuses above never reach the service).
-    assert_eq!(requests_with_code(&mesh, 400, 2.0).await, 2.0);
+    assert_eq!(requests_with_code(&mesh, 400, 3.0).await, 3.0);
     // A chunked body alone is served.
     let answer = raw(
         &mesh,
@@ -333,9 +347,19 @@ async fn a_body_over_the_limit_is_refused_with_413() {
     // when the limit is passed: 413, not a reset.
     let big = big.await.unwrap();
     assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A stream declaring more than the limit is refused before its body.
+    let declared = Request::post("http://web.shop/upload")
+        .header("content-length", "2048")
+        .body(())
+        .unwrap();
+    let (declared, _body) = h2.send_request(declared, false).unwrap();
+    assert_eq!(
+        declared.await.unwrap().status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     let slow = slow.await.unwrap();
     assert_eq!(slow.status(), StatusCode::OK, "the other stream is served");
-    assert_eq!(requests_with_code(&mesh, 413, 3.0).await, 3.0);
+    assert_eq!(requests_with_code(&mesh, 413, 4.0).await, 4.0);
     still_serves(&mesh).await;
 }
 
