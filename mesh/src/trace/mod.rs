@@ -29,6 +29,7 @@
 pub mod context;
 mod export;
 pub mod otlp;
+pub mod provider;
 mod span;
 #[cfg(test)]
 mod tests;
