@@ -426,3 +426,75 @@ fn a_malformed_meshconfig_turns_tracing_off_with_the_reason() {
     assert!(matches!(got.outcome, Outcome::Malformed { .. }), "{got}");
     assert_eq!(got.outcome.reason(), "malformed");
 }
+
+/// The state file carries both kinds (v1 and v1alpha1 Telemetries; the ConfigMap `istio` in the
+/// root namespace and no other ConfigMap), and [`tracing_for`] answers from the snapshot.
+#[test]
+fn the_state_file_carries_telemetries_and_the_meshconfig() {
+    let yaml = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel
+      opentelemetry: {service: otel-collector.observability.svc.cluster.local, port: 4317}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: shop}
+data: {mesh: "defaultProviders: {tracing: [zipkin]}"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: other, namespace: istio-system}
+data: {mesh: "defaultProviders: {tracing: [zipkin]}"}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - providers: [{name: otel}]
+    randomSamplingPercentage: 10
+---
+apiVersion: telemetry.istio.io/v1alpha1
+kind: Telemetry
+metadata: {name: shop, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  tracing: [{randomSamplingPercentage: 100}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: otel-collector, namespace: observability}
+spec: {clusterIP: 10.96.0.50, ports: [{name: grpc, port: 4317}]}
+"#;
+    let update =
+        crate::state::file::parse(std::path::Path::new("state.yaml"), yaml.as_bytes()).unwrap();
+    let snap = crate::state::StateStore::new().apply(update);
+    let kinds = |kind| {
+        snap.raw_objects()
+            .filter(|o| o.kind == kind)
+            .map(|o| o.object.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(RawKind::MeshConfig), ["ConfigMap istio-system/istio"]);
+    assert_eq!(
+        kinds(RawKind::Telemetry),
+        ["Telemetry istio-system/mesh-default", "Telemetry shop/shop"]
+    );
+    let labels = BTreeMap::new();
+    let ours = TracedWaypoint {
+        namespace: "shop",
+        gateway: "waypoint",
+        labels: &labels,
+    };
+    assert_eq!(exported(&tracing_for(&snap, &ours)), Some(100.0));
+    let other = TracedWaypoint {
+        gateway: "other",
+        ..ours
+    };
+    assert_eq!(exported(&tracing_for(&snap, &other)), Some(10.0));
+}
