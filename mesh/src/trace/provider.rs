@@ -365,10 +365,13 @@ fn tracing_from(
 /// MeshConfig `defaultConfig.tracing.sampling` when set (not zero; over 100 → 1), else
 /// Istio's default.
 fn mesh_sampling(mesh: &MeshConfig) -> f64 {
-    match mesh.default_config.tracing.sampling {
-        s if s == 0.0 => ISTIO_DEFAULT_SAMPLING,
-        s if s > 100.0 => 1.0,
-        s => s,
+    let sampling = mesh.default_config.tracing.sampling;
+    if sampling == 0.0 {
+        ISTIO_DEFAULT_SAMPLING
+    } else if sampling > 100.0 {
+        1.0
+    } else {
+        sampling
     }
 }
 
