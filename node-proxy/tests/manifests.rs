@@ -325,10 +325,17 @@ fn a_misspelled_field_is_caught() {
 
 #[test]
 fn the_cluster_role_grants_exactly_node_proxy_access() {
-    let role: ClusterRole = only(
-        ("rbac.authorization.k8s.io/v1", "ClusterRole"),
-        "marrow-node-proxy",
-    );
+    grants_exactly_node_proxy_access("marrow-node-proxy");
+}
+
+/// A waypoint runs the same API server source (`--kube`), so its role is the node proxy's.
+#[test]
+fn the_waypoint_cluster_role_grants_exactly_what_its_source_calls() {
+    grants_exactly_node_proxy_access("marrow-waypoint");
+}
+
+fn grants_exactly_node_proxy_access(name: &str) {
+    let role: ClusterRole = only(("rbac.authorization.k8s.io/v1", "ClusterRole"), name);
     let granted = granted(&role);
     let used: BTreeSet<_> = NODE_PROXY_ACCESS
         .iter()
