@@ -321,7 +321,8 @@ fn tracing_from(
         None => (MeshConfig::default(), None),
     };
     let default_provider = mesh.default_providers.tracing.first().cloned();
-    if entries.is_empty() && default_provider.is_none() && mesh_error.is_none() {
+    // A MeshConfig that does not parse matters only where a Telemetry asks for a provider.
+    if entries.is_empty() && default_provider.is_none() {
         return None;
     }
     let mut provider = default_provider;

@@ -385,3 +385,33 @@ async fn the_telemetry_api_names_the_collector_and_its_changes_take_effect() {
     stop.cancel();
     assert_eq!(span_count(&received), 1, "only the request at 100%");
 }
+
+/// Where a Telemetry applies it wins over the flags, as in Istio, whose only knob it is; a
+/// Telemetry for another waypoint leaves the flags in force.
+#[tokio::test]
+async fn a_telemetry_that_applies_wins_over_the_flags() {
+    let receiver: SocketAddr = "127.0.0.1:4317".parse().unwrap();
+    let flag = "127.0.0.1:9".to_owned();
+    let flagged = flag.clone();
+    let mesh = TestMesh::start_with(43, &[1], move |config| {
+        config.tracing_collector = Some(flagged);
+        config.state_poll = Duration::from_millis(50);
+        let path = config.state_file.clone().unwrap();
+        let original = std::fs::read_to_string(&path).unwrap();
+        // The namespace `shop`'s Telemetry targets another Gateway: only the root's applies.
+        let other = "\n---\napiVersion: telemetry.istio.io/v1alpha1\nkind: Telemetry\nmetadata: {name: other, namespace: shop}\nspec:\n  targetRefs: [{kind: Gateway, name: other}]\n  tracing: [{randomSamplingPercentage: 77}]\n";
+        std::fs::write(
+            &path,
+            format!("{original}{}{other}", telemetry_api(receiver, "otel", 30)),
+        )
+        .unwrap();
+    })
+    .await;
+    let telemetry = &mesh.waypoint.context.telemetry;
+    until("the telemetry api's collector", || {
+        telemetry.tracer_config().collector == Some(receiver.to_string())
+    })
+    .await;
+    assert_eq!(telemetry.tracer_config().sampling_percent, 30.0);
+    mesh.waypoint.stop(Duration::from_secs(1)).await;
+}
