@@ -89,12 +89,15 @@ settings! {
         /// The cluster the workloads are in, as Istio names it (CLUSTER_ID).
         cluster_id: String = marrow_mesh::telemetry::DEFAULT_CLUSTER_ID.to_owned(),
             ("cluster-id", "MARROW_CLUSTER_ID", parse::TEXT),
-        /// The OpenTelemetry collector spans are exported to over OTLP/gRPC, `host:port`
-        /// (Istio's `opentelemetry` tracing provider); none turns tracing off.
+        /// The OpenTelemetry collector spans are exported to over OTLP/gRPC, `host:port`;
+        /// none turns tracing off. Used only while no Istio Telemetry (nor MeshConfig
+        /// `defaultProviders.tracing`) applies to this waypoint: where one does, its
+        /// `opentelemetry` provider and sampling are in force, as in Istio, whose only knob it is.
         tracing_collector: Option<String> = None,
             ("tracing-collector", "MARROW_TRACING_COLLECTOR", parse::SOME_TEXT),
         /// Percentage of requests traced when the caller decided nothing (Istio's
-        /// `randomSamplingPercentage`, default 1), 0 to 100 in steps of 0.01.
+        /// `randomSamplingPercentage`, default 1), 0 to 100 in steps of 0.01; with
+        /// --tracing-collector, while no Istio Telemetry applies.
         tracing_sampling: Percent = Percent::from_hundredths(100),
             ("tracing-sampling", "MARROW_TRACING_SAMPLING", PERCENT),
         /// Bound on a TCP connect to an endpoint's node proxy, in milliseconds.
