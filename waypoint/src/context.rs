@@ -11,6 +11,7 @@ use marrow_mesh::tls::{self, TlsError};
 use rustls::ServerConfig;
 
 use crate::config::Limits;
+pub use crate::gateway::Gateway;
 use crate::telemetry::Telemetry;
 use crate::upstream::{DialMap, Upstreams};
 
@@ -45,15 +46,6 @@ pub enum ServerTlsError {
     /// The certificate does not make a server configuration.
     #[error("the waypoint's tls configuration: {0}")]
     Config(#[from] TlsError),
-}
-
-/// The waypoint Gateway a proxy serves: `metadata.namespace` and `metadata.name`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Gateway {
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
 }
 
 impl Context {
@@ -104,5 +96,23 @@ impl Context {
         let config = tls::server_config(&cert, tls::KeyExchange::default())?;
         *cached = Some((cert, config.clone()));
         Ok(config)
+    }
+}
+
+impl Context {
+    /// Keeps the tracer on what Istio's Telemetry API in the state says for this waypoint
+    /// (else the `--tracing-*` flags): once now, then at every state change, until the state
+    /// store goes.
+    pub async fn follow_telemetry_api(self: Arc<Self>) {
+        let mut changes = self.state.subscribe();
+        loop {
+            let snap = self.state.snapshot();
+            self.telemetry
+                .apply_telemetry_api(&snap, &self.gateway)
+                .await;
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! endpoint the request went to (its workload, and the identity its node proxy proved), the
 //! service the one the client addressed; `connection_security_policy` is `mutual_tls`.
 //!
-//! The tracer's configuration follows the state ([`follow_telemetry_api`]): Istio's Telemetry
+//! The tracer's configuration follows the state ([`crate::context::Context::follow_telemetry_api`]): Istio's Telemetry
 //! API where a Telemetry (or MeshConfig `defaultProviders.tracing`) applies to this waypoint,
 //! else the `--tracing-*` flags. A provider that cannot be used (not `opentelemetry`, not in
 //! MeshConfig, a collector that is no Service) turns tracing off, logged and counted
@@ -30,7 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::context::{Context, Gateway};
+use crate::gateway::Gateway;
 use crate::outcome::RequestOutcome;
 
 /// The label Istio's waypoint pods carry with their Gateway's name (what a Telemetry's
@@ -57,7 +57,7 @@ pub struct Telemetry {
 impl Telemetry {
     /// Registers the request metrics (and the tracer's counters) on `registry`; the tracer
     /// exports to `tracing`'s collector, or is off without one, until the Telemetry API says
-    /// otherwise ([`follow_telemetry_api`]). Call inside the runtime.
+    /// otherwise ([`crate::context::Context::follow_telemetry_api`]). Call inside the runtime.
     pub fn new(
         registry: &mut Registry,
         tracing: &TracerConfig,
@@ -255,22 +255,6 @@ impl Telemetry {
                 response_flags: outcome.flag,
                 upstream: outcome.upstream,
             });
-        }
-    }
-}
-
-/// Keeps the waypoint's tracer on what the Telemetry API says, from the state in force and on
-/// every change of it, until the state store goes away.
-pub async fn follow_telemetry_api(context: Arc<Context>) {
-    let mut changes = context.state.subscribe();
-    loop {
-        let snap = context.state.snapshot();
-        context
-            .telemetry
-            .apply_telemetry_api(&snap, &context.gateway)
-            .await;
-        if changes.changed().await.is_err() {
-            return;
         }
     }
 }
