@@ -235,16 +235,10 @@ async fn watch(context: Arc<Context>, kind: Kind, queue: mpsc::UnboundedSender<S
 
 /// The current time as Kubernetes writes it (RFC 3339, seconds, UTC).
 fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    marrow_mesh::objects::timestamp(unix)
 }
 
 /// Watches Gateways and their objects and reconciles them until the returned future is
