@@ -268,3 +268,6 @@ async fn kube_client() -> Result<kube::Client, StartError> {
     config.default_retry = false;
     kube::Client::try_from(config).map_err(StartError::KubeClient)
 }
+
+#[cfg(test)]
+mod tests;
