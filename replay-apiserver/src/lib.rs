@@ -105,6 +105,7 @@ impl Drop for ApiServer {
 /// The plural of a kind this server knows.
 fn plural_of(kind: &str) -> Option<&'static str> {
     Some(match kind {
+        "Lease" => "leases",
         "Namespace" => "namespaces",
         "Pod" => "pods",
         "Service" => "services",
@@ -112,7 +113,6 @@ fn plural_of(kind: &str) -> Option<&'static str> {
         "AuthorizationPolicy" => "authorizationpolicies",
         "PeerAuthentication" => "peerauthentications",
         "RequestAuthentication" => "requestauthentications",
-        "Lease" => "leases",
         other => return apply::controller_plural(other),
     })
 }
