@@ -1,11 +1,6 @@
 //! Two controllers against one replay API server, as two CA replicas: one takes the Lease and
 //! applies, the other writes nothing; the leader stopped, the other takes over within the lease
 //! duration; a renewal that conflicts is retried and the holder keeps the Lease.
-#![expect(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "tests: a failed step must fail the test loudly"
-)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
