@@ -198,13 +198,32 @@ pub fn render(report: &Report, machine: &Machine) -> String {
          the node), idle and with {} connections held open from the client to the server's \
          echo; direct has no data plane (0).\n\
          - **TLS handshakes**: node-proxy's TLS stack alone, in one process over loopback: \
-         the ceiling on brand-new mTLS connections.\n",
+         the ceiling on brand-new mTLS connections.\n\
+         - **L7** (waypoint, envoy-l7, against l7-direct): `testpod http-load` in the client \
+         pod sends `POST /` with a {}-byte body over HTTP/1.1 keep-alive connections to \
+         `testpod http-serve`, which answers 200 with {} bytes. Requests/s at saturation \
+         (closed loops) over {{{}}} connections, {} s each after a {} s warm-up; latency \
+         p50/p90/p99 at a fixed {} requests/s over {} connections for {} s (Istio's published \
+         method: 1 KiB, 1,000 req/s, 16 connections), each request timed from when it was \
+         due; the data plane's CPU in millicores over that fixed-rate run (the three proxies \
+         of the path; the host's CPU is left out: on a shared machine it measures everything \
+         else too); RSS of those proxies idle and their peak after the \
+         runs. The waypoint runs with its access log off (Istio's default profile has \
+         `accessLogFile: \"\"`; the Envoys have none).\n",
         number("connect_seconds"),
         number("bulk_bytes") >> 20,
         number("pingpong_warm_up"),
         number("pingpong_count"),
         list("memory_pods"),
         number("held_connections"),
+        number("l7_body_bytes"),
+        number("l7_body_bytes"),
+        list("l7_connections"),
+        number("l7_seconds"),
+        number("l7_warm_up_seconds"),
+        number("l7_rate"),
+        number("l7_rate_connections"),
+        number("l7_rate_seconds"),
     );
     let _ = writeln!(
         doc,

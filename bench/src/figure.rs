@@ -40,6 +40,24 @@ pub enum Figure {
     /// HBONE every stream of every figure above rode one of them; through the sidecars each
     /// connection is one).
     Tunnels,
+    /// L7: requests/s at saturation over one keep-alive connection.
+    L7Rps1,
+    /// L7: requests/s at saturation over 16 keep-alive connections.
+    L7Rps16,
+    /// L7: latency p50 at a fixed 1,000 requests/s.
+    L7P50,
+    /// L7: latency p90 at a fixed 1,000 requests/s.
+    L7P90,
+    /// L7: latency p99 at a fixed 1,000 requests/s.
+    L7P99,
+    /// L7: the data plane's CPU at 1,000 requests/s, in millicores.
+    L7PlaneCpu,
+    /// L7: the data plane's RSS before any request.
+    L7RssIdle,
+    /// L7: the data plane's peak RSS (VmHWM) after every L7 run.
+    L7RssLoad,
+    /// L7: the L7 hop's own peak RSS (the waypoint, or the L7 Envoy).
+    L7HopRss,
 }
 
 /// How a figure is compared with the baseline.
@@ -55,7 +73,7 @@ pub enum Compare {
 
 impl Figure {
     /// Every figure, in table order.
-    pub const ALL: [Figure; 17] = [
+    pub const ALL: [Figure; 26] = [
         Figure::ConnRate1,
         Figure::ConnP50Thread1,
         Figure::ConnP99Thread1,
@@ -73,6 +91,15 @@ impl Figure {
         Figure::PingP99,
         Figure::PingP999,
         Figure::Tunnels,
+        Figure::L7Rps1,
+        Figure::L7Rps16,
+        Figure::L7P50,
+        Figure::L7P90,
+        Figure::L7P99,
+        Figure::L7PlaneCpu,
+        Figure::L7RssIdle,
+        Figure::L7RssLoad,
+        Figure::L7HopRss,
     ];
 
     /// JSON key, label, decimals, comparison.
@@ -159,6 +186,60 @@ impl Figure {
                 "hbone_mtls_connections",
                 "mTLS connections node 1's data plane opened (all runs of a bed)",
                 0,
+                Nothing,
+            ),
+            Figure::L7Rps1 => (
+                "l7_rps_c1",
+                "requests/s at saturation, 1 connection",
+                0,
+                Ratio,
+            ),
+            Figure::L7Rps16 => (
+                "l7_rps_c16",
+                "requests/s at saturation, 16 connections",
+                0,
+                Ratio,
+            ),
+            Figure::L7P50 => (
+                "l7_p50_us",
+                "latency p50 µs at 1,000 req/s",
+                0,
+                RatioAndAdded,
+            ),
+            Figure::L7P90 => (
+                "l7_p90_us",
+                "latency p90 µs at 1,000 req/s",
+                0,
+                RatioAndAdded,
+            ),
+            Figure::L7P99 => (
+                "l7_p99_us",
+                "latency p99 µs at 1,000 req/s",
+                0,
+                RatioAndAdded,
+            ),
+            Figure::L7PlaneCpu => (
+                "l7_proxy_millicores",
+                "data-plane CPU millicores at 1,000 req/s (the three proxies)",
+                0,
+                Nothing,
+            ),
+            Figure::L7RssIdle => (
+                "l7_proxy_rss_idle_mib",
+                "data-plane RSS MiB, idle (the three proxies)",
+                1,
+                Nothing,
+            ),
+            Figure::L7RssLoad => (
+                "l7_proxy_peak_rss_mib",
+                "data-plane peak RSS MiB under load (VmHWM, the three proxies)",
+                1,
+                Nothing,
+            ),
+            Figure::L7HopRss => (
+                "l7_hop_peak_rss_mib",
+                "  the L7 hop alone, peak RSS MiB",
+                1,
                 Nothing,
             ),
         }

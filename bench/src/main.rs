@@ -143,6 +143,10 @@ pub struct Params {
     idle_cpu_seconds: u64,
     /// Seconds of each TLS handshake run.
     handshake_seconds: u64,
+    /// Seconds of each L7 saturation run.
+    l7_seconds: u64,
+    /// Seconds of the L7 fixed-rate run.
+    l7_rate_seconds: u64,
 }
 
 impl Params {
@@ -167,6 +171,8 @@ impl Params {
             held_connections: 1_000,
             idle_cpu_seconds: if options.quick { 1 } else { 5 },
             handshake_seconds,
+            l7_seconds: if options.quick { 1 } else { 3 },
+            l7_rate_seconds: if options.quick { 2 } else { 5 },
         }
     }
 
@@ -186,6 +192,13 @@ impl Params {
             "envoy_concurrency": sidecar::CONCURRENCY,
             "handshake_seconds": self.handshake_seconds,
             "handshake_clients": handshake::CLIENTS,
+            "l7_seconds": self.l7_seconds,
+            "l7_rate_seconds": self.l7_rate_seconds,
+            "l7_connections": sample::L7_CONNECTIONS,
+            "l7_rate": sample::L7_RATE,
+            "l7_rate_connections": sample::L7_RATE_CONNECTIONS,
+            "l7_body_bytes": sample::L7_BODY_BYTES,
+            "l7_warm_up_seconds": 1,
         })
     }
 }
@@ -239,7 +252,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     let root = workspace_root()?;
     let setups = selected(&options.setups);
-    let envoy = if setups.contains(&SetUp::Sidecars) {
+    let envoy = if setups.iter().any(|s| s.sidecars()) {
         let envoy = envoy::envoy_binary(&root)
             .context("the sidecars set-up needs Envoy: run `cargo xtask setup`")?;
         println!("envoy {} is {}", envoy::ENVOY_VERSION, envoy.display());
@@ -259,9 +272,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
 
     let order = schedule(params.rounds, &setups);
+    // The memory figures are the L4 data plane's (pods and held connections).
     let memory_setups: Vec<SetUp> = setups
         .iter()
         .copied()
+        .filter(|s| s.topology() != topology::Topology::L7)
         .filter(|s| !(params.quick && *s == SetUp::Marrow))
         .collect();
     let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -451,7 +466,7 @@ fn build(root: &Path) -> anyhow::Result<()> {
 /// Points the fixtures at `target/release`, after checking the binaries are there.
 fn use_release_binaries(root: &Path) -> anyhow::Result<()> {
     let dir = root.join("target").join("release");
-    for name in ["node-proxy", "redirect-cni", "testpod", BINARY] {
+    for name in ["node-proxy", "redirect-cni", "testpod", "waypoint", BINARY] {
         let path = dir.join(name);
         if !path.is_file() {
             bail!(
@@ -531,15 +546,16 @@ mod tests {
 
     #[test]
     fn rounds_mirror_the_order() {
-        use SetUp::{Direct, DirectX, Hbone, Marrow, Sidecars};
+        use SetUp::{Direct, DirectX, EnvoyL7, Hbone, L7Direct, Marrow, Sidecars, Waypoint};
         let all = selected(&[]);
         assert_eq!(
             schedule(1, &all),
             [
-                Direct, Marrow, DirectX, Hbone, Sidecars, Sidecars, Hbone, DirectX, Marrow, Direct
+                Direct, Marrow, DirectX, Hbone, Sidecars, L7Direct, Waypoint, EnvoyL7, EnvoyL7,
+                Waypoint, L7Direct, Sidecars, Hbone, DirectX, Marrow, Direct
             ]
         );
-        assert_eq!(schedule(2, &all).len(), 20);
+        assert_eq!(schedule(2, &all).len(), 32);
         let same = [Direct, Marrow];
         assert_eq!(&schedule(3, &same)[4..8], [Direct, Marrow, Marrow, Direct]);
     }
@@ -552,5 +568,9 @@ mod tests {
         assert_eq!(selected(&[Hbone, Direct]), [Direct, DirectX, Hbone]);
         assert_eq!(selected(&[Marrow, Marrow]), [Direct, Marrow]);
         assert_eq!(selected(&[SetUp::Sidecars]), [DirectX, SetUp::Sidecars]);
+        assert_eq!(
+            selected(&[SetUp::Waypoint]),
+            [SetUp::L7Direct, SetUp::Waypoint]
+        );
     }
 }

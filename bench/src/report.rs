@@ -15,9 +15,11 @@ use super::memory::MemoryFigures;
 use super::plot::{self, Series};
 use super::topology::{SetUp, Topology};
 
-/// The set-up marrow is compared with besides its baseline, and marrow's set-up in that
-/// comparison.
-const VERSUS: (SetUp, SetUp) = (SetUp::Hbone, SetUp::Sidecars);
+/// marrow's cross-node set-up and the sidecars: the pair the memory table compares.
+const VERSUS: (SetUp, SetUp) = match Topology::CrossNode.versus() {
+    Some(pair) => pair,
+    None => (SetUp::Hbone, SetUp::Sidecars),
+};
 
 /// Every sample of every figure, by set-up, the connection errors seen, and each ping-pong
 /// run's distribution.
@@ -153,6 +155,9 @@ fn style(setup: SetUp) -> (&'static str, bool) {
         SetUp::DirectX => ("#333333", false),
         SetUp::Hbone => ("#1f77b4", false),
         SetUp::Sidecars => ("#d62728", false),
+        SetUp::L7Direct => ("#9467bd", false),
+        SetUp::Waypoint => ("#17becf", false),
+        SetUp::EnvoyL7 => ("#ff7f0e", false),
     }
 }
 
@@ -183,10 +188,12 @@ impl Report {
             .collect()
     }
 
-    /// Whether both sides of marrow's comparison with the sidecars ran.
-    fn versus(&self) -> bool {
+    /// marrow's set-up and Envoy's in the topology of `figure`'s set-ups, when both ran.
+    fn versus(&self, topology: Topology) -> Option<(SetUp, SetUp)> {
         let ran = self.ran();
-        ran.contains(&VERSUS.0) && ran.contains(&VERSUS.1)
+        topology
+            .versus()
+            .filter(|(ours, theirs)| ran.contains(ours) && ran.contains(theirs))
     }
 
     /// The Markdown report: a table per topology, the memory table, then the TLS handshake
@@ -243,7 +250,9 @@ impl Report {
     fn topology_table(&self, topology: Topology, setups: &[SetUp]) -> String {
         let base = topology.baseline();
         let others: Vec<SetUp> = setups.iter().copied().filter(|s| *s != base).collect();
-        let versus = others.contains(&VERSUS.0) && others.contains(&VERSUS.1);
+        let versus = topology
+            .versus()
+            .filter(|(ours, theirs)| others.contains(ours) && others.contains(theirs));
         let mut header = vec!["figure".to_owned(), base.name().to_owned()];
         header.extend(others.iter().map(|s| s.name().to_owned()));
         header.extend(others.iter().map(|s| {
@@ -253,8 +262,8 @@ impl Report {
                 format!("{}/{}", s.name(), base.name())
             }
         }));
-        if versus {
-            header.push(format!("{}/{}", VERSUS.0.name(), VERSUS.1.name()));
+        if let Some((ours, theirs)) = versus {
+            header.push(format!("{}/{}", ours.name(), theirs.name()));
         }
         let mut rows = vec![header];
         for figure in Figure::ALL {
@@ -279,11 +288,11 @@ impl Report {
                     Compare::RatioAndAdded => format!("{} ({:+.1} µs)", times(v / b), v - b),
                 }
             }));
-            if versus {
+            if let Some((ours, theirs)) = versus {
                 row.push(if figure.across_meshes() {
                     ratio(
-                        self.samples.median(figure, VERSUS.1),
-                        self.samples.median(figure, VERSUS.0),
+                        self.samples.median(figure, theirs),
+                        self.samples.median(figure, ours),
                     )
                 } else {
                     "—".to_owned()
@@ -298,7 +307,7 @@ impl Report {
         ];
         row.extend(others.iter().map(errors));
         row.extend(others.iter().map(|_| "—".to_owned()));
-        if versus {
+        if versus.is_some() {
             row.push("—".to_owned());
         }
         rows.push(row);
@@ -380,17 +389,19 @@ impl Report {
             if compare == Compare::RatioAndAdded {
                 entry["added"] = Value::Object(compared(|b, v| v - b));
             }
-            if self.versus() && figure.across_meshes() {
-                let (ours, theirs) = (
-                    self.samples.median(figure, VERSUS.0),
-                    self.samples.median(figure, VERSUS.1),
+            for (ours, theirs) in Topology::ALL.into_iter().filter_map(|t| self.versus(t)) {
+                if !figure.across_meshes() {
+                    continue;
+                }
+                let (o, t) = (
+                    self.samples.median(figure, ours),
+                    self.samples.median(figure, theirs),
                 );
-                let key = format!("{}_vs_{}", VERSUS.0.name(), VERSUS.1.name());
-                entry[key] = json!(
-                    ours.zip(theirs)
-                        .filter(|(_, t)| *t != 0.0)
-                        .map(|(o, t)| o / t)
-                );
+                if o.is_none() && t.is_none() {
+                    continue;
+                }
+                let key = format!("{}_vs_{}", ours.name(), theirs.name());
+                entry[key] = json!(o.zip(t).filter(|(_, t)| *t != 0.0).map(|(o, t)| o / t));
             }
             figures.insert(key.to_owned(), entry);
         }

@@ -20,6 +20,10 @@ use super::latency;
 use super::procfs;
 use super::report::Samples;
 use super::setup::{Bed, PodPair, SetUp};
+use super::topology::Topology;
+
+mod l7;
+pub use l7::{L7_BODY_BYTES, L7_CONNECTIONS, L7_RATE, L7_RATE_CONNECTIONS};
 
 /// Pause before each measurement, so the previous step's clean-up (namespace teardown runs
 /// in kernel workers) is not measured with it.
@@ -30,6 +34,9 @@ const GB: f64 = 1e9;
 
 /// Runs every per-round figure on `bed` and records one sample of each in `samples`.
 pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::Result<()> {
+    if bed.setup().topology() == Topology::L7 {
+        return l7::sample(bed, params, samples);
+    }
     let setup = bed.setup();
     // Pairs live until the bed goes: tearing a namespace full of TIME_WAIT sockets down runs
     // in kernel workers, which would compete with the next measurement.
@@ -50,7 +57,7 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
     ] {
         let mut pair = bed.pod_pair()?;
         std::thread::sleep(SETTLE);
-        let meter = CpuMeter::start(bed, &pair)?;
+        let meter = CpuMeter::start(data_plane_pids(bed, &pair))?;
         let run: ConnectRate = load(
             pair.client(),
             &[
@@ -197,7 +204,7 @@ fn bulk_and_latency(
 ) -> anyhow::Result<()> {
     let setup = bed.setup();
     std::thread::sleep(SETTLE);
-    let meter = CpuMeter::start(bed, pair)?;
+    let meter = CpuMeter::start(data_plane_pids(bed, pair))?;
     let bulk: Throughput = load(
         pair.client(),
         &[
@@ -307,8 +314,9 @@ struct CpuUsed {
 }
 
 impl CpuMeter {
-    fn start(bed: &Bed, pair: &PodPair) -> anyhow::Result<CpuMeter> {
-        let plane = data_plane_pids(bed, pair)
+    /// Starts measuring the host and the data-plane processes `plane`.
+    fn start(plane: Vec<u32>) -> anyhow::Result<CpuMeter> {
+        let plane = plane
             .into_iter()
             .map(|pid| Ok((pid, procfs::cpu_ticks(pid)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;

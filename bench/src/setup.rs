@@ -13,12 +13,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use marrow_tests::mesh::{apply_state, mesh_proxy_options, wait_config_generation};
+use marrow_tests::mesh::{apply_state, apply_yaml, mesh_proxy_options, wait_config_generation};
 use marrow_tests::workload_cert::WorkloadCert;
 use marrow_tests::{ClusterState, MeshCa, Node, Pod, PodProcess, Proxy, binaries, link_nodes};
 
 use super::sidecar::{Bootstrap, Route, Sidecar, TlsCounts};
 pub use super::topology::{SetUp, Topology};
+
+mod l7;
+pub use l7::L7Pair;
 
 /// Port of the server pod's echo server (`testpod serve`): connection rate, ping-pong, hold.
 pub const ECHO_PORT: u16 = 8080;
@@ -154,8 +157,10 @@ struct Sidecars {
 /// proxy's copy of the state file (in the order of [`Bed::proxies`]).
 struct Mesh {
     state: ClusterState,
+    /// YAML documents written after the state's (a waypoint bed's Gateway and Services).
+    extra: String,
     files: Vec<PathBuf>,
-    _ca: MeshCa,
+    ca: MeshCa,
 }
 
 /// What the proxies of a meshed bed counted (`istio_tcp_connections_opened_total` and
@@ -197,7 +202,7 @@ impl Bed {
     /// same name are removed first. `envoy` is the sidecars' binary (needed by
     /// [`SetUp::Sidecars`] only).
     pub fn new(setup: SetUp, name: &str, envoy: Option<&Path>) -> anyhow::Result<Bed> {
-        let (client_node, server_node) = if setup.topology() == Topology::CrossNode {
+        let (client_node, server_node) = if setup.topology() != Topology::SameNode {
             let (a, b) = (
                 Node::new(&format!("{name}-1")),
                 Node::new(&format!("{name}-2")),
@@ -212,8 +217,8 @@ impl Bed {
         let mut mesh = None;
         let mut sidecars = None;
         match setup {
-            SetUp::Direct | SetUp::DirectX => {}
-            SetUp::Sidecars => {
+            SetUp::Direct | SetUp::DirectX | SetUp::L7Direct => {}
+            SetUp::Sidecars | SetUp::EnvoyL7 => {
                 let envoy = envoy.context("the sidecars set-up needs Envoy")?;
                 sidecars = Some(Sidecars {
                     envoy: envoy.to_owned(),
@@ -227,7 +232,7 @@ impl Bed {
                     .context("starting the node proxy")?;
                 proxies.push(proxy);
             }
-            SetUp::Hbone => {
+            SetUp::Hbone | SetUp::Waypoint => {
                 let ca = MeshCa::create(name);
                 let state = ClusterState::new().ambient_namespace(NAMESPACE);
                 let mut files = Vec::new();
@@ -244,8 +249,9 @@ impl Bed {
                 }
                 mesh = Some(Mesh {
                     state,
+                    extra: String::new(),
                     files,
-                    _ca: ca,
+                    ca,
                 });
             }
         }
@@ -380,7 +386,7 @@ impl Bed {
             peer_id: &ca.spiffe_id(NAMESPACE, peer_account),
             trust_domain: ca.trust_domain(),
         };
-        Sidecar::start(pod, &sidecars.envoy, &bootstrap, &dir)
+        Sidecar::start(pod, &sidecars.envoy, &bootstrap.json(), &dir)
             .with_context(|| format!("starting the sidecar of pod {}", pod.name()))
     }
 
@@ -397,8 +403,24 @@ impl Bed {
         for (pod, service_account) in pods {
             mesh.state = std::mem::take(&mut mesh.state).pod(pod, service_account);
         }
+        self.apply();
+    }
+
+    /// Writes the mesh's state (and its extra documents) to every proxy's file and waits until
+    /// each has applied it.
+    fn apply(&self) {
+        let Some(mesh) = self.mesh.as_ref() else {
+            return;
+        };
+        if mesh.extra.is_empty() {
+            for (proxy, file) in self.proxies.iter().zip(&mesh.files) {
+                apply_state(proxy, file, &mesh.state);
+            }
+            return;
+        }
+        let yaml = format!("{}\n---\n{}", mesh.state.to_yaml(), mesh.extra);
         for (proxy, file) in self.proxies.iter().zip(&mesh.files) {
-            apply_state(proxy, file, &mesh.state);
+            apply_yaml(proxy, file, &yaml);
         }
     }
 
@@ -410,7 +432,7 @@ impl Bed {
 
     /// Whether the server pods are on a node of their own.
     pub fn cross_node(&self) -> bool {
-        self.setup.topology() == Topology::CrossNode
+        self.setup.topology() != Topology::SameNode
     }
 
     /// What the proxies counted so far, for a mesh set-up.

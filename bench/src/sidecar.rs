@@ -129,16 +129,17 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Writes `bootstrap` to `dir/envoy.json` and starts `envoy` in `pod` (namespace and
+    /// Writes `bootstrap` (a sidecar's [`Bootstrap::json`], or the L7 hop's
+    /// [`l7_hop::L7Hop::json`]) to `dir/envoy.json` and starts `envoy` in `pod` (namespace and
     /// cgroup); [`Sidecar::wait_ready`] waits until it serves.
     pub fn start(
         pod: &Pod,
         envoy: &Path,
-        bootstrap: &Bootstrap<'_>,
+        bootstrap: &Value,
         dir: &Path,
     ) -> anyhow::Result<Sidecar> {
         let config = dir.join("envoy.json");
-        let text = serde_json::to_string_pretty(&bootstrap.json())?;
+        let text = serde_json::to_string_pretty(bootstrap)?;
         std::fs::write(&config, text + "\n")
             .with_context(|| format!("writing {}", config.display()))?;
         let config = config.display().to_string();
@@ -349,13 +350,6 @@ pub fn parse_stats(text: &str) -> anyhow::Result<Stats> {
 }
 
 mod config;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the L7 baseline of the waypoint set-up, which lands with the waypoint program"
-    )
-)]
 pub mod l7_hop;
 #[cfg(test)]
 mod tests;

@@ -10,17 +10,30 @@ pub enum Topology {
     /// The client pod on node 1, the server pod on node 2, the nodes linked by a veth pair
     /// (the underlay).
     CrossNode,
+    /// HTTP/1.1 requests from a client pod on node 1 to a server pod on node 2, through an L7
+    /// hop (marrow's waypoint, or Envoy) in a pod on node 2.
+    L7,
 }
 
 impl Topology {
     /// Every topology, in report order.
-    pub const ALL: [Topology; 2] = [Topology::SameNode, Topology::CrossNode];
+    pub const ALL: [Topology; 3] = [Topology::SameNode, Topology::CrossNode, Topology::L7];
 
     /// Its set-ups, the baseline first.
     pub fn setups(self) -> &'static [SetUp] {
         match self {
             Topology::SameNode => &[SetUp::Direct, SetUp::Marrow],
             Topology::CrossNode => &[SetUp::DirectX, SetUp::Hbone, SetUp::Sidecars],
+            Topology::L7 => &[SetUp::L7Direct, SetUp::Waypoint, SetUp::EnvoyL7],
+        }
+    }
+
+    /// marrow's set-up and the Envoy one it is compared with, where the topology has both.
+    pub const fn versus(self) -> Option<(SetUp, SetUp)> {
+        match self {
+            Topology::SameNode => None,
+            Topology::CrossNode => Some((SetUp::Hbone, SetUp::Sidecars)),
+            Topology::L7 => Some((SetUp::Waypoint, SetUp::EnvoyL7)),
         }
     }
 
@@ -36,6 +49,10 @@ impl Topology {
             Topology::CrossNode => {
                 "Cross node: client pod on node 1, server pod on node 2 (linked by a veth underlay)"
             }
+            Topology::L7 => {
+                "L7: HTTP/1.1 keep-alive requests of 1 KiB from a client pod on node 1 to a server \
+                 pod on node 2, through an L7 hop in a pod on node 2"
+            }
         }
     }
 
@@ -44,6 +61,7 @@ impl Topology {
         match self {
             Topology::SameNode => "same_node",
             Topology::CrossNode => "cross_node",
+            Topology::L7 => "l7",
         }
     }
 
@@ -62,6 +80,20 @@ impl Topology {
                  the measured pair's two Envoys summed.",
                 "hbone/sidecars is marrow's figure divided by the sidecars' (below 1 is \
                  fewer: better for latency, CPU and memory, worse for rates and throughput).",
+            ],
+            Topology::L7 => &[
+                "Both L7 paths have three proxies: waypoint is node 1's proxy → HBONE → the \
+                 waypoint → HBONE → node 2's proxy; envoy-l7 is the client's sidecar → mTLS → \
+                 the L7 Envoy → mTLS → the server's sidecar. The L7 hop parses every request \
+                 and picks the upstream per request; the waypoint also evaluates the \
+                 AuthorizationPolicies bound to it (none here), counts Istio's request metrics \
+                 and writes no access log by default.",
+                "Requests/s: closed loops, each connection sends the next request when the \
+                 answer is read. Latency: a fixed 1,000 requests/s over 16 connections, each \
+                 request timed from when it was due (a stall shows in the tail).",
+                "Data-plane CPU and RSS: the three proxies of the path summed; the L7 hop's \
+                 RSS alone on its own row.",
+                "waypoint/envoy-l7 is marrow's figure divided by Envoy's.",
             ],
         }
     }
@@ -86,16 +118,29 @@ pub enum SetUp {
     /// connects to the app on loopback — Istio's sidecar data path, minus the iptables
     /// REDIRECT.
     Sidecars,
+    /// The L7 baseline: as [`SetUp::DirectX`], the server pod running an HTTP/1.1 server.
+    #[value(name = "l7-direct")]
+    L7Direct,
+    /// As [`SetUp::L7Direct`] with both pods enrolled and the server behind a Service bound to
+    /// a marrow waypoint (`istio.io/use-waypoint`) that runs in an unenrolled pod on node 2.
+    Waypoint,
+    /// As [`SetUp::L7Direct`] with an Envoy sidecar in the client and server pod (as
+    /// [`SetUp::Sidecars`]) and an Envoy in a pod on node 2 as the L7 hop between them.
+    #[value(name = "envoy-l7")]
+    EnvoyL7,
 }
 
 impl SetUp {
     /// Every set-up, each topology's baseline first.
-    pub const ALL: [SetUp; 5] = [
+    pub const ALL: [SetUp; 8] = [
         SetUp::Direct,
         SetUp::Marrow,
         SetUp::DirectX,
         SetUp::Hbone,
         SetUp::Sidecars,
+        SetUp::L7Direct,
+        SetUp::Waypoint,
+        SetUp::EnvoyL7,
     ];
 
     /// Short name: table column, JSON key, node name, `--setups` value.
@@ -106,6 +151,9 @@ impl SetUp {
             SetUp::DirectX => "direct-x",
             SetUp::Hbone => "hbone",
             SetUp::Sidecars => "sidecars",
+            SetUp::L7Direct => "l7-direct",
+            SetUp::Waypoint => "waypoint",
+            SetUp::EnvoyL7 => "envoy-l7",
         }
     }
 
@@ -133,6 +181,21 @@ impl SetUp {
                  P-256, SPIFFE SANs checked) → the server pod's Envoy → the app on 127.0.0.1; \
                  Istio's sidecar data path minus the iptables REDIRECT"
             }
+            SetUp::L7Direct => {
+                "client pod on node 1, HTTP/1.1 server pod on node 2, plain CNI chain, no proxy"
+            }
+            SetUp::Waypoint => {
+                "as l7-direct with both pods enrolled and a proxy per node (as hbone); the \
+                 server's Service uses a marrow waypoint (Gateway of class istio-waypoint) in \
+                 a pod on node 2: node 1's proxy → HBONE → the waypoint (HTTP parsed, \
+                 least-request, request metrics) → HBONE → node 2's proxy → the server"
+            }
+            SetUp::EnvoyL7 => {
+                "as l7-direct, pods not enrolled, an Envoy sidecar in the client and server pod \
+                 (as sidecars) and an Envoy in a pod on node 2 as the L7 hop (HTTP connection \
+                 manager + router, --concurrency 2): client → its sidecar → mTLS → the L7 \
+                 Envoy → mTLS → the server's sidecar → the server"
+            }
         }
     }
 
@@ -141,6 +204,7 @@ impl SetUp {
         match self {
             SetUp::Direct | SetUp::Marrow => Topology::SameNode,
             SetUp::DirectX | SetUp::Hbone | SetUp::Sidecars => Topology::CrossNode,
+            SetUp::L7Direct | SetUp::Waypoint | SetUp::EnvoyL7 => Topology::L7,
         }
     }
 
@@ -151,7 +215,17 @@ impl SetUp {
 
     /// Whether its pods are enrolled with a node proxy.
     pub fn enrolled(self) -> bool {
-        matches!(self, SetUp::Marrow | SetUp::Hbone)
+        matches!(self, SetUp::Marrow | SetUp::Hbone | SetUp::Waypoint)
+    }
+
+    /// Whether its pods carry Envoy sidecars.
+    pub fn sidecars(self) -> bool {
+        matches!(self, SetUp::Sidecars | SetUp::EnvoyL7)
+    }
+
+    /// Whether the node proxies run with a mesh CA and cluster state (HBONE between nodes).
+    pub fn hbone(self) -> bool {
+        matches!(self, SetUp::Hbone | SetUp::Waypoint)
     }
 
     /// Whether it has a data plane (a node proxy or sidecars).
@@ -176,6 +250,13 @@ mod tests {
             }
         }
         assert!(!SetUp::Sidecars.enrolled(), "sidecar pods are not captured");
+        assert!(!SetUp::EnvoyL7.enrolled(), "sidecar pods are not captured");
+        for topology in Topology::ALL {
+            if let Some((marrow, envoy)) = topology.versus() {
+                assert!(marrow.enrolled() && envoy.sidecars(), "{topology:?}");
+                assert_eq!((marrow.topology(), envoy.topology()), (topology, topology));
+            }
+        }
         for setup in SetUp::ALL {
             use clap::ValueEnum as _;
             let value = setup.to_possible_value().map(|v| v.get_name().to_owned());

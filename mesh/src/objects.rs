@@ -71,6 +71,12 @@ impl WorkloadType {
     }
 }
 
+/// The name of the ConfigMap that holds Istio's MeshConfig.
+pub const MESH_CONFIG_NAME: &str = "istio";
+
+/// The ConfigMap key whose value is the MeshConfig, as YAML.
+pub const MESH_CONFIG_KEY: &str = "mesh";
+
 /// Names an object for logs and errors: `Pod shop/web-1`, `Namespace shop`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
@@ -98,7 +104,8 @@ impl fmt::Display for ObjectRef {
 
 /// The kinds a source keeps whole, as JSON, for the module that models them: Services and
 /// EndpointSlices for [`crate::state::services`], Istio's security objects for [`crate::policy`],
-/// the Gateway API's Gateways and GatewayClasses for `crate::state::waypoints`.
+/// the Gateway API's Gateways and GatewayClasses for `crate::state::waypoints`, Istio's Telemetry
+/// objects and MeshConfig for [`crate::trace::provider`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RawKind {
     /// `v1` Service.
@@ -115,6 +122,12 @@ pub enum RawKind {
     Gateway,
     /// `gateway.networking.k8s.io` GatewayClass (cluster-scoped).
     GatewayClass,
+    /// `telemetry.istio.io` Telemetry (v1, or v1alpha1: the same schema).
+    Telemetry,
+    /// Istio's MeshConfig: the `v1` ConfigMap `istio` in the root namespace (key `mesh`). Never
+    /// returned by [`RawKind::of`]: whether a ConfigMap is this one depends on its name and
+    /// namespace, which the sources check ([`RawKind::is_mesh_config`]).
+    MeshConfig,
 }
 
 impl RawKind {
@@ -139,8 +152,18 @@ impl RawKind {
                 "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
                 "GatewayClass",
             ) => Some(Self::GatewayClass),
+            ("telemetry.istio.io/v1" | "telemetry.istio.io/v1alpha1", "Telemetry") => {
+                Some(Self::Telemetry)
+            }
             _ => None,
         }
+    }
+
+    /// Whether a `v1` ConfigMap named `name` in `namespace` is Istio's MeshConfig: the one named
+    /// `istio` in the root namespace (istio/istio `pkg/config/mesh/kubemesh/watcher.go` reads
+    /// that ConfigMap's `mesh` key). Every other ConfigMap is ignored.
+    pub fn is_mesh_config(namespace: &str, name: &str, root_namespace: &str) -> bool {
+        name == MESH_CONFIG_NAME && namespace == root_namespace
     }
 
     /// Whether objects of this kind have no namespace (`metadata.namespace` is ignored).

@@ -520,3 +520,77 @@ async fn gateways_and_waypoint_labels_bind_services_to_waypoints() {
     })
     .await;
 }
+
+/// Istio's Telemetry API from the API server: without the CRD the source still syncs (empty);
+/// the MeshConfig is only the ConfigMap `istio` in the root namespace, asked for by field
+/// selector there; Telemetries come and go with the watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetries_and_only_the_meshconfig_configmap_are_carried() {
+    use marrow_mesh::objects::RawKind;
+    use serde_json::json;
+    let of_kind = |s: &Snapshot, kind: RawKind| -> Vec<String> {
+        s.raw_objects()
+            .filter(|o| o.kind == kind)
+            .map(|o| o.object.to_string())
+            .collect()
+    };
+    let server = ApiServer::start().await;
+    server.apply(objects::namespace("shop", true));
+    let config_map = |ns: &str, name: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns},
+            "data": {"mesh": "extensionProviders:\n- name: otel\n  opentelemetry: {service: otel.observability, port: 4317}\n"}})
+    };
+    server.apply(config_map("istio-system", "istio"));
+    server.apply(config_map("istio-system", "other"));
+    server.apply(config_map("shop", "istio"));
+    let store = Arc::new(StateStore::new());
+    let _watch = KubeSource::new(server.client(), Some(NODE.into()), "istio-system")
+        .with_debounce(Duration::from_millis(20))
+        .start(store.clone());
+    // No telemetry.istio.io objects: the CRD is absent (404), the kind counts as empty.
+    let snapshot = eventually(&store, "the meshconfig", |s| {
+        match of_kind(s, RawKind::MeshConfig).as_slice() {
+            [_] => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        of_kind(&snapshot, RawKind::MeshConfig),
+        ["ConfigMap istio-system/istio"]
+    );
+    assert!(of_kind(&snapshot, RawKind::Telemetry).is_empty());
+    let asked: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("configmaps"))
+        .collect();
+    assert!(!asked.is_empty());
+    assert!(
+        asked.iter().all(|r| {
+            r.contains("/api/v1/namespaces/istio-system/configmaps?")
+                && r.contains("fieldSelector=metadata.name%3Distio")
+        }),
+        "{asked:?}"
+    );
+
+    let telemetry = json!({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+        "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+        "spec": {"tracing": [{"providers": [{"name": "otel"}], "randomSamplingPercentage": 10}]}});
+    server.apply(telemetry.clone());
+    eventually(&store, "the telemetry", |s| {
+        match of_kind(s, RawKind::Telemetry).as_slice() {
+            [t] if t == "Telemetry istio-system/mesh-default" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    server.delete(&telemetry);
+    eventually(&store, "the telemetry gone", |s| {
+        match of_kind(s, RawKind::Telemetry).as_slice() {
+            [] => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}

@@ -1,5 +1,6 @@
 //! `manifests/` against the code it deploys: every document is a valid Kubernetes object with no
-//! field lost to a typo, the ClusterRole grants exactly `NODE_PROXY_ACCESS`, the workloads'
+//! field lost to a typo, the ClusterRole grants exactly `NODE_PROXY_ACCESS` (and by name
+//! `NODE_PROXY_NAMED_ACCESS`), the workloads'
 //! flags and variables are node-proxy's, and the DaemonSet's probe, paths and upgrade settings
 //! match what the proxy and the installer do. The CA (ca.yaml): its RBAC is exactly TokenReview
 //! and pod reads, its key is mounted into it alone, and the proxies' address, token audience,
@@ -21,7 +22,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use marrow_mesh::apiserver::access::NODE_PROXY_ACCESS;
+use marrow_mesh::apiserver::access::{NODE_PROXY_ACCESS, NODE_PROXY_NAMED_ACCESS};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -167,16 +168,41 @@ fn workloads() -> Vec<(PathBuf, String, PodSpec)> {
         .collect()
 }
 
-/// The (group, resource, verb) triples a ClusterRole grants; no wildcards, names or URLs.
+/// The (group, resource, verb) triples a ClusterRole grants on whole resources; no wildcards or
+/// URLs. Rules with `resourceNames` are [`granted_by_name`]'s.
 fn granted(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
+    granted_rules(role, false)
+        .into_iter()
+        .map(|(g, r, v, _)| (g, r, v))
+        .collect()
+}
+
+/// The (group, resource, verb, name) a ClusterRole grants on named objects only.
+fn granted_by_name(role: &ClusterRole) -> BTreeSet<(String, String, String, String)> {
+    granted_rules(role, true)
+}
+
+fn granted_rules(role: &ClusterRole, named: bool) -> BTreeSet<(String, String, String, String)> {
     let mut granted = BTreeSet::new();
     for rule in role.rules.clone().unwrap() {
-        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        assert!(rule.non_resource_urls.is_none());
+        let names = match rule.resource_names.clone() {
+            Some(names) if named => names,
+            None if !named => vec![String::new()],
+            _ => continue,
+        };
         for group in rule.api_groups.unwrap() {
             for resource in rule.resources.clone().unwrap() {
                 for verb in &rule.verbs {
-                    assert!(![&group, &resource, verb].contains(&&"*".to_owned()));
-                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                    for name in &names {
+                        assert!(![&group, &resource, verb, name].contains(&&"*".to_owned()));
+                        granted.insert((
+                            group.clone(),
+                            resource.clone(),
+                            verb.clone(),
+                            name.clone(),
+                        ));
+                    }
                 }
             }
         }
@@ -299,10 +325,17 @@ fn a_misspelled_field_is_caught() {
 
 #[test]
 fn the_cluster_role_grants_exactly_node_proxy_access() {
-    let role: ClusterRole = only(
-        ("rbac.authorization.k8s.io/v1", "ClusterRole"),
-        "marrow-node-proxy",
-    );
+    grants_exactly_node_proxy_access("marrow-node-proxy");
+}
+
+/// A waypoint runs the same API server source (`--kube`), so its role is the node proxy's.
+#[test]
+fn the_waypoint_cluster_role_grants_exactly_what_its_source_calls() {
+    grants_exactly_node_proxy_access("marrow-waypoint");
+}
+
+fn grants_exactly_node_proxy_access(name: &str) {
+    let role: ClusterRole = only(("rbac.authorization.k8s.io/v1", "ClusterRole"), name);
     let granted = granted(&role);
     let used: BTreeSet<_> = NODE_PROXY_ACCESS
         .iter()
@@ -322,6 +355,20 @@ fn the_cluster_role_grants_exactly_node_proxy_access() {
         Vec::<&(String, String, String)>::new(),
         "called but not granted"
     );
+    let named: BTreeSet<_> = NODE_PROXY_NAMED_ACCESS
+        .iter()
+        .flat_map(|n| {
+            n.access.verbs.iter().map(|v| {
+                (
+                    n.access.group.to_owned(),
+                    n.access.resource.to_owned(),
+                    (*v).to_owned(),
+                    n.name.to_owned(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(granted_by_name(&role), named, "objects read by name");
 }
 
 #[test]

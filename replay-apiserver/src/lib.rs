@@ -113,6 +113,8 @@ fn plural_of(kind: &str) -> Option<&'static str> {
         "AuthorizationPolicy" => "authorizationpolicies",
         "PeerAuthentication" => "peerauthentications",
         "RequestAuthentication" => "requestauthentications",
+        "Telemetry" => "telemetries",
+        "ConfigMap" => "configmaps",
         other => return apply::controller_plural(other),
     })
 }

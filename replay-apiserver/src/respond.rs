@@ -134,15 +134,29 @@ pub(super) fn answer(
         return json_response(StatusCode::OK, &version);
     }
     let selector = query.get("fieldSelector").cloned();
-    let matches = move |object: &Value| match selector.as_deref() {
-        None | Some("") => true,
-        Some(s) => match s.split_once("!=") {
-            Some(("spec.nodeName", node)) => object["spec"]["nodeName"] != node,
-            _ => match s.split_once('=') {
-                Some(("spec.nodeName", node)) => object["spec"]["nodeName"] == node,
-                _ => true,
-            },
-        },
+    // A namespaced watch (`/api/v1/namespaces/{ns}/configmaps?watch=true`) follows the
+    // cluster-wide collection, filtered to the namespace.
+    let watching = query.get("watch").map(String::as_str) == Some("true");
+    let (path, watched_namespace) = match namespaced(&path) {
+        Some((collection, namespace, None)) if watching => (collection, Some(namespace)),
+        _ => (path, None),
+    };
+    let matches = move |object: &Value| {
+        let in_namespace = watched_namespace
+            .as_deref()
+            .is_none_or(|ns| object["metadata"]["namespace"] == ns);
+        in_namespace
+            && match selector.as_deref() {
+                None | Some("") => true,
+                Some(s) => match s.split_once("!=") {
+                    Some(("spec.nodeName", node)) => object["spec"]["nodeName"] != node,
+                    _ => match s.split_once('=') {
+                        Some(("spec.nodeName", node)) => object["spec"]["nodeName"] == node,
+                        Some(("metadata.name", name)) => object["metadata"]["name"] == name,
+                        _ => true,
+                    },
+                },
+            }
     };
     if query.get("watch").map(String::as_str) != Some("true")
         && let Some((collection_path, namespace, name)) = namespaced(&path)
@@ -175,6 +189,7 @@ pub(super) fn answer(
         // Istio's CRDs may be absent: a real server says 404 for an unknown resource.
         if (path.starts_with("/apis/security.istio.io/") && !known_istio(&w))
             || absent_gateway_api(&w, &path)
+            || absent_group(&w, &path, "/apis/telemetry.istio.io/")
         {
             return status(
                 StatusCode::NOT_FOUND,
@@ -246,6 +261,11 @@ fn known_istio(world: &World) -> bool {
 fn absent_gateway_api(world: &World, path: &str) -> bool {
     const GROUP: &str = "/apis/gateway.networking.k8s.io/";
     path.starts_with(GROUP) && !world.collections.keys().any(|k| k.starts_with(GROUP))
+}
+
+/// A resource of `group` while the server has no object of it: its CRD is not installed (404).
+fn absent_group(world: &World, path: &str, group: &str) -> bool {
+    path.starts_with(group) && !world.collections.keys().any(|k| k.starts_with(group))
 }
 
 fn list_body(items: &[Value], rv: u64) -> Response<Body> {

@@ -194,6 +194,15 @@ pub fn wait_config_generation(proxy: &Proxy, at_least: u64, timeout: Duration) -
 /// When the proxy's metrics cannot be read before the write, or it does not apply the file in
 /// [`STATE_APPLY_TIMEOUT`] (the message quotes its log).
 pub fn apply_state(proxy: &Proxy, path: &Path, state: &ClusterState) -> u64 {
+    apply_yaml(proxy, path, &state.to_yaml())
+}
+
+/// As [`apply_state`] for a whole state file's text (the state's documents and others after
+/// them: Services, Gateways, policies).
+///
+/// # Panics
+/// As [`apply_state`], and when the file cannot be written.
+pub fn apply_yaml(proxy: &Proxy, path: &Path, yaml: &str) -> u64 {
     let before = config_generation(proxy).unwrap_or_else(|| {
         panic!(
             "cannot read {CONFIG_GENERATION} before writing {}; proxy log tail:\n{}",
@@ -201,7 +210,8 @@ pub fn apply_state(proxy: &Proxy, path: &Path, state: &ClusterState) -> u64 {
             tail(proxy.log_path(), LOG_TAIL_LINES)
         )
     });
-    state.write(path);
+    crate::state_file::write_atomic(path, yaml.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write the state file {}: {e}", path.display()));
     wait_config_generation(proxy, before + 1, STATE_APPLY_TIMEOUT)
 }
 

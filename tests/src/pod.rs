@@ -217,6 +217,18 @@ impl Pod {
         PodProcess::spawn(cmd, self.node.new_log_path(&self.name))
     }
 
+    /// As [`Pod::spawn`], with `env` added to the program's environment.
+    pub fn spawn_with_env(
+        &self,
+        program: impl AsRef<OsStr>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> PodProcess {
+        let mut cmd = self.command(program);
+        cmd.args(args).envs(env.iter().copied());
+        PodProcess::spawn(cmd, self.node.new_log_path(&self.name))
+    }
+
     /// Runs `program args…` inside the pod to completion.
     pub fn output(&self, program: impl AsRef<OsStr>, args: &[&str]) -> Output {
         self.command(program)

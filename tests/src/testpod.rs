@@ -199,6 +199,33 @@ pub struct Held {
     pub elapsed_ms: u64,
 }
 
+/// The outcome of `testpod http-load`: keep-alive HTTP/1.1 requests, at saturation or at a fixed
+/// rate (latency then counted from when each request was due).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct HttpLoad {
+    /// Requests answered in the measured window.
+    pub requests: u64,
+    /// Requests that failed (connection errors, timeouts), each counted, none fatal.
+    pub errors: u64,
+    /// Answers outside 2xx.
+    pub non_2xx: u64,
+    /// The measured window.
+    pub elapsed_ms: u64,
+    /// Requests answered per second.
+    pub rps: f64,
+    /// Median latency.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// The slowest.
+    pub max_us: u64,
+    /// The first failure, if any failed.
+    #[serde(default)]
+    pub first_error: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct Raw {
     ok: bool,
@@ -266,13 +293,15 @@ pub fn parse_bulk_output(stdout: &str) -> Result<Result<BulkOutcome, ConnectFail
     }))
 }
 
-/// The outcome of a load generator: [`ConnectRate`], [`Throughput`], [`PingPong`], [`Held`].
+/// The outcome of a load generator: [`ConnectRate`], [`Throughput`], [`PingPong`], [`Held`],
+/// [`HttpLoad`].
 pub trait LoadOutcome: serde::de::DeserializeOwned {}
 
 impl LoadOutcome for ConnectRate {}
 impl LoadOutcome for Throughput {}
 impl LoadOutcome for PingPong {}
 impl LoadOutcome for Held {}
+impl LoadOutcome for HttpLoad {}
 
 /// Parses the line of a load generator (`connect-rate`, `send`, `pingpong`, `hold`) into `T`:
 /// `Ok(Ok(outcome))`, or `Ok(Err(failure))` when it printed `"ok":false`.

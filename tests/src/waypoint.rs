@@ -38,23 +38,7 @@ impl<'p> Waypoint<'p> {
         (namespace, name): (&str, &str),
         extra: &[&str],
     ) -> Waypoint<'p> {
-        let mut args: Vec<String> = vec![
-            "--gateway-namespace".into(),
-            namespace.into(),
-            "--gateway-name".into(),
-            name.into(),
-            "--service-account".into(),
-            name.into(),
-            "--trust-domain".into(),
-            ca.trust_domain().into(),
-            "--ca-dir".into(),
-            ca.dir().display().to_string(),
-            "--state-file".into(),
-            state_file.display().to_string(),
-            "--state-poll-ms".into(),
-            "100".into(),
-        ];
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args = args(ca, state_file, (namespace, name), extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Waypoint {
             process: pod.spawn(binaries::waypoint(), &args),
@@ -114,6 +98,35 @@ impl<'p> Waypoint<'p> {
     pub fn log(&self) -> String {
         self.process.log()
     }
+}
+
+/// The `waypoint` command line of [`Waypoint::start`]: Gateway `namespace/name` (service
+/// account `name`), certificates from `ca`, state from `state_file` (polled every 100 ms),
+/// `extra` flags after.
+pub fn args(
+    ca: &MeshCa,
+    state_file: &Path,
+    (namespace, name): (&str, &str),
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--gateway-namespace".into(),
+        namespace.into(),
+        "--gateway-name".into(),
+        name.into(),
+        "--service-account".into(),
+        name.into(),
+        "--trust-domain".into(),
+        ca.trust_domain().into(),
+        "--ca-dir".into(),
+        ca.dir().display().to_string(),
+        "--state-file".into(),
+        state_file.display().to_string(),
+        "--state-poll-ms".into(),
+        "100".into(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
 }
 
 /// The objects that make `namespace/name` a waypoint in a state file: the Gateway (class

@@ -152,6 +152,8 @@ pub async fn start_with(
         tokio::spawn(http::serve_readiness(ready, readiness.clone())),
         tokio::spawn(serve_admin(admin, context.clone())),
         tokio::spawn(crate::inbound::serve(hbone, context.clone(), drain.clone())),
+        // The tracer follows Istio's Telemetry API in the state (else the --tracing-* flags).
+        tokio::spawn(crate::telemetry::follow_telemetry_api(context.clone())),
     ];
     // Ready once the waypoint holds its certificate: before, every handshake would fail.
     let (own, ready_flag) = (identity.clone(), readiness.clone());

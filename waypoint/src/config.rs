@@ -51,12 +51,15 @@ marrow_mesh::program_settings! {
         /// The cluster the workloads are in, as Istio names it (CLUSTER_ID).
         cluster_id: String = marrow_mesh::telemetry::DEFAULT_CLUSTER_ID.to_owned(),
             ("cluster-id", "MARROW_CLUSTER_ID", parse::TEXT),
-        /// The OpenTelemetry collector spans are exported to over OTLP/gRPC, `host:port`
-        /// (Istio's `opentelemetry` tracing provider); none turns tracing off.
+        /// The OpenTelemetry collector spans are exported to over OTLP/gRPC, `host:port`;
+        /// none turns tracing off. Used only while no Istio Telemetry (nor MeshConfig
+        /// `defaultProviders.tracing`) applies to this waypoint: where one does, its
+        /// `opentelemetry` provider and sampling are in force, as in Istio, whose only knob it is.
         tracing_collector: Option<String> = None,
             ("tracing-collector", "MARROW_TRACING_COLLECTOR", parse::SOME_TEXT),
         /// Percentage of requests traced when the caller decided nothing (Istio's
-        /// `randomSamplingPercentage`, default 1), 0 to 100 in steps of 0.01.
+        /// `randomSamplingPercentage`, default 1), 0 to 100 in steps of 0.01; with
+        /// --tracing-collector, while no Istio Telemetry applies.
         tracing_sampling: Percent = Percent::from_hundredths(100),
             ("tracing-sampling", "MARROW_TRACING_SAMPLING", PERCENT),
         /// Bound on a TCP connect to an endpoint's node proxy, in milliseconds.
@@ -65,9 +68,21 @@ marrow_mesh::program_settings! {
         /// Bound on a TLS and HTTP/2 handshake, either side, in milliseconds.
         handshake_timeout: Duration = Duration::from_secs(10),
             ("handshake-timeout-ms", "MARROW_HANDSHAKE_TIMEOUT_MS", parse::MILLIS),
-        /// Bound on reading an HTTP/1 request's headers, in milliseconds (slowloris).
+        /// Bound on reading an HTTP/1 request's headers from their first byte, in milliseconds
+        /// (slowloris); answered 408, then the connection closes.
         header_read_timeout: Duration = Duration::from_secs(10),
             ("header-read-timeout-ms", "MARROW_HEADER_READ_TIMEOUT_MS", parse::MILLIS),
+        /// How long an HTTP/1 client connection with no request under way is kept open, in
+        /// seconds (Envoy's `idle_timeout`, 1 h by default); 0 keeps it open until the client
+        /// closes it.
+        idle_timeout: Duration = Duration::from_secs(60 * 60),
+            ("idle-timeout-secs", "MARROW_IDLE_TIMEOUT_SECS", parse::SECS),
+        /// Largest request body, in bytes: a larger declared `content-length` is answered 413
+        /// before anything goes upstream, a longer streamed body 413 while the upstream has
+        /// not answered (else the request is reset). 0 (the default) is no limit: bodies are
+        /// streamed, as Envoy does.
+        max_request_body_bytes: usize = 0,
+            ("max-request-body-bytes", "MARROW_MAX_REQUEST_BODY_BYTES", parse::COUNT),
         /// How long to wait for a client's first bytes on a port of unspecified protocol, in
         /// milliseconds; server-first protocols send nothing, and are relayed at L4 after it.
         sniff_timeout: Duration = Duration::from_secs(5),
@@ -136,8 +151,12 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// TLS and HTTP/2 handshakes.
     pub handshake_timeout: Duration,
-    /// Reading an HTTP/1 request head.
+    /// Reading an HTTP/1 request head, from its first byte.
     pub header_read_timeout: Duration,
+    /// An HTTP/1 connection with no request under way; `None` never.
+    pub idle_timeout: Option<Duration>,
+    /// Request body size; `None` is no limit.
+    pub max_request_body_bytes: Option<u64>,
     /// Waiting for a client's first bytes when sniffing.
     pub sniff_timeout: Duration,
     /// Bytes read when sniffing.
@@ -297,6 +316,9 @@ impl Config {
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.handshake_timeout,
             header_read_timeout: self.header_read_timeout,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            max_request_body_bytes: (self.max_request_body_bytes != 0)
+                .then(|| u64::try_from(self.max_request_body_bytes).unwrap_or(u64::MAX)),
             sniff_timeout: self.sniff_timeout,
             sniff_bytes: self.sniff_bytes,
             max_header_bytes: self.max_header_bytes,
@@ -343,6 +365,29 @@ mod tests {
             "spiffe://cluster.local/ns/shop/sa/custom"
         );
         assert!(runnable().validate().is_ok());
+    }
+
+    #[test]
+    fn zero_turns_the_idle_timeout_and_the_body_limit_off() {
+        let limits = runnable().limits();
+        assert_eq!(limits.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(limits.max_request_body_bytes, None, "no limit by default");
+        let limits = Config {
+            idle_timeout: Duration::ZERO,
+            max_request_body_bytes: 1024,
+            ..runnable()
+        }
+        .limits();
+        assert_eq!(limits.idle_timeout, None);
+        assert_eq!(limits.max_request_body_bytes, Some(1024));
+        assert!(
+            Config {
+                idle_timeout: Duration::ZERO,
+                ..runnable()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 
     #[test]

@@ -22,9 +22,10 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Why an HTTP/1 request's framing is refused (answered 400, connection closed). A second line
-/// behind hyper's parser, which already refuses differing lengths and, given both headers,
-/// lets chunked win, drops the length and closes the connection after the answer (RFC 9112
-/// §6.3): whatever framing reaches the proxy is checked again before it is forwarded.
+/// behind hyper's parser, which already refuses differing lengths and a transfer-encoding not
+/// ending in chunked; given both headers hyper drops the length, so that case is caught before
+/// hyper by [`crate::guard_io`]: whatever framing reaches the proxy is checked again before it
+/// is forwarded.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
     let has_te = headers.contains_key(TRANSFER_ENCODING);
     let lengths: Vec<&HeaderValue> = headers.get_all(CONTENT_LENGTH).iter().collect();
@@ -32,6 +33,25 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
     // refuses it unless told otherwise, and so do we.
     if has_te && !lengths.is_empty() {
         return Err("content-length together with transfer-encoding");
+    }
+    // Only `chunked` alone: hyper refuses a transfer-encoding that does not end in chunked,
+    // but takes `gzip, chunked` and undoes only the chunks; the coding under them would reach
+    // the upstream undeclared (transfer-encoding is hop-by-hop). Envoy's HTTP/1 codec also
+    // takes no coding but chunked (source/common/http/http1/codec_impl.cc).
+    if has_te {
+        let mut codings = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty());
+        let only_chunked = codings
+            .next()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if !only_chunked {
+            return Err("transfer-encoding other than chunked");
+        }
     }
     if let Some(first) = lengths.first()
         && lengths.iter().any(|v| v != first)
@@ -137,6 +157,21 @@ mod tests {
             .is_err()
         );
         assert!(check_framing(&map(&[("content-length", "5"), ("content-length", "6")])).is_err());
+        assert!(check_framing(&map(&[("transfer-encoding", "Chunked ")])).is_ok());
+        for coding in ["gzip, chunked", "chunked, chunked", "gzip", ""] {
+            assert!(
+                check_framing(&map(&[("transfer-encoding", coding)])).is_err(),
+                "{coding:?}"
+            );
+        }
+        assert!(
+            check_framing(&map(&[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked")
+            ]))
+            .is_err(),
+            "codings over two lines"
+        );
     }
 
     #[test]

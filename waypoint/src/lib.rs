@@ -18,6 +18,7 @@ pub mod config;
 pub mod context;
 mod error;
 pub mod forward;
+pub mod guard_io;
 pub mod headers;
 pub mod inbound;
 pub mod outcome;

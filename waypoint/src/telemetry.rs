@@ -7,8 +7,16 @@
 //! client (its workload from the state, its principal from the tunnel), the destination is the
 //! endpoint the request went to (its workload, and the identity its node proxy proved), the
 //! service the one the client addressed; `connection_security_policy` is `mutual_tls`.
+//!
+//! The tracer's configuration follows the state ([`follow_telemetry_api`]): Istio's Telemetry
+//! API where a Telemetry (or MeshConfig `defaultProviders.tracing`) applies to this waypoint,
+//! else the `--tracing-*` flags. A provider that cannot be used (not `opentelemetry`, not in
+//! MeshConfig, a collector that is no Service) turns tracing off, logged and counted
+//! (`marrow_tracing_provider_rejected_total{reason}`), and is looked at again on the next state
+//! change.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use marrow_mesh::identity::SpiffeId;
 use marrow_mesh::state::Snapshot;
@@ -16,39 +24,140 @@ use marrow_mesh::telemetry::{
     ConnectionLabels, LabelValue, PeerLabels, Reporter, RequestLabels, RequestLog, RequestMetrics,
     RequestSample, Security, ServiceLabels,
 };
-use marrow_mesh::trace::{SpanEnd, TraceError, Tracer, TracerConfig};
+use marrow_mesh::trace::provider::{Outcome, TelemetryTracing, TracedWaypoint, tracing_for};
+use marrow_mesh::trace::{SpanEnd, SwappableTracer, TraceError, Tracer, TracerConfig};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::context::{Context, Gateway};
 use crate::outcome::RequestOutcome;
+
+/// The label Istio's waypoint pods carry with their Gateway's name (what a Telemetry's
+/// `selector` usually matches).
+const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// Why a Telemetry API provider was set aside (the `reason` label).
+type RejectReason = [(&'static str, &'static str); 1];
 
 /// Metrics, access log and tracer of one waypoint.
 #[derive(Debug)]
 pub struct Telemetry {
     metrics: RequestMetrics,
-    tracer: Tracer,
+    tracer: SwappableTracer,
+    /// The `--tracing-*` flags: in force when no Telemetry applies, and the base of what one sets.
+    flags: TracerConfig,
+    /// The Telemetry API's last answer (`None` inside: none applied); `None` before the first.
+    telemetry_api: Mutex<Option<Option<TelemetryTracing>>>,
+    rejected: Family<RejectReason, Counter>,
     cluster_id: String,
     cluster: LabelValue,
 }
 
 impl Telemetry {
     /// Registers the request metrics (and the tracer's counters) on `registry`; the tracer
-    /// exports to `tracing`'s collector, or is off without one. Call inside the runtime.
+    /// exports to `tracing`'s collector, or is off without one, until the Telemetry API says
+    /// otherwise ([`follow_telemetry_api`]). Call inside the runtime.
     pub fn new(
         registry: &mut Registry,
         tracing: &TracerConfig,
         cluster_id: &str,
     ) -> Result<Self, TraceError> {
+        let rejected = Family::<RejectReason, Counter>::default();
+        registry.register(
+            "marrow_tracing_provider_rejected",
+            "Tracing providers from the Telemetry API set aside (tracing off), by reason",
+            rejected.clone(),
+        );
         Ok(Self {
             metrics: RequestMetrics::register(registry),
-            tracer: Tracer::new(tracing, registry)?,
+            tracer: SwappableTracer::new(tracing, registry)?,
+            flags: tracing.clone(),
+            telemetry_api: Mutex::new(None),
+            rejected,
             cluster_id: cluster_id.to_owned(),
             cluster: LabelValue::new(cluster_id),
         })
     }
 
-    /// The tracer requests start their spans with.
-    pub fn tracer(&self) -> &Tracer {
-        &self.tracer
+    /// The tracer in force, which requests start their spans with.
+    pub fn tracer(&self) -> Tracer {
+        self.tracer.current()
+    }
+
+    /// The tracer's configuration in force.
+    pub fn tracer_config(&self) -> TracerConfig {
+        self.tracer.config()
+    }
+
+    /// Where the tracing configuration in force comes from, for the admin API and logs.
+    pub fn tracing_source(&self) -> String {
+        match &*self
+            .telemetry_api
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(Some(answer)) => format!("telemetry api: {answer}"),
+            Some(None) | None => "flags (no Telemetry applies)".to_owned(),
+        }
+    }
+
+    /// Puts in force what the Telemetry API in `snap` says for `gateway` (the flags when it
+    /// says nothing); does nothing when the answer did not change.
+    pub async fn apply_telemetry_api(&self, snap: &Snapshot, gateway: &Gateway) {
+        let labels = waypoint_labels(snap, gateway);
+        let answer = tracing_for(
+            snap,
+            &TracedWaypoint {
+                namespace: &gateway.namespace,
+                gateway: &gateway.name,
+                labels: &labels,
+            },
+        );
+        {
+            let mut last = self
+                .telemetry_api
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.as_ref() == Some(&answer) {
+                return;
+            }
+            *last = Some(answer.clone());
+        }
+        let config = match answer.as_ref().map(|a| &a.outcome) {
+            None => self.flags.clone(),
+            Some(Outcome::Export {
+                collector,
+                sampling_percent,
+            }) => TracerConfig {
+                collector: Some(collector.to_string()),
+                sampling_percent: *sampling_percent,
+                ..self.flags.clone()
+            },
+            Some(_) => TracerConfig {
+                collector: None,
+                ..self.flags.clone()
+            },
+        };
+        match &answer {
+            None => tracing::info!(
+                collector = config.collector.as_deref().unwrap_or("none"),
+                sampling = config.sampling_percent,
+                "tracing from the flags: no telemetry applies"
+            ),
+            Some(answer) if answer.outcome.reason() == "none" => {
+                tracing::info!(%answer, "tracing from the telemetry api")
+            }
+            Some(answer) => {
+                self.rejected
+                    .get_or_create(&[("reason", answer.outcome.reason())])
+                    .inc();
+                tracing::warn!(%answer, reason = answer.outcome.reason(), "telemetry api tracing provider set aside; tracing off");
+            }
+        }
+        if let Err(error) = self.tracer.replace(config).await {
+            tracing::warn!(%error, "tracing configuration refused; the previous one stays");
+        }
     }
 
     /// The cluster the workloads are in (Istio's CLUSTER_ID).
@@ -148,4 +257,32 @@ impl Telemetry {
             });
         }
     }
+}
+
+/// Keeps the waypoint's tracer on what the Telemetry API says, from the state in force and on
+/// every change of it, until the state store goes away.
+pub async fn follow_telemetry_api(context: Arc<Context>) {
+    let mut changes = context.state.subscribe();
+    loop {
+        let snap = context.state.snapshot();
+        context
+            .telemetry
+            .apply_telemetry_api(&snap, &context.gateway)
+            .await;
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The waypoint pods' labels: those of one of its pods in the state, else the label every
+/// waypoint pod carries.
+fn waypoint_labels(snap: &Snapshot, gateway: &Gateway) -> BTreeMap<String, String> {
+    snap.workloads()
+        .find(|w| {
+            w.namespace == gateway.namespace
+                && w.labels.get(GATEWAY_NAME_LABEL) == Some(&gateway.name)
+        })
+        .map(|w| w.labels.clone())
+        .unwrap_or_else(|| BTreeMap::from([(GATEWAY_NAME_LABEL.to_owned(), gateway.name.clone())]))
 }

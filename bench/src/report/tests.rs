@@ -141,3 +141,76 @@ fn small_ratios_keep_two_significant_digits() {
     assert_eq!(ratio(None, Some(1.0)), "—");
     assert_eq!(ratio(Some(4.0), Some(1.0)), "0.25×");
 }
+
+#[test]
+fn the_l7_table_compares_the_waypoint_with_direct_and_with_envoy() {
+    let mut samples = Samples::default();
+    for (setup, rps, p50) in [
+        (SetUp::L7Direct, 20_000.0, 100.0),
+        (SetUp::Waypoint, 5_000.0, 400.0),
+        (SetUp::EnvoyL7, 4_000.0, 500.0),
+    ] {
+        samples.record(Figure::L7Rps1, setup, rps);
+        samples.record(Figure::L7P50, setup, p50);
+    }
+    samples.record(Figure::L7PlaneCpu, SetUp::Waypoint, 300.0);
+    samples.record(Figure::L7PlaneCpu, SetUp::EnvoyL7, 600.0);
+    samples.record(Figure::BulkGbps, SetUp::DirectX, 10.0);
+    samples.record(Figure::BulkGbps, SetUp::Hbone, 5.0);
+    samples.record(Figure::BulkGbps, SetUp::Sidecars, 2.5);
+    let report = Report {
+        load_average: [0.1, 0.2, 0.3],
+        cpus: 2,
+        parameters: json!({}),
+        order: vec![
+            SetUp::DirectX,
+            SetUp::Hbone,
+            SetUp::Sidecars,
+            SetUp::L7Direct,
+            SetUp::Waypoint,
+            SetUp::EnvoyL7,
+        ],
+        samples,
+        memory: None,
+        handshakes: None,
+    };
+    let table = report.table();
+    let (cross, l7) = table.split_once("### L7").unwrap();
+    assert!(
+        !cross.contains("requests/s"),
+        "L7 rows stay in their table: {table}"
+    );
+    assert!(!l7.contains("bulk"), "L4 rows stay in theirs: {table}");
+    let row = |label: &str| -> Vec<String> {
+        let line = l7.lines().find(|l| l.contains(label)).unwrap();
+        line.split('|')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    assert!(l7.contains("waypoint/envoy-l7"), "{table}");
+    assert_eq!(
+        row("requests/s at saturation, 1")[1..],
+        ["20000", "5000", "4000", "0.25×", "0.20×", "1.25×"],
+        "{table}"
+    );
+    assert_eq!(
+        row("latency p50")[4..],
+        ["4.00× (+300.0 µs)", "5.00× (+400.0 µs)", "0.80×"],
+        "{table}"
+    );
+    assert_eq!(
+        row("data-plane CPU millicores")[1..],
+        ["—", "300", "600", "—", "—", "0.50×"],
+        "{table}"
+    );
+    let json = report.json();
+    let rps = &json["figures"]["l7_rps_c1"];
+    assert_eq!(rps["waypoint_vs_envoy-l7"], json!(1.25));
+    assert_eq!(rps["ratio"]["waypoint"], json!(0.25));
+    assert!(rps.get("hbone_vs_sidecars").is_none(), "{rps}");
+    assert_eq!(
+        json["figures"]["bulk_gbit_s"]["hbone_vs_sidecars"],
+        json!(2.0)
+    );
+}

@@ -6,7 +6,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApiAccess {
     /// API group: `""` (core), `discovery.k8s.io`, `security.istio.io`,
-    /// `gateway.networking.k8s.io`.
+    /// `gateway.networking.k8s.io`, `telemetry.istio.io`.
     pub group: &'static str,
     /// Resource name, plural, as in RBAC rules.
     pub resource: &'static str,
@@ -65,4 +65,32 @@ pub const NODE_PROXY_ACCESS: &[ApiAccess] = &[
         resource: "gatewayclasses",
         verbs: READ,
     },
+    ApiAccess {
+        group: "telemetry.istio.io",
+        resource: "telemetries",
+        verbs: READ,
+    },
 ];
+
+/// One object read by name (list + watch with the field selector `metadata.name=<name>`), which
+/// RBAC grants with `resourceNames`: a grant of the whole resource would expose every ConfigMap
+/// of the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamedAccess {
+    /// The resource and verbs.
+    pub access: ApiAccess,
+    /// The one name read.
+    pub name: &'static str,
+}
+
+/// What the node proxy (and the waypoint, with the same source) reads by name: Istio's
+/// MeshConfig, the ConfigMap `istio` (only in the root namespace; RBAC cannot name a namespace
+/// in a ClusterRole, and a Role would need the root namespace to exist at install time).
+pub const NODE_PROXY_NAMED_ACCESS: &[NamedAccess] = &[NamedAccess {
+    access: ApiAccess {
+        group: "",
+        resource: "configmaps",
+        verbs: READ,
+    },
+    name: crate::objects::MESH_CONFIG_NAME,
+}];

@@ -6,7 +6,9 @@
 //! other Pods (`spec.nodeName!=<node>`, kept only as the trimmed [`Workload`] the data path
 //! needs); Services and EndpointSlices; Istio's AuthorizationPolicies, PeerAuthentications and
 //! RequestAuthentications (kept to be reported: marrow does not enforce them); the Gateway
-//! API's Gateways and GatewayClasses (which Gateways are waypoints).
+//! API's Gateways and GatewayClasses (which Gateways are waypoints); Istio's Telemetries and its
+//! MeshConfig (only the ConfigMap `istio` in the root namespace, by field selector: no other
+//! ConfigMap is read), for the L7 programs' tracing provider.
 //! kube-runtime's watcher lists (paginated, or as a streaming list where the server offers
 //! one), then watches with bookmarks; on `410 Gone` or a dropped watch it re-lists, with
 //! backoff while the server is unreachable.
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace as K8sNamespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
@@ -40,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use super::caches::{Caches, Object, pod_object, raw_object};
 use super::status::SourceStatus;
-use crate::objects::RawKind;
+use crate::objects::{MESH_CONFIG_NAME, RawKind};
 use crate::state::{SourceError, SourceWatch, StateSource, StateStore, k8s};
 
 /// Pause after a change before a new state version is built, so a burst of events (a list, a
@@ -70,10 +72,14 @@ pub enum Kind {
     Gateways,
     /// gateway.networking.k8s.io/v1 GatewayClass (cluster-scoped).
     GatewayClasses,
+    /// telemetry.istio.io/v1 Telemetry.
+    Telemetries,
+    /// v1 ConfigMap `istio` in the root namespace (Istio's MeshConfig).
+    MeshConfig,
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 12] = [
         Kind::Namespaces,
         Kind::LocalPods,
         Kind::RemotePods,
@@ -84,6 +90,8 @@ impl Kind {
         Kind::RequestAuthentications,
         Kind::Gateways,
         Kind::GatewayClasses,
+        Kind::Telemetries,
+        Kind::MeshConfig,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -98,6 +106,8 @@ impl Kind {
             Kind::RequestAuthentications => "requestauthentications",
             Kind::Gateways => "gateways",
             Kind::GatewayClasses => "gatewayclasses",
+            Kind::Telemetries => "telemetries",
+            Kind::MeshConfig => "configmap istio (meshconfig)",
         }
     }
 }
@@ -253,6 +263,15 @@ impl KubeSource {
                 shared.clone(),
                 |slice| raw_object(RawKind::EndpointSlice, "EndpointSlice", slice),
             ),
+            // Only the one ConfigMap: the field selector keeps every other ConfigMap (and
+            // whatever it holds) out of this process, and RBAC grants no more (resourceNames).
+            spawn_watch(
+                Api::<ConfigMap>::namespaced(client.clone(), &self.root_namespace),
+                watcher::Config::default().fields(&format!("metadata.name={MESH_CONFIG_NAME}")),
+                Kind::MeshConfig,
+                shared.clone(),
+                |map| raw_object(RawKind::MeshConfig, "ConfigMap", map),
+            ),
         ];
         if on_node.is_some() {
             tasks.push(spawn_watch(
@@ -301,6 +320,12 @@ impl KubeSource {
                 "gateway.networking.k8s.io",
                 "GatewayClass",
                 RawKind::GatewayClass,
+            ),
+            (
+                Kind::Telemetries,
+                "telemetry.istio.io",
+                "Telemetry",
+                RawKind::Telemetry,
             ),
         ] {
             let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, "v1", kind_name));

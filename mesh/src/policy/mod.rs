@@ -100,7 +100,9 @@ impl PolicySet {
                 RawKind::Service
                 | RawKind::EndpointSlice
                 | RawKind::Gateway
-                | RawKind::GatewayClass => Ok(()),
+                | RawKind::GatewayClass
+                | RawKind::Telemetry
+                | RawKind::MeshConfig => Ok(()),
             };
             if let Err(error) = parsed {
                 tracing::warn!(object = %object.object, %error, "policy left out");

@@ -136,7 +136,9 @@ impl ServiceIndex {
                 | RawKind::PeerAuthentication
                 | RawKind::RequestAuthentication
                 | RawKind::Gateway
-                | RawKind::GatewayClass => {}
+                | RawKind::GatewayClass
+                | RawKind::Telemetry
+                | RawKind::MeshConfig => {}
             }
         }
         let mut index = ServiceIndex::default();

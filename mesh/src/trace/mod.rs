@@ -21,20 +21,25 @@
 //! without one the tracer samples [`TracerConfig::sampling_percent`] of requests. An unsampled
 //! request still gets a span id and passes the decision on, so the services after it agree.
 //!
-//! Where the configuration comes from: a flag today ([`TracerConfig`]). Istio's Telemetry API
-//! (`telemetry.istio.io` `Telemetry` `spec.tracing[].providers` and `randomSamplingPercentage`,
-//! the provider's `service:port` from MeshConfig `extensionProviders[].opentelemetry`) will fill
-//! the same struct, and the program rebuilds its `Tracer` when it changes.
+//! Where the configuration comes from: Istio's Telemetry API ([`provider`]: `telemetry.istio.io`
+//! `Telemetry` `spec.tracing[].providers` and `randomSamplingPercentage`, the provider's
+//! `service:port` from MeshConfig `extensionProviders[].opentelemetry`) where a Telemetry or
+//! default provider applies, else the program's flags ([`TracerConfig`]). A program that
+//! follows the state keeps a [`SwappableTracer`] and replaces its configuration when the
+//! answer changes; the old exporter is flushed, requests never wait.
 
 pub mod context;
 mod export;
 pub mod otlp;
+pub mod provider;
 mod span;
 #[cfg(test)]
 mod tests;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use http::HeaderMap;
 use prometheus_client::registry::Registry;
@@ -214,6 +219,15 @@ impl Tracer {
     /// connected lazily: one that is down does not stop the program.
     pub fn new(config: &TracerConfig, registry: &mut Registry) -> Result<Self, TraceError> {
         config.validate()?;
+        if config.collector.is_none() {
+            return Ok(Self::off());
+        }
+        Self::with_metrics(config, ExportMetrics::register(registry))
+    }
+
+    /// As [`Tracer::new`], counting on `metrics` registered before.
+    fn with_metrics(config: &TracerConfig, metrics: ExportMetrics) -> Result<Self, TraceError> {
+        config.validate()?;
         let Some(collector) = &config.collector else {
             return Ok(Self::off());
         };
@@ -227,7 +241,6 @@ impl Tracer {
             .timeout(config.export_timeout);
         let client =
             otlp::collector::trace_service_client::TraceServiceClient::new(endpoint.connect_lazy());
-        let metrics = ExportMetrics::register(registry);
         let (queue, receiver) = mpsc::channel(config.queue_capacity);
         let stop = CancellationToken::new();
         let worker = Worker {
@@ -296,6 +309,66 @@ impl Tracer {
             // A panicked exporter has nothing left to flush.
             let _ = task.await;
         }
+    }
+}
+
+/// A [`Tracer`] whose configuration can change while the program runs (the Telemetry API
+/// changed): requests take the one in force ([`SwappableTracer::current`]); a replacement
+/// starts a new exporter and flushes the old one. The exporter's counters are registered once.
+#[derive(Debug)]
+pub struct SwappableTracer {
+    current: ArcSwap<Tracer>,
+    config: Mutex<TracerConfig>,
+    metrics: ExportMetrics,
+}
+
+impl SwappableTracer {
+    /// Starts with `config`; registers the exporter's counters on `registry` whether or not
+    /// tracing is on yet. Call inside a Tokio runtime.
+    pub fn new(config: &TracerConfig, registry: &mut Registry) -> Result<Self, TraceError> {
+        config.validate()?;
+        let metrics = ExportMetrics::register(registry);
+        Ok(Self {
+            current: ArcSwap::from_pointee(Tracer::with_metrics(config, metrics.clone())?),
+            config: Mutex::new(config.clone()),
+            metrics,
+        })
+    }
+
+    /// The tracer in force (a cheap clone); a request keeps the one it started with.
+    pub fn current(&self) -> Tracer {
+        Tracer::clone(&self.current.load())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> TracerConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `config` in force unless it already is (then `Ok(false)`); the old exporter sends
+    /// what it has queued before this returns. Spans of requests still running on the old
+    /// tracer are dropped and counted (`reason="shutdown"`). An invalid `config` changes
+    /// nothing.
+    pub async fn replace(&self, config: TracerConfig) -> Result<bool, TraceError> {
+        let old = {
+            let mut in_force = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+            if *in_force == config {
+                return Ok(false);
+            }
+            let tracer = Tracer::with_metrics(&config, self.metrics.clone())?;
+            *in_force = config;
+            self.current.swap(Arc::new(tracer))
+        };
+        old.shutdown().await;
+        Ok(true)
+    }
+
+    /// Stops the tracer in force after sending what is queued (see [`Tracer::shutdown`]).
+    pub async fn shutdown(&self) {
+        self.current().shutdown().await;
     }
 }
 

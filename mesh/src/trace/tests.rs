@@ -430,3 +430,38 @@ fn the_span_carries_envoys_attributes_and_is_an_error_on_5xx() {
         i32::from(otlp::trace::status::StatusCode::Unset)
     );
 }
+
+#[tokio::test]
+async fn a_swappable_tracer_changes_only_when_the_config_does() {
+    let mut registry = Registry::default();
+    let tracer = SwappableTracer::new(&TracerConfig::default(), &mut registry).unwrap();
+    assert!(!tracer.current().is_on());
+    // The same configuration: nothing rebuilt.
+    assert!(!tracer.replace(TracerConfig::default()).await.unwrap());
+    let on = TracerConfig {
+        collector: Some("127.0.0.1:4317".to_owned()),
+        sampling_percent: 10.0,
+        ..TracerConfig::default()
+    };
+    assert!(tracer.replace(on.clone()).await.unwrap());
+    assert!(tracer.current().is_on());
+    assert_eq!(tracer.config(), on);
+    // An invalid configuration is refused and the one in force stays.
+    let bad = TracerConfig {
+        sampling_percent: 101.0,
+        ..on.clone()
+    };
+    assert!(tracer.replace(bad).await.is_err());
+    assert_eq!(tracer.config(), on);
+    assert!(tracer.replace(TracerConfig::default()).await.unwrap());
+    assert!(!tracer.current().is_on());
+    // The exporter's counters were registered once, before tracing was on.
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert_eq!(
+        text.matches("# TYPE marrow_spans_exported counter").count(),
+        1,
+        "{text}"
+    );
+    tracer.shutdown().await;
+}

@@ -1,5 +1,7 @@
-//! The bodies the proxy wraps: a request body that counts its bytes ([`Counted`]) and a
-//! response body that records its request's outcome when it ends ([`Recording`]).
+//! The bodies the proxy wraps: a request body that counts its bytes and holds them to the body
+//! limit ([`Counted`]), a response body that records its request's outcome when it ends
+//! ([`Recording`]), and one that tells the tunnel's watch when hyper is done with it
+//! ([`Answered`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,15 +13,29 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use marrow_mesh::telemetry::{ResponseFlag, grpc_status};
 
 use crate::balance::ActiveRequest;
-use crate::body::BoxError;
+use crate::body::{Body, BoxError};
 use crate::context::Context;
+use crate::guard_io::ConnWatch;
 use crate::outcome::RequestOutcome;
 use crate::record::record;
 
-/// A request body counting its bytes.
+/// Why a request body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client sent more than `--max-request-body-bytes`.
+    #[error("request body over the limit of {limit} bytes (--max-request-body-bytes)")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// A request body counting its bytes; past `limit` it ends with [`BodyError::TooLarge`], so
+/// the upstream request fails (HTTP/1: its connection closes; HTTP/2: its stream is reset).
 pub(super) struct Counted {
     pub(super) inner: Incoming,
     pub(super) count: Arc<AtomicU64>,
+    pub(super) limit: u64,
 }
 
 impl HttpBody for Counted {
@@ -34,7 +50,12 @@ impl HttpBody for Counted {
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            let len = data.len() as u64;
+            let total = self.count.fetch_add(len, Ordering::Relaxed) + len;
+            if total > self.limit {
+                let limit = self.limit;
+                return Poll::Ready(Some(Err(BodyError::TooLarge { limit }.into())));
+            }
         }
         polled.map_err(Into::into)
     }
@@ -115,5 +136,38 @@ impl Drop for Recording {
             let flag = (!self.inner.is_end_stream()).then_some(ResponseFlag::DownstreamTermination);
             self.finish(flag);
         }
+    }
+}
+
+/// A response body that counts, when hyper drops it, one more answered request on the tunnel's
+/// [`ConnWatch`] (which must not write a 408 while a response is on its way).
+pub(super) struct Answered {
+    pub(super) inner: Body,
+    pub(super) watch: Arc<ConnWatch>,
+}
+
+impl HttpBody for Answered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.watch.answered();
     }
 }

@@ -1,23 +1,22 @@
 //! The HTTP proxy over one accepted tunnel: hyper serves HTTP/1.1 or HTTP/2 (told apart by the
 //! preface) to the client; each request is checked, authorized ([`crate::authz`]), sent to an
 //! endpoint chosen least-request over a pooled HBONE tunnel, and its response streamed back
-//! (trailers included); one [`RequestOutcome`] per request is recorded at its end.
+//! (trailers included); one [`RequestOutcome`] per request is recorded at its end. HTTP/1 bytes
+//! pass [`crate::guard_io`] first (both lengths, slow heads, idle connections).
 //!
-//! Upstream HTTP connections belong to the client's tunnel: they carry that client's
+//! Upstream HTTP connections ([`conns`]) belong to the client's tunnel: they carry that client's
 //! `forwarded`/`baggage` on their CONNECT, and go when it goes. HTTP/1.1 ones are reused while
 //! idle (keep-alive); an HTTP/2 one per endpoint carries every request.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -38,11 +37,12 @@ use marrow_mesh::telemetry::{RequestProtocol, grpc_status};
 use marrow_mesh::trace;
 
 mod bodies;
+mod conns;
 
-use bodies::{Counted, Recording};
+use bodies::{Answered, Counted, Recording};
+use conns::Conns;
 
-/// HTTP/1.1 upstream connections kept per endpoint and client tunnel.
-const MAX_H1_PER_ENDPOINT: usize = 16;
+use crate::guard_io::{ConnWatch, GuardIo, Timeouts};
 
 /// The request target as matched and forwarded: normalized (RFC 3986 dot segments, merged
 /// slashes, unreserved escapes decoded; see [`marrow_mesh::path`]), so `//admin` or `/%61dmin`
@@ -64,13 +64,6 @@ pub struct Downstream {
     conns: Mutex<Conns>,
 }
 
-/// Upstream HTTP connections of one tunnel, by endpoint.
-#[derive(Default)]
-struct Conns {
-    h1: HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>,
-    h2: HashMap<SocketAddr, http2::SendRequest<Body>>,
-}
-
 /// Serves HTTP on an accepted tunnel until the client closes it, or gracefully once `drain`
 /// starts.
 pub async fn serve<IO>(
@@ -89,15 +82,38 @@ pub async fn serve<IO>(
         client,
         conns: Mutex::new(Conns::default()),
     });
-    let service = hyper::service::service_fn(move |req| {
-        let downstream = downstream.clone();
-        async move { Ok::<_, Infallible>(downstream.handle(req).await) }
-    });
+    // The watch follows HTTP/1 framing for what hyper hides (a head with both lengths) or
+    // cannot answer (408 to a slow head); see `guard_io`.
+    let watch = Arc::new(ConnWatch::default());
+    let io = GuardIo::new(
+        io,
+        watch.clone(),
+        Timeouts {
+            header: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+            max_head: limits.max_header_bytes,
+        },
+    );
+    let service = {
+        let (downstream, watch) = (downstream.clone(), watch.clone());
+        hyper::service::service_fn(move |req| {
+            // Counted here, when hyper hands the request over, not when it is first polled.
+            let both_lengths = watch.dispatch();
+            let downstream = downstream.clone();
+            let watch = watch.clone();
+            async move {
+                let response = downstream.handle(req, both_lengths).await;
+                Ok::<_, Infallible>(response.map(|inner| Answered { inner, watch }))
+            }
+        })
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The watch times heads from their first byte and answers 408; hyper's own timer
+        // starts before any byte and closes without an answer.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
@@ -121,6 +137,13 @@ pub async fn serve<IO>(
     };
     if let Err(error) = ended {
         tracing::debug!(%error, "http connection ended with an error");
+    }
+    if watch.timed_out() {
+        // The 408 is a request too, for the metrics and the access log (no method or path).
+        let mut outcome = downstream.outcome();
+        outcome.protocol = "HTTP/1.1";
+        outcome.status = StatusCode::REQUEST_TIMEOUT.as_u16();
+        record(&downstream.ctx, outcome);
     }
 }
 
@@ -173,17 +196,25 @@ impl Downstream {
         ))
     }
 
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
-        let mut outcome = Pending::new(
-            self.ctx.clone(),
-            RequestOutcome::start(
-                Some(self.client.identity.clone()),
-                Some(self.client.addr),
-                self.dest.authority(),
-                self.dest.service().cloned(),
-                self.ctx.trust_domain.clone(),
-            ),
-        );
+    /// A new outcome of a request on this tunnel.
+    fn outcome(&self) -> RequestOutcome {
+        RequestOutcome::start(
+            Some(self.client.identity.clone()),
+            Some(self.client.addr),
+            self.dest.authority(),
+            self.dest.service().cloned(),
+            self.ctx.trust_domain.clone(),
+        )
+    }
+
+    /// One request; `both_lengths` when its HTTP/1 head had both `content-length` and
+    /// `transfer-encoding` (which hyper does not show).
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        both_lengths: bool,
+    ) -> Response<Body> {
+        let mut outcome = Pending::new(self.ctx.clone(), self.outcome());
         let version = req.version();
         outcome.method = req.method().to_string();
         outcome.protocol = if version == Version::HTTP_2 {
@@ -211,9 +242,16 @@ impl Downstream {
         // The span starts before policy, as Envoy's connection manager traces before its RBAC
         // filter: a denied request is traced too.
         outcome.span = self.start_span(&req, &outcome, &host);
-        if version != Version::HTTP_2
-            && let Err(reason) = headers::check_framing(req.headers())
-        {
+        let framing = if both_lengths {
+            // Envoy refuses this unless `allow_chunked_length` is set
+            // (source/common/http/http1/codec_impl.cc); hyper would let chunked win.
+            Err("content-length together with transfer-encoding")
+        } else if version != Version::HTTP_2 {
+            headers::check_framing(req.headers())
+        } else {
+            Ok(())
+        };
+        if let Err(reason) = framing {
             tracing::info!(client = %self.client.addr, reason, "malformed request; answering 400");
             return local(
                 &self.ctx,
@@ -270,6 +308,22 @@ impl Downstream {
             record(&self.ctx, outcome.finish());
             return response;
         }
+        let limit = self.ctx.limits.max_request_body_bytes;
+        // The declared length (`content-length`, either version), known before any byte.
+        let declared = hyper::body::Body::size_hint(req.body()).lower();
+        if let Some(limit) = limit
+            && declared > limit
+        {
+            tracing::info!(client = %self.client.addr, limit, declared, "request body over the limit; answering 413");
+            return local(
+                &self.ctx,
+                outcome.finish(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+                None,
+                version != Version::HTTP_2,
+            );
+        }
         let endpoint = match &self.dest {
             Destination::Service(service) => {
                 match self.ctx.upstreams.balancer.pick(&service.endpoints) {
@@ -311,8 +365,24 @@ impl Downstream {
         let sent = match self.send(endpoint, use_h2, upgrade, upstream_req).await {
             Ok(response) => response,
             Err((error, flag)) => {
-                tracing::info!(%error, %endpoint, "upstream request failed");
                 outcome.bytes_in = bytes_in.load(Ordering::Relaxed);
+                if let Some(limit) = limit
+                    && outcome.bytes_in > limit
+                {
+                    // The body ran past the limit before the upstream answered: Envoy's
+                    // answer to a request over its buffer limit
+                    // (source/common/http/filter_manager.cc, `PayloadTooLarge`).
+                    tracing::info!(client = %self.client.addr, limit, "request body over the limit; answering 413");
+                    return local(
+                        &self.ctx,
+                        outcome.finish(),
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "Payload Too Large",
+                        None,
+                        version != Version::HTTP_2,
+                    );
+                }
+                tracing::info!(%error, %endpoint, "upstream request failed");
                 let message = if flag == ResponseFlag::UpstreamFailure {
                     "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
                 } else {
@@ -399,122 +469,9 @@ impl Downstream {
         let body = Counted {
             inner: body,
             count: bytes_in,
+            limit: self.ctx.limits.max_request_body_bytes.unwrap_or(u64::MAX),
         };
         Request::from_parts(parts, body.boxed())
-    }
-
-    /// Sends `req` to `endpoint` on a pooled or new upstream connection.
-    async fn send(
-        &self,
-        endpoint: SocketAddr,
-        use_h2: bool,
-        upgrade: bool,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, (String, ResponseFlag)> {
-        let failed = |e: UpstreamError| (e.to_string(), e.flag());
-        let terminated = |e: hyper::Error| (e.to_string(), ResponseFlag::UpstreamTermination);
-        if use_h2 {
-            let mut sender = match self.idle_h2(endpoint) {
-                Some(sender) => sender,
-                None => {
-                    let sender = self.open_h2(endpoint).await.map_err(failed)?;
-                    self.lock().h2.insert(endpoint, sender.clone());
-                    sender
-                }
-            };
-            return sender.send_request(req).await.map_err(terminated);
-        }
-        let mut sender = match self.idle_h1(endpoint) {
-            Some(sender) => sender,
-            None => self.open_h1(endpoint).await.map_err(failed)?,
-        };
-        let response = sender.send_request(req);
-        // Back to the pool at once: it reports ready again only once this response is read.
-        // A switched connection belongs to the upgrade and never comes back.
-        if !upgrade {
-            let mut conns = self.lock();
-            let list = conns.h1.entry(endpoint).or_default();
-            // A burst of HTTP/2 client streams over HTTP/1 upstream opens one connection per
-            // stream; only so many are kept for reuse afterwards.
-            if list.len() < MAX_H1_PER_ENDPOINT {
-                list.push(sender);
-            }
-        }
-        response.await.map_err(terminated)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
-        // Each critical section leaves the map consistent.
-        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn idle_h1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Body>> {
-        let mut conns = self.lock();
-        let list = conns.h1.get_mut(&endpoint)?;
-        list.retain(|s| !s.is_closed());
-        let ready = list.iter().position(http1::SendRequest::is_ready)?;
-        Some(list.swap_remove(ready))
-    }
-
-    fn idle_h2(&self, endpoint: SocketAddr) -> Option<http2::SendRequest<Body>> {
-        let mut conns = self.lock();
-        match conns.h2.get(&endpoint) {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
-            Some(_) => {
-                conns.h2.remove(&endpoint);
-                None
-            }
-            None => None,
-        }
-    }
-
-    async fn open_h1(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let stream = self.tunnel(endpoint).await?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Http { endpoint, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(%error, %endpoint, "upstream http/1 connection ended");
-            }
-        });
-        sender
-            .ready()
-            .await
-            .map_err(|source| UpstreamError::Http { endpoint, source })?;
-        Ok(sender)
-    }
-
-    async fn open_h2(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        let stream = self.tunnel(endpoint).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Http { endpoint, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, %endpoint, "upstream http/2 connection ended");
-            }
-        });
-        Ok(sender)
-    }
-
-    async fn tunnel(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<marrow_mesh::hbone::pool::PooledStream, UpstreamError> {
-        let snap = self.ctx.state.snapshot();
-        self.ctx
-            .upstreams
-            .tunnel(&snap, endpoint, &self.client, self.dest.service_host())
-            .await
     }
 }
 

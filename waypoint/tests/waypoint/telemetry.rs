@@ -215,3 +215,203 @@ async fn each_request_is_a_span_child_of_the_callers_and_parent_of_the_upstreams
     assert!(attribute("http.status_code").is_some_and(|v| v.contains("200")));
     assert!(attribute("guid:x-request-id").is_some_and(|v| v.contains(&request_id)));
 }
+
+/// Istio's MeshConfig naming the receiver as the `otel` provider, its Service (the VIP is the
+/// receiver's loopback address: the exporter dials what the state resolves, with no map), and a
+/// mesh-wide Telemetry sampling `percent` with `provider`.
+fn telemetry_api(receiver: SocketAddr, provider: &str, percent: u32) -> String {
+    format!(
+        r#"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel
+      opentelemetry: {{service: otel-collector.observability.svc.cluster.local, port: {port}}}
+    - name: zipkin
+      zipkin: {{service: otel-collector.observability.svc.cluster.local, port: {port}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: otel-collector, namespace: observability}}
+spec: {{clusterIP: {ip}, ports: [{{name: grpc-otlp, port: {port}}}]}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  tracing:
+  - providers: [{{name: {provider}}}]
+    randomSamplingPercentage: {percent}
+"#,
+        ip = receiver.ip(),
+        port = receiver.port(),
+    )
+}
+
+/// Polls until `check` holds (the state file is re-read every 50 ms here).
+async fn until(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn span_count(received: &Received) -> usize {
+    received
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.resource_spans.iter())
+        .flat_map(|r| r.scope_spans.iter())
+        .map(|s| s.spans.len())
+        .sum()
+}
+
+/// No tracing flag: the Telemetry API in the state names the collector. At 100% a request's
+/// span arrives (flushed when the configuration changes); at 0%, and with the Telemetry
+/// removed (back to the flags: none), no more spans; a zipkin provider is set aside and counted.
+#[tokio::test]
+async fn the_telemetry_api_names_the_collector_and_its_changes_take_effect() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    let received = Received::default();
+    let stop = CancellationToken::new();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(received.clone()))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+    let state = Arc::new(Mutex::new(None));
+    let keep = state.clone();
+    let mesh = TestMesh::start_with(42, &[1], move |config| {
+        assert_eq!(config.tracing_collector, None);
+        config.state_poll = Duration::from_millis(50);
+        let path = config.state_file.clone().unwrap();
+        let original = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            format!("{original}{}", telemetry_api(receiver, "otel", 100)),
+        )
+        .unwrap();
+        *keep.lock().unwrap() = Some((path, original));
+    })
+    .await;
+    let (path, original) = state.lock().unwrap().clone().unwrap();
+    let telemetry = &mesh.waypoint.context.telemetry;
+    until("the telemetry api's collector", || {
+        telemetry.tracer_config().collector == Some(receiver.to_string())
+    })
+    .await;
+    assert_eq!(telemetry.tracer_config().sampling_percent, 100.0);
+    let source = telemetry.tracing_source();
+    assert!(
+        source.contains("Telemetry istio-system/mesh-default") && source.contains("provider otel"),
+        "{source}"
+    );
+
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(42), 80)).await;
+    let response = http
+        .send_request(request(Method::GET, "/one"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+
+    // 0%: the change flushes the old exporter (the first span arrives), then nothing more.
+    std::fs::write(
+        &path,
+        format!("{original}{}", telemetry_api(receiver, "otel", 0)),
+    )
+    .unwrap();
+    until("sampling 0", || {
+        telemetry.tracer_config().sampling_percent == 0.0
+    })
+    .await;
+    until("the first span", || span_count(&received) == 1).await;
+    let response = http
+        .send_request(request(Method::GET, "/two"))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+
+    // Removed: the flags again (no collector): tracing off; the 0% exporter had nothing.
+    std::fs::write(&path, &original).unwrap();
+    until("back to the flags", || {
+        telemetry.tracer_config().collector.is_none()
+    })
+    .await;
+    let response = http
+        .send_request(request(Method::GET, "/three"))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+    assert!(telemetry.tracing_source().starts_with("flags"));
+
+    // A zipkin provider: set aside, tracing stays off, counted.
+    std::fs::write(
+        &path,
+        format!("{original}{}", telemetry_api(receiver, "zipkin", 100)),
+    )
+    .unwrap();
+    until("the zipkin provider reported", || {
+        telemetry.tracing_source().contains("zipkin")
+    })
+    .await;
+    assert!(telemetry.tracer_config().collector.is_none());
+    let metrics = body_of(mesh.waypoint.metrics_addr, "/metrics").await;
+    assert!(
+        metrics
+            .contains("marrow_tracing_provider_rejected_total{reason=\"unsupported_provider\"} 1"),
+        "{metrics}"
+    );
+    let response = http
+        .send_request(request(Method::GET, "/four"))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+
+    mesh.waypoint.stop(Duration::from_secs(1)).await;
+    stop.cancel();
+    assert_eq!(span_count(&received), 1, "only the request at 100%");
+}
+
+/// Where a Telemetry applies it wins over the flags, as in Istio, whose only knob it is; a
+/// Telemetry for another waypoint leaves the flags in force.
+#[tokio::test]
+async fn a_telemetry_that_applies_wins_over_the_flags() {
+    let receiver: SocketAddr = "127.0.0.1:4317".parse().unwrap();
+    let flag = "127.0.0.1:9".to_owned();
+    let flagged = flag.clone();
+    let mesh = TestMesh::start_with(43, &[1], move |config| {
+        config.tracing_collector = Some(flagged);
+        config.state_poll = Duration::from_millis(50);
+        let path = config.state_file.clone().unwrap();
+        let original = std::fs::read_to_string(&path).unwrap();
+        // The namespace `shop`'s Telemetry targets another Gateway: only the root's applies.
+        let other = "\n---\napiVersion: telemetry.istio.io/v1alpha1\nkind: Telemetry\nmetadata: {name: other, namespace: shop}\nspec:\n  targetRefs: [{kind: Gateway, name: other}]\n  tracing: [{randomSamplingPercentage: 77}]\n";
+        std::fs::write(
+            &path,
+            format!("{original}{}{other}", telemetry_api(receiver, "otel", 30)),
+        )
+        .unwrap();
+    })
+    .await;
+    let telemetry = &mesh.waypoint.context.telemetry;
+    until("the telemetry api's collector", || {
+        telemetry.tracer_config().collector == Some(receiver.to_string())
+    })
+    .await;
+    assert_eq!(telemetry.tracer_config().sampling_percent, 30.0);
+    mesh.waypoint.stop(Duration::from_secs(1)).await;
+}

@@ -1,7 +1,8 @@
 //! Multi-document Kubernetes YAML to a [`StateUpdate`], stopping at the first bad document.
 //!
 //! Kinds: `v1` Namespace and Pod become state; Service, EndpointSlice, the Istio security
-//! kinds and the Gateway API's Gateway and GatewayClass are kept as raw objects; `List` (what `kubectl get -o yaml` prints) and typed
+//! kinds, the Gateway API's Gateway and GatewayClass, Istio's Telemetry and its MeshConfig (the
+//! ConfigMap `istio` in the root namespace; any other ConfigMap is ignored) are kept as raw objects; `List` (what `kubectl get -o yaml` prints) and typed
 //! lists (`PodList`, …) are expanded; any other kind is ignored with one warning per kind.
 //! Fields the mesh does not read (managedFields, ownerReferences beyond the controller,
 //! conditions, …) are accepted as they are.
@@ -34,6 +35,7 @@ pub fn parse_with_root(
         path,
         update: StateUpdate::new(),
         ignored: BTreeMap::new(),
+        root_namespace,
     };
     // The document iterator repeats a syntax error forever (and may panic if pushed past
     // it), so the first error ends the loop.
@@ -79,6 +81,8 @@ struct Parser<'a> {
     update: StateUpdate,
     /// (apiVersion, kind) → how many were ignored, reported once per parse.
     ignored: BTreeMap<(String, String), usize>,
+    /// Where the MeshConfig ConfigMap lives.
+    root_namespace: &'a str,
 }
 
 impl Parser<'_> {
@@ -135,7 +139,15 @@ impl Parser<'_> {
                     }
                 }
             }
-            (api_version, kind_name) => match RawKind::of(api_version, kind_name) {
+            (api_version, kind_name) => match RawKind::of(api_version, kind_name).or_else(|| {
+                let mesh_config = (api_version, kind_name) == ("v1", "ConfigMap")
+                    && RawKind::is_mesh_config(
+                        object.namespace.as_deref().unwrap_or_default(),
+                        &object.name,
+                        self.root_namespace,
+                    );
+                mesh_config.then_some(RawKind::MeshConfig)
+            }) {
                 Some(kind) => {
                     let body = serde_json::to_value(&value).map_err(|e| {
                         refused(ObjectError::Malformed {

@@ -195,6 +195,15 @@ pub fn load(flags: &Flags) -> Result<ExitCode, String> {
             Json::Num(all.samples.last().copied().unwrap_or(0)),
         ),
     ];
+    if requests == 0 {
+        // As the other load generators fail: `error` and `detail` say why.
+        fields.push(("error", Json::Str("no_answer".to_owned())));
+        let detail = all
+            .first_error
+            .clone()
+            .unwrap_or_else(|| "no request was answered in the window".to_owned());
+        fields.push(("detail", Json::Str(detail)));
+    }
     if let Some(error) = all.first_error {
         fields.push(("first_error", Json::Str(error)));
     }
