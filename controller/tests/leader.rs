@@ -37,14 +37,20 @@ fn waypoint(namespace: &str, name: &str) -> Value {
             "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
 }
 
-fn holder(server: &ApiServer) -> Option<String> {
-    let lease = server.get(
+/// The election's Lease as stored.
+fn lease(server: &ApiServer) -> Option<Value> {
+    server.get(
         "coordination.k8s.io/v1",
         "Lease",
         NAMESPACE,
         "istio-gateway-deployment-default",
-    )?;
-    lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+    )
+}
+
+fn holder(server: &ApiServer) -> Option<String> {
+    lease(server)?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// The replicas whose field manager sent an apply so far.
