@@ -35,7 +35,12 @@ pub async fn run(config: ServeConfig) -> Result<(), CaError> {
     // The waypoint controller shares the CA's client, metrics and lifetime (--waypoint-controller).
     let controller_telemetry = Arc::new(ControllerTelemetry::default());
     controller_telemetry.register(&mut registry);
-    let controller = config.controller_settings().map(|settings| {
+    let controller = config.controller_settings().map(|mut settings| {
+        if let Some(election) = settings.election.as_mut().filter(|e| e.identity.is_empty()) {
+            // Kubernetes sets HOSTNAME to the pod's name; two replicas must never share one.
+            election.identity = std::env::var("HOSTNAME")
+                .unwrap_or_else(|_| format!("marrow-ca-{}", std::process::id()));
+        }
         tracing::info!(image = %settings.image, "waypoint controller starting");
         tokio::spawn(run_controller(
             client.clone(),

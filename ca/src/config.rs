@@ -81,6 +81,13 @@ settings! {
         /// ConfigMap in each waypoint's namespace with the mesh roots as root-cert.pem.
         waypoint_roots_config_map: String = "istio-ca-root-cert".to_owned(),
             ("waypoint-roots-config-map", "MARROW_CA_WAYPOINT_ROOTS_CONFIG_MAP", parse::TEXT),
+        /// This replica's name in the waypoint controller's leader election (the pod's name,
+        /// from the downward API); the host name when unset.
+        pod_name: Option<String> = None,
+            ("pod-name", "MARROW_CA_POD_NAME", parse::SOME_TEXT),
+        /// Namespace of the controller's Lease (the pod's own).
+        pod_namespace: String = "marrow-system".to_owned(),
+            ("pod-namespace", "MARROW_CA_POD_NAMESPACE", parse::TEXT),
     }
 }
 
@@ -94,7 +101,9 @@ impl ServeConfig {
     }
 
     /// The waypoint controller's settings, or `None` when it is off: the CA's trust domain and
-    /// token audience, so the waypoints it deploys get their certificates from this CA.
+    /// token audience, so the waypoints it deploys get their certificates from this CA; every
+    /// replica runs it, the one holding the Lease writes (an empty identity: the caller's to
+    /// fill from the host name).
     pub fn controller_settings(&self) -> Option<marrow_controller::ControllerSettings> {
         self.waypoint_controller
             .then(|| marrow_controller::ControllerSettings {
@@ -103,6 +112,10 @@ impl ServeConfig {
                 ca_address: self.waypoint_ca_address.clone(),
                 roots_config_map: self.waypoint_roots_config_map.clone(),
                 ca_audience: self.audience.clone(),
+                election: Some(marrow_controller::ElectionSettings::new(
+                    &self.pod_namespace,
+                    self.pod_name.as_deref().unwrap_or_default(),
+                )),
                 ..marrow_controller::ControllerSettings::default()
             })
     }

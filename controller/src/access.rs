@@ -8,8 +8,9 @@ use marrow_mesh::apiserver::access::ApiAccess;
 const WATCH_AND_APPLY: &[&str] = &["list", "watch", "create", "patch"];
 
 /// What the controller calls: Gateways watched, their status applied; the three kinds it
-/// renders watched (for `canManage`, readiness and the ClusterIP) and applied. No `get`: the
-/// watch caches answer; no `delete`: the garbage collector removes what a Gateway owned.
+/// renders watched (for `canManage`, readiness and the ClusterIP) and applied; its election's
+/// Lease read, created and updated ([`crate::leader`]). No `get` but the Lease's: the watch
+/// caches answer; no `delete`: the garbage collector removes what a Gateway owned.
 pub const CONTROLLER_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "gateway.networking.k8s.io",
@@ -35,5 +36,10 @@ pub const CONTROLLER_ACCESS: &[ApiAccess] = &[
         group: "apps",
         resource: "deployments",
         verbs: WATCH_AND_APPLY,
+    },
+    ApiAccess {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "update"],
     },
 ];

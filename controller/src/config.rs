@@ -29,6 +29,8 @@ pub struct ControllerSettings {
     pub cluster_domain: String,
     /// Field manager of the applies.
     pub field_manager: String,
+    /// Leader election among replicas; `None`: this one writes alone (a single replica).
+    pub election: Option<crate::leader::ElectionSettings>,
 }
 
 impl Default for ControllerSettings {
@@ -42,6 +44,7 @@ impl Default for ControllerSettings {
             ca_audience: "istio-ca".to_owned(),
             cluster_domain: "cluster.local".to_owned(),
             field_manager: FIELD_MANAGER.to_owned(),
+            election: None,
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum ControllerError {
         /// What the client or the API server said.
         source: kube::Error,
     },
+    /// The leader election stopped, so whether this replica may write is unknown.
+    #[error("the controller's leader election stopped")]
+    ElectionStopped,
     /// The watches never listed everything once, so nothing can be decided.
     #[error("the controller's watches stopped before they were synced")]
     NotSynced,

@@ -7,12 +7,13 @@
 //!
 //! Parts: which Gateways are waypoints and what they ask ([`gateway`]), the objects rendered
 //! from one ([`render`]), its status ([`status`]), the loop that watches and applies
-//! ([`reconcile`]), the API calls it makes ([`access`]).
+//! ([`reconcile`]), which replica writes ([`leader`]), the API calls it makes ([`access`]).
 
 pub mod access;
 mod config;
 mod error;
 pub mod gateway;
+pub mod leader;
 pub mod reconcile;
 pub mod render;
 pub mod status;
@@ -23,5 +24,6 @@ mod tests;
 pub use config::{ControllerSettings, DEFAULT_IMAGE, FIELD_MANAGER};
 pub use error::ControllerError;
 pub use gateway::{GatewayError, Waypoint};
+pub use leader::ElectionSettings;
 pub use reconcile::run;
 pub use telemetry::{ControllerTelemetry, KindLabels, ReasonLabels};

@@ -100,9 +100,25 @@ struct Context {
     telemetry: Arc<ControllerTelemetry>,
     caches: Mutex<Caches>,
     synced: Notify,
+    /// Whether this replica holds the Lease (always, without an election): nothing is
+    /// written while it does not.
+    leading: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
+    fn leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Every Gateway the watch has seen, for a pass over all when this replica starts leading.
+    fn gateway_keys(&self) -> Vec<String> {
+        self.caches()
+            .objects
+            .get(&Kind::Gateway)
+            .map(|gateways| gateways.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
         self.caches.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -235,46 +251,69 @@ async fn watch(context: Arc<Context>, kind: Kind, queue: mpsc::UnboundedSender<S
 
 /// The current time as Kubernetes writes it (RFC 3339, seconds, UTC).
 fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    marrow_mesh::objects::timestamp(unix)
 }
 
 /// Watches Gateways and their objects and reconciles them until the returned future is
 /// dropped (the watches stop with it).
 ///
+/// With `settings.election`, only while this replica holds the Lease ([`crate::leader`]).
+///
 /// # Errors
-/// Only when the watches end before every kind was listed once.
+/// When the watches end before every kind was listed once, or the election stops.
 pub async fn run(
     client: Client,
     settings: ControllerSettings,
     telemetry: Arc<ControllerTelemetry>,
 ) -> Result<(), ControllerError> {
+    let (lead, leading) = tokio::sync::watch::channel(settings.election.is_none());
+    let mut tasks = JoinSet::new();
+    // Without an election the sender stays here, so `leading` stays true and open.
+    let _single = match settings.election.clone() {
+        Some(election) => {
+            tasks.spawn(crate::leader::run(client.clone(), election, lead));
+            None
+        }
+        None => Some(lead),
+    };
     let context = Arc::new(Context {
         client,
         settings,
         telemetry,
         caches: Mutex::new(Caches::default()),
         synced: Notify::new(),
+        leading,
     });
     let (queue, mut keys) = mpsc::unbounded_channel::<String>();
-    let mut tasks = JoinSet::new();
     for kind in Kind::ALL {
         tasks.spawn(watch(context.clone(), kind, queue.clone()));
     }
     context.synced.notified().await;
     info!("waypoint controller synced");
+    let mut leadership = context.leading.clone();
     loop {
-        let Some(first) = keys.recv().await else {
-            return Err(ControllerError::NotSynced);
+        let first = tokio::select! {
+            key = keys.recv() => key.ok_or(ControllerError::NotSynced)?,
+            changed = leadership.changed() => {
+                changed.map_err(|_| ControllerError::ElectionStopped)?;
+                if *leadership.borrow_and_update() {
+                    // Events seen while another replica led were not acted on: a pass over all.
+                    info!("leading: reconciling every gateway");
+                    for key in context.gateway_keys() {
+                        let _ = queue.send(key);
+                    }
+                } else {
+                    warn!("not leading: the controller writes nothing until it leads again");
+                }
+                continue;
+            }
         };
+        if !context.leading() {
+            continue;
+        }
         tokio::time::sleep(DEBOUNCE).await;
         let mut pending = BTreeSet::from([first]);
         while let Ok(key) = keys.try_recv() {
@@ -371,6 +410,10 @@ async fn apply(
             return Ok(None);
         }
     }
+    // Checked at each write: a replica that lost the Lease stops between two applies.
+    if !context.leading() {
+        return Ok(None);
+    }
     let api = Api::<DynamicObject>::namespaced_with(
         context.client.clone(),
         &w.namespace,
@@ -405,7 +448,7 @@ async fn write_status(
     observed: &Observed,
 ) -> Result<(), ControllerError> {
     let desired = status::desired(w, observed, &context.settings.cluster_domain, &now());
-    if status::unchanged(&w.status, &desired) {
+    if status::unchanged(&w.status, &desired) || !context.leading() {
         return Ok(());
     }
     let api = Api::<DynamicObject>::namespaced_with(

@@ -2,16 +2,44 @@
 //! connection the caller starts (from a pod's netns, or plainly), then HTTP/2 — each step
 //! bounded in time and its failure named by a [`TransportFailure`]. The node proxy's and the
 //! waypoint's pool connectors both dial through here; only how the TCP socket is made differs.
+//! A program implements [`DialAsWorkload`] and gets the pool's [`Connector`] with it.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::hbone::pool::PoolKey;
+use crate::hbone::pool::{Connector, PoolKey};
 use crate::hbone::{HboneClient, HboneError, TransportFailure};
 use crate::identity::WorkloadCertificate;
 use crate::tls::{self, KeyExchange};
+
+/// Dials HBONE connections as a workload certificate (the key's source): what a program writes
+/// to give its [`Pool`](crate::hbone::pool::Pool) a [`Connector`] — how it makes the TCP socket,
+/// and what it counts — the owned key and certificate the pool's connector would clone anyway.
+pub trait DialAsWorkload: Send + Sync + 'static {
+    /// Dials `key`'s destination as `cert` (usually through [`dial`]).
+    fn dial(
+        &self,
+        key: PoolKey,
+        cert: Arc<WorkloadCertificate>,
+    ) -> impl Future<Output = Result<HboneClient, HboneError>> + Send + '_;
+}
+
+impl<D: DialAsWorkload> Connector for D {
+    /// The source's certificate, which the tunnel's caller already holds.
+    type Credential = Arc<WorkloadCertificate>;
+
+    fn connect(
+        &self,
+        key: &PoolKey,
+        cert: &Arc<WorkloadCertificate>,
+    ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
+        Box::pin(self.dial(key.clone(), cert.clone()))
+    }
+}
 
 /// How long each step may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

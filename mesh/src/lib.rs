@@ -10,7 +10,8 @@
 //! [`telemetry`] (Istio's metric labels and response flags, request metrics, access log)
 //! reads identity and state; [`trace`] (trace context, spans, OTLP export) reads telemetry;
 //! [`http`] (metrics and readiness servers), [`drain`] (shutdown signals) and [`path`] (request
-//! path normalization, which [`policy`] matches against) stand alone.
+//! path normalization, which [`policy`] matches against) stand alone; [`program`] (the start-up
+//! the programs share: logging, listeners, certificates, the state source) sits on top.
 
 pub mod apiserver;
 pub mod dial;
@@ -22,6 +23,7 @@ pub mod identity;
 pub mod objects;
 pub mod path;
 pub mod policy;
+pub mod program;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

@@ -182,3 +182,33 @@ pub struct RawObject {
     /// The whole object, as JSON.
     pub body: serde_json::Value,
 }
+
+/// A time as Kubernetes writes it in `status` (RFC 3339, whole seconds, UTC:
+/// `2026-12-07T18:59:02Z`), of Unix seconds; past the calendar's range, the epoch.
+pub fn timestamp(unix_secs: u64) -> String {
+    let t = i64::try_from(unix_secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::timestamp;
+
+    #[test]
+    fn a_timestamp_is_rfc3339_in_whole_seconds_and_out_of_range_is_the_epoch() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(1_796_669_942), "2026-12-07T18:59:02Z");
+        assert_eq!(timestamp(u64::MAX), "1970-01-01T00:00:00Z");
+    }
+}

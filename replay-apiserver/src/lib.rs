@@ -5,8 +5,9 @@
 //! (compaction) and go unreachable. It also answers what a CA asks: TokenReviews (from a token
 //! table the test fills, audiences checked as the API server checks them), a single object by
 //! name (404 `NotFound` Status when absent) and namespaced lists; and what a controller does:
-//! server-side apply of an object or its `/status`, and the garbage collector's cascade on a
-//! delete (`apply`). There is no API server on these machines; this replays what one says.
+//! server-side apply of an object or its `/status`, the garbage collector's cascade on a
+//! delete (`apply`), and a leader election's Lease create and replace with resourceVersion
+//! conflicts (`lease`). There is no API server on these machines; this replays what one says.
 
 #![expect(
     clippy::expect_used,
@@ -30,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 mod apply;
+mod lease;
 /// Objects as the API server returns them.
 pub mod objects;
 mod respond;
@@ -73,6 +75,8 @@ struct World {
     tokens: BTreeMap<String, (Vec<String>, Value)>,
     /// The `spec` of every TokenReview received.
     token_reviews: Vec<Value>,
+    /// How many Lease replacements still to answer 409, as if another writer came first.
+    lease_conflicts: usize,
 }
 
 /// The replay server; dropped, it stops.
@@ -101,6 +105,7 @@ impl Drop for ApiServer {
 /// The plural of a kind this server knows.
 fn plural_of(kind: &str) -> Option<&'static str> {
     Some(match kind {
+        "Lease" => "leases",
         "Namespace" => "namespaces",
         "Pod" => "pods",
         "Service" => "services",
@@ -168,13 +173,30 @@ impl ApiServer {
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let state = state.clone();
                             async move {
-                                if req.method() == hyper::Method::POST {
+                                if req.method() == hyper::Method::POST
+                                    || req.method() == hyper::Method::PUT
+                                {
                                     let (parts, body) = req.into_parts();
                                     let body = body
                                         .collect()
                                         .await
                                         .map(|b| b.to_bytes())
                                         .unwrap_or_default();
+                                    if let Some(response) = lease::answer_write(
+                                        &state.0,
+                                        &state.1,
+                                        &parts.method,
+                                        parts.uri.path(),
+                                        &body,
+                                    ) {
+                                        return Ok::<_, Infallible>(response);
+                                    }
+                                    if parts.method == hyper::Method::PUT {
+                                        return Ok::<_, Infallible>(respond::status(
+                                            hyper::StatusCode::METHOD_NOT_ALLOWED,
+                                            "the replay server replaces Leases only",
+                                        ));
+                                    }
                                     // Recorded at once, answered after the delay.
                                     let response = answer_post(&state.0, &parts.uri, &body);
                                     let delay = state.0.lock().unwrap().post_delay;
@@ -367,6 +389,12 @@ current-context: replay
             .unwrap()
             .tokens
             .insert(token.to_owned(), (audiences, user));
+    }
+
+    /// Answers the next `count` Lease replacements (PUT) with 409 Conflict, as when another
+    /// candidate wrote the Lease between a read and the write.
+    pub fn conflict_lease_updates(&self, count: usize) {
+        self.world.lock().unwrap().lease_conflicts = count;
     }
 
     /// The `spec` of every TokenReview received so far.

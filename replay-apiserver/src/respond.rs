@@ -18,7 +18,7 @@ use super::{Body, Change, World};
 /// The audience the API server checks a TokenReview against when its spec names none.
 const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
-/// A POST: creating a TokenReview, the only create this server answers.
+/// A POST: creating a TokenReview (Leases are created in `lease`).
 pub(super) fn answer_post(
     world: &Arc<Mutex<World>>,
     uri: &hyper::Uri,

@@ -1,5 +1,5 @@
-//! The replay server's server-side apply, `/status` subresource and garbage collection, through
-//! the kube client a controller uses.
+//! The replay server's server-side apply, `/status` subresource, garbage collection and leader
+//! election Leases, through the kube client a controller uses.
 
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -202,4 +202,53 @@ async fn deleting_an_owner_deletes_what_it_owns_and_nothing_else() {
             .get("v1", "ServiceAccount", "shop", "someone-elses")
             .is_some()
     );
+}
+
+#[tokio::test]
+async fn a_lease_is_created_once_and_replaced_only_from_its_current_version() {
+    let server = ApiServer::start().await;
+    let gvk = GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease");
+    let leases: Api<DynamicObject> = Api::namespaced_with(
+        server.client(),
+        "marrow-system",
+        &ApiResource::from_gvk(&gvk),
+    );
+    let lease: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "election", "namespace": "marrow-system"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}}))
+    .unwrap();
+    let params = kube::api::PostParams::default();
+    let created = leases.create(&params, &lease).await.unwrap();
+    let code = |e: kube::Error| match e {
+        kube::Error::Api(status) => status.code,
+        other => panic!("not an API error: {other}"),
+    };
+    assert_eq!(code(leases.create(&params, &lease).await.unwrap_err()), 409);
+
+    let mut renewed = created.clone();
+    renewed.data["spec"]["holderIdentity"] = json!("b");
+    let stored = leases.replace("election", &params, &renewed).await.unwrap();
+    assert_eq!(stored.data["spec"]["holderIdentity"], "b");
+    // The version read before that write is stale now: refused, the stored lease unchanged.
+    let mut stale = created;
+    stale.data["spec"]["holderIdentity"] = json!("c");
+    assert_eq!(
+        code(
+            leases
+                .replace("election", &params, &stale)
+                .await
+                .unwrap_err()
+        ),
+        409
+    );
+    let now = leases.get("election").await.unwrap();
+    assert_eq!(now.data["spec"]["holderIdentity"], "b");
+    // A forced conflict (another writer first) is answered once, then the write goes through.
+    server.conflict_lease_updates(1);
+    assert_eq!(
+        code(leases.replace("election", &params, &now).await.unwrap_err()),
+        409
+    );
+    leases.replace("election", &params, &now).await.unwrap();
 }

@@ -14,12 +14,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use marrow_mesh::drain::Drain;
 use marrow_mesh::http::{self, Readiness};
-use marrow_mesh::identity::{
-    self, CaFiles, CertificateManager, CertificateProvider, LocalCa, LocalCaOptions, ManagerConfig,
-    TrustBundle, TrustDomain,
-};
-use marrow_mesh::state::file::LocalFileSource;
-use marrow_mesh::state::{SourceWatch, StateSource, StateStore};
+use marrow_mesh::program::{self, StartError};
+use marrow_mesh::state::SourceWatch;
 use tokio::net::TcpListener;
 
 use crate::WaypointError;
@@ -27,25 +23,6 @@ use crate::config::Config;
 use crate::context::{Context, Gateway};
 use crate::telemetry::Telemetry;
 use crate::upstream::DialMap;
-
-/// Installs the global log subscriber (stderr; JSON lines with `json`; `RUST_LOG`, default
-/// `info`). Call once, first thing.
-pub fn init_logging(json: bool) {
-    use tracing_subscriber::layer::{Layer, SubscriberExt};
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let format = if json {
-        format.json().boxed()
-    } else {
-        format.boxed()
-    };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(format)
-        .init();
-}
 
 /// `waypoint`: validates `config`, serves until SIGTERM or SIGINT, drains.
 ///
@@ -101,21 +78,13 @@ impl Running {
     }
 }
 
-async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, WaypointError> {
-    http::bind(addr)
-        .await
-        .map_err(|source| WaypointError::Bind {
+fn local_addr(setting: &'static str, listener: &TcpListener) -> Result<SocketAddr, WaypointError> {
+    listener.local_addr().map_err(|source| {
+        WaypointError::Start(StartError::Bind {
             setting,
-            addr,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })
-}
-
-fn local_addr(setting: &'static str, listener: &TcpListener) -> Result<SocketAddr, WaypointError> {
-    listener.local_addr().map_err(|source| WaypointError::Bind {
-        setting,
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
     })
 }
 
@@ -138,28 +107,19 @@ pub async fn start_with(
 ) -> Result<Running, WaypointError> {
     config.validate()?;
     let (trust_domain, identity) = config.identity()?;
-    let (provider, bundle) = certificate_provider(config, &trust_domain)?;
-    let mut certs = CertificateManager::new(provider, ManagerConfig::default());
-    if let Some(bundle) = bundle {
-        certs = certs.with_trust_bundle(bundle);
-    }
-    let certs = Arc::new(certs);
-    let state = Arc::new(StateStore::new());
-    let source: Box<dyn StateSource> = match &config.state_file {
-        Some(path) => Box::new(
-            LocalFileSource::new(path.clone())
-                .with_interval(config.state_poll)
-                .with_root_namespace(config.root_namespace.clone()),
-        ),
-        None => Box::new(kube_source(config).await?),
-    };
-    let setting = source.describe();
-    let state_watch: Arc<dyn SourceWatch> = Arc::from(
-        source
-            .start(state.clone())
-            .await
-            .map_err(|source| WaypointError::StateSource { setting, source })?,
-    );
+    // The waypoint asks for its own identity with its own token: the CA grants a caller its
+    // own identity outright (marrow-ca's Plan::Own, istiod alike). Failures are only logged.
+    let certs = program::certificates(&config.ca_settings(), &trust_domain, None)?
+        .ok_or(WaypointError::Setting {
+            setting: "--ca-dir",
+            value: String::new(),
+            expected: "a local CA, or --ca-address with --ca-roots",
+        })?
+        .manager;
+    let readiness = Arc::new(Readiness::default());
+    // The waypoint serves pods on every node: no node filter.
+    let (state, state_watch) =
+        program::start_state(&config.state_settings(None), &readiness).await?;
     let gateway = Gateway {
         namespace: config.gateway_namespace.clone(),
         name: config.gateway_name.clone(),
@@ -176,14 +136,11 @@ pub async fn start_with(
         config.limits(),
         dial_map,
     ));
-    let readiness = Arc::new(Readiness::default());
-    let weak = Arc::downgrade(&state_watch);
-    readiness.add_detail(Box::new(move || weak.upgrade().and_then(|w| w.detail())));
 
-    let hbone = bind("--hbone-addr", config.hbone_addr).await?;
-    let metrics = bind("--metrics-addr", config.metrics_addr).await?;
-    let ready = bind("--readiness-addr", config.readiness_addr).await?;
-    let admin = bind("--admin-addr", config.admin_addr).await?;
+    let hbone = program::bind("--hbone-addr", config.hbone_addr).await?;
+    let metrics = program::bind("--metrics-addr", config.metrics_addr).await?;
+    let ready = program::bind("--readiness-addr", config.readiness_addr).await?;
+    let admin = program::bind("--admin-addr", config.admin_addr).await?;
     let hbone_addr = local_addr("--hbone-addr", &hbone)?;
     let metrics_addr = local_addr("--metrics-addr", &metrics)?;
     let readiness_addr = local_addr("--readiness-addr", &ready)?;
@@ -271,76 +228,4 @@ fn explain(context: &Context, query: &str) -> (hyper::StatusCode, String) {
             serde_json::json!({ "error": reason }).to_string(),
         ),
     }
-}
-
-/// The local CA (--ca-dir) or an Istio-protocol CA (--ca-address with --ca-roots), and the
-/// trust bundle to follow for the latter.
-fn certificate_provider(
-    config: &Config,
-    trust_domain: &TrustDomain,
-) -> Result<(Arc<dyn CertificateProvider>, Option<TrustBundle>), WaypointError> {
-    if let Some(ca_dir) = &config.ca_dir {
-        let options = LocalCaOptions {
-            validity: config.cert_ttl,
-            backdate: LocalCaOptions::default().backdate.min(config.cert_ttl / 10),
-        };
-        let ca = LocalCa::load(&CaFiles::in_dir(ca_dir), trust_domain.clone(), options).map_err(
-            |source| WaypointError::CertificateSource {
-                setting: "--ca-dir",
-                source,
-            },
-        )?;
-        return Ok((Arc::new(ca), None));
-    }
-    let (Some(address), Some(roots_file)) = (&config.ca_address, &config.ca_roots) else {
-        return Err(WaypointError::Setting {
-            setting: "--ca-dir",
-            value: String::new(),
-            expected: "a local CA, or --ca-address with --ca-roots",
-        });
-    };
-    let roots =
-        identity::read_roots(roots_file).map_err(|source| WaypointError::CertificateSource {
-            setting: "--ca-roots",
-            source,
-        })?;
-    let bundle = TrustBundle::new(roots);
-    // The waypoint asks for its own identity with its own token: the CA grants a caller its
-    // own identity outright (marrow-ca's Plan::Own, istiod alike).
-    let ca = identity::IstioCa::new(
-        identity::IstioCaConfig {
-            address: address.clone(),
-            server_name: config.ca_server_name.clone(),
-            headers: Vec::new(),
-            token_file: config.ca_token_file.clone(),
-            validity: config.cert_ttl,
-            timeout: Duration::from_secs(10),
-        },
-        bundle.clone(),
-    )
-    .map_err(|source| WaypointError::CertificateSource {
-        setting: "--ca-address",
-        source,
-    })?;
-    tokio::spawn(identity::watch_file(
-        roots_file.clone(),
-        bundle.clone(),
-        config.ca_roots_poll,
-    ));
-    Ok((Arc::new(ca), Some(bundle)))
-}
-
-/// The API server as the state source; its start waits until every kind was listed once.
-async fn kube_source(config: &Config) -> Result<marrow_mesh::apiserver::KubeSource, WaypointError> {
-    let mut kube_config = kube::Config::infer()
-        .await
-        .map_err(WaypointError::KubeConfig)?;
-    kube_config.default_retry = false;
-    let client = kube::Client::try_from(kube_config).map_err(WaypointError::KubeClient)?;
-    // The waypoint serves pods on every node: no node filter.
-    Ok(marrow_mesh::apiserver::KubeSource::new(
-        client,
-        None,
-        &config.root_namespace,
-    ))
 }

@@ -8,11 +8,10 @@
 //! `MARROW_GATEWAY_*` and `MARROW_SERVICE_ACCOUNT` variables of the Deployment.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use marrow_mesh::identity::{DEFAULT_TRUST_DOMAIN, SpiffeId, TrustDomain};
-use marrow_settings::{parse, settings};
+use marrow_mesh::identity::{SpiffeId, TrustDomain};
+use marrow_settings::parse;
 
 use crate::WaypointError;
 
@@ -22,8 +21,9 @@ pub const DEFAULT_HBONE_ADDR: SocketAddr = SocketAddr::new(
     marrow_mesh::hbone::HBONE_PORT,
 );
 
-settings! {
-    /// Everything `waypoint` needs.
+marrow_mesh::program_settings! {
+    /// Everything `waypoint` needs (with the state and certificate source's rows every program
+    /// shares, [`marrow_mesh::program_settings!`]).
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct Config {
         /// Address of the HBONE listener (mTLS, HTTP/2 CONNECT).
@@ -48,44 +48,6 @@ settings! {
         /// istiod's deployment controller names it.
         service_account: Option<String> = None,
             ("service-account", "MARROW_SERVICE_ACCOUNT", parse::SOME_TEXT),
-        /// SPIFFE trust domain.
-        trust_domain: String = DEFAULT_TRUST_DOMAIN.to_owned(),
-            ("trust-domain", "MARROW_TRUST_DOMAIN", parse::TEXT),
-        /// Istio's root namespace (mesh-wide policies).
-        root_namespace: String = "istio-system".to_owned(),
-            ("root-namespace", "MARROW_ROOT_NAMESPACE", parse::TEXT),
-        /// Read the cluster state from this file of Kubernetes YAML (reloaded when it changes).
-        state_file: Option<PathBuf> = None,
-            ("state-file", "MARROW_STATE_FILE", parse::SOME_PATH),
-        /// How often --state-file is checked for a change, in milliseconds.
-        state_poll: Duration = Duration::from_secs(1),
-            ("state-poll-ms", "MARROW_STATE_POLL_MS", parse::MILLIS),
-        /// Watch the Kubernetes API server (in-cluster, or KUBECONFIG) instead of --state-file.
-        kube: bool = false,
-            ("kube", "MARROW_KUBE", parse::SWITCH),
-        /// Directory of a local CA (ca-cert.pem, ca-key.pem) that signs the waypoint's
-        /// certificate in process.
-        ca_dir: Option<PathBuf> = None,
-            ("ca-dir", "MARROW_CA_DIR", parse::SOME_PATH),
-        /// A CA speaking Istio's protocol (https://host:port): istiod or `node-proxy ca serve`;
-        /// the waypoint asks for its own identity with its own token.
-        ca_address: Option<String> = None,
-            ("ca-address", "MARROW_CA_ADDRESS", parse::SOME_URL),
-        /// The roots the CA's answers (and peers) must chain to (PEM).
-        ca_roots: Option<PathBuf> = None,
-            ("ca-roots", "MARROW_CA_ROOTS", parse::SOME_PATH),
-        /// The waypoint's ServiceAccount token for the CA (a projected token).
-        ca_token_file: PathBuf = PathBuf::from("/var/run/secrets/tokens/istio-token"),
-            ("ca-token-file", "MARROW_CA_TOKEN_FILE", parse::PATH),
-        /// The name the CA's serving certificate must carry (the address's host when unset).
-        ca_server_name: Option<String> = None,
-            ("ca-server-name", "MARROW_CA_SERVER_NAME", parse::SOME_TEXT),
-        /// How often --ca-roots is re-read, in milliseconds.
-        ca_roots_poll: Duration = Duration::from_secs(5),
-            ("ca-roots-poll-ms", "MARROW_CA_ROOTS_POLL_MS", parse::MILLIS),
-        /// Lifetime of the waypoint's certificate, in seconds; renewed at half-life.
-        cert_ttl: Duration = Duration::from_secs(24 * 60 * 60),
-            ("cert-ttl-secs", "MARROW_CERT_TTL_SECS", parse::SECS),
         /// The cluster the workloads are in, as Istio names it (CLUSTER_ID).
         cluster_id: String = marrow_mesh::telemetry::DEFAULT_CLUSTER_ID.to_owned(),
             ("cluster-id", "MARROW_CLUSTER_ID", parse::TEXT),

@@ -2,10 +2,7 @@
 //! the data path live with their modules ([`crate::target::TargetError`],
 //! [`crate::upstream::UpstreamError`]) and end as a status and a response flag, never here.
 
-use std::net::SocketAddr;
-
-use marrow_mesh::identity::IdentityError;
-use marrow_mesh::state::SourceError;
+use marrow_mesh::program::StartError;
 
 /// A failed start of the waypoint.
 #[derive(Debug, thiserror::Error)]
@@ -23,39 +20,11 @@ pub enum WaypointError {
     /// The async runtime could not be built.
     #[error("building the runtime")]
     Runtime(#[source] std::io::Error),
-    /// A listener cannot be bound.
-    #[error("binding {setting} {addr}")]
-    Bind {
-        /// The flag that names the address.
-        setting: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The certificate source named by `setting` cannot be set up.
-    #[error("{setting}")]
-    CertificateSource {
-        /// The flag (`--ca-dir`, `--ca-roots`, `--ca-address`).
-        setting: &'static str,
-        /// Cause.
-        source: IdentityError,
-    },
-    /// The state source (named by its setting) cannot publish a first version.
-    #[error("{setting}")]
-    StateSource {
-        /// The setting that chose it: `--state-file PATH`, `--kube`.
-        setting: String,
-        /// Cause.
-        source: SourceError,
-    },
+    /// A part every program shares (a listener, the certificate or state source) cannot
+    /// start; the error names its setting.
+    #[error(transparent)]
+    Start(#[from] StartError),
     /// The tracer cannot be set up from `--tracing-*`.
     #[error("--tracing-collector/--tracing-sampling")]
     Tracing(#[source] marrow_mesh::trace::TraceError),
-    /// No Kubernetes configuration was found for `--kube`.
-    #[error("--kube: no in-cluster service account and no usable KUBECONFIG")]
-    KubeConfig(#[source] kube::config::InferConfigError),
-    /// The Kubernetes client cannot be built.
-    #[error("--kube: building the client")]
-    KubeClient(#[source] kube::Error),
 }

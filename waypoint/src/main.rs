@@ -22,7 +22,8 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    marrow_waypoint::app::init_logging(cli.log_json);
+    // The waypoint has no admin endpoint that changes the level: the filter stays as set.
+    let _filter = marrow_mesh::program::init_logging(cli.log_json);
     let config = cli.flags.load(&ProcessEnv)?;
     marrow_waypoint::app::run(config)?;
     Ok(())

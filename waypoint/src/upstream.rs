@@ -4,14 +4,12 @@
 //! CONNECT carries the *original* client in `forwarded` and `baggage`, as ztunnel's does, so
 //! the destination's telemetry names the real source.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use marrow_mesh::dial::{DialTimeouts, dial};
-use marrow_mesh::hbone::pool::{Connector, Pool, PoolKey, PoolSettings, PooledStream};
+use marrow_mesh::dial::{DialAsWorkload, DialTimeouts, dial};
+use marrow_mesh::hbone::pool::{Pool, PoolKey, PoolSettings, PooledStream};
 use marrow_mesh::hbone::{
     ConnectRequest, Forwarded, HBONE_PORT, HboneClient, HboneError, TraceParent,
 };
@@ -89,27 +87,12 @@ pub struct WaypointConnector {
     dial_map: Option<DialMap>,
 }
 
-impl Connector for WaypointConnector {
-    /// The waypoint's certificate.
-    type Credential = Arc<WorkloadCertificate>;
-
-    fn connect(
-        &self,
-        key: &PoolKey,
-        cert: &Arc<WorkloadCertificate>,
-    ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
-        let key = key.clone();
-        let cert = cert.clone();
-        Box::pin(async move { self.dial(&key, &cert).await })
-    }
-}
-
-impl WaypointConnector {
+impl DialAsWorkload for WaypointConnector {
     /// Dials as `cert`: TCP (through the dial map in tests), TLS, HTTP/2.
     async fn dial(
         &self,
-        key: &PoolKey,
-        cert: &WorkloadCertificate,
+        key: PoolKey,
+        cert: Arc<WorkloadCertificate>,
     ) -> Result<HboneClient, HboneError> {
         let to = self
             .dial_map
@@ -124,7 +107,7 @@ impl WaypointConnector {
             connect: self.connect_timeout,
             handshake: self.handshake_timeout,
         };
-        dial(key, cert, tls::KeyExchange::default(), timeouts, tcp).await
+        dial(&key, &cert, tls::KeyExchange::default(), timeouts, tcp).await
     }
 }
 

@@ -114,6 +114,12 @@ fn the_waypoint_controller_is_on_by_default_and_follows_the_ca() {
     assert_eq!(controller.image, "r/i:1");
     assert_eq!(controller.trust_domain, "mesh.example");
     assert_eq!(controller.ca_audience, "istio-ca");
+    let election = controller.election.unwrap();
+    assert_eq!(
+        (election.namespace.as_str(), election.identity.as_str()),
+        ("marrow-system", "")
+    );
+    assert_eq!(election.lease_name, "istio-gateway-deployment-default");
     let off = load(&[], &[("MARROW_CA_WAYPOINT_CONTROLLER", "false")]);
     assert_eq!(off.controller_settings(), None);
     // Its settings are checked only when it runs.

@@ -13,7 +13,7 @@ use crate::inpod::PodRecord;
 use crate::proxy::connections::Connection;
 use crate::proxy::record::millis;
 use marrow_mesh::identity::SpiffeId;
-use marrow_mesh::objects::RawKind;
+use marrow_mesh::objects::{RawKind, timestamp};
 use marrow_mesh::policy::ModeSetting;
 use marrow_mesh::state::Snapshot;
 
@@ -358,8 +358,8 @@ pub async fn certificates(admin: &AdminState) -> Certificates {
         out.push(CertificateView {
             identity: status.id.to_string(),
             state,
-            not_before: status.not_before.map(|t| rfc3339(unix_seconds(t))),
-            not_after: expiry.map(rfc3339),
+            not_before: status.not_before.map(|t| timestamp(unix_seconds(t))),
+            not_after: expiry.map(timestamp),
             expiry_unix: expiry,
             seconds_left: status.not_after.map(|t| seconds_between(now, t)),
             serial,
@@ -401,23 +401,6 @@ fn seconds_between(from: SystemTime, to: SystemTime) -> i64 {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
-pub(super) fn rfc3339(secs: u64) -> String {
-    let t = i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 /// `GET /connections`.

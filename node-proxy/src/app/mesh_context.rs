@@ -13,11 +13,9 @@ use crate::metrics::Metrics;
 use crate::proxy::connections::ConnectionTable;
 use crate::proxy::context::MeshContext;
 use marrow_mesh::http::Readiness;
-use marrow_mesh::identity::{
-    self, CaFiles, CertificateManager, LocalCa, LocalCaOptions, ManagerConfig, TrustDomain,
-};
-use marrow_mesh::state::file::LocalFileSource;
-use marrow_mesh::state::{SourceWatch, StateSource, StateStore};
+use marrow_mesh::identity::{self, TrustDomain};
+use marrow_mesh::program;
+use marrow_mesh::state::SourceWatch;
 
 /// Loads the state source and the CA when configured, and keeps the state reloading; `None`
 /// without them.
@@ -31,44 +29,26 @@ pub async fn start(
     readiness: &Arc<Readiness>,
 ) -> Result<Option<(Arc<MeshContext>, Arc<dyn SourceWatch>)>, AppError> {
     let trust_domain = TrustDomain::new(&config.trust_domain)?;
-    let Some((provider, bundle, ca_name)) = certificate_provider(config, &trust_domain)? else {
+    // Every failed fetch or renewal is counted by reason (the waypoint only logs them).
+    let failures = metrics.certificate_failures.clone();
+    let on_failure: identity::FailureHook = Arc::new(move |_, error: &identity::IdentityError| {
+        failures
+            .get_or_create(&crate::metrics::CertificateFailureLabels {
+                reason: error.reason(),
+            })
+            .inc();
+    });
+    let ca = program::CaSettings {
+        ca_headers: config.ca_headers.clone(),
+        ..config.ca_settings()
+    };
+    let Some(certificates) = program::certificates(&ca, &trust_domain, Some(on_failure))? else {
         tracing::info!("no --state-file/--kube with a CA: plain TCP only, no HBONE");
         return Ok(None);
     };
-    let failures = metrics.certificate_failures.clone();
-    let mut certs = CertificateManager::new(provider, ManagerConfig::default()).with_failure_hook(
-        Arc::new(move |_, error: &identity::IdentityError| {
-            failures
-                .get_or_create(&crate::metrics::CertificateFailureLabels {
-                    reason: error.reason(),
-                })
-                .inc();
-        }),
-    );
-    if let Some(bundle) = bundle {
-        certs = certs.with_trust_bundle(bundle);
-    }
-    let certs = Arc::new(certs);
-    let state = Arc::new(StateStore::new());
-    let source: Box<dyn StateSource> = match &config.state_file {
-        Some(state_file) => Box::new(
-            LocalFileSource::new(state_file.clone())
-                .with_interval(config.state_poll)
-                .with_root_namespace(config.root_namespace.clone()),
-        ),
-        None => Box::new(kube_source(config).await?),
-    };
-    let setting = source.describe();
-    let watch: Arc<dyn SourceWatch> = Arc::from(
-        source
-            .start(state.clone())
-            .await
-            .map_err(|source| AppError::StateSource { setting, source })?,
-    );
-    // Readiness carries the source's status (the API server's failing watchers); it must
-    // not keep the source running, which stops when the caller drops the watch.
-    let weak = Arc::downgrade(&watch);
-    readiness.add_detail(Box::new(move || weak.upgrade().and_then(|w| w.detail())));
+    let (certs, ca_name) = (certificates.manager, certificates.ca);
+    let (state, watch) =
+        program::start_state(&config.state_settings(config.node_name.clone()), readiness).await?;
     let mut generations = state.subscribe();
     let gauge = metrics.config_generation.clone();
     gauge.set(i64::try_from(*generations.borrow()).unwrap_or(i64::MAX));
@@ -111,73 +91,4 @@ pub async fn start(
         super::certificates::readiness_detail(&certs.statuses())
     }));
     Ok(Some((Arc::new(mesh), watch)))
-}
-
-/// The certificate source the flags choose, the trust bundle to follow (a remote CA's, re-read
-/// from --ca-roots), and a name for logs; `None` without a CA.
-type CertificateSource = (
-    Arc<dyn identity::CertificateProvider>,
-    Option<identity::TrustBundle>,
-    String,
-);
-
-/// The local CA (--ca-dir) or a remote one (--ca-address); `None` without either.
-fn certificate_provider(
-    config: &Config,
-    trust_domain: &TrustDomain,
-) -> Result<Option<CertificateSource>, AppError> {
-    if let Some(ca_dir) = &config.ca_dir {
-        // Backdating guards against peers with slow clocks, but must stay small against the
-        // lifetime, or half-life renewal would come due at once.
-        let options = LocalCaOptions {
-            validity: config.cert_ttl,
-            backdate: LocalCaOptions::default().backdate.min(config.cert_ttl / 10),
-        };
-        let ca = LocalCa::load(&CaFiles::in_dir(ca_dir), trust_domain.clone(), options)?;
-        return Ok(Some((Arc::new(ca), None, ca_dir.display().to_string())));
-    }
-    let (Some(address), Some(roots_file)) = (&config.ca_address, &config.ca_roots) else {
-        return Ok(None);
-    };
-    let roots = identity::read_roots(roots_file).map_err(|source| AppError::CertificateSource {
-        setting: "--ca-roots",
-        source,
-    })?;
-    let bundle = identity::TrustBundle::new(roots);
-    let ca = identity::IstioCa::new(
-        identity::IstioCaConfig {
-            address: address.clone(),
-            server_name: config.ca_server_name.clone(),
-            headers: config.ca_headers.clone(),
-            token_file: config.ca_token_file.clone(),
-            validity: config.cert_ttl,
-            timeout: Duration::from_secs(10),
-        },
-        bundle.clone(),
-    )
-    .map_err(|source| AppError::CertificateSource {
-        setting: "--ca-address",
-        source,
-    })?;
-    tokio::spawn(identity::watch_file(
-        roots_file.clone(),
-        bundle.clone(),
-        config.ca_roots_poll,
-    ));
-    Ok(Some((Arc::new(ca), Some(bundle), address.clone())))
-}
-
-/// The API server as the state source (in-cluster config, or `KUBECONFIG`); its start waits
-/// until every kind has been listed once, so the data path never starts on a half-known
-/// cluster.
-async fn kube_source(config: &Config) -> Result<marrow_mesh::apiserver::KubeSource, AppError> {
-    let mut kube_config = kube::Config::infer().await.map_err(AppError::KubeConfig)?;
-    // The watchers retry with their own backoff and must see failures to report them.
-    kube_config.default_retry = false;
-    let client = kube::Client::try_from(kube_config).map_err(AppError::KubeClient)?;
-    Ok(marrow_mesh::apiserver::KubeSource::new(
-        client,
-        config.node_name.clone(),
-        &config.root_namespace,
-    ))
 }

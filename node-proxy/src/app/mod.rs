@@ -13,7 +13,6 @@ pub mod logging;
 pub mod mesh_context;
 pub mod takeover;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,8 +28,8 @@ use crate::proxy::connections::ConnectionTable;
 use crate::upgrade::{self, HandoffError};
 use marrow_mesh::drain::Drain;
 use marrow_mesh::http::{self, Readiness};
-use marrow_mesh::identity::{IdentityError, SpiffeIdError, TrustDomain};
-use marrow_mesh::state::SourceError;
+use marrow_mesh::identity::{SpiffeIdError, TrustDomain};
+use marrow_mesh::program::{self, StartError};
 
 /// Why the node proxy could not start; each names the step (and setting) that failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,44 +46,13 @@ pub enum AppError {
     /// The eBPF capture cannot be loaded or attached.
     #[error(transparent)]
     Capture(#[from] CaptureError),
-    /// A listener of the node netns cannot be bound.
-    #[error("binding {setting} {addr}")]
-    Bind {
-        /// The flag that names the address.
-        setting: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
     /// The trust domain is no SPIFFE trust domain.
     #[error(transparent)]
     TrustDomain(#[from] SpiffeIdError),
-    /// The certificate source cannot be set up.
+    /// A part every program shares (a listener, the certificate or state source) cannot
+    /// start; the error names its setting.
     #[error(transparent)]
-    Identity(#[from] IdentityError),
-    /// The certificate source named by `setting` cannot be set up.
-    #[error("{setting}")]
-    CertificateSource {
-        /// The flag (`--ca-roots`, `--ca-address`).
-        setting: &'static str,
-        /// Cause.
-        source: IdentityError,
-    },
-    /// The state source (named by its setting) cannot publish a first version.
-    #[error("{setting}")]
-    StateSource {
-        /// The setting that chose it: `--state-file PATH`, `--kube`.
-        setting: String,
-        /// Cause.
-        source: SourceError,
-    },
-    /// No Kubernetes configuration was found for `--kube`.
-    #[error("--kube: no in-cluster service account and no usable KUBECONFIG")]
-    KubeConfig(#[source] kube::config::InferConfigError),
-    /// The Kubernetes client cannot be built.
-    #[error("--kube: building the client")]
-    KubeClient(#[source] kube::Error),
+    Start(#[from] StartError),
     /// The enrollment records cannot be opened.
     #[error(transparent)]
     Records(#[from] RecordError),
@@ -126,18 +94,6 @@ pub fn run(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(), A
     runtime.block_on(serve(config, logging))
 }
 
-/// Binds a listener of the node netns, naming its flag on failure.
-async fn bind(
-    setting: &'static str,
-    addr: SocketAddr,
-) -> Result<tokio::net::TcpListener, AppError> {
-    http::bind(addr).await.map_err(|source| AppError::Bind {
-        setting,
-        addr,
-        source,
-    })
-}
-
 /// The start, serve and drain sequence.
 async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(), AppError> {
     // Captured before any netns switch: every switch returns here.
@@ -155,7 +111,7 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
     let mut prom = prometheus_client::registry::Registry::default();
     metrics.register(&mut prom);
     let readiness = Arc::new(Readiness::default());
-    let metrics_listener = bind("--metrics-addr", config.metrics_addr).await?;
+    let metrics_listener = program::bind("--metrics-addr", config.metrics_addr).await?;
     let metrics_task = tokio::spawn(http::serve_metrics(metrics_listener, Arc::new(prom)));
 
     let (mesh, _state_watch) =
@@ -163,7 +119,7 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
             Some((mesh, watch)) => (Some(mesh), Some(watch)),
             None => (None, None),
         };
-    let admin_listener = bind("--admin-addr", config.admin_addr).await?;
+    let admin_listener = program::bind("--admin-addr", config.admin_addr).await?;
     let mut admin = admin::AdminState {
         state: mesh.as_ref().map(|m| m.state.clone()),
         trust_domain: TrustDomain::new(&config.trust_domain)?,
@@ -204,7 +160,7 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
     // Readiness is bound only now, after any take-over: during an upgrade both processes
     // share the port (SO_REUSEPORT), and a probe must not find this one ready before it
     // serves the pods.
-    let readiness_listener = bind("--readiness-addr", config.readiness_addr).await?;
+    let readiness_listener = program::bind("--readiness-addr", config.readiness_addr).await?;
     let readiness_task = tokio::spawn(http::serve_readiness(readiness_listener, readiness.clone()));
     let mut successor = tokio::spawn(upgrade::serve_successor(
         handoff,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use marrow_mesh::tls::KeyExchange;
-use marrow_settings::{Parser, SettingsError, Shape, parse, settings};
+use marrow_settings::{Parser, SettingsError, Shape, parse};
 
 /// Errors of reading and validating the configuration, and of cgroup discovery.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +25,9 @@ pub enum ConfigError {
     NoCgroup2,
 }
 
-settings! {
-    /// Everything `node-proxy run` needs.
+marrow_mesh::program_settings! {
+    /// Everything `node-proxy run` needs (with the state and certificate source's rows every
+    /// program shares, [`marrow_mesh::program_settings!`]).
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct Config {
         /// The compiled eBPF object.
@@ -59,51 +60,14 @@ settings! {
         /// Runtime worker threads.
         worker_threads: usize = 2,
             ("worker-threads", "MARROW_WORKER_THREADS", parse::COUNT),
-        /// Kubernetes YAML of Namespaces and Pods; with a CA, turns HBONE on.
-        state_file: Option<PathBuf> = None,
-            ("state-file", "MARROW_STATE_FILE", parse::SOME_PATH),
-        /// How often the state file is checked for changes, in milliseconds.
-        state_poll: Duration = Duration::from_secs(1),
-            ("state-poll-ms", "MARROW_STATE_POLL_MS", parse::MILLIS),
-        /// Local mesh CA directory (ca-cert.pem, ca-key.pem): the CA key on this node (demos).
-        ca_dir: Option<PathBuf> = None,
-            ("ca-dir", "MARROW_CA_DIR", parse::SOME_PATH),
-        /// A CA speaking Istio's protocol (istiod, istio-csr, `node-proxy ca serve`), e.g.
-        /// https://marrow-ca.marrow-system.svc:15012; instead of --ca-dir: no CA key on the node.
-        ca_address: Option<String> = None,
-            ("ca-address", "MARROW_CA_ADDRESS", parse::SOME_URL),
-        /// With --ca-address: PEM root bundle the CA and all peers chain to (during a root
-        /// rotation old and new); re-read when it changes.
-        ca_roots: Option<PathBuf> = None,
-            ("ca-roots", "MARROW_CA_ROOTS", parse::SOME_PATH),
-        /// With --ca-address: this proxy's projected ServiceAccount token (audience istio-ca).
-        ca_token_file: PathBuf = PathBuf::from("/var/run/secrets/tokens/istio-token"),
-            ("ca-token-file", "MARROW_CA_TOKEN_FILE", parse::PATH),
-        /// With --ca-address: the name the CA's serving certificate must carry (default: the
-        /// address's host).
-        ca_server_name: Option<String> = None,
-            ("ca-server-name", "MARROW_CA_SERVER_NAME", parse::SOME_TEXT),
-        /// How often --ca-roots is checked for changes (a root rotation), in milliseconds.
-        ca_roots_poll: Duration = Duration::from_secs(5),
-            ("ca-roots-poll-ms", "MARROW_CA_ROOTS_POLL_MS", parse::MILLIS),
         /// With --ca-address: an extra header NAME=VALUE on every call (repeatable; istiod's
         /// ClusterID in a multicluster mesh).
         ca_headers: Vec<(String, String)> = Vec::new(),
             ("ca-header", "MARROW_CA_HEADERS", parse::HEADERS),
-        /// The mesh's SPIFFE trust domain.
-        trust_domain: String = marrow_mesh::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
-            ("trust-domain", "MARROW_TRUST_DOMAIN", parse::TEXT),
-        /// Namespace whose policies apply mesh-wide (Istio's root namespace).
-        root_namespace: String = marrow_mesh::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
-            ("root-namespace", "MARROW_ROOT_NAMESPACE", parse::TEXT),
         /// This node's name (Kubernetes: spec.nodeName of this DaemonSet pod): the proxy takes
         /// identities only of pods the state places here.
         node_name: Option<String> = None,
             ("node-name", "MARROW_NODE_NAME", parse::SOME_TEXT),
-        /// Lifetime of workload certificates, in seconds: what the local CA signs, what a
-        /// remote CA is asked for (it may sign shorter); renewed at half-life.
-        cert_ttl: Duration = Duration::from_secs(24 * 60 * 60),
-            ("cert-ttl-secs", "MARROW_CERT_TTL_SECS", parse::SECS),
         /// Bound on an HBONE TLS handshake, in milliseconds.
         handshake_timeout: Duration = Duration::from_secs(10),
             ("handshake-timeout-ms", "MARROW_HANDSHAKE_TIMEOUT_MS", parse::MILLIS),
@@ -127,9 +91,6 @@ settings! {
         /// before they are closed; keep it below the pod's terminationGracePeriodSeconds.
         drain_timeout: Duration = Duration::from_secs(30),
             ("drain-timeout-secs", "MARROW_DRAIN_TIMEOUT_SECS", parse::SECS),
-        /// Watch the Kubernetes API server (in-cluster, or KUBECONFIG) instead of --state-file.
-        kube: bool = false,
-            ("kube", "MARROW_KUBE", parse::SWITCH),
     }
 }
 

@@ -3,8 +3,6 @@
 //! certificate comes from the outbound connection that needs the tunnel (it looked it up once,
 //! its expiry picks the pooled connection), so a new connection asks the manager nothing.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use marrow_common::PROXY_OUTBOUND_MARK;
@@ -12,8 +10,8 @@ use marrow_common::PROXY_OUTBOUND_MARK;
 use super::context::MeshContext;
 use crate::netns::PodNetns;
 use crate::socket;
-use marrow_mesh::dial::{DialTimeouts, dial};
-use marrow_mesh::hbone::pool::{Connector, PoolKey};
+use marrow_mesh::dial::{DialAsWorkload, DialTimeouts, dial};
+use marrow_mesh::hbone::pool::PoolKey;
 use marrow_mesh::hbone::{HboneClient, HboneError, TransportFailure};
 use marrow_mesh::identity::WorkloadCertificate;
 
@@ -26,35 +24,28 @@ pub struct PodConnector {
     pub mesh: Arc<MeshContext>,
 }
 
-impl Connector for PodConnector {
-    /// The source pod's certificate, for the key's source identity.
-    type Credential = Arc<WorkloadCertificate>;
-
-    fn connect(
+impl DialAsWorkload for PodConnector {
+    async fn dial(
         &self,
-        key: &PoolKey,
-        cert: &Arc<WorkloadCertificate>,
-    ) -> Pin<Box<dyn Future<Output = Result<HboneClient, HboneError>> + Send + '_>> {
-        let key = key.clone();
-        let cert = cert.clone();
-        Box::pin(async move {
-            let result = self.dial(&key, &cert).await;
-            match &result {
-                Ok(_) => self.mesh.metrics.hbone_established("outbound"),
-                Err(HboneError::Transport { failure, .. }) => {
-                    self.mesh.metrics.hbone_failed("outbound", failure.reason());
-                }
-                // The HTTP/2 handshake, over an established TLS connection.
-                Err(_) => self.mesh.metrics.hbone_failed("outbound", "tls"),
+        key: PoolKey,
+        cert: Arc<WorkloadCertificate>,
+    ) -> Result<HboneClient, HboneError> {
+        let result = self.dial_from_pod(&key, &cert).await;
+        match &result {
+            Ok(_) => self.mesh.metrics.hbone_established("outbound"),
+            Err(HboneError::Transport { failure, .. }) => {
+                self.mesh.metrics.hbone_failed("outbound", failure.reason());
             }
-            result
-        })
+            // The HTTP/2 handshake, over an established TLS connection.
+            Err(_) => self.mesh.metrics.hbone_failed("outbound", "tls"),
+        }
+        result
     }
 }
 
 impl PodConnector {
     /// Dials as `cert`: TCP from the pod's netns, TLS, HTTP/2; a failure names its step.
-    async fn dial(
+    async fn dial_from_pod(
         &self,
         key: &PoolKey,
         cert: &WorkloadCertificate,

@@ -1,7 +1,7 @@
-//! The bodies the proxy wraps: a request body that counts its bytes and holds them to the body
-//! limit ([`Counted`]), a response body that records its request's outcome when it ends
-//! ([`Recording`]), and one that tells the tunnel's watch when hyper is done with it
-//! ([`Answered`]).
+//! The bodies the proxy wraps: hyper's bodies read through a [`Watch`] ([`Watched`]) — a
+//! request body that counts its bytes and holds them to the body limit ([`Counted`]), a
+//! response body that records its request's outcome when it ends ([`Recording`]) — and our
+//! answer, which tells the tunnel's watch when hyper is done with it ([`Answered`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,15 +30,25 @@ pub enum BodyError {
     },
 }
 
-/// A request body counting its bytes; past `limit` it ends with [`BodyError::TooLarge`], so
-/// the upstream request fails (HTTP/1: its connection closes; HTTP/2: its stream is reset).
-pub(super) struct Counted {
-    pub(super) inner: Incoming,
-    pub(super) count: Arc<AtomicU64>,
-    pub(super) limit: u64,
+/// What a wrapped body does with each poll's result and when it is dropped; the wrapping
+/// itself ([`Watched`]) is written once for the three bodies.
+pub(super) trait Watch: Send + Unpin + 'static {
+    /// Sees a poll's result; an error returned ends the body with it instead.
+    fn polled(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>)
+    -> Option<BoxError>;
+
+    /// The body is dropped; `ended`: the inner body had ended.
+    fn dropped(&mut self, _ended: bool) {}
 }
 
-impl HttpBody for Counted {
+/// `inner` (the client's or the endpoint's body), read through `watch`: frames, end and size
+/// hint pass through unchanged.
+pub(super) struct Watched<W: Watch> {
+    pub(super) inner: Incoming,
+    pub(super) watch: W,
+}
+
+impl<W: Watch> HttpBody for Watched<W> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -46,18 +56,12 @@ impl HttpBody for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            let len = data.len() as u64;
-            let total = self.count.fetch_add(len, Ordering::Relaxed) + len;
-            if total > self.limit {
-                let limit = self.limit;
-                return Poll::Ready(Some(Err(BodyError::TooLarge { limit }.into())));
-            }
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        match this.watch.polled(&polled) {
+            Some(error) => Poll::Ready(Some(Err(error))),
+            None => polled,
         }
-        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -69,11 +73,44 @@ impl HttpBody for Counted {
     }
 }
 
-/// A response body that records its request's outcome when it ends: at its last frame, on an
-/// upstream error (UC), or when dropped unfinished because the client went away (DC).
+impl<W: Watch> Drop for Watched<W> {
+    fn drop(&mut self) {
+        self.watch.dropped(self.inner.is_end_stream());
+    }
+}
+
+/// A request body's watch: counts its bytes; past `limit` it ends the body with
+/// [`BodyError::TooLarge`], so the upstream request fails (HTTP/1: its connection closes;
+/// HTTP/2: its stream is reset).
+pub(super) struct Counted {
+    pub(super) count: Arc<AtomicU64>,
+    pub(super) limit: u64,
+}
+
+impl Watch for Counted {
+    fn polled(
+        &mut self,
+        polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+    ) -> Option<BoxError> {
+        if let Poll::Ready(Some(Ok(frame))) = polled
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.len() as u64;
+            let total = self.count.fetch_add(len, Ordering::Relaxed) + len;
+            if total > self.limit {
+                let limit = self.limit;
+                return Some(BodyError::TooLarge { limit }.into());
+            }
+        }
+        None
+    }
+}
+
+/// A response body's watch that records its request's outcome when it ends: at its last
+/// frame, on an upstream error (UC), or when dropped unfinished because the client went away
+/// (DC).
 pub(super) struct Recording {
     pub(super) ctx: Arc<Context>,
-    pub(super) inner: Incoming,
     pub(super) outcome: Option<RequestOutcome>,
     pub(super) bytes_in: Arc<AtomicU64>,
     pub(super) bytes_out: u64,
@@ -93,16 +130,12 @@ impl Recording {
     }
 }
 
-impl HttpBody for Recording {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+impl Watch for Recording {
+    fn polled(
+        &mut self,
+        polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+    ) -> Option<BoxError> {
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes_out += data.len() as u64;
@@ -117,23 +150,13 @@ impl HttpBody for Recording {
             Poll::Ready(Some(Err(_))) => self.finish(Some(ResponseFlag::UpstreamTermination)),
             Poll::Pending => {}
         }
-        polled.map_err(Into::into)
+        None
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Recording {
-    fn drop(&mut self) {
+    fn dropped(&mut self, ended: bool) {
         if self.outcome.is_some() {
             // An empty body may be dropped without a poll once hyper knows it is empty.
-            let flag = (!self.inner.is_end_stream()).then_some(ResponseFlag::DownstreamTermination);
+            let flag = (!ended).then_some(ResponseFlag::DownstreamTermination);
             self.finish(flag);
         }
     }

@@ -39,7 +39,7 @@ use marrow_mesh::trace;
 mod bodies;
 mod conns;
 
-use bodies::{Answered, Counted, Recording};
+use bodies::{Answered, Counted, Recording, Watched};
 use conns::Conns;
 
 use crate::guard_io::{ConnWatch, GuardIo, Timeouts};
@@ -408,14 +408,14 @@ impl Downstream {
         }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
-        let body = Recording {
+        let watch = Recording {
             ctx: self.ctx.clone(),
-            inner: body,
             outcome: Some(outcome.finish()),
             bytes_in,
             bytes_out: 0,
             _active: active,
         };
+        let body = Watched { inner: body, watch };
         Response::from_parts(parts, body.boxed())
     }
 
@@ -466,11 +466,11 @@ impl Downstream {
                 parts.headers.insert(http::header::HOST, value);
             }
         }
-        let body = Counted {
-            inner: body,
+        let watch = Counted {
             count: bytes_in,
             limit: self.ctx.limits.max_request_body_bytes.unwrap_or(u64::MAX),
         };
+        let body = Watched { inner: body, watch };
         Request::from_parts(parts, body.boxed())
     }
 }

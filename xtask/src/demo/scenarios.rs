@@ -261,7 +261,7 @@ fn metrics_excerpt(cluster: &Cluster, report: &mut Report<'_>) -> anyhow::Result
         .flat_map(|metric| metrics.samples(metric))
         .take(EXCERPT_LINES);
     for line in excerpt {
-        report.note(abbreviate(line));
+        report.note(abbreviate(line, &SHOWN_LABELS));
     }
     report.note(format!(
         "(labels shown: {}; each sample carries Istio's other standard labels too)",
@@ -279,8 +279,9 @@ const SHOWN_LABELS: [&str; 5] = [
     "response_flags",
 ];
 
-/// `name{a="x",b="y",…} value` with only [`SHOWN_LABELS`], in that order.
-fn abbreviate(line: &str) -> String {
+/// `name{a="x",b="y",…} value` with only the labels `shown`, in that order (the demo's metric
+/// excerpts: the L4 ones here, the waypoint's request sample).
+pub(super) fn abbreviate(line: &str, shown: &[&str]) -> String {
     let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else {
         return line.to_owned();
     };
@@ -292,7 +293,7 @@ fn abbreviate(line: &str) -> String {
         pairs.push((key.trim_start_matches(','), &after[..end]));
         rest = &after[end + 1..];
     }
-    let shown: Vec<String> = SHOWN_LABELS
+    let shown: Vec<String> = shown
         .iter()
         .filter_map(|name| {
             pairs
@@ -353,7 +354,7 @@ fn secret_marker() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::abbreviate;
+    use super::{SHOWN_LABELS, abbreviate};
 
     #[test]
     fn the_excerpt_keeps_the_labels_a_newcomer_reads() {
@@ -361,11 +362,11 @@ mod tests {
                     source_principal=\"spiffe://cluster.local/ns/shop/sa/a\",destination_principal=\"unknown\",\
                     request_protocol=\"tcp\",response_flags=\"DENY\",connection_security_policy=\"none\"} 3";
         assert_eq!(
-            abbreviate(line),
+            abbreviate(line, &SHOWN_LABELS),
             "istio_tcp_connections_opened_total{reporter=\"destination\",\
              source_principal=\"spiffe://cluster.local/ns/shop/sa/a\",destination_principal=\"unknown\",\
              connection_security_policy=\"none\",response_flags=\"DENY\"} 3"
         );
-        assert_eq!(abbreviate("no_labels 1"), "no_labels 1");
+        assert_eq!(abbreviate("no_labels 1", &SHOWN_LABELS), "no_labels 1");
     }
 }

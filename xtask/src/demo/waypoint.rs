@@ -14,6 +14,7 @@ use marrow_tests::waypoint::{ADMIN_PORT, Waypoint, bound_service, gateway_object
 
 use super::cluster::{Cluster, add_pod};
 use super::report::Report;
+use super::scenarios::abbreviate;
 
 /// The Service `web`'s ClusterIP.
 const WEB_VIP: &str = "10.96.0.50";
@@ -162,7 +163,7 @@ pub fn through_a_waypoint(
         .filter(|l| l.starts_with("istio_requests_total{") && l.contains("reporter=\"waypoint\""))
         .take(2)
     {
-        report.note(abbreviate(line));
+        report.note(abbreviate(line, &SHOWN));
     }
 
     // Gone again: the waypoint and the app, the pods (while the proxies run, for their CNI DEL),
@@ -183,33 +184,10 @@ const SHOWN: [&str; 6] = [
     "response_flags",
 ];
 
-/// `name{…} value` with only [`SHOWN`].
-fn abbreviate(line: &str) -> String {
-    let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else {
-        return line.to_owned();
-    };
-    let labels = &line[open + 1..close];
-    let shown: Vec<String> = SHOWN
-        .iter()
-        .filter_map(|name| {
-            let key = format!("{name}=\"");
-            let at = labels.find(&key)?;
-            let value = &labels[at + key.len()..];
-            let end = value.find('"')?;
-            Some(format!("{name}=\"{}\"", &value[..end]))
-        })
-        .collect();
-    format!(
-        "{}{{{}}}{}",
-        &line[..open],
-        shown.join(","),
-        &line[close + 1..]
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use super::abbreviate;
+    use super::SHOWN;
+    use crate::demo::scenarios::abbreviate;
 
     #[test]
     fn the_sample_keeps_the_labels_a_newcomer_reads() {
@@ -218,7 +196,7 @@ mod tests {
                     destination_service=\"web.shop.svc.cluster.local\",request_protocol=\"http\",\
                     response_code=\"403\",grpc_response_status=\"\",response_flags=\"DENY\"} 1";
         assert_eq!(
-            abbreviate(line),
+            abbreviate(line, &SHOWN),
             "istio_requests_total{reporter=\"waypoint\",\
              source_principal=\"spiffe://cluster.local/ns/shop/sa/frontend\",\
              destination_service=\"web.shop.svc.cluster.local\",request_protocol=\"http\",\
