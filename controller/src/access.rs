@@ -8,9 +8,11 @@ use marrow_mesh::apiserver::access::ApiAccess;
 const WATCH_AND_APPLY: &[&str] = &["list", "watch", "create", "patch"];
 
 /// What the controller calls: Gateways watched, their status applied; the three kinds it
-/// renders watched (for `canManage`, readiness and the ClusterIP) and applied; its election's
-/// Lease read, created and updated ([`crate::leader`]). No `get` but the Lease's: the watch
-/// caches answer; no `delete`: the garbage collector removes what a Gateway owned.
+/// renders watched (for `canManage`, readiness and the ClusterIP) and applied; the waypoints'
+/// ClusterRoleBindings watched, applied and deleted (a cluster-scoped object has no owner for
+/// the garbage collector to follow, [`crate::binding`]); its election's Lease read, created and
+/// updated ([`crate::leader`]). No `get` but the Lease's: the watch caches answer; no other
+/// `delete`: the garbage collector removes what a Gateway owned.
 pub const CONTROLLER_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "gateway.networking.k8s.io",
@@ -38,8 +40,26 @@ pub const CONTROLLER_ACCESS: &[ApiAccess] = &[
         verbs: WATCH_AND_APPLY,
     },
     ApiAccess {
+        group: "rbac.authorization.k8s.io",
+        resource: "clusterrolebindings",
+        verbs: &["list", "watch", "create", "patch", "delete"],
+    },
+    ApiAccess {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],
     },
 ];
+
+/// Calls on named objects only (`resourceNames` in the rule): `bind` on the ClusterRole the
+/// waypoints are bound to. The API server refuses a binding to a role whose permissions its
+/// creator does not hold, unless the creator may `bind` that role (Kubernetes' RBAC
+/// "Privilege escalation prevention and bootstrapping"); this grants that for one role only.
+pub const CONTROLLER_NAMED_ACCESS: &[(ApiAccess, &[&str])] = &[(
+    ApiAccess {
+        group: "rbac.authorization.k8s.io",
+        resource: "clusterroles",
+        verbs: &["bind"],
+    },
+    &[crate::binding::WAYPOINT_ROLE],
+)];

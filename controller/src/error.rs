@@ -16,6 +16,16 @@ pub enum ControllerError {
         /// What the client or the API server said.
         source: kube::Error,
     },
+    /// Deleting a cluster-scoped object (a waypoint's binding) was refused or failed.
+    #[error("deleting {kind} {name}: {source}")]
+    Delete {
+        /// The kind deleted.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What the client or the API server said.
+        source: kube::Error,
+    },
     /// Writing a Gateway's status failed.
     #[error("writing the status of gateway {gateway}: {source}")]
     Status {

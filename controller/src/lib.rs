@@ -2,14 +2,17 @@
 //! `istio-waypoint` gets a ServiceAccount, a Deployment running marrow's waypoint, and a
 //! Service, created and kept up to date with server-side apply and owned by the Gateway; the
 //! Gateway's status says whether it is accepted and, once a waypoint pod is ready, where it is.
+//! Each waypoint's ServiceAccount is bound to the ClusterRole `marrow-waypoint` (its reads of the
+//! state), and the binding deleted with the Gateway.
 //! It does what istiod's deployment controller does for waypoints, so a cluster moves between
 //! Istio ambient and marrow with the same Gateways. `node-proxy ca serve` runs it.
 //!
 //! Parts: which Gateways are waypoints and what they ask ([`gateway`]), the objects rendered
-//! from one ([`render`]), its status ([`status`]), the loop that watches and applies
-//! ([`reconcile`]), which replica writes ([`leader`]), the API calls it makes ([`access`]).
+//! from one ([`render`]), its ClusterRoleBinding ([`binding`]), its status ([`status`]), the
+//! loop that watches and applies ([`reconcile`]), which replica writes ([`leader`]), the API calls it makes ([`access`]).
 
 pub mod access;
+pub mod binding;
 mod config;
 mod error;
 pub mod gateway;

@@ -10,15 +10,20 @@
 //! - an apply is sent only when the watched object lacks some field of the render (or is
 //!   absent): an unchanged Gateway sends nothing, a hand-edited or deleted object is put back;
 //! - a malformed Gateway is refused alone (warning naming the field, a counter by reason);
-//! - a deleted Gateway needs nothing: its objects carry owner references and the API server's
-//!   garbage collector removes them, as for istiod's.
+//! - a deleted Gateway's namespaced objects carry owner references and the API server's
+//!   garbage collector removes them, as for istiod's; its ClusterRoleBinding ([`crate::binding`])
+//!   cannot be owned, so the controller deletes it when the Gateway goes or stops being a
+//!   waypoint, and, on taking up writing (start, or leadership won), every managed binding of a
+//!   Gateway that no longer exists.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, Preconditions,
+};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
@@ -27,6 +32,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::binding;
 use crate::config::ControllerSettings;
 use crate::error::ControllerError;
 use crate::gateway::{self, Waypoint};
@@ -46,14 +52,16 @@ enum Kind {
     ServiceAccount,
     Deployment,
     Service,
+    ClusterRoleBinding,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [
+    const ALL: [Kind; 5] = [
         Kind::Gateway,
         Kind::ServiceAccount,
         Kind::Deployment,
         Kind::Service,
+        Kind::ClusterRoleBinding,
     ];
 
     fn name(self) -> &'static str {
@@ -62,6 +70,15 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::Deployment => "Deployment",
             Kind::Service => "Service",
+            Kind::ClusterRoleBinding => "ClusterRoleBinding",
+        }
+    }
+
+    /// The API of `namespace`'s objects of this kind (the cluster's for a cluster-scoped one).
+    fn api(self, client: &Client, namespace: &str) -> Api<DynamicObject> {
+        match self {
+            Kind::ClusterRoleBinding => Api::all_with(client.clone(), &self.resource()),
+            _ => Api::namespaced_with(client.clone(), namespace, &self.resource()),
         }
     }
 
@@ -69,6 +86,7 @@ impl Kind {
         let (group, version) = match self {
             Kind::Gateway => ("gateway.networking.k8s.io", "v1"),
             Kind::Deployment => ("apps", "v1"),
+            Kind::ClusterRoleBinding => ("rbac.authorization.k8s.io", "v1"),
             Kind::ServiceAccount | Kind::Service => ("", "v1"),
         };
         ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, self.name()))
@@ -207,11 +225,18 @@ fn trimmed(kind: Kind, object: Value) -> Value {
         "spec": {"gatewayClassName": object["spec"]["gatewayClassName"]}})
 }
 
-/// The Gateways an object's change concerns: itself for a Gateway, else its owner Gateways
-/// (istiod's `EnqueueForParentHandler`).
+/// The Gateways an object's change concerns: itself for a Gateway, the one its labels name for
+/// a binding of ours, else its owner Gateways (istiod's `EnqueueForParentHandler`).
 fn gateways_of(kind: Kind, object: &Value) -> Vec<String> {
-    if kind == Kind::Gateway {
-        return vec![key_of(object)];
+    match kind {
+        Kind::Gateway => return vec![key_of(object)],
+        Kind::ClusterRoleBinding => {
+            return binding::gateway_of(object)
+                .filter(|_| binding::ours(object))
+                .into_iter()
+                .collect();
+        }
+        _ => {}
     }
     let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
     object["metadata"]["ownerReferences"]
@@ -293,6 +318,9 @@ pub async fn run(
     }
     context.synced.notified().await;
     info!("waypoint controller synced");
+    if context.leading() {
+        sweep_bindings(&context).await;
+    }
     let mut leadership = context.leading.clone();
     loop {
         let first = tokio::select! {
@@ -305,6 +333,7 @@ pub async fn run(
                     for key in context.gateway_keys() {
                         let _ = queue.send(key);
                     }
+                    sweep_bindings(&context).await;
                 } else {
                     warn!("not leading: the controller writes nothing until it leads again");
                 }
@@ -338,11 +367,11 @@ pub async fn run(
 async fn reconcile(context: &Context, key: &str) -> Result<(), ControllerError> {
     let Some(object) = context.cached(Kind::Gateway, key) else {
         debug!(gateway = %key, "gateway gone; its objects go by owner references");
-        return Ok(());
+        return delete_binding(context, key).await;
     };
     let w = match gateway::parse(&object) {
         Ok(Some(w)) => w,
-        Ok(None) => return Ok(()),
+        Ok(None) => return delete_binding(context, key).await,
         Err(error) => {
             warn!(gateway = %key, reason = error.reason(), %error, "gateway refused");
             context
@@ -357,8 +386,10 @@ async fn reconcile(context: &Context, key: &str) -> Result<(), ControllerError> 
     };
     let rendered = render::render(&w, &context.settings);
     let mut applied_service = None;
+    let binding = binding::render(&w);
     for (kind, object) in [
         (Kind::ServiceAccount, &rendered.service_account),
+        (Kind::ClusterRoleBinding, &binding),
         (Kind::Deployment, &rendered.deployment),
         (Kind::Service, &rendered.service),
     ] {
@@ -414,11 +445,7 @@ async fn apply(
     if !context.leading() {
         return Ok(None);
     }
-    let api = Api::<DynamicObject>::namespaced_with(
-        context.client.clone(),
-        &w.namespace,
-        &kind.resource(),
-    );
+    let api = kind.api(&context.client, &w.namespace);
     let params = PatchParams::apply(&context.settings.field_manager).force();
     let stored = api
         .patch(name, &params, &Patch::Apply(object))
@@ -439,6 +466,87 @@ async fn apply(
     context.telemetry.applied.get_or_create(&kind_label).inc();
     info!(gateway = %w.key(), kind = kind.name(), name, "applied");
     Ok(serde_json::to_value(stored).ok())
+}
+
+/// Deletes the binding of the Gateway `key` (gone, or no waypoint any more) if there is one
+/// and it is ours; one of that name that is not ours is left alone.
+async fn delete_binding(context: &Context, key: &str) -> Result<(), ControllerError> {
+    let (namespace, name) = key.split_once('/').unwrap_or_default();
+    let binding_key = format!("/{}", binding::name(namespace, name));
+    match context.cached(Kind::ClusterRoleBinding, &binding_key) {
+        Some(existing) if binding::ours(&existing) => delete(context, &existing).await,
+        _ => Ok(()),
+    }
+}
+
+/// Deletes every binding of ours whose Gateway is no waypoint Gateway now (deleted while no
+/// replica was writing): a binding has no owner for the garbage collector to follow.
+async fn sweep_bindings(context: &Context) {
+    let wanted: BTreeSet<String> = context
+        .caches()
+        .objects
+        .get(&Kind::Gateway)
+        .into_iter()
+        .flat_map(BTreeMap::values)
+        .filter_map(|g| gateway::parse(g).ok().flatten())
+        .map(|w| binding::name(&w.namespace, &w.name))
+        .collect();
+    let stale: Vec<Value> = context
+        .caches()
+        .objects
+        .get(&Kind::ClusterRoleBinding)
+        .into_iter()
+        .flat_map(BTreeMap::values)
+        .filter(|b| binding::ours(b))
+        .filter(|b| {
+            b["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| !wanted.contains(n))
+        })
+        .cloned()
+        .collect();
+    for binding in stale {
+        if let Err(error) = delete(context, &binding).await {
+            warn!(%error, "deleting a stale waypoint binding failed; retried at the next start");
+        }
+    }
+}
+
+/// Deletes one binding of ours, if this replica leads; only the one seen (its uid as a
+/// precondition), so one made again meanwhile is not taken with it. Already gone is done.
+async fn delete(context: &Context, binding: &Value) -> Result<(), ControllerError> {
+    if !context.leading() {
+        return Ok(());
+    }
+    let kind = Kind::ClusterRoleBinding;
+    let name = binding["metadata"]["name"].as_str().unwrap_or_default();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: binding["metadata"]["uid"].as_str().map(str::to_owned),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let kind_label = KindLabels { kind: kind.name() };
+    match kind.api(&context.client, "").delete(name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(source) => {
+            context
+                .telemetry
+                .api_errors
+                .get_or_create(&kind_label)
+                .inc();
+            return Err(ControllerError::Delete {
+                kind: kind.name(),
+                name: name.to_owned(),
+                source,
+            });
+        }
+    }
+    context.telemetry.deleted.get_or_create(&kind_label).inc();
+    info!(kind = kind.name(), name, "deleted: its gateway is gone");
+    Ok(())
 }
 
 /// Writes the Gateway's status when it differs from what it says.

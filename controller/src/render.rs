@@ -70,7 +70,7 @@ fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
 
 /// The Gateway's labels with the two naming the Gateway on top: every object's labels
 /// (istiod copies the Gateway's labels, `EnableGatewayAPICopyLabelsAnnotations`).
-fn labels(w: &Waypoint, managed: bool) -> Value {
+pub(crate) fn labels(w: &Waypoint, managed: bool) -> Value {
     let mut labels: Vec<(&str, &str)> = w
         .labels
         .iter()

@@ -32,6 +32,9 @@ pub struct ControllerTelemetry {
     pub not_managed: Family<KindLabels, Counter>,
     /// `marrow_controller_api_errors_total{kind}`: applies and status writes that failed.
     pub api_errors: Family<KindLabels, Counter>,
+    /// `marrow_controller_objects_deleted_total{kind}`: waypoint bindings deleted after their
+    /// Gateway.
+    pub deleted: Family<KindLabels, Counter>,
     /// `marrow_controller_status_writes_total`.
     pub status_writes: Counter,
 }
@@ -60,6 +63,11 @@ impl ControllerTelemetry {
             self.api_errors.clone(),
         );
         registry.register(
+            "marrow_controller_objects_deleted",
+            "Waypoint ClusterRoleBindings deleted after their Gateway, by kind",
+            self.deleted.clone(),
+        );
+        registry.register(
             "marrow_controller_status_writes",
             "Gateway statuses written",
             self.status_writes.clone(),
@@ -74,6 +82,11 @@ impl ControllerTelemetry {
     /// How many applies of `kind` were sent.
     pub fn applied_count(&self, kind: &'static str) -> u64 {
         self.applied.get_or_create(&KindLabels { kind }).get()
+    }
+
+    /// How many `kind` objects were deleted.
+    pub fn deleted_count(&self, kind: &'static str) -> u64 {
+        self.deleted.get_or_create(&KindLabels { kind }).get()
     }
 
     /// How many existing `kind` objects were left alone.

@@ -150,3 +150,67 @@ fn an_unchanged_status_keeps_its_times_and_a_change_moves_them() {
     );
     assert_eq!(fourth["addresses"][0]["value"], "10.96.0.1");
 }
+
+#[test]
+fn a_binding_is_named_after_its_gateway_and_binds_its_service_account() {
+    let mut g = gateway();
+    g["metadata"]["annotations"] = json!({"gateway.istio.io/service-account": "shop-proxy"});
+    let w = parse(&g).unwrap().unwrap();
+    let b = crate::binding::render(&w);
+    assert_eq!(b["metadata"]["name"], "marrow-waypoint.shop.waypoint");
+    assert_eq!(
+        b["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+            "name": "marrow-waypoint"})
+    );
+    assert_eq!(
+        b["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "shop-proxy", "namespace": "shop"}])
+    );
+    let labels = &b["metadata"]["labels"];
+    assert_eq!(
+        labels["gateway.istio.io/managed"],
+        "istio.io-mesh-controller"
+    );
+    assert_eq!(labels["gateway.networking.k8s.io/gateway-name"], "waypoint");
+    assert_eq!(labels["marrow.io/gateway-namespace"], "shop");
+    // No owner: a cluster-scoped object cannot be owned by a namespaced one.
+    assert!(b["metadata"]["ownerReferences"].is_null());
+    assert!(crate::binding::ours(&b));
+    assert_eq!(
+        crate::binding::gateway_of(&b).as_deref(),
+        Some("shop/waypoint")
+    );
+}
+
+#[test]
+fn binding_names_differ_per_gateway_and_are_always_valid() {
+    use crate::binding::name;
+    // The separators cannot be confused: `a-b/c` and `a/b-c` get different names.
+    assert_ne!(name("a-b", "c"), name("a", "b-c"));
+    assert_eq!(name("a", "b.c"), "marrow-waypoint.a.b.c");
+    // Too long for a name (253): a hash instead, stable and distinct.
+    let long = "w".repeat(240);
+    let hashed = name("shop", &long);
+    assert!(hashed.starts_with("marrow-waypoint-"), "{hashed}");
+    assert_eq!(hashed.len(), "marrow-waypoint-".len() + 16);
+    assert_eq!(hashed, name("shop", &long));
+    assert_ne!(hashed, name("bank", &long));
+    // Not a valid name (upper case): a hash too.
+    assert!(name("shop", "Way").starts_with("marrow-waypoint-"));
+    assert_eq!(
+        name("shop", "w".repeat(200).as_str()).len(),
+        "marrow-waypoint.shop.".len() + 200
+    );
+}
+
+#[test]
+fn a_binding_of_another_role_or_unmanaged_is_not_ours() {
+    let w = parse(&gateway()).unwrap().unwrap();
+    let mut b = crate::binding::render(&w);
+    b["roleRef"]["name"] = json!("cluster-admin");
+    assert!(!crate::binding::ours(&b));
+    let mut b = crate::binding::render(&w);
+    b["metadata"]["labels"] = json!({});
+    assert!(!crate::binding::ours(&b));
+}

@@ -1,5 +1,6 @@
 //! The ClusterRole in manifests/ca.yaml grants the controller exactly the calls in
-//! `CONTROLLER_ACCESS`, no more and no fewer, and it is bound to the account the CA runs as.
+//! `CONTROLLER_ACCESS` and `CONTROLLER_NAMED_ACCESS` (with their `resourceNames`), no more and
+//! no fewer, and it is bound to the account the CA runs as.
 #![expect(
     clippy::unwrap_used,
     clippy::panic,
@@ -8,11 +9,12 @@
 
 use std::collections::BTreeSet;
 
-use marrow_controller::access::CONTROLLER_ACCESS;
+use marrow_controller::access::{CONTROLLER_ACCESS, CONTROLLER_NAMED_ACCESS};
 use serde::Deserialize;
 use serde_json::Value;
 
-type Triples = BTreeSet<(String, String, String)>;
+/// (group, resource, verb, resourceNames joined by `,`; empty: every object).
+type Triples = BTreeSet<(String, String, String, String)>;
 
 fn documents() -> Vec<Value> {
     let text =
@@ -26,10 +28,10 @@ fn documents() -> Vec<Value> {
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in ca.yaml"))
+        .unwrap_or_else(|| panic!("no {kind} {name} in the manifest"))
 }
 
-/// (group, resource, verb) for every rule of a ClusterRole.
+/// (group, resource, verb, names) for every rule of a ClusterRole.
 fn granted(role: &Value) -> Triples {
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -40,10 +42,15 @@ fn granted(role: &Value) -> Triples {
     };
     let mut triples = BTreeSet::new();
     for rule in role["rules"].as_array().unwrap() {
+        let names = if rule["resourceNames"].is_null() {
+            String::new()
+        } else {
+            strings(&rule["resourceNames"]).join(",")
+        };
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
                 for verb in strings(&rule["verbs"]) {
-                    triples.insert((group.clone(), resource.clone(), verb));
+                    triples.insert((group.clone(), resource.clone(), verb, names.clone()));
                 }
             }
         }
@@ -52,12 +59,21 @@ fn granted(role: &Value) -> Triples {
 }
 
 fn wanted() -> Triples {
-    CONTROLLER_ACCESS
+    let everything = CONTROLLER_ACCESS.iter().map(|a| (a, String::new()));
+    let named = CONTROLLER_NAMED_ACCESS
         .iter()
-        .flat_map(|a| {
-            a.verbs
-                .iter()
-                .map(|v| (a.group.to_owned(), a.resource.to_owned(), (*v).to_owned()))
+        .map(|(a, names)| (a, names.join(",")));
+    everything
+        .chain(named)
+        .flat_map(|(a, names)| {
+            a.verbs.iter().map(move |v| {
+                (
+                    a.group.to_owned(),
+                    a.resource.to_owned(),
+                    (*v).to_owned(),
+                    names.clone(),
+                )
+            })
         })
         .collect()
 }
@@ -67,14 +83,40 @@ fn the_role_grants_exactly_what_the_controller_calls() {
     let docs = documents();
     let role = find(&docs, "ClusterRole", "marrow-waypoint-controller");
     assert_eq!(granted(role), wanted());
-    // Nothing the controller never needs: no delete (owner references), no Secrets, no pods.
-    for (group, resource, verb) in granted(role) {
-        assert_ne!(verb, "delete", "{group}/{resource}");
+    // Nothing the controller never needs: no delete but of the bindings it made (the rest go
+    // by owner references), `bind` on one role only, no Secrets, no pods.
+    for (group, resource, verb, names) in granted(role) {
+        if verb == "delete" {
+            assert_eq!(resource, "clusterrolebindings", "{group}/{resource}");
+        }
+        if verb == "bind" {
+            assert_eq!(
+                (resource.as_str(), names.as_str()),
+                ("clusterroles", "marrow-waypoint")
+            );
+        }
         assert!(
             !["secrets", "pods"].contains(&resource.as_str()),
             "{resource}"
         );
     }
+}
+
+#[test]
+fn the_role_waypoints_are_bound_to_exists() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/rbac.yaml"
+    ))
+    .unwrap();
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .collect();
+    find(
+        &docs,
+        "ClusterRole",
+        marrow_controller::binding::WAYPOINT_ROLE,
+    );
 }
 
 #[test]
@@ -88,6 +130,12 @@ fn a_drift_either_way_is_caught() {
     assert_ne!(granted(&role), wanted(), "an extra verb");
     role["rules"][0]["verbs"] = serde_json::json!(["list"]);
     assert_ne!(granted(&role), wanted(), "a missing verb");
+    // `bind` on every ClusterRole instead of the one is a drift too.
+    let mut role = find(&docs, "ClusterRole", "marrow-waypoint-controller").clone();
+    for rule in role["rules"].as_array_mut().unwrap() {
+        rule.as_object_mut().unwrap().remove("resourceNames");
+    }
+    assert_ne!(granted(&role), wanted(), "bind on every role");
 }
 
 #[test]

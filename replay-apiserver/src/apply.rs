@@ -17,7 +17,11 @@
 //!   parsed.
 //! - deleting an object deletes, at once and transitively, every object whose
 //!   `ownerReferences` names its uid (background propagation; the real collector does it a
-//!   moment later).
+//!   moment later);
+//! - cluster-scoped kinds ([`cluster_scoped`]: ClusterRoleBindings) are applied, read and
+//!   deleted at `/apis/<group>/<version>/<plural>/<name>`; a DELETE (of any kind) honours a
+//!   `preconditions.uid` (409 when the stored object is another) and answers the object
+//!   deleted, 404 when there is none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -37,8 +41,95 @@ pub(super) fn controller_plural(kind: &str) -> Option<&'static str> {
         "GatewayClass" => "gatewayclasses",
         "Deployment" => "deployments",
         "ServiceAccount" => "serviceaccounts",
+        "ClusterRoleBinding" => "clusterrolebindings",
         _ => return None,
     })
+}
+
+/// Plurals of the cluster-scoped kinds this server writes and reads by name.
+const CLUSTER_SCOPED: [&str; 1] = ["clusterrolebindings"];
+
+/// `/apis/<group>/<version>/<plural>/<name>` of a cluster-scoped kind: the collection path and
+/// the name.
+pub(super) fn cluster_scoped(path: &str) -> Option<(String, String)> {
+    let (collection, name) = path.rsplit_once('/')?;
+    let plural = collection.rsplit('/').next()?;
+    let mut parts = collection.strip_prefix("/apis/")?.split('/');
+    let well_formed = parts.next().is_some() && parts.next().is_some() && parts.next().is_some();
+    (well_formed && parts.next().is_none() && CLUSTER_SCOPED.contains(&plural) && !name.is_empty())
+        .then(|| (collection.to_owned(), name.to_owned()))
+}
+
+/// The collection, namespace (`""` for a cluster-scoped kind) and name of an object's path.
+fn object_path(path: &str) -> Option<(String, String, String)> {
+    match namespaced(path) {
+        Some((collection, namespace, Some(name))) => Some((collection, namespace, name)),
+        Some((_, _, None)) => None,
+        None => cluster_scoped(path).map(|(collection, name)| (collection, String::new(), name)),
+    }
+}
+
+/// A DELETE of the object at `uri`: gone from its collection (DELETED to watchers) with what it
+/// owned, answered with the object as last stored.
+pub(super) fn answer_delete(
+    world: &Arc<Mutex<World>>,
+    changes: &broadcast::Sender<()>,
+    uri: &hyper::Uri,
+    body: &[u8],
+) -> Response<Body> {
+    let mut w = world.lock().unwrap();
+    w.requests.push(format!(
+        "DELETE {}?{}",
+        uri.path(),
+        uri.query().unwrap_or_default()
+    ));
+    if w.down {
+        return status(StatusCode::SERVICE_UNAVAILABLE, "the replay server is down");
+    }
+    let Some((collection_path, namespace, name)) = object_path(uri.path()) else {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the replay server deletes single objects only",
+        );
+    };
+    let plural = collection_path.rsplit('/').next().unwrap_or_default();
+    let key = format!("{namespace}/{name}");
+    let Some(stored) = w
+        .collections
+        .get(&collection_path)
+        .and_then(|c| c.objects.get(&key))
+        .cloned()
+    else {
+        return super::respond::not_found(plural, &name);
+    };
+    let options: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if let Some(uid) = options["preconditions"]["uid"].as_str()
+        && stored["metadata"]["uid"] != uid
+    {
+        return status(
+            StatusCode::CONFLICT,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                stored["metadata"]["uid"].as_str().unwrap_or_default()
+            ),
+        );
+    }
+    w.resource_version += 1;
+    let rv = w.resource_version;
+    let mut gone = stored;
+    gone["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let collection = w.collections.entry(collection_path).or_default();
+    collection.objects.remove(&key);
+    collection.history.push(Change {
+        resource_version: rv,
+        kind: "DELETED",
+        object: gone.clone(),
+    });
+    let uid = gone["metadata"]["uid"].as_str().map(str::to_owned);
+    collect_garbage(&mut w, uid.into_iter().collect());
+    drop(w);
+    let _ = changes.send(());
+    json_response(StatusCode::OK, &gone)
 }
 
 /// The content type of a server-side apply.
@@ -80,7 +171,7 @@ pub(super) fn answer_patch(
         Some(path) => (path, true),
         None => (uri.path(), false),
     };
-    let Some((collection_path, namespace, Some(name))) = namespaced(path) else {
+    let Some((collection_path, namespace, name)) = object_path(path) else {
         return status(
             StatusCode::NOT_FOUND,
             "the server could not find the requested resource",
@@ -113,6 +204,7 @@ pub(super) fn answer_patch(
         );
     }
     match applied["metadata"]["namespace"].as_str() {
+        None if namespace.is_empty() => {}
         None => applied["metadata"]["namespace"] = json!(namespace),
         Some(ns) if ns == namespace => {}
         Some(_) => {

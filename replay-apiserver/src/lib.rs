@@ -6,7 +6,8 @@
 //! table the test fills, audiences checked as the API server checks them), a single object by
 //! name (404 `NotFound` Status when absent) and namespaced lists; and what a controller does:
 //! server-side apply of an object or its `/status`, the garbage collector's cascade on a
-//! delete (`apply`), and a leader election's Lease create and replace with resourceVersion
+//! delete (`apply`), cluster-scoped ClusterRoleBindings applied, read and deleted by name
+//! (`apply`), and a leader election's Lease create and replace with resourceVersion
 //! conflicts (`lease`). There is no API server on these machines; this replays what one says.
 
 #![expect(
@@ -203,6 +204,17 @@ impl ApiServer {
                                     tokio::time::sleep(delay).await;
                                     return Ok::<_, Infallible>(response);
                                 }
+                                if req.method() == hyper::Method::DELETE {
+                                    let (parts, body) = req.into_parts();
+                                    let body = body
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    return Ok::<_, Infallible>(apply::answer_delete(
+                                        &state.0, &state.1, &parts.uri, &body,
+                                    ));
+                                }
                                 if req.method() == hyper::Method::PATCH {
                                     let (parts, body) = req.into_parts();
                                     let body = body
@@ -305,7 +317,8 @@ current-context: replay
         let _ = self.changes.send(());
     }
 
-    /// The object of `kind` (`apiVersion` as in the object) `namespace/name`, as stored.
+    /// The object of `kind` (`apiVersion` as in the object) `namespace/name`, as stored
+    /// (`namespace` empty for a cluster-scoped kind).
     pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let probe = json!({"apiVersion": api_version, "kind": kind,
             "metadata": {"namespace": namespace, "name": name}});

@@ -185,6 +185,17 @@ pub(super) fn answer(
             }
         };
     }
+    if !watching && let Some((collection_path, name)) = super::apply::cluster_scoped(&path) {
+        let plural = collection_path.rsplit('/').next().unwrap_or_default();
+        return match w
+            .collections
+            .get(&collection_path)
+            .and_then(|c| c.objects.get(&format!("/{name}")))
+        {
+            Some(object) => json_response(StatusCode::OK, object),
+            None => not_found(plural, &name),
+        };
+    }
     let Some(collection) = w.collections.get(&path) else {
         // Istio's CRDs may be absent: a real server says 404 for an unknown resource.
         if (path.starts_with("/apis/security.istio.io/") && !known_istio(&w))
