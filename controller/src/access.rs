@@ -53,8 +53,8 @@ pub const CONTROLLER_ACCESS: &[ApiAccess] = &[
 
 /// Calls on named objects only (`resourceNames` in the rule): `bind` on the ClusterRole the
 /// waypoints are bound to. The API server refuses a binding to a role whose permissions its
-/// creator does not hold, unless the creator may `bind` that role (Kubernetes' RBAC
-/// "Privilege escalation prevention and bootstrapping"); this grants that for one role only.
+/// creator does not hold, unless the creator may `bind` that role (kubernetes.io, RBAC,
+/// "Restrictions on role binding creation or update"); this grants that for one role only.
 pub const CONTROLLER_NAMED_ACCESS: &[(ApiAccess, &[&str])] = &[(
     ApiAccess {
         group: "rbac.authorization.k8s.io",

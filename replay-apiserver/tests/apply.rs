@@ -1,5 +1,6 @@
 //! The replay server's server-side apply, `/status` subresource, garbage collection and leader
-//! election Leases, through the kube client a controller uses.
+//! election Leases, cluster-scoped ClusterRoleBindings (by name, deleted with a uid
+//! precondition), through the kube client a controller uses.
 
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -251,4 +252,79 @@ async fn a_lease_is_created_once_and_replaced_only_from_its_current_version() {
         409
     );
     leases.replace("election", &params, &now).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cluster_role_binding_is_applied_read_listed_and_deleted_by_name() {
+    let server = ApiServer::start().await;
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+    ));
+    let bindings: Api<DynamicObject> = Api::all_with(server.client(), &resource);
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding", "metadata": {"name": "readers"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+            "name": "marrow-waypoint"},
+        "subjects": [{"kind": "ServiceAccount", "name": "waypoint", "namespace": "shop"}]});
+    let created = bindings
+        .patch("readers", &apply(), &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    assert!(created.metadata.namespace.is_none());
+    let uid = created.metadata.uid.clone().unwrap();
+    // Read by name, listed, and absent names are 404.
+    let read = bindings.get("readers").await.unwrap();
+    assert_eq!(read.metadata.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(read.data["subjects"][0]["name"], "waypoint");
+    let listed = bindings.list(&Default::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert!(bindings.get_opt("others").await.unwrap().is_none());
+    // A delete whose uid precondition names another object is refused; the right one deletes.
+    let other = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("someone-else".to_owned()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let refused = bindings.delete("readers", &other).await.unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 409),
+        "{refused}"
+    );
+    assert!(
+        server
+            .get(
+                "rbac.authorization.k8s.io/v1",
+                "ClusterRoleBinding",
+                "",
+                "readers"
+            )
+            .is_some()
+    );
+    let mine = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    bindings.delete("readers", &mine).await.unwrap();
+    assert!(
+        server
+            .get(
+                "rbac.authorization.k8s.io/v1",
+                "ClusterRoleBinding",
+                "",
+                "readers"
+            )
+            .is_none()
+    );
+    let gone = bindings.delete("readers", &mine).await.unwrap_err();
+    assert!(
+        matches!(&gone, kube::Error::Api(s) if s.code == 404),
+        "{gone}"
+    );
 }
