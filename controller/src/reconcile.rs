@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, Preconditions,
-};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
@@ -39,6 +37,9 @@ use crate::gateway::{self, Waypoint};
 use crate::render::{self, MANAGED_LABEL, contains};
 use crate::status::{self, Observed};
 use crate::telemetry::{ControllerTelemetry, KindLabels, ReasonLabels};
+
+mod cleanup;
+use cleanup::{delete_binding, sweep_bindings};
 
 /// Pause after an event before reconciling, so a burst (a list, our own applies) makes one pass.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -458,7 +459,11 @@ async fn apply(
                 .inc();
             ControllerError::Apply {
                 kind: kind.name(),
-                namespace: w.namespace.clone(),
+                // A cluster-scoped object has none.
+                namespace: match kind {
+                    Kind::ClusterRoleBinding => String::new(),
+                    _ => w.namespace.clone(),
+                },
                 name: name.to_owned(),
                 source,
             }
@@ -466,87 +471,6 @@ async fn apply(
     context.telemetry.applied.get_or_create(&kind_label).inc();
     info!(gateway = %w.key(), kind = kind.name(), name, "applied");
     Ok(serde_json::to_value(stored).ok())
-}
-
-/// Deletes the binding of the Gateway `key` (gone, or no waypoint any more) if there is one
-/// and it is ours; one of that name that is not ours is left alone.
-async fn delete_binding(context: &Context, key: &str) -> Result<(), ControllerError> {
-    let (namespace, name) = key.split_once('/').unwrap_or_default();
-    let binding_key = format!("/{}", binding::name(namespace, name));
-    match context.cached(Kind::ClusterRoleBinding, &binding_key) {
-        Some(existing) if binding::ours(&existing) => delete(context, &existing).await,
-        _ => Ok(()),
-    }
-}
-
-/// Deletes every binding of ours whose Gateway is no waypoint Gateway now (deleted while no
-/// replica was writing): a binding has no owner for the garbage collector to follow.
-async fn sweep_bindings(context: &Context) {
-    let wanted: BTreeSet<String> = context
-        .caches()
-        .objects
-        .get(&Kind::Gateway)
-        .into_iter()
-        .flat_map(BTreeMap::values)
-        .filter_map(|g| gateway::parse(g).ok().flatten())
-        .map(|w| binding::name(&w.namespace, &w.name))
-        .collect();
-    let stale: Vec<Value> = context
-        .caches()
-        .objects
-        .get(&Kind::ClusterRoleBinding)
-        .into_iter()
-        .flat_map(BTreeMap::values)
-        .filter(|b| binding::ours(b))
-        .filter(|b| {
-            b["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| !wanted.contains(n))
-        })
-        .cloned()
-        .collect();
-    for binding in stale {
-        if let Err(error) = delete(context, &binding).await {
-            warn!(%error, "deleting a stale waypoint binding failed; retried at the next start");
-        }
-    }
-}
-
-/// Deletes one binding of ours, if this replica leads; only the one seen (its uid as a
-/// precondition), so one made again meanwhile is not taken with it. Already gone is done.
-async fn delete(context: &Context, binding: &Value) -> Result<(), ControllerError> {
-    if !context.leading() {
-        return Ok(());
-    }
-    let kind = Kind::ClusterRoleBinding;
-    let name = binding["metadata"]["name"].as_str().unwrap_or_default();
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: binding["metadata"]["uid"].as_str().map(str::to_owned),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    let kind_label = KindLabels { kind: kind.name() };
-    match kind.api(&context.client, "").delete(name, &params).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-        Err(source) => {
-            context
-                .telemetry
-                .api_errors
-                .get_or_create(&kind_label)
-                .inc();
-            return Err(ControllerError::Delete {
-                kind: kind.name(),
-                name: name.to_owned(),
-                source,
-            });
-        }
-    }
-    context.telemetry.deleted.get_or_create(&kind_label).inc();
-    info!(kind = kind.name(), name, "deleted: its gateway is gone");
-    Ok(())
 }
 
 /// Writes the Gateway's status when it differs from what it says.

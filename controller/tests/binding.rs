@@ -236,13 +236,18 @@ async fn deleting_the_gateway_or_changing_its_class_deletes_its_binding_only() {
 async fn at_start_a_managed_binding_whose_gateway_is_gone_is_deleted() {
     // Left by a Gateway deleted while no controller ran; one of a live Gateway; one labelled
     // managed but binding another role, which is not ours to delete.
+    // A refused (malformed) waypoint Gateway keeps its binding, as it keeps its other objects.
     let mut other_role = managed_binding("shop", "old-admin");
     other_role["roleRef"]["name"] = json!("cluster-admin");
+    let mut broken = waypoint("shop", "broken");
+    broken["spec"]["listeners"] = json!("mesh");
     let run = start(vec![
         managed_binding("shop", "old"),
         managed_binding("shop", "waypoint"),
+        managed_binding("shop", "broken"),
         other_role,
         waypoint("shop", "waypoint"),
+        broken,
     ])
     .await;
     eventually("the stale binding gone", || {
@@ -252,6 +257,7 @@ async fn at_start_a_managed_binding_whose_gateway_is_gone_is_deleted() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(binding(&run.server, "shop", "waypoint").is_some());
     assert!(binding(&run.server, "shop", "old-admin").is_some());
+    assert!(binding(&run.server, "shop", "broken").is_some());
     let writes = binding_writes(&run.server);
     assert_eq!(
         writes,
