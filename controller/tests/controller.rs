@@ -1,12 +1,18 @@
 //! The waypoint controller against the replay API server: what a Gateway of class
 //! `istio-waypoint` gets (names, labels, owner references, ports, the waypoint container), what
 //! a change, a second namespace, a deletion, a malformed Gateway, an object it does not manage,
-//! readiness and another class do.
+//! readiness and another class do; each waypoint's ClusterRoleBinding ([`binding`]) and leader
+//! election between replicas ([`leader`]).
 #![expect(
     clippy::unwrap_used,
     clippy::panic,
     reason = "tests: a failed step must fail the test loudly"
 )]
+
+#[path = "controller/binding.rs"]
+mod binding;
+#[path = "controller/leader.rs"]
+mod leader;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,8 +41,13 @@ fn settings() -> ControllerSettings {
     }
 }
 
-/// Starts the server with `objects` already there, then the controller.
+/// Starts the server with `objects` already there, then the controller with [`settings`].
 async fn start(objects: Vec<Value>) -> Running {
+    start_with(objects, settings()).await
+}
+
+/// Starts the server with `objects` already there, then the controller with `settings`.
+async fn start_with(objects: Vec<Value>, settings: ControllerSettings) -> Running {
     let server = ApiServer::start().await;
     for object in objects {
         server.apply(object);
@@ -45,7 +56,7 @@ async fn start(objects: Vec<Value>) -> Running {
     let task = tokio::spawn({
         let (client, telemetry) = (server.client(), telemetry.clone());
         async move {
-            let _ = marrow_controller::run(client, settings(), telemetry).await;
+            let _ = marrow_controller::run(client, settings, telemetry).await;
         }
     });
     Running {
@@ -74,15 +85,24 @@ fn get(server: &ApiServer, kind: &str, namespace: &str, name: &str) -> Option<Va
 }
 
 /// Waits up to 10 s for `check` to give something.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+async fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    eventually_within(what, Duration::from_secs(10), check).await
+}
+
+/// Waits up to `within` for `check` to give something.
+async fn eventually_within<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(found) = check() {
             return found;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out: {what}"
+            start.elapsed() < within,
+            "timed out: {what} not within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -178,11 +178,7 @@ impl ApiServer {
                                     || req.method() == hyper::Method::PUT
                                 {
                                     let (parts, body) = req.into_parts();
-                                    let body = body
-                                        .collect()
-                                        .await
-                                        .map(|b| b.to_bytes())
-                                        .unwrap_or_default();
+                                    let body = read_body(body).await;
                                     if let Some(response) = lease::answer_write(
                                         &state.0,
                                         &state.1,
@@ -206,22 +202,14 @@ impl ApiServer {
                                 }
                                 if req.method() == hyper::Method::DELETE {
                                     let (parts, body) = req.into_parts();
-                                    let body = body
-                                        .collect()
-                                        .await
-                                        .map(|b| b.to_bytes())
-                                        .unwrap_or_default();
+                                    let body = read_body(body).await;
                                     return Ok::<_, Infallible>(apply::answer_delete(
                                         &state.0, &state.1, &parts.uri, &body,
                                     ));
                                 }
                                 if req.method() == hyper::Method::PATCH {
                                     let (parts, body) = req.into_parts();
-                                    let body = body
-                                        .collect()
-                                        .await
-                                        .map(|b| b.to_bytes())
-                                        .unwrap_or_default();
+                                    let body = read_body(body).await;
                                     let content_type = parts
                                         .headers
                                         .get(hyper::header::CONTENT_TYPE)
@@ -414,4 +402,12 @@ current-context: replay
     pub fn token_reviews(&self) -> Vec<Value> {
         self.world.lock().unwrap().token_reviews.clone()
     }
+}
+
+/// A request's whole body (empty when reading it fails: the answer then says what is missing).
+async fn read_body(body: hyper::body::Incoming) -> Bytes {
+    body.collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
 }

@@ -315,14 +315,7 @@ impl Downstream {
             && declared > limit
         {
             tracing::info!(client = %self.client.addr, limit, declared, "request body over the limit; answering 413");
-            return local(
-                &self.ctx,
-                outcome.finish(),
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Payload Too Large",
-                None,
-                version != Version::HTTP_2,
-            );
+            return too_large(&self.ctx, outcome.finish(), version);
         }
         let endpoint = match &self.dest {
             Destination::Service(service) => {
@@ -373,14 +366,7 @@ impl Downstream {
                     // answer to a request over its buffer limit
                     // (source/common/http/filter_manager.cc, `PayloadTooLarge`).
                     tracing::info!(client = %self.client.addr, limit, "request body over the limit; answering 413");
-                    return local(
-                        &self.ctx,
-                        outcome.finish(),
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "Payload Too Large",
-                        None,
-                        version != Version::HTTP_2,
-                    );
+                    return too_large(&self.ctx, outcome.finish(), version);
                 }
                 tracing::info!(%error, %endpoint, "upstream request failed");
                 let message = if flag == ResponseFlag::UpstreamFailure {
@@ -492,6 +478,19 @@ fn new_request_id() -> String {
         &hex[12..16],
         &hex[16..20],
         &hex[20..]
+    )
+}
+
+/// 413 for a request body over `--max-request-body-bytes`; HTTP/1 closes the connection (the
+/// rest of the body is not read).
+fn too_large(ctx: &Context, outcome: RequestOutcome, version: Version) -> Response<Body> {
+    local(
+        ctx,
+        outcome,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Payload Too Large",
+        None,
+        version != Version::HTTP_2,
     )
 }
 

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use marrow_controller::{ControllerSettings, ControllerTelemetry, ElectionSettings};
 use replay_apiserver::ApiServer;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use super::{eventually_within, waypoint};
 
 const NAMESPACE: &str = "marrow-system";
 
@@ -28,13 +30,6 @@ fn replica(server: &ApiServer, identity: &str) -> tokio::task::JoinHandle<()> {
         let telemetry = Arc::new(ControllerTelemetry::default());
         let _ = marrow_controller::run(client, settings, telemetry).await;
     })
-}
-
-fn waypoint(namespace: &str, name: &str) -> Value {
-    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": name, "namespace": namespace, "generation": 1},
-        "spec": {"gatewayClassName": "istio-waypoint",
-            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
 }
 
 /// The election's Lease as stored.
@@ -67,25 +62,14 @@ fn writers(server: &ApiServer) -> Vec<String> {
     found
 }
 
-async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        assert!(start.elapsed() < within, "{what} not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn one_replica_leads_and_applies_and_the_other_takes_over_when_it_stops() {
     let server = ApiServer::start().await;
     server.apply(waypoint("shop", "shop-waypoint"));
     let a = replica(&server, "ca-a");
-    let first = eventually("a holder", Duration::from_secs(5), || holder(&server)).await;
+    let first = eventually_within("a holder", Duration::from_secs(5), || holder(&server)).await;
     let b = replica(&server, "ca-b");
-    eventually("the waypoint's deployment", Duration::from_secs(5), || {
+    eventually_within("the waypoint's deployment", Duration::from_secs(5), || {
         server.get("apps/v1", "Deployment", "shop", "shop-waypoint")
     })
     .await;
@@ -99,7 +83,7 @@ async fn one_replica_leads_and_applies_and_the_other_takes_over_when_it_stops() 
     // (plus a retry period) and applies what appears next.
     a.abort();
     let stopped = Instant::now();
-    eventually("a new holder", Duration::from_secs(4), || {
+    eventually_within("a new holder", Duration::from_secs(4), || {
         holder(&server).filter(|h| h == "ca-b")
     })
     .await;
@@ -109,7 +93,7 @@ async fn one_replica_leads_and_applies_and_the_other_takes_over_when_it_stops() 
         stopped.elapsed()
     );
     server.apply(waypoint("shop", "second-waypoint"));
-    eventually("the second deployment", Duration::from_secs(5), || {
+    eventually_within("the second deployment", Duration::from_secs(5), || {
         server.get("apps/v1", "Deployment", "shop", "second-waypoint")
     })
     .await;
@@ -121,7 +105,7 @@ async fn one_replica_leads_and_applies_and_the_other_takes_over_when_it_stops() 
 async fn a_renewal_that_conflicts_is_retried_and_the_holder_keeps_the_lease() {
     let server = ApiServer::start().await;
     let a = replica(&server, "ca-a");
-    eventually("a holder", Duration::from_secs(5), || holder(&server)).await;
+    eventually_within("a holder", Duration::from_secs(5), || holder(&server)).await;
     // Two renewals answered 409 (another writer came first), 400 ms in all, inside the renew
     // deadline: the holder reads again, renews, and keeps the Lease.
     let puts = |server: &ApiServer| {
@@ -133,7 +117,7 @@ async fn a_renewal_that_conflicts_is_retried_and_the_holder_keeps_the_lease() {
     };
     let before = puts(&server);
     server.conflict_lease_updates(2);
-    let renewed = eventually(
+    let renewed = eventually_within(
         "a renewal after the conflicts",
         Duration::from_secs(3),
         || {
