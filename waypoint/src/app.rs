@@ -182,7 +182,8 @@ pub async fn start_with(
     })
 }
 
-/// The admin API (localhost): `/` answers the waypoint's identity and open HBONE connections;
+/// The admin API (localhost): `/` answers the waypoint's identity, its open HBONE connections
+/// and where its spans go (the Telemetry API's answer, or the flags);
 /// `/explain?from=…&to=…&port=…&method=…&path=…&host=…&header=K%3DV` the decision this
 /// waypoint takes for that request (the same answer as `node-proxy explain --waypoint`), from
 /// the state in force.
@@ -191,11 +192,12 @@ async fn serve_admin(listener: TcpListener, context: Arc<Context>) {
         let (status, body) = match req.uri().path() {
             "/" => (
                 hyper::StatusCode::OK,
-                format!(
-                    "{{\"identity\":\"{}\",\"upstream_connections\":{}}}",
-                    context.identity,
-                    context.upstreams.connections()
-                ),
+                serde_json::json!({
+                    "identity": context.identity.to_string(),
+                    "upstream_connections": context.upstreams.connections(),
+                    "tracing": context.telemetry.tracing_source(),
+                })
+                .to_string(),
             ),
             "/explain" => explain(&context, req.uri().query().unwrap_or_default()),
             _ => (

@@ -319,6 +319,9 @@ async fn the_telemetry_api_names_the_collector_and_its_changes_take_effect() {
         source.contains("Telemetry istio-system/mesh-default") && source.contains("provider otel"),
         "{source}"
     );
+    let admin: serde_json::Value =
+        serde_json::from_str(&body_of(mesh.waypoint.admin_addr, "/").await).unwrap();
+    assert_eq!(admin["tracing"], serde_json::json!(source), "{admin}");
 
     let (_client, mut http) = mesh.http1(SocketAddr::new(vip(42), 80)).await;
     let response = http
