@@ -23,7 +23,8 @@ const GRPC_PORT: u16 = 9090;
 
 /// The Gateway `shop/wp` and its Service (ready at `wp_ip`), the Service `web` (HTTP on 80,
 /// gRPC on 9090) that uses it, backed by `servers`, and the L7 policies at the waypoint: no
-/// DELETE on `/api*`, nothing under `/admin`, no `Count` calls, nothing with `x-block: yes`.
+/// DELETE on `/api*`, nothing under `/admin`, no `Count` calls, nothing with `x-block: yes`;
+/// and only the service account `client` may call at all (an ALLOW on the source identity).
 fn objects(wp_ip: &str, servers: &[String]) -> String {
     let gateway = gateway_objects("shop", "wp", WAYPOINT_VIP, &[wp_ip.to_owned()]);
     let ports = [("http", 80, HTTP_PORT), ("grpc", GRPC_PORT, GRPC_PORT)];
@@ -42,6 +43,15 @@ spec:
   - to: [{{operation: {{paths: [\"/admin\", \"/admin/*\"]}}}}]
   - to: [{{operation: {{paths: [\"/marrow.test.Echo/Count\"]}}}}]
   - when: [{{key: \"request.headers[x-block]\", values: [\"yes\"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: only-client, namespace: shop}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: wp}}]
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: [\"cluster.local/ns/shop/sa/client\"]}}}}]
 "
     )
 }
@@ -55,6 +65,7 @@ fn requests_through_the_waypoint_are_authorized_balanced_and_counted() {
     }
     let mesh = Mesh::start("wpl7");
     let client = mesh.n1.add_pod("client", "shop", true);
+    let intruder = mesh.n1.add_pod("intruder", "shop", true);
     let web_a = mesh.n1.add_pod("web-a", "shop", true);
     let web_b = mesh.n2.add_pod("web-b", "shop", true);
     let wp_pod = mesh.n2.add_pod("wp-0", "shop", false);
@@ -66,6 +77,7 @@ fn requests_through_the_waypoint_are_authorized_balanced_and_counted() {
     ];
     let state = namespaces()
         .pod(&client, "client")
+        .pod(&intruder, "intruder")
         .pod(&web_a, "web")
         .pod(&web_b, "web")
         .with_pod(
@@ -131,6 +143,13 @@ fn requests_through_the_waypoint_are_authorized_balanced_and_counted() {
     // Denied by a header; allowed without it.
     let blocked = curl(&client, &["-H", "x-block: yes", &url]);
     assert_eq!(blocked.status, 403, "{blocked:?}");
+    // Another identity is not in the ALLOW's principals: denied, whatever it asks.
+    let stranger = curl(&intruder, &[&url]);
+    assert_eq!(
+        (stranger.status, stranger.body.as_str()),
+        (403, "RBAC: access denied"),
+        "{stranger:?}"
+    );
     // HTTP/2 (prior knowledge) from the client: allowed (the port is http: HTTP/1.1 upstream).
     let h2 = curl(&client, &["--http2-prior-knowledge", &url]);
     assert_eq!(h2.status, 200, "{h2:?}");
