@@ -5,7 +5,8 @@
 //! Layers, each importing only from those below it (an xtask test checks there is no circle):
 //! [`objects`] (the Kubernetes vocabulary) → [`identity`] → [`tls`] → [`hbone`] → [`dial`]
 //! (an HBONE connection to a peer, over TLS);
-//! [`objects`] → [`policy`] (pure: parse and evaluate Istio's security objects) → [`state`] (the
+//! [`objects`] → [`policy`] (pure: parse and evaluate Istio's security objects) and [`traffic`]
+//! (pure: routes and DestinationRules) → [`state`] (the
 //! snapshot store and its file source) → [`apiserver`] (the Kubernetes source) and [`explain`];
 //! [`telemetry`] (Istio's metric labels and response flags, request metrics, access log)
 //! reads identity and state; [`trace`] (trace context, spans, OTLP export) reads telemetry;
@@ -28,3 +29,4 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
+pub mod traffic;

@@ -33,6 +33,8 @@ pub struct Snapshot {
     services: Arc<super::services::ServiceIndex>,
     /// Waypoints and who uses them, from the raw Gateways and the rest.
     waypoints: Arc<super::waypoints::WaypointIndex>,
+    /// Routes and DestinationRules, parsed from the raw route objects.
+    traffic: Arc<crate::traffic::TrafficSet>,
 }
 
 impl Snapshot {
@@ -44,6 +46,11 @@ impl Snapshot {
     /// Waypoints, and which Services and workloads use them.
     pub fn waypoints(&self) -> &super::waypoints::WaypointIndex {
         &self.waypoints
+    }
+
+    /// The routes and DestinationRules in force.
+    pub fn traffic(&self) -> &crate::traffic::TrafficSet {
+        &self.traffic
     }
 
     /// The authorization and peer-authentication policies in force.
@@ -220,6 +227,11 @@ impl StateUpdate {
         let (index, warnings) = super::waypoints::WaypointIndex::build(&self.snapshot);
         self.snapshot.waypoints = Arc::new(index);
         warnings
+    }
+
+    /// Puts a parsed traffic set in the snapshot (the sources build it from the raw objects).
+    pub fn set_traffic(&mut self, traffic: crate::traffic::TrafficSet) {
+        self.snapshot.traffic = Arc::new(traffic);
     }
 
     /// The snapshot to publish, with its generation.
