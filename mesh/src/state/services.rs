@@ -69,6 +69,9 @@ pub struct ServiceIndex {
     /// The service ports with a ready endpoint at each pod IP, for the per-tunnel lookup of
     /// the destination's Services (a hash lookup, not a scan of every endpoint).
     by_endpoint_ip: HashMap<IpAddr, Vec<Arc<ServiceTarget>>>,
+    /// The service ports by Service and port number, for routes that name a backend Service:
+    /// the first VIP's entry (the primary family, `spec.clusterIPs[0]`).
+    by_name: HashMap<(crate::traffic::ServiceName, u16), Arc<ServiceTarget>>,
 }
 
 impl ServiceIndex {
@@ -85,6 +88,18 @@ impl ServiceIndex {
             .get(&ip.to_canonical())
             .into_iter()
             .flatten()
+    }
+
+    /// The port `port` of the Service `service` (of its primary VIP): what a route's backend
+    /// names. One hash lookup.
+    pub fn by_name(
+        &self,
+        service: &crate::traffic::ServiceName,
+        port: u16,
+    ) -> Option<&Arc<ServiceTarget>> {
+        // A borrowed key would need a second map shape; the clone is two short strings, paid
+        // only for routed requests.
+        self.by_name.get(&(service.clone(), port))
     }
 
     /// How many VIP:port entries there are.
@@ -211,18 +226,22 @@ impl ServiceIndex {
                 let port_name = port.name.as_deref().unwrap_or_default();
                 let endpoints = ready_endpoints(own_slices, port_name, vip.is_ipv4());
                 let vip = SocketAddr::new(vip, number);
-                self.by_vip.insert(
+                let target = Arc::new(ServiceTarget {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
                     vip,
-                    Arc::new(ServiceTarget {
-                        namespace: namespace.clone(),
-                        name: name.clone(),
-                        vip,
-                        port_name: port_name.to_owned(),
-                        app_protocol: port.app_protocol.clone(),
-                        slot: super::balance::slot_of(vip),
-                        endpoints,
-                    }),
-                );
+                    port_name: port_name.to_owned(),
+                    app_protocol: port.app_protocol.clone(),
+                    slot: super::balance::slot_of(vip),
+                    endpoints,
+                });
+                self.by_name
+                    .entry((
+                        crate::traffic::ServiceName::new(namespace.as_str(), name.as_str()),
+                        number,
+                    ))
+                    .or_insert_with(|| target.clone());
+                self.by_vip.insert(vip, target);
             }
         }
     }
@@ -354,6 +373,18 @@ mod tests {
         assert_eq!(picker.pick(empty), None, "no endpoints: nothing to pick");
         let mapped: SocketAddr = "[::ffff:10.96.0.10]:80".parse().unwrap();
         assert!(index.at(mapped).is_some(), "v4-mapped VIPs count as v4");
+        let by_name = |name: &str, port| {
+            index
+                .by_name(&crate::traffic::ServiceName::new("shop", name), port)
+                .map(|t| t.vip)
+        };
+        assert_eq!(
+            by_name("web", 80),
+            Some(web.vip),
+            "a route's backend by name"
+        );
+        assert_eq!(by_name("web", 81), None, "only its ports");
+        assert_eq!(by_name("headless", 80), None, "no VIP, no entry");
     }
 
     #[test]
