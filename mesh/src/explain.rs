@@ -12,6 +12,7 @@
 //! calls, after the same path normalization ([`crate::path::normalize`]).
 
 mod query;
+mod routes;
 
 use std::net::IpAddr;
 
@@ -28,6 +29,9 @@ use crate::policy::{
 use crate::state::{Snapshot, Workload};
 
 pub use query::ExplainQuery;
+pub use routes::{
+    BackendView, FaultView, RetriesView, RouteView, RoutesAnswer, RoutesQuery, explain_routes,
+};
 
 /// Who connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -492,5 +496,8 @@ fn join(findings: &[Finding]) -> String {
     texts.join(", ")
 }
 
+#[cfg(test)]
+#[path = "explain/routes_tests.rs"]
+mod routes_tests;
 #[cfg(test)]
 mod tests;

@@ -125,6 +125,87 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The request a route is asked for, in `routes` and `admin routes`.
+#[derive(clap::Args)]
+pub struct RouteArgs {
+    /// The client, `ns/pod` (its namespace and labels can decide; a bare --to name is
+    /// resolved in its namespace).
+    #[arg(long)]
+    from: Option<String>,
+    /// The destination: a Service host (`name.ns`, `name.ns.svc.cluster.local`, or `name`
+    /// with --from) or VIP, and the service port: `HOST:PORT`.
+    #[arg(long)]
+    to: String,
+    /// The request method (default GET).
+    #[arg(long)]
+    method: Option<String>,
+    /// The request path (default /), normalized as the waypoint does.
+    #[arg(long)]
+    path: Option<String>,
+    /// The request's host (default: the Service's).
+    #[arg(long)]
+    host: Option<String>,
+    /// A request header, `NAME=VALUE`; repeatable.
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+}
+
+impl RouteArgs {
+    /// The question as `explain_routes` takes it.
+    fn query(&self) -> anyhow::Result<marrow_mesh::explain::RoutesQuery> {
+        let from = match &self.from {
+            Some(from) => Some(from.parse()?),
+            None => None,
+        };
+        Ok(marrow_mesh::explain::RoutesQuery {
+            from,
+            to: self.to.clone(),
+            request: marrow_mesh::explain::RequestQuery {
+                method: self.method.clone(),
+                path: self.path.clone(),
+                host: self.host.clone(),
+                headers: self.headers.clone(),
+                waypoint: None,
+            },
+        })
+    }
+}
+
+/// Flags of `routes`.
+#[derive(clap::Args)]
+pub struct RoutesArgs {
+    /// The state file (Kubernetes YAML: Services, routes, DestinationRules, …).
+    #[arg(long)]
+    config: PathBuf,
+    #[command(flatten)]
+    route: RouteArgs,
+    /// Print `{"route":..,"backends":[..],"timeout_ms":..,"retries":..,"fault":..}`.
+    #[arg(long)]
+    json: bool,
+    /// Namespace whose objects apply mesh-wide.
+    #[arg(long, default_value = marrow_mesh::policy::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
+}
+
+/// `node-proxy routes`: the route that applies to a request or connection, from a state file,
+/// answered by the functions the data paths call.
+pub fn routes(args: &RoutesArgs) -> anyhow::Result<()> {
+    let update = LocalFileSource::new(&args.config)
+        .with_root_namespace(&args.root_namespace)
+        .load()?;
+    let store = StateStore::new();
+    store.apply(update);
+    let answer = marrow_mesh::explain::explain_routes(&store.snapshot(), &args.route.query()?)?;
+    let reply = serde_json::to_value(&answer)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&reply)?);
+    } else {
+        // One rendering with `admin routes`.
+        print!("{}", admin::client::render(admin::Endpoint::Routes, &reply));
+    }
+    Ok(())
+}
+
 /// Flags of `admin`.
 #[derive(clap::Args)]
 pub struct AdminArgs {
@@ -167,6 +248,8 @@ pub enum AdminCommand {
     /// The running proxy's L4 decision for a connection, or with --method/--path/--host/--header
     /// the waypoint's for a request (as `node-proxy explain`).
     Explain(ConnectionArgs),
+    /// The running proxy's route for a request or connection (as `node-proxy routes`).
+    Routes(RouteArgs),
 }
 
 /// `node-proxy admin …`: one request to the admin API, printed as a table or as its JSON.
@@ -206,6 +289,22 @@ pub fn admin(args: &AdminArgs) -> anyhow::Result<()> {
             }
             params.extend(request.headers.iter().map(|h| ("header", h.as_str())));
             (Endpoint::Explain, "GET", params)
+        }
+        AdminCommand::Routes(route) => {
+            let mut params = vec![("to", route.to.as_str())];
+            let optional = [
+                ("from", &route.from),
+                ("method", &route.method),
+                ("path", &route.path),
+                ("host", &route.host),
+            ];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    params.push((key, value));
+                }
+            }
+            params.extend(route.headers.iter().map(|h| ("header", h.as_str())));
+            (Endpoint::Routes, "GET", params)
         }
     };
     let path = client::target(endpoint, &params);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use commands::{AdminArgs, CaCommand, CniCommand, ExplainArgs};
+use commands::{AdminArgs, CaCommand, CniCommand, ExplainArgs, RoutesArgs};
 use marrow_settings::{Flags, ProcessEnv};
 use node_proxy::config::Config;
 
@@ -30,6 +30,10 @@ enum Command {
     /// waypoint's for a request), from a state file: allow or deny, the deciding policy and
     /// rule, and why.
     Explain(ExplainArgs),
+    /// The route that applies to a request or connection to a Service (VirtualService,
+    /// HTTPRoute, GRPCRoute or TCPRoute rule), its weighted backends and its timeout, retry and
+    /// fault policy, from a state file.
+    Routes(RoutesArgs),
     /// The local mesh CA (demos, tests, small clusters).
     #[command(subcommand)]
     Ca(CaCommand),
@@ -58,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Explain(args) => commands::explain(&args),
+        Command::Routes(args) => commands::routes(&args),
         Command::Admin(args) => commands::admin(&args),
         Command::Ca(CaCommand::Create {
             dir,

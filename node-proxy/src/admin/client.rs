@@ -221,7 +221,85 @@ pub fn render(endpoint: Endpoint, reply: &Value) -> String {
             }
             out
         }
+        Endpoint::Routes => routes(reply),
     }
+}
+
+/// `routes`: the rule, its backends and the policies in force, one line each.
+fn routes(reply: &Value) -> String {
+    let route = &reply["route"];
+    let route = if route.is_null() {
+        "none".to_owned()
+    } else {
+        format!(
+            "{} {} rule {}",
+            text(&route["kind"]),
+            text(&route["name"]),
+            text(&route["rule"])
+        )
+    };
+    let mut out = format!(
+        "service:  {}:{}\nlayer:    {}\nroute:    {route}\naction:   {}\n",
+        text(&reply["service"]),
+        text(&reply["port"]),
+        text(&reply["layer"]),
+        text(&reply["action"]),
+    );
+    for b in items(reply, "backends") {
+        out.push_str(&format!(
+            "backend:  {} subset {} port {} weight {}\n",
+            text(&b["service"]),
+            text(&b["subset"]),
+            text(&b["port"]),
+            text(&b["weight"])
+        ));
+    }
+    let timeout = &reply["timeout_ms"];
+    out.push_str(&format!(
+        "timeout:  {}\n",
+        if timeout.is_null() {
+            "none".to_owned()
+        } else {
+            format!("{} ms", text(timeout))
+        }
+    ));
+    let retries = &reply["retries"];
+    if retries.is_null() {
+        out.push_str("retries:  none\n");
+    } else {
+        out.push_str(&format!(
+            "retries:  {} attempts, per try {} ms, on {}{}\n",
+            text(&retries["attempts"]),
+            text(&retries["per_try_timeout_ms"]),
+            text(&retries["retry_on"]),
+            match retries["status_codes"].as_array() {
+                Some(codes) if !codes.is_empty() =>
+                    format!(" (codes {})", text(&retries["status_codes"])),
+                _ => String::new(),
+            }
+        ));
+    }
+    let fault = &reply["fault"];
+    if fault.is_null() {
+        out.push_str("fault:    none\n");
+    } else {
+        out.push_str(&format!(
+            "fault:    delay {} ms at {}%, abort {}{} at {}%\n",
+            text(&fault["delay_ms"]),
+            text(&fault["delay_percent"]),
+            text(&fault["abort_http_status"]),
+            if fault["abort_grpc_status"].is_null() {
+                String::new()
+            } else {
+                format!(" grpc {}", text(&fault["abort_grpc_status"]))
+            },
+            text(&fault["abort_percent"])
+        ));
+    }
+    for note in items(reply, "notes") {
+        out.push_str(&format!("note:     {}\n", text(&note)));
+    }
+    out
 }
 
 fn items(reply: &Value, key: &str) -> Vec<Value> {

@@ -52,13 +52,15 @@ pub enum Endpoint {
     /// `GET /explain?from=…&to=…&port=…`: the L4 decision for a connection (with `method=`,
     /// `path=`, `host=`, `header=`, `waypoint=`: the waypoint's for a request).
     Explain,
+    /// `GET /routes?to=HOST:PORT[&from=…&method=…&path=…&header=…]`: the route that applies.
+    Routes,
     /// `GET /`: this list.
     Index,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order the index lists them.
-    pub const ALL: [Endpoint; 9] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::Workloads,
         Endpoint::Services,
         Endpoint::Policies,
@@ -67,6 +69,7 @@ impl Endpoint {
         Endpoint::ConfigDump,
         Endpoint::Logging,
         Endpoint::Explain,
+        Endpoint::Routes,
         Endpoint::Index,
     ];
 
@@ -81,6 +84,7 @@ impl Endpoint {
             Endpoint::ConfigDump => "/config_dump",
             Endpoint::Logging => "/logging",
             Endpoint::Explain => "/explain",
+            Endpoint::Routes => "/routes",
             Endpoint::Index => "/",
         }
     }
@@ -98,6 +102,9 @@ impl Endpoint {
             Endpoint::Explain => &[
                 "GET /explain?from=ns/pod|ip:ADDR&to=ns/pod&port=N[&method=M&path=P&host=H&header=K%3DV&waypoint=ns/name]",
             ],
+            Endpoint::Routes => {
+                &["GET /routes?to=HOST:PORT[&from=ns/pod&method=M&path=P&host=H&header=K%3DV]"]
+            }
             Endpoint::Index => &["GET /"],
         }
     }
@@ -310,6 +317,7 @@ pub async fn handle(admin: &AdminState, method: &Method, uri: &Uri) -> Reply {
         Endpoint::ConfigDump => Reply::ok(&views::config_dump(admin)),
         Endpoint::Logging => logging(admin, method, query),
         Endpoint::Explain => explain(admin, query),
+        Endpoint::Routes => routes(admin, query),
     }
 }
 
@@ -365,6 +373,25 @@ fn explain(admin: &AdminState, query: &str) -> Reply {
     let answer = marrow_mesh::explain::ExplainQuery::parse(query).and_then(|q| {
         q.answer(&state.snapshot(), &admin.trust_domain)
             .map_err(|e| e.to_string())
+    });
+    match answer {
+        Ok(answer) => Reply::ok(&answer),
+        Err(reason) => Reply::error(StatusCode::BAD_REQUEST, reason),
+    }
+}
+
+/// `/routes?to=HOST:PORT`: the same answer as `node-proxy routes --json`, from the state in
+/// force: the rule that applies (with `from=`, `method=`, `path=`, `host=`, `header=K%3DV`
+/// for the request), its backends, timeout, retries and faults.
+fn routes(admin: &AdminState, query: &str) -> Reply {
+    let Some(state) = &admin.state else {
+        return Reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no state file: routes are not in use",
+        );
+    };
+    let answer = marrow_mesh::explain::RoutesQuery::parse(query).and_then(|q| {
+        marrow_mesh::explain::explain_routes(&state.snapshot(), &q).map_err(|e| e.to_string())
     });
     match answer {
         Ok(answer) => Reply::ok(&answer),

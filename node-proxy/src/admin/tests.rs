@@ -573,5 +573,71 @@ fn the_client_asks_the_paths_the_server_routes() {
         client::target(Endpoint::Explain, &[("from", "shop/a"), ("port", "80")]),
         "/explain?from=shop%2Fa&port=80"
     );
-    assert_eq!(endpoints().len(), 10, "{:?}", endpoints());
+    assert_eq!(endpoints().len(), 11, "{:?}", endpoints());
+}
+
+#[tokio::test]
+async fn routes_answers_as_the_cli_and_renders_the_rule_and_backends() {
+    use marrow_mesh::traffic::{Backend, RouteKind, RouteRef, ServiceName, TcpRule, TrafficSet};
+    let yaml = concat!(
+        include_str!("../../../mesh/testdata/two-pods.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop}\n",
+        "spec: {clusterIP: 10.96.0.11, ports: [{name: tcp, port: 80}]}\n"
+    );
+    let mut update =
+        marrow_mesh::state::file::parse(std::path::Path::new("test.yaml"), yaml.as_bytes())
+            .unwrap();
+    let backend = |name: &str, weight| Backend {
+        service: ServiceName::new("shop", name),
+        port: None,
+        subset: None,
+        weight,
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+    };
+    let mut traffic = TrafficSet::new();
+    traffic.insert_tcp(
+        ServiceName::new("shop", "api"),
+        vec![TcpRule {
+            route: RouteRef {
+                kind: RouteKind::TcpRoute,
+                namespace: "shop".into(),
+                name: "api-canary".into(),
+                rule: 0,
+            },
+            port: None,
+            backends: vec![backend("api", 90), backend("api-v2", 10)],
+        }],
+    );
+    update.set_traffic(traffic);
+    let store = Arc::new(StateStore::new());
+    store.apply(update);
+    let state = AdminState {
+        state: Some(store.clone()),
+        ..admin()
+    };
+    let body = ok(&state, "/routes?to=api.shop%3A80&from=shop%2Fclient").await;
+    let query =
+        marrow_mesh::explain::RoutesQuery::parse("to=api.shop:80&from=shop/client").unwrap();
+    let cli = marrow_mesh::explain::explain_routes(&store.snapshot(), &query).unwrap();
+    assert_eq!(body, serde_json::to_value(&cli).unwrap());
+    assert_eq!(body["route"]["kind"], "TCPRoute");
+    let text = client::render(Endpoint::Routes, &body);
+    assert!(
+        text.contains("route:    TCPRoute shop/api-canary rule 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("backend:  shop/api-v2 subset - port 80 weight 10"),
+        "{text}"
+    );
+    assert!(text.contains("layer:    node proxy"), "{text}");
+    let bad = get(&state, "/routes?from=shop%2Fclient").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        json(&bad)["error"]
+            .as_str()
+            .unwrap()
+            .contains("to=HOST:PORT")
+    );
 }
