@@ -48,7 +48,7 @@ const USAGE: &str = "usage: testpod serve --port P [--v6] [--sink]
        testpod pingpong <ip:port> --count N [--size B] [--timeout-ms N]
        testpod hold <ip:port> --connections N [--seconds S] [--timeout-ms N]
        testpod converse <ip:port> [--timeout-ms N]
-       testpod http-serve --port P [--size B]
+       testpod http-serve --port P [--size B] [--name N] [--fail-percent P] [--delay-ms D] [--log]
        testpod http-load <ip:port> --seconds S [--connections C] [--size B] [--rate R] [--timeout-ms N]";
 const CHUNK: usize = 64 * 1024;
 
@@ -105,10 +105,11 @@ impl Flags {
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             match arg.strip_prefix("--") {
-                Some(name @ ("v6" | "sink")) => flags.switches.push(name.to_owned()),
+                Some(name @ ("v6" | "sink" | "log")) => flags.switches.push(name.to_owned()),
                 Some(
                     name @ ("port" | "send" | "timeout-ms" | "bytes" | "seconds" | "threads"
-                    | "count" | "size" | "connections" | "rate"),
+                    | "count" | "size" | "connections" | "rate" | "name" | "fail-percent"
+                    | "delay-ms"),
                 ) => {
                     let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
                     flags.values.insert(name.to_owned(), value.clone());

@@ -1,10 +1,13 @@
 //! The L7 load generator and server of `cargo xtask bench` (waypoint, Envoy and direct alike).
 //!
 //! ```text
-//! testpod http-serve --port P [--size B]
+//! testpod http-serve --port P [--size B] [--name N] [--fail-percent P] [--delay-ms D] [--log]
 //!     HTTP/1.1 keep-alive server on 0.0.0.0:P (a thread per connection); every request's body
 //!     is read (Content-Length) and answered 200 with B bytes (default 1024); print
-//!     "listening <addr>" once bound.
+//!     "listening <addr>" once bound. For the traffic-management tests and the demo: --name
+//!     answers with `x-served-by: N`; --fail-percent P answers 503 to P of every 100 requests,
+//!     spread evenly in arrival order (exact, not random); --delay-ms D waits before answering; --log prints
+//!     "request <method> <target> <header>=<value>..." per request.
 //! testpod http-load <ip:port> --seconds S [--connections C] [--size B] [--rate R] [--timeout-ms N]
 //!     C keep-alive connections (default 1), each its own thread, send `POST /` with a B-byte body
 //!     (default 1024) and read each whole response before the next (HTTP/1.1, no pipelining).
@@ -37,6 +40,29 @@ pub fn serve(flags: &Flags) -> Result<ExitCode, String> {
     let listener =
         TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("bind :{port}: {e}"))?;
     println!("listening 0.0.0.0:{port}");
+    let behaviour = Behaviour {
+        name: flags.values.get("name").cloned(),
+        fail_percent: flags.number("fail-percent")?.unwrap_or(0).min(100),
+        delay: Duration::from_millis(flags.number("delay-ms")?.unwrap_or(0)),
+        log: flags.switches.iter().any(|s| s == "log"),
+        size,
+        served: std::sync::atomic::AtomicU64::new(0),
+    };
+    if behaviour.name.is_some()
+        || behaviour.fail_percent > 0
+        || !behaviour.delay.is_zero()
+        || behaviour.log
+    {
+        let behaviour = std::sync::Arc::new(behaviour);
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let behaviour = std::sync::Arc::clone(&behaviour);
+            std::thread::spawn(move || {
+                let _ = serve_behaving(stream, &behaviour);
+            });
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let body = vec![b'x'; size];
     let head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n"
@@ -65,6 +91,69 @@ fn serve_connection(stream: TcpStream, response: &[u8]) -> io::Result<()> {
         let length = content_length(&head).unwrap_or(0);
         io::copy(&mut (&mut reader).take(length), &mut io::sink())?;
         writer.write_all(response)?;
+    }
+}
+
+/// How `http-serve` answers when told to name itself, fail, wait or log.
+struct Behaviour {
+    name: Option<String>,
+    fail_percent: u64,
+    delay: Duration,
+    log: bool,
+    size: usize,
+    /// Requests answered, across connections: the failure schedule's position.
+    served: std::sync::atomic::AtomicU64,
+}
+
+fn serve_behaving(stream: TcpStream, behaviour: &Behaviour) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(head) = read_head(&mut reader)? else {
+            return Ok(());
+        };
+        let length = content_length(&head).unwrap_or(0);
+        io::copy(&mut (&mut reader).take(length), &mut io::sink())?;
+        let n = behaviour
+            .served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if behaviour.log {
+            let mut lines = head.lines();
+            let request_line = lines.next().unwrap_or_default();
+            let mut parts = request_line.split_whitespace();
+            let (method, target) = (parts.next().unwrap_or("-"), parts.next().unwrap_or("-"));
+            let headers: Vec<String> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| format!("{}={}", k.trim().to_ascii_lowercase(), v.trim()))
+                .collect();
+            let mut out = io::stdout().lock();
+            writeln!(out, "request {method} {target} {}", headers.join(" "))?;
+            out.flush()?;
+        }
+        if !behaviour.delay.is_zero() {
+            std::thread::sleep(behaviour.delay);
+        }
+        // Spread evenly: request n fails when it carries the running share of failures past
+        // a whole one (50 % is every other request, 10 % every tenth).
+        let p = behaviour.fail_percent;
+        let status = if (n + 1) * p / 100 > n * p / 100 {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
+        let served_by = behaviour
+            .name
+            .as_deref()
+            .map(|name| format!("x-served-by: {name}\r\n"))
+            .unwrap_or_default();
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/octet-stream\r\n{served_by}content-length: {}\r\n\r\n",
+            behaviour.size
+        )
+        .into_bytes();
+        response.resize(response.len() + behaviour.size, b'x');
+        writer.write_all(&response)?;
     }
 }
 
