@@ -173,6 +173,85 @@ pub fn curl(pod: &Pod, args: &[&str]) -> CurlReply {
     }
 }
 
+/// What [`curl_many`] saw: how many answers of each status, and from which server (the
+/// `x-served-by` header of `testpod http-serve --name`, `-` when absent).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Answers by HTTP status (0: no response).
+    pub by_status: std::collections::BTreeMap<u16, usize>,
+    /// Answers by server name.
+    pub by_server: std::collections::BTreeMap<String, usize>,
+    /// Requests sent.
+    pub total: usize,
+}
+
+impl Tally {
+    /// Answers with this status.
+    pub fn status(&self, status: u16) -> usize {
+        self.by_status.get(&status).copied().unwrap_or(0)
+    }
+
+    /// Answers from this server.
+    pub fn server(&self, name: &str) -> usize {
+        self.by_server.get(name).copied().unwrap_or(0)
+    }
+
+    /// The share of answers from `name`, 0 to 1.
+    pub fn share(&self, name: &str) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        self.server(name) as f64 / self.total as f64
+    }
+}
+
+/// Sends `count` GETs to `url` from one curl process inside `pod` (one keep-alive connection,
+/// a real client), `args` added (e.g. `-H x-canary:true`), and tallies the answers.
+pub fn curl_many(pod: &Pod, url: &str, count: usize, args: &[&str]) -> Tally {
+    let config = std::env::temp_dir().join(format!(
+        "marrow-curl-{}-{}-{count}.cfg",
+        std::process::id(),
+        pod.name()
+    ));
+    let mut text = String::with_capacity(count * (url.len() + 40));
+    for _ in 0..count {
+        text.push_str(&format!("url = \"{url}\"\noutput = \"/dev/null\"\n"));
+    }
+    let written = std::fs::write(&config, text);
+    let mut all = vec![
+        "-s",
+        "--max-time",
+        "60",
+        "-w",
+        "%{http_code} %header{x-served-by}\n",
+    ];
+    all.extend_from_slice(args);
+    let config_arg = config.to_string_lossy().into_owned();
+    all.extend_from_slice(&["-K", &config_arg]);
+    let out = if written.is_ok() {
+        String::from_utf8_lossy(&pod.output("curl", &all).stdout).into_owned()
+    } else {
+        String::new()
+    };
+    let _ = std::fs::remove_file(&config);
+    let mut tally = Tally {
+        total: count,
+        ..Tally::default()
+    };
+    for line in out.lines() {
+        let mut parts = line.split_whitespace();
+        let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let server = parts.next().unwrap_or("-").to_owned();
+        *tally.by_status.entry(status).or_default() += 1;
+        *tally.by_server.entry(server).or_default() += 1;
+    }
+    let answered: usize = tally.by_status.values().sum();
+    if answered < count {
+        *tally.by_status.entry(0).or_default() += count - answered;
+    }
+    tally
+}
+
 fn last_json(out: &Output) -> Option<Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
