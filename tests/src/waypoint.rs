@@ -94,6 +94,11 @@ impl<'p> Waypoint<'p> {
         response.body
     }
 
+    /// Its process id (the same one while it is not restarted).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         self.process.log()

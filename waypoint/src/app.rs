@@ -186,7 +186,8 @@ pub async fn start_with(
 /// and where its spans go (the Telemetry API's answer, or the flags);
 /// `/explain?from=…&to=…&port=…&method=…&path=…&host=…&header=K%3DV` the decision this
 /// waypoint takes for that request (the same answer as `node-proxy explain --waypoint`), from
-/// the state in force.
+/// the state in force; `/routes?to=HOST:PORT[&from=…&method=…&path=…&header=K%3DV]` the route
+/// it applies to that request (the same answer as `node-proxy routes`).
 async fn serve_admin(listener: TcpListener, context: Arc<Context>) {
     http::serve_async(listener, move |req| {
         let (status, body) = match req.uri().path() {
@@ -200,9 +201,10 @@ async fn serve_admin(listener: TcpListener, context: Arc<Context>) {
                 .to_string(),
             ),
             "/explain" => explain(&context, req.uri().query().unwrap_or_default()),
+            "/routes" => routes(&context, req.uri().query().unwrap_or_default()),
             _ => (
                 hyper::StatusCode::NOT_FOUND,
-                "{\"error\":\"no such endpoint: / and /explain are\"}".to_owned(),
+                "{\"error\":\"no such endpoint: /, /explain and /routes are\"}".to_owned(),
             ),
         };
         let mut response = hyper::Response::new(Full::new(Bytes::from(body + "\n")));
@@ -210,6 +212,21 @@ async fn serve_admin(listener: TcpListener, context: Arc<Context>) {
         std::future::ready(response)
     })
     .await;
+}
+
+/// `/routes`: the route this waypoint applies to a request, as JSON.
+fn routes(context: &Context, query: &str) -> (hyper::StatusCode, String) {
+    let answer = marrow_mesh::explain::RoutesQuery::parse(query).and_then(|q| {
+        marrow_mesh::explain::explain_routes(&context.state.snapshot(), &q)
+            .map_err(|e| e.to_string())
+    });
+    match answer.and_then(|a| serde_json::to_string(&a).map_err(|e| e.to_string())) {
+        Ok(json) => (hyper::StatusCode::OK, json),
+        Err(reason) => (
+            hyper::StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": reason }).to_string(),
+        ),
+    }
 }
 
 /// `/explain`: the request's decision at this waypoint (its Gateway unless `waypoint=` names

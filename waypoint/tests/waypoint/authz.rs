@@ -154,3 +154,23 @@ async fn the_admin_explains_a_request_at_this_waypoint() {
     let bad = ask(format!("{from}&method=GET")).await;
     assert!(bad["error"].as_str().unwrap().contains("port="), "{bad}");
 }
+
+#[tokio::test]
+async fn the_admin_answers_which_route_applies() {
+    let mesh = TestMesh::start_with_state(61, &[1, 2], POLICIES).await;
+    let body = body_of(
+        mesh.waypoint.admin_addr,
+        "/routes?to=web.shop%3A80&path=%2Fapi",
+    )
+    .await;
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // No route object for web: the Service itself, at this waypoint.
+    assert_eq!(answer["action"], "default", "{answer}");
+    assert_eq!(answer["backends"][0]["service"], "shop/web", "{answer}");
+    assert!(
+        answer["layer"].as_str().unwrap().starts_with("waypoint "),
+        "{answer}"
+    );
+    let bad = body_of(mesh.waypoint.admin_addr, "/routes?path=%2F").await;
+    assert!(bad.contains("to=HOST:PORT"), "{bad}");
+}
