@@ -13,5 +13,7 @@ mod harness;
 mod hostile;
 #[path = "waypoint/proxying.rs"]
 mod proxying;
+#[path = "waypoint/routing.rs"]
+mod routing;
 #[path = "waypoint/telemetry.rs"]
 mod telemetry;

@@ -358,13 +358,8 @@ impl Downstream {
                     active,
                     flag: exhausted,
                 },
-                None => {
-                    let mut timeout = upstream_timeout();
-                    if let Tried::Failed { flag, .. } = &mut timeout {
-                        *flag = exhausted.or(*flag);
-                    }
-                    timeout
-                }
+                // The last try timed out: 504 `UT`, whether retries ran out or there were none.
+                None => upstream_timeout(),
                 Some(Err(flag)) => Tried::Failed {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     message: if flag == ResponseFlag::UpstreamFailure {

@@ -42,6 +42,7 @@ impl Replay {
     /// The first reader of `body`, keeping up to `limit` bytes for the next ones.
     pub(super) fn new(body: Body, limit: usize) -> Self {
         let hint = body.size_hint();
+        let ended = body.is_end_stream();
         Self {
             tape: Arc::new(Mutex::new(Tape {
                 inner: body,
@@ -49,7 +50,7 @@ impl Replay {
                 size: 0,
                 limit,
                 spent: false,
-                ended: false,
+                ended,
                 trailers: None,
                 hint,
             })),
@@ -131,6 +132,10 @@ impl HttpBody for Replay {
             Poll::Ready(None) => tape.ended = true,
             Poll::Ready(Some(Err(_))) => tape.spent = true,
             Poll::Pending => {}
+        }
+        // A body that knows it is done is not polled again (hyper stops at `is_end_stream`).
+        if tape.inner.is_end_stream() {
+            tape.ended = true;
         }
         polled
     }

@@ -71,6 +71,28 @@ pub struct NodeProxy {
     pub connects: Arc<Mutex<Vec<SeenConnect>>>,
 }
 
+/// A label every pod carries with its host number (`h1`, `h2`, …), for DestinationRule
+/// subsets in routing tests.
+pub const HOST_LABEL: &str = "marrow-test/host";
+
+fn host_label(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("h{}", v4.octets()[3]),
+        IpAddr::V6(_) => "h0".into(),
+    }
+}
+
+/// One request an echo app got: the app's address, the `Host`/`:authority`, the path.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub app: SocketAddr,
+    pub authority: String,
+    pub path: String,
+}
+
+/// Every request the echo apps got.
+pub type ServedLog = Arc<Mutex<Vec<Served>>>;
+
 /// A pod host whose node proxy presents an identity other than the pod's (`sa/impostor`).
 pub const IMPOSTOR: u8 = 9;
 
@@ -83,6 +105,8 @@ pub struct TestMesh {
     pub waypoint_id: SpiffeId,
     pub client_cert: Arc<WorkloadCertificate>,
     pub proxies: Vec<NodeProxy>,
+    /// Every request the HTTP echo apps got.
+    pub served: ServedLog,
     pub tasks: Tasks,
 }
 
@@ -149,7 +173,7 @@ fn state_yaml(net: u8, pods: &[u8], extra: &str) -> String {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{ip}"),
-                "labels": {"app": sa}},
+                "labels": {"app": sa, HOST_LABEL: host_label(ip)}},
             "spec": {"nodeName": "node", "serviceAccountName": sa},
             "status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}
         })
@@ -250,6 +274,7 @@ impl TestMesh {
         std::fs::write(&state_file, state_yaml(net, pods, extra)).unwrap();
 
         let tasks = Tasks::default();
+        let served = ServedLog::default();
         let mut proxies = Vec::new();
         for host in pods {
             let ip = pod_ip(net, *host);
@@ -257,8 +282,8 @@ impl TestMesh {
             let id = SpiffeId::new(&trust_domain, "shop", account).unwrap();
             let cert = Arc::new(ca.issue(&id).unwrap());
             proxies.push(node_proxy(ip, cert, &tasks).await);
-            serve_echo(SocketAddr::new(ip, HTTP_PORT), &tasks).await;
-            serve_echo(SocketAddr::new(ip, GRPC_PORT), &tasks).await;
+            serve_echo(SocketAddr::new(ip, HTTP_PORT), &tasks, &served).await;
+            serve_echo(SocketAddr::new(ip, GRPC_PORT), &tasks, &served).await;
             serve_tcp_echo(local(SocketAddr::new(ip, TCP_PORT)), &tasks).await;
         }
 
@@ -286,6 +311,7 @@ impl TestMesh {
             waypoint_id,
             client_cert,
             proxies,
+            served,
             tasks,
         }
     }
@@ -367,6 +393,33 @@ impl TestMesh {
             let _ = conn.await;
         });
         (client, sender)
+    }
+
+    /// Puts `traffic` in force in the waypoint's state (the rest of the state as it is), as a
+    /// state source publishing a new snapshot would.
+    pub fn set_traffic(&self, traffic: marrow_mesh::traffic::TrafficSet) {
+        let store = &self.waypoint.context.state;
+        let snap = store.snapshot();
+        let mut update = marrow_mesh::state::StateUpdate::new();
+        for namespace in snap.namespaces() {
+            update.add_namespace(namespace.clone()).unwrap();
+        }
+        for workload in snap.workloads() {
+            update.add_shared_workload(workload.clone()).unwrap();
+        }
+        for object in snap.raw_objects() {
+            update.add_raw_object(object.clone()).unwrap();
+        }
+        update.build_policies(marrow_mesh::policy::DEFAULT_ROOT_NAMESPACE);
+        update.build_services();
+        update.build_waypoints();
+        update.set_traffic(traffic);
+        store.apply(update);
+    }
+
+    /// What the HTTP echo apps got, in order.
+    pub fn served(&self) -> Vec<Served> {
+        self.served.lock().unwrap().clone()
     }
 
     /// TCP connections accepted by all node proxies.
@@ -465,16 +518,24 @@ type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 ///   `x-echo-request-id`, `x-echo-xff`, `x-echo-forwarded`, `x-echo-version`;
 /// - `/slow`: the same after 300 ms;
 /// - `/grpc`: a gRPC-style stream of 3 messages 50 ms apart, then trailers `grpc-status: 0`;
-/// - `/ws` with `Upgrade: websocket`: 101, then every byte echoed.
-async fn serve_echo(addr: SocketAddr, tasks: &Tasks) {
+/// - `/ws` with `Upgrade: websocket`: 101, then every byte echoed;
+/// - on demand, by request header: `x-fail-on: <app addr>|all` answers `x-fail-status`
+///   (default 503) there; `x-slow-on: <app addr>|all` answers after 300 ms there; request
+///   headers `x-t-*` come back in `x-echo-headers` (`name=value;…`, sorted).
+///
+/// Every request is logged in `served`.
+async fn serve_echo(addr: SocketAddr, tasks: &Tasks, served: &ServedLog) {
     let listener = TcpListener::bind(local(addr)).await.unwrap();
+    let served = served.clone();
     tasks.spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            let served = served.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| echo(addr, req));
+                let service =
+                    hyper::service::service_fn(move |req| echo(addr, req, served.clone()));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                     .await;
@@ -486,7 +547,58 @@ async fn serve_echo(addr: SocketAddr, tasks: &Tasks) {
 async fn echo(
     addr: SocketAddr,
     mut req: Request<Incoming>,
+    served: ServedLog,
 ) -> Result<Response<EchoBody>, Infallible> {
+    let here = |name: &str| {
+        req.headers().get(name).is_some_and(|v| {
+            v.to_str()
+                .unwrap_or_default()
+                .split(',')
+                .any(|a| a.trim() == "all" || a.trim() == addr.to_string())
+        })
+    };
+    let (fail, slow) = (here("x-fail-on"), here("x-slow-on"));
+    let mut echoed: Vec<String> = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-t-"))
+        .map(|(name, value)| format!("{name}={}", value.to_str().unwrap_or_default()))
+        .collect();
+    echoed.sort();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get("host")
+                .map(|h| h.to_str().unwrap_or_default().to_owned())
+        })
+        .unwrap_or_default();
+    served.lock().unwrap().push(Served {
+        app: addr,
+        authority,
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned(),
+    });
+    if slow {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    if fail {
+        let status = req
+            .headers()
+            .get("x-fail-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(503u16);
+        return Ok(Response::builder()
+            .status(status)
+            .header("x-served-by", addr.to_string())
+            .body(Full::new(Bytes::from_static(b"failing on demand")).boxed())
+            .unwrap());
+    }
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -510,7 +622,8 @@ async fn echo(
         .header("x-echo-forwarded", forwarded)
         .header("x-echo-traceparent", traceparent)
         .header("x-echo-request-id", request_id)
-        .header("x-echo-version", version);
+        .header("x-echo-version", version)
+        .header("x-echo-headers", echoed.join(";"));
     if path == "/ws" {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {

@@ -1,0 +1,644 @@
+//! Routes at the waypoint: weighted backends and subsets, header routing, no match, redirects,
+//! direct responses, header edits and rewrites, retries, timeouts, faults, mirrors, and a
+//! route edit taking effect on the next request. Sets are built with the model's insert
+//! methods and put in the waypoint's state as a state source would.
+//!
+//! Statistical checks use fixed counts and bounds of five standard deviations.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use marrow_mesh::traffic::{
+    AbortStatus, Backend, DestinationPolicy, DirectResponse, Fault, Forward, HeaderMatch,
+    HeaderOps, HttpAction, HttpRule, Mirror, PathMatch, PathRewrite, Percent, Redirect,
+    RequestMatch, RetryOn, RetryPolicy, Rewrite, RouteKind, RouteRef, ServiceName, Subset,
+    TrafficPolicy, TrafficSet, ValueMatch,
+};
+
+use crate::harness::{HOST_LABEL, HTTP_PORT, TestMesh, body_of, pod_ip, vip};
+
+fn web() -> ServiceName {
+    ServiceName::new("shop", "web")
+}
+
+/// The web Service's backend, subset `h<host>` (or the whole Service).
+fn backend(subset: Option<&str>, weight: u32) -> Backend {
+    Backend {
+        service: web(),
+        port: None,
+        subset: subset.map(str::to_owned),
+        weight,
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+    }
+}
+
+fn rule(index: usize, matches: Vec<RequestMatch>, action: HttpAction) -> HttpRule {
+    HttpRule {
+        route: RouteRef {
+            kind: RouteKind::VirtualService,
+            namespace: "shop".into(),
+            name: "web".into(),
+            rule: index,
+        },
+        matches,
+        action,
+    }
+}
+
+fn forward(forward: Forward) -> HttpAction {
+    HttpAction::Forward(Box::new(forward))
+}
+
+fn to(backends: Vec<Backend>) -> Forward {
+    Forward {
+        backends,
+        ..Forward::default()
+    }
+}
+
+fn path(path: PathMatch) -> RequestMatch {
+    RequestMatch {
+        path: Some(path),
+        ..RequestMatch::default()
+    }
+}
+
+/// A set with `rules` for the web Service and a DestinationRule with subsets `h1`…`h3`.
+fn set(rules: Vec<HttpRule>) -> TrafficSet {
+    let mut set = TrafficSet::new();
+    set.insert_http(web(), rules);
+    let subsets = (1..=3)
+        .map(|h| Subset {
+            name: format!("h{h}"),
+            labels: BTreeMap::from([(HOST_LABEL.to_owned(), format!("h{h}"))]),
+            policy: TrafficPolicy::default(),
+            port_policies: Vec::new(),
+        })
+        .collect();
+    set.insert_destination(DestinationPolicy {
+        namespace: "shop".into(),
+        name: "web".into(),
+        service: web(),
+        policy: TrafficPolicy::default(),
+        port_policies: Vec::new(),
+        subsets,
+    });
+    set
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "web.shop")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+fn get_with(path: &str, headers: &[(&'static str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = get(path);
+    for (name, value) in headers {
+        req.headers_mut()
+            .insert(*name, http::HeaderValue::from_str(value).unwrap());
+    }
+    req
+}
+
+/// The app address of pod `host`.
+fn app(net: u8, host: u8) -> String {
+    SocketAddr::new(pod_ip(net, host), HTTP_PORT).to_string()
+}
+
+/// Sends `req`; the status, the `x-served-by` and the body.
+async fn send(
+    http: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let response = http.send_request(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn served_by(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-served-by")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+fn metric(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(mesh: &TestMesh) -> String {
+    body_of(mesh.waypoint.metrics_addr, "/metrics").await
+}
+
+/// Waits (a little) for the last requests' records: a response's outcome is recorded as its
+/// body ends, just after the client has it.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn weights_split_traffic_between_subsets() {
+    let net = 100;
+    let mesh = TestMesh::start(net, &[1, 2]).await;
+    mesh.set_traffic(set(vec![rule(
+        0,
+        vec![],
+        forward(to(vec![backend(Some("h1"), 90), backend(Some("h2"), 10)])),
+    )]));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    // 2,500 draws at 90 %: σ = 15, so ±75 (±3 %) is five σ.
+    let total = 2_500;
+    let mut first = 0;
+    for _ in 0..total {
+        let (status, headers, _) = send(&mut http, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        let by = served_by(&headers);
+        if by == app(net, 1) {
+            first += 1;
+        } else {
+            assert_eq!(by, app(net, 2), "only the two subsets' pods serve");
+        }
+    }
+    assert!((2_175..=2_325).contains(&first), "{first} of {total} to h1");
+}
+
+#[tokio::test]
+async fn headers_route_and_a_request_no_rule_matches_gets_404_nr() {
+    let net = 101;
+    let mesh = TestMesh::start(net, &[1, 2]).await;
+    let canary = RequestMatch {
+        headers: vec![HeaderMatch {
+            name: "x-canary".into(),
+            value: Some(ValueMatch::Exact("true".into())),
+            invert: false,
+        }],
+        ..RequestMatch::default()
+    };
+    mesh.set_traffic(set(vec![
+        rule(0, vec![canary], forward(to(vec![backend(Some("h2"), 1)]))),
+        rule(
+            1,
+            vec![path(PathMatch::SegmentPrefix("/app".into()))],
+            forward(to(vec![backend(Some("h1"), 1)])),
+        ),
+    ]));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    for _ in 0..10 {
+        let (status, headers, _) = send(&mut http, get_with("/app", &[("x-canary", "true")])).await;
+        assert_eq!((status, served_by(&headers)), (StatusCode::OK, app(net, 2)));
+        let (status, headers, _) =
+            send(&mut http, get_with("/app", &[("x-canary", "false")])).await;
+        assert_eq!(
+            (status, served_by(&headers)),
+            (StatusCode::OK, app(net, 1)),
+            "another value does not match"
+        );
+    }
+    let (status, headers, body) = send(&mut http, get("/other")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(served_by(&headers).is_empty() && body.is_empty());
+    settle().await;
+    let metrics = metrics(&mesh).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "istio_requests_total",
+            &["response_code=\"404\"", "response_flags=\"NR\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn redirects_and_direct_responses_are_answered_by_the_waypoint() {
+    let net = 102;
+    let mesh = TestMesh::start(net, &[1]).await;
+    mesh.set_traffic(set(vec![
+        rule(
+            0,
+            vec![path(PathMatch::Exact("/old".into()))],
+            HttpAction::Redirect(Redirect {
+                scheme: None,
+                hostname: Some("new.shop".into()),
+                port: None,
+                path: Some(PathRewrite::Full("/new".into())),
+                status: 301,
+            }),
+        ),
+        rule(
+            1,
+            vec![path(PathMatch::Exact("/hello".into()))],
+            HttpAction::Respond(DirectResponse {
+                status: 418,
+                body: Some("hi from the route".into()),
+            }),
+        ),
+        rule(2, vec![], forward(to(vec![backend(None, 1)]))),
+    ]));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    let (status, headers, _) = send(&mut http, get("/old?x=1")).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers["location"], "http://new.shop/new?x=1");
+    assert!(served_by(&headers).is_empty(), "never forwarded");
+    let (status, headers, body) = send(&mut http, get("/hello")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (418, "hi from the route"));
+    assert!(served_by(&headers).is_empty());
+    let (status, headers, _) = send(&mut http, get("/older")).await;
+    assert_eq!(status, StatusCode::OK, "no exact match: forwarded");
+    assert_eq!(served_by(&headers), app(net, 1));
+}
+
+#[tokio::test]
+async fn header_edits_and_rewrites_change_only_the_forwarded_request() {
+    let net = 103;
+    let mesh = TestMesh::start(net, &[1]).await;
+    let edited = Forward {
+        rewrite: Rewrite {
+            path: Some(PathRewrite::Prefix("/v2".into())),
+            authority: None,
+        },
+        request_headers: HeaderOps {
+            set: vec![("x-t-set".into(), "yes".into())],
+            add: vec![("x-t-add".into(), "2".into())],
+            remove: vec!["x-t-gone".into()],
+        },
+        response_headers: HeaderOps {
+            set: vec![("x-resp".into(), "added".into())],
+            add: Vec::new(),
+            remove: vec!["x-echo-version".into()],
+        },
+        ..to(vec![backend(None, 1)])
+    };
+    let full = Forward {
+        rewrite: Rewrite {
+            path: Some(PathRewrite::Full("/replaced".into())),
+            authority: Some("other.shop".into()),
+        },
+        ..to(vec![backend(None, 1)])
+    };
+    mesh.set_traffic(set(vec![
+        rule(
+            0,
+            vec![path(PathMatch::SegmentPrefix("/api".into()))],
+            forward(edited),
+        ),
+        rule(
+            1,
+            vec![path(PathMatch::Exact("/full".into()))],
+            forward(full),
+        ),
+        rule(2, vec![], forward(to(vec![backend(None, 1)]))),
+    ]));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    let (status, headers, _) = send(
+        &mut http,
+        get_with(
+            "/api/items?q=1",
+            &[("x-t-gone", "1"), ("x-t-add", "1"), ("x-t-set", "no")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-echo-path"], "/v2/items?q=1", "prefix rewritten");
+    assert_eq!(headers["x-echo-headers"], "x-t-add=1;x-t-add=2;x-t-set=yes");
+    assert_eq!(headers["x-resp"], "added");
+    assert!(
+        !headers.contains_key("x-echo-version"),
+        "removed from the response"
+    );
+    let (_, headers, _) = send(&mut http, get("/full")).await;
+    assert_eq!(headers["x-echo-path"], "/replaced", "full rewrite");
+    let served = mesh.served();
+    assert_eq!(
+        served.last().unwrap().authority,
+        "other.shop",
+        "authority rewritten"
+    );
+    // Not matching: `/apix` is no segment of `/api`; the catch-all edits nothing.
+    let (_, headers, _) = send(&mut http, get_with("/apix", &[("x-t-gone", "1")])).await;
+    assert_eq!(headers["x-echo-path"], "/apix");
+    assert_eq!(headers["x-echo-headers"], "x-t-gone=1");
+    assert!(headers.contains_key("x-echo-version") && !headers.contains_key("x-resp"));
+}
+
+fn retrying(attempts: u32, on: RetryOn, per_try: Option<Duration>) -> Forward {
+    Forward {
+        retries: Some(RetryPolicy {
+            attempts,
+            per_try_timeout: per_try,
+            retry_on: on,
+            status_codes: Vec::new(),
+        }),
+        ..to(vec![backend(None, 1)])
+    }
+}
+
+const FIVE_XX: RetryOn = RetryOn {
+    five_xx: true,
+    gateway_error: false,
+    connect_failure: false,
+    refused_stream: false,
+    reset: false,
+    retriable_4xx: false,
+    retriable_status_codes: false,
+    grpc_cancelled: false,
+    grpc_deadline_exceeded: false,
+    grpc_resource_exhausted: false,
+    grpc_unavailable: false,
+};
+
+#[tokio::test]
+async fn retries_hide_a_failing_endpoint_and_are_counted_then_run_out_as_urx() {
+    let net = 104;
+    let mesh = TestMesh::start(net, &[1, 2]).await;
+    let service = "destination_service=\"web.shop.svc.cluster.local\"";
+    // Without retries, the failing pod's share fails.
+    mesh.set_traffic(set(vec![rule(
+        0,
+        vec![],
+        forward(to(vec![backend(None, 1)])),
+    )]));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    let fail_one = [("x-fail-on", app(net, 1))];
+    let fail_one: Vec<(&str, &str)> = fail_one.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut failed = 0;
+    for _ in 0..200 {
+        let (status, _, _) = send(&mut http, get_with("/", &fail_one)).await;
+        failed += usize::from(status == StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(
+        (50..=150).contains(&failed),
+        "{failed} of 200 failed without retries"
+    );
+    // With 3 retries on 5xx, each retry to another endpoint: every request succeeds.
+    mesh.set_traffic(set(vec![rule(
+        0,
+        vec![],
+        forward(retrying(3, FIVE_XX, None)),
+    )]));
+    let mut ok = 0;
+    for _ in 0..200 {
+        let (status, headers, _) = send(&mut http, get_with("/", &fail_one)).await;
+        if status == StatusCode::OK {
+            assert_eq!(served_by(&headers), app(net, 2));
+            ok += 1;
+        }
+    }
+    assert!(ok >= 198, "{ok} of 200 succeeded with retries");
+    // Every endpoint failing: 1 + 3 tries, then the last answer with URX.
+    for _ in 0..5 {
+        let (status, _, body) = send(&mut http, get_with("/", &[("x-fail-on", "all")])).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "failing on demand", "the last try's answer");
+    }
+    settle().await;
+    let metrics = metrics(&mesh).await;
+    let retries = metric(
+        &metrics,
+        "marrow_retries_total",
+        &[service, "reason=\"503\""],
+    );
+    assert!(retries >= 15.0 + 50.0, "{retries} retries\n{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "istio_requests_total",
+            &["response_flags=\"URX\""]
+        ),
+        5.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "marrow_upstream_attempts_total",
+            &[service, "outcome=\"503\""]
+        ) >= retries + 5.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn per_try_and_route_timeouts_answer_504_ut() {
+    let net = 105;
+    let mesh = TestMesh::start(net, &[1, 2]).await;
+    let reset = RetryOn {
+        reset: true,
+        ..RetryOn::default()
+    };
+    mesh.set_traffic(set(vec![
+        rule(
+            0,
+            vec![path(PathMatch::Exact("/per-try".into()))],
+            forward(retrying(2, reset, Some(Duration::from_millis(100)))),
+        ),
+        rule(
+            1,
+            vec![path(PathMatch::Exact("/route".into()))],
+            forward(Forward {
+                timeout: Some(Duration::from_millis(100)),
+                ..to(vec![backend(None, 1)])
+            }),
+        ),
+        rule(2, vec![], forward(to(vec![backend(None, 1)]))),
+    ]));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    let slow_one = app(net, 1);
+    for _ in 0..20 {
+        let (status, headers, _) =
+            send(&mut http, get_with("/per-try", &[("x-slow-on", &slow_one)])).await;
+        assert_eq!(status, StatusCode::OK, "a slow try is retried elsewhere");
+        assert_eq!(served_by(&headers), app(net, 2));
+    }
+    let (status, _, body) = send(&mut http, get_with("/per-try", &[("x-slow-on", "all")])).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+    );
+    let (_, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    let (status, _, body) = send(&mut http, get_with("/route", &[("x-slow-on", "all")])).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+    );
+    let (_, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    let (status, _, _) = send(&mut http, get_with("/none", &[("x-slow-on", "all")])).await;
+    assert_eq!(status, StatusCode::OK, "no timeout on the catch-all");
+    settle().await;
+    let metrics = metrics(&mesh).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "istio_requests_total",
+            &["response_code=\"504\"", "response_flags=\"UT\""]
+        ),
+        2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn faults_abort_and_delay_at_their_percentages() {
+    let net = 106;
+    let mesh = TestMesh::start(net, &[1]).await;
+    mesh.set_traffic(set(vec![
+        rule(
+            0,
+            vec![path(PathMatch::Exact("/abort".into()))],
+            forward(Forward {
+                fault: Some(Fault {
+                    delay: None,
+                    abort: Some((AbortStatus::Http(555), Percent(50.0))),
+                }),
+                ..to(vec![backend(None, 1)])
+            }),
+        ),
+        rule(
+            1,
+            vec![path(PathMatch::Exact("/delay".into()))],
+            forward(Forward {
+                fault: Some(Fault {
+                    delay: Some((Duration::from_millis(1), Percent(50.0))),
+                    abort: None,
+                }),
+                ..to(vec![backend(None, 1)])
+            }),
+        ),
+        rule(2, vec![], forward(to(vec![backend(None, 1)]))),
+    ]));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    // 400 draws at 50 %: σ = 10, so 200 ± 50 is five σ.
+    let mut aborted = 0;
+    for _ in 0..400 {
+        let (status, headers, body) = send(&mut http, get("/abort")).await;
+        if status.as_u16() == 555 {
+            assert_eq!(body, "fault filter abort");
+            assert!(served_by(&headers).is_empty());
+            aborted += 1;
+        } else {
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    assert!((150..=250).contains(&aborted), "{aborted} of 400 aborted");
+    for _ in 0..400 {
+        let (status, _, _) = send(&mut http, get("/delay")).await;
+        assert_eq!(status, StatusCode::OK, "a delayed request is answered");
+    }
+    for _ in 0..50 {
+        let (status, _, _) = send(&mut http, get("/fine")).await;
+        assert_eq!(status, StatusCode::OK, "no fault on the catch-all");
+    }
+    settle().await;
+    let metrics = metrics(&mesh).await;
+    let delayed = metric(&metrics, "istio_requests_total", &["response_flags=\"DI\""]);
+    assert!(
+        (150.0..=250.0).contains(&delayed),
+        "{delayed} delayed\n{metrics}"
+    );
+    let flagged = metric(&metrics, "istio_requests_total", &["response_flags=\"FI\""]);
+    assert_eq!(flagged, f64::from(aborted), "{metrics}");
+}
+
+#[tokio::test]
+async fn mirrors_get_copies_whose_answers_are_dropped() {
+    let net = 107;
+    let mesh = TestMesh::start(net, &[1, 2]).await;
+    let mirrored = Forward {
+        mirrors: vec![Mirror {
+            backend: backend(Some("h2"), 0),
+            percent: Percent(100.0),
+        }],
+        ..to(vec![backend(Some("h1"), 1)])
+    };
+    mesh.set_traffic(set(vec![
+        rule(
+            0,
+            vec![path(PathMatch::SegmentPrefix("/m".into()))],
+            forward(mirrored),
+        ),
+        rule(1, vec![], forward(to(vec![backend(Some("h1"), 1)]))),
+    ]));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    // The mirror fails every copy; the client never sees it.
+    let fail_mirror = app(net, 2);
+    for i in 0..20 {
+        let mut req = get_with(&format!("/m/{i}"), &[("x-fail-on", &fail_mirror)]);
+        *req.method_mut() = http::Method::POST;
+        *req.body_mut() = Full::new(Bytes::from(format!("body {i}")));
+        let (status, headers, body) = send(&mut http, req).await;
+        assert_eq!((status, served_by(&headers)), (StatusCode::OK, app(net, 1)));
+        assert_eq!(body, format!("body {i}"));
+    }
+    for _ in 0..5 {
+        let (_, headers, _) = send(&mut http, get("/other")).await;
+        assert_eq!(served_by(&headers), app(net, 1));
+    }
+    let shadowed = || {
+        mesh.served()
+            .into_iter()
+            .filter(|s| s.app.to_string() == fail_mirror)
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..50 {
+        if shadowed().len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copies = shadowed();
+    assert_eq!(copies.len(), 20, "{copies:?}");
+    assert!(
+        copies
+            .iter()
+            .all(|s| s.authority == "web.shop-shadow" && s.path.starts_with("/m/")),
+        "{copies:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_route_edit_applies_on_the_next_request() {
+    let net = 108;
+    let mesh = TestMesh::start(net, &[1]).await;
+    let respond = |body: &str| {
+        set(vec![rule(
+            0,
+            vec![],
+            HttpAction::Respond(DirectResponse {
+                status: 200,
+                body: Some(body.into()),
+            }),
+        )])
+    };
+    mesh.set_traffic(respond("one"));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    assert_eq!(send(&mut http, get("/")).await.2, "one");
+    mesh.set_traffic(respond("two"));
+    assert_eq!(send(&mut http, get("/")).await.2, "two", "same connection");
+    mesh.set_traffic(TrafficSet::new());
+    let (status, headers, _) = send(&mut http, get("/")).await;
+    assert_eq!(
+        (status, served_by(&headers)),
+        (StatusCode::OK, app(net, 1)),
+        "no routes: the Service as addressed"
+    );
+}
