@@ -118,6 +118,8 @@ pub struct Upstreams {
     pub balancer: Arc<LeastRequest>,
     /// Mirrored requests in flight (at most [`crate::route::MIRRORS_IN_FLIGHT`]).
     pub mirrors: Arc<tokio::sync::Semaphore>,
+    /// DestinationRule subsets' endpoints, per snapshot.
+    pub subsets: crate::route::subsets::SubsetCache,
     pool: Arc<Pool<WaypointConnector>>,
     certs: Arc<CertificateManager>,
     identity: SpiffeId,
@@ -145,6 +147,7 @@ impl Upstreams {
         Self {
             balancer: Arc::new(LeastRequest::default()),
             mirrors: Arc::new(tokio::sync::Semaphore::new(crate::route::MIRRORS_IN_FLIGHT)),
+            subsets: crate::route::subsets::SubsetCache::default(),
             pool,
             certs,
             identity,

@@ -15,5 +15,7 @@ mod hostile;
 mod proxying;
 #[path = "waypoint/routing.rs"]
 mod routing;
+#[path = "waypoint/routing_policies.rs"]
+mod routing_policies;
 #[path = "waypoint/telemetry.rs"]
 mod telemetry;

@@ -37,14 +37,14 @@ pub(super) struct Early {
 }
 
 impl Early {
-    fn new(status: StatusCode, body: Bytes, flag: Option<ResponseFlag>) -> Self {
+    fn new(status: StatusCode, body: Bytes, flag: Option<ResponseFlag>) -> Box<Self> {
         let mut response = Response::new(full(body));
         *response.status_mut() = status;
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain"),
         );
-        Self { response, flag }
+        Box::new(Self { response, flag })
     }
 }
 
@@ -159,7 +159,7 @@ impl Downstream {
         req: &Request<Incoming>,
         path: &NormalizedPath,
         host: &str,
-    ) -> Result<Plan<'s>, Early> {
+    ) -> Result<Plan<'s>, Box<Early>> {
         let source = snap.workload_by_ip(self.client.addr.ip());
         let port = self.dest.authority().port();
         let request = RouteRequest {
@@ -173,13 +173,14 @@ impl Downstream {
             ),
             source_labels: source.map(|w| &w.labels),
         };
-        let rule = match route::decide(snap, &self.dest, &request) {
+        let service = route::service_name(&self.dest);
+        let rule = match route::decide(snap, service.as_ref(), &request) {
             Decision::Unrouted => {
                 return Ok(Plan {
                     forward: None,
                     rule: None,
                     backend: None,
-                    target: Target::unrouted(snap, &self.dest),
+                    target: Target::unrouted(snap, &self.dest, service.as_ref()),
                     matched: None,
                 });
             }
@@ -222,7 +223,13 @@ impl Downstream {
                 None,
             )),
             HttpAction::Forward(forward) => {
-                match route::pick_backend(snap, &rule.route, &forward.backends, port) {
+                match route::pick_backend(
+                    snap,
+                    &self.ctx.upstreams.subsets,
+                    &rule.route,
+                    &forward.backends,
+                    port,
+                ) {
                     Ok((backend, target)) => Ok(Plan {
                         forward: Some(forward),
                         rule: Some(rule),
@@ -258,7 +265,12 @@ impl Downstream {
             .forward
             .and_then(|f| f.timeout)
             .map(|t| Instant::now() + t);
-        let service = plan.target.service().map_or_else(String::new, |s| s.host());
+        // Only routed requests are counted by try: the rest have one, in istio_requests_total.
+        let routed = plan.forward.is_some();
+        let service = match plan.target.service() {
+            Some(service) if routed => service.host(),
+            _ => String::new(),
+        };
         let policy = match &plan.target {
             Target::Service { policy, .. } => policy.as_ref(),
             Target::Workload(_) => None,
@@ -311,7 +323,9 @@ impl Downstream {
             };
             let (attempt, result) = match sent {
                 None if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    metrics.attempt(&service, "timeout".to_owned());
+                    if routed {
+                        metrics.attempt(&service, "timeout".to_owned());
+                    }
                     return upstream_timeout();
                 }
                 None => (Attempt::PerTryTimeout, None),
@@ -328,7 +342,9 @@ impl Downstream {
                 }
             };
             upstreams.report(endpoint, &attempt);
-            metrics.attempt(&service, attempt.label());
+            if routed {
+                metrics.attempt(&service, attempt.label());
+            }
             let retriable = retries.is_some_and(|r| retry::retriable(r, &attempt));
             let left = retries.is_some_and(|r| tried.len() <= r.attempts as usize);
             let replayable = match body {
@@ -339,7 +355,7 @@ impl Downstream {
                 metrics.retry(&service, attempt.label());
                 drop(result);
                 drop(active);
-                let wait = Instant::now() + backoff.next();
+                let wait = Instant::now() + backoff.wait();
                 match deadline {
                     Some(deadline) if deadline <= wait => {
                         tokio::time::sleep_until(deadline).await;
@@ -398,7 +414,13 @@ impl Downstream {
                 Outgoing::Once(_) => None,
             };
             let port = self.dest.authority().port();
-            let target = route::resolve(snap, &rule.route, &mirror.backend, port);
+            let target = route::resolve(
+                snap,
+                &self.ctx.upstreams.subsets,
+                &rule.route,
+                &mirror.backend,
+                port,
+            );
             let permit = self.ctx.upstreams.mirrors.clone().try_acquire_owned();
             let (Some(bytes), Ok(target), Ok(permit)) = (bytes, target, permit) else {
                 metrics.mirror(&label, "skipped");

@@ -148,7 +148,7 @@ impl HttpBody for Replay {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.lock().hint.clone()
+        self.lock().hint
     }
 }
 

@@ -13,6 +13,7 @@ pub mod fault;
 pub mod metrics;
 pub mod retry;
 pub mod rewrite;
+pub mod subsets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use marrow_mesh::traffic::{
 
 use crate::target::Destination;
 use rewrite::MatchedPrefix;
+use subsets::SubsetCache;
 
 /// Envoy's retry (and mirror) buffer: a request body up to this many bytes is kept to be sent
 /// again; a longer one is streamed once and never retried nor mirrored (Envoy buffers up to
@@ -91,17 +93,22 @@ pub enum Decision<'a> {
     Rule(&'a HttpRule),
 }
 
-/// The rule `request` to `dest` takes (the first match in evaluation order).
+/// The Service a request to `dest` may be routed for (none for a workload).
+pub fn service_name(dest: &Destination) -> Option<ServiceName> {
+    dest.service_ref()
+        .map(|(namespace, name)| ServiceName::new(namespace, name))
+}
+
+/// The rule a request to `service` takes (the first match in evaluation order).
 pub fn decide<'a>(
     snap: &'a Snapshot,
-    dest: &Destination,
+    service: Option<&ServiceName>,
     request: &RouteRequest<'_>,
 ) -> Decision<'a> {
-    let Destination::Service(service) = dest else {
+    let Some(service) = service else {
         return Decision::Unrouted;
     };
-    let name = ServiceName::new(service.namespace.as_str(), service.name.as_str());
-    match snap.traffic().select_http(&name, request) {
+    match snap.traffic().select_http(service, request) {
         HttpSelection::NoRoutes => Decision::Unrouted,
         HttpSelection::NoMatch => Decision::NoRoute,
         HttpSelection::Matched(rule) => Decision::Rule(rule),
@@ -125,7 +132,7 @@ pub enum Target {
         /// The Service port.
         service: Arc<ServiceTarget>,
         /// The subset's endpoints; `None`: all the Service's.
-        subset: Option<Vec<SocketAddr>>,
+        subset: Option<Arc<[SocketAddr]>>,
         /// The DestinationRule policy in force for it.
         policy: Option<TrafficPolicy>,
     },
@@ -134,14 +141,13 @@ pub enum Target {
 }
 
 impl Target {
-    /// The destination as addressed, no route applied (its DestinationRule still applies).
-    pub fn unrouted(snap: &Snapshot, dest: &Destination) -> Self {
+    /// The destination as addressed (the Service `name`, or a workload), no route applied;
+    /// the Service's DestinationRule still applies.
+    pub fn unrouted(snap: &Snapshot, dest: &Destination, name: Option<&ServiceName>) -> Self {
         match dest {
             Destination::Service(service) => {
-                let name = ServiceName::new(service.namespace.as_str(), service.name.as_str());
-                let policy = snap
-                    .traffic()
-                    .destination_policy(&name)
+                let policy = name
+                    .and_then(|name| snap.traffic().destination_policy(name))
                     .map(|p| p.resolve(service.vip.port(), None));
                 Target::Service {
                     service: service.clone(),
@@ -177,6 +183,7 @@ impl Target {
 /// Picks a backend of `rule`'s (a random draw over the weights) and resolves it.
 pub fn pick_backend<'a>(
     snap: &Snapshot,
+    subsets: &SubsetCache,
     route: &RouteRef,
     backends: &'a [Backend],
     request_port: u16,
@@ -185,7 +192,10 @@ pub fn pick_backend<'a>(
         pick_weighted(backends, fastrand::u64(..)).ok_or_else(|| RouteError::NoBackend {
             route: route.clone(),
         })?;
-    Ok((backend, resolve(snap, route, backend, request_port)?))
+    Ok((
+        backend,
+        resolve(snap, subsets, route, backend, request_port)?,
+    ))
 }
 
 /// `backend`'s Service port (its own port, else the one the request came to), narrowed to its
@@ -194,6 +204,7 @@ pub fn pick_backend<'a>(
 /// subset the DestinationRule does not define selects nothing (Envoy: a cluster without hosts).
 pub fn resolve(
     snap: &Snapshot,
+    subsets: &SubsetCache,
     route: &RouteRef,
     backend: &Backend,
     request_port: u16,
@@ -211,19 +222,7 @@ pub fn resolve(
     let policy = destination.map(|p| p.resolve(port, backend.subset.as_deref()));
     let subset = backend.subset.as_deref().map(|name| {
         let labels = destination.and_then(|p| p.subset(name)).map(|s| &s.labels);
-        // TODO(perf): precompute each subset's endpoints per snapshot generation; today a
-        // subset costs one hash lookup per endpoint per request.
-        service
-            .endpoints
-            .iter()
-            .copied()
-            .filter(|endpoint| {
-                labels.is_some_and(|labels| {
-                    snap.workload_by_ip(endpoint.ip())
-                        .is_some_and(|w| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-                })
-            })
-            .collect()
+        subsets.endpoints(snap, &backend.service, service, name, labels)
     });
     Ok(Target::Service {
         service: service.clone(),

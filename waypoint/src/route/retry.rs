@@ -113,7 +113,7 @@ impl Backoff {
     }
 
     /// The next wait, `draw` a uniform random number.
-    pub fn next_with(&mut self, draw: u64) -> Duration {
+    pub fn wait_with(&mut self, draw: u64) -> Duration {
         let multiplier = (1u64 << self.retry.min(62)) - 1;
         let ceiling = multiplier.saturating_mul(self.base_ms);
         if ceiling <= self.max_ms {
@@ -123,8 +123,8 @@ impl Backoff {
     }
 
     /// The next wait.
-    pub fn next(&mut self) -> Duration {
-        self.next_with(fastrand::u64(..))
+    pub fn wait(&mut self) -> Duration {
+        self.wait_with(fastrand::u64(..))
     }
 }
 
@@ -260,18 +260,18 @@ mod tests {
         let mut high = Backoff::default();
         let waits: Vec<u64> = [24, 74, 174, 374, 10_000]
             .iter()
-            .map(|draw| u64::try_from(high.next_with(*draw).as_millis()).unwrap())
+            .map(|draw| u64::try_from(high.wait_with(*draw).as_millis()).unwrap())
             .collect();
         assert_eq!(waits, [24, 74, 174, 250, 250]);
         let mut wrap = Backoff::default();
         assert_eq!(
-            wrap.next_with(25),
+            wrap.wait_with(25),
             Duration::ZERO,
             "the draw wraps under the ceiling"
         );
         let mut any = Backoff::default();
         for _ in 0..100 {
-            assert!(any.next() <= MAX_INTERVAL);
+            assert!(any.wait() <= MAX_INTERVAL);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Routes at the waypoint: weighted backends and subsets, header routing, no match, redirects,
 //! direct responses, header edits and rewrites, retries, timeouts, faults, mirrors, and a
-//! route edit taking effect on the next request. Sets are built with the model's insert
+//! route edit taking effect on the next request (retries, timeouts, faults and mirrors are in
+//! `routing_policies.rs`). Sets are built with the model's insert
 //! methods and put in the waypoint's state as a state source would.
 //!
 //! Statistical checks use fixed counts and bounds of five standard deviations.
@@ -14,20 +15,19 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use marrow_mesh::traffic::{
-    AbortStatus, Backend, DestinationPolicy, DirectResponse, Fault, Forward, HeaderMatch,
-    HeaderOps, HttpAction, HttpRule, Mirror, PathMatch, PathRewrite, Percent, Redirect,
-    RequestMatch, RetryOn, RetryPolicy, Rewrite, RouteKind, RouteRef, ServiceName, Subset,
-    TrafficPolicy, TrafficSet, ValueMatch,
+    Backend, DestinationPolicy, DirectResponse, Forward, HeaderMatch, HeaderOps, HttpAction,
+    HttpRule, PathMatch, PathRewrite, Redirect, RequestMatch, Rewrite, RouteKind, RouteRef,
+    ServiceName, Subset, TrafficPolicy, TrafficSet, ValueMatch,
 };
 
 use crate::harness::{HOST_LABEL, HTTP_PORT, TestMesh, body_of, pod_ip, vip};
 
-fn web() -> ServiceName {
+pub(crate) fn web() -> ServiceName {
     ServiceName::new("shop", "web")
 }
 
 /// The web Service's backend, subset `h<host>` (or the whole Service).
-fn backend(subset: Option<&str>, weight: u32) -> Backend {
+pub(crate) fn backend(subset: Option<&str>, weight: u32) -> Backend {
     Backend {
         service: web(),
         port: None,
@@ -38,7 +38,7 @@ fn backend(subset: Option<&str>, weight: u32) -> Backend {
     }
 }
 
-fn rule(index: usize, matches: Vec<RequestMatch>, action: HttpAction) -> HttpRule {
+pub(crate) fn rule(index: usize, matches: Vec<RequestMatch>, action: HttpAction) -> HttpRule {
     HttpRule {
         route: RouteRef {
             kind: RouteKind::VirtualService,
@@ -51,18 +51,18 @@ fn rule(index: usize, matches: Vec<RequestMatch>, action: HttpAction) -> HttpRul
     }
 }
 
-fn forward(forward: Forward) -> HttpAction {
+pub(crate) fn forward(forward: Forward) -> HttpAction {
     HttpAction::Forward(Box::new(forward))
 }
 
-fn to(backends: Vec<Backend>) -> Forward {
+pub(crate) fn to(backends: Vec<Backend>) -> Forward {
     Forward {
         backends,
         ..Forward::default()
     }
 }
 
-fn path(path: PathMatch) -> RequestMatch {
+pub(crate) fn path(path: PathMatch) -> RequestMatch {
     RequestMatch {
         path: Some(path),
         ..RequestMatch::default()
@@ -70,7 +70,7 @@ fn path(path: PathMatch) -> RequestMatch {
 }
 
 /// A set with `rules` for the web Service and a DestinationRule with subsets `h1`…`h3`.
-fn set(rules: Vec<HttpRule>) -> TrafficSet {
+pub(crate) fn set(rules: Vec<HttpRule>) -> TrafficSet {
     let mut set = TrafficSet::new();
     set.insert_http(web(), rules);
     let subsets = (1..=3)
@@ -92,14 +92,14 @@ fn set(rules: Vec<HttpRule>) -> TrafficSet {
     set
 }
 
-fn get(path: &str) -> Request<Full<Bytes>> {
+pub(crate) fn get(path: &str) -> Request<Full<Bytes>> {
     Request::get(path)
         .header("host", "web.shop")
         .body(Full::new(Bytes::new()))
         .unwrap()
 }
 
-fn get_with(path: &str, headers: &[(&'static str, &str)]) -> Request<Full<Bytes>> {
+pub(crate) fn get_with(path: &str, headers: &[(&'static str, &str)]) -> Request<Full<Bytes>> {
     let mut req = get(path);
     for (name, value) in headers {
         req.headers_mut()
@@ -109,12 +109,12 @@ fn get_with(path: &str, headers: &[(&'static str, &str)]) -> Request<Full<Bytes>
 }
 
 /// The app address of pod `host`.
-fn app(net: u8, host: u8) -> String {
+pub(crate) fn app(net: u8, host: u8) -> String {
     SocketAddr::new(pod_ip(net, host), HTTP_PORT).to_string()
 }
 
 /// Sends `req`; the status, the `x-served-by` and the body.
-async fn send(
+pub(crate) async fn send(
     http: &mut SendRequest<Full<Bytes>>,
     req: Request<Full<Bytes>>,
 ) -> (StatusCode, http::HeaderMap, String) {
@@ -128,7 +128,7 @@ async fn send(
     )
 }
 
-fn served_by(headers: &http::HeaderMap) -> String {
+pub(crate) fn served_by(headers: &http::HeaderMap) -> String {
     headers
         .get("x-served-by")
         .map(|v| v.to_str().unwrap().to_owned())
@@ -136,7 +136,7 @@ fn served_by(headers: &http::HeaderMap) -> String {
 }
 
 /// The sum of the samples of `name` whose labels include every one of `labels`.
-fn metric(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn metric(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     metrics
         .lines()
         .filter(|line| line.starts_with(&format!("{name}{{")))
@@ -145,13 +145,13 @@ fn metric(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-async fn metrics(mesh: &TestMesh) -> String {
+pub(crate) async fn metrics(mesh: &TestMesh) -> String {
     body_of(mesh.waypoint.metrics_addr, "/metrics").await
 }
 
 /// Waits (a little) for the last requests' records: a response's outcome is recorded as its
 /// body ends, just after the client has it.
-async fn settle() {
+pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
@@ -339,280 +339,6 @@ async fn header_edits_and_rewrites_change_only_the_forwarded_request() {
     assert_eq!(headers["x-echo-path"], "/apix");
     assert_eq!(headers["x-echo-headers"], "x-t-gone=1");
     assert!(headers.contains_key("x-echo-version") && !headers.contains_key("x-resp"));
-}
-
-fn retrying(attempts: u32, on: RetryOn, per_try: Option<Duration>) -> Forward {
-    Forward {
-        retries: Some(RetryPolicy {
-            attempts,
-            per_try_timeout: per_try,
-            retry_on: on,
-            status_codes: Vec::new(),
-        }),
-        ..to(vec![backend(None, 1)])
-    }
-}
-
-const FIVE_XX: RetryOn = RetryOn {
-    five_xx: true,
-    gateway_error: false,
-    connect_failure: false,
-    refused_stream: false,
-    reset: false,
-    retriable_4xx: false,
-    retriable_status_codes: false,
-    grpc_cancelled: false,
-    grpc_deadline_exceeded: false,
-    grpc_resource_exhausted: false,
-    grpc_unavailable: false,
-};
-
-#[tokio::test]
-async fn retries_hide_a_failing_endpoint_and_are_counted_then_run_out_as_urx() {
-    let net = 104;
-    let mesh = TestMesh::start(net, &[1, 2]).await;
-    let service = "destination_service=\"web.shop.svc.cluster.local\"";
-    // Without retries, the failing pod's share fails.
-    mesh.set_traffic(set(vec![rule(
-        0,
-        vec![],
-        forward(to(vec![backend(None, 1)])),
-    )]));
-    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
-    let fail_one = [("x-fail-on", app(net, 1))];
-    let fail_one: Vec<(&str, &str)> = fail_one.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut failed = 0;
-    for _ in 0..200 {
-        let (status, _, _) = send(&mut http, get_with("/", &fail_one)).await;
-        failed += usize::from(status == StatusCode::SERVICE_UNAVAILABLE);
-    }
-    assert!(
-        (50..=150).contains(&failed),
-        "{failed} of 200 failed without retries"
-    );
-    // With 3 retries on 5xx, each retry to another endpoint: every request succeeds.
-    mesh.set_traffic(set(vec![rule(
-        0,
-        vec![],
-        forward(retrying(3, FIVE_XX, None)),
-    )]));
-    let mut ok = 0;
-    for _ in 0..200 {
-        let (status, headers, _) = send(&mut http, get_with("/", &fail_one)).await;
-        if status == StatusCode::OK {
-            assert_eq!(served_by(&headers), app(net, 2));
-            ok += 1;
-        }
-    }
-    assert!(ok >= 198, "{ok} of 200 succeeded with retries");
-    // Every endpoint failing: 1 + 3 tries, then the last answer with URX.
-    for _ in 0..5 {
-        let (status, _, body) = send(&mut http, get_with("/", &[("x-fail-on", "all")])).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(body, "failing on demand", "the last try's answer");
-    }
-    settle().await;
-    let metrics = metrics(&mesh).await;
-    let retries = metric(
-        &metrics,
-        "marrow_retries_total",
-        &[service, "reason=\"503\""],
-    );
-    assert!(retries >= 15.0 + 50.0, "{retries} retries\n{metrics}");
-    assert_eq!(
-        metric(
-            &metrics,
-            "istio_requests_total",
-            &["response_flags=\"URX\""]
-        ),
-        5.0,
-        "{metrics}"
-    );
-    assert!(
-        metric(
-            &metrics,
-            "marrow_upstream_attempts_total",
-            &[service, "outcome=\"503\""]
-        ) >= retries + 5.0,
-        "{metrics}"
-    );
-}
-
-#[tokio::test]
-async fn per_try_and_route_timeouts_answer_504_ut() {
-    let net = 105;
-    let mesh = TestMesh::start(net, &[1, 2]).await;
-    let reset = RetryOn {
-        reset: true,
-        ..RetryOn::default()
-    };
-    mesh.set_traffic(set(vec![
-        rule(
-            0,
-            vec![path(PathMatch::Exact("/per-try".into()))],
-            forward(retrying(2, reset, Some(Duration::from_millis(100)))),
-        ),
-        rule(
-            1,
-            vec![path(PathMatch::Exact("/route".into()))],
-            forward(Forward {
-                timeout: Some(Duration::from_millis(100)),
-                ..to(vec![backend(None, 1)])
-            }),
-        ),
-        rule(2, vec![], forward(to(vec![backend(None, 1)]))),
-    ]));
-    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
-    let slow_one = app(net, 1);
-    for _ in 0..20 {
-        let (status, headers, _) =
-            send(&mut http, get_with("/per-try", &[("x-slow-on", &slow_one)])).await;
-        assert_eq!(status, StatusCode::OK, "a slow try is retried elsewhere");
-        assert_eq!(served_by(&headers), app(net, 2));
-    }
-    let (status, _, body) = send(&mut http, get_with("/per-try", &[("x-slow-on", "all")])).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
-    );
-    let (_, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
-    let (status, _, body) = send(&mut http, get_with("/route", &[("x-slow-on", "all")])).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
-    );
-    let (_, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
-    let (status, _, _) = send(&mut http, get_with("/none", &[("x-slow-on", "all")])).await;
-    assert_eq!(status, StatusCode::OK, "no timeout on the catch-all");
-    settle().await;
-    let metrics = metrics(&mesh).await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "istio_requests_total",
-            &["response_code=\"504\"", "response_flags=\"UT\""]
-        ),
-        2.0,
-        "{metrics}"
-    );
-}
-
-#[tokio::test]
-async fn faults_abort_and_delay_at_their_percentages() {
-    let net = 106;
-    let mesh = TestMesh::start(net, &[1]).await;
-    mesh.set_traffic(set(vec![
-        rule(
-            0,
-            vec![path(PathMatch::Exact("/abort".into()))],
-            forward(Forward {
-                fault: Some(Fault {
-                    delay: None,
-                    abort: Some((AbortStatus::Http(555), Percent(50.0))),
-                }),
-                ..to(vec![backend(None, 1)])
-            }),
-        ),
-        rule(
-            1,
-            vec![path(PathMatch::Exact("/delay".into()))],
-            forward(Forward {
-                fault: Some(Fault {
-                    delay: Some((Duration::from_millis(1), Percent(50.0))),
-                    abort: None,
-                }),
-                ..to(vec![backend(None, 1)])
-            }),
-        ),
-        rule(2, vec![], forward(to(vec![backend(None, 1)]))),
-    ]));
-    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
-    // 400 draws at 50 %: σ = 10, so 200 ± 50 is five σ.
-    let mut aborted = 0;
-    for _ in 0..400 {
-        let (status, headers, body) = send(&mut http, get("/abort")).await;
-        if status.as_u16() == 555 {
-            assert_eq!(body, "fault filter abort");
-            assert!(served_by(&headers).is_empty());
-            aborted += 1;
-        } else {
-            assert_eq!(status, StatusCode::OK);
-        }
-    }
-    assert!((150..=250).contains(&aborted), "{aborted} of 400 aborted");
-    for _ in 0..400 {
-        let (status, _, _) = send(&mut http, get("/delay")).await;
-        assert_eq!(status, StatusCode::OK, "a delayed request is answered");
-    }
-    for _ in 0..50 {
-        let (status, _, _) = send(&mut http, get("/fine")).await;
-        assert_eq!(status, StatusCode::OK, "no fault on the catch-all");
-    }
-    settle().await;
-    let metrics = metrics(&mesh).await;
-    let delayed = metric(&metrics, "istio_requests_total", &["response_flags=\"DI\""]);
-    assert!(
-        (150.0..=250.0).contains(&delayed),
-        "{delayed} delayed\n{metrics}"
-    );
-    let flagged = metric(&metrics, "istio_requests_total", &["response_flags=\"FI\""]);
-    assert_eq!(flagged, f64::from(aborted), "{metrics}");
-}
-
-#[tokio::test]
-async fn mirrors_get_copies_whose_answers_are_dropped() {
-    let net = 107;
-    let mesh = TestMesh::start(net, &[1, 2]).await;
-    let mirrored = Forward {
-        mirrors: vec![Mirror {
-            backend: backend(Some("h2"), 0),
-            percent: Percent(100.0),
-        }],
-        ..to(vec![backend(Some("h1"), 1)])
-    };
-    mesh.set_traffic(set(vec![
-        rule(
-            0,
-            vec![path(PathMatch::SegmentPrefix("/m".into()))],
-            forward(mirrored),
-        ),
-        rule(1, vec![], forward(to(vec![backend(Some("h1"), 1)]))),
-    ]));
-    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
-    // The mirror fails every copy; the client never sees it.
-    let fail_mirror = app(net, 2);
-    for i in 0..20 {
-        let mut req = get_with(&format!("/m/{i}"), &[("x-fail-on", &fail_mirror)]);
-        *req.method_mut() = http::Method::POST;
-        *req.body_mut() = Full::new(Bytes::from(format!("body {i}")));
-        let (status, headers, body) = send(&mut http, req).await;
-        assert_eq!((status, served_by(&headers)), (StatusCode::OK, app(net, 1)));
-        assert_eq!(body, format!("body {i}"));
-    }
-    for _ in 0..5 {
-        let (_, headers, _) = send(&mut http, get("/other")).await;
-        assert_eq!(served_by(&headers), app(net, 1));
-    }
-    let shadowed = || {
-        mesh.served()
-            .into_iter()
-            .filter(|s| s.app.to_string() == fail_mirror)
-            .collect::<Vec<_>>()
-    };
-    for _ in 0..50 {
-        if shadowed().len() >= 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let copies = shadowed();
-    assert_eq!(copies.len(), 20, "{copies:?}");
-    assert!(
-        copies
-            .iter()
-            .all(|s| s.authority == "web.shop-shadow" && s.path.starts_with("/m/")),
-        "{copies:?}"
-    );
 }
 
 #[tokio::test]
