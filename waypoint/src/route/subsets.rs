@@ -3,7 +3,7 @@
 //! hash of (Service, port, subset) without allocating; a new snapshot recomputes on first use.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -46,11 +46,7 @@ impl SubsetCache {
         labels: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Arc<[SocketAddr]> {
         let port = target.vip.port();
-        let key = {
-            let mut hasher = BuildHasherDefault::<DefaultHasher>::default().build_hasher();
-            (service, port, subset).hash(&mut hasher);
-            hasher.finish()
-        };
+        let key = BuildHasherDefault::<DefaultHasher>::default().hash_one((service, port, subset));
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = entries.get(&key)
             && entry.generation == snap.generation()
