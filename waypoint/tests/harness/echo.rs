@@ -37,7 +37,8 @@ type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// - `/grpc`: a gRPC-style stream of 3 messages 50 ms apart, then trailers `grpc-status: 0`;
 /// - `/ws` with `Upgrade: websocket`: 101, then every byte echoed;
 /// - on demand, by request header: `x-fail-on: <app addr>|all` answers `x-fail-status`
-///   (default 503) there; `x-slow-on: <app addr>|all` answers after 300 ms there; request
+///   (default 503) there, or with `x-fail-grpc: <code>` a trailers-only gRPC answer of
+///   that status; `x-slow-on: <app addr>|all` answers after 300 ms there; request
 ///   headers `x-t-*` come back in `x-echo-headers` (`name=value;…`, sorted).
 ///
 /// Every request is logged in `served`.
@@ -103,6 +104,15 @@ async fn echo(
     });
     if slow {
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    if fail && let Some(code) = req.headers().get("x-fail-grpc").cloned() {
+        // A trailers-only gRPC answer: HTTP 200, the status in the head.
+        return Ok(Response::builder()
+            .header("x-served-by", addr.to_string())
+            .header("content-type", "application/grpc")
+            .header("grpc-status", code)
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap());
     }
     if fail {
         let status = req

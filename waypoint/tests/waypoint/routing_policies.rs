@@ -291,3 +291,72 @@ async fn mirrors_get_copies_whose_answers_are_dropped() {
         "{copies:?}"
     );
 }
+
+#[tokio::test]
+async fn request_bodies_are_replayed_to_the_retry_over_http1_and_http2() {
+    let net = 109;
+    let mesh = TestMesh::start(net, &[1, 2]).await;
+    let unavailable = RetryOn {
+        grpc_unavailable: true,
+        ..FIVE_XX
+    };
+    mesh.set_traffic(set(vec![rule(
+        0,
+        vec![],
+        forward(retrying(2, unavailable, None)),
+    )]));
+    let post = |path: &str, body: String, fail_on: &str, grpc: bool| {
+        let mut req = get_with(path, &[("x-fail-on", fail_on)]);
+        if grpc {
+            req.headers_mut()
+                .insert("x-fail-grpc", http::HeaderValue::from_static("14"));
+        }
+        *req.method_mut() = http::Method::POST;
+        *req.body_mut() = Full::new(Bytes::from(body));
+        req
+    };
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    for i in 0..20 {
+        let body = format!("payload {i}");
+        let (status, headers, echoed) =
+            send(&mut http, post("/", body.clone(), &app(net, 1), false)).await;
+        assert_eq!((status, served_by(&headers)), (StatusCode::OK, app(net, 2)));
+        assert_eq!(echoed, body, "the same body on every try");
+    }
+    // gRPC over HTTP/2 to the grpc port: `unavailable` in a trailers-only answer is retried.
+    let grpc_app = |host| {
+        SocketAddr::new(crate::harness::pod_ip(net, host), crate::harness::GRPC_PORT).to_string()
+    };
+    let (_client, mut h2) = mesh.http2(SocketAddr::new(vip(net), 9090)).await;
+    for i in 0..20 {
+        let body = format!("message {i}");
+        let response = h2
+            .send_request(post("/", body.clone(), &grpc_app(1), true))
+            .await
+            .unwrap();
+        assert_eq!(served_by(response.headers()), grpc_app(2));
+        assert!(!response.headers().contains_key("grpc-status"));
+        let echoed = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(echoed, body.as_bytes());
+    }
+    // Not retried: a gRPC status the policy does not name.
+    let mut req = post("/", String::new(), "all", true);
+    req.headers_mut()
+        .insert("x-fail-grpc", http::HeaderValue::from_static("2"));
+    let response = h2.send_request(req).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "2");
+    settle().await;
+    let metrics = metrics(&mesh).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "marrow_upstream_attempts_total",
+            &["outcome=\"grpc-2\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
