@@ -1,6 +1,7 @@
 //! The HTTP proxy over one accepted tunnel: hyper serves HTTP/1.1 or HTTP/2 (told apart by the
-//! preface) to the client; each request is checked, authorized ([`crate::authz`]), sent to an
-//! endpoint chosen least-request over a pooled HBONE tunnel, and its response streamed back
+//! preface) to the client; each request is checked, authorized ([`crate::authz`]), routed
+//! ([`crate::route`]; the tries, timeouts and mirrors in `attempts`), sent to an endpoint
+//! chosen least-request over a pooled HBONE tunnel, and its response streamed back
 //! (trailers included); one [`RequestOutcome`] per request is recorded at its end. HTTP/1 bytes
 //! pass [`crate::guard_io`] first (both lengths, slow heads, idle connections).
 //!

@@ -358,6 +358,10 @@ async fn a_route_edit_applies_on_the_next_request() {
     mesh.set_traffic(respond("one"));
     let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
     assert_eq!(send(&mut http, get("/")).await.2, "one");
+    // A pod addressed directly is never routed (Istio routes by host; a pod IP is none).
+    let (_pod_client, mut pod) = mesh.http1(SocketAddr::new(pod_ip(net, 1), HTTP_PORT)).await;
+    let (status, headers, _) = send(&mut pod, get("/")).await;
+    assert_eq!((status, served_by(&headers)), (StatusCode::OK, app(net, 1)));
     mesh.set_traffic(respond("two"));
     assert_eq!(send(&mut http, get("/")).await.2, "two", "same connection");
     mesh.set_traffic(TrafficSet::new());
