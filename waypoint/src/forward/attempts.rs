@@ -392,7 +392,9 @@ impl Downstream {
     /// Sends a copy of the request to each of the rule's mirrors its percentage picks, with
     /// `-shadow` after the host as Envoy's request mirror policy does; fire and forget: the
     /// answer is dropped, a failure only logged, and never more than
-    /// [`route::MIRRORS_IN_FLIGHT`] at once. Only a body kept whole is mirrored.
+    /// [`route::MIRRORS_IN_FLIGHT`] at once. Sent once the primary's tries are over, when the
+    /// body is whole (Envoy streams the shadow alongside; the mirror sees the same request, a
+    /// little later). Only a body kept whole (within [`route::REPLAY_LIMIT`]) is mirrored.
     pub(super) fn mirror(
         self: &Arc<Self>,
         snap: &Snapshot,

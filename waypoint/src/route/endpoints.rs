@@ -25,7 +25,8 @@ pub struct ChoiceRequest<'a> {
 impl Upstreams {
     /// The endpoint of `target` the next try goes to; `None` when it has none. A retry avoids
     /// the endpoints already `tried` while others remain: Istio sets Envoy's `previous_hosts`
-    /// retry host predicate on every route (istio `pilot/pkg/networking/core/route/retry/retry.go`).
+    /// retry host predicate on every route, up to 5 re-picks (istio
+    /// `pilot/pkg/networking/core/route/retry/retry.go`, `HostSelectionRetryMaxAttempts`).
     pub fn choose(
         &self,
         target: &Target,
@@ -34,7 +35,9 @@ impl Upstreams {
         tried: &[SocketAddr],
     ) -> Option<SocketAddr> {
         // TODO(resilience): `policy.load_balancer` (round robin, random, consistent hash on
-        // `request`), connection-pool limits (503 UO) and ejected endpoints go here.
+        // `request`), connection-pool limits (503 UO) and ejected endpoints go here. With a
+        // consistent hash Istio drops `previous_hosts` (retry.go, DefaultConsistentHashPolicy):
+        // a retry goes to the same hashed endpoint, so `tried` is ignored then.
         let _ = (policy, request);
         let endpoints = target.endpoints();
         if tried.is_empty() || endpoints.iter().all(|e| tried.contains(e)) {
