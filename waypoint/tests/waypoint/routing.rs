@@ -372,3 +372,59 @@ async fn a_route_edit_applies_on_the_next_request() {
         "no routes: the Service as addressed"
     );
 }
+
+#[tokio::test]
+async fn backends_that_do_not_resolve_answer_503_uh_or_500() {
+    let net = 110;
+    let mesh = TestMesh::start(net, &[1]).await;
+    let exact = |p: &str| vec![path(PathMatch::Exact(p.into()))];
+    let other = |name: &str| Backend {
+        service: ServiceName::new("shop", name),
+        ..backend(None, 1)
+    };
+    mesh.set_traffic(set(vec![
+        rule(0, exact("/ghost"), forward(to(vec![other("ghost")]))),
+        rule(1, exact("/empty"), forward(to(vec![other("empty")]))),
+        rule(
+            2,
+            exact("/no-subset"),
+            forward(to(vec![backend(Some("h9"), 1)])),
+        ),
+        rule(3, exact("/weightless"), forward(to(vec![backend(None, 0)]))),
+        rule(4, exact("/solo"), forward(to(vec![other("solo")]))),
+        rule(5, vec![], forward(to(vec![backend(None, 1)]))),
+    ]));
+    let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
+    for unavailable in ["/ghost", "/empty", "/no-subset"] {
+        let (status, _, body) = send(&mut http, get(unavailable)).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+            "{unavailable}"
+        );
+    }
+    let (status, _, _) = send(&mut http, get("/weightless")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    // Another Service as the backend: its endpoints, and the metrics name it.
+    let (status, headers, _) = send(&mut http, get("/solo")).await;
+    assert_eq!((status, served_by(&headers)), (StatusCode::OK, app(net, 1)));
+    settle().await;
+    let metrics = metrics(&mesh).await;
+    assert_eq!(
+        metric(&metrics, "istio_requests_total", &["response_flags=\"UH\""]),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "istio_requests_total",
+            &[
+                "destination_service=\"solo.shop.svc.cluster.local\"",
+                "response_code=\"200\""
+            ]
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
