@@ -6,7 +6,8 @@
 //!
 //! Modules, in the order a tunnel meets them: [`inbound`] (TLS, CONNECT), [`target`] (what the
 //! CONNECT names), [`sniff`] (undeclared protocols), [`forward`] (HTTP) or [`relay`] (TCP),
-//! [`authz`] and [`outcome`] (the policy and telemetry seams), [`balance`] and [`upstream`]
+//! [`authz`] and [`outcome`] (the policy and telemetry seams), [`route`] (the routes:
+//! backends, rewrites, retries, timeouts, faults, mirrors), [`balance`] and [`upstream`]
 //! (the way out). [`app`] assembles the program from its [`config`].
 
 pub mod app;
@@ -25,6 +26,7 @@ pub mod inbound;
 pub mod outcome;
 pub mod record;
 pub mod relay;
+pub mod route;
 pub mod sniff;
 pub mod target;
 pub mod telemetry;

@@ -52,6 +52,8 @@ pub struct Telemetry {
     rejected: Family<RejectReason, Counter>,
     cluster_id: String,
     cluster: LabelValue,
+    /// Retries, tries and mirrors of routed requests.
+    pub routing: crate::route::metrics::RouteMetrics,
 }
 
 impl Telemetry {
@@ -77,6 +79,7 @@ impl Telemetry {
             rejected,
             cluster_id: cluster_id.to_owned(),
             cluster: LabelValue::new(cluster_id),
+            routing: crate::route::metrics::RouteMetrics::register(registry),
         })
     }
 

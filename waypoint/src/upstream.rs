@@ -116,6 +116,10 @@ impl DialAsWorkload for WaypointConnector {
 pub struct Upstreams {
     /// Least-request counts over every endpoint.
     pub balancer: Arc<LeastRequest>,
+    /// Mirrored requests in flight (at most [`crate::route::MIRRORS_IN_FLIGHT`]).
+    pub mirrors: Arc<tokio::sync::Semaphore>,
+    /// DestinationRule subsets' endpoints, per snapshot.
+    pub subsets: crate::route::subsets::SubsetCache,
     pool: Arc<Pool<WaypointConnector>>,
     certs: Arc<CertificateManager>,
     identity: SpiffeId,
@@ -142,6 +146,8 @@ impl Upstreams {
         tokio::spawn(pool.clone().run_reaper());
         Self {
             balancer: Arc::new(LeastRequest::default()),
+            mirrors: Arc::new(tokio::sync::Semaphore::new(crate::route::MIRRORS_IN_FLIGHT)),
+            subsets: crate::route::subsets::SubsetCache::default(),
             pool,
             certs,
             identity,

@@ -13,5 +13,9 @@ mod harness;
 mod hostile;
 #[path = "waypoint/proxying.rs"]
 mod proxying;
+#[path = "waypoint/routing.rs"]
+mod routing;
+#[path = "waypoint/routing_policies.rs"]
+mod routing_policies;
 #[path = "waypoint/telemetry.rs"]
 mod telemetry;

@@ -95,6 +95,9 @@ impl fmt::Display for RouteRef {
 pub struct FullRegex {
     source: String,
     compiled: regex::Regex,
+    /// The same pattern unanchored, for a rewrite that replaces every match in a value
+    /// (Envoy's `regex_rewrite` is RE2 `GlobalReplace`).
+    search: regex::Regex,
 }
 
 impl FullRegex {
@@ -104,10 +107,38 @@ impl FullRegex {
             .size_limit(1 << 20)
             .build()
             .map_err(|e| e.to_string())?;
+        let search = regex::RegexBuilder::new(source)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(Self {
             source: source.to_owned(),
             compiled,
+            search,
         })
+    }
+
+    /// `value` with every match replaced by `substitution`, whose `\1`-style groups (RE2's,
+    /// as Istio's `uriRegexRewrite` writes them) are filled in (envoy
+    /// `source/common/router/config_impl.cc`, `regex_rewrite` → `RE2::GlobalReplace`).
+    pub fn replace_all(&self, value: &str, substitution: &str) -> String {
+        let mut template = String::with_capacity(substitution.len());
+        let mut chars = substitution.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, chars.peek()) {
+                ('\\', Some(d)) if d.is_ascii_digit() => {
+                    template.push_str("${");
+                    template.push(*d);
+                    template.push('}');
+                    chars.next();
+                }
+                ('$', _) => template.push_str("$$"),
+                _ => template.push(c),
+            }
+        }
+        self.search
+            .replace_all(value, template.as_str())
+            .into_owned()
     }
 
     /// Whether the whole of `value` matches.

@@ -36,7 +36,8 @@ impl Downstream {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, (String, ResponseFlag)> {
         let failed = |e: UpstreamError| (e.to_string(), e.flag());
-        let terminated = |e: hyper::Error| (e.to_string(), ResponseFlag::UpstreamTermination);
+        // The causes too: an HTTP/2 stream refused (REFUSED_STREAM) says so only in them.
+        let terminated = |e: hyper::Error| (with_causes(&e), ResponseFlag::UpstreamTermination);
         if use_h2 {
             let mut sender = match self.idle_h2(endpoint) {
                 Some(sender) => sender,
@@ -140,4 +141,16 @@ impl Downstream {
             .tunnel(&snap, endpoint, &self.client, self.dest.service_host())
             .await
     }
+}
+
+/// An error's text followed by its causes', `: `-separated.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }

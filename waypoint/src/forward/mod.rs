@@ -1,6 +1,7 @@
 //! The HTTP proxy over one accepted tunnel: hyper serves HTTP/1.1 or HTTP/2 (told apart by the
-//! preface) to the client; each request is checked, authorized ([`crate::authz`]), sent to an
-//! endpoint chosen least-request over a pooled HBONE tunnel, and its response streamed back
+//! preface) to the client; each request is checked, authorized ([`crate::authz`]), routed
+//! ([`crate::route`]; the tries, timeouts and mirrors in `attempts`), sent to an endpoint
+//! chosen least-request over a pooled HBONE tunnel, and its response streamed back
 //! (trailers included); one [`RequestOutcome`] per request is recorded at its end. HTTP/1 bytes
 //! pass [`crate::guard_io`] first (both lengths, slow heads, idle connections).
 //!
@@ -27,8 +28,8 @@ use crate::context::Context;
 use crate::headers;
 use crate::outcome::RequestOutcome;
 use crate::record::{Pending, record};
+use crate::route;
 use crate::target::Destination;
-use crate::upstream::UpstreamError;
 use marrow_mesh::drain::Drain;
 use marrow_mesh::path::{self, NormalizedPath};
 use marrow_mesh::state::protocol::Protocol;
@@ -36,11 +37,15 @@ use marrow_mesh::telemetry::ResponseFlag;
 use marrow_mesh::telemetry::{RequestProtocol, grpc_status};
 use marrow_mesh::trace;
 
+mod attempts;
 mod bodies;
 mod conns;
+mod replay;
 
+use attempts::{Outgoing, Template, Tried};
 use bodies::{Answered, Counted, Recording, Watched};
 use conns::Conns;
+use replay::Replay;
 
 use crate::guard_io::{ConnWatch, GuardIo, Timeouts};
 
@@ -317,47 +322,89 @@ impl Downstream {
             tracing::info!(client = %self.client.addr, limit, declared, "request body over the limit; answering 413");
             return too_large(&self.ctx, outcome.finish(), version);
         }
-        let endpoint = match &self.dest {
-            Destination::Service(service) => {
-                match self.ctx.upstreams.balancer.pick(&service.endpoints) {
-                    Some(endpoint) => endpoint,
-                    None => {
-                        let error = UpstreamError::NoEndpoint(service.host());
-                        tracing::info!(%error, "no upstream");
-                        return local(
-                            &self.ctx,
-                            outcome.finish(),
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no healthy upstream",
-                            Some(error.flag()),
-                            false,
-                        );
-                    }
-                }
+        let snap = self.ctx.state.snapshot();
+        let plan = match self.plan(&snap, &req, &path, &host) {
+            Ok(plan) => plan,
+            Err(early) => {
+                outcome.status = early.response.status().as_u16();
+                outcome.flag = early.flag;
+                record(&self.ctx, outcome.finish());
+                return early.response;
             }
-            Destination::Workload { addr, .. } => *addr,
         };
-        outcome.upstream = Some(endpoint);
-        let active = self.ctx.upstreams.balancer.start(endpoint);
+        if let Some(fault) = plan.forward.and_then(|f| f.fault.as_ref()) {
+            if let Some((delay, percent)) = fault.delay
+                && route::fault::hit(percent)
+            {
+                tokio::time::sleep(delay).await;
+                outcome.flag = Some(ResponseFlag::FaultDelay);
+            }
+            if let Some((status, percent)) = fault.abort
+                && route::fault::hit(percent)
+            {
+                let (response, status, grpc) = route::fault::abort_response(status);
+                outcome.status = status;
+                outcome.grpc_status = grpc;
+                outcome.flag = Some(ResponseFlag::FaultAbort);
+                record(&self.ctx, outcome.finish());
+                return response;
+            }
+        }
+        if plan.forward.is_some() {
+            // The routed backend is the destination the metrics name (Envoy's upstream cluster).
+            outcome.service = plan.target.service().cloned();
+        }
         let upgrade = version != Version::HTTP_2 && headers::is_upgrade(req.headers());
         // Istio's upstream protocol (pilot/pkg/networking/core/cluster_builder.go): HTTP/2 for
         // ports declared http2/grpc, HTTP/1.1 for ports declared http whatever the client
         // spoke, and the client's own (`USE_DOWNSTREAM_PROTOCOL`) where nothing is declared.
+        let protocol = plan
+            .target
+            .service()
+            .map_or_else(|| self.dest.protocol(), |s| s.protocol());
         let use_h2 = !upgrade
-            && match self.dest.protocol() {
+            && match protocol {
                 Protocol::Http2 | Protocol::Grpc => true,
                 Protocol::Unspecified => version == Version::HTTP_2,
                 _ => false,
             };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let mut upstream_req = self.prepare(req, &host, &path, use_h2, upgrade, bytes_in.clone());
+        let (mut template, body) =
+            self.prepare(req, &host, &path, use_h2, upgrade, bytes_in.clone());
+        template.apply(&plan);
         if let Some(span) = &outcome.span {
-            span.inject(upstream_req.headers_mut());
+            span.inject(&mut template.headers);
         }
-        let sent = match self.send(endpoint, use_h2, upgrade, upstream_req).await {
-            Ok(response) => response,
-            Err((error, flag)) => {
+        // A body is kept for another try or a mirror only when the rule may need one.
+        let keep = !upgrade
+            && plan.forward.is_some_and(|f| {
+                f.retries.as_ref().is_some_and(|r| r.attempts > 0) || !f.mirrors.is_empty()
+            });
+        let mut body = if keep {
+            Outgoing::Replay(Replay::new(body, route::REPLAY_LIMIT))
+        } else {
+            Outgoing::Once(Some(body))
+        };
+        let tried = self
+            .attempts(&plan, &template, &mut body, &mut outcome)
+            .await;
+        self.mirror(&snap, &plan, &template, &body);
+        let (mut response, endpoint, active) = match tried {
+            Tried::Answered {
+                response,
+                endpoint,
+                active,
+                flag,
+            } => {
+                outcome.flag = flag.or(outcome.flag);
+                (response, endpoint, active)
+            }
+            Tried::Failed {
+                status,
+                message,
+                flag,
+            } => {
                 outcome.bytes_in = bytes_in.load(Ordering::Relaxed);
                 if let Some(limit) = limit
                     && outcome.bytes_in > limit
@@ -368,23 +415,9 @@ impl Downstream {
                     tracing::info!(client = %self.client.addr, limit, "request body over the limit; answering 413");
                     return too_large(&self.ctx, outcome.finish(), version);
                 }
-                tracing::info!(%error, %endpoint, "upstream request failed");
-                let message = if flag == ResponseFlag::UpstreamFailure {
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
-                } else {
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
-                };
-                return local(
-                    &self.ctx,
-                    outcome.finish(),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    message,
-                    Some(flag),
-                    false,
-                );
+                return local(&self.ctx, outcome.finish(), status, message, flag, false);
             }
         };
-        let mut response = sent;
         outcome.status = response.status().as_u16();
         outcome.grpc_status = grpc_status(response.headers());
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -394,6 +427,12 @@ impl Downstream {
         }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
+        if let Some(forward) = plan.forward {
+            if let Some(backend) = plan.backend {
+                route::rewrite::apply_header_ops(&mut parts.headers, &backend.response_headers);
+            }
+            route::rewrite::apply_header_ops(&mut parts.headers, &forward.response_headers);
+        }
         let watch = Recording {
             ctx: self.ctx.clone(),
             outcome: Some(outcome.finish()),
@@ -407,7 +446,7 @@ impl Downstream {
 
     /// The request as the endpoint gets it: hop-by-hop headers gone, the client appended to
     /// the forwarding headers, the normalized path, HTTP/2 (absolute URI, `te: trailers` kept
-    /// for gRPC) or HTTP/1.1 (origin form, `Host`).
+    /// for gRPC) or HTTP/1.1 (origin form, `Host`); its body counted and held to the limit.
     fn prepare(
         &self,
         req: Request<Incoming>,
@@ -416,7 +455,7 @@ impl Downstream {
         use_h2: bool,
         upgrade: bool,
         bytes_in: Arc<AtomicU64>,
-    ) -> Request<Body> {
+    ) -> (Template, Body) {
         let (mut parts, body) = req.into_parts();
         let trailers_wanted = parts
             .headers
@@ -429,27 +468,12 @@ impl Downstream {
             });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         headers::append_client(&mut parts.headers, self.client.addr);
-        let path_and_query = path.as_str();
         if use_h2 {
-            parts.version = Version::HTTP_2;
             parts.headers.remove(http::header::HOST);
             if trailers_wanted {
                 parts
                     .headers
                     .insert(http::header::TE, HeaderValue::from_static("trailers"));
-            }
-            if let Ok(uri) = format!("http://{host}{path_and_query}").parse() {
-                parts.uri = uri;
-            }
-        } else {
-            parts.version = Version::HTTP_11;
-            if let Ok(uri) = http::Uri::try_from(path_and_query) {
-                parts.uri = uri;
-            }
-            if !parts.headers.contains_key(http::header::HOST)
-                && let Ok(value) = HeaderValue::from_str(host)
-            {
-                parts.headers.insert(http::header::HOST, value);
             }
         }
         let watch = Counted {
@@ -457,7 +481,15 @@ impl Downstream {
             limit: self.ctx.limits.max_request_body_bytes.unwrap_or(u64::MAX),
         };
         let body = Watched { inner: body, watch };
-        Request::from_parts(parts, body.boxed())
+        let template = Template {
+            method: parts.method,
+            authority: host.to_owned(),
+            path_and_query: path.as_str().to_owned(),
+            headers: parts.headers,
+            use_h2,
+            upgrade,
+        };
+        (template, body.boxed())
     }
 }
 

@@ -6,7 +6,6 @@
 //! Every test takes its own 127.88.<n>.0/24 (pods at .1, .2, .3; the client at .10), so tests
 //! run in parallel; everything is dropped (and its tasks aborted) with the test.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,9 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use marrow_mesh::hbone::{self, Baggage, ConnectRequest, Forwarded, HboneClient, TraceParent};
 use marrow_mesh::identity::{
@@ -28,6 +25,11 @@ use marrow_waypoint::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+mod echo;
+
+use echo::serve_echo;
+pub use echo::{Served, ServedLog};
 
 /// The HTTP app's port on every pod.
 pub const HTTP_PORT: u16 = 8080;
@@ -71,6 +73,17 @@ pub struct NodeProxy {
     pub connects: Arc<Mutex<Vec<SeenConnect>>>,
 }
 
+/// A label every pod carries with its host number (`h1`, `h2`, …), for DestinationRule
+/// subsets in routing tests.
+pub const HOST_LABEL: &str = "marrow-test/host";
+
+fn host_label(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("h{}", v4.octets()[3]),
+        IpAddr::V6(_) => "h0".into(),
+    }
+}
+
 /// A pod host whose node proxy presents an identity other than the pod's (`sa/impostor`).
 pub const IMPOSTOR: u8 = 9;
 
@@ -83,6 +96,8 @@ pub struct TestMesh {
     pub waypoint_id: SpiffeId,
     pub client_cert: Arc<WorkloadCertificate>,
     pub proxies: Vec<NodeProxy>,
+    /// Every request the HTTP echo apps got.
+    pub served: ServedLog,
     pub tasks: Tasks,
 }
 
@@ -149,7 +164,7 @@ fn state_yaml(net: u8, pods: &[u8], extra: &str) -> String {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{ip}"),
-                "labels": {"app": sa}},
+                "labels": {"app": sa, HOST_LABEL: host_label(ip)}},
             "spec": {"nodeName": "node", "serviceAccountName": sa},
             "status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}
         })
@@ -250,6 +265,7 @@ impl TestMesh {
         std::fs::write(&state_file, state_yaml(net, pods, extra)).unwrap();
 
         let tasks = Tasks::default();
+        let served = ServedLog::default();
         let mut proxies = Vec::new();
         for host in pods {
             let ip = pod_ip(net, *host);
@@ -257,8 +273,8 @@ impl TestMesh {
             let id = SpiffeId::new(&trust_domain, "shop", account).unwrap();
             let cert = Arc::new(ca.issue(&id).unwrap());
             proxies.push(node_proxy(ip, cert, &tasks).await);
-            serve_echo(SocketAddr::new(ip, HTTP_PORT), &tasks).await;
-            serve_echo(SocketAddr::new(ip, GRPC_PORT), &tasks).await;
+            serve_echo(SocketAddr::new(ip, HTTP_PORT), &tasks, &served).await;
+            serve_echo(SocketAddr::new(ip, GRPC_PORT), &tasks, &served).await;
             serve_tcp_echo(local(SocketAddr::new(ip, TCP_PORT)), &tasks).await;
         }
 
@@ -286,6 +302,7 @@ impl TestMesh {
             waypoint_id,
             client_cert,
             proxies,
+            served,
             tasks,
         }
     }
@@ -367,6 +384,33 @@ impl TestMesh {
             let _ = conn.await;
         });
         (client, sender)
+    }
+
+    /// Puts `traffic` in force in the waypoint's state (the rest of the state as it is), as a
+    /// state source publishing a new snapshot would.
+    pub fn set_traffic(&self, traffic: marrow_mesh::traffic::TrafficSet) {
+        let store = &self.waypoint.context.state;
+        let snap = store.snapshot();
+        let mut update = marrow_mesh::state::StateUpdate::new();
+        for namespace in snap.namespaces() {
+            update.add_namespace(namespace.clone()).unwrap();
+        }
+        for workload in snap.workloads() {
+            update.add_shared_workload(workload.clone()).unwrap();
+        }
+        for object in snap.raw_objects() {
+            update.add_raw_object(object.clone()).unwrap();
+        }
+        update.build_policies(marrow_mesh::policy::DEFAULT_ROOT_NAMESPACE);
+        update.build_services();
+        update.build_waypoints();
+        update.set_traffic(traffic);
+        store.apply(update);
+    }
+
+    /// What the HTTP echo apps got, in order.
+    pub fn served(&self) -> Vec<Served> {
+        self.served.lock().unwrap().clone()
     }
 
     /// TCP connections accepted by all node proxies.
@@ -454,119 +498,6 @@ async fn node_proxy(ip: IpAddr, cert: Arc<WorkloadCertificate>, tasks: &Tasks) -
         }
     });
     NodeProxy { accepted, connects }
-}
-
-type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-
-/// The echo app: HTTP/1.1 and h2 (by preface).
-///
-/// - any path: 200, the request body back; headers `x-served-by` (the app's address),
-///   `x-echo-method`, `x-echo-path` (with the query), `x-echo-traceparent`,
-///   `x-echo-request-id`, `x-echo-xff`, `x-echo-forwarded`, `x-echo-version`;
-/// - `/slow`: the same after 300 ms;
-/// - `/grpc`: a gRPC-style stream of 3 messages 50 ms apart, then trailers `grpc-status: 0`;
-/// - `/ws` with `Upgrade: websocket`: 101, then every byte echoed.
-async fn serve_echo(addr: SocketAddr, tasks: &Tasks) {
-    let listener = TcpListener::bind(local(addr)).await.unwrap();
-    tasks.spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| echo(addr, req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-}
-
-async fn echo(
-    addr: SocketAddr,
-    mut req: Request<Incoming>,
-) -> Result<Response<EchoBody>, Infallible> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap_or_default().to_owned())
-            .unwrap_or_default()
-    };
-    let (xff, forwarded) = (header("x-forwarded-for"), header("forwarded"));
-    let (traceparent, request_id) = (header("traceparent"), header("x-request-id"));
-    let method = req.method().to_string();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let version = format!("{:?}", req.version());
-    let mut builder = Response::builder()
-        .header("x-served-by", addr.to_string())
-        .header("x-echo-method", &method)
-        .header("x-echo-path", &path)
-        .header("x-echo-xff", xff)
-        .header("x-echo-forwarded", forwarded)
-        .header("x-echo-traceparent", traceparent)
-        .header("x-echo-request-id", request_id)
-        .header("x-echo-version", version);
-    if path == "/ws" {
-        let upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = upgrade.await {
-                let mut io = TokioIo::new(upgraded);
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        return Ok(builder
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .body(Full::new(Bytes::new()).boxed())
-            .unwrap());
-    }
-    if path == "/grpc" {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-        tokio::spawn(async move {
-            for i in 0..3u8 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                // A length-prefixed gRPC message of one byte.
-                let _ = tx
-                    .send(Ok(Frame::data(Bytes::from(vec![0, 0, 0, 0, 1, i]))))
-                    .await;
-            }
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", "0".parse().unwrap());
-            trailers.insert("grpc-message", "done".parse().unwrap());
-            let _ = tx.send(Ok(Frame::trailers(trailers))).await;
-        });
-        let stream = tokio_stream_from(rx);
-        builder = builder.header("content-type", "application/grpc");
-        return Ok(builder.body(StreamBody::new(stream).boxed()).unwrap());
-    }
-    if path == "/slow" {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Ok(builder.body(Full::new(body).boxed()).unwrap())
-}
-
-/// A receiver as a stream of frames.
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
-) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 async fn serve_tcp_echo(addr: SocketAddr, tasks: &Tasks) {
