@@ -42,9 +42,9 @@ pub struct ResilienceMetrics {
 }
 
 impl ResilienceMetrics {
-    /// Families registered on `registry` (no prefix: the names are marrow's own).
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
+    /// Registers the families on `registry` (no prefix: the names are marrow's own).
+    pub fn register(&self, registry: &mut Registry) {
+        let metrics = self;
         registry.register(
             "marrow_outlier_ejections",
             "Endpoints ejected by outlier detection, by destination service and reason",
@@ -55,7 +55,6 @@ impl ResilienceMetrics {
             "1 while an endpoint is ejected by outlier detection, 0 once it is back",
             metrics.ejected.clone(),
         );
-        metrics
     }
 
     /// Counts an ejection and raises the endpoint's gauge.

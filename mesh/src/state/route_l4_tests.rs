@@ -37,7 +37,11 @@ fn slice(service: &str, port: u16, ips: &[&str]) -> String {
 
 fn pod(name: &str, ip: &str, labels: &str) -> String {
     // A waypoint's pods run as its service account.
-    let sa = if name.starts_with("wp-") { "wp" } else { "default" };
+    let sa = if name.starts_with("wp-") {
+        "wp"
+    } else {
+        "default"
+    };
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: shop\n  labels:\n    \
          app: x\n{labels}spec:\n  serviceAccountName: {sa}\n  nodeName: node-1\n  containers: []\nstatus:\n  podIP: {ip}\n---\n"
