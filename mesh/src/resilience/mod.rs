@@ -239,3 +239,6 @@ impl<K: Hash + Eq + Clone> Destinations<K> {
         &self.metrics
     }
 }
+
+#[cfg(test)]
+mod tests;
