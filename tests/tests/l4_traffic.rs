@@ -93,6 +93,7 @@ spec:
     }
     let to_v1 = reached.get(&v1.ipv4().to_string()).copied().unwrap_or(0);
     let to_v2 = reached.get(&v2.ipv4().to_string()).copied().unwrap_or(0);
+    println!("tcp route split over {N} connections: v1 {to_v1}, v2 {to_v2}");
     assert_eq!(to_v1 + to_v2, N, "only the backends served: {reached:?}");
     // Binomial(1000, 0.8): σ ≈ 12.6; within ±5σ.
     let sigma = (N as f64 * 0.8 * 0.2).sqrt();
@@ -137,6 +138,7 @@ fn a_dead_endpoint_is_retried_on_a_live_one() {
         assert_eq!(connected.greeting.local.ip(), live.ipv4(), "connection {i}");
     }
     // Round robin sent every other connection to the dead endpoint first.
+    println!("{N} of {N} connections reached the live endpoint");
     eventually("the retries counted", || {
         let m1 = mesh.p1.metrics();
         let retries = sample(
@@ -233,6 +235,7 @@ spec:
             other => Err(format!("gauge {other:?}")),
         }
     });
+    println!("ejected endpoint back after {:?}", ejected_at.elapsed());
     assert!(
         ejected_at.elapsed() >= Duration::from_millis(1500),
         "back too soon: {:?}",
