@@ -41,8 +41,9 @@ endpoints:
     )
 }
 
-fn vip(ip: &str) -> SocketAddr {
-    format!("{ip}:80").parse().expect("vip")
+/// Port 80 at the VIP `ip`.
+fn vip(ip: [u8; 4]) -> SocketAddr {
+    SocketAddr::from((ip, 80))
 }
 
 /// The value of the sample of `name` whose line has every one of `labels`, if any.
@@ -85,7 +86,7 @@ spec:
     const N: usize = 1000;
     let mut reached: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..N {
-        let outcome = client.connect(vip("10.96.7.1"), &format!("c{i}"));
+        let outcome = client.connect(vip([10, 96, 7, 1]), &format!("c{i}"));
         let connected = outcome.connected();
         *reached
             .entry(connected.greeting.local.ip().to_string())
@@ -133,7 +134,7 @@ fn a_dead_endpoint_is_retried_on_a_live_one() {
 
     const N: usize = 40;
     for i in 0..N {
-        let outcome = client.connect(vip("10.96.7.10"), &format!("r{i}"));
+        let outcome = client.connect(vip([10, 96, 7, 10]), &format!("r{i}"));
         let connected = outcome.connected();
         assert_eq!(connected.greeting.local.ip(), live.ipv4(), "connection {i}");
     }
@@ -200,7 +201,7 @@ spec:
     };
     // Two failed connects to the dead endpoint (each retried on the live one) eject it.
     for i in 0..6 {
-        let outcome = client.connect(vip("10.96.7.20"), &format!("e{i}"));
+        let outcome = client.connect(vip([10, 96, 7, 20]), &format!("e{i}"));
         assert_eq!(outcome.connected().greeting.local.ip(), live.ipv4());
     }
     let m1 = mesh.p1.metrics();
@@ -219,7 +220,7 @@ spec:
     let retries = |m: &str| sample(m, "marrow_retries_total", &[]).unwrap_or(0.0);
     let before = retries(&m1);
     for i in 0..6 {
-        let outcome = client.connect(vip("10.96.7.20"), &format!("s{i}"));
+        let outcome = client.connect(vip([10, 96, 7, 20]), &format!("s{i}"));
         assert_eq!(outcome.connected().greeting.local.ip(), live.ipv4());
     }
     assert_eq!(
@@ -231,7 +232,7 @@ spec:
     eventually("the endpoint back in service", || {
         let m1 = mesh.p1.metrics();
         match ejected(&m1) {
-            Some(v) if v == 0.0 => Ok(()),
+            Some(0.0) => Ok(()),
             other => Err(format!("gauge {other:?}")),
         }
     });

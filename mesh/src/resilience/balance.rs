@@ -131,9 +131,7 @@ impl Balancer {
     ) -> Option<SocketAddr> {
         let mut best: Option<(SocketAddr, usize)> = None;
         for _ in 0..2 {
-            let Some(candidate) = probe(endpoints, self.next() as usize, usable) else {
-                return None;
-            };
+            let candidate = probe(endpoints, self.next() as usize, usable)?;
             let load = self.active[slot_of(candidate)].load(Ordering::Relaxed);
             if best.is_none_or(|(_, least)| load < least) {
                 best = Some((candidate, load));
