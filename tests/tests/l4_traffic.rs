@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use marrow_tests::binaries::testpod;
 use marrow_tests::require_env;
 use marrow_tests::two_nodes::{APP_PORT, Mesh, eventually, namespaces};
 use marrow_tests::{ClusterState, Pod};
@@ -242,4 +243,59 @@ spec:
         "back too soon: {:?}",
         ejected_at.elapsed()
     );
+}
+
+#[test]
+#[ignore = "needs the TCPRoute/DestinationRule parser (issue 17, branch parse)"]
+fn connections_over_max_connections_are_refused_with_uo() {
+    require_env!();
+    let mesh = Mesh::start("l4limit");
+    let client = mesh.n1.add_pod("client", "shop", true);
+    let api = mesh.n2.add_pod("api", "shop", true);
+    let _app = api.serve(APP_PORT);
+    let state = namespaces().pod(&client, "client").pod(&api, "api");
+    let mut extra = service("api", "10.96.7.30", &[&api]);
+    extra += "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: shop}
+spec:
+  host: api.shop.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 2, connectTimeout: 500ms}
+";
+    mesh.apply_with(&state, &extra);
+
+    let target = vip([10, 96, 7, 30]).to_string();
+    // Two connections held open take this node's two.
+    let holder = client.spawn(
+        testpod(),
+        &["hold", &target, "--connections", "2", "--seconds", "60"],
+    );
+    holder.wait_for_line("{\"ok\":true", Duration::from_secs(10));
+    let refused = client.connect(vip([10, 96, 7, 30]), "third");
+    assert!(!refused.is_ok(), "a third connection: {refused:?}");
+    eventually("the overflow counted with UO", || {
+        let m1 = mesh.p1.metrics();
+        sample(
+            &m1,
+            "istio_tcp_connections_opened_total",
+            &[
+                "response_flags=\"UO\"",
+                "destination_service=\"api.shop.svc.cluster.local\"",
+            ],
+        )
+        .map(|_| ())
+        .ok_or(m1)
+    });
+    // Once they close, connections go through again.
+    drop(holder);
+    eventually("a connection after the holder left", || {
+        let outcome = client.connect(vip([10, 96, 7, 30]), "again");
+        if outcome.is_ok() {
+            Ok(())
+        } else {
+            Err(format!("{outcome:?}"))
+        }
+    });
 }
