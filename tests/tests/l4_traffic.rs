@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use marrow_tests::binaries::testpod;
 use marrow_tests::require_env;
+use marrow_tests::state_file::PodRecord;
 use marrow_tests::two_nodes::{APP_PORT, Mesh, eventually, namespaces};
 use marrow_tests::{ClusterState, Pod};
 
@@ -298,4 +299,61 @@ spec:
             Err(format!("{outcome:?}"))
         }
     });
+}
+
+#[test]
+#[ignore = "needs the TCPRoute/DestinationRule parser (issue 17, branch parse)"]
+fn connect_timeout_bounds_the_connect_to_an_endpoint_that_never_answers() {
+    require_env!();
+    let mesh = Mesh::start("l4ctimeout");
+    let client = mesh.n1.add_pod("client", "shop", true);
+    let live = mesh.n2.add_pod("live", "shop", true);
+    let _app = live.serve(APP_PORT);
+    // A pod the state places on node 2 at an address nobody has: a connect to it hangs
+    // (no neighbour answers) until a timeout.
+    let [a, b, c, _] = live.ipv4().octets();
+    let ghost_ip = std::net::Ipv4Addr::new(a, b, c, 250);
+    let ghost = PodRecord {
+        name: "ghost".to_owned(),
+        uid: "l4ctimeout-ghost-uid".to_owned(),
+        ips: vec![ghost_ip.into()],
+        ..PodRecord::of(&live, "api")
+    };
+    let state = namespaces()
+        .pod(&client, "client")
+        .pod(&live, "api")
+        .with_pod(ghost);
+    let mut extra = service("api", "10.96.7.40", &[&live]);
+    extra = extra.replace(
+        "endpoints:\n",
+        &format!("endpoints:\n- addresses: [{ghost_ip}]\n"),
+    );
+    extra += "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: shop}
+spec:
+  host: api.shop.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      tcp: {connectTimeout: 300ms}
+";
+    mesh.apply_with(&state, &extra);
+
+    // Every other connection tries the ghost first: 300 ms, then the retry on the live one
+    // (the global 10 s connect timeout, or the neighbour's 3 s failure, would show).
+    for i in 0..4 {
+        let started = Instant::now();
+        let outcome = client.connect(vip([10, 96, 7, 40]), &format!("t{i}"));
+        let took = started.elapsed();
+        assert_eq!(
+            outcome.connected().greeting.local.ip(),
+            live.ipv4(),
+            "connection {i}"
+        );
+        println!("connection {i} took {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "connection {i} took {took:?}"
+        );
+    }
 }
