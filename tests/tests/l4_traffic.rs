@@ -154,7 +154,9 @@ fn a_dead_endpoint_is_retried_on_a_live_one() {
             ],
         )
         .unwrap_or(0.0);
-        if retries >= (N / 2 - 2) as f64 {
+        // About half: a retry's pick does not take the next connection's turn, so the dead
+        // endpoint is not tried first by every connection after its first failure.
+        if (N / 2 - 2) as f64 <= retries && retries <= (N / 2 + 2) as f64 {
             Ok(())
         } else {
             Err(format!("{retries} retries:\n{m1}"))

@@ -110,6 +110,21 @@ impl Balancer {
         }
     }
 
+    /// As [`Balancer::pick`] for a retry's second pick: round robin reads its cursor without
+    /// moving it, so the retry does not take the next connection's turn (after one failure
+    /// every connection would otherwise try the failing endpoint first).
+    pub fn pick_again(
+        &self,
+        endpoints: &[SocketAddr],
+        key: Option<&[u8]>,
+        usable: impl Fn(SocketAddr) -> bool,
+    ) -> Option<SocketAddr> {
+        if self.policy == Policy::RoundRobin {
+            return probe(endpoints, self.cursor.load(Ordering::Relaxed), &usable);
+        }
+        self.pick(endpoints, key, usable)
+    }
+
     /// Counts a request to `endpoint` in flight until the guard drops (`LEAST_REQUEST`; a
     /// no-op for the other policies).
     pub fn begin(self: &Arc<Self>, endpoint: SocketAddr) -> InFlight {

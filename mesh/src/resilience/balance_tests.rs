@@ -34,6 +34,11 @@ fn round_robin_cycles_and_skips_the_unusable() {
         assert_ne!(b.pick(&all, None, |e| e != all[1]), Some(all[1]));
     }
     assert_eq!(b.pick(&all, None, |_| false), None);
+    // A retry's pick does not take the next one's turn.
+    let b = Balancer::new(None);
+    assert_eq!(b.pick(&all, None, |_| true), Some(all[0]));
+    assert_eq!(b.pick_again(&all, None, |e| e != all[1]), Some(all[2]));
+    assert_eq!(b.pick(&all, None, |_| true), Some(all[1]));
     assert_eq!(b.pick(&[], None, |_| true), None);
 }
 

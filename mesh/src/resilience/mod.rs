@@ -106,10 +106,14 @@ impl Destination {
             .outlier
             .as_ref()
             .is_some_and(|o| o.panicking(endpoints, now));
-        self.balancer.pick(endpoints, key, |e| {
+        let usable = |e| {
             Some(e) != avoid
                 && (panic || self.outlier.as_ref().is_none_or(|o| !o.is_ejected(e, now)))
-        })
+        };
+        match avoid {
+            None => self.balancer.pick(endpoints, key, usable),
+            Some(_) => self.balancer.pick_again(endpoints, key, usable),
+        }
     }
 
     /// Reports a try at `endpoint` (one of `endpoints`) to the outlier detector, counting an

@@ -41,7 +41,9 @@ impl EndpointPicker {
     }
 
     /// The next ready endpoint of `service` that is `usable`, in round-robin order from the
-    /// cursor; `None` when none is.
+    /// cursor, without moving it: a retry's second pick must not take the next connection's
+    /// turn (else, after one failure, every connection would try the failing endpoint first).
+    /// `None` when none is usable.
     pub fn pick_where(
         &self,
         service: &ServiceTarget,
@@ -51,7 +53,7 @@ impl EndpointPicker {
         if endpoints.is_empty() {
             return None;
         }
-        let n = self.cursors[service.slot % SLOTS].fetch_add(1, Ordering::Relaxed);
+        let n = self.cursors[service.slot % SLOTS].load(Ordering::Relaxed);
         (0..endpoints.len())
             .map(|i| endpoints[n.wrapping_add(i) % endpoints.len()])
             .find(|e| usable(*e))
