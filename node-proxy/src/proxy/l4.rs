@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use marrow_mesh::hbone::{HboneError, TransportFailure};
-use marrow_mesh::resilience::{Destination, Destinations, LimitGuard, Outcome};
+use marrow_mesh::resilience::{Destination, Destinations, InFlight, LimitGuard, Outcome};
 use marrow_mesh::state::services::ServiceTarget;
 use marrow_mesh::state::{EndpointChooser, EndpointPicker, Snapshot};
 use marrow_mesh::traffic::{HashKey, LoadBalancer};
@@ -89,6 +89,9 @@ pub struct ServiceTry {
     pub retried: bool,
     /// One of the destination's `maxConnections`, held while the connection lives.
     pub slot: Option<LimitGuard>,
+    /// The connection counted against its endpoint for `LEAST_REQUEST` while it lives: at
+    /// L4 the least-loaded endpoint is the one with the fewest open connections from here.
+    pub in_flight: Option<InFlight>,
 }
 
 impl ServiceTry {

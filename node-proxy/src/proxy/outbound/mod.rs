@@ -254,17 +254,18 @@ fn plan(ctx: &PodContext, mesh: &PodMesh, snap: &Snapshot, from: From, choice: C
             authority,
         } => {
             // A Service endpoint chosen here; a pod address is never tried elsewhere.
-            let service_try = routed
-                .addressed
-                .and(routed.service)
-                .map(|backend| ServiceTry {
+            let service_try = routed.addressed.and(routed.service).map(|backend| {
+                let destination = l4::destination(&mesh.context.destinations, snap, backend);
+                ServiceTry {
                     backend: Arc::clone(backend),
                     endpoint: authority,
-                    destination: l4::destination(&mesh.context.destinations, snap, backend),
+                    in_flight: destination.as_ref().map(|d| d.balancer.begin(authority)),
+                    destination,
                     draw: choice.draw,
                     retried: choice.avoid.is_some(),
                     slot: None,
-                });
+                }
+            });
             let route = TunnelRoute {
                 dst_workload: &workload,
                 target,

@@ -33,8 +33,9 @@ pub(super) async fn carry(
         };
         match open_tunnel(mesh, *tunnel_plan).await {
             Ok((record, stream, service_try)) => {
-                // The connection holds its `maxConnections` slot until it ends.
-                let _slot = service_try.and_then(|t| t.slot);
+                // The connection holds its `maxConnections` slot and its least-request count
+                // until it ends.
+                let _held = service_try;
                 return relay(record, client, stream).await;
             }
             Err(failed) => {
