@@ -6,7 +6,8 @@
 //! [`objects`] (the Kubernetes vocabulary) → [`identity`] → [`tls`] → [`hbone`] → [`dial`]
 //! (an HBONE connection to a peer, over TLS);
 //! [`objects`] → [`policy`] (pure: parse and evaluate Istio's security objects) and [`traffic`]
-//! (pure: routes and DestinationRules) → [`state`] (the
+//! (pure: routes and DestinationRules) → [`resilience`] (outlier detection, circuit breakers,
+//! load balancers: reads traffic, never state) and [`state`] (the
 //! snapshot store and its file source) → [`apiserver`] (the Kubernetes source) and [`explain`];
 //! [`telemetry`] (Istio's metric labels and response flags, request metrics, access log)
 //! reads identity and state; [`trace`] (trace context, spans, OTLP export) reads telemetry;
@@ -25,6 +26,7 @@ pub mod objects;
 pub mod path;
 pub mod policy;
 pub mod program;
+pub mod resilience;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

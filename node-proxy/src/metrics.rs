@@ -121,6 +121,17 @@ pub struct UnsupportedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `marrow_retries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// `source`: the client's node proxy retried.
+    pub reporter: Reporter,
+    /// The Service host the connection went to.
+    pub destination_service: String,
+    /// What was retried: `connect-failure` (Istio's `retryOn` word).
+    pub retry_on: &'static str,
+}
+
 /// The proxy's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -162,6 +173,12 @@ pub struct Metrics {
     /// `marrow_connections_open`: connections open now, by reporter. The live connection
     /// table keeps it (`proxy::connections::ConnectionTable::new`).
     pub connections_open: Family<OpenLabels, Gauge>,
+    /// `marrow_retries_total`: connections to a Service retried on another endpoint after
+    /// a failed connect.
+    pub retries: Family<RetryLabels, Counter>,
+    /// `marrow_outlier_ejections_total` and `marrow_endpoint_ejected` (the families every
+    /// program shares).
+    pub resilience: marrow_mesh::resilience::ResilienceMetrics,
 }
 
 impl Metrics {
@@ -301,6 +318,13 @@ impl Metrics {
             "Connections open now, by reporter (source: outbound, destination: inbound)",
             self.connections_open.clone(),
         );
+        registry.register(
+            "marrow_retries",
+            "Connections to a Service retried once on another ready endpoint after a failed \
+             connect, by destination service",
+            self.retries.clone(),
+        );
+        self.resilience.register(registry);
     }
 }
 

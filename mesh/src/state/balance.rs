@@ -39,6 +39,25 @@ impl EndpointPicker {
         let n = self.cursors[service.slot % SLOTS].fetch_add(1, Ordering::Relaxed);
         service.endpoints.get(n % service.endpoints.len()).copied()
     }
+
+    /// The next ready endpoint of `service` that is `usable`, in round-robin order from the
+    /// cursor, without moving it: a retry's second pick must not take the next connection's
+    /// turn (else, after one failure, every connection would try the failing endpoint first).
+    /// `None` when none is usable.
+    pub fn pick_where(
+        &self,
+        service: &ServiceTarget,
+        usable: impl Fn(SocketAddr) -> bool,
+    ) -> Option<SocketAddr> {
+        let endpoints = &service.endpoints;
+        if endpoints.is_empty() {
+            return None;
+        }
+        let n = self.cursors[service.slot % SLOTS].load(Ordering::Relaxed);
+        (0..endpoints.len())
+            .map(|i| endpoints[n.wrapping_add(i) % endpoints.len()])
+            .find(|e| usable(*e))
+    }
 }
 
 /// The cursor slot of the service port at `vip`: computed once, when the Service index is

@@ -40,7 +40,7 @@ pub use model::{
     DATAPLANE_MODE_LABEL, DEFAULT_SERVICE_ACCOUNT, DataplaneMode, Namespace,
     SIDECAR_STATUS_ANNOTATION, Workload, in_mesh,
 };
-pub use route::{Route, Routed, route};
+pub use route::{Attempt, EndpointChooser, Route, Routed, route, route_attempt};
 
 use crate::objects::ObjectRef;
 pub use snapshot::{Snapshot, StateUpdate};

@@ -3,7 +3,11 @@
 //!
 //! Pure over a [`Snapshot`]: the same snapshot, source and destination always give the same
 //! route, but for which ready endpoint of a Service or waypoint (the [`EndpointPicker`]'s
-//! round-robin, kept outside the snapshot).
+//! round-robin, kept outside the snapshot, or the caller's [`EndpointChooser`]) and which
+//! backend a TCPRoute's weighted choice takes (the [`Attempt`]'s draw).
+//!
+//! TCPRoute (Gateway API v1alpha2 with a Service parent) is applied here, by the client's node
+//! proxy, for a Service without a waypoint: marrow's own addition, ztunnel has no routes.
 //!
 //! Waypoints as ztunnel uses them (istio/ztunnel `src/proxy/outbound.rs` `build_request`,
 //! `src/state.rs` `fetch_service_waypoint`): a Service VIP whose Service uses a waypoint (type
@@ -21,6 +25,7 @@ use marrow_common::HBONE_PORT;
 use super::services::ServiceTarget;
 use super::waypoints::{Unbound, Waypoint, WaypointName};
 use super::{EndpointPicker, Snapshot, Workload};
+use crate::traffic::{RouteRef, pick_weighted};
 
 /// Where an outbound connection goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,14 +65,62 @@ pub enum Route {
     },
 }
 
-/// A [`Route`] and the Service whose VIP the connection addressed, if it did (for its labels:
-/// the caller needs not look the VIP up again).
+/// A [`Route`] and the Service it went to, if the connection addressed a VIP (for its
+/// labels: the caller needs not look the VIP up again).
 #[derive(Debug)]
 pub struct Routed<'s> {
     /// Where the connection goes.
     pub route: Route,
-    /// The Service port at the addressed VIP.
+    /// The Service port whose endpoint (or waypoint) was chosen: the one at the addressed
+    /// VIP, or the TCPRoute's backend. Its host is `destination_service`, as Istio reports
+    /// the chosen cluster's service for a weighted TCP route (the stats filter reads the
+    /// upstream cluster's `istio` metadata, istio/istio `pilot/pkg/networking/util`
+    /// `AddConfigInfoMetadata` / `AppendLbEndpointMetadata`), not the Service addressed.
     pub service: Option<&'s Arc<ServiceTarget>>,
+    /// The Service port at the addressed VIP, when it differs from `service` or not.
+    pub addressed: Option<&'s Arc<ServiceTarget>>,
+    /// The TCPRoute rule that chose the backend, if one did.
+    pub tcp_route: Option<&'s RouteRef>,
+}
+
+/// How the ready endpoint of a Service is chosen: [`EndpointPicker`]'s round-robin by default;
+/// the node proxy's chooser applies the Service's DestinationRule (load balancer, ejected
+/// endpoints skipped).
+pub trait EndpointChooser {
+    /// One ready endpoint of `target`, never `avoid` (an endpoint that just failed); `None`
+    /// when none is left.
+    fn choose(
+        &self,
+        snap: &Snapshot,
+        target: &Arc<ServiceTarget>,
+        avoid: Option<SocketAddr>,
+    ) -> Option<SocketAddr>;
+}
+
+impl EndpointChooser for EndpointPicker {
+    fn choose(
+        &self,
+        _snap: &Snapshot,
+        target: &Arc<ServiceTarget>,
+        avoid: Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        match avoid {
+            None => self.pick(target),
+            Some(avoid) => self.pick_where(target, |e| e != avoid),
+        }
+    }
+}
+
+/// One try at routing a connection: how endpoints are chosen, the draw of a TCPRoute's
+/// weighted choice (the same draw picks the same backend, so a retry stays on it), and an
+/// endpoint to avoid.
+pub struct Attempt<'a> {
+    /// Chooses a Service's endpoint.
+    pub chooser: &'a dyn EndpointChooser,
+    /// The weighted choice's draw.
+    pub draw: u64,
+    /// An endpoint not to choose (the one a first try failed on).
+    pub avoid: Option<SocketAddr>,
 }
 
 /// Routes a connection from `src` (the source pod's workload, if the state knows it) to `dst`
@@ -80,32 +133,92 @@ pub fn route<'s>(
     dst: SocketAddr,
     picker: &EndpointPicker,
 ) -> Routed<'s> {
+    let attempt = Attempt {
+        chooser: picker,
+        draw: fastrand::u64(..),
+        avoid: None,
+    };
+    route_attempt(snap, src, dst, picker, &attempt)
+}
+
+/// [`route`] with the endpoint choice, the TCPRoute draw and an endpoint to avoid given.
+///
+/// A Service VIP without a waypoint whose Service has a TCPRoute (Gateway API v1alpha2,
+/// parent the Service) for the port takes a backend Service by weight, then one of the
+/// backend's ready endpoints (or the backend's waypoint, if it has one: never around it). A
+/// Service with a waypoint leaves its TCPRoutes to the waypoint, which is where Istio applies
+/// routes for such a Service (the node proxy only carries the connection there).
+pub fn route_attempt<'s>(
+    snap: &'s Snapshot,
+    src: Option<&Workload>,
+    dst: SocketAddr,
+    picker: &EndpointPicker,
+    attempt: &Attempt<'_>,
+) -> Routed<'s> {
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     // ztunnel's rule: a waypoint's own traffic never goes to a waypoint (no loops).
     let from_waypoint = src.is_some_and(|w| snap.waypoints().instance_of(w).is_some());
     // A Service VIP: its waypoint, or one of its ready endpoints, then as if the pod had
     // connected there.
-    let service = snap.services().at(dst);
-    let Some(target) = service else {
+    let addressed = snap.services().at(dst);
+    let Some(target) = addressed else {
         let route = to_endpoint(snap, dst, (!from_waypoint).then_some(picker));
-        return Routed { route, service };
+        return Routed {
+            route,
+            service: None,
+            addressed,
+            tcp_route: None,
+        };
+    };
+    let routed = |route, service, tcp_route| Routed {
+        route,
+        service: Some(service),
+        addressed,
+        tcp_route,
     };
     if !from_waypoint {
         let bound = snap
             .waypoints()
             .for_service(&target.namespace, &target.name);
         if let Some(route) = via_waypoint(bound, dst, picker) {
-            return Routed { route, service };
+            return routed(route, target, None);
         }
     }
-    let route = match picker.pick(target) {
+    let (backend, tcp_route) = match snap.traffic().tcp_rule(&target.service, dst.port()) {
+        None => (target, None),
+        Some(rule) => {
+            let chosen = pick_weighted(&rule.backends, attempt.draw).and_then(|b| {
+                snap.services()
+                    .by_name(&b.service, b.port.unwrap_or(dst.port()))
+            });
+            match chosen {
+                Some(backend) => (backend, Some(&rule.route)),
+                None => {
+                    // A backend Service the state lacks (or no port of that number): refused,
+                    // as Envoy answers for a cluster with no hosts.
+                    let service = pick_weighted(&rule.backends, attempt.draw)
+                        .map_or_else(|| target.host(), |b| b.service.host());
+                    return routed(Route::NoEndpoint { service }, target, Some(&rule.route));
+                }
+            }
+        }
+    };
+    if tcp_route.is_some() && !from_waypoint {
+        let bound = snap
+            .waypoints()
+            .for_service(&backend.namespace, &backend.name);
+        if let Some(route) = via_waypoint(bound, backend.vip, picker) {
+            return routed(route, backend, tcp_route);
+        }
+    }
+    let route = match attempt.chooser.choose(snap, backend, attempt.avoid) {
         // Service-addressed: a workload waypoint of the endpoint does not apply (ztunnel).
         Some(endpoint) => to_endpoint(snap, endpoint, None),
         None => Route::NoEndpoint {
-            service: target.host(),
+            service: backend.host(),
         },
     };
-    Routed { route, service }
+    routed(route, backend, tcp_route)
 }
 
 /// The route through the waypoint of a binding, `None` when there is none to use.
@@ -153,6 +266,10 @@ fn to_endpoint(snap: &Snapshot, dst: SocketAddr, waypoints: Option<&EndpointPick
         _ => Route::Passthrough(dst),
     }
 }
+
+#[cfg(test)]
+#[path = "route_l4_tests.rs"]
+mod l4_tests;
 
 #[cfg(test)]
 mod tests {

@@ -30,6 +30,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// One service port at one VIP, and where it leads.
 #[derive(Debug)]
 pub struct ServiceTarget {
+    /// The Service, as routes and DestinationRules name it (a hash key for their lookups).
+    pub service: crate::traffic::ServiceName,
     /// The Service's namespace.
     pub namespace: String,
     /// The Service's name.
@@ -227,6 +229,7 @@ impl ServiceIndex {
                 let endpoints = ready_endpoints(own_slices, port_name, vip.is_ipv4());
                 let vip = SocketAddr::new(vip, number);
                 let target = Arc::new(ServiceTarget {
+                    service: crate::traffic::ServiceName::new(namespace.as_str(), name.as_str()),
                     namespace: namespace.clone(),
                     name: name.clone(),
                     vip,

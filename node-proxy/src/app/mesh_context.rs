@@ -15,6 +15,7 @@ use crate::proxy::context::MeshContext;
 use marrow_mesh::http::Readiness;
 use marrow_mesh::identity::{self, TrustDomain};
 use marrow_mesh::program;
+use marrow_mesh::resilience::Destinations;
 use marrow_mesh::state::SourceWatch;
 
 /// Loads the state source and the CA when configured, and keeps the state reloading; `None`
@@ -76,7 +77,21 @@ pub async fn start(
         connect_timeout: config.connect_timeout,
         key_exchange: config.tls_key_exchange,
         metrics: metrics.clone(),
+        destinations: Arc::new(Destinations::new(metrics.resilience.clone())),
     };
+    // Ejected endpoints come back, and their gauges drop, at this pace (Envoy sweeps every
+    // `interval`; a finer pace returns an endpoint closer to its time).
+    let sweeping = Arc::downgrade(&mesh.destinations);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let Some(destinations) = sweeping.upgrade() else {
+                return;
+            };
+            destinations.sweep(tokio::time::Instant::now());
+        }
+    });
     tokio::spawn(super::certificates::export_expiry(
         mesh.certs.clone(),
         metrics.clone(),

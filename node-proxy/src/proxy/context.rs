@@ -32,6 +32,10 @@ pub struct MeshContext {
     pub key_exchange: tls::KeyExchange,
     /// The proxy's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Outlier detection, connection limits and load balancing per Service port with a
+    /// DestinationRule, keyed by the Service's VIP and port (one node proxy, one count: the
+    /// limits are per client node proxy, as Istio's are per client proxy).
+    pub destinations: Arc<marrow_mesh::resilience::Destinations<std::net::SocketAddr>>,
     /// How long a CNI ADD waits for the state to know the pod before deciding by its
     /// namespace alone (the API server's watch may lag the kubelet; a state file lists pods
     /// after they start, so it does not wait).

@@ -17,6 +17,7 @@ pub mod connector;
 pub mod context;
 pub mod enrollment;
 mod inbound;
+pub mod l4;
 pub mod local_identity;
 mod outbound;
 pub mod peers;

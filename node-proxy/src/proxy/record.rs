@@ -142,6 +142,13 @@ impl ConnectionRecord {
         }
     }
 
+    /// Ends a try that is retried under a new record (a connect to another endpoint): logged
+    /// with `failure` as its error, counted nowhere, so the connection counts once, as the
+    /// try that carries it (or fails last).
+    pub fn retried<E: Failure>(mut self, failure: &E) {
+        self.end.error = Some(format!("retried on another endpoint: {failure}").into_boxed_str());
+    }
+
     /// Counts the end: opened (unless [`ConnectionRecord::established`] did), closed and, for
     /// an established connection, its bytes — all with the end's flag.
     fn count(&self) {

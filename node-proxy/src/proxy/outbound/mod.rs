@@ -14,15 +14,18 @@ use marrow_common::PROXY_OUTBOUND_MARK;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+mod tunnel;
+
+use super::l4::{self, ServiceTry};
 use super::record::{ConnectionRecord, Failure, Side};
 use super::relay::RelayError;
 use super::{OriginalDst, PodContext, PodMesh, peers, relay};
 use crate::socket;
-use marrow_mesh::hbone::pool::PoolKey;
 use marrow_mesh::hbone::{ConnectRequest, Forwarded, HboneError, TraceParent, TransportFailure};
 use marrow_mesh::identity::{IdentityError, SpiffeId};
+use marrow_mesh::resilience::{ResilienceError, Resource};
 use marrow_mesh::state::waypoints::WaypointName;
-use marrow_mesh::state::{self, Route, Snapshot};
+use marrow_mesh::state::{self, Attempt, Route, Snapshot};
 use marrow_mesh::telemetry::{ConnectionLabels, PeerLabels, Reporter, ResponseFlag, ServiceLabels};
 
 /// Why an outbound connection was not carried, or ended badly.
@@ -64,6 +67,10 @@ pub enum OutboundError {
     /// The HBONE tunnel could not be opened.
     #[error("{0}")]
     Tunnel(#[source] HboneError),
+    /// The destination's DestinationRule limit is reached (`maxConnections` from this node):
+    /// refused at once, Envoy's `UO`.
+    #[error("{0}")]
+    Overflow(#[source] ResilienceError),
     /// The relay failed.
     #[error(transparent)]
     Relay(#[from] RelayError),
@@ -77,6 +84,7 @@ impl Failure for OutboundError {
             | OutboundError::WaypointDown(_)
             | OutboundError::NoDestinationIdentity { .. }
             | OutboundError::Connect(_)
+            | OutboundError::Overflow(_)
             | OutboundError::ConnectTimeout => Side::Upstream,
             OutboundError::Tunnel(HboneError::Transport {
                 failure: TransportFailure::Certificate | TransportFailure::TlsConfig,
@@ -89,12 +97,14 @@ impl Failure for OutboundError {
 
     /// ztunnel's flags at the source: `CONNECT` for a passthrough destination or a Service
     /// that could not be reached, `IDENTITY_ERROR` when an identity or certificate is
-    /// missing, the tunnel's as [`source_flag`] maps them; `UH` for a waypoint with no ready
+    /// missing, the tunnel's as [`source_flag`] maps them; Envoy's `UO` for a connection over
+    /// a DestinationRule's `maxConnections`; `UH` for a waypoint with no ready
     /// instance (Envoy's "no healthy upstream": ztunnel's `UnknownWaypoint` has no flag of
     /// its own).
     fn response_flag(&self) -> Option<ResponseFlag> {
         match self {
             OutboundError::WaypointDown(_) => Some(ResponseFlag::NoHealthyUpstream),
+            OutboundError::Overflow(_) => Some(ResponseFlag::UpstreamOverflow),
             OutboundError::NoEndpoint(_)
             | OutboundError::PodSocket(_)
             | OutboundError::Connect(_)
@@ -136,9 +146,14 @@ pub async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         };
         // One snapshot per connection for its route, its labels and this pod's identity,
         // dropped before any I/O: a long connection must not pin an old state.
-        match plan(&ctx, mesh, &mesh.context.state.snapshot(), src, peer, dst) {
+        let from = From { src, peer, dst };
+        let first = Choice {
+            draw: fastrand::u64(..),
+            avoid: None,
+        };
+        match plan(&ctx, mesh, &mesh.context.state.snapshot(), from, first) {
             // Boxed: the tunnel's state would otherwise size every connection's future.
-            Plan::Tunnel(plan) => Box::pin(tunnel(mesh, client, *plan)).await,
+            plan @ Plan::Tunnel(_) => Box::pin(tunnel::carry(&ctx, mesh, client, plan, from)).await,
             Plan::Passthrough(record, dst) => passthrough(&ctx, client, record, dst).await,
             Plan::Refuse(record, error) => refuse(record, client, *error),
         }
@@ -158,6 +173,24 @@ enum Plan {
     Refuse(ConnectionRecord, Box<OutboundError>),
 }
 
+/// Where a connection came from and was headed: what a retry plans again from.
+#[derive(Clone, Copy)]
+struct From {
+    /// The pod's end, as logged.
+    src: SocketAddr,
+    /// The app's socket.
+    peer: SocketAddr,
+    /// The original destination.
+    dst: OriginalDst,
+}
+
+/// The choices a plan is made with: the TCPRoute draw, and an endpoint to avoid on a retry.
+#[derive(Clone, Copy)]
+struct Choice {
+    draw: u64,
+    avoid: Option<SocketAddr>,
+}
+
 /// A connection to carry in HBONE.
 struct TunnelPlan {
     /// Its record: mutual TLS between the two identities.
@@ -170,6 +203,9 @@ struct TunnelPlan {
     target: SocketAddr,
     /// The CONNECT.
     request: ConnectRequest,
+    /// A Service endpoint's try (retry, outlier detection, limits), when the pod addressed a
+    /// Service and its endpoint was chosen here.
+    service_try: Option<ServiceTry>,
 }
 
 /// The route of a connection to a mesh workload.
@@ -182,22 +218,34 @@ struct TunnelRoute<'a> {
     authority: SocketAddr,
     /// The Service the client addressed, if it connected to a VIP.
     service: Option<Arc<ServiceLabels>>,
+    /// The Service endpoint's try, when it is one.
+    service_try: Option<ServiceTry>,
 }
 
 /// Decides, from `snap` alone, where the connection from `src` (the app's `peer`) to `dst`
 /// goes and how it is labelled, and opens its record: a mesh workload (or a Service VIP
 /// resolved to one) in HBONE, anything else passed through, a VIP without endpoints refused.
-fn plan(
-    ctx: &PodContext,
-    mesh: &PodMesh,
-    snap: &Snapshot,
-    src: SocketAddr,
-    peer: SocketAddr,
-    dst: OriginalDst,
-) -> Plan {
+fn plan(ctx: &PodContext, mesh: &PodMesh, snap: &Snapshot, from: From, choice: Choice) -> Plan {
+    let From { src, peer, dst } = from;
     let source = snap.workload_at(&ctx.ips).map(|w| w.as_ref());
-    let routed = state::route(snap, source, dst.0, mesh.context.state.endpoint_picker());
-    // The Service the pod addressed, if it connected to a VIP.
+    let picker = mesh.context.state.endpoint_picker();
+    let chooser = l4::Chooser {
+        destinations: &mesh.context.destinations,
+        picker,
+        source_ip: ctx
+            .ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == dst.0.is_ipv4())
+            .unwrap_or(peer.ip()),
+    };
+    let attempt = Attempt {
+        chooser: &chooser,
+        draw: choice.draw,
+        avoid: choice.avoid,
+    };
+    let routed = state::route_attempt(snap, source, dst.0, picker, &attempt);
+    // The Service whose endpoint was chosen (the TCPRoute's backend, else the one addressed).
     let service = routed.service.map(|s| Arc::new(peers::service_labels(s)));
     match routed.route {
         Route::Tunnel {
@@ -205,11 +253,25 @@ fn plan(
             target,
             authority,
         } => {
+            // A Service endpoint chosen here; a pod address is never tried elsewhere.
+            let service_try = routed.addressed.and(routed.service).map(|backend| {
+                let destination = l4::destination(&mesh.context.destinations, snap, backend);
+                ServiceTry {
+                    backend: Arc::clone(backend),
+                    endpoint: authority,
+                    in_flight: destination.as_ref().map(|d| d.balancer.begin(authority)),
+                    destination,
+                    draw: choice.draw,
+                    retried: choice.avoid.is_some(),
+                    slot: None,
+                }
+            });
             let route = TunnelRoute {
                 dst_workload: &workload,
                 target,
                 authority,
                 service,
+                service_try,
             };
             plan_tunnel(ctx, mesh, snap, peer, route)
         }
@@ -228,6 +290,7 @@ fn plan(
                 target,
                 authority,
                 service,
+                service_try: None,
             };
             plan_tunnel(ctx, mesh, snap, peer, route)
         }
@@ -267,6 +330,7 @@ fn plan_tunnel(
         target,
         authority,
         service,
+        mut service_try,
     } = route;
     let context = &mesh.context;
     let pod_ip = ctx
@@ -312,53 +376,32 @@ fn plan_tunnel(
         traceparent: TraceParent::random(),
     };
     let labels = labels.with_mutual_tls(&source, &server);
+    // `connectionPool.tcp.maxConnections`, counted per client node proxy.
+    if let Some(limits) = service_try
+        .as_ref()
+        .and_then(|t| t.destination.as_ref())
+        .map(|d| &d.limits)
+    {
+        match limits.try_acquire(Resource::Connections) {
+            Ok(slot) => {
+                if let Some(t) = service_try.as_mut() {
+                    t.slot = Some(slot);
+                }
+            }
+            Err(overflow) => {
+                let error = OutboundError::Overflow(overflow);
+                return Plan::Refuse(ctx.record(labels, src, authority), Box::new(error));
+            }
+        }
+    }
     Plan::Tunnel(Box::new(TunnelPlan {
         record: ctx.record(labels, src, authority),
         source,
         server,
         target,
         request,
+        service_try,
     }))
-}
-
-/// Carries a connection in HBONE: this pod's certificate, looked up once (its expiry picks
-/// the pooled connection, and a new pooled connection is made with it), a tunnel from the
-/// pod's pool, the relay.
-async fn tunnel(mesh: &PodMesh, client: TcpStream, plan: TunnelPlan) {
-    let TunnelPlan {
-        record,
-        source,
-        server,
-        target,
-        request,
-    } = plan;
-    let cert = match mesh.context.certs.get(&source).await {
-        Ok(cert) => cert,
-        Err(error) => {
-            tracing::warn!(%source, %error, "no certificate; refusing");
-            mesh.context.metrics.hbone_failed("outbound", "certificate");
-            let error = OutboundError::NoCertificate {
-                id: source,
-                source: error,
-            };
-            return refuse(record, client, error);
-        }
-    };
-    let certificate_epoch = cert
-        .not_after()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let key = PoolKey {
-        source,
-        destination: target,
-        server,
-        certificate_epoch,
-    };
-    match mesh.pool.tunnel(&key, &cert, &request).await {
-        Ok(stream) => relay(record, client, stream).await,
-        Err(error) => refuse(record, client, OutboundError::Tunnel(error)),
-    }
 }
 
 /// Carries a connection as plain TCP to `dst`.
