@@ -154,6 +154,7 @@ pub async fn start_with(
         tokio::spawn(crate::inbound::serve(hbone, context.clone(), drain.clone())),
         // The tracer follows Istio's Telemetry API in the state (else the --tracing-* flags).
         tokio::spawn(context.clone().follow_telemetry_api()),
+        tokio::spawn(sweep_ejections(context.clone())),
     ];
     // Ready once the waypoint holds its certificate: before, every handshake would fail.
     let (own, ready_flag) = (identity.clone(), readiness.clone());
@@ -180,6 +181,20 @@ pub async fn start_with(
         tasks,
         _state_watch: state_watch,
     })
+}
+
+/// Returns endpoints whose ejection is over to service, every 250 ms (their gauge to 0): an
+/// endpoint is back when its time is up, not only at the next request.
+async fn sweep_ejections(context: Arc<Context>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        context
+            .upstreams
+            .resilience
+            .sweep(tokio::time::Instant::now());
+    }
 }
 
 /// The admin API (localhost): `/` answers the waypoint's identity, its open HBONE connections

@@ -67,6 +67,7 @@ impl Context {
             limits.connect_timeout,
             limits.handshake_timeout,
             dial_map,
+            telemetry.resilience.clone(),
         );
         Self {
             state,

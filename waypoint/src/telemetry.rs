@@ -54,6 +54,8 @@ pub struct Telemetry {
     cluster: LabelValue,
     /// Retries, tries and mirrors of routed requests.
     pub routing: crate::route::metrics::RouteMetrics,
+    /// Outlier ejections (`marrow_outlier_ejections_total`, `marrow_endpoint_ejected`).
+    pub resilience: marrow_mesh::resilience::ResilienceMetrics,
 }
 
 impl Telemetry {
@@ -80,6 +82,11 @@ impl Telemetry {
             cluster_id: cluster_id.to_owned(),
             cluster: LabelValue::new(cluster_id),
             routing: crate::route::metrics::RouteMetrics::register(registry),
+            resilience: {
+                let metrics = marrow_mesh::resilience::ResilienceMetrics::default();
+                metrics.register(registry);
+                metrics
+            },
         })
     }
 

@@ -16,6 +16,7 @@ use marrow_mesh::hbone::{
 use marrow_mesh::identity::{
     CertificateManager, IdentityError, SpiffeId, TrustDomain, WorkloadCertificate,
 };
+use marrow_mesh::resilience::{Destinations, ResilienceMetrics};
 use marrow_mesh::state::Snapshot;
 use marrow_mesh::telemetry::ResponseFlag;
 use marrow_mesh::tls;
@@ -116,6 +117,8 @@ impl DialAsWorkload for WaypointConnector {
 pub struct Upstreams {
     /// Least-request counts over every endpoint.
     pub balancer: Arc<LeastRequest>,
+    /// Each DestinationRule'd destination's load balancer, limits and outlier detection.
+    pub resilience: Destinations<crate::route::endpoints::DestinationKey>,
     /// Mirrored requests in flight (at most [`crate::route::MIRRORS_IN_FLIGHT`]).
     pub mirrors: Arc<tokio::sync::Semaphore>,
     /// DestinationRule subsets' endpoints, per snapshot.
@@ -136,6 +139,7 @@ impl Upstreams {
         connect_timeout: Duration,
         handshake_timeout: Duration,
         dial_map: Option<DialMap>,
+        resilience: ResilienceMetrics,
     ) -> Self {
         let connector = Arc::new(WaypointConnector {
             connect_timeout,
@@ -148,6 +152,7 @@ impl Upstreams {
             balancer: Arc::new(LeastRequest::default()),
             mirrors: Arc::new(tokio::sync::Semaphore::new(crate::route::MIRRORS_IN_FLIGHT)),
             subsets: crate::route::subsets::SubsetCache::default(),
+            resilience: Destinations::new(resilience),
             pool,
             certs,
             identity,

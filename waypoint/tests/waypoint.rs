@@ -8,6 +8,8 @@
 
 #[path = "waypoint/authz.rs"]
 mod authz;
+#[path = "waypoint/destination_rules.rs"]
+mod destination_rules;
 mod harness;
 #[path = "waypoint/hostile.rs"]
 mod hostile;

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Versio
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use marrow_mesh::path::NormalizedPath;
+use marrow_mesh::resilience::{Destination, LimitGuard, ResilienceError, Resource};
 use marrow_mesh::state::Snapshot;
 use marrow_mesh::telemetry::{ResponseFlag, grpc_status};
 use marrow_mesh::traffic::{Backend, Forward, HttpAction, HttpRule, RetryPolicy, RouteRequest};
@@ -271,11 +272,12 @@ impl Downstream {
             Some(service) if routed => service.host(),
             _ => String::new(),
         };
-        let policy = match &plan.target {
-            Target::Service { policy, .. } => policy.as_ref(),
-            Target::Workload(_) => None,
-        };
         let upstreams = &self.ctx.upstreams;
+        // The DestinationRule's state (balancer, limits, detector), once per request.
+        let generation = self.ctx.state.snapshot().generation();
+        let destination = upstreams.destination(&plan.target, generation);
+        let destination = destination.as_deref();
+        let mut retrying: Option<LimitGuard> = None;
         let metrics = &self.ctx.telemetry.routing;
         let mut tried = Vec::new();
         let mut backoff = Backoff::default();
@@ -285,7 +287,8 @@ impl Downstream {
                 path_and_query: &template.path_and_query,
                 client: self.client.addr,
             };
-            let Some(endpoint) = upstreams.choose(&plan.target, policy, &choice, &tried) else {
+            let Some(endpoint) = upstreams.choose(&plan.target, destination, &choice, &tried)
+            else {
                 tracing::info!(service, "no upstream");
                 return Tried::Failed {
                     status: StatusCode::SERVICE_UNAVAILABLE,
@@ -310,6 +313,20 @@ impl Downstream {
             let until = match (per_try, deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
+            };
+            let _slots = match destination {
+                Some(d) if !d.limits.is_unlimited() => {
+                    match take_slots(d, !template.use_h2, until).await {
+                        Ok(slots) => slots,
+                        Err(tried) => {
+                            if routed {
+                                metrics.attempt(&service, "overflow".to_owned());
+                            }
+                            return tried;
+                        }
+                    }
+                }
+                _ => Vec::new(),
             };
             let send = self.send(
                 endpoint,
@@ -341,7 +358,7 @@ impl Downstream {
                     (classify(&error, flag), Some(Err(flag)))
                 }
             };
-            upstreams.report(endpoint, &attempt);
+            upstreams.report(&plan.target, destination, endpoint, &attempt);
             if routed {
                 metrics.attempt(&service, attempt.label());
             }
@@ -351,7 +368,14 @@ impl Downstream {
                 Outgoing::Once(_) => false,
                 Outgoing::Replay(replay) => replay.again().is_some(),
             };
-            if retriable && left && replayable {
+            // `http.maxRetries`: a retry past it is not made, the answer goes back as it is
+            // (Envoy's `upstream_rq_retry_overflow`).
+            let slot = (retriable && left && replayable)
+                .then(|| destination.map(|d| d.limits.try_acquire(Resource::Retries)))
+                .flatten();
+            let overflow = matches!(slot, Some(Err(_)));
+            if retriable && left && replayable && !overflow {
+                retrying = slot.and_then(Result::ok);
                 metrics.retry(&service, attempt.label());
                 drop(result);
                 drop(active);
@@ -366,7 +390,9 @@ impl Downstream {
                 continue;
             }
             // Retries ran out on a failure they would have retried: Envoy's `URX`.
-            let exhausted = retriable.then_some(ResponseFlag::UpstreamRetryLimitExceeded);
+            let exhausted =
+                (retriable && !overflow).then_some(ResponseFlag::UpstreamRetryLimitExceeded);
+            drop(retrying.take());
             return match result {
                 Some(Ok(response)) => Tried::Answered {
                     response,
@@ -464,6 +490,53 @@ impl Downstream {
                 }
             });
         }
+    }
+}
+
+/// The circuit-breaker slots a try holds (Envoy's cluster circuit breakers as Istio sets them
+/// from `connectionPool`): a request in flight (`http2MaxRequests`), and to an HTTP/1.1
+/// upstream, where a connection carries one request at a time, a connection
+/// (`tcp.maxConnections`) — waited for as a pending request (`http1MaxPendingRequests`) while
+/// all are busy, until `until`. Over a limit: 503 `UO`, as Envoy's overflow.
+async fn take_slots(
+    destination: &Destination,
+    http1: bool,
+    until: Option<Instant>,
+) -> Result<Vec<LimitGuard>, Tried> {
+    let limits = &destination.limits;
+    let mut held = Vec::with_capacity(2);
+    held.push(limits.try_acquire(Resource::Requests).map_err(overflowed)?);
+    if http1 {
+        match limits.try_acquire(Resource::Connections) {
+            Ok(slot) => held.push(slot),
+            Err(_) => {
+                let _pending = limits
+                    .try_acquire(Resource::PendingRequests)
+                    .map_err(overflowed)?;
+                loop {
+                    // Rare (a limit set and reached): a short poll keeps the limits lock-free.
+                    let next = Instant::now() + Duration::from_millis(5);
+                    if until.is_some_and(|u| u <= next) {
+                        return Err(upstream_timeout());
+                    }
+                    tokio::time::sleep_until(next).await;
+                    if let Ok(slot) = limits.try_acquire(Resource::Connections) {
+                        held.push(slot);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(held)
+}
+
+fn overflowed(error: ResilienceError) -> Tried {
+    tracing::info!(%error, "upstream overflow");
+    Tried::Failed {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        flag: Some(ResponseFlag::UpstreamOverflow),
     }
 }
 

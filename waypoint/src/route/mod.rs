@@ -133,6 +133,8 @@ pub enum Target {
         service: Arc<ServiceTarget>,
         /// The subset's endpoints; `None`: all the Service's.
         subset: Option<Arc<[SocketAddr]>>,
+        /// The subset's name (the per-endpoint policy is kept per Service, port and subset).
+        subset_name: Option<Arc<str>>,
         /// The DestinationRule policy in force for it.
         policy: Option<TrafficPolicy>,
     },
@@ -152,6 +154,7 @@ impl Target {
                 Target::Service {
                     service: service.clone(),
                     subset: None,
+                    subset_name: None,
                     policy,
                 }
             }
@@ -227,6 +230,7 @@ pub fn resolve(
     Ok(Target::Service {
         service: service.clone(),
         subset,
+        subset_name: backend.subset.as_deref().map(Arc::from),
         policy,
     })
 }
