@@ -153,6 +153,7 @@ impl ServiceIndex {
                 | RawKind::Gateway
                 | RawKind::GatewayClass
                 | RawKind::Telemetry
+ | RawKind::VirtualService | RawKind::DestinationRule | RawKind::HttpRoute | RawKind::GrpcRoute | RawKind::TcpRoute
                 | RawKind::MeshConfig => {}
             }
         }
