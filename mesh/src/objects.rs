@@ -181,9 +181,10 @@ impl RawKind {
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
                 Some(Self::HttpRoute)
             }
-            ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1alpha2", "GRPCRoute") => {
-                Some(Self::GrpcRoute)
-            }
+            (
+                "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1alpha2",
+                "GRPCRoute",
+            ) => Some(Self::GrpcRoute),
             ("gateway.networking.k8s.io/v1alpha2", "TCPRoute") => Some(Self::TcpRoute),
             _ => None,
         }

@@ -396,8 +396,7 @@ impl KubeSource {
         // Custom resources, watched as dynamic objects: their CRDs may be absent. Each at the
         // version its CRD serves as storage today (the API server converts the others).
         for (kind, group, version, kind_name, raw) in CUSTOM_RESOURCES {
-            let resource =
-                ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind_name));
+            let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind_name));
             tasks.push(spawn_watch(
                 Api::<DynamicObject>::all_with(client.clone(), &resource),
                 watcher::Config::default(),

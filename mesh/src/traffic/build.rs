@@ -21,12 +21,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::TrafficSet;
 use super::destination::destination_rule;
 use super::fields::{Invalid, Source};
 use super::gateway_api::{self, GatewayRoute, Kind, Precedence};
 use super::istio::{VirtualService, virtual_service};
 use super::model::{DestinationPolicy, HttpRule, ServiceName, TcpRule};
-use super::TrafficSet;
 use crate::objects::{RawKind, RawObject};
 
 /// The age order of objects: older first, then namespace/name.
@@ -108,8 +108,8 @@ impl TrafficSet {
         let mut tcp: HashMap<ServiceName, Vec<Claim<Vec<TcpRule>>>> = HashMap::new();
         for object in of(RawKind::VirtualService) {
             let source = source_of("VirtualService", object);
-            let parsed = virtual_service(&source, &object.body)
-                .and_then(|vs| subsets_defined(&set, vs));
+            let parsed =
+                virtual_service(&source, &object.body).and_then(|vs| subsets_defined(&set, vs));
             let vs = match parsed {
                 Ok(vs) => vs,
                 Err(invalid) => {

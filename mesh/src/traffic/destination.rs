@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::fields::{
-    At, Parsed, Source, count, field, istio_duration, istio_host, list, number, port,
-    string, string_map,
+    At, Parsed, Source, count, field, istio_duration, istio_host, list, number, port, string,
+    string_map,
 };
 use super::model::{
     ConnectionPool, DestinationPolicy, HashKey, LoadBalancer, OutlierDetection, Subset,
@@ -47,7 +47,9 @@ pub(super) fn destination_rule(source: &Source, body: &Value) -> Parsed<Destinat
             .filter(|n| !n.is_empty())
             .ok_or_else(|| s_at.key("name").invalid("a subset needs a name"))?;
         if subsets.iter().any(|s| s.name == name) {
-            return Err(s_at.key("name").invalid(format!("duplicate subset name {name:?}")));
+            return Err(s_at
+                .key("name")
+                .invalid(format!("duplicate subset name {name:?}")));
         }
         let (policy, port_policies) = match field(subset, "trafficPolicy") {
             Some(p) => traffic_policy(&s_at.key("trafficPolicy"), p)?,
@@ -80,7 +82,10 @@ fn traffic_policy(at: &At, value: &Value) -> Parsed<(TrafficPolicy, Vec<(u16, Tr
             .map(|p| port(p, &p_at.key("port"), "number"))
             .transpose()?
             .flatten()
-            .ok_or_else(|| p_at.key("port").invalid("a port level setting needs port.number"))?;
+            .ok_or_else(|| {
+                p_at.key("port")
+                    .invalid("a port level setting needs port.number")
+            })?;
         if ports.iter().any(|(p, _)| *p == number) {
             return Err(p_at
                 .key("port")
@@ -123,9 +128,9 @@ fn load_balancer(at: &At, value: &Value) -> Parsed<Option<LoadBalancer>> {
             "PASSTHROUGH" => Err(at
                 .key("simple")
                 .invalid("PASSTHROUGH (to the original destination) is not supported")),
-            other => Err(at
-                .key("simple")
-                .invalid(format!("{other:?} is not a load balancer (ROUND_ROBIN, LEAST_REQUEST, RANDOM)"))),
+            other => Err(at.key("simple").invalid(format!(
+                "{other:?} is not a load balancer (ROUND_ROBIN, LEAST_REQUEST, RANDOM)"
+            ))),
         },
         (None, Some(hash)) => consistent_hash(&at.key("consistentHash"), hash).map(Some),
         (None, None) => Ok(None),
@@ -186,8 +191,7 @@ fn connection_pool(at: &At, value: &Value) -> Parsed<ConnectionPool> {
         let h_at = at.key("http");
         out.http1_max_pending_requests = positive(count(http, &h_at, "http1MaxPendingRequests")?);
         out.http2_max_requests = positive(count(http, &h_at, "http2MaxRequests")?);
-        out.max_requests_per_connection =
-            positive(count(http, &h_at, "maxRequestsPerConnection")?);
+        out.max_requests_per_connection = positive(count(http, &h_at, "maxRequestsPerConnection")?);
         out.max_retries = positive(count(http, &h_at, "maxRetries")?);
     }
     Ok(out)
@@ -197,9 +201,8 @@ fn connection_pool(at: &At, value: &Value) -> Parsed<ConnectionPool> {
 fn outlier_detection(at: &At, value: &Value) -> Parsed<OutlierDetection> {
     // `consecutive5xxErrors` and `consecutiveGatewayErrors` are wrapped uint32s: 0 disables
     // that trigger. The deprecated `consecutiveErrors` counted 502/503/504 (Istio's docs).
-    let consecutive = |key: &str| -> Parsed<Option<u32>> {
-        Ok(count(value, at, key)?.filter(|n| *n > 0))
-    };
+    let consecutive =
+        |key: &str| -> Parsed<Option<u32>> { Ok(count(value, at, key)?.filter(|n| *n > 0)) };
     let mut gateway = consecutive("consecutiveGatewayErrors")?;
     if gateway.is_none() {
         gateway = consecutive("consecutiveErrors")?;

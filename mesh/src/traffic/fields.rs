@@ -225,7 +225,9 @@ pub(super) fn gateway_duration(value: &Value, at: &At, key: &str) -> Parsed<Opti
     let mut parts = 0;
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 || digits > 5 {
             return Err(bad());
         }
@@ -273,7 +275,9 @@ pub(super) fn string_match(value: &Value, at: &At, prefix_ok: bool) -> Parsed<Op
         (None, None, None) => Ok(None),
         (Some(e), None, None) => Ok(Some(ValueMatch::Exact(e.to_owned()))),
         (None, Some(p), None) if prefix_ok => Ok(Some(ValueMatch::Prefix(p.to_owned()))),
-        (None, Some(_), None) => Err(at.key("prefix").invalid("a prefix match is not supported here")),
+        (None, Some(_), None) => Err(at
+            .key("prefix")
+            .invalid("a prefix match is not supported here")),
         (None, None, Some(r)) => Ok(Some(ValueMatch::Regex(regex_at(r, &at.key("regex"))?))),
         _ => Err(at.invalid("more than one of exact, prefix and regex")),
     }

@@ -161,9 +161,11 @@ pub(super) fn route(
         };
         for (j, m) in matches.into_iter().enumerate() {
             if rewrite_needs_prefix && !matches!(m.path, Some(PathMatch::SegmentPrefix(_))) {
-                return Err(r_at.key("matches").index(j).key("path").invalid(
-                    "ReplacePrefixMatch needs a PathPrefix match",
-                ));
+                return Err(r_at
+                    .key("matches")
+                    .index(j)
+                    .key("path")
+                    .invalid("ReplacePrefixMatch needs a PathPrefix match"));
             }
             out.http.push((
                 Precedence::of(&m),
@@ -217,7 +219,9 @@ fn path_match(at: &At, path: &Value) -> Parsed<PathMatch> {
     let value = string(path, at, "value")?.unwrap_or("/");
     let kind = string(path, at, "type")?.unwrap_or("PathPrefix");
     if kind != "RegularExpression" && !value.starts_with('/') {
-        return Err(at.key("value").invalid(format!("{value:?} does not start with /")));
+        return Err(at
+            .key("value")
+            .invalid(format!("{value:?} does not start with /")));
     }
     match kind {
         "Exact" => Ok(PathMatch::Exact(value.to_owned())),

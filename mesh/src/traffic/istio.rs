@@ -97,7 +97,9 @@ pub(super) fn virtual_service(source: &Source, body: &Value) -> Parsed<VirtualSe
     for (i, host) in hosts.iter().enumerate() {
         match istio_host(host, &source.namespace) {
             Ok(service) => out.hosts.push(service),
-            Err(reason) => out.partial.push(spec_at.key("hosts").index(i).invalid(reason)),
+            Err(reason) => out
+                .partial
+                .push(spec_at.key("hosts").index(i).invalid(reason)),
         }
     }
     if field(spec, "tls").is_some() {
@@ -115,9 +117,7 @@ pub(super) fn virtual_service(source: &Source, body: &Value) -> Parsed<VirtualSe
             name: source.name.clone(),
             rule: i,
         };
-        if let Some(rule) =
-            http::rule(source, &http_at.index(i), rule, route, &mut out.subsets)?
-        {
+        if let Some(rule) = http::rule(source, &http_at.index(i), rule, route, &mut out.subsets)? {
             out.http.push(rule);
         }
     }
@@ -132,7 +132,13 @@ pub(super) fn virtual_service(source: &Source, body: &Value) -> Parsed<VirtualSe
 }
 
 /// `tcp[i]`: one [`TcpRule`] per match block (its `port`), or one for every port.
-fn tcp_rules(source: &Source, at: &At, rule: &Value, index: usize, out: &mut VirtualService) -> Parsed<()> {
+fn tcp_rules(
+    source: &Source,
+    at: &At,
+    rule: &Value,
+    index: usize,
+    out: &mut VirtualService,
+) -> Parsed<()> {
     let backends = destinations(source, at, rule, &mut out.subsets)?;
     let route = RouteRef {
         kind: RouteKind::VirtualService,
@@ -151,7 +157,12 @@ fn tcp_rules(source: &Source, at: &At, rule: &Value, index: usize, out: &mut Vir
     }
     for (j, block) in blocks.iter().enumerate() {
         let block_at = at.key("match").index(j);
-        for unsupported in ["destinationSubnets", "sourceLabels", "sourceNamespace", "sniHosts"] {
+        for unsupported in [
+            "destinationSubnets",
+            "sourceLabels",
+            "sourceNamespace",
+            "sniHosts",
+        ] {
             if field(block, unsupported).is_some() {
                 return Err(block_at
                     .key(unsupported)
@@ -187,7 +198,12 @@ pub(super) fn destinations(
         let route_at = at.key("route").index(i);
         let weight = super::fields::number(route, &route_at, "weight", 100)?.unwrap_or(0);
         total += weight;
-        let mut backend = destination(source, &route_at.key("destination"), field(route, "destination"), subsets)?;
+        let mut backend = destination(
+            source,
+            &route_at.key("destination"),
+            field(route, "destination"),
+            subsets,
+        )?;
         backend.weight = u32::try_from(weight).unwrap_or(0);
         if let Some(headers) = field(route, "headers") {
             let headers_at = route_at.key("headers");
@@ -219,7 +235,8 @@ pub(super) fn destination(
     };
     let host = super::fields::string(value, at, "host")?
         .ok_or_else(|| at.key("host").invalid("a destination host is required"))?;
-    let service = istio_host(host, &source.namespace).map_err(|reason| at.key("host").invalid(reason))?;
+    let service =
+        istio_host(host, &source.namespace).map_err(|reason| at.key("host").invalid(reason))?;
     let subset = super::fields::string(value, at, "subset")?.map(str::to_owned);
     if let Some(subset) = &subset {
         subsets.push(SubsetUse {

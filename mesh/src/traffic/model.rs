@@ -389,9 +389,11 @@ impl Forward {
     /// Whether `backend` (one of `self.backends`, as [`super::pick_weighted`] returns it) is
     /// one that cannot be resolved: its share answers 500.
     pub fn is_invalid(&self, backend: &Backend) -> bool {
-        self.invalid_backends
-            .iter()
-            .any(|&i| self.backends.get(i).is_some_and(|b| std::ptr::eq(b, backend)))
+        self.invalid_backends.iter().any(|&i| {
+            self.backends
+                .get(i)
+                .is_some_and(|b| std::ptr::eq(b, backend))
+        })
     }
 }
 

@@ -33,7 +33,9 @@ pub(super) fn action(
         let filter_type = string(filter, &f_at, "type")?
             .ok_or_else(|| f_at.key("type").invalid("a filter needs a type"))?;
         if filter_type != "RequestMirror" && seen.contains(&filter_type) {
-            return Err(f_at.key("type").invalid(format!("filter {filter_type} given twice")));
+            return Err(f_at
+                .key("type")
+                .invalid(format!("filter {filter_type} given twice")));
         }
         seen.push(filter_type);
         let grpc_ok = matches!(
@@ -41,7 +43,9 @@ pub(super) fn action(
             "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror"
         );
         if kind == Kind::Grpc && !grpc_ok {
-            return Err(f_at.key("type").invalid(format!("{filter_type} is not a GRPCRoute filter")));
+            return Err(f_at
+                .key("type")
+                .invalid(format!("{filter_type} is not a GRPCRoute filter")));
         }
         match filter_type {
             "RequestHeaderModifier" => {
@@ -52,17 +56,26 @@ pub(super) fn action(
                     header_modifier(&f_at, filter, "responseHeaderModifier")?;
             }
             "RequestRedirect" => {
-                let (r, prefix) = request_redirect(&f_at.key("requestRedirect"), field(filter, "requestRedirect"))?;
+                let (r, prefix) = request_redirect(
+                    &f_at.key("requestRedirect"),
+                    field(filter, "requestRedirect"),
+                )?;
                 needs_prefix |= prefix;
                 redirect = Some(r);
             }
             "URLRewrite" => {
-                let (r, prefix) = url_rewrite(&f_at.key("urlRewrite"), field(filter, "urlRewrite"))?;
+                let (r, prefix) =
+                    url_rewrite(&f_at.key("urlRewrite"), field(filter, "urlRewrite"))?;
                 needs_prefix |= prefix;
                 rewrite = Some(r);
             }
             "RequestMirror" => {
-                forward.mirrors.push(mirror(source, &f_at.key("requestMirror"), field(filter, "requestMirror"), services)?);
+                forward.mirrors.push(mirror(
+                    source,
+                    &f_at.key("requestMirror"),
+                    field(filter, "requestMirror"),
+                    services,
+                )?);
             }
             other => {
                 return Err(f_at
@@ -238,7 +251,9 @@ fn request_redirect(at: &At, value: Option<&Value>) -> Parsed<(Redirect, bool)> 
         && scheme != "http"
         && scheme != "https"
     {
-        return Err(at.key("scheme").invalid(format!("{scheme:?} is not http or https")));
+        return Err(at
+            .key("scheme")
+            .invalid(format!("{scheme:?} is not http or https")));
     }
     let (path, prefix) = match field(value, "path") {
         Some(p) => {
@@ -292,7 +307,8 @@ fn mirror(
         return Err(at.invalid("the filter's settings are missing"));
     };
     let r_at = at.key("backendRef");
-    let r = field(value, "backendRef").ok_or_else(|| r_at.invalid("a mirror needs a backendRef"))?;
+    let r =
+        field(value, "backendRef").ok_or_else(|| r_at.invalid("a mirror needs a backendRef"))?;
     let (service, port, resolvable) = backend_ref(source, &r_at, r, services)?;
     if !resolvable {
         return Err(r_at.invalid(format!("the mirror's Service {service} cannot be resolved")));

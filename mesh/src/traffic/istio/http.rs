@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::{MESH_GATEWAY, SubsetUse, default_retries, destination, destinations};
 use crate::traffic::fields::{
-    At, Parsed, Source, boolean, count, field, istio_duration, list, number, object, percent,
-    port, regex_at, string, string_map, string_match, strings,
+    At, Parsed, Source, boolean, count, field, istio_duration, list, number, object, percent, port,
+    regex_at, string, string_map, string_match, strings,
 };
 use crate::traffic::model::{
     AbortStatus, DirectResponse, Fault, Forward, HeaderMatch, HeaderOps, HttpAction, HttpRule,
@@ -25,7 +25,9 @@ pub(super) fn rule(
     subsets: &mut Vec<SubsetUse>,
 ) -> Parsed<Option<HttpRule>> {
     if field(rule, "delegate").is_some() {
-        return Err(at.key("delegate").invalid("delegate VirtualServices are not supported"));
+        return Err(at
+            .key("delegate")
+            .invalid("delegate VirtualServices are not supported"));
     }
     let blocks = list(rule, at, "match")?;
     let mut matches = Vec::with_capacity(blocks.len());
@@ -164,7 +166,12 @@ pub(super) fn header_ops(headers: &Value, at: &At, key: &str) -> Parsed<HeaderOp
 }
 
 /// A forwarding rule and its policies.
-fn forward(source: &Source, at: &At, rule: &Value, subsets: &mut Vec<SubsetUse>) -> Parsed<Forward> {
+fn forward(
+    source: &Source,
+    at: &At,
+    rule: &Value,
+    subsets: &mut Vec<SubsetUse>,
+) -> Parsed<Forward> {
     let mut out = Forward {
         backends: destinations(source, at, rule, subsets)?,
         timeout: istio_duration(rule, at, "timeout")?,
@@ -188,7 +195,10 @@ fn forward(source: &Source, at: &At, rule: &Value, subsets: &mut Vec<SubsetUse>)
         let backend = destination(source, &at.key("mirror"), Some(mirror), subsets)?;
         // `mirrorPercentage` (a double), else the deprecated whole `mirrorPercent`, else all
         // (`MirrorPercent`).
-        let percent = match (field(rule, "mirrorPercentage"), field(rule, "mirrorPercent")) {
+        let percent = match (
+            field(rule, "mirrorPercentage"),
+            field(rule, "mirrorPercent"),
+        ) {
             (Some(p), _) => percentage_value(&at.key("mirrorPercentage"), p)?,
             (None, Some(p)) => percent(p, &at.key("mirrorPercent"))?,
             (None, None) => Percent(100.0),
@@ -197,7 +207,12 @@ fn forward(source: &Source, at: &At, rule: &Value, subsets: &mut Vec<SubsetUse>)
     }
     for (i, mirror) in list(rule, at, "mirrors")?.iter().enumerate() {
         let mirror_at = at.key("mirrors").index(i);
-        let backend = destination(source, &mirror_at.key("destination"), field(mirror, "destination"), subsets)?;
+        let backend = destination(
+            source,
+            &mirror_at.key("destination"),
+            field(mirror, "destination"),
+            subsets,
+        )?;
         let percent = match field(mirror, "percentage") {
             Some(p) => percentage_value(&mirror_at.key("percentage"), p)?,
             None => Percent(100.0),
@@ -286,9 +301,14 @@ pub(crate) fn retry_on(at: &At, text: &str) -> Parsed<(RetryOn, Vec<u16>)> {
             "deadline-exceeded" => &mut on.grpc_deadline_exceeded,
             "resource-exhausted" => &mut on.grpc_resource_exhausted,
             "unavailable" => &mut on.grpc_unavailable,
-            "reset-before-request" | "envoy-ratelimited" | "retriable-headers"
-            | "http3-post-connect-failure" | "internal" => {
-                return Err(at.invalid(format!("retry condition {part:?} is not supported by marrow")));
+            "reset-before-request"
+            | "envoy-ratelimited"
+            | "retriable-headers"
+            | "http3-post-connect-failure"
+            | "internal" => {
+                return Err(at.invalid(format!(
+                    "retry condition {part:?} is not supported by marrow"
+                )));
             }
             _ => return Err(at.invalid(format!("{part:?} is not a valid retryOn policy"))),
         };
@@ -314,7 +334,9 @@ fn fault(at: &At, value: &Value) -> Parsed<Fault> {
     if let Some(delay) = field(value, "delay") {
         let d_at = at.key("delay");
         if field(delay, "exponentialDelay").is_some() {
-            return Err(d_at.key("exponentialDelay").invalid("not supported (Istio does not either)"));
+            return Err(d_at
+                .key("exponentialDelay")
+                .invalid("not supported (Istio does not either)"));
         }
         let fixed = istio_duration(delay, &d_at, "fixedDelay")?
             .ok_or_else(|| d_at.key("fixedDelay").invalid("a delay needs fixedDelay"))?;
@@ -325,7 +347,10 @@ fn fault(at: &At, value: &Value) -> Parsed<Fault> {
         if field(abort, "http2Error").is_some() {
             return Err(a_at.key("http2Error").invalid("not supported by marrow"));
         }
-        let status = match (field(abort, "httpStatus"), string(abort, &a_at, "grpcStatus")?) {
+        let status = match (
+            field(abort, "httpStatus"),
+            string(abort, &a_at, "grpcStatus")?,
+        ) {
             (Some(_), Some(_)) => {
                 return Err(a_at.invalid("only one of httpStatus and grpcStatus"));
             }
@@ -339,8 +364,9 @@ fn fault(at: &At, value: &Value) -> Parsed<Fault> {
                 AbortStatus::Http(u16::try_from(code).unwrap_or(500))
             }
             (None, Some(name)) => AbortStatus::Grpc(grpc_code(name).ok_or_else(|| {
-                a_at.key("grpcStatus")
-                    .invalid(format!("{name:?} is not a gRPC status (UNAVAILABLE, NOT_FOUND, …)"))
+                a_at.key("grpcStatus").invalid(format!(
+                    "{name:?} is not a gRPC status (UNAVAILABLE, NOT_FOUND, …)"
+                ))
             })?),
             (None, None) => return Err(a_at.invalid("an abort needs httpStatus or grpcStatus")),
         };
@@ -381,9 +407,9 @@ fn grpc_code(name: &str) -> Option<u32> {
 fn redirect(at: &At, value: &Value) -> Parsed<Redirect> {
     let status = number(value, at, "redirectCode", 999)?.unwrap_or(301);
     if ![301, 302, 303, 307, 308].contains(&status) {
-        return Err(at
-            .key("redirectCode")
-            .invalid(format!("{status} is not a redirect status (301, 302, 303, 307, 308)")));
+        return Err(at.key("redirectCode").invalid(format!(
+            "{status} is not a redirect status (301, 302, 303, 307, 308)"
+        )));
     }
     Ok(Redirect {
         scheme: string(value, at, "scheme")?.map(str::to_owned),
@@ -407,7 +433,10 @@ fn direct_response(at: &At, value: &Value) -> Parsed<DirectResponse> {
         None => None,
         Some(body) => {
             if field(body, "bytes").is_some() {
-                return Err(at.key("body").key("bytes").invalid("a binary body is not supported; use string"));
+                return Err(at
+                    .key("body")
+                    .key("bytes")
+                    .invalid("a binary body is not supported; use string"));
             }
             string(body, &at.key("body"), "string")?.map(str::to_owned)
         }
