@@ -5,6 +5,7 @@
 mod destination;
 mod gateway_api;
 mod istio;
+mod refusals;
 mod sources;
 
 use std::collections::BTreeMap;
