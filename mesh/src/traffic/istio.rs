@@ -94,8 +94,14 @@ pub(super) fn virtual_service(source: &Source, body: &Value) -> Parsed<VirtualSe
             .key("hosts")
             .invalid("a VirtualService must have at least one host"));
     }
+    if !out.mesh {
+        // Bound to gateways only: its hosts are the gateway's (often external names) and its
+        // rules are the ingress's to read (issue 19); nothing here applies or is refused.
+        return Ok(out);
+    }
     for (i, host) in hosts.iter().enumerate() {
         match istio_host(host, &source.namespace) {
+            Ok(service) if out.hosts.contains(&service) => {}
             Ok(service) => out.hosts.push(service),
             Err(reason) => out
                 .partial

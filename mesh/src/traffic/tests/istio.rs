@@ -267,7 +267,7 @@ fn gateway_only_virtual_services_do_not_route_services() {
     let gateway_only = vs(
         "edge",
         0,
-        json!({"hosts": ["reviews"], "gateways": ["istio-system/ingress"],
+        json!({"hosts": ["reviews", "shop.example.com"], "gateways": ["istio-system/ingress"],
         "http": [{"route": [{"destination": {"host": "reviews"}}]}]}),
     );
     let set = build(vec![gateway_only]);
