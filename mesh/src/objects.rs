@@ -105,7 +105,8 @@ impl fmt::Display for ObjectRef {
 /// The kinds a source keeps whole, as JSON, for the module that models them: Services and
 /// EndpointSlices for [`crate::state::services`], Istio's security objects for [`crate::policy`],
 /// the Gateway API's Gateways and GatewayClasses for `crate::state::waypoints`, Istio's Telemetry
-/// objects and MeshConfig for [`crate::trace::provider`].
+/// objects and MeshConfig for [`crate::trace::provider`], the route objects and DestinationRules
+/// for [`crate::traffic`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RawKind {
     /// `v1` Service.
@@ -124,6 +125,16 @@ pub enum RawKind {
     GatewayClass,
     /// `telemetry.istio.io` Telemetry (v1, or v1alpha1: the same schema).
     Telemetry,
+    /// `networking.istio.io` VirtualService (v1, v1beta1, v1alpha3: the same schema).
+    VirtualService,
+    /// `networking.istio.io` DestinationRule (v1, v1beta1, v1alpha3: the same schema).
+    DestinationRule,
+    /// `gateway.networking.k8s.io` HTTPRoute (v1, v1beta1).
+    HttpRoute,
+    /// `gateway.networking.k8s.io` GRPCRoute (v1, v1alpha2).
+    GrpcRoute,
+    /// `gateway.networking.k8s.io` TCPRoute (v1alpha2).
+    TcpRoute,
     /// Istio's MeshConfig: the `v1` ConfigMap `istio` in the root namespace (key `mesh`). Never
     /// returned by [`RawKind::of`]: whether a ConfigMap is this one depends on its name and
     /// namespace, which the sources check ([`RawKind::is_mesh_config`]).
@@ -155,6 +166,26 @@ impl RawKind {
             ("telemetry.istio.io/v1" | "telemetry.istio.io/v1alpha1", "Telemetry") => {
                 Some(Self::Telemetry)
             }
+            (
+                "networking.istio.io/v1"
+                | "networking.istio.io/v1beta1"
+                | "networking.istio.io/v1alpha3",
+                "VirtualService",
+            ) => Some(Self::VirtualService),
+            (
+                "networking.istio.io/v1"
+                | "networking.istio.io/v1beta1"
+                | "networking.istio.io/v1alpha3",
+                "DestinationRule",
+            ) => Some(Self::DestinationRule),
+            ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
+                Some(Self::HttpRoute)
+            }
+            (
+                "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1alpha2",
+                "GRPCRoute",
+            ) => Some(Self::GrpcRoute),
+            ("gateway.networking.k8s.io/v1alpha2", "TCPRoute") => Some(Self::TcpRoute),
             _ => None,
         }
     }

@@ -14,6 +14,9 @@ use marrow_mesh::apiserver::KubeSource;
 use marrow_mesh::state::{Snapshot, StateStore};
 use replay_apiserver::{ApiServer, objects};
 
+#[path = "apiserver/traffic.rs"]
+mod traffic;
+
 /// Bound on the source reaching an expected state (not a timing assertion: it polls).
 const WITHIN: Duration = Duration::from_secs(20);
 const NODE: &str = "node-a";

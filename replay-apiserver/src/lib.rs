@@ -115,6 +115,11 @@ fn plural_of(kind: &str) -> Option<&'static str> {
         "PeerAuthentication" => "peerauthentications",
         "RequestAuthentication" => "requestauthentications",
         "Telemetry" => "telemetries",
+        "VirtualService" => "virtualservices",
+        "DestinationRule" => "destinationrules",
+        "HTTPRoute" => "httproutes",
+        "GRPCRoute" => "grpcroutes",
+        "TCPRoute" => "tcproutes",
         "ConfigMap" => "configmaps",
         other => return apply::controller_plural(other),
     })
@@ -125,10 +130,25 @@ fn collection_of(object: &Value) -> String {
     let api_version = object["apiVersion"].as_str().unwrap_or_default();
     let kind = object["kind"].as_str().unwrap_or_default();
     let plural = plural_of(kind).unwrap_or_else(|| panic!("replay server: unknown kind {kind}"));
+    let api_version = served_version(api_version, kind);
     if api_version.contains('/') {
         format!("/apis/{api_version}/{plural}")
     } else {
         format!("/api/{api_version}/{plural}")
+    }
+}
+
+/// The version a multi-version CRD is read at: a real API server converts an object written at
+/// any served version, so one written as `networking.istio.io/v1beta1` lists under `v1` too.
+fn served_version<'a>(api_version: &'a str, kind: &str) -> &'a str {
+    match (api_version, kind) {
+        (
+            "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3",
+            "VirtualService" | "DestinationRule",
+        ) => "networking.istio.io/v1",
+        ("gateway.networking.k8s.io/v1beta1", "HTTPRoute")
+        | ("gateway.networking.k8s.io/v1alpha2", "GRPCRoute") => "gateway.networking.k8s.io/v1",
+        _ => api_version,
     }
 }
 

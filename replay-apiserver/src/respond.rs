@@ -201,6 +201,7 @@ pub(super) fn answer(
         if (path.starts_with("/apis/security.istio.io/") && !known_istio(&w))
             || absent_gateway_api(&w, &path)
             || absent_group(&w, &path, "/apis/telemetry.istio.io/")
+            || absent_group(&w, &path, "/apis/networking.istio.io/")
         {
             return status(
                 StatusCode::NOT_FOUND,

@@ -6,7 +6,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApiAccess {
     /// API group: `""` (core), `discovery.k8s.io`, `security.istio.io`,
-    /// `gateway.networking.k8s.io`, `telemetry.istio.io`.
+    /// `gateway.networking.k8s.io`, `telemetry.istio.io`, `networking.istio.io`.
     pub group: &'static str,
     /// Resource name, plural, as in RBAC rules.
     pub resource: &'static str,
@@ -68,6 +68,31 @@ pub const NODE_PROXY_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "telemetry.istio.io",
         resource: "telemetries",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "networking.istio.io",
+        resource: "virtualservices",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "networking.istio.io",
+        resource: "destinationrules",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "gateway.networking.k8s.io",
+        resource: "httproutes",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "gateway.networking.k8s.io",
+        resource: "grpcroutes",
+        verbs: READ,
+    },
+    ApiAccess {
+        group: "gateway.networking.k8s.io",
+        resource: "tcproutes",
         verbs: READ,
     },
 ];

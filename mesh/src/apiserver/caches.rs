@@ -197,6 +197,9 @@ impl Caches {
         for warning in update.build_waypoints() {
             warn!(%warning, "waypoint warning");
         }
+        for warning in update.build_traffic() {
+            warn!(%warning, "traffic warning");
+        }
         update
     }
 }

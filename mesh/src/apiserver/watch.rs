@@ -8,7 +8,9 @@
 //! RequestAuthentications (kept to be reported: marrow does not enforce them); the Gateway
 //! API's Gateways and GatewayClasses (which Gateways are waypoints); Istio's Telemetries and its
 //! MeshConfig (only the ConfigMap `istio` in the root namespace, by field selector: no other
-//! ConfigMap is read), for the L7 programs' tracing provider.
+//! ConfigMap is read), for the L7 programs' tracing provider; Istio's VirtualServices and
+//! DestinationRules and the Gateway API's HTTPRoutes, GRPCRoutes and TCPRoutes (traffic
+//! management, [`crate::traffic`]).
 //! kube-runtime's watcher lists (paginated, or as a streaming list where the server offers
 //! one), then watches with bookmarks; on `410 Gone` or a dropped watch it re-lists, with
 //! backoff while the server is unreachable.
@@ -76,10 +78,20 @@ pub enum Kind {
     Telemetries,
     /// v1 ConfigMap `istio` in the root namespace (Istio's MeshConfig).
     MeshConfig,
+    /// networking.istio.io/v1 VirtualService.
+    VirtualServices,
+    /// networking.istio.io/v1 DestinationRule.
+    DestinationRules,
+    /// gateway.networking.k8s.io/v1 HTTPRoute.
+    HttpRoutes,
+    /// gateway.networking.k8s.io/v1 GRPCRoute.
+    GrpcRoutes,
+    /// gateway.networking.k8s.io/v1alpha2 TCPRoute.
+    TcpRoutes,
 }
 
 impl Kind {
-    const ALL: [Kind; 12] = [
+    const ALL: [Kind; 17] = [
         Kind::Namespaces,
         Kind::LocalPods,
         Kind::RemotePods,
@@ -92,6 +104,11 @@ impl Kind {
         Kind::GatewayClasses,
         Kind::Telemetries,
         Kind::MeshConfig,
+        Kind::VirtualServices,
+        Kind::DestinationRules,
+        Kind::HttpRoutes,
+        Kind::GrpcRoutes,
+        Kind::TcpRoutes,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -108,9 +125,96 @@ impl Kind {
             Kind::GatewayClasses => "gatewayclasses",
             Kind::Telemetries => "telemetries",
             Kind::MeshConfig => "configmap istio (meshconfig)",
+            Kind::VirtualServices => "virtualservices",
+            Kind::DestinationRules => "destinationrules",
+            Kind::HttpRoutes => "httproutes",
+            Kind::GrpcRoutes => "grpcroutes",
+            Kind::TcpRoutes => "tcproutes",
         }
     }
 }
+
+/// The custom resources watched: kind, API group, version, Kubernetes kind, raw kind.
+const CUSTOM_RESOURCES: [(Kind, &str, &str, &str, RawKind); 11] = [
+    (
+        Kind::AuthorizationPolicies,
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        RawKind::AuthorizationPolicy,
+    ),
+    (
+        Kind::PeerAuthentications,
+        "security.istio.io",
+        "v1",
+        "PeerAuthentication",
+        RawKind::PeerAuthentication,
+    ),
+    (
+        Kind::RequestAuthentications,
+        "security.istio.io",
+        "v1",
+        "RequestAuthentication",
+        RawKind::RequestAuthentication,
+    ),
+    (
+        Kind::Gateways,
+        "gateway.networking.k8s.io",
+        "v1",
+        "Gateway",
+        RawKind::Gateway,
+    ),
+    (
+        Kind::GatewayClasses,
+        "gateway.networking.k8s.io",
+        "v1",
+        "GatewayClass",
+        RawKind::GatewayClass,
+    ),
+    (
+        Kind::Telemetries,
+        "telemetry.istio.io",
+        "v1",
+        "Telemetry",
+        RawKind::Telemetry,
+    ),
+    (
+        Kind::VirtualServices,
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+        RawKind::VirtualService,
+    ),
+    (
+        Kind::DestinationRules,
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+        RawKind::DestinationRule,
+    ),
+    (
+        Kind::HttpRoutes,
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+        RawKind::HttpRoute,
+    ),
+    (
+        Kind::GrpcRoutes,
+        "gateway.networking.k8s.io",
+        "v1",
+        "GRPCRoute",
+        RawKind::GrpcRoute,
+    ),
+    // TCPRoute is only in the experimental channel, at v1alpha2.
+    (
+        Kind::TcpRoutes,
+        "gateway.networking.k8s.io",
+        "v1alpha2",
+        "TCPRoute",
+        RawKind::TcpRoute,
+    ),
+];
 
 /// Where to watch from.
 #[derive(Clone)]
@@ -289,46 +393,10 @@ impl KubeSource {
                 .synced
                 .insert(Kind::LocalPods);
         }
-        // Custom resources, watched as dynamic objects: their CRDs may be absent.
-        for (kind, group, kind_name, raw) in [
-            (
-                Kind::AuthorizationPolicies,
-                "security.istio.io",
-                "AuthorizationPolicy",
-                RawKind::AuthorizationPolicy,
-            ),
-            (
-                Kind::PeerAuthentications,
-                "security.istio.io",
-                "PeerAuthentication",
-                RawKind::PeerAuthentication,
-            ),
-            (
-                Kind::RequestAuthentications,
-                "security.istio.io",
-                "RequestAuthentication",
-                RawKind::RequestAuthentication,
-            ),
-            (
-                Kind::Gateways,
-                "gateway.networking.k8s.io",
-                "Gateway",
-                RawKind::Gateway,
-            ),
-            (
-                Kind::GatewayClasses,
-                "gateway.networking.k8s.io",
-                "GatewayClass",
-                RawKind::GatewayClass,
-            ),
-            (
-                Kind::Telemetries,
-                "telemetry.istio.io",
-                "Telemetry",
-                RawKind::Telemetry,
-            ),
-        ] {
-            let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, "v1", kind_name));
+        // Custom resources, watched as dynamic objects: their CRDs may be absent. Each at the
+        // version its CRD serves as storage today (the API server converts the others).
+        for (kind, group, version, kind_name, raw) in CUSTOM_RESOURCES {
+            let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind_name));
             tasks.push(spawn_watch(
                 Api::<DynamicObject>::all_with(client.clone(), &resource),
                 watcher::Config::default(),
@@ -337,7 +405,7 @@ impl KubeSource {
                 move |object| {
                     let mut object = object.clone();
                     object.types = Some(kube::core::TypeMeta {
-                        api_version: format!("{group}/v1"),
+                        api_version: format!("{group}/{version}"),
                         kind: kind_name.into(),
                     });
                     raw_object(raw, kind_name, &object)

@@ -102,6 +102,11 @@ impl PolicySet {
                 | RawKind::Gateway
                 | RawKind::GatewayClass
                 | RawKind::Telemetry
+                | RawKind::VirtualService
+                | RawKind::DestinationRule
+                | RawKind::HttpRoute
+                | RawKind::GrpcRoute
+                | RawKind::TcpRoute
                 | RawKind::MeshConfig => Ok(()),
             };
             if let Err(error) = parsed {

@@ -155,6 +155,11 @@ impl ServiceIndex {
                 | RawKind::Gateway
                 | RawKind::GatewayClass
                 | RawKind::Telemetry
+                | RawKind::VirtualService
+                | RawKind::DestinationRule
+                | RawKind::HttpRoute
+                | RawKind::GrpcRoute
+                | RawKind::TcpRoute
                 | RawKind::MeshConfig => {}
             }
         }

@@ -229,6 +229,16 @@ impl StateUpdate {
         warnings
     }
 
+    /// Parses the kept route objects and DestinationRules into the snapshot's traffic set;
+    /// after [`StateUpdate::build_services`]. A bad object refuses only itself (or the part at
+    /// fault): returns a warning per refusal, for the source to log.
+    pub fn build_traffic(&mut self) -> Vec<String> {
+        let set = crate::traffic::TrafficSet::from_objects(self.snapshot.raw.values());
+        let warnings = set.refusals().iter().map(ToString::to_string).collect();
+        self.snapshot.traffic = Arc::new(set);
+        warnings
+    }
+
     /// Puts a parsed traffic set in the snapshot (the sources build it from the raw objects).
     pub fn set_traffic(&mut self, traffic: crate::traffic::TrafficSet) {
         self.snapshot.traffic = Arc::new(traffic);

@@ -15,11 +15,19 @@
 //! applies. Each Service's HTTP rules are held in evaluation order, so selection is a scan that
 //! stops at the first match.
 
+mod build;
+mod destination;
+mod fields;
+mod gateway_api;
+mod istio;
 mod matching;
 mod model;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
+pub use istio::default_retries;
 pub use matching::{RouteRequest, pick_weighted};
 pub use model::{
     AbortStatus, Backend, ConnectionPool, DestinationPolicy, DirectResponse, Fault, Forward,
@@ -140,11 +148,13 @@ impl DestinationPolicy {
         self.subsets.iter().find(|s| s.name == name)
     }
 
-    /// The policy in force for traffic to `port` of `subset`: each field (load balancer,
-    /// connection pool, outlier detection) from the most specific place that sets it — the
-    /// subset's port-level settings, the subset's policy, the top level's port-level settings,
-    /// the top level (istio/istio `pilot/pkg/networking/core/cluster_traffic_policy.go`,
-    /// `MergeTrafficPolicy`: a subset's field replaces the top level's whole).
+    /// The policy in force for traffic to `port` of `subset`, as istiod merges it (istio/istio
+    /// `pilot/pkg/networking/util/util.go`, `MergeSubsetTrafficPolicy` and
+    /// `GetPortLevelTrafficPolicy`):
+    /// - a port-level setting for `port` replaces its level's policy whole: a field it leaves
+    ///   unset is the default, not the level's (the API's documented rule);
+    /// - the subset's policy (its port-level one for `port` if any, taken whole, every field)
+    ///   then overrides the top level's, field by field — or, when it is port-level, entirely.
     pub fn resolve(&self, port: u16, subset: Option<&str>) -> TrafficPolicy {
         let at_port = |ports: &[(u16, TrafficPolicy)]| {
             ports
@@ -152,19 +162,18 @@ impl DestinationPolicy {
                 .find(|(p, _)| *p == port)
                 .map(|(_, policy)| policy.clone())
         };
-        let mut layers = Vec::with_capacity(4);
-        if let Some(subset) = subset.and_then(|name| self.subset(name)) {
-            layers.extend(at_port(&subset.port_policies));
-            layers.push(subset.policy.clone());
+        let top = at_port(&self.port_policies).unwrap_or_else(|| self.policy.clone());
+        let Some(subset) = subset.and_then(|name| self.subset(name)) else {
+            return top;
+        };
+        if let Some(whole) = at_port(&subset.port_policies) {
+            return whole;
         }
-        layers.extend(at_port(&self.port_policies));
-        layers.push(self.policy.clone());
-        let mut resolved = TrafficPolicy::default();
-        for layer in layers {
-            resolved.load_balancer = resolved.load_balancer.or(layer.load_balancer);
-            resolved.connection_pool = resolved.connection_pool.or(layer.connection_pool);
-            resolved.outlier_detection = resolved.outlier_detection.or(layer.outlier_detection);
+        let own = &subset.policy;
+        TrafficPolicy {
+            load_balancer: own.load_balancer.clone().or(top.load_balancer),
+            connection_pool: own.connection_pool.clone().or(top.connection_pool),
+            outlier_detection: own.outlier_detection.clone().or(top.outlier_detection),
         }
-        resolved
     }
 }

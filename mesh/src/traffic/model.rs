@@ -410,6 +410,22 @@ pub struct Forward {
     pub fault: Option<Fault>,
     /// Mirrors.
     pub mirrors: Vec<Mirror>,
+    /// Indexes into `backends` of those that cannot be resolved (a Gateway API backendRef to a
+    /// Service the state lacks, of another kind, or in another namespace): they keep their
+    /// share of the weight, and a request that draws one answers 500 (the Gateway API spec).
+    pub invalid_backends: Vec<usize>,
+}
+
+impl Forward {
+    /// Whether `backend` (one of `self.backends`, as [`super::pick_weighted`] returns it) is
+    /// one that cannot be resolved: its share answers 500.
+    pub fn is_invalid(&self, backend: &Backend) -> bool {
+        self.invalid_backends.iter().any(|&i| {
+            self.backends
+                .get(i)
+                .is_some_and(|b| std::ptr::eq(b, backend))
+        })
+    }
 }
 
 /// One HTTP rule, as evaluated: its match blocks and what it does.

@@ -1,7 +1,8 @@
 //! Multi-document Kubernetes YAML to a [`StateUpdate`], stopping at the first bad document.
 //!
 //! Kinds: `v1` Namespace and Pod become state; Service, EndpointSlice, the Istio security
-//! kinds, the Gateway API's Gateway and GatewayClass, Istio's Telemetry and its MeshConfig (the
+//! kinds, the Gateway API's Gateway, GatewayClass, HTTPRoute, GRPCRoute and TCPRoute, Istio's
+//! VirtualService, DestinationRule, Telemetry and its MeshConfig (the
 //! ConfigMap `istio` in the root namespace; any other ConfigMap is ignored) are kept as raw objects; `List` (what `kubectl get -o yaml` prints) and typed
 //! lists (`PodList`, …) are expanded; any other kind is ignored with one warning per kind.
 //! Fields the mesh does not read (managedFields, ownerReferences beyond the controller,
@@ -72,6 +73,9 @@ pub fn parse_with_root(
     }
     for warning in update.build_waypoints() {
         warn!(file = %path.display(), %warning, "waypoint warning");
+    }
+    for warning in update.build_traffic() {
+        warn!(file = %path.display(), %warning, "traffic warning");
     }
     Ok(update)
 }
