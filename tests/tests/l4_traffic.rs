@@ -57,7 +57,6 @@ fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
 }
 
 #[test]
-#[ignore = "needs the TCPRoute/DestinationRule parser (issue 17, branch parse)"]
 fn a_tcp_route_splits_connections_80_20_between_backend_services() {
     require_env!();
     let mesh = Mesh::start("l4split");
@@ -168,7 +167,6 @@ fn a_dead_endpoint_is_retried_on_a_live_one() {
 }
 
 #[test]
-#[ignore = "needs the TCPRoute/DestinationRule parser (issue 17, branch parse)"]
 fn consecutive_connect_failures_eject_an_endpoint_until_its_time_is_up() {
     require_env!();
     let mesh = Mesh::start("l4eject");
@@ -249,7 +247,6 @@ spec:
 }
 
 #[test]
-#[ignore = "needs the TCPRoute/DestinationRule parser (issue 17, branch parse)"]
 fn connections_over_max_connections_are_refused_with_uo() {
     require_env!();
     let mesh = Mesh::start("l4limit");
@@ -304,7 +301,6 @@ spec:
 }
 
 #[test]
-#[ignore = "needs the TCPRoute/DestinationRule parser (issue 17, branch parse)"]
 fn connect_timeout_bounds_the_connect_to_an_endpoint_that_never_answers() {
     require_env!();
     let mesh = Mesh::start("l4ctimeout");
