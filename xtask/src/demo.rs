@@ -13,6 +13,7 @@
 //! SIGINT/SIGTERM handler only sets a flag, so the demo stops at the next step by returning an
 //! error and the fixtures drop. At the end the demo looks for leftovers and reports them.
 
+mod canary;
 mod cluster;
 mod keep;
 mod observe;

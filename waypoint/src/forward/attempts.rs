@@ -63,6 +63,25 @@ pub(super) struct Plan<'a> {
     pub(super) matched: Option<MatchedPrefix<'a>>,
 }
 
+/// Istio's default retry policy, for a Service no route applies to.
+static DEFAULT_RETRIES: std::sync::LazyLock<RetryPolicy> =
+    std::sync::LazyLock::new(marrow_mesh::traffic::default_retries);
+
+impl Plan<'_> {
+    /// The retries in force: the rule's; for a Service no route applies to, Istio's default
+    /// (2 retries on connect-failure, refused-stream, unavailable, cancelled and 503), which
+    /// istiod gives the default route of every Service (`pilot/pkg/networking/core/route/
+    /// route.go`, `BuildDefaultHTTPOutboundRoute`: `retry.DefaultPolicy()`), so an app sees
+    /// the same retries under marrow as under Istio; none for a workload addressed directly.
+    pub(super) fn retries(&self) -> Option<&RetryPolicy> {
+        match self.forward {
+            Some(forward) => forward.retries.as_ref(),
+            None if self.target.service().is_some() => Some(&DEFAULT_RETRIES),
+            None => None,
+        }
+    }
+}
+
 /// The request as every try sends it (a body apart).
 #[derive(Clone, Debug)]
 pub(super) struct Template {
@@ -261,7 +280,7 @@ impl Downstream {
         body: &mut Outgoing,
         outcome: &mut crate::outcome::RequestOutcome,
     ) -> Tried {
-        let retries: Option<&RetryPolicy> = plan.forward.and_then(|f| f.retries.as_ref());
+        let retries: Option<&RetryPolicy> = plan.retries();
         let deadline = plan
             .forward
             .and_then(|f| f.timeout)
@@ -269,7 +288,7 @@ impl Downstream {
         // Only routed requests are counted by try: the rest have one, in istio_requests_total.
         let routed = plan.forward.is_some();
         let service = match plan.target.service() {
-            Some(service) if routed => service.host(),
+            Some(service) if routed || retries.is_some() => service.host(),
             _ => String::new(),
         };
         let upstreams = &self.ctx.upstreams;

@@ -378,9 +378,8 @@ impl Downstream {
         }
         // A body is kept for another try or a mirror only when the rule may need one.
         let keep = !upgrade
-            && plan.forward.is_some_and(|f| {
-                f.retries.as_ref().is_some_and(|r| r.attempts > 0) || !f.mirrors.is_empty()
-            });
+            && (plan.retries().is_some_and(|r| r.attempts > 0)
+                || plan.forward.is_some_and(|f| !f.mirrors.is_empty()));
         let mut body = if keep {
             Outgoing::Replay(Replay::new(body, route::REPLAY_LIMIT))
         } else {

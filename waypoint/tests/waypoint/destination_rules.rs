@@ -48,13 +48,13 @@ async fn a_failing_endpoint_is_ejected_then_returns_after_the_base_time() {
     let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
     let failing = app(net, 1);
     let fail = [("x-fail-on", failing.as_str())];
-    // Until 3 straight 503s, some requests fail; then app 1 is out and every request succeeds.
-    let mut failures = 0;
+    // App 1 answers 503 to everything: Istio's default retries (no route applies) send each
+    // failed try to app 2, and after app 1's third straight 503 it is ejected.
     for _ in 0..40 {
-        let (status, _, _) = send(&mut http, get_with("/", &fail)).await;
-        failures += usize::from(status == StatusCode::SERVICE_UNAVAILABLE);
+        let (status, headers, _) = send(&mut http, get_with("/", &fail)).await;
+        assert_eq!(status, StatusCode::OK, "retried to app 2");
+        assert_ne!(served_by(&headers), failing);
     }
-    assert_eq!(failures, 3, "ejected after its third straight 5xx");
     settle().await;
     let text = metrics(&mesh).await;
     let ejected = format!("endpoint=\"{failing}\"");
@@ -70,6 +70,12 @@ async fn a_failing_endpoint_is_ejected_then_returns_after_the_base_time() {
             &["reason=\"consecutive_5xx\""]
         ),
         1.0,
+        "{text}"
+    );
+    // Exactly three tries reached app 1: once out, it got none.
+    assert_eq!(
+        metric(&text, "marrow_retries_total", &["reason=\"503\""]),
+        3.0,
         "{text}"
     );
     // Back after baseEjectionTime (× 1, its first ejection); the sweep lowers the gauge.

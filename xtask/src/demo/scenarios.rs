@@ -70,6 +70,7 @@ fn run_all(cluster: &Cluster, stop: &Stop, report: &mut Report<'_>) -> anyhow::R
     no_plaintext_on_the_wire(cluster, &capture, report)?;
     metrics_excerpt(cluster, report)?;
     super::waypoint::through_a_waypoint(cluster, stop, report)?;
+    super::canary::canary(cluster, stop, report)?;
     Ok(())
 }
 
