@@ -179,6 +179,8 @@ pub struct Metrics {
     /// `marrow_outlier_ejections_total` and `marrow_endpoint_ejected` (the families every
     /// program shares).
     pub resilience: marrow_mesh::resilience::ResilienceMetrics,
+    /// `marrow_config_refused`: route objects and DestinationRules refused, by kind.
+    pub config_refused: marrow_mesh::traffic::RefusalMetrics,
 }
 
 impl Metrics {
@@ -325,6 +327,7 @@ impl Metrics {
             self.retries.clone(),
         );
         self.resilience.register(registry);
+        self.config_refused.register(registry);
     }
 }
 

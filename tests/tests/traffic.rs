@@ -246,7 +246,20 @@ spec:
     route: [{{destination: {{host: reviews, subset: v1}}}}]
 "
     );
-    bed.mesh.apply_with(&bed.state, &bed.objects(&strict));
+    // With it, a broken VirtualService (a regex that does not compile): refused, reported,
+    // and the rest of the state applies.
+    let broken = "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: shop}
+spec:
+  hosts: [flaky]
+  http:
+  - match: [{uri: {regex: \"(unclosed\"}}]
+    route: [{destination: {host: flaky}}]
+";
+    bed.mesh
+        .apply_with(&bed.state, &bed.objects(&format!("{strict}{broken}")));
     eventually("404 for a path no rule matches", || {
         let reply = curl(&bed.client, &[&url]);
         (reply.status == 404)
@@ -261,6 +274,23 @@ spec:
             &[("response_code", "404"), ("response_flags", "NR")]
         ) >= 1,
         "{metrics}"
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "marrow_config_refused",
+            &[("kind", "VirtualService")]
+        ),
+        1,
+        "{metrics}"
+    );
+    let routes = waypoint
+        .get(ADMIN_PORT, "/routes?to=flaky.shop%3A80")
+        .unwrap()
+        .body;
+    assert!(
+        routes.contains("VirtualService shop/broken refused") && routes.contains("regex"),
+        "{routes}"
     );
 }
 

@@ -102,12 +102,13 @@ impl Context {
 
 impl Context {
     /// Keeps the tracer on what Istio's Telemetry API in the state says for this waypoint
-    /// (else the `--tracing-*` flags): once now, then at every state change, until the state
-    /// store goes.
+    /// (else the `--tracing-*` flags), and `marrow_config_refused` on the state's refused
+    /// routes: once now, then at every state change, until the state store goes.
     pub async fn follow_telemetry_api(self: Arc<Self>) {
         let mut changes = self.state.subscribe();
         loop {
             let snap = self.state.snapshot();
+            self.telemetry.refused.record(snap.traffic());
             self.telemetry
                 .apply_telemetry_api(&snap, &self.gateway)
                 .await;

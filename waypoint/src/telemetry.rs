@@ -56,6 +56,8 @@ pub struct Telemetry {
     pub routing: crate::route::metrics::RouteMetrics,
     /// Outlier ejections (`marrow_outlier_ejections_total`, `marrow_endpoint_ejected`).
     pub resilience: marrow_mesh::resilience::ResilienceMetrics,
+    /// `marrow_config_refused`: route objects and DestinationRules refused, by kind.
+    pub refused: marrow_mesh::traffic::RefusalMetrics,
 }
 
 impl Telemetry {
@@ -84,6 +86,11 @@ impl Telemetry {
             routing: crate::route::metrics::RouteMetrics::register(registry),
             resilience: {
                 let metrics = marrow_mesh::resilience::ResilienceMetrics::default();
+                metrics.register(registry);
+                metrics
+            },
+            refused: {
+                let metrics = marrow_mesh::traffic::RefusalMetrics::default();
                 metrics.register(registry);
                 metrics
             },

@@ -22,6 +22,7 @@ mod gateway_api;
 mod istio;
 mod matching;
 mod model;
+mod report;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +37,7 @@ pub use model::{
     RetryOn, RetryPolicy, Rewrite, RouteKind, RouteRef, ServiceName, Subset, TcpRule,
     TrafficPolicy, ValueMatch,
 };
+pub use report::{REFUSABLE_KINDS, RefusalMetrics, RefusedLabels};
 
 /// Which HTTP rule a request takes.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -54,12 +54,15 @@ pub async fn start(
     let gauge = metrics.config_generation.clone();
     gauge.set(i64::try_from(*generations.borrow()).unwrap_or(i64::MAX));
     metrics.record_unsupported(state.snapshot().policies());
+    metrics.config_refused.record(state.snapshot().traffic());
     let (watched, reporting) = (state.clone(), metrics.clone());
     tokio::spawn(async move {
         while generations.changed().await.is_ok() {
             let generation = *generations.borrow();
             gauge.set(i64::try_from(generation).unwrap_or(i64::MAX));
-            reporting.record_unsupported(watched.snapshot().policies());
+            let snap = watched.snapshot();
+            reporting.record_unsupported(snap.policies());
+            reporting.config_refused.record(snap.traffic());
         }
     });
     tracing::info!(ca = %ca_name, trust_domain = %trust_domain, key_exchange = %config.tls_key_exchange, "hbone on");
