@@ -201,7 +201,7 @@ impl TrafficSet {
         for (service, mut matches) in routes {
             // Stable: equal precedence keeps age order, then rule and match order.
             matches.sort_by(|a, b| a.1.cmp(&b.1));
-            matches.sort_by(|a, b| b.0.cmp(&a.0));
+            matches.sort_by_key(|m| std::cmp::Reverse(m.0));
             let Some(oldest) = matches.iter().map(|m| m.1.clone()).min() else {
                 continue;
             };

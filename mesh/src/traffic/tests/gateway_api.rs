@@ -118,12 +118,15 @@ fn each_match_kind_matches_and_does_not() {
     );
 }
 
+/// A route in a precedence case: name, age, rules.
+type Route = (&'static str, u64, Value);
+
 #[test]
 fn precedence_follows_the_spec_tie_by_tie() {
     let rule = |m: Value| json!({"matches": [m], "backendRefs": backend("reviews")});
     let name = |kind: &str, route: &str, n: usize| format!("{kind} shop/{route} rule {n}");
     // Each case: routes (name, created, rules), a request, the route and rule that win.
-    let cases: Vec<(&str, Vec<(&str, u64, Value)>, Req, String)> = vec![
+    let cases: Vec<(&str, Vec<Route>, Req, String)> = vec![
         (
             "exact beats prefix",
             vec![
