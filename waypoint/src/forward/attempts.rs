@@ -247,7 +247,7 @@ impl Downstream {
                     snap,
                     &self.ctx.upstreams.subsets,
                     &rule.route,
-                    &forward.backends,
+                    forward,
                     port,
                 ) {
                     Ok((backend, target)) => Ok(Plan {

@@ -22,7 +22,7 @@ use marrow_mesh::state::Snapshot;
 use marrow_mesh::state::services::ServiceTarget;
 use marrow_mesh::telemetry::ResponseFlag;
 use marrow_mesh::traffic::{
-    Backend, HttpRule, HttpSelection, RouteRef, RouteRequest, ServiceName, TrafficPolicy,
+    Backend, Forward, HttpRule, HttpSelection, RouteRef, RouteRequest, ServiceName, TrafficPolicy,
     pick_weighted,
 };
 
@@ -42,7 +42,8 @@ pub const MIRRORS_IN_FLIGHT: usize = 64;
 /// Why a routed request cannot be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    /// The rule's backends are none, or all weigh 0 (Gateway API: 500).
+    /// The rule's backends are none, all weigh 0, or the one drawn cannot be resolved
+    /// (Gateway API: 500).
     #[error("{route}: no backend with a weight")]
     NoBackend {
         /// The rule.
@@ -64,8 +65,6 @@ impl RouteError {
     /// The status and flag of the answer: 500 for a rule without backends (the Gateway API's
     /// answer to a rule whose backends are all invalid or weightless), 503 `UH` for a backend
     /// that does not exist (Envoy's answer to a cluster without hosts).
-    // TODO(parse): a backendRef the parser marks invalid (Gateway API `ResolvedRefs=False`)
-    // answers 500 too; it arrives as a rule without that backend, so `NoBackend` covers it.
     pub fn answer(&self) -> (http::StatusCode, Option<ResponseFlag>, &'static str) {
         match self {
             RouteError::NoBackend { .. } => (
@@ -183,18 +182,26 @@ impl Target {
     }
 }
 
-/// Picks a backend of `rule`'s (a random draw over the weights) and resolves it.
+/// Picks a backend of the rule's `forward` (a random draw over the weights) and resolves it.
+/// A backendRef the parser could not resolve keeps its weight and answers 500 for its share
+/// (Gateway API: `ResolvedRefs=False`; `Forward::invalid_backends`).
 pub fn pick_backend<'a>(
     snap: &Snapshot,
     subsets: &SubsetCache,
     route: &RouteRef,
-    backends: &'a [Backend],
+    forward: &'a Forward,
     request_port: u16,
 ) -> Result<(&'a Backend, Target), RouteError> {
-    let backend =
-        pick_weighted(backends, fastrand::u64(..)).ok_or_else(|| RouteError::NoBackend {
+    let backend = pick_weighted(&forward.backends, fastrand::u64(..)).ok_or_else(|| {
+        RouteError::NoBackend {
             route: route.clone(),
-        })?;
+        }
+    })?;
+    if forward.is_invalid(backend) {
+        return Err(RouteError::NoBackend {
+            route: route.clone(),
+        });
+    }
     Ok((
         backend,
         resolve(snap, subsets, route, backend, request_port)?,

@@ -392,7 +392,16 @@ async fn backends_that_do_not_resolve_answer_503_uh_or_500() {
         ),
         rule(3, exact("/weightless"), forward(to(vec![backend(None, 0)]))),
         rule(4, exact("/solo"), forward(to(vec![other("solo")]))),
-        rule(5, vec![], forward(to(vec![backend(None, 1)]))),
+        // A backendRef the parser could not resolve keeps its weight: its share is 500.
+        rule(
+            5,
+            exact("/unresolved"),
+            forward(Forward {
+                invalid_backends: vec![0],
+                ..to(vec![other("elsewhere")])
+            }),
+        ),
+        rule(6, vec![], forward(to(vec![backend(None, 1)]))),
     ]));
     let (_client, mut http) = mesh.http1(SocketAddr::new(vip(net), 80)).await;
     for unavailable in ["/ghost", "/empty", "/no-subset"] {
@@ -403,8 +412,10 @@ async fn backends_that_do_not_resolve_answer_503_uh_or_500() {
             "{unavailable}"
         );
     }
-    let (status, _, _) = send(&mut http, get("/weightless")).await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    for failing in ["/weightless", "/unresolved"] {
+        let (status, _, _) = send(&mut http, get(failing)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{failing}");
+    }
     // Another Service as the backend: its endpoints, and the metrics name it.
     let (status, headers, _) = send(&mut http, get("/solo")).await;
     assert_eq!((status, served_by(&headers)), (StatusCode::OK, app(net, 1)));

@@ -23,7 +23,14 @@ pub(super) fn action(
     services: &HashSet<ServiceName>,
     kind: Kind,
 ) -> Parsed<(HttpAction, bool)> {
-    let mut forward = Forward::default();
+    // The standard has no retries; istiod converts a route to a VirtualService route without
+    // any, which `retry.ConvertPolicy(nil)` turns into Istio's default policy
+    // (pilot/pkg/networking/core/route/retry/retry.go), so a Gateway API route retries as a
+    // VirtualService route without `retries` does.
+    let mut forward = Forward {
+        retries: Some(super::super::default_retries()),
+        ..Forward::default()
+    };
     let mut redirect: Option<Redirect> = None;
     let mut rewrite: Option<Rewrite> = None;
     let mut needs_prefix = false;

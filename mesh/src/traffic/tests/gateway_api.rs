@@ -389,7 +389,11 @@ fn backends_weights_and_unresolvable_refs() {
         !f.is_invalid(&copy),
         "by identity, as pick_weighted returns them"
     );
-    assert_eq!(f.retries, None, "the standard has no retries");
+    assert_eq!(
+        f.retries,
+        Some(crate::traffic::default_retries()),
+        "the standard has none: Istio's default, as for a VirtualService route without retries"
+    );
     let set = build(vec![http_route(
         "r",
         0,
