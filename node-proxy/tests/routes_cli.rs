@@ -1,5 +1,9 @@
 //! `node-proxy routes` as a person or a script runs it: a state file with Istio's and the
 //! Gateway API's route objects in, the rule that applies out.
+#![expect(
+    clippy::expect_used,
+    reason = "test helper: a failed set-up step must fail the test loudly"
+)]
 
 use std::process::Command;
 
