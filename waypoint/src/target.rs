@@ -11,7 +11,7 @@ use marrow_mesh::state::services::ServiceTarget;
 use marrow_mesh::state::waypoints::{Unbound, Waypoint};
 use marrow_mesh::state::{Snapshot, Workload};
 
-use crate::context::Gateway;
+use crate::gateway::Gateway;
 
 /// Where a tunnel's traffic goes, before an endpoint is chosen.
 #[derive(Clone, Debug)]

@@ -15,6 +15,7 @@
 //! (`marrow_tracing_provider_rejected_total{reason}`), and is looked at again on the next state
 //! change.
 
+pub mod routing;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -53,7 +54,7 @@ pub struct Telemetry {
     cluster_id: String,
     cluster: LabelValue,
     /// Retries, tries and mirrors of routed requests.
-    pub routing: crate::route::metrics::RouteMetrics,
+    pub routing: routing::RouteMetrics,
     /// Outlier ejections (`marrow_outlier_ejections_total`, `marrow_endpoint_ejected`).
     pub resilience: marrow_mesh::resilience::ResilienceMetrics,
     /// `marrow_config_refused`: route objects and DestinationRules refused, by kind.
@@ -83,7 +84,7 @@ impl Telemetry {
             rejected,
             cluster_id: cluster_id.to_owned(),
             cluster: LabelValue::new(cluster_id),
-            routing: crate::route::metrics::RouteMetrics::register(registry),
+            routing: routing::RouteMetrics::register(registry),
             resilience: {
                 let metrics = marrow_mesh::resilience::ResilienceMetrics::default();
                 metrics.register(registry);

@@ -4,6 +4,9 @@
 //! CONNECT carries the *original* client in `forwarded` and `baggage`, as ztunnel's does, so
 //! the destination's telemetry names the real source.
 
+mod endpoints;
+
+pub use endpoints::{ChoiceRequest, DestinationKey};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -118,7 +121,7 @@ pub struct Upstreams {
     /// Least-request counts over every endpoint.
     pub balancer: Arc<LeastRequest>,
     /// Each DestinationRule'd destination's load balancer, limits and outlier detection.
-    pub resilience: Destinations<crate::route::endpoints::DestinationKey>,
+    pub resilience: Destinations<DestinationKey>,
     /// Mirrored requests in flight (at most [`crate::route::MIRRORS_IN_FLIGHT`]).
     pub mirrors: Arc<tokio::sync::Semaphore>,
     /// DestinationRule subsets' endpoints, per snapshot.

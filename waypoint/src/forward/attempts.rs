@@ -22,10 +22,10 @@ use super::Downstream;
 use super::replay::Replay;
 use crate::balance::ActiveRequest;
 use crate::body::{Body, full};
-use crate::route::endpoints::ChoiceRequest;
 use crate::route::retry::{self, Attempt, Backoff};
 use crate::route::rewrite::{self, MatchedPrefix, Redirected};
 use crate::route::{self, Decision, Target, fault};
+use crate::upstream::ChoiceRequest;
 
 /// How long a mirrored request may take before it is given up (its permit freed).
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,16 +1,14 @@
 //! The waypoint applies the snapshot's routes ([`marrow_mesh::traffic::TrafficSet`]) to each
 //! authorized request, as Envoy's router does for Istio's VirtualServices and the Gateway
 //! API's HTTPRoutes/GRPCRoutes: which rule takes the request ([`decide`]), which backend and
-//! which of its endpoints ([`resolve`], [`crate::upstream::Upstreams::choose`]), what is
+//! which of its endpoints ([`resolve`], `Upstreams::choose` in `crate::upstream`), what is
 //! rewritten ([`rewrite`]), what is retried and when ([`retry`]), what faults are injected
 //! ([`fault`]); the attempt loop and mirrors run in `forward::attempts`.
 //!
 //! A Service no route applies to is forwarded to as addressed; a workload addressed directly
 //! is never routed (Istio routes by host, and a pod IP is no host).
 
-pub mod endpoints;
 pub mod fault;
-pub mod metrics;
 pub mod retry;
 pub mod rewrite;
 pub mod subsets;

@@ -14,9 +14,9 @@ use marrow_mesh::resilience::{Destination, Outcome};
 use marrow_mesh::traffic::{HashKey, LoadBalancer, ServiceName};
 use tokio::time::Instant;
 
-use super::Target;
-use super::retry::Attempt;
-use crate::upstream::Upstreams;
+use super::Upstreams;
+use crate::route::Target;
+use crate::route::retry::Attempt;
 
 /// What a destination's per-endpoint state is kept by: the Service, the service port and the
 /// subset (a subset is its own Envoy cluster, with its own breakers and detector).
