@@ -14,7 +14,8 @@ use crate::Params;
 use crate::figure::Figure;
 use crate::procfs;
 use crate::report::Samples;
-use crate::setup::{Bed, L7Pair};
+use crate::setup::{Bed, L7Pair, RetryCount};
+use crate::topology::SetUp;
 
 /// Keep-alive connections of the saturation runs.
 pub const L7_CONNECTIONS: [u64; 2] = [1, 16];
@@ -58,6 +59,7 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
         samples.add_errors(setup, run.errors + run.non_2xx, run.first_error);
     }
     std::thread::sleep(SETTLE);
+    let before = pair.waypoint_retries()?;
     let meter = CpuMeter::start(plane.clone())?;
     let began = Instant::now();
     let run = http_load(
@@ -71,6 +73,9 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
     let wall = began.elapsed().as_secs_f64();
     let cpu = meter.stop(bed)?;
     check(bed, &mut pair, &run)?;
+    if let (Some(before), Some(after)) = (before, pair.waypoint_retries()?) {
+        record_retries(setup, before, after, samples)?;
+    }
     let millicores = |cpu_seconds: f64| cpu_seconds / wall * 1000.0;
     println!(
         "    {:<8} http at {L7_RATE}/s: p50 {} us  p90 {}  p99 {}  max {}{}",
@@ -142,6 +147,34 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
             setup.name()
         );
     }
+    Ok(())
+}
+
+/// Records the waypoint's retries per client request between `before` and `after` (the
+/// fixed-rate run); fails when the retry set-up made none (it would measure nothing).
+fn record_retries(
+    setup: SetUp,
+    before: RetryCount,
+    after: RetryCount,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
+    let requests = after.requests.saturating_sub(before.requests);
+    let retries = after.retries.saturating_sub(before.retries);
+    if requests == 0 {
+        bail!("{}: the waypoint counted no request", setup.name());
+    }
+    if setup == SetUp::WaypointRetry && retries == 0 {
+        bail!(
+            "{}: the waypoint made no retry over {requests} requests",
+            setup.name()
+        );
+    }
+    let per_request = retries as f64 / requests as f64;
+    println!(
+        "    {:<8} the waypoint made {retries} retries for {requests} requests ({per_request:.2} each)",
+        setup.name()
+    );
+    samples.record(Figure::L7RetriesPerRequest, setup, per_request);
     Ok(())
 }
 
