@@ -58,7 +58,7 @@ pub enum Figure {
     L7RssLoad,
     /// L7: the L7 hop's own peak RSS (the waypoint, or the L7 Envoy).
     L7HopRss,
-    /// L7: retries the waypoint made per client request over the fixed-rate run.
+    /// L7: retries the waypoint made per client request over the 1-connection saturation run.
     L7RetriesPerRequest,
 }
 
@@ -247,7 +247,7 @@ impl Figure {
             ),
             Figure::L7RetriesPerRequest => (
                 "l7_retries_per_request",
-                "waypoint retries per request at 1,000 req/s (marrow_retries_total)",
+                "waypoint retries per request, 1 connection at saturation (marrow_retries_total)",
                 2,
                 Nothing,
             ),

@@ -108,10 +108,13 @@ impl Topology {
                  retry; a VirtualService with `retries: {attempts: 0}` does not.",
                 "waypoint-retry: the server answers 503 to every other request it serves \
                  (counted across connections) and the route retries 5xx twice. Each retry \
-                 first waits Envoy's default back-off (25 ms base, fully jittered: 0-24 ms for \
-                 the first retry; the VirtualService API has no back-off field), which is most \
-                 of what a retry costs. With 16 connections the tries of one request land on \
-                 either parity, so some requests fail three times: they count as failures.",
+                 first waits Envoy's default back-off (25 ms base, fully jittered: 0-24 ms \
+                 before the first retry; marrow takes no back-off from a VirtualService), \
+                 which is most of what a retry costs, so a retry is read over one connection, \
+                 where requests are serial. Over 16 connections the bed answers fewer than \
+                 1,000 requests/s, so its latency at that rate is a queue's; and the tries of \
+                 one request land on either parity, so some fail three times: the client sees \
+                 those 503s, counted as failures.",
             ],
         }
     }

@@ -44,8 +44,16 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
         .zip([Figure::L7Rps1, Figure::L7Rps16])
     {
         std::thread::sleep(SETTLE);
+        let before = pair.waypoint_retries()?;
         let run = http_load(&pair, params.l7_seconds, connections, None)?;
         check(bed, &mut pair, &run)?;
+        // Over one connection the requests are serial: the retries per request, and so
+        // the time a retry adds, are read without other requests' tries in between.
+        if connections == 1
+            && let (Some(before), Some(after)) = (before, pair.waypoint_retries()?)
+        {
+            record_retries(setup, before, after, samples)?;
+        }
         println!(
             "    {:<8} http x{connections}: {:>8.0} req/s  p50 {} us  p99 {} us  errors {}  non-2xx {}",
             setup.name(),
@@ -59,7 +67,6 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
         samples.add_errors(setup, run.errors + run.non_2xx, run.first_error);
     }
     std::thread::sleep(SETTLE);
-    let before = pair.waypoint_retries()?;
     let meter = CpuMeter::start(plane.clone())?;
     let began = Instant::now();
     let run = http_load(
@@ -73,9 +80,6 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
     let wall = began.elapsed().as_secs_f64();
     let cpu = meter.stop(bed)?;
     check(bed, &mut pair, &run)?;
-    if let (Some(before), Some(after)) = (before, pair.waypoint_retries()?) {
-        record_retries(setup, before, after, samples)?;
-    }
     let millicores = |cpu_seconds: f64| cpu_seconds / wall * 1000.0;
     println!(
         "    {:<8} http at {L7_RATE}/s: p50 {} us  p90 {}  p99 {}  max {}{}",
@@ -151,7 +155,7 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
 }
 
 /// Records the waypoint's retries per client request between `before` and `after` (the
-/// fixed-rate run); fails when the retry set-up made none (it would measure nothing).
+/// 1-connection saturation run); fails when the retry set-up made none (it would measure nothing).
 fn record_retries(
     setup: SetUp,
     before: RetryCount,

@@ -365,7 +365,8 @@ impl Bed {
 /// Waits until the waypoint's `/routes` for the bench's request (`POST /` to the Service) shows
 /// the VirtualService rule of `routes`: it has read the state file (on its own poll).
 fn wait_routes(process: &mut PodProcess, pod: &Pod, routes: &Routes) -> anyhow::Result<()> {
-    let admin = SocketAddr::new(IpAddr::V4(pod.ipv4()), waypoint::ADMIN_PORT);
+    // The admin API listens on the pod's localhost only.
+    let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), waypoint::ADMIN_PORT);
     let path = format!("/routes?to={SERVICE}.{NAMESPACE}%3A{SERVICE_PORT}&method=POST&path=%2F");
     let deadline = Instant::now() + WAYPOINT_READY;
     loop {
@@ -373,16 +374,17 @@ fn wait_routes(process: &mut PodProcess, pod: &Pod, routes: &Routes) -> anyhow::
             bail!("the waypoint exited ({status}):\n{}", process.log());
         }
         let answer = marrow_tests::http::get_in(pod.netns(), admin, &path, Duration::from_secs(2))
-            .ok()
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-            .unwrap_or_default();
-        if routes::applied(&answer, routes) {
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                serde_json::from_str::<serde_json::Value>(&r.body).map_err(|e| e.to_string())
+            });
+        if answer.as_ref().is_ok_and(|a| routes::applied(a, routes)) {
             return Ok(());
         }
         if Instant::now() >= deadline {
             bail!(
                 "the waypoint's {path} did not show VirtualService rule {} within \
-                 {WAYPOINT_READY:?}: {answer}",
+                 {WAYPOINT_READY:?}: {answer:?}",
                 routes.rule
             );
         }
