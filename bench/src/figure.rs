@@ -58,6 +58,8 @@ pub enum Figure {
     L7RssLoad,
     /// L7: the L7 hop's own peak RSS (the waypoint, or the L7 Envoy).
     L7HopRss,
+    /// L7: retries the waypoint made per client request over the 1-connection saturation run.
+    L7RetriesPerRequest,
 }
 
 /// How a figure is compared with the baseline.
@@ -73,7 +75,7 @@ pub enum Compare {
 
 impl Figure {
     /// Every figure, in table order.
-    pub const ALL: [Figure; 26] = [
+    pub const ALL: [Figure; 27] = [
         Figure::ConnRate1,
         Figure::ConnP50Thread1,
         Figure::ConnP99Thread1,
@@ -100,6 +102,7 @@ impl Figure {
         Figure::L7RssIdle,
         Figure::L7RssLoad,
         Figure::L7HopRss,
+        Figure::L7RetriesPerRequest,
     ];
 
     /// JSON key, label, decimals, comparison.
@@ -240,6 +243,12 @@ impl Figure {
                 "l7_hop_peak_rss_mib",
                 "  the L7 hop alone, peak RSS MiB",
                 1,
+                Nothing,
+            ),
+            Figure::L7RetriesPerRequest => (
+                "l7_retries_per_request",
+                "waypoint retries per request, 1 connection at saturation (marrow_retries_total)",
+                2,
                 Nothing,
             ),
         }

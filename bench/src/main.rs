@@ -19,6 +19,10 @@
 //!   (baselines are added). An HBONE bed fails unless its proxies counted mutual-TLS
 //!   connections on both sides and nothing else, and a sidecar bed unless both Envoys of
 //!   every pair counted TLS handshakes, so a plaintext path cannot pass as either.
+//! - L7 (HTTP/1.1 through an L7 hop, `sample/l7.rs`): l7-direct, waypoint, envoy-l7, and the
+//!   waypoint with VirtualServices (one rule, 1,000 rules, retries over a server failing every
+//!   other answer), read against the plain waypoint in a table of their own; those three run
+//!   in a full run or when named, not in `--quick`.
 //! - Connection rate: `testpod connect-rate` (closed loops of connect → greeting → close) with 1
 //!   and 8 client threads (through HBONE each is a new HTTP/2 stream on a pooled mTLS
 //!   connection, not a new handshake), each run from fresh pods so no TIME_WAIT is inherited; every bench
@@ -94,7 +98,9 @@ pub struct Options {
     /// BENCHMARKS.md unless --write-benchmarks.
     #[arg(long)]
     pub quick: bool,
-    /// The set-ups to run, comma-separated (each one's baseline is added). Default: all.
+    /// The set-ups to run, comma-separated (each one's baseline is added). Default: all; with
+    /// --quick, all but the waypoint's traffic-management variants (waypoint-1-route,
+    /// waypoint-1000-routes, waypoint-retry).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "NAMES")]
     pub setups: Vec<SetUp>,
     /// Only the TLS handshake figures of the TLS stack alone (in this process: run the release
@@ -251,7 +257,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         bail!("cargo xtask bench cannot run here: {reason}");
     }
     let root = workspace_root()?;
-    let setups = selected(&options.setups);
+    let setups = selected(&options.setups, params.quick);
     let envoy = if setups.iter().any(|s| s.sidecars()) {
         let envoy = envoy::envoy_binary(&root)
             .context("the sidecars set-up needs Envoy: run `cargo xtask setup`")?;
@@ -373,12 +379,15 @@ fn write_outputs(root: &Path, report: &Report) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The set-ups named with `--setups` and their baselines (all when none is named), in
-/// [`SetUp::ALL`] order.
-fn selected(named: &[SetUp]) -> Vec<SetUp> {
+/// The set-ups named with `--setups` and their baselines (when none is named, all of them, or
+/// with `quick` those that run in `--quick`), in [`SetUp::ALL`] order.
+fn selected(named: &[SetUp], quick: bool) -> Vec<SetUp> {
     SetUp::ALL
         .into_iter()
-        .filter(|s| named.is_empty() || named.iter().any(|n| n == s || n.baseline() == *s))
+        .filter(|s| match named {
+            [] => !quick || s.in_quick(),
+            _ => named.iter().any(|n| n == s || n.baseline() == *s),
+        })
         .collect()
 }
 
@@ -541,36 +550,4 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rounds_mirror_the_order() {
-        use SetUp::{Direct, DirectX, EnvoyL7, Hbone, L7Direct, Marrow, Sidecars, Waypoint};
-        let all = selected(&[]);
-        assert_eq!(
-            schedule(1, &all),
-            [
-                Direct, Marrow, DirectX, Hbone, Sidecars, L7Direct, Waypoint, EnvoyL7, EnvoyL7,
-                Waypoint, L7Direct, Sidecars, Hbone, DirectX, Marrow, Direct
-            ]
-        );
-        assert_eq!(schedule(2, &all).len(), 32);
-        let same = [Direct, Marrow];
-        assert_eq!(&schedule(3, &same)[4..8], [Direct, Marrow, Marrow, Direct]);
-    }
-
-    #[test]
-    fn named_set_ups_bring_their_baselines() {
-        use SetUp::{Direct, DirectX, Hbone, Marrow};
-        assert_eq!(selected(&[]), SetUp::ALL);
-        assert_eq!(selected(&[Hbone]), [DirectX, Hbone]);
-        assert_eq!(selected(&[Hbone, Direct]), [Direct, DirectX, Hbone]);
-        assert_eq!(selected(&[Marrow, Marrow]), [Direct, Marrow]);
-        assert_eq!(selected(&[SetUp::Sidecars]), [DirectX, SetUp::Sidecars]);
-        assert_eq!(
-            selected(&[SetUp::Waypoint]),
-            [SetUp::L7Direct, SetUp::Waypoint]
-        );
-    }
-}
+mod tests;

@@ -158,6 +158,9 @@ fn style(setup: SetUp) -> (&'static str, bool) {
         SetUp::L7Direct => ("#9467bd", false),
         SetUp::Waypoint => ("#17becf", false),
         SetUp::EnvoyL7 => ("#ff7f0e", false),
+        SetUp::WaypointRoute => ("#2a9d8f", false),
+        SetUp::WaypointRoutes => ("#264653", false),
+        SetUp::WaypointRetry => ("#8c564b", false),
     }
 }
 
@@ -203,6 +206,14 @@ impl Report {
         for (topology, setups) in self.topologies() {
             let _ = writeln!(out, "### {}\n", topology.title());
             out.push_str(&self.topology_table(topology, &setups));
+            if let Some(traffic) = traffic::table(&self.samples, &setups) {
+                let _ = writeln!(
+                    out,
+                    "\nTraffic management at the waypoint, against the plain waypoint (medians; \
+                     negative is less):\n"
+                );
+                out.push_str(&traffic);
+            }
             for note in topology.notes() {
                 let _ = writeln!(out, "\n{note}");
             }
@@ -457,6 +468,7 @@ impl Report {
             "memory": self.memory.as_ref().map(MemoryFigures::json),
             "latency_distributions": latency,
             "tls_handshakes": self.handshakes.as_ref().map(HandshakeFigures::json),
+            "traffic_vs_waypoint": traffic::json(&self.samples, &ran),
         })
     }
 }
@@ -533,6 +545,8 @@ fn render(rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+mod traffic;
 
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,8 @@ use super::sidecar::{Bootstrap, Route, Sidecar, TlsCounts};
 pub use super::topology::{SetUp, Topology};
 
 mod l7;
-pub use l7::L7Pair;
+mod routes;
+pub use l7::{L7Pair, RetryCount};
 
 /// Port of the server pod's echo server (`testpod serve`): connection rate, ping-pong, hold.
 pub const ECHO_PORT: u16 = 8080;
@@ -232,7 +233,11 @@ impl Bed {
                     .context("starting the node proxy")?;
                 proxies.push(proxy);
             }
-            SetUp::Hbone | SetUp::Waypoint => {
+            SetUp::Hbone
+            | SetUp::Waypoint
+            | SetUp::WaypointRoute
+            | SetUp::WaypointRoutes
+            | SetUp::WaypointRetry => {
                 let ca = MeshCa::create(name);
                 let state = ClusterState::new().ambient_namespace(NAMESPACE);
                 let mut files = Vec::new();

@@ -24,7 +24,14 @@ impl Topology {
         match self {
             Topology::SameNode => &[SetUp::Direct, SetUp::Marrow],
             Topology::CrossNode => &[SetUp::DirectX, SetUp::Hbone, SetUp::Sidecars],
-            Topology::L7 => &[SetUp::L7Direct, SetUp::Waypoint, SetUp::EnvoyL7],
+            Topology::L7 => &[
+                SetUp::L7Direct,
+                SetUp::Waypoint,
+                SetUp::WaypointRoute,
+                SetUp::WaypointRoutes,
+                SetUp::WaypointRetry,
+                SetUp::EnvoyL7,
+            ],
         }
     }
 
@@ -94,6 +101,20 @@ impl Topology {
                 "Data-plane CPU and RSS: the three proxies of the path summed; the L7 hop's \
                  RSS alone on its own row.",
                 "waypoint/envoy-l7 is marrow's figure divided by Envoy's.",
+                "waypoint-1-route, waypoint-1000-routes and waypoint-retry are the waypoint bed \
+                 with VirtualServices for the Service: the table below them reads each against \
+                 waypoint (no route object). waypoint itself applies Istio's default retry \
+                 policy (as istiod's default route) and so keeps each request body for a \
+                 retry; a VirtualService with `retries: {attempts: 0}` does not.",
+                "waypoint-retry: the server answers 503 to every other request it serves \
+                 (counted across connections) and the route retries 5xx twice. Each retry \
+                 first waits Envoy's default back-off (25 ms base, fully jittered: 0-24 ms \
+                 before the first retry; marrow takes no back-off from a VirtualService), \
+                 which is most of what a retry costs, so a retry is read over one connection, \
+                 where requests are serial. Over 16 connections the bed answers fewer than \
+                 1,000 requests/s, so its latency at that rate is a queue's; and the tries of \
+                 one request land on either parity, so some fail three times: the client sees \
+                 those 503s, counted as failures.",
             ],
         }
     }
@@ -128,11 +149,23 @@ pub enum SetUp {
     /// [`SetUp::Sidecars`]) and an Envoy in a pod on node 2 as the L7 hop between them.
     #[value(name = "envoy-l7")]
     EnvoyL7,
+    /// As [`SetUp::Waypoint`] with one VirtualService for the Service: one `http` rule
+    /// (`uri prefix /`, no retries), so the waypoint matches and routes every request.
+    #[value(name = "waypoint-1-route")]
+    WaypointRoute,
+    /// As [`SetUp::WaypointRoute`] with 1,000 rules in the VirtualService, the first 999 on
+    /// paths the bench never asks for: every request scans them all.
+    #[value(name = "waypoint-1000-routes")]
+    WaypointRoutes,
+    /// As [`SetUp::WaypointRoute`] with `retries: {attempts: 2, retryOn: 5xx}` and a server
+    /// that answers 503 to every other request: the cost of a retry.
+    #[value(name = "waypoint-retry")]
+    WaypointRetry,
 }
 
 impl SetUp {
     /// Every set-up, each topology's baseline first.
-    pub const ALL: [SetUp; 8] = [
+    pub const ALL: [SetUp; 11] = [
         SetUp::Direct,
         SetUp::Marrow,
         SetUp::DirectX,
@@ -140,6 +173,9 @@ impl SetUp {
         SetUp::Sidecars,
         SetUp::L7Direct,
         SetUp::Waypoint,
+        SetUp::WaypointRoute,
+        SetUp::WaypointRoutes,
+        SetUp::WaypointRetry,
         SetUp::EnvoyL7,
     ];
 
@@ -154,6 +190,9 @@ impl SetUp {
             SetUp::L7Direct => "l7-direct",
             SetUp::Waypoint => "waypoint",
             SetUp::EnvoyL7 => "envoy-l7",
+            SetUp::WaypointRoute => "waypoint-1-route",
+            SetUp::WaypointRoutes => "waypoint-1000-routes",
+            SetUp::WaypointRetry => "waypoint-retry",
         }
     }
 
@@ -196,6 +235,18 @@ impl SetUp {
                  manager + router, --concurrency 2): client → its sidecar → mTLS → the L7 \
                  Envoy → mTLS → the server's sidecar → the server"
             }
+            SetUp::WaypointRoute => {
+                "as waypoint with a VirtualService for the Service: one http rule (uri prefix \
+                 /, route to the Service, retries attempts 0): routing alone"
+            }
+            SetUp::WaypointRoutes => {
+                "as waypoint-1-route with 1,000 http rules, the first 999 matching uri exact \
+                 /r<i> (never the bench's path), the last prefix /: every request scans them all"
+            }
+            SetUp::WaypointRetry => {
+                "as waypoint-1-route with retries attempts 2, retryOn 5xx, and the server \
+                 answering 503 to every other request it serves (testpod --fail-percent 50)"
+            }
         }
     }
 
@@ -204,7 +255,12 @@ impl SetUp {
         match self {
             SetUp::Direct | SetUp::Marrow => Topology::SameNode,
             SetUp::DirectX | SetUp::Hbone | SetUp::Sidecars => Topology::CrossNode,
-            SetUp::L7Direct | SetUp::Waypoint | SetUp::EnvoyL7 => Topology::L7,
+            SetUp::L7Direct
+            | SetUp::Waypoint
+            | SetUp::WaypointRoute
+            | SetUp::WaypointRoutes
+            | SetUp::WaypointRetry
+            | SetUp::EnvoyL7 => Topology::L7,
         }
     }
 
@@ -215,7 +271,7 @@ impl SetUp {
 
     /// Whether its pods are enrolled with a node proxy.
     pub fn enrolled(self) -> bool {
-        matches!(self, SetUp::Marrow | SetUp::Hbone | SetUp::Waypoint)
+        self == SetUp::Marrow || self.hbone()
     }
 
     /// Whether its pods carry Envoy sidecars.
@@ -225,7 +281,24 @@ impl SetUp {
 
     /// Whether the node proxies run with a mesh CA and cluster state (HBONE between nodes).
     pub fn hbone(self) -> bool {
-        matches!(self, SetUp::Hbone | SetUp::Waypoint)
+        self == SetUp::Hbone || self.waypoint()
+    }
+
+    /// Whether its L7 hop is marrow's waypoint.
+    pub fn waypoint(self) -> bool {
+        matches!(
+            self,
+            SetUp::Waypoint | SetUp::WaypointRoute | SetUp::WaypointRoutes | SetUp::WaypointRetry
+        )
+    }
+
+    /// Whether a run that names no set-up runs it with `--quick` (CI's run must not grow:
+    /// the traffic-management variants of the waypoint run in a full run or when named).
+    pub fn in_quick(self) -> bool {
+        !matches!(
+            self,
+            SetUp::WaypointRoute | SetUp::WaypointRoutes | SetUp::WaypointRetry
+        )
     }
 
     /// Whether it has a data plane (a node proxy or sidecars).

@@ -214,3 +214,146 @@ fn the_l7_table_compares_the_waypoint_with_direct_and_with_envoy() {
         json!(2.0)
     );
 }
+
+#[test]
+fn the_traffic_set_ups_sit_next_to_the_waypoint_and_read_against_it() {
+    let mut samples = Samples::default();
+    for (setup, p50, cpu) in [
+        (SetUp::L7Direct, 100.0, None),
+        (SetUp::Waypoint, 400.0, Some(300.0)),
+        (SetUp::WaypointRoute, 390.0, Some(290.0)),
+        (SetUp::WaypointRoutes, 450.0, Some(400.0)),
+        (SetUp::WaypointRetry, 10_390.0, Some(490.0)),
+    ] {
+        samples.record(Figure::L7P50, setup, p50);
+        samples.record_opt(Figure::L7PlaneCpu, setup, cpu);
+    }
+    // 1 s / requests/s over one connection: 400, 390, 450 and 10,390 µs per request.
+    for (setup, rps) in [
+        (SetUp::WaypointRoute, 1e6 / 390.0),
+        (SetUp::WaypointRetry, 1e6 / 10_390.0),
+        (SetUp::WaypointRoutes, 1e6 / 450.0),
+        (SetUp::Waypoint, 2_500.0),
+    ] {
+        samples.record(Figure::L7Rps1, setup, rps);
+    }
+    samples.record(Figure::L7RetriesPerRequest, SetUp::WaypointRoute, 0.0);
+    samples.record(Figure::L7RetriesPerRequest, SetUp::WaypointRetry, 0.5);
+    let report = Report {
+        load_average: [0.0; 3],
+        cpus: 2,
+        parameters: json!({}),
+        order: vec![
+            SetUp::L7Direct,
+            SetUp::Waypoint,
+            SetUp::WaypointRoute,
+            SetUp::WaypointRoutes,
+            SetUp::WaypointRetry,
+        ],
+        samples,
+        memory: None,
+        handshakes: None,
+    };
+    let table = report.table();
+    let (l7, traffic) = table
+        .split_once("Traffic management at the waypoint")
+        .unwrap();
+    let cells = |text: &str, label: &str| -> Vec<String> {
+        let line = text.lines().find(|l| l.contains(label)).unwrap();
+        line.split('|')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    let header = cells(l7, "| figure");
+    assert_eq!(
+        header[1..6],
+        [
+            "l7-direct",
+            "waypoint",
+            "waypoint-1-route",
+            "waypoint-1000-routes",
+            "waypoint-retry"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        cells(l7, "latency p50")[2..6],
+        ["400", "390", "450", "10390"],
+        "{table}"
+    );
+    assert_eq!(
+        cells(l7, "latency p50")[7],
+        "3.90× (+290.0 µs)",
+        "waypoint-1-route against l7-direct: {table}"
+    );
+    assert!(
+        !l7.contains("waypoint/envoy-l7"),
+        "Envoy did not run: {table}"
+    );
+    // Routing, 1,000 rules and their difference per request; the retry per retry on the
+    // serial row only (half the requests were retried, so 10 ms added per request is 20 ms
+    // per retry).
+    assert_eq!(
+        cells(traffic, "time per request")[1..],
+        ["-10 µs", "+50 µs", "+60 µs", "+20000 µs"],
+        "{table}"
+    );
+    assert_eq!(
+        cells(traffic, "latency p50")[1..],
+        ["-10 µs", "+50 µs", "+60 µs", "—"],
+        "{table}"
+    );
+    assert_eq!(
+        cells(traffic, "data-plane CPU")[1..],
+        ["-10 millicores", "+100 millicores", "+110 millicores", "—"],
+        "{table}"
+    );
+    assert_eq!(
+        cells(traffic, "p90")[1..],
+        ["—", "—", "—", "—"],
+        "no sample, no reading: {table}"
+    );
+    assert_eq!(
+        cells(l7, "retries per request")[1..6],
+        ["—", "—", "0.00", "—", "0.50"],
+        "{table}"
+    );
+    let json = report.json();
+    let p50 = &json["traffic_vs_waypoint"]["l7_p50_us"];
+    assert_eq!(p50["routing_1_rule"], json!(-10.0));
+    assert_eq!(p50["routing_1000_rules"], json!(50.0));
+    assert_eq!(p50["per_retry"], Value::Null);
+    let serial = &json["traffic_vs_waypoint"]["l7_serial_request_us"];
+    assert!(
+        (serial["per_retry"].as_f64().unwrap() - 20_000.0).abs() < 1e-6,
+        "{serial}"
+    );
+    assert_eq!(
+        json["setups"]["waypoint-retry"]["baseline"],
+        json!("l7-direct")
+    );
+}
+
+#[test]
+fn without_a_traffic_set_up_there_is_no_traffic_table() {
+    let mut samples = Samples::default();
+    samples.record(Figure::L7P50, SetUp::L7Direct, 100.0);
+    samples.record(Figure::L7P50, SetUp::Waypoint, 400.0);
+    samples.record(Figure::L7P50, SetUp::WaypointRetry, 900.0);
+    let report = Report {
+        load_average: [0.0; 3],
+        cpus: 2,
+        parameters: json!({}),
+        order: vec![SetUp::L7Direct, SetUp::Waypoint, SetUp::WaypointRetry],
+        samples,
+        memory: None,
+        handshakes: None,
+    };
+    let table = report.table();
+    assert!(
+        !table.contains("Traffic management at the waypoint"),
+        "a retry reads against waypoint-1-route, which did not run: {table}"
+    );
+    assert_eq!(report.json()["traffic_vs_waypoint"], Value::Null);
+}

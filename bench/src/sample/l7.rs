@@ -14,7 +14,8 @@ use crate::Params;
 use crate::figure::Figure;
 use crate::procfs;
 use crate::report::Samples;
-use crate::setup::{Bed, L7Pair};
+use crate::setup::{Bed, L7Pair, RetryCount};
+use crate::topology::SetUp;
 
 /// Keep-alive connections of the saturation runs.
 pub const L7_CONNECTIONS: [u64; 2] = [1, 16];
@@ -43,8 +44,16 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
         .zip([Figure::L7Rps1, Figure::L7Rps16])
     {
         std::thread::sleep(SETTLE);
+        let before = pair.waypoint_retries()?;
         let run = http_load(&pair, params.l7_seconds, connections, None)?;
         check(bed, &mut pair, &run)?;
+        // Over one connection the requests are serial: the retries per request, and so
+        // the time a retry adds, are read without other requests' tries in between.
+        if connections == 1
+            && let (Some(before), Some(after)) = (before, pair.waypoint_retries()?)
+        {
+            record_retries(setup, before, after, samples)?;
+        }
         println!(
             "    {:<8} http x{connections}: {:>8.0} req/s  p50 {} us  p99 {} us  errors {}  non-2xx {}",
             setup.name(),
@@ -142,6 +151,34 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
             setup.name()
         );
     }
+    Ok(())
+}
+
+/// Records the waypoint's retries per client request between `before` and `after` (the
+/// 1-connection saturation run); fails when the retry set-up made none (it would measure nothing).
+fn record_retries(
+    setup: SetUp,
+    before: RetryCount,
+    after: RetryCount,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
+    let requests = after.requests.saturating_sub(before.requests);
+    let retries = after.retries.saturating_sub(before.retries);
+    if requests == 0 {
+        bail!("{}: the waypoint counted no request", setup.name());
+    }
+    if setup == SetUp::WaypointRetry && retries == 0 {
+        bail!(
+            "{}: the waypoint made no retry over {requests} requests",
+            setup.name()
+        );
+    }
+    let per_request = retries as f64 / requests as f64;
+    println!(
+        "    {:<8} the waypoint made {retries} retries for {requests} requests ({per_request:.2} each)",
+        setup.name()
+    );
+    samples.record(Figure::L7RetriesPerRequest, setup, per_request);
     Ok(())
 }
 

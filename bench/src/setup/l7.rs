@@ -12,6 +12,7 @@ use marrow_tests::waypoint::{self, bound_service, gateway_objects};
 use marrow_tests::workload_cert::WorkloadCert;
 use marrow_tests::{Pod, PodProcess, binaries};
 
+use super::routes::{self, Routes};
 use super::{Bed, CLIENT_SA, ECHO_PORT, NAMESPACE, SERVER_SA, SIDECAR_ROUTES, serve};
 use crate::sidecar::l7_hop::L7Hop;
 use crate::sidecar::{Sidecar, TlsCounts};
@@ -19,6 +20,8 @@ use crate::topology::{SetUp, Topology};
 
 /// The Gateway (and service account) of the bench's waypoint, and its pod's name.
 const WAYPOINT: &str = "waypoint";
+/// The Service the client calls (bound to the waypoint).
+const SERVICE: &str = "web";
 /// The service account of the Envoy L7 hop's pod.
 const HOP_SA: &str = "bench-hop";
 /// ClusterIPs of the Service the client calls and of the waypoint's own Service.
@@ -42,6 +45,15 @@ enum Hop {
         hop: Sidecar,
         sidecars: Vec<Sidecar>,
     },
+}
+
+/// What the waypoint counted: client requests and the retries made for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryCount {
+    /// Client requests answered (every code).
+    pub requests: u64,
+    /// Retries (tries after a request's first).
+    pub retries: u64,
 }
 
 /// The three pods of an L7 bed and what runs in them. Field order is drop order.
@@ -108,6 +120,32 @@ impl L7Pair {
         Ok(())
     }
 
+    /// The waypoint's `/metrics` text; `None` when the hop is not a waypoint.
+    fn waypoint_metrics(&self) -> anyhow::Result<Option<String>> {
+        let (Some(pod), Hop::Waypoint(_)) = (&self.hop_pod, &self.hop) else {
+            return Ok(None);
+        };
+        let addr = SocketAddr::new(IpAddr::V4(pod.ipv4()), waypoint::METRICS_PORT);
+        let response =
+            marrow_tests::http::get_in(pod.netns(), addr, "/metrics", Duration::from_secs(5))
+                .context("reading the waypoint's metrics")?;
+        if response.status != 200 {
+            bail!("the waypoint's /metrics answered {}", response.status);
+        }
+        Ok(Some(response.body))
+    }
+
+    /// The waypoint's client requests (`istio_requests_total`, reporter `waypoint`, every
+    /// code) and retries (`marrow_retries_total`) so far; `None` when the hop is not a
+    /// waypoint.
+    pub fn waypoint_retries(&self) -> anyhow::Result<Option<RetryCount>> {
+        use marrow_tests::metrics::count;
+        Ok(self.waypoint_metrics()?.map(|text| RetryCount {
+            requests: count(&text, "istio_requests_total", &[("reporter", "waypoint")]),
+            retries: count(&text, "marrow_retries_total", &[]),
+        }))
+    }
+
     /// Proof that the requests went through the hop: the waypoint's `istio_requests_total`
     /// (reporter `waypoint`, code 200), or the L7 Envoy's completed downstream requests and
     /// the sidecars' TLS handshakes; `None` without a hop.
@@ -117,24 +155,13 @@ impl L7Pair {
         };
         match &self.hop {
             Hop::None => Ok(None),
-            Hop::Waypoint(_) => {
-                let addr = SocketAddr::new(IpAddr::V4(pod.ipv4()), waypoint::METRICS_PORT);
-                let response = marrow_tests::http::get_in(
-                    pod.netns(),
-                    addr,
-                    "/metrics",
-                    Duration::from_secs(5),
-                )
-                .context("reading the waypoint's metrics")?;
-                if response.status != 200 {
-                    bail!("the waypoint's /metrics answered {}", response.status);
-                }
-                Ok(Some(marrow_tests::metrics::count(
-                    &response.body,
+            Hop::Waypoint(_) => Ok(self.waypoint_metrics()?.map(|text| {
+                marrow_tests::metrics::count(
+                    &text,
                     "istio_requests_total",
                     &[("reporter", "waypoint"), ("response_code", "200")],
-                )))
-            }
+                )
+            })),
             Hop::Envoy { hop, sidecars } => {
                 let stats = hop.stats(pod)?;
                 let [client, server] = sidecars.as_slice() else {
@@ -191,12 +218,16 @@ impl Bed {
         let enrolled = self.setup.enrolled();
         let client = self.client_node.add_pod("client", NAMESPACE, enrolled);
         let server = self.server_node.add_pod("server", NAMESPACE, enrolled);
-        let server_app = serve(&server, &["http-serve", "--port", &ECHO_PORT.to_string()])?;
+        let routes = routes::routes(self.setup, NAMESPACE, SERVICE);
+        let port = ECHO_PORT.to_string();
+        let mut args = vec!["http-serve", "--port", &port];
+        args.extend(routes.iter().flat_map(|r| r.server_flags.iter().copied()));
+        let server_app = serve(&server, &args)?;
         let direct = SocketAddr::new(IpAddr::V4(server.ipv4()), ECHO_PORT);
         let (hop, hop_pod, target) = match self.setup {
-            SetUp::Waypoint => {
+            setup if setup.waypoint() => {
                 let pod = self.server_node.add_pod(WAYPOINT, NAMESPACE, false);
-                let process = self.start_waypoint(&client, &server, &pod)?;
+                let process = self.start_waypoint(&client, &server, &pod, routes.as_ref())?;
                 let target = SocketAddr::new(IpAddr::V4(SERVICE_VIP), SERVICE_PORT);
                 (Hop::Waypoint(process), Some(pod), target)
             }
@@ -218,15 +249,17 @@ impl Bed {
         })
     }
 
-    /// Puts the client, the server (behind the Service `web`, bound to the waypoint) and the
-    /// waypoint's pod and Gateway in the proxies' state, then starts the waypoint in `pod` and
-    /// waits until it is ready. Its access log is off, as Istio's default profile has it
-    /// (MeshConfig `accessLogFile: ""`) and as the L7 Envoy has none.
+    /// Puts the client, the server (behind the Service `web`, bound to the waypoint), the
+    /// waypoint's pod and Gateway, and `routes`' VirtualService in the proxies' state, then
+    /// starts the waypoint in `pod` and waits until it is ready and, with `routes`, until its
+    /// `/routes` shows the rule the bench's requests take. Its access log is off, as Istio's
+    /// default profile has it (MeshConfig `accessLogFile: ""`) and as the L7 Envoy has none.
     fn start_waypoint(
         &mut self,
         client: &Pod,
         server: &Pod,
         pod: &Pod,
+        routes: Option<&Routes>,
     ) -> anyhow::Result<PodProcess> {
         let Some(mesh) = self.mesh.as_mut() else {
             bail!("{} has no mesh", self.setup.name());
@@ -241,13 +274,16 @@ impl Bed {
             );
         let gateway = gateway_objects(NAMESPACE, WAYPOINT, WAYPOINT_VIP, &[pod.ipv4().to_string()]);
         let web = bound_service(
-            (NAMESPACE, "web"),
+            (NAMESPACE, SERVICE),
             &SERVICE_VIP.to_string(),
             WAYPOINT,
             &[("http", SERVICE_PORT, ECHO_PORT)],
             &[server.ipv4().to_string()],
         );
         mesh.extra = format!("{gateway}---\n{web}");
+        if let Some(routes) = routes {
+            mesh.extra = format!("{}---\n{}", mesh.extra, routes.yaml);
+        }
         self.apply();
         let Some(mesh) = self.mesh.as_ref() else {
             bail!("{} has no mesh", self.setup.name());
@@ -277,7 +313,7 @@ impl Bed {
                 Duration::from_secs(2),
             );
             if answer.as_ref().is_ok_and(|r| r.status == 200) {
-                return Ok(process);
+                break;
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -287,6 +323,10 @@ impl Bed {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        if let Some(routes) = routes {
+            wait_routes(&mut process, pod, routes)?;
+        }
+        Ok(process)
     }
 
     /// Starts the client's sidecar (its outbound listener to the hop), the server's sidecar
@@ -319,5 +359,35 @@ impl Bed {
             hop,
             sidecars: vec![client_sidecar, server_sidecar],
         })
+    }
+}
+
+/// Waits until the waypoint's `/routes` for the bench's request (`POST /` to the Service) shows
+/// the VirtualService rule of `routes`: it has read the state file (on its own poll).
+fn wait_routes(process: &mut PodProcess, pod: &Pod, routes: &Routes) -> anyhow::Result<()> {
+    // The admin API listens on the pod's localhost only.
+    let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), waypoint::ADMIN_PORT);
+    let path = format!("/routes?to={SERVICE}.{NAMESPACE}%3A{SERVICE_PORT}&method=POST&path=%2F");
+    let deadline = Instant::now() + WAYPOINT_READY;
+    loop {
+        if let Some(status) = process.try_wait() {
+            bail!("the waypoint exited ({status}):\n{}", process.log());
+        }
+        let answer = marrow_tests::http::get_in(pod.netns(), admin, &path, Duration::from_secs(2))
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                serde_json::from_str::<serde_json::Value>(&r.body).map_err(|e| e.to_string())
+            });
+        if answer.as_ref().is_ok_and(|a| routes::applied(a, routes)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the waypoint's {path} did not show VirtualService rule {} within \
+                 {WAYPOINT_READY:?}: {answer:?}",
+                routes.rule
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -1,0 +1,61 @@
+//! The schedule and the set-up selection of a run.
+
+use super::*;
+
+#[test]
+fn rounds_mirror_the_order() {
+    use SetUp::{Direct, DirectX, EnvoyL7, Hbone, L7Direct, Marrow, Sidecars, Waypoint};
+    let quick = selected(&[], true);
+    assert_eq!(
+        schedule(1, &quick),
+        [
+            Direct, Marrow, DirectX, Hbone, Sidecars, L7Direct, Waypoint, EnvoyL7, EnvoyL7,
+            Waypoint, L7Direct, Sidecars, Hbone, DirectX, Marrow, Direct
+        ]
+    );
+    assert_eq!(schedule(2, &quick).len(), 32);
+    assert_eq!(schedule(1, &selected(&[], false)).len(), 22);
+    let same = [Direct, Marrow];
+    assert_eq!(&schedule(3, &same)[4..8], [Direct, Marrow, Marrow, Direct]);
+}
+
+#[test]
+fn named_set_ups_bring_their_baselines() {
+    use SetUp::{Direct, DirectX, Hbone, Marrow};
+    assert_eq!(selected(&[], false), SetUp::ALL);
+    assert_eq!(selected(&[Hbone], false), [DirectX, Hbone]);
+    assert_eq!(selected(&[Hbone, Direct], true), [Direct, DirectX, Hbone]);
+    assert_eq!(selected(&[Marrow, Marrow], false), [Direct, Marrow]);
+    assert_eq!(
+        selected(&[SetUp::Sidecars], false),
+        [DirectX, SetUp::Sidecars]
+    );
+    assert_eq!(
+        selected(&[SetUp::Waypoint], false),
+        [SetUp::L7Direct, SetUp::Waypoint]
+    );
+}
+
+#[test]
+fn quick_leaves_the_traffic_variants_out_unless_named() {
+    use SetUp::{L7Direct, Waypoint, WaypointRetry, WaypointRoute, WaypointRoutes};
+    let traffic = [WaypointRoute, WaypointRoutes, WaypointRetry];
+    let quick = selected(&[], true);
+    assert!(traffic.iter().all(|s| !quick.contains(s)), "{quick:?}");
+    assert!(quick.contains(&Waypoint) && quick.contains(&SetUp::EnvoyL7));
+    let full = selected(&[], false);
+    assert!(traffic.iter().all(|s| full.contains(s)), "{full:?}");
+    assert_eq!(
+        selected(
+            &[Waypoint, WaypointRoute, WaypointRoutes, WaypointRetry],
+            true
+        ),
+        [
+            L7Direct,
+            Waypoint,
+            WaypointRoute,
+            WaypointRoutes,
+            WaypointRetry
+        ]
+    );
+}
