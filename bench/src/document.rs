@@ -153,7 +153,11 @@ pub fn render(report: &Report, machine: &Machine) -> String {
          sidecar data path), measured the same way every time, side by side in the same run.\n"
     );
     doc.push_str("## Set-ups\n\n| set-up | what runs |\n| --- | --- |\n");
+    let ztunnel = report.order.contains(&SetUp::Ztunnel);
     for setup in SetUp::ALL {
+        if setup == SetUp::Ztunnel && !ztunnel {
+            continue;
+        }
         let _ = writeln!(doc, "| {} | {} |", setup.name(), setup.describe());
     }
     let _ = writeln!(
@@ -176,6 +180,9 @@ pub fn render(report: &Report, machine: &Machine) -> String {
         machine.envoy.as_deref().unwrap_or("(not run)"),
         number("envoy_concurrency")
     );
+    if ztunnel {
+        doc.push_str(super::ztunnel::DOCUMENT);
+    }
     let _ = writeln!(
         doc,
         "## What each figure measures\n\n\
