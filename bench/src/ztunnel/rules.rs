@@ -93,7 +93,8 @@ pub const RULES: [(&str, &str); 18] = [
 ];
 
 /// [`RULES`] as `iptables -t TABLE RULE` commands, one a line: the form of istio-cni's golden
-/// files.
+/// files, which the tests compare them with.
+#[cfg(test)]
 pub fn commands() -> String {
     RULES
         .iter()

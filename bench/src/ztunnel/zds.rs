@@ -296,14 +296,6 @@ impl ZdsServer {
         )
     }
 
-    /// Tells ztunnel to stop proxying pod `uid`; waits up to `timeout` for the ack.
-    pub fn del(&mut self, uid: &str, timeout: Duration) -> Result<(), ZdsError> {
-        let del = proto::DelWorkload {
-            uid: uid.to_owned(),
-        };
-        self.request(proto::Request::Del(del), None, Instant::now() + timeout)
-    }
-
     /// Sends one request (with `fd` as `SCM_RIGHTS`) and checks its ack.
     fn request(
         &mut self,
