@@ -229,7 +229,12 @@ impl Report {
             let _ = writeln!(
                 out,
                 "### Memory: the data plane of node 1 (marrow: its node-proxy; sidecars: every \
-                 Envoy on it, one per pod)\n"
+                 Envoy on it, one per pod{})\n",
+                if memory.steps.contains_key(&SetUp::Ztunnel) {
+                    "; ztunnel: its ztunnel"
+                } else {
+                    ""
+                }
             );
             out.push_str(&memory_table(memory));
             let _ = writeln!(
