@@ -361,8 +361,14 @@ mod tests {
         assert_eq!(cells[4..], ["0.50×", "0.25×", "2.00×"], "{doc}");
         assert!(doc.contains("| hbone/direct-x | sidecars/direct-x | hbone/sidecars |"));
         assert!(doc.contains("](docs/bench/latency.svg)"));
+        assert!(!doc.contains("ztunnel"), "no ztunnel without --ztunnel");
         let mut quick = report;
         quick.parameters["quick"] = json!(true);
         assert!(render(&quick, &machine).contains("shortened"));
+        let mut with_ztunnel = quick;
+        with_ztunnel.order.push(SetUp::Ztunnel);
+        let doc = render(&with_ztunnel, &machine);
+        assert!(doc.contains("| ztunnel | as direct-x with Istio's ztunnel"));
+        assert!(doc.contains("cargo build --release --features testing"));
     }
 }
