@@ -115,8 +115,13 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
     check_sidecars(&pairs, samples)?;
     if let Some((count, first)) = bed.proxy_problems() {
         println!(
-            "    {:<8} the data plane logged {count} failed connections or warnings; first: {first}",
-            setup.name()
+            "    {:<8} {} logged {count} failed connections or warnings; first: {first}",
+            setup.name(),
+            if setup == SetUp::Ztunnel {
+                "ztunnel"
+            } else {
+                "node-proxy"
+            }
         );
     }
     for pair in &pairs {
