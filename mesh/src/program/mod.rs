@@ -8,7 +8,6 @@
 //! filters the API server's pods by node. The settings these read are declared once, in
 //! [`program_settings!`](crate::program_settings). Every error names the setting it comes from.
 
-mod log_writer;
 mod settings;
 
 use std::net::SocketAddr;
@@ -75,9 +74,11 @@ pub type LogFilter =
 /// `RUST_LOG` (default `info`). Returns the filter, for an admin API that changes the level at
 /// run time. Call once, first thing.
 ///
-/// Lines are written by a thread of their own, in batches ([`log_writer`]): a worker thread
-/// serving connections only formats its access-log line. Colours only on a terminal: escape
-/// codes in a log file or a collector cost bytes and formatting on every line.
+/// Colours only on a terminal: escape codes in a log file or a collector cost bytes and
+/// formatting on every line (each connection's access-log line). Lines are written where they
+/// are logged: a queue to a writer thread of its own (as ztunnel's) measured more data-plane
+/// CPU per connection here (208 and 222 µs against 190 and 172, A B B A), since a lone line
+/// then costs a wake-up and two context switches on top of its write.
 pub fn init_logging(json: bool) -> LogFilter {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::{Layer, SubscriberExt};
@@ -87,7 +88,7 @@ pub fn init_logging(json: bool) -> LogFilter {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let format = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(log_writer::QueuedStderr::start());
+        .with_writer(std::io::stderr);
     let format = if json {
         format.json().boxed()
     } else {
