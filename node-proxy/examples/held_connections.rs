@@ -10,6 +10,7 @@
 #[path = "../tests/held/mod.rs"]
 mod held;
 
+#[cfg(not(feature = "dhat-heap"))]
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

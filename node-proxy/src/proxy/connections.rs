@@ -34,8 +34,8 @@ pub const UNKNOWN: &str = "unknown";
 /// `istio_tcp_*` labels are all derived from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionFacts {
-    /// The local pod, `namespace/name`.
-    pub pod: String,
+    /// The local pod, `namespace/name` (shared by the pod's connections).
+    pub pod: Arc<str>,
     /// The client's address.
     pub src: SocketAddr,
     /// The address the client connected to.
@@ -53,8 +53,19 @@ impl ConnectionFacts {
         src: SocketAddr,
         dst: SocketAddr,
     ) -> Self {
+        Self::with_pod(
+            peers,
+            Arc::from(format!("{}/{}", pod.namespace, pod.name)),
+            src,
+            dst,
+        )
+    }
+
+    /// The connection of the pod `pod` (`namespace/name`) from `src` to `dst` between the
+    /// ends `peers` describes.
+    pub fn with_pod(peers: ConnectionLabels, pod: Arc<str>, src: SocketAddr, dst: SocketAddr) -> Self {
         Self {
-            pod: format!("{}/{}", pod.namespace, pod.name),
+            pod,
             src,
             dst,
             peers,

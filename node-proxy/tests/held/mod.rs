@@ -187,6 +187,7 @@ impl Mesh {
                 }),
                 connections: connections.clone(),
                 drain: marrow_mesh::drain::Drain::new(),
+                labels: Default::default(),
             }))
         };
         let client = pod("client", CLIENT_IP)?;
