@@ -5,7 +5,7 @@
 //! else the system's), and with `dhat-heap` a heap profile (`dhat-heap.json`, sites of the
 //! bytes live at the peak).
 //!
-//! `cargo run --release -p node-proxy --example held_connections [--features jemalloc] -- 10000 3`
+//! `cargo run --release -p node-proxy --example held_connections [--features jemalloc] -- 4000 3`
 
 #[path = "../tests/held/mod.rs"]
 mod held;
@@ -16,14 +16,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 #[cfg(feature = "jemalloc")]
-#[cfg_attr(feature = "dhat-heap", expect(dead_code, reason = "dhat counts instead"))]
+#[cfg_attr(
+    feature = "dhat-heap",
+    expect(dead_code, reason = "dhat counts instead")
+)]
 const INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
-#[cfg_attr(feature = "dhat-heap", expect(dead_code, reason = "dhat counts instead"))]
+#[cfg_attr(
+    feature = "dhat-heap",
+    expect(dead_code, reason = "dhat counts instead")
+)]
 const INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(not(any(feature = "jemalloc", feature = "mimalloc")))]
-#[cfg_attr(feature = "dhat-heap", expect(dead_code, reason = "dhat counts instead"))]
+#[cfg_attr(
+    feature = "dhat-heap",
+    expect(dead_code, reason = "dhat counts instead")
+)]
 const INNER: std::alloc::System = std::alloc::System;
+
+/// jemalloc's settings, as the node proxy's (main.rs).
+#[cfg(feature = "jemalloc")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8] = node_proxy::JEMALLOC_CONF;
 
 /// Counts the heap bytes in use, over the allocator under test.
 #[cfg(not(feature = "dhat-heap"))]
@@ -76,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
-    let held_count = args.first().copied().unwrap_or(10_000);
+    let held_count = args.first().copied().unwrap_or(4_000);
     let rounds = args.get(1).copied().unwrap_or(3);
     if let Some(reason) = held::skip_reason() {
         anyhow::bail!("cannot run: {reason}");
@@ -92,17 +106,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(rounds_of(held_count, rounds))
 }
 
+/// Each round: a fresh mesh (both pods), `n` connections held, closed, then the mesh stopped
+/// (its pooled HBONE connections with it): what the allocator gives back shows in the RSS.
 async fn rounds_of(n: usize, rounds: usize) -> anyhow::Result<()> {
     let limit = Duration::from_secs(300);
-    let mesh = held::Mesh::start().await?;
     let app = held::App::start()?;
-    let table = mesh.connections.clone();
-    let first = held::open_clients(1)?;
-    held::wait_for("the first connection", limit, || app.count() == 1 && table.len() == 2).await?;
-    drop(first);
-    app.close_all();
-    held::wait_for("the first connection to close", limit, || table.is_empty()).await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let allocator = if cfg!(feature = "jemalloc") {
         "jemalloc"
     } else if cfg!(feature = "mimalloc") {
@@ -110,14 +118,23 @@ async fn rounds_of(n: usize, rounds: usize) -> anyhow::Result<()> {
     } else {
         "system"
     };
+    println!("allocator {allocator}, {n} held connections; heap in use, process RSS");
     println!(
-        "allocator {allocator}; idle: heap {} KiB, RSS {} KiB",
-        LIVE.load(Ordering::Relaxed) / 1024,
-        rss_kib()
+        "| round | idle RSS | held: heap per conn | RSS | closed: heap | RSS | stopped: heap | RSS | 10 s later | trimmed (glibc) |"
     );
-    println!("| round | heap held, per conn | RSS held | RSS per conn | heap after close | RSS after close |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for round in 1..=rounds {
+        let mesh = held::Mesh::start().await?;
+        let table = mesh.connections.clone();
+        let first = held::open_clients(1)?;
+        held::wait_for("the first connection", limit, || {
+            app.count() == 1 && table.len() == 2
+        })
+        .await?;
+        drop(first);
+        app.close_all();
+        held::wait_for("the first connection to close", limit, || table.is_empty()).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let idle_heap = LIVE.load(Ordering::Relaxed);
         let idle_rss = rss_kib();
         let clients = tokio::task::spawn_blocking(move || held::open_clients(n)).await??;
@@ -131,15 +148,25 @@ async fn rounds_of(n: usize, rounds: usize) -> anyhow::Result<()> {
         app.close_all();
         held::wait_for("every connection to close", limit, || table.is_empty()).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let (closed_heap, closed_rss) = (LIVE.load(Ordering::Relaxed), rss_kib());
+        mesh.stop();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (stopped_heap, stopped_rss) = (LIVE.load(Ordering::Relaxed), rss_kib());
+        // jemalloc returns freed pages after its decay time; glibc only when trimmed.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let later_rss = rss_kib();
+        #[cfg(not(any(feature = "jemalloc", feature = "mimalloc")))]
+        // SAFETY: malloc_trim only releases free memory of glibc's arenas.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         println!(
-            "| {round} | {} B | {} KiB | {} B | {} KiB | {} KiB |",
+            "| {round} | {idle_rss} KiB | {} B | {rss} KiB | {} KiB | {closed_rss} KiB | {} KiB | {stopped_rss} KiB | {later_rss} KiB | {} KiB |",
             heap.saturating_sub(idle_heap) / n,
-            rss,
-            (rss.saturating_sub(idle_rss) * 1024) / n as u64,
-            LIVE.load(Ordering::Relaxed) / 1024,
+            closed_heap / 1024,
+            stopped_heap / 1024,
             rss_kib()
         );
     }
-    mesh.stop();
     Ok(())
 }

@@ -63,7 +63,12 @@ impl ConnectionFacts {
 
     /// The connection of the pod `pod` (`namespace/name`) from `src` to `dst` between the
     /// ends `peers` describes.
-    pub fn with_pod(peers: ConnectionLabels, pod: Arc<str>, src: SocketAddr, dst: SocketAddr) -> Self {
+    pub fn with_pod(
+        peers: ConnectionLabels,
+        pod: Arc<str>,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Self {
         Self {
             pod,
             src,

@@ -433,12 +433,9 @@ fn tunnel_labels(
         None => Arc::new(PeerLabels::namespace_only(client_id)),
     };
     let destination = ctx.labels.workload(workload, cluster);
-    let labels = ConnectionLabels::between_shared(
-        Reporter::Destination,
-        Some(source),
-        Some(destination),
-    )
-        .with_mutual_tls(client_id, server_id);
+    let labels =
+        ConnectionLabels::between_shared(Reporter::Destination, Some(source), Some(destination))
+            .with_mutual_tls(client_id, server_id);
     (labels, known.is_some())
 }
 

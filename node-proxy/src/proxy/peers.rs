@@ -163,8 +163,7 @@ impl PodLabels {
 
     /// [`PeerLabels::of`] `workload`, shared.
     pub fn workload(&self, workload: &Arc<Workload>, cluster: &LabelValue) -> Arc<PeerLabels> {
-        self.workloads
-            .get(workload, |w| PeerLabels::of(w, cluster))
+        self.workloads.get(workload, |w| PeerLabels::of(w, cluster))
     }
 
     /// [`service_labels`] of `service`, shared.

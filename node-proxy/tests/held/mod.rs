@@ -70,7 +70,9 @@ pub fn skip_reason() -> Option<String> {
     for tool in ["ip", "iptables"] {
         let found = Command::new(tool).arg("-V").output().is_ok();
         if !found {
-            return Some(format!("{tool} is missing (Debian packages iproute2, iptables)"));
+            return Some(format!(
+                "{tool} is missing (Debian packages iproute2, iptables)"
+            ));
         }
     }
     None
@@ -87,8 +89,24 @@ pub fn enter_private_netns() -> anyhow::Result<()> {
     let server = format!("{SERVER_IP}/32");
     let port = APP_PORT.to_string();
     let redirect = [
-        "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", &server, "--dport", &port, "-m", "mark",
-        "--mark", "0", "-j", "REDIRECT", "--to-ports", "15001",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &server,
+        "--dport",
+        &port,
+        "-m",
+        "mark",
+        "--mark",
+        "0",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
     ];
     run("ip", &["link", "set", "lo", "up"])?;
     run("ip", &["addr", "add", &client, "dev", "lo"])?;
@@ -97,7 +115,10 @@ pub fn enter_private_netns() -> anyhow::Result<()> {
 }
 
 fn run(tool: &str, args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(tool).args(args).status().context(tool.to_owned())?;
+    let status = Command::new(tool)
+        .args(args)
+        .status()
+        .context(tool.to_owned())?;
     if !status.success() {
         bail!("{tool} {args:?}: {status}");
     }
@@ -130,7 +151,11 @@ impl Mesh {
     pub async fn start() -> anyhow::Result<Mesh> {
         let ca_dir = tempfile::tempdir()?;
         let trust_domain = TrustDomain::new("cluster.local")?;
-        let files = create_ca(ca_dir.path(), &trust_domain, Duration::from_secs(30 * 86_400))?;
+        let files = create_ca(
+            ca_dir.path(),
+            &trust_domain,
+            Duration::from_secs(30 * 86_400),
+        )?;
         let ca = LocalCa::load(&files, trust_domain.clone(), LocalCaOptions::default())?;
         let certs = Arc::new(CertificateManager::new(
             Arc::new(ca),
@@ -231,7 +256,9 @@ impl App {
                 let Ok(mut stream) = stream else { continue };
                 let mut first = [0u8; 1];
                 if stream.read_exact(&mut first).is_ok() {
-                    list.lock().unwrap_or_else(PoisonError::into_inner).push(stream);
+                    list.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(stream);
                 }
             }
         });
@@ -240,12 +267,18 @@ impl App {
 
     /// How many connections it holds.
     pub fn count(&self) -> usize {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Closes every connection it holds.
     pub fn close_all(&self) {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 

@@ -358,7 +358,10 @@ fn plan_tunnel(
     );
     let host = service.as_ref().map(|s| s.host.as_str().to_owned());
     labels.destination_service = service;
-    let server = ctx.labels.identities.get(dst_workload, |w| context.identity_of(w));
+    let server = ctx
+        .labels
+        .identities
+        .get(dst_workload, |w| context.identity_of(w));
     let Some(server) = Option::clone(&server) else {
         tracing::warn!(dst_pod = %dst_workload.name, "destination has no valid identity; refusing");
         let error = OutboundError::NoDestinationIdentity {
