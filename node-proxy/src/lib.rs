@@ -23,3 +23,10 @@ pub mod netns;
 pub mod proxy;
 pub mod socket;
 pub mod upgrade;
+
+/// jemalloc's settings when it is the allocator (feature `jemalloc`), as ztunnel's
+/// (`src/main.rs`): a background thread returns freed pages after 5 s (`dirty_decay_ms`,
+/// `muzzy_decay_ms`) without waiting for the next allocation; no transparent huge pages, which
+/// would keep whole 2 MiB pages resident for a few live bytes.
+pub const JEMALLOC_CONF: &[u8] =
+    b"background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:5000,thp:never\0";

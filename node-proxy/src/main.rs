@@ -52,6 +52,23 @@ enum Command {
     Cni(CniCommand),
 }
 
+/// The allocator (feature `jemalloc`, on by default). Measured with
+/// `examples/held_connections.rs` (4,000 held connections through both proxies in one process,
+/// then closed and the pods stopped): glibc 12.0 MiB idle, 93.7 MiB held, 94.1 MiB ten seconds
+/// after everything closed (2.7 MiB of heap in use: nothing returned; 34 MiB after a
+/// `malloc_trim`); jemalloc 13.3 / 97.1 / 25.7 MiB (freed pages returned by its background
+/// thread); mimalloc 24.0 / 129.8 / 103.7 MiB. The same heap in every case (~20.5 KB per
+/// connection): only what is given back differs. ztunnel moved to jemalloc for the same reason.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings ([`node_proxy::JEMALLOC_CONF`]), read by jemalloc at its start under
+/// its prefixed name.
+#[cfg(feature = "jemalloc")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8] = node_proxy::JEMALLOC_CONF;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let logging = node_proxy::app::logging::init(cli.log_json);

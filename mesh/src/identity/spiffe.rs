@@ -198,6 +198,11 @@ impl SpiffeId {
     pub fn as_str(&self) -> &str {
         &self.uri
     }
+
+    /// The URI form, shared (a label value holds it without a copy).
+    pub fn shared_uri(&self) -> &Arc<str> {
+        &self.uri
+    }
 }
 
 impl fmt::Display for SpiffeId {

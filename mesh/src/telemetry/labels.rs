@@ -67,8 +67,9 @@ impl From<String> for LabelValue {
 }
 
 impl From<&SpiffeId> for LabelValue {
+    /// The identity's own text, shared (no copy per connection).
     fn from(id: &SpiffeId) -> Self {
-        Self::new(id.as_str())
+        Self(Repr::Shared(id.shared_uri().clone()))
     }
 }
 
@@ -310,8 +311,17 @@ impl ConnectionLabels {
         source: Option<PeerLabels>,
         destination: Option<PeerLabels>,
     ) -> Self {
-        let known =
-            |peer: Option<PeerLabels>| peer.filter(|p| *p != PeerLabels::UNKNOWN).map(Arc::new);
+        Self::between_shared(reporter, source.map(Arc::new), destination.map(Arc::new))
+    }
+
+    /// [`ConnectionLabels::between`] peers whose labels are shared (built once per workload,
+    /// held by all its connections).
+    pub fn between_shared(
+        reporter: Reporter,
+        source: Option<Arc<PeerLabels>>,
+        destination: Option<Arc<PeerLabels>>,
+    ) -> Self {
+        let known = |peer: Option<Arc<PeerLabels>>| peer.filter(|p| **p != PeerLabels::UNKNOWN);
         Self {
             source: known(source),
             destination: known(destination),

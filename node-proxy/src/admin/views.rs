@@ -456,7 +456,7 @@ impl OpenConnection {
             id: entry.id(),
             direction: facts.direction(),
             reporter: facts.reporter().as_str(),
-            pod: facts.pod.clone(),
+            pod: facts.pod.to_string(),
             src: facts.src,
             dst: facts.dst,
             src_identity: facts.src_identity().map(str::to_owned),

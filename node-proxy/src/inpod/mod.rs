@@ -414,6 +414,7 @@ impl Registry {
             live_inbound: LiveInbound::default(),
             drain: self.drain.clone(),
             connections: self.connections.clone(),
+            labels: Default::default(),
         });
         let mut tasks = Vec::new();
         for listener in &listeners {

@@ -284,7 +284,7 @@ pub async fn tunnel_connection(ctx: Arc<PodContext>, tcp: TcpStream, peer: Socke
 }
 
 /// One authenticated HBONE connection.
-struct Session {
+pub(super) struct Session {
     ctx: Arc<PodContext>,
     peer: SocketAddr,
     client_id: SpiffeId,
@@ -308,13 +308,14 @@ impl Session {
             )));
         }
         let host = target.forwarded.host.as_deref();
-        labels.destination_service =
-            peers::inbound_service(snap, host, target.authority).map(Arc::new);
+        labels.destination_service = peers::inbound_service_target(snap, host, target.authority)
+            .map(|s| self.ctx.labels.service(s));
         labels
     }
 }
 
-async fn tunnel(session: Arc<Session>, incoming: IncomingConnect) {
+/// Serves one CONNECT of an HBONE connection: a task per tunnel, as long as it lives.
+pub(super) async fn tunnel(session: Arc<Session>, incoming: IncomingConnect) {
     let target = incoming.target.authority;
     let span = tracing::info_span!("inbound", pod = %session.ctx.pod.name, ns = %session.ctx.pod.namespace, src = %session.peer, dst = %target);
     tunnel_to_app(session, incoming, target)
@@ -405,12 +406,12 @@ fn plaintext_labels(
     let cluster = ctx.metrics.cluster_id.label();
     let source = snap
         .and_then(|s| s.workload_by_ip(peer.ip()))
-        .map(|w| PeerLabels::of(w, cluster));
+        .map(|w| ctx.labels.workload(w, cluster));
     let destination = match snap.and_then(|s| s.workload_at(&ctx.ips)) {
-        Some(w) => PeerLabels::of(w, cluster),
-        None => PeerLabels::pod(&ctx.pod.name, &ctx.pod.namespace, cluster),
+        Some(w) => ctx.labels.workload(w, cluster),
+        None => Arc::new(PeerLabels::pod(&ctx.pod.name, &ctx.pod.namespace, cluster)),
     };
-    ConnectionLabels::between(Reporter::Destination, source, Some(destination))
+    ConnectionLabels::between_shared(Reporter::Destination, source, Some(destination))
 }
 
 /// Labels of the tunnels of one HBONE connection to this pod (`workload`, `server_id`): the
@@ -421,19 +422,20 @@ fn tunnel_labels(
     ctx: &PodContext,
     snap: &Snapshot,
     peer: SocketAddr,
-    workload: &marrow_mesh::state::Workload,
+    workload: &Arc<marrow_mesh::state::Workload>,
     client_id: &SpiffeId,
     server_id: &SpiffeId,
 ) -> (ConnectionLabels, bool) {
     let cluster = ctx.metrics.cluster_id.label();
     let known = snap.workload_by_ip(peer.ip());
     let source = match known {
-        Some(src) => PeerLabels::of(src, cluster),
-        None => PeerLabels::namespace_only(client_id),
+        Some(src) => ctx.labels.workload(src, cluster),
+        None => Arc::new(PeerLabels::namespace_only(client_id)),
     };
-    let destination = PeerLabels::of(workload, cluster);
-    let labels = ConnectionLabels::between(Reporter::Destination, Some(source), Some(destination))
-        .with_mutual_tls(client_id, server_id);
+    let destination = ctx.labels.workload(workload, cluster);
+    let labels =
+        ConnectionLabels::between_shared(Reporter::Destination, Some(source), Some(destination))
+            .with_mutual_tls(client_id, server_id);
     (labels, known.is_some())
 }
 

@@ -35,13 +35,18 @@ impl LocalIdentity {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if held.as_ref() != Some(&id) {
-            if let Some(old) = held.replace(id.clone()) {
-                mesh.certs.forbid(&old);
+        match held.as_ref() {
+            // The held one, not the copy just made: every connection's labels then share
+            // one string.
+            Some(same) if *same == id => Some((workload, same.clone())),
+            _ => {
+                if let Some(old) = held.replace(id.clone()) {
+                    mesh.certs.forbid(&old);
+                }
+                mesh.certs.allow(id.clone());
+                Some((workload, id))
             }
-            mesh.certs.allow(id.clone());
         }
-        Some((workload, id))
     }
 
     /// Gives up the identity (the pod left).

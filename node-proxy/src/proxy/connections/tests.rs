@@ -81,7 +81,7 @@ fn labels_become_the_facts_with_unknowns_left_out() {
 #[test]
 fn mutual_tls_sets_both_identities() {
     let f = facts(Reporter::Source);
-    assert_eq!(f.pod, "shop/client-1");
+    assert_eq!(&*f.pod, "shop/client-1");
     assert_eq!(
         f.src_identity(),
         Some("spiffe://cluster.local/ns/shop/sa/client")

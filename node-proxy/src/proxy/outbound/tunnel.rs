@@ -26,12 +26,13 @@ pub(super) async fn carry(
 ) {
     let mut plan = plan;
     loop {
+        // Out of its box at once: the box would otherwise live as long as the connection.
         let tunnel_plan = match plan {
-            Plan::Tunnel(tunnel_plan) => tunnel_plan,
+            Plan::Tunnel(tunnel_plan) => *tunnel_plan,
             Plan::Passthrough(record, dst) => return passthrough(ctx, client, record, dst).await,
             Plan::Refuse(record, error) => return refuse(record, client, *error),
         };
-        match open_tunnel(mesh, *tunnel_plan).await {
+        match open_tunnel(mesh, tunnel_plan).await {
             Ok((record, stream, service_try)) => {
                 // The connection holds its `maxConnections` slot and its least-request count
                 // until it ends.

@@ -187,3 +187,29 @@ fn forwarded_host_round_trips_into_the_destination_service() {
     let labels = inbound_service(&snap, read.host.as_deref(), addr("10.244.1.5:9090")).unwrap();
     assert_eq!(labels.host.as_str(), "web-admin.shop.svc.cluster.local");
 }
+
+/// A workload's labels are built once and shared while the state keeps that workload; a new
+/// state's object (even with the same content) gets its own.
+#[test]
+fn labels_are_shared_per_state_object() {
+    let cache = LabelCache::<String, String>::default();
+    let first = Arc::new("web-0".to_owned());
+    let made = cache.get(&first, |w| format!("labels of {w}"));
+    let again = cache.get(&first, |_| unreachable!("built once"));
+    assert!(Arc::ptr_eq(&made, &again));
+    let replaced = Arc::new("web-0".to_owned());
+    let fresh = cache.get(&replaced, |w| format!("labels of {w}"));
+    assert!(!Arc::ptr_eq(&made, &fresh));
+    assert_eq!(made, fresh);
+}
+
+/// The cache stays bounded however many objects pass through it.
+#[test]
+fn label_cache_is_bounded() {
+    let cache = LabelCache::<usize, usize>::default();
+    let kept: Vec<Arc<usize>> = (0..200).map(Arc::new).collect();
+    for object in &kept {
+        cache.get(object, |n| *n);
+    }
+    assert!(cache.entries.lock().unwrap().len() <= CACHED);
+}

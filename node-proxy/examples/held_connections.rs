@@ -1,0 +1,172 @@
+//! Memory of held connections through the node proxy's real data path on loopback (the
+//! harness of `tests/held/mod.rs`: both node proxies in one process, in a private network
+//! namespace): heap bytes per connection and the process RSS fresh, with N held and after they
+//! close, over a few rounds — under the allocator the features pick (`jemalloc`, `mimalloc`,
+//! else the system's), and with `dhat-heap` a heap profile (`dhat-heap.json`, sites of the
+//! bytes live at the peak).
+//!
+//! `cargo run --release -p node-proxy --example held_connections [--features jemalloc] -- 4000 3`
+
+#[path = "../tests/held/mod.rs"]
+mod held;
+
+#[cfg(not(feature = "dhat-heap"))]
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[cfg(feature = "jemalloc")]
+#[cfg_attr(
+    feature = "dhat-heap",
+    expect(dead_code, reason = "dhat counts instead")
+)]
+const INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[cfg_attr(
+    feature = "dhat-heap",
+    expect(dead_code, reason = "dhat counts instead")
+)]
+const INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(not(any(feature = "jemalloc", feature = "mimalloc")))]
+#[cfg_attr(
+    feature = "dhat-heap",
+    expect(dead_code, reason = "dhat counts instead")
+)]
+const INNER: std::alloc::System = std::alloc::System;
+
+/// jemalloc's settings, as the node proxy's (main.rs).
+#[cfg(feature = "jemalloc")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8] = node_proxy::JEMALLOC_CONF;
+
+/// Counts the heap bytes in use, over the allocator under test.
+#[cfg(not(feature = "dhat-heap"))]
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the inner allocator and only counts.
+#[cfg(not(feature = "dhat-heap"))]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same layout, forwarded.
+        unsafe { INNER.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same pointer and layout, forwarded.
+        unsafe { INNER.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same pointer and layout, forwarded.
+        unsafe { INNER.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[cfg(not(feature = "dhat-heap"))]
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let held_count = args.first().copied().unwrap_or(4_000);
+    let rounds = args.get(1).copied().unwrap_or(3);
+    if let Some(reason) = held::skip_reason() {
+        anyhow::bail!("cannot run: {reason}");
+    }
+    held::enter_private_netns()?;
+    held::production_logging();
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(rounds_of(held_count, rounds))
+}
+
+/// Each round: a fresh mesh (both pods), `n` connections held, closed, then the mesh stopped
+/// (its pooled HBONE connections with it): what the allocator gives back shows in the RSS.
+async fn rounds_of(n: usize, rounds: usize) -> anyhow::Result<()> {
+    let limit = Duration::from_secs(300);
+    let app = held::App::start()?;
+    let allocator = if cfg!(feature = "jemalloc") {
+        "jemalloc"
+    } else if cfg!(feature = "mimalloc") {
+        "mimalloc"
+    } else {
+        "system"
+    };
+    println!("allocator {allocator}, {n} held connections; heap in use, process RSS");
+    println!(
+        "| round | idle RSS | held: heap per conn | RSS | closed: heap | RSS | stopped: heap | RSS | 10 s later | trimmed (glibc) |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for round in 1..=rounds {
+        let mesh = held::Mesh::start().await?;
+        let table = mesh.connections.clone();
+        let first = held::open_clients(1)?;
+        held::wait_for("the first connection", limit, || {
+            app.count() == 1 && table.len() == 2
+        })
+        .await?;
+        drop(first);
+        app.close_all();
+        held::wait_for("the first connection to close", limit, || table.is_empty()).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let idle_heap = LIVE.load(Ordering::Relaxed);
+        let idle_rss = rss_kib();
+        let clients = tokio::task::spawn_blocking(move || held::open_clients(n)).await??;
+        held::wait_for("every connection", limit, || {
+            app.count() == n && table.len() == 2 * n
+        })
+        .await?;
+        let heap = LIVE.load(Ordering::Relaxed);
+        let rss = rss_kib();
+        drop(clients);
+        app.close_all();
+        held::wait_for("every connection to close", limit, || table.is_empty()).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (closed_heap, closed_rss) = (LIVE.load(Ordering::Relaxed), rss_kib());
+        mesh.stop();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (stopped_heap, stopped_rss) = (LIVE.load(Ordering::Relaxed), rss_kib());
+        // jemalloc returns freed pages after its decay time; glibc only when trimmed.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let later_rss = rss_kib();
+        #[cfg(not(any(feature = "jemalloc", feature = "mimalloc")))]
+        // SAFETY: malloc_trim only releases free memory of glibc's arenas.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        println!(
+            "| {round} | {idle_rss} KiB | {} B | {rss} KiB | {} KiB | {closed_rss} KiB | {} KiB | {stopped_rss} KiB | {later_rss} KiB | {} KiB |",
+            heap.saturating_sub(idle_heap) / n,
+            closed_heap / 1024,
+            stopped_heap / 1024,
+            rss_kib()
+        );
+    }
+    Ok(())
+}
