@@ -4,17 +4,35 @@ use super::*;
 
 #[test]
 fn rounds_mirror_the_order() {
-    use SetUp::{Direct, DirectX, EnvoyL7, Hbone, L7Direct, Marrow, Sidecars, Waypoint};
+    use SetUp::{
+        Direct, DirectX, EnvoyL7, Hbone, HboneUnpooled, L7Direct, Marrow, Sidecars, Waypoint,
+    };
     let quick = selected(&[], true);
     assert_eq!(
         schedule(1, &quick),
         [
-            Direct, Marrow, DirectX, Hbone, Sidecars, L7Direct, Waypoint, EnvoyL7, EnvoyL7,
-            Waypoint, L7Direct, Sidecars, Hbone, DirectX, Marrow, Direct
+            Direct,
+            Marrow,
+            DirectX,
+            Hbone,
+            HboneUnpooled,
+            Sidecars,
+            L7Direct,
+            Waypoint,
+            EnvoyL7,
+            EnvoyL7,
+            Waypoint,
+            L7Direct,
+            Sidecars,
+            HboneUnpooled,
+            Hbone,
+            DirectX,
+            Marrow,
+            Direct
         ]
     );
-    assert_eq!(schedule(2, &quick).len(), 32);
-    assert_eq!(schedule(1, &selected(&[], false)).len(), 22);
+    assert_eq!(schedule(2, &quick).len(), 36);
+    assert_eq!(schedule(1, &selected(&[], false)).len(), 24);
     let same = [Direct, Marrow];
     assert_eq!(&schedule(3, &same)[4..8], [Direct, Marrow, Marrow, Direct]);
 }
@@ -24,6 +42,10 @@ fn named_set_ups_bring_their_baselines() {
     use SetUp::{Direct, DirectX, Hbone, Marrow};
     assert_eq!(selected(&[], false), SetUp::ALL);
     assert_eq!(selected(&[Hbone], false), [DirectX, Hbone]);
+    assert_eq!(
+        selected(&[SetUp::HboneUnpooled], true),
+        [DirectX, SetUp::HboneUnpooled]
+    );
     assert_eq!(selected(&[Hbone, Direct], true), [Direct, DirectX, Hbone]);
     assert_eq!(selected(&[Marrow, Marrow], false), [Direct, Marrow]);
     assert_eq!(
