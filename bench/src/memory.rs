@@ -42,12 +42,6 @@ const SETTLE: Duration = Duration::from_millis(500);
 const CLOSE_SETTLE: Duration = Duration::from_secs(2);
 /// How long `testpod hold` may take to open its connections.
 const HOLD_READY: Duration = Duration::from_secs(120);
-/// Descriptors a data-plane process uses besides the held connections' (listeners, maps,
-/// netns, logs).
-const FD_SLACK: u64 = 512;
-/// Sockets one held connection may cost one data-plane process: a same-node proxy carries
-/// both ends (the client's outbound and the server's inbound, two sockets each).
-const SOCKETS_PER_CONNECTION: u64 = 4;
 /// The open-files limit the bench asks for before the memory beds: room for 10,000 held
 /// connections at [`SOCKETS_PER_CONNECTION`] each, with slack.
 const OPEN_FILES: u64 = 65_536;
@@ -394,7 +388,7 @@ pub fn measure(
 }
 
 /// The data-plane processes of each node of a bed.
-struct Plane {
+pub(super) struct Plane {
     node1: Vec<u32>,
     node2: Vec<u32>,
 }
@@ -448,6 +442,7 @@ fn measure_step(
     bed.check_alive()?;
 
     let wanted = fd_budget(&plane, params.held_connections)?;
+    let fds_idle = open_fds(&plane)?;
     let (mut holder, outcome) = hold(&pair, wanted)?;
     println!(
         "    {:<8} {} connections held (opened in {} ms)",
@@ -481,7 +476,8 @@ fn measure_step(
     let mut many = None;
     let mut more_holder = None;
     if first && params.held_connections_many > outcome.held {
-        let more = fd_budget(&plane, params.held_connections_many)?.saturating_sub(outcome.held);
+        let room = fd_room(&fds_idle, outcome.held, params.held_connections_many)?;
+        let more = room.saturating_sub(outcome.held);
         let (process, more_held) = hold(&pair, more)?;
         more_holder = Some(process);
         let held = outcome.held + more_held.held;
@@ -580,25 +576,8 @@ fn idle_cpu(pids: &[u32], window: Duration) -> anyhow::Result<f64> {
     Ok(ms / window.as_secs_f64())
 }
 
-/// `wanted`, or fewer when a data-plane process's open-files limit does not allow
-/// [`SOCKETS_PER_CONNECTION`] per held connection (the reduction is printed).
-fn fd_budget(plane: &Plane, wanted: u64) -> anyhow::Result<u64> {
-    let mut budget = wanted;
-    for pid in plane.node1.iter().chain(&plane.node2) {
-        let limit = procfs::open_files_limit(*pid)?;
-        let allowed = limit.saturating_sub(FD_SLACK) / SOCKETS_PER_CONNECTION;
-        if allowed == 0 {
-            bail!("data-plane process {pid} may open only {limit} files");
-        }
-        if allowed < budget {
-            println!(
-                "    process {pid} may open {limit} files: holding {allowed} connections, not {wanted}"
-            );
-            budget = allowed;
-        }
-    }
-    Ok(budget)
-}
+mod fds;
+use fds::{fd_budget, fd_room, open_fds};
 
 #[cfg(test)]
 mod tests;

@@ -124,6 +124,13 @@ pub fn open_files_limit(pid: u32) -> anyhow::Result<u64> {
     Ok(soft.parse().unwrap_or(u64::MAX))
 }
 
+/// How many descriptors `pid` has open (the entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&path).with_context(|| format!("reading {path}"))?;
+    Ok(entries.count() as u64)
+}
+
 /// Raises this process's open-files limit (soft and hard) to at least `wanted`, so the
 /// processes it starts afterwards inherit it; returns the soft limit in force (unchanged when
 /// raising is not permitted: the caller sizes its load by what it gets).
