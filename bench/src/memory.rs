@@ -230,7 +230,12 @@ impl MemoryFigures {
                     "RSS MiB after every held connection closed ({})",
                     pods_label(*first)
                 ),
-                &|s| s.first().map(|s| mib(s.after_close.rss_kib)),
+                // With many held, the per-node block below carries it.
+                &|s| {
+                    s.first()
+                        .filter(|s| s.many.is_none())
+                        .map(|s| mib(s.after_close.rss_kib))
+                },
             );
             row(
                 format!(

@@ -107,6 +107,11 @@ fn many_held_connections_give_each_node_proxy_its_own_rows() {
     };
     let hbone = |label: &str| find(label)[&SetUp::Hbone];
     assert_eq!(hbone("node 1 RSS MiB, fresh idle"), 10.0);
+    assert!(
+        rows.iter()
+            .all(|(l, _)| l != "RSS MiB after every held connection closed (1 pod)"),
+        "node 1 after close is in the per-node block alone: {rows:?}"
+    );
     assert_eq!(
         hbone("node 1 RSS MiB after every held connection closed"),
         30.0
