@@ -153,7 +153,11 @@ pub fn render(report: &Report, machine: &Machine) -> String {
          sidecar data path), measured the same way every time, side by side in the same run.\n"
     );
     doc.push_str("## Set-ups\n\n| set-up | what runs |\n| --- | --- |\n");
+    let ztunnel = report.order.contains(&SetUp::Ztunnel);
     for setup in SetUp::ALL {
+        if setup == SetUp::Ztunnel && !ztunnel {
+            continue;
+        }
         let _ = writeln!(doc, "| {} | {} |", setup.name(), setup.describe());
     }
     let _ = writeln!(
@@ -176,6 +180,9 @@ pub fn render(report: &Report, machine: &Machine) -> String {
         machine.envoy.as_deref().unwrap_or("(not run)"),
         number("envoy_concurrency")
     );
+    if ztunnel {
+        doc.push_str(super::ztunnel::DOCUMENT);
+    }
     let _ = writeln!(
         doc,
         "## What each figure measures\n\n\
@@ -388,8 +395,14 @@ mod tests {
         assert_eq!(cells[4..], ["0.50×", "0.25×", "2.00×"], "{doc}");
         assert!(doc.contains("| hbone/direct-x | sidecars/direct-x | hbone/sidecars |"));
         assert!(doc.contains("](docs/bench/latency.svg)"));
+        assert!(!doc.contains("ztunnel"), "no ztunnel without --ztunnel");
         let mut quick = report;
         quick.parameters["quick"] = json!(true);
         assert!(render(&quick, &machine).contains("shortened"));
+        let mut with_ztunnel = quick;
+        with_ztunnel.order.push(SetUp::Ztunnel);
+        let doc = render(&with_ztunnel, &machine);
+        assert!(doc.contains("| ztunnel | as direct-x with Istio's ztunnel"));
+        assert!(doc.contains("cargo build --release --features testing"));
     }
 }

@@ -19,6 +19,10 @@
 //!   (baselines are added). An HBONE bed fails unless its proxies counted mutual-TLS
 //!   connections on both sides and nothing else, and a sidecar bed unless both Envoys of
 //!   every pair counted TLS handshakes, so a plaintext path cannot pass as either.
+//! - With `--ztunnel PATH`, a fourth cross-node set-up, ztunnel: Istio's ztunnel (built by the
+//!   user from Istio's source, never by us) in its in-pod mode on the same nodes, its beds
+//!   sampled as hbone's and checked for mutual TLS on its counters; every table gains
+//!   `hbone/ztunnel` (see [`ztunnel`]). Without it the run is unchanged.
 //! - L7 (HTTP/1.1 through an L7 hop, `sample/l7.rs`): l7-direct, waypoint, envoy-l7, and the
 //!   waypoint with VirtualServices (one rule, 1,000 rules, retries over a server failing every
 //!   other answer), read against the plain waypoint in a table of their own; those three run
@@ -64,6 +68,7 @@ mod sample;
 mod setup;
 mod sidecar;
 mod topology;
+mod ztunnel;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -122,6 +127,11 @@ pub struct Options {
     /// subset (a full run of every set-up always does).
     #[arg(long)]
     pub write_benchmarks: bool,
+    /// Also run the ztunnel set-up with this ztunnel binary (Istio's, built with its `testing`
+    /// feature, whose fake CA the set-up uses; see BENCHMARKS.md): in-pod mode on the
+    /// cross-node beds, compared with hbone. Needs `iptables` (`cargo xtask setup`).
+    #[arg(long, value_name = "PATH")]
+    pub ztunnel: Option<PathBuf>,
     /// Internal: run the ping-pong client against ADDR from this process's namespace and print
     /// one JSON line (what the bench runs inside the client pod).
     #[arg(long, value_name = "ADDR", hide = true)]
@@ -272,7 +282,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         bail!("cargo xtask bench cannot run here: {reason}");
     }
     let root = workspace_root()?;
-    let setups = selected(&options.setups, params.quick);
+    if let Some(path) = &options.ztunnel {
+        ztunnel::set_binary(path)?;
+    } else if options.setups.contains(&SetUp::Ztunnel) {
+        bail!("the ztunnel set-up needs the ztunnel binary: --ztunnel PATH");
+    }
+    let setups = selected(&options.setups, params.quick, options.ztunnel.is_some());
     let envoy = if setups.iter().any(|s| s.sidecars()) {
         let envoy = envoy::envoy_binary(&root)
             .context("the sidecars set-up needs Envoy: run `cargo xtask setup`")?;
@@ -398,10 +413,12 @@ fn write_outputs(root: &Path, report: &Report) -> anyhow::Result<PathBuf> {
 }
 
 /// The set-ups named with `--setups` and their baselines (when none is named, all of them, or
-/// with `quick` those that run in `--quick`), in [`SetUp::ALL`] order.
-fn selected(named: &[SetUp], quick: bool) -> Vec<SetUp> {
+/// with `quick` those that run in `--quick`), in [`SetUp::ALL`] order; ztunnel only when
+/// `ztunnel` (its binary was given).
+fn selected(named: &[SetUp], quick: bool, ztunnel: bool) -> Vec<SetUp> {
     SetUp::ALL
         .into_iter()
+        .filter(|s| ztunnel || *s != SetUp::Ztunnel)
         .filter(|s| match named {
             [] => !quick || s.in_quick(),
             _ => named.iter().any(|n| n == s || n.baseline() == *s),
@@ -553,6 +570,13 @@ fn leftovers(envoy: Option<&Path>) -> Vec<String> {
             procfs::pids_running(envoy)
                 .into_iter()
                 .map(|pid| format!("envoy process {pid}")),
+        );
+    }
+    if let Some(binary) = ztunnel::binary() {
+        found.extend(
+            procfs::pids_running(binary)
+                .into_iter()
+                .map(|pid| format!("ztunnel process {pid}")),
         );
     }
     found

@@ -15,11 +15,8 @@ use super::memory::MemoryFigures;
 use super::plot::{self, Series};
 use super::topology::{SetUp, Topology};
 
-/// marrow's cross-node set-up and the sidecars: the pair the memory table compares.
-const VERSUS: (SetUp, SetUp) = match Topology::CrossNode.versus() {
-    Some(pair) => pair,
-    None => (SetUp::Hbone, SetUp::Sidecars),
-};
+/// marrow's cross-node set-up and each rival: the pairs the memory table compares.
+const VERSUS: &[(SetUp, SetUp)] = Topology::CrossNode.rivals();
 
 /// Every sample of every figure, by set-up, the connection errors seen, and each ping-pong
 /// run's distribution.
@@ -156,6 +153,7 @@ fn style(setup: SetUp) -> (&'static str, bool) {
         SetUp::Hbone => ("#1f77b4", false),
         SetUp::HboneUnpooled => ("#aec7e8", false),
         SetUp::Sidecars => ("#d62728", false),
+        SetUp::Ztunnel => ("#e377c2", false),
         SetUp::L7Direct => ("#9467bd", false),
         SetUp::Waypoint => ("#17becf", false),
         SetUp::EnvoyL7 => ("#ff7f0e", false),
@@ -192,12 +190,15 @@ impl Report {
             .collect()
     }
 
-    /// marrow's set-up and Envoy's in the topology of `figure`'s set-ups, when both ran.
-    fn versus(&self, topology: Topology) -> Option<(SetUp, SetUp)> {
+    /// marrow's set-up and each rival (Envoy's, ztunnel) in `topology`, where both ran.
+    fn versus(&self, topology: Topology) -> Vec<(SetUp, SetUp)> {
         let ran = self.ran();
         topology
-            .versus()
+            .rivals()
+            .iter()
+            .copied()
             .filter(|(ours, theirs)| ran.contains(ours) && ran.contains(theirs))
+            .collect()
     }
 
     /// The Markdown report: a table per topology, the memory table, then the TLS handshake
@@ -218,13 +219,23 @@ impl Report {
             for note in topology.notes() {
                 let _ = writeln!(out, "\n{note}");
             }
+            if setups.contains(&SetUp::Ztunnel) {
+                for note in super::ztunnel::NOTES {
+                    let _ = writeln!(out, "\n{note}");
+                }
+            }
             out.push('\n');
         }
         if let Some(memory) = self.memory.as_ref().filter(|m| !m.steps.is_empty()) {
             let _ = writeln!(
                 out,
                 "### Memory: the data plane of node 1 (marrow: its node-proxy; sidecars: every \
-                 Envoy on it, one per pod)\n"
+                 Envoy on it, one per pod{})\n",
+                if memory.steps.contains_key(&SetUp::Ztunnel) {
+                    "; ztunnel: its ztunnel"
+                } else {
+                    ""
+                }
             );
             out.push_str(&memory_table(memory));
             let _ = writeln!(
@@ -262,9 +273,12 @@ impl Report {
     fn topology_table(&self, topology: Topology, setups: &[SetUp]) -> String {
         let base = topology.baseline();
         let others: Vec<SetUp> = setups.iter().copied().filter(|s| *s != base).collect();
-        let versus = topology
-            .versus()
-            .filter(|(ours, theirs)| others.contains(ours) && others.contains(theirs));
+        let versus: Vec<(SetUp, SetUp)> = topology
+            .rivals()
+            .iter()
+            .copied()
+            .filter(|(ours, theirs)| others.contains(ours) && others.contains(theirs))
+            .collect();
         let mut header = vec!["figure".to_owned(), base.name().to_owned()];
         header.extend(others.iter().map(|s| s.name().to_owned()));
         header.extend(others.iter().map(|s| {
@@ -274,7 +288,7 @@ impl Report {
                 format!("{}/{}", s.name(), base.name())
             }
         }));
-        if let Some((ours, theirs)) = versus {
+        for (ours, theirs) in &versus {
             header.push(format!("{}/{}", ours.name(), theirs.name()));
         }
         let mut rows = vec![header];
@@ -300,11 +314,11 @@ impl Report {
                     Compare::RatioAndAdded => format!("{} ({:+.1} µs)", times(v / b), v - b),
                 }
             }));
-            if let Some((ours, theirs)) = versus {
+            for (ours, theirs) in &versus {
                 row.push(if figure.across_meshes() {
                     ratio(
-                        self.samples.median(figure, theirs),
-                        self.samples.median(figure, ours),
+                        self.samples.median(figure, *theirs),
+                        self.samples.median(figure, *ours),
                     )
                 } else {
                     "—".to_owned()
@@ -319,9 +333,7 @@ impl Report {
         ];
         row.extend(others.iter().map(errors));
         row.extend(others.iter().map(|_| "—".to_owned()));
-        if versus.is_some() {
-            row.push("—".to_owned());
-        }
+        row.extend(versus.iter().map(|_| "—".to_owned()));
         rows.push(row);
         render(&rows)
     }
@@ -401,7 +413,7 @@ impl Report {
             if compare == Compare::RatioAndAdded {
                 entry["added"] = Value::Object(compared(|b, v| v - b));
             }
-            for (ours, theirs) in Topology::ALL.into_iter().filter_map(|t| self.versus(t)) {
+            for (ours, theirs) in Topology::ALL.into_iter().flat_map(|t| self.versus(t)) {
                 if !figure.across_meshes() {
                     continue;
                 }
@@ -481,12 +493,18 @@ fn memory_table(memory: &MemoryFigures) -> String {
         .into_iter()
         .filter(|s| memory.steps.contains_key(s))
         .collect();
-    let versus = measured.contains(&VERSUS.0) && measured.contains(&VERSUS.1);
+    let versus: Vec<(SetUp, SetUp)> = VERSUS
+        .iter()
+        .copied()
+        .filter(|(ours, theirs)| measured.contains(ours) && measured.contains(theirs))
+        .collect();
     let mut header = vec!["figure".to_owned(), "direct".to_owned()];
     header.extend(measured.iter().map(|s| s.name().to_owned()));
-    if versus {
-        header.push(format!("{}/{}", VERSUS.0.name(), VERSUS.1.name()));
-    }
+    header.extend(
+        versus
+            .iter()
+            .map(|(ours, theirs)| format!("{}/{}", ours.name(), theirs.name())),
+    );
     let mut table = vec![header];
     for (label, values) in rows {
         let decimals = if label.contains("processes") { 0 } else { 1 };
@@ -496,10 +514,10 @@ fn memory_table(memory: &MemoryFigures) -> String {
                 .iter()
                 .map(|s| number(values.get(s).copied(), decimals)),
         );
-        if versus {
+        for (ours, theirs) in &versus {
             row.push(ratio(
-                values.get(&VERSUS.1).copied(),
-                values.get(&VERSUS.0).copied(),
+                values.get(theirs).copied(),
+                values.get(ours).copied(),
             ));
         }
         table.push(row);

@@ -122,8 +122,13 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
     check_sidecars(&pairs, samples)?;
     if let Some((count, first)) = bed.proxy_problems() {
         println!(
-            "    {:<8} node-proxy logged {count} failed connections or warnings; first: {first}",
-            setup.name()
+            "    {:<8} {} logged {count} failed connections or warnings; first: {first}",
+            setup.name(),
+            if setup == SetUp::Ztunnel {
+                "ztunnel"
+            } else {
+                "node-proxy"
+            }
         );
     }
     for pair in &pairs {
@@ -178,13 +183,14 @@ fn check_counted(bed: &Bed, samples: &mut Samples) -> anyhow::Result<()> {
     if counted.opened == 0 {
         bail!("{}: the proxies counted no connection", setup.name());
     }
-    if matches!(setup, SetUp::Hbone | SetUp::HboneUnpooled) {
+    if matches!(setup, SetUp::Hbone | SetUp::HboneUnpooled | SetUp::Ztunnel) {
         let plaintext =
             (counted.opened).saturating_sub(counted.mtls_source + counted.mtls_destination);
         if counted.mtls_source == 0 || counted.mtls_destination == 0 || plaintext > 0 {
             bail!(
-                "hbone: not every connection was mutual TLS (source {}, destination {}, \
+                "{}: not every connection was mutual TLS (source {}, destination {}, \
                  other {plaintext})",
+                setup.name(),
                 counted.mtls_source,
                 counted.mtls_destination
             );
@@ -200,14 +206,19 @@ fn check_counted(bed: &Bed, samples: &mut Samples) -> anyhow::Result<()> {
             );
         }
         println!(
-            "    {:<8} mutual_tls connections: {} opened at the source, {} at the destination, \
-             over {} mTLS connections",
+            "    {:<8} mutual_tls connections: {} opened at the source, {} at the destination{}",
             setup.name(),
             counted.mtls_source,
             counted.mtls_destination,
-            counted.tunnels
+            if setup == SetUp::Hbone {
+                format!(", over {} mTLS connections", counted.tunnels)
+            } else {
+                String::new()
+            }
         );
-        samples.record(Figure::Tunnels, setup, counted.tunnels as f64);
+        if setup == SetUp::Hbone {
+            samples.record(Figure::Tunnels, setup, counted.tunnels as f64);
+        }
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use marrow_tests::{ClusterState, MeshCa, Node, Pod, PodProcess, Proxy, binaries,
 
 use super::sidecar::{Bootstrap, Route, Sidecar, TlsCounts};
 pub use super::topology::{SetUp, Topology};
+use super::ztunnel::{self, Ztunnels};
 
 mod l7;
 mod routes;
@@ -188,6 +189,8 @@ pub struct Bed {
     // Field order is drop order: the proxies before the nodes they live in, the CAs last.
     /// The client node's proxy first, then the server node's (when it has its own).
     proxies: Vec<Proxy>,
+    /// A ztunnel bed's ztunnels (client node first).
+    ztunnels: Option<Ztunnels>,
     client_node: Node,
     /// The client node again in a same-node set-up.
     server_node: Node,
@@ -219,8 +222,15 @@ impl Bed {
         let mut proxies = Vec::new();
         let mut mesh = None;
         let mut sidecars = None;
+        let mut ztunnels = None;
         match setup {
             SetUp::Direct | SetUp::DirectX | SetUp::L7Direct => {}
+            SetUp::Ztunnel => {
+                let binary =
+                    ztunnel::binary().context("the ztunnel set-up needs --ztunnel PATH")?;
+                let nodes = [(&client_node, CLIENT_SA), (&server_node, SERVER_SA)];
+                ztunnels = Some(Ztunnels::start(binary, &nodes, NAMESPACE)?);
+            }
             SetUp::Sidecars | SetUp::EnvoyL7 => {
                 let envoy = envoy.context("the sidecars set-up needs Envoy")?;
                 sidecars = Some(Sidecars {
@@ -270,6 +280,7 @@ impl Bed {
         Ok(Bed {
             setup,
             proxies,
+            ztunnels,
             client_node,
             server_node,
             mesh,
@@ -303,6 +314,7 @@ impl Bed {
                 .sysctl("net.ipv4.ip_local_port_range", PORT_RANGE);
             pod.netns().sysctl("net.ipv4.tcp_tw_reuse", "1");
         }
+        self.hand_to_ztunnel(&[&client, &server])?;
         let servers = [
             serve(&server, &["serve", "--port", &ECHO_PORT.to_string()])?,
             serve(
@@ -349,6 +361,7 @@ impl Bed {
         }
         let named: Vec<(&Pod, &str)> = pods.iter().map(|p| (p, IDLE_SA)).collect();
         self.record(&named);
+        self.hand_to_ztunnel(&pods.iter().collect::<Vec<_>>())?;
         let mut sidecars = Vec::new();
         if self.sidecars.is_some() {
             let peer = self
@@ -402,6 +415,17 @@ impl Bed {
             .with_context(|| format!("starting the sidecar of pod {}", pod.name()))
     }
 
+    /// In a ztunnel bed, hands `pods` to their nodes' ztunnels (as istio-cni does when a pod
+    /// starts); nothing for the other set-ups.
+    fn hand_to_ztunnel(&mut self, pods: &[&Pod]) -> anyhow::Result<()> {
+        if let Some(ztunnels) = self.ztunnels.as_mut() {
+            for pod in pods {
+                ztunnels.enroll(pod)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Adds pods (with their service accounts) to a mesh's cluster state and waits until every
     /// proxy has applied it; nothing for the other set-ups.
     fn record(&mut self, pods: &[(&Pod, &str)]) {
@@ -439,7 +463,9 @@ impl Bed {
     /// The bed's node proxies, the client node's first (none for a baseline or the sidecars:
     /// their data plane lives in the pods).
     pub fn proxy_pids(&self) -> Vec<u32> {
-        self.proxies.iter().filter_map(Proxy::pid).collect()
+        let mut pids: Vec<u32> = self.proxies.iter().filter_map(Proxy::pid).collect();
+        pids.extend(self.ztunnels.iter().flat_map(Ztunnels::pids));
+        pids
     }
 
     /// Whether the server pods are on a node of their own.
@@ -451,6 +477,16 @@ impl Bed {
     pub fn counted(&self) -> anyhow::Result<Option<Counted>> {
         use marrow_tests::metrics::count;
         const OPENED: &str = "istio_tcp_connections_opened_total";
+        if let Some(ztunnels) = &self.ztunnels {
+            let opened = ztunnels.opened()?;
+            return Ok(Some(Counted {
+                opened: opened.all,
+                mtls_source: opened.mtls_source,
+                mtls_destination: opened.mtls_destination,
+                // ztunnel does not count its pool's connections.
+                tunnels: 0,
+            }));
+        }
         if self.proxies.is_empty() {
             return Ok(None);
         }
@@ -489,6 +525,9 @@ impl Bed {
     /// log line whose `response_flags` is not `"-"`): how many, and the first (a mesh that
     /// drops connections under load says why here).
     pub fn proxy_problems(&self) -> Option<(usize, String)> {
+        if let Some(ztunnels) = &self.ztunnels {
+            return ztunnels.problems();
+        }
         let mut problems = self.proxies.iter().flat_map(|proxy| {
             proxy
                 .log()
@@ -503,6 +542,9 @@ impl Bed {
 
     /// Fails when a proxy has exited (a crash mid-run must fail the bench, not skew it).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(ztunnels) = self.ztunnels.as_mut() {
+            ztunnels.check_alive()?;
+        }
         for proxy in &mut self.proxies {
             if let Some(status) = proxy.try_wait() {
                 anyhow::bail!(

@@ -28,6 +28,7 @@ impl Topology {
                 SetUp::Hbone,
                 SetUp::HboneUnpooled,
                 SetUp::Sidecars,
+                SetUp::Ztunnel,
             ],
             Topology::L7 => &[
                 SetUp::L7Direct,
@@ -46,6 +47,19 @@ impl Topology {
             Topology::SameNode => None,
             Topology::CrossNode => Some((SetUp::Hbone, SetUp::Sidecars)),
             Topology::L7 => Some((SetUp::Waypoint, SetUp::EnvoyL7)),
+        }
+    }
+
+    /// marrow's set-up and each other data plane it is compared with, where the topology has
+    /// them: [`Topology::versus`] first, then Istio's ztunnel across nodes.
+    pub const fn rivals(self) -> &'static [(SetUp, SetUp)] {
+        match self {
+            Topology::SameNode => &[],
+            Topology::CrossNode => &[
+                (SetUp::Hbone, SetUp::Sidecars),
+                (SetUp::Hbone, SetUp::Ztunnel),
+            ],
+            Topology::L7 => &[(SetUp::Waypoint, SetUp::EnvoyL7)],
         }
     }
 
@@ -153,6 +167,11 @@ pub enum SetUp {
     /// connects to the app on loopback — Istio's sidecar data path, minus the iptables
     /// REDIRECT.
     Sidecars,
+    /// As [`SetUp::DirectX`] (pods not enrolled with marrow) with Istio's ztunnel on each
+    /// node in its in-pod mode, each pod carrying istio-cni's redirection rules and handed to
+    /// its node's ztunnel over ZDS: every connection is HBONE between the two ztunnels. Runs
+    /// only with `--ztunnel PATH` (see [`crate::ztunnel`]).
+    Ztunnel,
     /// The L7 baseline: as [`SetUp::DirectX`], the server pod running an HTTP/1.1 server.
     #[value(name = "l7-direct")]
     L7Direct,
@@ -179,13 +198,14 @@ pub enum SetUp {
 
 impl SetUp {
     /// Every set-up, each topology's baseline first.
-    pub const ALL: [SetUp; 12] = [
+    pub const ALL: [SetUp; 13] = [
         SetUp::Direct,
         SetUp::Marrow,
         SetUp::DirectX,
         SetUp::Hbone,
         SetUp::HboneUnpooled,
         SetUp::Sidecars,
+        SetUp::Ztunnel,
         SetUp::L7Direct,
         SetUp::Waypoint,
         SetUp::WaypointRoute,
@@ -203,6 +223,7 @@ impl SetUp {
             SetUp::Hbone => "hbone",
             SetUp::HboneUnpooled => "hbone-unpooled",
             SetUp::Sidecars => "sidecars",
+            SetUp::Ztunnel => "ztunnel",
             SetUp::L7Direct => "l7-direct",
             SetUp::Waypoint => "waypoint",
             SetUp::EnvoyL7 => "envoy-l7",
@@ -241,6 +262,12 @@ impl SetUp {
                  P-256, SPIFFE SANs checked) → the server pod's Envoy → the app on 127.0.0.1; \
                  Istio's sidecar data path minus the iptables REDIRECT"
             }
+            SetUp::Ztunnel => {
+                "as direct-x with Istio's ztunnel (--ztunnel) on each node in its in-pod mode: \
+                 istio-cni's in-pod iptables rules in each pod, its namespace handed to ztunnel \
+                 over ZDS, fake CA, workloads from a local file: HBONE, mTLS + HTTP/2 CONNECT, \
+                 between the pods' ztunnel listeners"
+            }
             SetUp::L7Direct => {
                 "client pod on node 1, HTTP/1.1 server pod on node 2, plain CNI chain, no proxy"
             }
@@ -275,9 +302,11 @@ impl SetUp {
     pub fn topology(self) -> Topology {
         match self {
             SetUp::Direct | SetUp::Marrow => Topology::SameNode,
-            SetUp::DirectX | SetUp::Hbone | SetUp::HboneUnpooled | SetUp::Sidecars => {
-                Topology::CrossNode
-            }
+            SetUp::DirectX
+            | SetUp::Hbone
+            | SetUp::HboneUnpooled
+            | SetUp::Sidecars
+            | SetUp::Ztunnel => Topology::CrossNode,
             SetUp::L7Direct
             | SetUp::Waypoint
             | SetUp::WaypointRoute
@@ -358,7 +387,17 @@ mod tests {
                 assert!(marrow.enrolled() && envoy.sidecars(), "{topology:?}");
                 assert_eq!((marrow.topology(), envoy.topology()), (topology, topology));
             }
+            assert_eq!(topology.rivals().first().copied(), topology.versus());
+            for (marrow, rival) in topology.rivals() {
+                assert!(marrow.enrolled() && !rival.enrolled(), "{topology:?}");
+                assert_eq!((marrow.topology(), rival.topology()), (topology, topology));
+            }
         }
+        assert!(
+            !SetUp::Ztunnel.enrolled(),
+            "ztunnel's pods are not marrow's"
+        );
+        assert!(SetUp::Ztunnel.meshed());
         for setup in SetUp::ALL {
             use clap::ValueEnum as _;
             let value = setup.to_possible_value().map(|v| v.get_name().to_owned());

@@ -19,7 +19,7 @@ use crate::toolchain::{
 };
 
 /// The apt packages, and what each is for.
-const APT_PACKAGES: [(&str, &str); 9] = [
+const APT_PACKAGES: [(&str, &str); 10] = [
     (
         LLVM_PACKAGE,
         "LLVM 22, which bpf-linker is built against and loads",
@@ -49,6 +49,10 @@ const APT_PACKAGES: [(&str, &str); 9] = [
     (
         "prometheus",
         "`prometheus` and `promtool`, which check and scrape the proxy's /metrics in tests",
+    ),
+    (
+        "iptables",
+        "istio-cni's in-pod redirection rules, for the bench's ztunnel set-up (`--ztunnel`) only",
     ),
 ];
 

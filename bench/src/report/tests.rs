@@ -359,6 +359,63 @@ fn without_a_traffic_set_up_there_is_no_traffic_table() {
 }
 
 #[test]
+fn ztunnel_gets_its_own_ratio_column_beside_the_sidecars() {
+    let mut samples = Samples::default();
+    for (setup, gbps) in [
+        (SetUp::DirectX, 10.0),
+        (SetUp::Hbone, 5.0),
+        (SetUp::Sidecars, 2.5),
+        (SetUp::Ztunnel, 4.0),
+    ] {
+        samples.record(Figure::BulkGbps, setup, gbps);
+    }
+    let report = |order: Vec<SetUp>, samples| Report {
+        load_average: [0.1, 0.2, 0.3],
+        cpus: 2,
+        parameters: json!({}),
+        order,
+        samples,
+        memory: None,
+        handshakes: None,
+    };
+    let all = vec![
+        SetUp::DirectX,
+        SetUp::Hbone,
+        SetUp::Sidecars,
+        SetUp::Ztunnel,
+    ];
+    let with = report(all, samples);
+    let table = with.table();
+    assert!(
+        table.contains("| hbone/sidecars | hbone/ztunnel |"),
+        "{table}"
+    );
+    let bulk = table.lines().find(|l| l.contains("bulk")).unwrap();
+    let cells: Vec<&str> = bulk.split('|').map(str::trim).collect();
+    assert_eq!(
+        cells[cells.len() - 3..cells.len() - 1],
+        ["2.00×", "1.25×"],
+        "{table}"
+    );
+    assert!(
+        table.contains("hbone/ztunnel is marrow's figure"),
+        "{table}"
+    );
+    let json = with.json();
+    assert_eq!(
+        json["figures"]["bulk_gbit_s"]["hbone_vs_ztunnel"],
+        json!(1.25)
+    );
+
+    // Without ztunnel, no trace of it.
+    let mut samples = Samples::default();
+    samples.record(Figure::BulkGbps, SetUp::DirectX, 10.0);
+    samples.record(Figure::BulkGbps, SetUp::Hbone, 5.0);
+    let without = report(vec![SetUp::DirectX, SetUp::Hbone], samples).table();
+    assert!(!without.contains("ztunnel"), "{without}");
+}
+
+#[test]
 fn cross_node_has_four_streams_the_fixed_rate_and_the_unpooled_column() {
     let mut samples = Samples::default();
     for (setup, gbps, p50, p99, rate) in [

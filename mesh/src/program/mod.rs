@@ -8,6 +8,7 @@
 //! filters the API server's pods by node. The settings these read are declared once, in
 //! [`program_settings!`](crate::program_settings). Every error names the setting it comes from.
 
+mod log_writer;
 mod settings;
 
 use std::net::SocketAddr;
@@ -73,13 +74,20 @@ pub type LogFilter =
 /// Installs the global log subscriber: stderr, JSON lines with `json`, through a filter from
 /// `RUST_LOG` (default `info`). Returns the filter, for an admin API that changes the level at
 /// run time. Call once, first thing.
+///
+/// Lines are written by a thread of their own, in batches ([`log_writer`]): a worker thread
+/// serving connections only formats its access-log line. Colours only on a terminal: escape
+/// codes in a log file or a collector cost bytes and formatting on every line.
 pub fn init_logging(json: bool) -> LogFilter {
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::{Layer, SubscriberExt};
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let format = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(log_writer::QueuedStderr::start());
     let format = if json {
         format.json().boxed()
     } else {
