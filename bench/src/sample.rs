@@ -195,6 +195,8 @@ fn check_counted(bed: &Bed, samples: &mut Samples) -> anyhow::Result<()> {
                 counted.mtls_destination
             );
         }
+        // marrow's proxies count the mTLS connections they dial (ztunnel's metrics differ).
+        let marrow = matches!(setup, SetUp::Hbone | SetUp::HboneUnpooled);
         // Without pooling every tunnel dials its own mTLS connection: fewer dials than
         // tunnels means streams were pooled after all, and the figure would not be what it
         // says.
@@ -210,13 +212,13 @@ fn check_counted(bed: &Bed, samples: &mut Samples) -> anyhow::Result<()> {
             setup.name(),
             counted.mtls_source,
             counted.mtls_destination,
-            if setup == SetUp::Hbone {
+            if marrow {
                 format!(", over {} mTLS connections", counted.tunnels)
             } else {
                 String::new()
             }
         );
-        if setup == SetUp::Hbone {
+        if marrow {
             samples.record(Figure::Tunnels, setup, counted.tunnels as f64);
         }
     }
