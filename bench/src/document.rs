@@ -190,20 +190,35 @@ pub fn render(report: &Report, machine: &Machine) -> String {
          server's greeting line → close, 1 and 8 client threads, {} s per run, each run from \
          fresh pods (no TIME_WAIT inherited); connect→greeting p50/p99 from the same runs. \
          Through HBONE a new connection is a new HTTP/2 stream on a pooled mTLS connection; \
-         through the sidecars, a new mTLS connection between the Envoys.\n\
-         - **Bulk**: `testpod send`, one stream of {} MiB to a sink that acknowledges the \
-         byte count; Gbit/s of payload, host CPU-s per GB (`/proc/stat`: every process and \
-         the kernel) and data-plane CPU-s per GB (`/proc/PID/stat` of both nodes' proxies, or \
-         of the pair's two Envoys).\n\
+         through hbone-unpooled (node-proxy `--hbone-no-pool`) and the sidecars, a brand-new \
+         mTLS connection between the proxies (TCP, TLS 1.3 and, for HBONE, HTTP/2 \
+         handshakes), closed with it; hbone-unpooled runs these figures only.\n\
+         - **Bulk**: `testpod send`, {} MiB to a sink that acknowledges the byte count, over \
+         one stream and over {} parallel streams (iperf's -P{}: every connection greeted \
+         before the clock starts, an equal share each, timed until the last acknowledgement); \
+         Gbit/s of payload, host CPU-s per GB (`/proc/stat`: every process and the kernel) \
+         and data-plane CPU-s per GB (`/proc/PID/stat` of both nodes' proxies, or of the \
+         pair's two Envoys).\n\
          - **Latency**: 1-byte ping-pong on one TCP_NODELAY connection to the echo server, \
          {} unrecorded warm-up round trips then {} measured, percentiles by nearest rank. \
          The plot shows each set-up's round trip by percentile, the median of its runs point \
          by point.\n\
+         - **Fixed rate** (cross node): `testpod http-load --echo`, {}-byte requests echoed \
+         back over plain TCP at {} requests/s spread over {} keep-alive connections for {} s \
+         after a 1 s warm-up (Istio's published shape: fortio, 1 KiB, 1,000 req/s, 16 \
+         connections); open-loop, each request timed from when it was due, so a stall shows \
+         in the tail instead of being hidden (coordinated omission); p50/p90/p99 by nearest \
+         rank.\n\
          - **Memory**: for each mesh and N in {{{}}}, a fresh bed with N pods on node 1 (the \
          client and N - 1 idle ones) and the server pod on node 2: the data plane's RSS on \
          node 1 (`/proc/PID/smaps_rollup`; marrow: the node proxy; sidecars: every Envoy on \
          the node), idle and with {} connections held open from the client to the server's \
-         echo; direct has no data plane (0).\n\
+         echo; direct has no data plane (0). On the {}-pod bed, {} connections in all are \
+         then held and each node's data plane is read on its own (node 1: the client's node \
+         proxy or Envoy; node 2: the server's): fresh idle, with them open, after every one \
+         closed (what the allocator keeps), and KiB per held connection ((held − idle) / N). \
+         The bench raises the open-files limit its proxies, Envoys and pods inherit for \
+         this.\n\
          - **TLS handshakes**: node-proxy's TLS stack alone, in one process over loopback: \
          the ceiling on brand-new mTLS connections.\n\
          - **L7** (waypoint, envoy-l7, against l7-direct): `testpod http-load` in the client \
@@ -219,10 +234,22 @@ pub fn render(report: &Report, machine: &Machine) -> String {
          `accessLogFile: \"\"`; the Envoys have none).\n",
         number("connect_seconds"),
         number("bulk_bytes") >> 20,
+        number("bulk_streams"),
+        number("bulk_streams"),
         number("pingpong_warm_up"),
         number("pingpong_count"),
+        number("rate_bytes"),
+        number("rate"),
+        number("rate_connections"),
+        number("rate_seconds"),
         list("memory_pods"),
         number("held_connections"),
+        p.get("memory_pods")
+            .and_then(Value::as_array)
+            .and_then(|v| v.first())
+            .and_then(Value::as_u64)
+            .unwrap_or(1),
+        number("held_connections_many"),
         number("l7_body_bytes"),
         number("l7_body_bytes"),
         list("l7_connections"),
@@ -321,7 +348,9 @@ mod tests {
             parameters: json!({
                 "quick": false, "rounds": 3, "connect_seconds": 3, "bulk_bytes": 1u64 << 30,
                 "pingpong_warm_up": 100, "pingpong_count": 50_000, "memory_pods": [1, 10, 50],
-                "held_connections": 1000, "envoy_concurrency": 2,
+                "held_connections": 1000, "envoy_concurrency": 2, "bulk_streams": 4,
+                "rate": 1000, "rate_connections": 16, "rate_bytes": 1024, "rate_seconds": 5,
+                "held_connections_many": 10_000,
             }),
             order: vec![SetUp::DirectX, SetUp::Hbone, SetUp::Sidecars],
             samples,
@@ -347,7 +376,12 @@ mod tests {
         assert!(!doc.contains("shortened"), "a full run");
         assert!(doc.contains("minus the iptables REDIRECT"));
         assert!(doc.contains("Envoy 1.40.0") && doc.contains("--concurrency 2"));
-        assert!(doc.contains("one stream of 1024 MiB"));
+        assert!(doc.contains("1024 MiB to a sink"));
+        assert!(doc.contains("over 4 parallel streams (iperf's -P4"));
+        assert!(doc.contains("1024-byte requests echoed back over plain TCP at 1000 requests/s"));
+        assert!(doc.contains("16 keep-alive connections for 5 s"));
+        assert!(doc.contains("On the 1-pod bed, 10000 connections in all"));
+        assert!(doc.contains("through hbone-unpooled (node-proxy `--hbone-no-pool`)"));
         assert!(doc.contains("N in {1, 10, 50}"));
         assert!(doc.contains("| memory | 24.0 GiB |"));
         assert!(doc.contains("(0.50 0.25 0.12 here)"));

@@ -26,6 +26,12 @@ pub enum Figure {
     BulkHostCpu,
     /// Data-plane CPU per GB of bulk.
     BulkPlaneCpu,
+    /// Bulk throughput over four parallel streams (iperf's -P4).
+    Bulk4Gbps,
+    /// Host CPU per GB of the four-stream bulk.
+    Bulk4HostCpu,
+    /// Data-plane CPU per GB of the four-stream bulk.
+    Bulk4PlaneCpu,
     /// The data plane's peak RSS (VmHWM) over the connection-rate and bulk runs.
     ProxyPeakRss,
     /// Ping-pong round trip, p50.
@@ -36,6 +42,12 @@ pub enum Figure {
     PingP99,
     /// Ping-pong round trip, p99.9.
     PingP999,
+    /// 1 KiB TCP request/response at a fixed 1,000 requests/s, p50 from when it was due.
+    RateP50,
+    /// The same, p90.
+    RateP90,
+    /// The same, p99.
+    RateP99,
     /// mTLS connections the client node's data plane dialled over the whole bed (through
     /// HBONE every stream of every figure above rode one of them; through the sidecars each
     /// connection is one).
@@ -75,7 +87,7 @@ pub enum Compare {
 
 impl Figure {
     /// Every figure, in table order.
-    pub const ALL: [Figure; 27] = [
+    pub const ALL: [Figure; 33] = [
         Figure::ConnRate1,
         Figure::ConnP50Thread1,
         Figure::ConnP99Thread1,
@@ -87,11 +99,17 @@ impl Figure {
         Figure::BulkGbps,
         Figure::BulkHostCpu,
         Figure::BulkPlaneCpu,
+        Figure::Bulk4Gbps,
+        Figure::Bulk4HostCpu,
+        Figure::Bulk4PlaneCpu,
         Figure::ProxyPeakRss,
         Figure::PingP50,
         Figure::PingP90,
         Figure::PingP99,
         Figure::PingP999,
+        Figure::RateP50,
+        Figure::RateP90,
+        Figure::RateP99,
         Figure::Tunnels,
         Figure::L7Rps1,
         Figure::L7Rps16,
@@ -170,6 +188,19 @@ impl Figure {
                 2,
                 Nothing,
             ),
+            Figure::Bulk4Gbps => ("bulk4_gbit_s", "bulk, 4 parallel streams, Gbit/s", 2, Ratio),
+            Figure::Bulk4HostCpu => (
+                "bulk4_host_cpu_s_per_gb",
+                "  host CPU-s per GB (all processes + kernel)",
+                2,
+                Ratio,
+            ),
+            Figure::Bulk4PlaneCpu => (
+                "bulk4_proxy_cpu_s_per_gb",
+                "  data-plane CPU-s per GB",
+                2,
+                Nothing,
+            ),
             Figure::ProxyPeakRss => (
                 "proxy_peak_rss_mib",
                 "  data-plane peak RSS MiB (VmHWM, connects + bulk)",
@@ -183,6 +214,24 @@ impl Figure {
                 "ping_p999_us",
                 "1-byte ping-pong p99.9 µs",
                 1,
+                RatioAndAdded,
+            ),
+            Figure::RateP50 => (
+                "rate_p50_us",
+                "1 KiB request/response at 1,000 req/s p50 µs",
+                0,
+                RatioAndAdded,
+            ),
+            Figure::RateP90 => (
+                "rate_p90_us",
+                "1 KiB request/response at 1,000 req/s p90 µs",
+                0,
+                RatioAndAdded,
+            ),
+            Figure::RateP99 => (
+                "rate_p99_us",
+                "1 KiB request/response at 1,000 req/s p99 µs",
+                0,
                 RatioAndAdded,
             ),
             Figure::Tunnels => (

@@ -33,17 +33,19 @@
 //!   pod gets ephemeral ports 1024–65535 so a 3 s run does not run out of them. Failed attempts
 //!   are counted and reported, not fatal (each stalls its client thread up to the 2 s timeout).
 //! - Bulk: `testpod send` to a sink (`serve --sink`: read and discard, then acknowledge the
-//!   byte count), one stream; Gbit/s, host CPU-s per GB (from /proc/stat: senders, receivers,
+//!   byte count), one stream and four parallel ones; Gbit/s, host CPU-s per GB (from /proc/stat: senders, receivers,
 //!   proxies and kernel together) and node-proxy CPU-s per GB (/proc/PID/stat, every proxy of
 //!   the bed summed: both nodes' in a cross-node bed).
 //! - Latency: 1-byte round trips on one TCP_NODELAY connection to the echo, by the method of
 //!   `testpod pingpong` but keeping each run's distribution ([`latency`]); the curves, median
 //!   of each set-up's runs, are plotted as `target/bench/latency.svg`.
+//! - Fixed rate (cross node): 1 KiB request/response over TCP at 1,000 requests/s on 16
+//!   connections (`sample/fixed_rate.rs`), p50/p90/p99 timed from when each was due.
 //! - TLS handshakes (once per run, after the rounds): the TLS stack alone, in process, in the
 //!   release build (see [`handshake`]); 1 and 4 concurrent clients.
 //! - Memory (once per run, for every mesh set-up that ran; see [`memory`]): the data plane's
 //!   RSS on a node with 1, 10 and 50 pods, idle and with 1,000 connections held open, each on
-//!   a fresh bed; direct is 0.
+//!   a fresh bed, and with 10,000 held on the 1-pod bed, per node proxy; direct is 0.
 //! - Output: the tables on stdout and in `target/bench/report.md`, the plot in
 //!   `target/bench/latency.svg`, the JSON in `target/bench/report.json` (and `--json FILE`);
 //!   a full run of every set-up (or `--write-benchmarks`) also regenerates BENCHMARKS.md and
@@ -97,8 +99,8 @@ const BINARY: &str = "marrow-bench";
 )]
 pub struct Options {
     /// One round and shorter runs (1 s of connections, 256 MiB bulk, 10,000 round trips, 1 s
-    /// of TLS handshakes, memory with 1 and 50 pods only and without marrow same-node, the
-    /// idle CPU read over 1 s):
+    /// at the fixed rate, 1 s of TLS handshakes, memory with 1 and 50 pods only, 2,000 held
+    /// connections at most and without marrow same-node, the idle CPU read over 1 s):
     /// checks the method in under two minutes once the binaries are built. Never writes
     /// BENCHMARKS.md unless --write-benchmarks.
     #[arg(long)]
@@ -155,6 +157,9 @@ pub struct Params {
     memory_pods: Vec<u64>,
     /// Connections held open in the memory figures.
     held_connections: u64,
+    /// Connections held open in the fewest-pods bed after the first `held_connections`
+    /// were read (10,000; fewer with --quick): each node proxy's RSS and KiB per connection.
+    held_connections_many: u64,
     /// Seconds over which the data plane's CPU is read with the connections held.
     idle_cpu_seconds: u64,
     /// Seconds of each TLS handshake run.
@@ -163,6 +168,8 @@ pub struct Params {
     l7_seconds: u64,
     /// Seconds of the L7 fixed-rate run.
     l7_rate_seconds: u64,
+    /// Seconds of the cross-node 1 KiB request/response run at a fixed rate.
+    rate_seconds: u64,
 }
 
 impl Params {
@@ -185,10 +192,12 @@ impl Params {
                 vec![1, 10, 50]
             },
             held_connections: 1_000,
+            held_connections_many: if options.quick { 2_000 } else { 10_000 },
             idle_cpu_seconds: if options.quick { 1 } else { 5 },
             handshake_seconds,
             l7_seconds: if options.quick { 1 } else { 3 },
             l7_rate_seconds: if options.quick { 2 } else { 5 },
+            rate_seconds: if options.quick { 1 } else { 5 },
         }
     }
 
@@ -204,6 +213,12 @@ impl Params {
             "pingpong_bytes": 1,
             "memory_pods": self.memory_pods,
             "held_connections": self.held_connections,
+            "held_connections_many": self.held_connections_many,
+            "bulk_streams": sample::BULK_STREAMS,
+            "rate": sample::RATE,
+            "rate_connections": sample::RATE_CONNECTIONS,
+            "rate_bytes": sample::RATE_BYTES,
+            "rate_seconds": self.rate_seconds,
             "idle_cpu_seconds": self.idle_cpu_seconds,
             "envoy_concurrency": sidecar::CONCURRENCY,
             "handshake_seconds": self.handshake_seconds,
@@ -297,7 +312,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let memory_setups: Vec<SetUp> = setups
         .iter()
         .copied()
-        .filter(|s| s.topology() != topology::Topology::L7)
+        .filter(|s| s.topology() != topology::Topology::L7 && !s.connections_only())
         .filter(|s| !(params.quick && *s == SetUp::Marrow))
         .collect();
     let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -340,11 +355,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if params.quick {
         println!(
             "\n--quick shrinks: 1 round, {} s connection runs, {} MiB bulk, {} round trips, \
-             memory with {:?} pods and without marrow same-node, idle CPU over {} s",
+             {} s at the fixed rate, memory with {:?} pods, {} held connections at most and \
+             without marrow same-node, idle CPU over {} s",
             params.connect_seconds,
             params.bulk_bytes >> 20,
             params.pingpong_count,
+            params.rate_seconds,
             params.memory_pods,
+            params.held_connections_many,
             params.idle_cpu_seconds
         );
     }

@@ -8,7 +8,16 @@
 //!   hold`: every hop established, nothing sent): through the sidecars they run through the
 //!   client pod's Envoy (and the server pod's on node 2); through marrow, through node 1's
 //!   proxy (and node 2's);
-//! - node 1 after they closed (what the allocator keeps), and node 2 while they were open.
+//! - node 1 after they closed (what the allocator keeps), and node 2 idle, while they were
+//!   open and after they closed;
+//! - on the fewest-pods bed, before they close, [`Params::held_connections_many`] held in all
+//!   (10,000 in a full run), read on both nodes: each node proxy's RSS and KiB per connection
+//!   at that scale ([`Many`]).
+//!
+//! Holding 10,000 connections takes more descriptors than the usual limit of 1,024 or so: the
+//! bench raises its own open-files limit first ([`OPEN_FILES`]), which the proxies, Envoys
+//! and pods it starts inherit, and holds fewer when a process still may not open enough
+//! (printed).
 //!
 //! The data plane's CPU while the largest bed idles with its connections open is read over
 //! [`Params::idle_cpu_seconds`]. direct has no data plane: 0 by definition, nothing measured.
@@ -19,24 +28,23 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use marrow_tests::binaries;
 use marrow_tests::testpod::{Held, parse_load_output};
+use marrow_tests::{PodProcess, binaries};
 use serde_json::{Value, json};
 
 use super::Params;
 use super::procfs::{self, Memory};
-use super::setup::{Bed, SetUp};
+use super::setup::{Bed, PodPair, SetUp};
 
 /// Pause before reading memory, so that the step's allocations have settled.
 const SETTLE: Duration = Duration::from_millis(500);
+/// Extra pause after many held connections closed, before reading what stays.
+const CLOSE_SETTLE: Duration = Duration::from_secs(2);
 /// How long `testpod hold` may take to open its connections.
 const HOLD_READY: Duration = Duration::from_secs(120);
-/// Descriptors a data-plane process uses besides the held connections' (listeners, maps,
-/// netns, logs).
-const FD_SLACK: u64 = 512;
-/// Sockets one held connection may cost one data-plane process: a same-node proxy carries
-/// both ends (the client's outbound and the server's inbound, two sockets each).
-const SOCKETS_PER_CONNECTION: u64 = 4;
+/// The open-files limit the bench asks for before the memory beds: room for 10,000 held
+/// connections at [`SOCKETS_PER_CONNECTION`] each, with slack.
+const OPEN_FILES: u64 = 65_536;
 
 /// One bed's readings (see the module documentation).
 #[derive(Clone, Debug)]
@@ -55,15 +63,48 @@ pub struct Step {
     pub after_close: Memory,
     /// Node 2 with them open (cross-node set-ups).
     pub server_with_held: Option<Memory>,
+    /// Node 2 idle (cross-node set-ups).
+    pub server_idle: Option<Memory>,
+    /// Node 2 after every held connection closed (cross-node set-ups).
+    pub server_after_close: Option<Memory>,
+    /// The readings with more connections held (the fewest-pods bed only).
+    pub many: Option<Many>,
     /// Node 1's data-plane CPU, milliseconds per second, with the connections open and
     /// nothing sent (the largest bed only).
     pub idle_cpu_ms_per_s: Option<f64>,
+}
+
+/// Both nodes with [`Params::held_connections_many`] connections held.
+#[derive(Clone, Copy, Debug)]
+pub struct Many {
+    /// Connections held open.
+    pub held: u64,
+    /// Node 1 with them open.
+    pub client: Memory,
+    /// Node 2 with them open (cross-node set-ups).
+    pub server: Option<Memory>,
 }
 
 impl Step {
     /// KiB of RSS per held connection on node 1.
     pub fn rss_kib_per_connection(&self) -> f64 {
         per(self.with_held.rss_kib, self.idle.rss_kib, self.held)
+    }
+
+    /// KiB of node 1's RSS per connection with [`Many::held`] open.
+    pub fn many_kib_per_connection(&self) -> Option<f64> {
+        let many = self.many?;
+        Some(per(many.client.rss_kib, self.idle.rss_kib, many.held))
+    }
+
+    /// KiB of node 2's RSS per connection with [`Many::held`] open.
+    pub fn many_server_kib_per_connection(&self) -> Option<f64> {
+        let many = self.many?;
+        Some(per(
+            many.server?.rss_kib,
+            self.server_idle?.rss_kib,
+            many.held,
+        ))
     }
 
     fn json(&self) -> Value {
@@ -77,6 +118,15 @@ impl Step {
             "rss_kib_per_connection": self.rss_kib_per_connection(),
             "after_close": m(&self.after_close),
             "server_node_with_held": self.server_with_held.as_ref().map(m),
+            "server_node_idle": self.server_idle.as_ref().map(m),
+            "server_node_after_close": self.server_after_close.as_ref().map(m),
+            "many": self.many.map(|many| json!({
+                "held_connections": many.held,
+                "with_held": m(&many.client),
+                "rss_kib_per_connection": self.many_kib_per_connection(),
+                "server_node_with_held": many.server.as_ref().map(m),
+                "server_rss_kib_per_connection": self.many_server_kib_per_connection(),
+            })),
             "idle_cpu_ms_per_s": self.idle_cpu_ms_per_s,
         })
     }
@@ -177,10 +227,15 @@ impl MemoryFigures {
             );
             row(
                 format!(
-                    "RSS MiB after the connections closed ({})",
+                    "RSS MiB after every held connection closed ({})",
                     pods_label(*first)
                 ),
-                &|s| s.first().map(|s| mib(s.after_close.rss_kib)),
+                // With many held, the per-node block below carries it.
+                &|s| {
+                    s.first()
+                        .filter(|s| s.many.is_none())
+                        .map(|s| mib(s.after_close.rss_kib))
+                },
             );
             row(
                 format!(
@@ -189,6 +244,7 @@ impl MemoryFigures {
                 ),
                 &|s| s.first()?.server_with_held.map(|m| mib(m.rss_kib)),
             );
+            self.many_rows(&mut row);
         }
         if let Some(last) = counts.last() {
             row(
@@ -204,6 +260,47 @@ impl MemoryFigures {
             );
         }
         rows
+    }
+
+    /// Each node's data plane fresh idle, with [`Params::held_connections_many`] held and
+    /// after they closed, and its KiB per held connection (the fewest-pods bed).
+    fn many_rows(&self, row: &mut impl FnMut(String, &dyn Fn(&[Step]) -> Option<f64>)) {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let Some(held) = self
+            .steps
+            .values()
+            .filter_map(|steps| steps.first()?.many.map(|m| m.held))
+            .max()
+        else {
+            return;
+        };
+        let n = thousands(held);
+        row("node 1 RSS MiB, fresh idle".to_owned(), &|s| {
+            s.first().map(|s| mib(s.idle.rss_kib))
+        });
+        row(format!("node 1 RSS MiB with {n} held connections"), &|s| {
+            s.first()?.many.map(|m| mib(m.client.rss_kib))
+        });
+        row(
+            "node 1 RSS MiB after every held connection closed".to_owned(),
+            &|s| s.first().map(|s| mib(s.after_close.rss_kib)),
+        );
+        row(format!("node 1 RSS KiB per held connection ({n})"), &|s| {
+            s.first()?.many_kib_per_connection()
+        });
+        row("node 2 RSS MiB, fresh idle".to_owned(), &|s| {
+            s.first()?.server_idle.map(|m| mib(m.rss_kib))
+        });
+        row(format!("node 2 RSS MiB with {n} held connections"), &|s| {
+            s.first()?.many?.server.map(|m| mib(m.rss_kib))
+        });
+        row(
+            "node 2 RSS MiB after every held connection closed".to_owned(),
+            &|s| s.first()?.server_after_close.map(|m| mib(m.rss_kib)),
+        );
+        row(format!("node 2 RSS KiB per held connection ({n})"), &|s| {
+            s.first()?.many_server_kib_per_connection()
+        });
     }
 
     /// The figures as JSON (KiB).
@@ -223,10 +320,24 @@ impl MemoryFigures {
         json!({
             "pod_counts": self.pod_counts(),
             "held_connections": self.held,
+            "held_connections_many": self.steps.values().filter_map(|s| s.first()?.many.map(|m| m.held)).max(),
             "setups": setups,
             "direct": "no data plane: 0",
         })
     }
+}
+
+/// `10,000`: a count with thousands separators, as the issue and the tables write them.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `1 pod`, `10 pods`.
@@ -248,6 +359,12 @@ pub fn measure(
     setups: &[SetUp],
     envoy: Option<&Path>,
 ) -> anyhow::Result<MemoryFigures> {
+    let limit = procfs::raise_open_files_limit(OPEN_FILES);
+    if limit < OPEN_FILES {
+        println!(
+            "    open-files limit {limit} (wanted {OPEN_FILES}): fewer connections may be held"
+        );
+    }
     let mut figures = MemoryFigures {
         held: params.held_connections,
         steps: BTreeMap::new(),
@@ -261,7 +378,7 @@ pub fn measure(
                 &format!("{} memory, {} on node 1", setup.name(), pods_label(pods)),
                 || {
                     let mut bed = Bed::new(setup, &name, envoy)?;
-                    let step = measure_step(&mut bed, params, pods, largest)?;
+                    let step = measure_step(&mut bed, params, pods, (i == 0, largest))?;
                     drop(bed);
                     Ok(step)
                 },
@@ -276,13 +393,19 @@ pub fn measure(
 }
 
 /// The data-plane processes of each node of a bed.
-struct Plane {
+pub(super) struct Plane {
     node1: Vec<u32>,
     node2: Vec<u32>,
 }
 
-/// One bed: `pods` pods on node 1, idle, then with connections held, then after they closed.
-fn measure_step(bed: &mut Bed, params: &Params, pods: u64, largest: bool) -> anyhow::Result<Step> {
+/// One bed: `pods` pods on node 1, idle, then with connections held (and on the `first` bed
+/// with more), then after they closed; the data plane's idle CPU on the `largest`.
+fn measure_step(
+    bed: &mut Bed,
+    params: &Params,
+    pods: u64,
+    (first, largest): (bool, bool),
+) -> anyhow::Result<Step> {
     let setup = bed.setup();
     let mut pair = bed.pod_pair()?;
     let idle_pods = bed.add_idle_pods(pods.saturating_sub(1))?;
@@ -316,25 +439,16 @@ fn measure_step(bed: &mut Bed, params: &Params, pods: u64, largest: bool) -> any
         Ok(m)
     };
     let idle = read(&plane.node1, &format!("node 1, {}, idle", pods_label(pods)))?;
+    let server_idle = if plane.node2.is_empty() {
+        None
+    } else {
+        Some(read(&plane.node2, "node 2, idle")?)
+    };
     bed.check_alive()?;
 
     let wanted = fd_budget(&plane, params.held_connections)?;
-    let mut holder = pair.client().spawn(
-        binaries::testpod(),
-        &[
-            "hold",
-            &pair.echo().to_string(),
-            "--connections",
-            &wanted.to_string(),
-            "--seconds",
-            "600",
-        ],
-    );
-    let line = holder.next_line(HOLD_READY).unwrap_or_default();
-    let outcome = parse_load_output::<Held>(&line)
-        .map_err(anyhow::Error::msg)
-        .and_then(|o| o.map_err(|f| anyhow::anyhow!("{:?}: {}", f.kind, f.detail)))
-        .with_context(|| format!("testpod hold: {}", holder.log()))?;
+    let fds_idle = open_fds(&plane)?;
+    let (mut holder, outcome) = hold(&pair, wanted)?;
     println!(
         "    {:<8} {} connections held (opened in {} ms)",
         setup.name(),
@@ -364,8 +478,46 @@ fn measure_step(bed: &mut Bed, params: &Params, pods: u64, largest: bool) -> any
     };
     bed.check_alive()?;
     pair.check_alive()?;
+    let mut many = None;
+    let mut more_holder = None;
+    if first && params.held_connections_many > outcome.held {
+        let room = fd_room(&fds_idle, outcome.held, params.held_connections_many)?;
+        let more = room.saturating_sub(outcome.held);
+        let (process, more_held) = hold(&pair, more)?;
+        more_holder = Some(process);
+        let held = outcome.held + more_held.held;
+        println!(
+            "    {:<8} {held} connections held ({} more opened in {} ms)",
+            setup.name(),
+            more_held.held,
+            more_held.elapsed_ms
+        );
+        let client = read(&plane.node1, &format!("node 1, {held} held"))?;
+        let server = if plane.node2.is_empty() {
+            None
+        } else {
+            Some(read(&plane.node2, &format!("node 2, {held} held"))?)
+        };
+        bed.check_alive()?;
+        pair.check_alive()?;
+        many = Some(Many {
+            held,
+            client,
+            server,
+        });
+    }
     holder.kill();
+    if let Some(mut process) = more_holder {
+        process.kill();
+        // Thousands of closes reach the proxies (and their peers across HBONE) in a burst.
+        std::thread::sleep(CLOSE_SETTLE);
+    }
     let after_close = read(&plane.node1, "node 1, after they closed")?;
+    let server_after_close = if plane.node2.is_empty() {
+        None
+    } else {
+        Some(read(&plane.node2, "node 2, after they closed")?)
+    };
     Ok(Step {
         pods,
         processes: plane.node1.len(),
@@ -374,8 +526,33 @@ fn measure_step(bed: &mut Bed, params: &Params, pods: u64, largest: bool) -> any
         with_held,
         after_close,
         server_with_held,
+        server_idle,
+        server_after_close,
+        many,
         idle_cpu_ms_per_s,
     })
+}
+
+/// Starts `testpod hold` in the pair's client pod for `count` connections to its echo and
+/// waits until they are all open.
+fn hold(pair: &PodPair, count: u64) -> anyhow::Result<(PodProcess, Held)> {
+    let holder = pair.client().spawn(
+        binaries::testpod(),
+        &[
+            "hold",
+            &pair.echo().to_string(),
+            "--connections",
+            &count.to_string(),
+            "--seconds",
+            "600",
+        ],
+    );
+    let line = holder.next_line(HOLD_READY).unwrap_or_default();
+    let outcome = parse_load_output::<Held>(&line)
+        .map_err(anyhow::Error::msg)
+        .and_then(|o| o.map_err(|f| anyhow::anyhow!("{:?}: {}", f.kind, f.detail)))
+        .with_context(|| format!("testpod hold: {}", holder.log()))?;
+    Ok((holder, outcome))
 }
 
 /// RSS and PSS of `pids`, summed.
@@ -404,102 +581,8 @@ fn idle_cpu(pids: &[u32], window: Duration) -> anyhow::Result<f64> {
     Ok(ms / window.as_secs_f64())
 }
 
-/// `wanted`, or fewer when a data-plane process's open-files limit does not allow
-/// [`SOCKETS_PER_CONNECTION`] per held connection (the reduction is printed).
-fn fd_budget(plane: &Plane, wanted: u64) -> anyhow::Result<u64> {
-    let mut budget = wanted;
-    for pid in plane.node1.iter().chain(&plane.node2) {
-        let limit = procfs::open_files_limit(*pid)?;
-        let allowed = limit.saturating_sub(FD_SLACK) / SOCKETS_PER_CONNECTION;
-        if allowed == 0 {
-            bail!("data-plane process {pid} may open only {limit} files");
-        }
-        if allowed < budget {
-            println!(
-                "    process {pid} may open {limit} files: holding {allowed} connections, not {wanted}"
-            );
-            budget = allowed;
-        }
-    }
-    Ok(budget)
-}
+mod fds;
+use fds::{fd_budget, fd_room, open_fds};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(rss_kib: u64) -> Memory {
-        Memory {
-            rss_kib,
-            pss_kib: rss_kib - 100,
-        }
-    }
-
-    fn step(pods: u64, idle: u64, held: u64, cpu: Option<f64>) -> Step {
-        Step {
-            pods,
-            processes: 1,
-            idle: m(idle),
-            held: 1000,
-            with_held: m(held),
-            after_close: m(held),
-            server_with_held: Some(m(held / 2)),
-            idle_cpu_ms_per_s: cpu,
-        }
-    }
-
-    #[test]
-    fn rows_compare_every_set_up_with_a_node_without_a_data_plane() {
-        let mut figures = MemoryFigures {
-            held: 1000,
-            steps: BTreeMap::new(),
-        };
-        figures.steps.insert(
-            SetUp::Hbone,
-            vec![
-                step(1, 10_240, 30_720, None),
-                step(50, 11_220, 31_000, Some(0.5)),
-            ],
-        );
-        figures.steps.insert(
-            SetUp::Sidecars,
-            vec![
-                step(1, 20_480, 40_960, None),
-                step(50, 1_024_000, 1_050_000, Some(20.0)),
-            ],
-        );
-        let rows = figures.rows();
-        let find = |label: &str| {
-            rows.iter()
-                .find(|(l, _)| l.contains(label))
-                .unwrap()
-                .1
-                .clone()
-        };
-        let idle1 = find("1 pod, idle");
-        assert_eq!(idle1[&SetUp::Direct], 0.0);
-        assert_eq!(idle1[&SetUp::Hbone], 10.0);
-        assert_eq!(idle1[&SetUp::Sidecars], 20.0);
-        let per_pod = find("RSS KiB per added idle pod (1 → 50 pods)");
-        assert_eq!(per_pod[&SetUp::Hbone], 20.0);
-        assert_eq!(per_pod[&SetUp::Sidecars], (1_024_000.0 - 20_480.0) / 49.0);
-        assert_eq!(find("per open connection")[&SetUp::Hbone], 20.48);
-        assert_eq!(find("server node")[&SetUp::Hbone], 15.0);
-        assert_eq!(find("CPU ms/s")[&SetUp::Sidecars], 20.0);
-        assert_eq!(find("PSS KiB per added")[&SetUp::Hbone], 20.0);
-        assert_eq!(rows[1].0, "  PSS MiB, idle");
-        assert!(
-            rows[2].0.starts_with("  RSS MiB with 1000 open"),
-            "{rows:?}"
-        );
-        assert!(rows.iter().all(|(l, _)| !l.contains("pod(s)")));
-        let v = figures.json();
-        assert_eq!(v["pod_counts"], json!([1, 50]));
-        assert_eq!(v["setups"]["hbone"]["steps"][1]["idle"]["rss_kib"], 11_220);
-        assert_eq!(
-            v["setups"]["sidecars"]["rss_kib_per_pod"],
-            json!(per_pod[&SetUp::Sidecars])
-        );
-        assert!(MemoryFigures::default().rows().is_empty());
-    }
-}
+mod tests;

@@ -124,6 +124,48 @@ pub fn open_files_limit(pid: u32) -> anyhow::Result<u64> {
     Ok(soft.parse().unwrap_or(u64::MAX))
 }
 
+/// How many descriptors `pid` has open (the entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&path).with_context(|| format!("reading {path}"))?;
+    Ok(entries.count() as u64)
+}
+
+/// Raises this process's open-files limit (soft and hard) to at least `wanted`, so the
+/// processes it starts afterwards inherit it; returns the soft limit in force (unchanged when
+/// raising is not permitted: the caller sizes its load by what it gets).
+pub fn raise_open_files_limit(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur >= wanted {
+            return limit.rlim_cur;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max.max(wanted),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return wanted;
+        }
+        // Not root: the hard limit is as far as the soft one may go.
+        let soft = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            return limit.rlim_max;
+        }
+        limit.rlim_cur
+    }
+}
+
 /// The 1, 5 and 15-minute load averages.
 pub fn load_average() -> anyhow::Result<[f64; 3]> {
     let text = std::fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;

@@ -151,6 +151,7 @@ fn style(setup: SetUp) -> (&'static str, bool) {
         SetUp::Marrow => ("#2ca02c", true),
         SetUp::DirectX => ("#333333", false),
         SetUp::Hbone => ("#1f77b4", false),
+        SetUp::HboneUnpooled => ("#aec7e8", false),
         SetUp::Sidecars => ("#d62728", false),
         SetUp::Ztunnel => ("#e377c2", false),
         SetUp::L7Direct => ("#9467bd", false),

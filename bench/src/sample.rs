@@ -1,6 +1,7 @@
 //! One sample of every per-round figure for one set-up: connection rate with one and eight
-//! client threads, one-stream bulk throughput with its CPU cost, and ping-pong latency with
-//! its distribution.
+//! client threads, bulk throughput over one and four parallel streams with its CPU cost,
+//! ping-pong latency with its distribution, and (across nodes) 1 KiB request/response latency
+//! at a fixed rate ([`fixed_rate`]).
 //!
 //! Each connection-rate run starts from a fresh client and server pod (new namespaces), so no
 //! run inherits the TIME_WAIT sockets of the one before. The load generators are `testpod`
@@ -22,7 +23,9 @@ use super::report::Samples;
 use super::setup::{Bed, PodPair, SetUp};
 use super::topology::Topology;
 
+mod fixed_rate;
 mod l7;
+pub use fixed_rate::{RATE, RATE_BYTES, RATE_CONNECTIONS};
 pub use l7::{L7_BODY_BYTES, L7_CONNECTIONS, L7_RATE, L7_RATE_CONNECTIONS};
 
 /// Pause before each measurement, so the previous step's clean-up (namespace teardown runs
@@ -31,6 +34,8 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// Bytes per GB (decimal, as throughput is quoted).
 const GB: f64 = 1e9;
+/// Parallel streams of the multi-stream bulk run (iperf's -P4).
+pub const BULK_STREAMS: u64 = 4;
 
 /// Runs every per-round figure on `bed` and records one sample of each in `samples`.
 pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::Result<()> {
@@ -108,7 +113,9 @@ pub fn sample(bed: &mut Bed, params: &Params, samples: &mut Samples) -> anyhow::
         pairs.push(pair);
     }
     // The last pair serves bulk and ping-pong (TIME_WAIT does not matter to one connection).
-    if let Some(pair) = pairs.last_mut() {
+    if let Some(pair) = pairs.last_mut()
+        && !setup.connections_only()
+    {
         bulk_and_latency(bed, params, pair, samples)?;
     }
     check_counted(bed, samples)?;
@@ -176,7 +183,7 @@ fn check_counted(bed: &Bed, samples: &mut Samples) -> anyhow::Result<()> {
     if counted.opened == 0 {
         bail!("{}: the proxies counted no connection", setup.name());
     }
-    if matches!(setup, SetUp::Hbone | SetUp::Ztunnel) {
+    if matches!(setup, SetUp::Hbone | SetUp::HboneUnpooled | SetUp::Ztunnel) {
         let plaintext =
             (counted.opened).saturating_sub(counted.mtls_source + counted.mtls_destination);
         if counted.mtls_source == 0 || counted.mtls_destination == 0 || plaintext > 0 {
@@ -188,25 +195,38 @@ fn check_counted(bed: &Bed, samples: &mut Samples) -> anyhow::Result<()> {
                 counted.mtls_destination
             );
         }
+        // marrow's proxies count the mTLS connections they dial (ztunnel's metrics differ).
+        let marrow = matches!(setup, SetUp::Hbone | SetUp::HboneUnpooled);
+        // Without pooling every tunnel dials its own mTLS connection: fewer dials than
+        // tunnels means streams were pooled after all, and the figure would not be what it
+        // says.
+        if setup == SetUp::HboneUnpooled && counted.tunnels < counted.mtls_source {
+            bail!(
+                "hbone-unpooled: {} tunnels rode {} mTLS connections (pooling is not off)",
+                counted.mtls_source,
+                counted.tunnels
+            );
+        }
         println!(
             "    {:<8} mutual_tls connections: {} opened at the source, {} at the destination{}",
             setup.name(),
             counted.mtls_source,
             counted.mtls_destination,
-            if setup == SetUp::Hbone {
+            if marrow {
                 format!(", over {} mTLS connections", counted.tunnels)
             } else {
                 String::new()
             }
         );
-        if setup == SetUp::Hbone {
+        if marrow {
             samples.record(Figure::Tunnels, setup, counted.tunnels as f64);
         }
     }
     Ok(())
 }
 
-/// Bulk throughput with its CPU cost, then ping-pong latency, on one pod pair.
+/// Bulk throughput over one and four streams with its CPU cost, then ping-pong latency, then
+/// (across nodes) latency at a fixed rate, on one pod pair.
 fn bulk_and_latency(
     bed: &mut Bed,
     params: &Params,
@@ -214,39 +234,56 @@ fn bulk_and_latency(
     samples: &mut Samples,
 ) -> anyhow::Result<()> {
     let setup = bed.setup();
-    std::thread::sleep(SETTLE);
-    let meter = CpuMeter::start(data_plane_pids(bed, pair))?;
-    let bulk: Throughput = load(
-        pair.client(),
-        &[
-            "send".to_owned(),
-            pair.sink().to_string(),
-            "--bytes".to_owned(),
-            params.bulk_bytes.to_string(),
-        ],
-    )?;
-    let cpu = meter.stop(bed)?;
-    bed.check_alive()?;
-    pair.check_alive()?;
-    let gb = bulk.bytes as f64 / GB;
-    println!(
-        "    {:<8} bulk: {:>6.2} Gbit/s  host {:.2} CPU-s/GB{}",
-        setup.name(),
-        bulk.gbit_per_s(),
-        cpu.host_seconds / gb,
-        if cpu.has_plane {
-            format!("  data plane {:.2} CPU-s/GB", cpu.plane_seconds / gb)
-        } else {
-            String::new()
-        }
-    );
-    samples.record(Figure::BulkGbps, setup, bulk.gbit_per_s());
-    samples.record(Figure::BulkHostCpu, setup, cpu.host_seconds / gb);
-    samples.record_opt(
-        Figure::BulkPlaneCpu,
-        setup,
-        cpu.has_plane.then_some(cpu.plane_seconds / gb),
-    );
+    for (streams, [gbps, host, plane]) in [
+        (
+            1,
+            [Figure::BulkGbps, Figure::BulkHostCpu, Figure::BulkPlaneCpu],
+        ),
+        (
+            BULK_STREAMS,
+            [
+                Figure::Bulk4Gbps,
+                Figure::Bulk4HostCpu,
+                Figure::Bulk4PlaneCpu,
+            ],
+        ),
+    ] {
+        std::thread::sleep(SETTLE);
+        let meter = CpuMeter::start(data_plane_pids(bed, pair))?;
+        let bulk: Throughput = load(
+            pair.client(),
+            &[
+                "send".to_owned(),
+                pair.sink().to_string(),
+                "--bytes".to_owned(),
+                params.bulk_bytes.to_string(),
+                "--streams".to_owned(),
+                streams.to_string(),
+            ],
+        )?;
+        let cpu = meter.stop(bed)?;
+        bed.check_alive()?;
+        pair.check_alive()?;
+        let gb = bulk.bytes as f64 / GB;
+        println!(
+            "    {:<8} bulk x{streams}: {:>6.2} Gbit/s  host {:.2} CPU-s/GB{}",
+            setup.name(),
+            bulk.gbit_per_s(),
+            cpu.host_seconds / gb,
+            if cpu.has_plane {
+                format!("  data plane {:.2} CPU-s/GB", cpu.plane_seconds / gb)
+            } else {
+                String::new()
+            }
+        );
+        samples.record(gbps, setup, bulk.gbit_per_s());
+        samples.record(host, setup, cpu.host_seconds / gb);
+        samples.record_opt(
+            plane,
+            setup,
+            cpu.has_plane.then_some(cpu.plane_seconds / gb),
+        );
+    }
     let pids = data_plane_pids(bed, pair);
     if !pids.is_empty() {
         let mut peak = 0;
@@ -274,6 +311,9 @@ fn bulk_and_latency(
     samples.record(Figure::PingP99, setup, ping.p99_us);
     samples.record(Figure::PingP999, setup, ping.p999_us);
     samples.add_distribution(setup, ping);
+    if setup.topology() == Topology::CrossNode {
+        fixed_rate::sample(bed, params, pair, samples)?;
+    }
     Ok(())
 }
 

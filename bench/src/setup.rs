@@ -51,6 +51,8 @@ const SERVER_SA: &str = "bench-server";
 const IDLE_SA: &str = "bench-idle";
 /// How long a proxy may take to load its eBPF programs, report ready and apply its state file.
 const PROXY_READY: Duration = Duration::from_secs(30);
+/// The node-proxy flag of [`SetUp::HboneUnpooled`]: one mTLS connection per tunnel.
+const HBONE_NO_POOL: &str = "--hbone-no-pool";
 /// How long a server may take to report that it listens.
 const SERVER_READY: Duration = Duration::from_secs(10);
 /// Ephemeral ports of every bench pod, the same in every set-up (a Kubernetes "safe" sysctl),
@@ -244,6 +246,7 @@ impl Bed {
                 proxies.push(proxy);
             }
             SetUp::Hbone
+            | SetUp::HboneUnpooled
             | SetUp::Waypoint
             | SetUp::WaypointRoute
             | SetUp::WaypointRoutes
@@ -254,7 +257,11 @@ impl Bed {
                 for node in [&client_node, &server_node] {
                     let file = node.temp_dir().join("cluster.yaml");
                     state.write(&file);
-                    let mut proxy = node.start_proxy_with(mesh_proxy_options(&ca, &file));
+                    let mut options = mesh_proxy_options(&ca, &file);
+                    if setup == SetUp::HboneUnpooled {
+                        options.extra_args.push(HBONE_NO_POOL.to_owned());
+                    }
+                    let mut proxy = node.start_proxy_with(options);
                     proxy
                         .wait_ready(PROXY_READY)
                         .with_context(|| format!("starting the proxy of node {}", node.name()))?;

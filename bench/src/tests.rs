@@ -4,17 +4,35 @@ use super::*;
 
 #[test]
 fn rounds_mirror_the_order() {
-    use SetUp::{Direct, DirectX, EnvoyL7, Hbone, L7Direct, Marrow, Sidecars, Waypoint};
+    use SetUp::{
+        Direct, DirectX, EnvoyL7, Hbone, HboneUnpooled, L7Direct, Marrow, Sidecars, Waypoint,
+    };
     let quick = selected(&[], true, false);
     assert_eq!(
         schedule(1, &quick),
         [
-            Direct, Marrow, DirectX, Hbone, Sidecars, L7Direct, Waypoint, EnvoyL7, EnvoyL7,
-            Waypoint, L7Direct, Sidecars, Hbone, DirectX, Marrow, Direct
+            Direct,
+            Marrow,
+            DirectX,
+            Hbone,
+            HboneUnpooled,
+            Sidecars,
+            L7Direct,
+            Waypoint,
+            EnvoyL7,
+            EnvoyL7,
+            Waypoint,
+            L7Direct,
+            Sidecars,
+            HboneUnpooled,
+            Hbone,
+            DirectX,
+            Marrow,
+            Direct
         ]
     );
-    assert_eq!(schedule(2, &quick).len(), 32);
-    assert_eq!(schedule(1, &selected(&[], false, false)).len(), 22);
+    assert_eq!(schedule(2, &quick).len(), 36);
+    assert_eq!(schedule(1, &selected(&[], false, false)).len(), 24);
     let same = [Direct, Marrow];
     assert_eq!(&schedule(3, &same)[4..8], [Direct, Marrow, Marrow, Direct]);
 }
@@ -28,6 +46,10 @@ fn named_set_ups_bring_their_baselines() {
         .collect();
     assert_eq!(selected(&[], false, false), all);
     assert_eq!(selected(&[Hbone], false, false), [DirectX, Hbone]);
+    assert_eq!(
+        selected(&[SetUp::HboneUnpooled], true, false),
+        [DirectX, SetUp::HboneUnpooled]
+    );
     assert_eq!(
         selected(&[Hbone, Direct], true, false),
         [Direct, DirectX, Hbone]
@@ -81,8 +103,8 @@ fn ztunnel_runs_only_with_its_binary() {
     );
     let quick = selected(&[], true, true);
     assert_eq!(
-        &schedule(1, &quick)[2..6],
-        [DirectX, Hbone, Sidecars, Ztunnel],
+        &schedule(1, &quick)[2..7],
+        [DirectX, Hbone, SetUp::HboneUnpooled, Sidecars, Ztunnel],
         "ztunnel runs in the cross-node group, A B B A"
     );
 }

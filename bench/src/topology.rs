@@ -26,6 +26,7 @@ impl Topology {
             Topology::CrossNode => &[
                 SetUp::DirectX,
                 SetUp::Hbone,
+                SetUp::HboneUnpooled,
                 SetUp::Sidecars,
                 SetUp::Ztunnel,
             ],
@@ -98,6 +99,10 @@ impl Topology {
                 "Through HBONE, a new connection is a new HTTP/2 stream on a pooled mTLS \
                  connection (one pool entry per source identity and destination pod): the \
                  connection rates do not include TLS handshakes; the TLS handshake table does.",
+                "hbone-unpooled runs the connection-rate figures alone, with the proxies' \
+                 pooling off (--hbone-no-pool): each client connection is a brand-new mTLS \
+                 connection between the proxies (TCP, TLS 1.3 handshake, HTTP/2 handshake, one \
+                 CONNECT stream), closed with it, as through the sidecars.",
                 "Through the sidecars, every new connection is a new mTLS connection between \
                  the two Envoys (tcp_proxy does not pool; TLS 1.3 session resumption may \
                  shorten the handshake): the rates include them.",
@@ -152,6 +157,11 @@ pub enum SetUp {
     /// As [`SetUp::DirectX`] with both pods enrolled and in the ambient mesh: every connection
     /// is HBONE (mTLS + HTTP/2 CONNECT) between the two nodes' proxies.
     Hbone,
+    /// As [`SetUp::Hbone`] with the proxies' HBONE pooling off (`--hbone-no-pool`): every
+    /// client connection is a brand-new mTLS connection between the proxies. Only the
+    /// connection-rate figures run.
+    #[value(name = "hbone-unpooled")]
+    HboneUnpooled,
     /// As [`SetUp::DirectX`] (pods not enrolled) with an Envoy in each pod: the client
     /// connects to its Envoy on loopback, which opens mTLS to the server pod's Envoy, which
     /// connects to the app on loopback — Istio's sidecar data path, minus the iptables
@@ -188,11 +198,12 @@ pub enum SetUp {
 
 impl SetUp {
     /// Every set-up, each topology's baseline first.
-    pub const ALL: [SetUp; 12] = [
+    pub const ALL: [SetUp; 13] = [
         SetUp::Direct,
         SetUp::Marrow,
         SetUp::DirectX,
         SetUp::Hbone,
+        SetUp::HboneUnpooled,
         SetUp::Sidecars,
         SetUp::Ztunnel,
         SetUp::L7Direct,
@@ -210,6 +221,7 @@ impl SetUp {
             SetUp::Marrow => "marrow",
             SetUp::DirectX => "direct-x",
             SetUp::Hbone => "hbone",
+            SetUp::HboneUnpooled => "hbone-unpooled",
             SetUp::Sidecars => "sidecars",
             SetUp::Ztunnel => "ztunnel",
             SetUp::L7Direct => "l7-direct",
@@ -238,6 +250,11 @@ impl SetUp {
             SetUp::Hbone => {
                 "as direct-x with both pods enrolled in an ambient namespace and a proxy per \
                  node (mesh CA, state file): HBONE, mTLS + HTTP/2 CONNECT, between the proxies"
+            }
+            SetUp::HboneUnpooled => {
+                "as hbone with node-proxy --hbone-no-pool: every client connection opens its \
+                 own mTLS connection between the proxies (TCP + TLS 1.3 + HTTP/2), closed with \
+                 it; connection-rate figures only"
             }
             SetUp::Sidecars => {
                 "as direct-x, pods not enrolled, an Envoy in each pod (its netns and cgroup, \
@@ -285,7 +302,11 @@ impl SetUp {
     pub fn topology(self) -> Topology {
         match self {
             SetUp::Direct | SetUp::Marrow => Topology::SameNode,
-            SetUp::DirectX | SetUp::Hbone | SetUp::Sidecars | SetUp::Ztunnel => Topology::CrossNode,
+            SetUp::DirectX
+            | SetUp::Hbone
+            | SetUp::HboneUnpooled
+            | SetUp::Sidecars
+            | SetUp::Ztunnel => Topology::CrossNode,
             SetUp::L7Direct
             | SetUp::Waypoint
             | SetUp::WaypointRoute
@@ -312,7 +333,13 @@ impl SetUp {
 
     /// Whether the node proxies run with a mesh CA and cluster state (HBONE between nodes).
     pub fn hbone(self) -> bool {
-        self == SetUp::Hbone || self.waypoint()
+        matches!(self, SetUp::Hbone | SetUp::HboneUnpooled) || self.waypoint()
+    }
+
+    /// Whether only the connection-rate figures run (the other figures ride one connection,
+    /// where pooling changes nothing).
+    pub fn connections_only(self) -> bool {
+        self == SetUp::HboneUnpooled
     }
 
     /// Whether its L7 hop is marrow's waypoint.

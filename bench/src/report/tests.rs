@@ -414,3 +414,92 @@ fn ztunnel_gets_its_own_ratio_column_beside_the_sidecars() {
     let without = report(vec![SetUp::DirectX, SetUp::Hbone], samples).table();
     assert!(!without.contains("ztunnel"), "{without}");
 }
+
+#[test]
+fn cross_node_has_four_streams_the_fixed_rate_and_the_unpooled_column() {
+    let mut samples = Samples::default();
+    for (setup, gbps, p50, p99, rate) in [
+        (SetUp::DirectX, 16.0, 100.0, 300.0, 2000.0),
+        (SetUp::Hbone, 8.0, 150.0, 420.0, 800.0),
+        (SetUp::Sidecars, 4.0, 250.0, 900.0, 300.0),
+    ] {
+        samples.record(Figure::Bulk4Gbps, setup, gbps);
+        samples.record(Figure::RateP50, setup, p50);
+        samples.record(Figure::RateP90, setup, p50 * 2.0);
+        samples.record(Figure::RateP99, setup, p99);
+        samples.record(Figure::ConnRate1, setup, rate);
+    }
+    samples.record(Figure::Bulk4PlaneCpu, SetUp::Hbone, 1.25);
+    samples.record(Figure::ConnRate1, SetUp::HboneUnpooled, 500.0);
+    samples.record(Figure::ConnP50Thread1, SetUp::HboneUnpooled, 1900.0);
+    let report = Report {
+        load_average: [0.1, 0.2, 0.3],
+        cpus: 2,
+        parameters: json!({}),
+        order: vec![
+            SetUp::DirectX,
+            SetUp::Hbone,
+            SetUp::HboneUnpooled,
+            SetUp::Sidecars,
+        ],
+        samples,
+        memory: None,
+        handshakes: None,
+    };
+    let table = report.table();
+    let row = |label: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.contains(label))
+            .unwrap_or_else(|| panic!("no row {label:?} in {table}"));
+        line.split('|')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    // figure | direct-x | hbone | hbone-unpooled | sidecars | three ratios | hbone/sidecars
+    let header = row("| figure");
+    assert_eq!(
+        header[1..5],
+        ["direct-x", "hbone", "hbone-unpooled", "sidecars"],
+        "{table}"
+    );
+    assert_eq!(header[6], "hbone-unpooled/direct-x", "{table}");
+    assert_eq!(
+        row("bulk, 4 parallel streams")[1..],
+        ["16.00", "8.00", "—", "4.00", "0.50×", "—", "0.25×", "2.00×"],
+        "{table}"
+    );
+    assert_eq!(row("data-plane CPU-s per GB")[2], "1.25", "{table}");
+    assert_eq!(
+        row("at 1,000 req/s p50")[5..],
+        ["1.50× (+50.0 µs)", "—", "2.50× (+150.0 µs)", "0.60×"],
+        "{table}"
+    );
+    assert_eq!(row("at 1,000 req/s p90")[1], "200", "{table}");
+    assert_eq!(row("at 1,000 req/s p99")[5], "1.40× (+120.0 µs)", "{table}");
+    assert_eq!(
+        row("new connections/s, 1")[1..],
+        [
+            "2000", "800", "500", "300", "0.40×", "0.25×", "0.15×", "2.67×"
+        ],
+        "{table}"
+    );
+    assert!(
+        table.contains("--hbone-no-pool"),
+        "the note on the unpooled set-up"
+    );
+    let v = report.json();
+    assert_eq!(v["figures"]["bulk4_gbit_s"]["ratio"]["hbone"], json!(0.5));
+    assert_eq!(v["figures"]["rate_p50_us"]["added"]["hbone"], json!(50.0));
+    assert_eq!(
+        v["figures"]["rate_p99_us"]["added"]["sidecars"],
+        json!(600.0)
+    );
+    assert_eq!(
+        v["figures"]["conn_rate_t1"]["ratio"]["hbone-unpooled"],
+        json!(0.25)
+    );
+    assert_eq!(v["figures"]["rate_p90_us"]["hbone_vs_sidecars"], json!(0.6));
+    assert_eq!(v["setups"]["hbone-unpooled"]["baseline"], json!("direct-x"));
+}

@@ -23,12 +23,25 @@ pub fn address(ip: &str, port: u16) -> Value {
     json!({ "socket_address": { "address": ip, "port_value": port } })
 }
 
-/// A `STATIC` cluster of one endpoint.
+/// Istio's circuit-breaker thresholds on every cluster it generates: `math.MaxUint32` for
+/// connections, pending requests, requests and retries (istio/istio,
+/// pilot/pkg/networking/core/cluster_builder.go, `getDefaultCircuitBreakerThresholds`).
+/// Envoy's own defaults (1,024 connections) would refuse the memory figures' 10,000 held
+/// connections, which Istio's sidecars carry.
+const ISTIO_THRESHOLD: u64 = u32::MAX as u64;
+
+/// A `STATIC` cluster of one endpoint, with Istio's circuit-breaker thresholds.
 pub fn static_cluster(name: &str, ip: &str, port: u16) -> Value {
     json!({
         "name": name,
         "type": "STATIC",
         "connect_timeout": "2s",
+        "circuit_breakers": { "thresholds": [{
+            "max_connections": ISTIO_THRESHOLD,
+            "max_pending_requests": ISTIO_THRESHOLD,
+            "max_requests": ISTIO_THRESHOLD,
+            "max_retries": ISTIO_THRESHOLD,
+        }]},
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": address(ip, port) } }] }],

@@ -1,7 +1,9 @@
 //! Pooled HBONE connections, keyed by (source identity, destination pod address): tunnels
 //! from the same workload to the same pod share an HTTP/2 connection; a new one opens when
 //! every pooled connection is at its stream limit; connections idle longer than the timeout
-//! are closed.
+//! are closed. With reuse off ([`PoolSettings::reuse`]) every tunnel gets a connection of its
+//! own, closed when the tunnel ends (what ztunnel does with POOL_MAX_STREAMS_PER_CONNECTION=1,
+//! src/proxy/h2/client.rs `will_be_at_max_streamcount`): it measures brand-new mTLS connections.
 //!
 //! The pool knows nothing of TLS or namespaces: a [`Connector`] makes connections, with the
 //! [`Connector::Credential`] the caller already holds (the node proxy's: the source workload's
@@ -60,6 +62,9 @@ pub struct PoolSettings {
     pub max_streams: usize,
     /// Connections without streams for this long are closed.
     pub idle_timeout: Duration,
+    /// Whether a connection carries more than one tunnel. Off, each tunnel dials its own
+    /// connection (TCP, TLS, HTTP/2 handshakes), which is never pooled and closes with it.
+    pub reuse: bool,
 }
 
 impl Default for PoolSettings {
@@ -67,6 +72,7 @@ impl Default for PoolSettings {
         Self {
             max_streams: 100,
             idle_timeout: Duration::from_secs(60),
+            reuse: true,
         }
     }
 }
@@ -119,9 +125,13 @@ impl<C: Connector> Pool<C> {
     ) -> Result<PooledStream, HboneError> {
         let mut retried = false;
         loop {
-            let conn = match self.checkout(key) {
-                Some(conn) => conn,
-                None => self.dial(key, credential).await?,
+            let conn = if !self.settings.reuse {
+                self.dial_unpooled(key, credential).await?
+            } else {
+                match self.checkout(key) {
+                    Some(conn) => conn,
+                    None => self.dial(key, credential).await?,
+                }
             };
             let guard = StreamGuard { conn: conn.clone() };
             match conn.client.connect(request).await {
@@ -187,6 +197,22 @@ impl<C: Connector> Pool<C> {
             .or_default()
             .push(conn.clone());
         Ok(conn)
+    }
+
+    /// A connection for one tunnel, outside the pool: dropped (and so closed) with the
+    /// tunnel's [`StreamGuard`].
+    async fn dial_unpooled(
+        &self,
+        key: &PoolKey,
+        credential: &C::Credential,
+    ) -> Result<Arc<Pooled>, HboneError> {
+        let client = self.connector.connect(key, credential).await?;
+        Ok(Arc::new(Pooled {
+            client,
+            retired: AtomicBool::new(true),
+            active: AtomicUsize::new(1),
+            idle_since: Mutex::new(Instant::now()),
+        }))
     }
 
     /// Closes connections idle for longer than the timeout; runs until the pool is dropped.
@@ -501,6 +527,33 @@ mod tests {
         let mut other = pool.tunnel(&key("b"), &9, &req()).await.unwrap();
         ping(&mut other).await;
         assert_eq!(connector.credential.load(Ordering::SeqCst), 9);
+    }
+
+    #[tokio::test]
+    async fn without_reuse_every_tunnel_dials_its_own_connection() {
+        let (addr, accepted) = echo_server().await;
+        let connector = Arc::new(Counting {
+            addr,
+            dials: AtomicUsize::new(0),
+            credential: AtomicUsize::new(0),
+        });
+        let pool = Pool::new(
+            connector.clone(),
+            PoolSettings {
+                reuse: false,
+                ..PoolSettings::default()
+            },
+        );
+        let mut first = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
+        let mut second = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
+        ping(&mut first).await;
+        ping(&mut second).await;
+        drop(first);
+        let mut third = pool.tunnel(&key("a"), &1, &req()).await.unwrap();
+        ping(&mut third).await;
+        assert_eq!(connector.dials.load(Ordering::SeqCst), 3, "one per tunnel");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.connections(), 0, "nothing is pooled");
     }
 
     #[tokio::test]

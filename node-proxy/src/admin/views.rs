@@ -529,6 +529,7 @@ pub fn config_dump(admin: &AdminState) -> serde_json::Value {
             "tls_key_exchange": c.tls_key_exchange.as_str(),
             "cert_ttl_secs": c.cert_ttl.as_secs(),
             "drain_timeout_secs": c.drain_timeout.as_secs(),
+            "hbone_no_pool": c.hbone_no_pool,
             "cluster_id": c.cluster_id,
         },
         "version": env!("CARGO_PKG_VERSION"),

@@ -138,6 +138,7 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
         settings: ProxySettings {
             connect_timeout: config.connect_timeout,
             inbound_source_ports: config.inbound_source_ports,
+            hbone_reuse: !config.hbone_no_pool,
         },
         mesh,
         connections,

@@ -91,6 +91,11 @@ marrow_mesh::program_settings! {
         /// before they are closed; keep it below the pod's terminationGracePeriodSeconds.
         drain_timeout: Duration = Duration::from_secs(30),
             ("drain-timeout-secs", "MARROW_DRAIN_TIMEOUT_SECS", parse::SECS),
+        /// Every outbound HBONE tunnel on a brand-new mTLS connection of its own, closed with
+        /// it, instead of a stream on a pooled one (ztunnel's POOL_MAX_STREAMS_PER_CONNECTION=1):
+        /// for measuring handshakes (the bench's hbone-unpooled), not for production.
+        hbone_no_pool: bool = false,
+            ("hbone-no-pool", "MARROW_HBONE_NO_POOL", parse::SWITCH),
     }
 }
 

@@ -217,6 +217,7 @@ metrics-addr: 127.0.0.1:9020
 connect-timeout-ms: 2500
 worker-threads: 4
 drain-timeout-secs: 5
+hbone-no-pool: true
 kube: true
 ca-address: https://ca.example:15012
 ca-roots: /etc/roots.pem
@@ -233,6 +234,8 @@ state-file: null
     assert_eq!(c.connect_timeout, Duration::from_millis(2500));
     assert_eq!(c.worker_threads, 4);
     assert_eq!(c.drain_timeout, Duration::from_secs(5));
+    assert!(c.hbone_no_pool);
+    assert!(!Config::default().hbone_no_pool, "pooling is on by default");
     assert!(c.kube);
     assert_eq!(c.ca_address.as_deref(), Some("https://ca.example:15012"));
     assert_eq!(
@@ -279,10 +282,18 @@ fn flags_override_the_environment() {
     let c = load(
         Some("cluster-id: east\n"),
         &env,
-        &["--worker-threads", "3", "--kube", "--cluster-id", "west"],
+        &[
+            "--worker-threads",
+            "3",
+            "--kube",
+            "--cluster-id",
+            "west",
+            "--hbone-no-pool",
+        ],
     )
     .unwrap();
     assert_eq!(c.worker_threads, 3);
+    assert!(c.hbone_no_pool, "a switch without a value turns it on");
     assert!(c.kube);
     assert_eq!(c.cluster_id, "west");
     // Not on the command line: the environment's value stays.

@@ -390,7 +390,13 @@ impl Registry {
                 netns: netns.clone(),
                 mesh: mesh.clone(),
             });
-            let pool = Pool::new(connector, PoolSettings::default());
+            let pool = Pool::new(
+                connector,
+                PoolSettings {
+                    reuse: self.settings.hbone_reuse,
+                    ..PoolSettings::default()
+                },
+            );
             tokio::spawn(pool.clone().run_reaper());
             PodMesh {
                 context: mesh.clone(),

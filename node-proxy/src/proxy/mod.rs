@@ -63,6 +63,9 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Source ports of the proxy's source-preserving connections to apps.
     pub inbound_source_ports: (u16, u16),
+    /// Whether outbound HBONE tunnels share pooled connections (`--hbone-no-pool` turns it
+    /// off).
+    pub hbone_reuse: bool,
 }
 
 /// What every connection of one pod needs.
@@ -324,6 +327,7 @@ mod tests {
             settings: ProxySettings {
                 connect_timeout: Duration::from_secs(1),
                 inbound_source_ports: (1024, 32767),
+                hbone_reuse: true,
             },
             source_ports: source_port::SourcePorts::new(1024..=32767, 0),
             live_inbound: source_port::LiveInbound::default(),

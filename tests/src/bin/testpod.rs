@@ -44,12 +44,12 @@ const USAGE: &str = "usage: testpod serve --port P [--v6] [--sink]
        testpod connect <ip:port> [--send TEXT] [--timeout-ms N]
        testpod bulk <ip:port> --bytes N [--timeout-ms N]
        testpod connect-rate <ip:port> --seconds S [--threads T] [--timeout-ms N]
-       testpod send <ip:port> --bytes N [--timeout-ms N]
+       testpod send <ip:port> --bytes N [--streams P] [--timeout-ms N]
        testpod pingpong <ip:port> --count N [--size B] [--timeout-ms N]
        testpod hold <ip:port> --connections N [--seconds S] [--timeout-ms N]
        testpod converse <ip:port> [--timeout-ms N]
        testpod http-serve --port P [--size B] [--name N] [--fail-percent P] [--delay-ms D] [--log]
-       testpod http-load <ip:port> --seconds S [--connections C] [--size B] [--rate R] [--timeout-ms N]";
+       testpod http-load <ip:port> --seconds S [--connections C] [--size B] [--rate R] [--echo] [--timeout-ms N]";
 const CHUNK: usize = 64 * 1024;
 
 fn main() -> ExitCode {
@@ -105,11 +105,13 @@ impl Flags {
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             match arg.strip_prefix("--") {
-                Some(name @ ("v6" | "sink" | "log")) => flags.switches.push(name.to_owned()),
+                Some(name @ ("v6" | "sink" | "log" | "echo")) => {
+                    flags.switches.push(name.to_owned())
+                }
                 Some(
                     name @ ("port" | "send" | "timeout-ms" | "bytes" | "seconds" | "threads"
                     | "count" | "size" | "connections" | "rate" | "name" | "fail-percent"
-                    | "delay-ms"),
+                    | "delay-ms" | "streams"),
                 ) => {
                     let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
                     flags.values.insert(name.to_owned(), value.clone());

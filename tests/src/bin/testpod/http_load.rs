@@ -17,6 +17,9 @@
 //!     hiding it (coordinated omission). After 1 s unrecorded warm-up, print {"ok":true,
 //!     "requests":..,"errors":..,"non_2xx":..,"elapsed_ms":..,"rps":..,"p50_us":..,"p90_us":..,
 //!     "p99_us":..,"max_us":..[,"first_error":..]}.
+//!     With --echo the same schedule runs over plain TCP against `testpod serve` (the echo):
+//!     each connection reads the greeting line once, then a request is B bytes written and
+//!     the same B bytes read back (a TCP request/response, as fortio's tcp mode).
 //! ```
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -227,7 +230,10 @@ pub fn load(flags: &Flags) -> Result<ExitCode, String> {
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + WARM_UP;
     let deadline = measure_from + Duration::from_secs(seconds);
-    let request = {
+    let echo = flags.switches.iter().any(|s| s == "echo");
+    let request = if echo {
+        std::sync::Arc::new(vec![b'y'; size])
+    } else {
         let mut r = format!(
             "POST / HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n"
         )
@@ -249,6 +255,7 @@ pub fn load(flags: &Flags) -> Result<ExitCode, String> {
                     first: start + offset.unwrap_or_default(),
                     measure_from,
                     deadline,
+                    echo,
                 };
                 run_connection(&plan, &request, &mut tally);
                 tally
@@ -312,12 +319,17 @@ struct Plan {
     first: Instant,
     measure_from: Instant,
     deadline: Instant,
+    /// Plain TCP against the echo (greeting, then B bytes out and the same B back) instead
+    /// of HTTP/1.1.
+    echo: bool,
 }
 
 /// One connection's loop, reconnecting after an error (counted) until the deadline.
 fn run_connection(plan: &Plan, request: &[u8], tally: &mut Tally) {
     let mut due = plan.first;
     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    // The echo's answer, read into one buffer for the whole run.
+    let mut echoed = vec![0u8; if plan.echo { request.len() } else { 0 }];
     sleep_until(plan.first);
     loop {
         if plan.interval.is_some() {
@@ -333,12 +345,27 @@ fn run_connection(plan: &Plan, request: &[u8], tally: &mut Tally) {
                 let stream = TcpStream::connect_timeout(&plan.addr, plan.timeout)?;
                 stream.set_nodelay(true)?;
                 stream.set_read_timeout(Some(plan.timeout))?;
-                conn = Some((stream.try_clone()?, BufReader::new(stream)));
+                let mut reader = BufReader::new(stream.try_clone()?);
+                if plan.echo {
+                    // The echo greets every connection with one line before echoing.
+                    let mut greeting = String::new();
+                    if reader.read_line(&mut greeting)? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "closed before the greeting",
+                        ));
+                    }
+                }
+                conn = Some((stream, reader));
             }
             let Some((writer, reader)) = conn.as_mut() else {
                 return Err(io::Error::other("no connection"));
             };
             writer.write_all(request)?;
+            if plan.echo {
+                reader.read_exact(&mut echoed)?;
+                return Ok(200);
+            }
             let head = read_head(reader)?.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "closed before answering")
             })?;
@@ -404,5 +431,36 @@ mod tests {
         let long = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(MAX_HEAD));
         assert!(read_head(&mut long.as_bytes()).is_err());
         assert_eq!(content_length("GET / HTTP/1.1\r\nhost: x\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn echo_requests_follow_the_schedule_over_plain_tcp() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let stream = stream.unwrap();
+                std::thread::spawn(move || crate::echo(stream, "peer=x local=y\n"));
+            }
+        });
+        let start = Instant::now();
+        let plan = Plan {
+            addr,
+            timeout: Duration::from_secs(10),
+            interval: Some(Duration::from_millis(5)),
+            first: start,
+            measure_from: start,
+            deadline: start + Duration::from_millis(200),
+            echo: true,
+        };
+        let request = vec![b'y'; 1024];
+        let mut tally = Tally::default();
+        run_connection(&plan, &request, &mut tally);
+        assert_eq!(tally.errors, 0, "{:?}", tally.first_error);
+        assert_eq!(tally.non_2xx, 0);
+        // Requests are due every 5 ms for 200 ms: how many are answered inside the window
+        // depends on the machine, but never more than were due (the schedule is open-loop).
+        assert!(!tally.samples.is_empty());
+        assert!(tally.samples.len() <= 40, "{}", tally.samples.len());
     }
 }

@@ -7,9 +7,12 @@
 //!     "max_us":..[,"first_error":..]} (latency = connect + greeting). Only connections done
 //!     by the deadline count, over elapsed_ms = S s (an attempt stalled across the deadline
 //!     does not stretch it); errors (default timeout 2 s) are counted, not fatal.
-//! testpod send <ip:port> --bytes N [--timeout-ms N]         (against `serve --sink`)
+//! testpod send <ip:port> --bytes N [--streams P] [--timeout-ms N]   (against `serve --sink`)
 //!     send N zero bytes, half-close, wait for the sink's "received=<n>" line;
 //!     print {"ok":true,"bytes":N,"elapsed_us":..}: the time until the app had every byte.
+//!     With --streams P (iperf's -P): P connections, all greeted before the clock starts,
+//!     each a thread sending N / P bytes at once; elapsed_us runs until the last sink
+//!     acknowledged its share.
 //! testpod pingpong <ip:port> --count N [--size B] [--timeout-ms N]   (against `serve`)
 //!     after 100 unrecorded warm-up exchanges, N round trips of B bytes (default 1) on one
 //!     TCP_NODELAY connection; print {"ok":true,"count":N,"p50_us":..,"p90_us":..,"p99_us":..,
@@ -96,12 +99,70 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
 /// `send`: the body after the greeting (see the module documentation).
 pub fn send(
     flags: &Flags,
-    mut stream: TcpStream,
+    stream: TcpStream,
     _greeting: String,
 ) -> Result<Vec<(&'static str, Json)>, Failure> {
     let total = flags.number("bytes").map_err(flag_failure)?.unwrap_or(0);
-    let buf = vec![0u8; BULK_CHUNK];
+    let streams = flags.number("streams").map_err(flag_failure)?.unwrap_or(1);
+    let streams = streams.clamp(1, 64);
+    let mut connections = vec![stream];
+    if streams > 1 {
+        let addr = stream_peer(&connections[0])?;
+        let timeout = connections[0]
+            .read_timeout()
+            .ok()
+            .flatten()
+            .unwrap_or(Duration::from_secs(60));
+        for _ in 1..streams {
+            let extra = TcpStream::connect_timeout(&addr, timeout)
+                .map_err(|e| Failure::io("connect", &e))?;
+            extra
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| extra.set_write_timeout(Some(timeout)))
+                .map_err(|e| Failure::io("set timeouts", &e))?;
+            read_line(&extra)?;
+            connections.push(extra);
+        }
+    }
+    // Every stream gets an equal share; the first takes the remainder.
+    let share = total / streams;
     let started = Instant::now();
+    let workers: Vec<_> = connections
+        .into_iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            let bytes = if i == 0 {
+                total - share * (streams - 1)
+            } else {
+                share
+            };
+            std::thread::spawn(move || send_one(stream, bytes))
+        })
+        .collect();
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| flag_failure("a sending thread panicked".to_owned()))??;
+    }
+    let elapsed = started.elapsed();
+    Ok(vec![
+        ("bytes", Json::Num(total)),
+        ("streams", Json::Num(streams)),
+        ("elapsed_us", Json::Num(micros(elapsed))),
+    ])
+}
+
+/// The address `stream` is connected to (a sidecar's loopback listener or the server).
+fn stream_peer(stream: &TcpStream) -> Result<SocketAddr, Failure> {
+    stream
+        .peer_addr()
+        .map_err(|e| Failure::io("reading the peer address", &e))
+}
+
+/// Sends `total` zero bytes on one greeted connection, half-closes, and checks the sink's
+/// acknowledgement.
+fn send_one(mut stream: TcpStream, total: u64) -> Result<(), Failure> {
+    let buf = vec![0u8; BULK_CHUNK];
     let mut left = total;
     while left > 0 {
         let n = usize::try_from(left.min(BULK_CHUNK as u64)).unwrap_or(BULK_CHUNK);
@@ -114,7 +175,6 @@ pub fn send(
         .shutdown(Shutdown::Write)
         .map_err(|e| Failure::io("half-closing", &e))?;
     let reply = read_line(&stream)?;
-    let elapsed = started.elapsed();
     let received = reply
         .strip_prefix("received=")
         .and_then(|n| n.parse::<u64>().ok());
@@ -123,10 +183,7 @@ pub fn send(
             "sent {total} bytes but the sink answered {reply:?}"
         )));
     }
-    Ok(vec![
-        ("bytes", Json::Num(total)),
-        ("elapsed_us", Json::Num(micros(elapsed))),
-    ])
+    Ok(())
 }
 
 /// `pingpong`: the body after the greeting (see the module documentation).
@@ -335,5 +392,41 @@ mod tests {
         assert_eq!(quantile(&v, 0.0), 1);
         assert_eq!(quantile(&[], 0.5), 0);
         assert_eq!(quantile(&[7], 0.999), 7);
+    }
+
+    #[test]
+    fn send_splits_the_bytes_over_parallel_streams_and_checks_every_share() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let sinks: Vec<_> = listener
+                .incoming()
+                .take(4)
+                .map(|stream| {
+                    let stream = stream.unwrap();
+                    std::thread::spawn(move || sink(stream, "hello\n").unwrap())
+                })
+                .collect();
+            for sink in sinks {
+                sink.join().unwrap();
+            }
+        });
+        let args: Vec<String> = ["--bytes", "1000003", "--streams", "4"]
+            .map(str::to_owned)
+            .to_vec();
+        let flags = Flags::parse(&args).unwrap();
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let greeting = read_line(&stream).unwrap_or_else(|f| panic!("{}", f.detail));
+        let fields = send(&flags, stream, greeting).unwrap_or_else(|f| panic!("{}", f.detail));
+        server.join().unwrap();
+        let field = |name: &str| match fields.iter().find(|(k, _)| *k == name) {
+            Some((_, Json::Num(n))) => *n,
+            _ => panic!("no {name}"),
+        };
+        assert_eq!(field("bytes"), 1_000_003);
+        assert_eq!(field("streams"), 4);
     }
 }
