@@ -201,6 +201,7 @@ impl Mesh {
                 settings: ProxySettings {
                     connect_timeout: Duration::from_secs(10),
                     inbound_source_ports: (1024, 32767),
+                    hbone_reuse: true,
                 },
                 source_ports: SourcePorts::new(1024..=32767, 0),
                 live_inbound: LiveInbound::default(),
