@@ -176,4 +176,6 @@ where
 }
 
 #[cfg(test)]
+mod loopback;
+#[cfg(test)]
 mod tests;
