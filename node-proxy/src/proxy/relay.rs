@@ -1,6 +1,12 @@
 //! Copying bytes both ways between two byte streams (TCP, or an HBONE tunnel), with half-close
 //! propagated, counting bytes as they pass so the connection table shows them while the
 //! connection lives.
+//!
+//! TCP to TCP is spliced in the kernel ([`splice`]); TCP to HTTP/2 and back moves `Bytes`
+//! chunks that neither side copies ([`chunks`]). Measured with `cargo xtask bench` (same
+//! node, data-plane CPU per GB 1.06–1.13 s before, 0.65 s spliced) and on loopback
+//! (`loopback.rs`). kTLS, which would take AES-GCM off this process, needs the kernel's
+//! CONFIG_TLS (the `tls` upper-layer protocol); the kernel measured on has none.
 
 mod chunks;
 mod splice;
