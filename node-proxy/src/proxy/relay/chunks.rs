@@ -20,11 +20,12 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 /// The first read of a burst gets this much room…
 const INITIAL_READ: usize = 4 * 1024;
-/// …and each read that fills its room makes the next one ×4 larger, up to this. Measured on
-/// loopback (`loopback.rs`): 256 KiB reads cost more than they saved, as each buffer, given
-/// back when idle, came back as fresh pages (glibc maps blocks of 128 KiB and more: page
-/// faults); 64 KiB blocks are reused from the heap.
-pub(super) const MAX_READ: usize = 64 * 1024;
+/// …and each read that fills its room makes the next one ×4 larger, up to this: one HTTP/2
+/// DATA frame per read, fewer frames, syscalls and wake-ups per byte. Measured (bench, HBONE
+/// data-plane CPU per GB): 1.44 s with 256 KiB, 1.57 s with 64 KiB, 1.57 s before. A buffer
+/// this size comes back as fresh pages after each idle spell (glibc maps blocks of 128 KiB
+/// and more): page faults are ~5 % of the profile, still cheaper than the smaller frames.
+pub(super) const MAX_READ: usize = 256 * 1024;
 
 /// A byte stream a relay carries: it splits into a chunk source and a chunk sink.
 pub trait Endpoint {
