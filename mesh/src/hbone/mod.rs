@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 pub use client::HboneClient;
 pub use headers::{Baggage, Forwarded, TraceParent};
 pub use server::{IncomingConnect, serve};
-pub use stream::H2Stream;
+pub use stream::{H2Recv, H2Send, H2Stream};
 
 /// Port of the HBONE listener in every enrolled pod.
 pub const HBONE_PORT: u16 = marrow_common::HBONE_PORT;

@@ -315,6 +315,14 @@ impl AsyncWrite for PooledStream {
     }
 }
 
+impl PooledStream {
+    /// The tunnel's receiving and sending half, for a relay that moves `Bytes` chunks (see
+    /// [`H2Stream::split`]).
+    pub fn split(&mut self) -> (super::H2Recv<'_>, super::H2Send<'_>) {
+        self.stream.split()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,8 +23,8 @@ use crate::inpod::server::{Enrollment, ServerError};
 use crate::inpod::{ProxyParts, RecordError, RecordStore, Registry};
 use crate::metrics::Metrics;
 use crate::netns::HostNetns;
-use crate::proxy::ProxySettings;
 use crate::proxy::connections::ConnectionTable;
+use crate::proxy::{ProxySettings, TcpCopy};
 use crate::upgrade::{self, HandoffError};
 use marrow_mesh::drain::Drain;
 use marrow_mesh::http::{self, Readiness};
@@ -139,6 +139,11 @@ async fn serve(config: Config, logging: Option<Arc<dyn LogControl>>) -> Result<(
             connect_timeout: config.connect_timeout,
             inbound_source_ports: config.inbound_source_ports,
             hbone_reuse: !config.hbone_no_pool,
+            tcp_copy: if config.no_splice {
+                TcpCopy::Buffer
+            } else {
+                TcpCopy::Splice
+            },
         },
         mesh,
         connections,

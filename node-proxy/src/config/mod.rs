@@ -83,6 +83,10 @@ marrow_mesh::program_settings! {
             *crate::proxy::source_port::DEFAULT_RANGE.end(),
         ),
             ("inbound-source-ports", "MARROW_INBOUND_SOURCE_PORTS", parse::PORT_RANGE),
+        /// Relay plaintext TCP to TCP through a user-space buffer instead of splice(2) (the
+        /// fallback, which is also taken when no pipe can be had).
+        no_splice: bool = false,
+            ("no-splice", "MARROW_NO_SPLICE", parse::SWITCH),
         /// The cluster the workloads are in, as Istio names it (CLUSTER_ID): the
         /// source_cluster/destination_cluster metric labels.
         cluster_id: String = marrow_mesh::telemetry::DEFAULT_CLUSTER_ID.to_owned(),

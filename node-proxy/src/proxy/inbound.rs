@@ -211,8 +211,11 @@ pub async fn plaintext(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr
             Err(failure) => return upstream_failed(record, client, failure),
         };
         match &watched {
-            Some(watched) => relay_watched(&ctx.metrics, record, client, app, watched).await,
-            None => relay(record, client, app).await,
+            Some(watched) => {
+                let tcp = ctx.settings.tcp_copy;
+                relay_watched(&ctx.metrics, record, client, app, watched, tcp).await;
+            }
+            None => relay(record, client, app, ctx.settings.tcp_copy).await,
         }
     }
     .instrument(span)
@@ -365,7 +368,9 @@ async fn tunnel_to_app(session: Arc<Session>, incoming: IncomingConnect, target:
     match connect_preserving_source(ctx, session.peer.ip(), target).await {
         Ok(mut app) => match incoming.accept() {
             Ok(mut stream) => {
-                relay_until_revoked(&ctx.metrics, record, &mut stream, &mut app, &watched).await;
+                let tcp = ctx.settings.tcp_copy;
+                relay_until_revoked(&ctx.metrics, record, &mut stream, &mut app, &watched, tcp)
+                    .await;
             }
             Err(error) => {
                 tracing::info!(%error, "client went away before the tunnel opened");

@@ -32,7 +32,7 @@ use node_proxy::proxy::connector::PodConnector;
 use node_proxy::proxy::context::MeshContext;
 use node_proxy::proxy::local_identity::LocalIdentity;
 use node_proxy::proxy::source_port::{LiveInbound, SourcePorts};
-use node_proxy::proxy::{Direction, PodContext, PodMesh, ProxySettings, serve};
+use node_proxy::proxy::{Direction, PodContext, PodMesh, ProxySettings, TcpCopy, serve};
 use tokio::net::TcpListener;
 
 /// The client pod's address.
@@ -202,6 +202,7 @@ impl Mesh {
                     connect_timeout: Duration::from_secs(10),
                     inbound_source_ports: (1024, 32767),
                     hbone_reuse: true,
+                    tcp_copy: TcpCopy::default(),
                 },
                 source_ports: SourcePorts::new(1024..=32767, 0),
                 live_inbound: LiveInbound::default(),

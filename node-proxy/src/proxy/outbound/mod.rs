@@ -419,7 +419,7 @@ async fn passthrough(
     dst: OriginalDst,
 ) {
     match connect_passthrough(ctx, dst).await {
-        Ok(upstream) => relay(record, client, upstream).await,
+        Ok(upstream) => relay(record, client, upstream, ctx.settings.tcp_copy).await,
         Err(error) => refuse(record, client, error),
     }
 }

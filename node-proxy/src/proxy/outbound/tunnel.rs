@@ -37,7 +37,7 @@ pub(super) async fn carry(
                 // The connection holds its `maxConnections` slot and its least-request count
                 // until it ends.
                 let _held = service_try;
-                return relay(record, client, stream).await;
+                return relay(record, client, stream, ctx.settings.tcp_copy).await;
             }
             Err(failed) => {
                 let Some(choice) = failed.retry else {
