@@ -10,65 +10,33 @@
 #[path = "../tests/held/mod.rs"]
 mod held;
 
-#[cfg(not(feature = "dhat-heap"))]
-use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-#[cfg(feature = "jemalloc")]
-#[cfg_attr(
-    feature = "dhat-heap",
-    expect(dead_code, reason = "dhat counts instead")
-)]
-const INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
-#[cfg_attr(
-    feature = "dhat-heap",
-    expect(dead_code, reason = "dhat counts instead")
-)]
-const INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
-#[cfg(not(any(feature = "jemalloc", feature = "mimalloc")))]
-#[cfg_attr(
-    feature = "dhat-heap",
-    expect(dead_code, reason = "dhat counts instead")
-)]
-const INNER: std::alloc::System = std::alloc::System;
+#[path = "../tests/held/counting.rs"]
+mod counting;
+
+#[cfg(not(feature = "dhat-heap"))]
+use counting::Counting;
 
 /// jemalloc's settings, as the node proxy's (main.rs).
 #[cfg(feature = "jemalloc")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: &[u8] = node_proxy::JEMALLOC_CONF;
 
-/// Counts the heap bytes in use, over the allocator under test.
-#[cfg(not(feature = "dhat-heap"))]
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the inner allocator and only counts.
-#[cfg(not(feature = "dhat-heap"))]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout, forwarded.
-        unsafe { INNER.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same pointer and layout, forwarded.
-        unsafe { INNER.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same pointer and layout, forwarded.
-        unsafe { INNER.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[cfg(not(feature = "dhat-heap"))]
+/// The allocator under test, counted (jemalloc, mimalloc or the system's, by feature).
+#[cfg(all(feature = "jemalloc", not(feature = "dhat-heap")))]
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: Counting<tikv_jemallocator::Jemalloc> = Counting(tikv_jemallocator::Jemalloc);
+#[cfg(all(
+    feature = "mimalloc",
+    not(feature = "jemalloc"),
+    not(feature = "dhat-heap")
+))]
+#[global_allocator]
+static ALLOCATOR: Counting<mimalloc::MiMalloc> = Counting(mimalloc::MiMalloc);
+#[cfg(not(any(feature = "jemalloc", feature = "mimalloc", feature = "dhat-heap")))]
+#[global_allocator]
+static ALLOCATOR: Counting<std::alloc::System> = Counting(std::alloc::System);
 
 #[cfg(feature = "dhat-heap")]
 #[global_allocator]
@@ -135,23 +103,23 @@ async fn rounds_of(n: usize, rounds: usize) -> anyhow::Result<()> {
         app.close_all();
         held::wait_for("the first connection to close", limit, || table.is_empty()).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let idle_heap = LIVE.load(Ordering::Relaxed);
+        let idle_heap = counting::live();
         let idle_rss = rss_kib();
         let clients = tokio::task::spawn_blocking(move || held::open_clients(n)).await??;
         held::wait_for("every connection", limit, || {
             app.count() == n && table.len() == 2 * n
         })
         .await?;
-        let heap = LIVE.load(Ordering::Relaxed);
+        let heap = counting::live();
         let rss = rss_kib();
         drop(clients);
         app.close_all();
         held::wait_for("every connection to close", limit, || table.is_empty()).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (closed_heap, closed_rss) = (LIVE.load(Ordering::Relaxed), rss_kib());
+        let (closed_heap, closed_rss) = (counting::live(), rss_kib());
         mesh.stop();
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let (stopped_heap, stopped_rss) = (LIVE.load(Ordering::Relaxed), rss_kib());
+        let (stopped_heap, stopped_rss) = (counting::live(), rss_kib());
         // jemalloc returns freed pages after its decay time; glibc only when trimmed.
         tokio::time::sleep(Duration::from_secs(10)).await;
         let later_rss = rss_kib();

@@ -5,35 +5,18 @@
 //!
 //! `cargo run --release -p node-proxy --example remote_pods_memory -- 10000 100000`
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use marrow_mesh::apiserver::KubeSource;
 use marrow_mesh::state::StateStore;
 
-/// Counts the bytes in use.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout, forwarded.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same pointer and layout, forwarded.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "../tests/held/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting<System> = counting::Counting(System);
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -65,7 +48,7 @@ async fn main() {
     );
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for n in counts {
-        let baseline = LIVE.load(Ordering::Relaxed);
+        let baseline = counting::live();
         let server = replay_apiserver::ApiServer::start().await;
         server.seed([replay_apiserver::objects::namespace("shop", true)]);
         server.seed((0..n).map(|i| {
@@ -82,7 +65,7 @@ async fn main() {
         let took = started.elapsed();
         drop(server);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let kept = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
+        let kept = counting::live().saturating_sub(baseline);
         println!(
             "| {n} | {:.1} MiB | {:.0} B | {:.1} s | {:.1} MiB |",
             kept as f64 / 1048576.0,

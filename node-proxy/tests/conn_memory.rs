@@ -11,9 +11,8 @@
 #[path = "held/mod.rs"]
 mod held;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Held connections measured; 100 per pooled HBONE connection, so 10 of those.
@@ -34,27 +33,11 @@ const BOUND_PER_CONNECTION: usize = 12 * 1024 + 512;
 /// time), tracing's span slab, the table's map. No connection's own state may stay.
 const BOUND_AFTER_CLOSE: usize = 5 * 1024 * 1024;
 
-/// Counts the heap bytes in use.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout, forwarded.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same pointer and layout, forwarded.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "held/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting<System> = counting::Counting(System);
 
 fn main() -> ExitCode {
     if let Some(reason) = held::skip_reason() {
@@ -94,14 +77,14 @@ async fn measure() -> anyhow::Result<()> {
     drop(first);
     app.close_all();
     held::wait_for("the first connection to close", limit, || table.is_empty()).await?;
-    let idle = LIVE.load(Ordering::Relaxed);
+    let idle = counting::live();
 
     let clients = held::open_clients(HELD)?;
     held::wait_for("every connection", limit, || {
         app.count() == HELD && table.len() == 2 * HELD
     })
     .await?;
-    let held_bytes = LIVE.load(Ordering::Relaxed);
+    let held_bytes = counting::live();
     let per_connection = held_bytes.saturating_sub(idle) / HELD;
 
     drop(clients);
@@ -109,7 +92,7 @@ async fn measure() -> anyhow::Result<()> {
     held::wait_for("every connection to close", limit, || table.is_empty()).await?;
     // The tasks end just after their records: let them.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = counting::live();
     println!(
         "heap: idle {idle} B, {HELD} held {held_bytes} B ({per_connection} B per connection, both \
          proxies), after they closed {after} B"
