@@ -13,6 +13,10 @@ mod held;
 use std::time::Duration;
 
 #[path = "../tests/held/counting.rs"]
+#[cfg_attr(
+    feature = "dhat-heap",
+    expect(dead_code, reason = "dhat counts instead")
+)]
 mod counting;
 
 #[cfg(not(feature = "dhat-heap"))]
