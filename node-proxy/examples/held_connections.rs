@@ -13,13 +13,8 @@ mod held;
 use std::time::Duration;
 
 #[path = "../tests/held/counting.rs"]
-#[cfg_attr(
-    feature = "dhat-heap",
-    expect(dead_code, reason = "dhat counts instead")
-)]
 mod counting;
 
-#[cfg(not(feature = "dhat-heap"))]
 use counting::Counting;
 
 /// jemalloc's settings, as the node proxy's (main.rs).
@@ -42,9 +37,10 @@ static ALLOCATOR: Counting<mimalloc::MiMalloc> = Counting(mimalloc::MiMalloc);
 #[global_allocator]
 static ALLOCATOR: Counting<std::alloc::System> = Counting(std::alloc::System);
 
+/// With `dhat-heap`, dhat's allocator (counted too), which records every site.
 #[cfg(feature = "dhat-heap")]
 #[global_allocator]
-static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+static ALLOCATOR: Counting<dhat::Alloc> = Counting(dhat::Alloc);
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
