@@ -42,17 +42,6 @@ static ALLOCATOR: Counting<std::alloc::System> = Counting(std::alloc::System);
 #[global_allocator]
 static ALLOCATOR: Counting<dhat::Alloc> = Counting(dhat::Alloc);
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -104,25 +93,25 @@ async fn rounds_of(n: usize, rounds: usize) -> anyhow::Result<()> {
         held::wait_for("the first connection to close", limit, || table.is_empty()).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let idle_heap = counting::live();
-        let idle_rss = rss_kib();
+        let idle_rss = counting::rss_kib();
         let clients = tokio::task::spawn_blocking(move || held::open_clients(n)).await??;
         held::wait_for("every connection", limit, || {
             app.count() == n && table.len() == 2 * n
         })
         .await?;
         let heap = counting::live();
-        let rss = rss_kib();
+        let rss = counting::rss_kib();
         drop(clients);
         app.close_all();
         held::wait_for("every connection to close", limit, || table.is_empty()).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (closed_heap, closed_rss) = (counting::live(), rss_kib());
+        let (closed_heap, closed_rss) = (counting::live(), counting::rss_kib());
         mesh.stop();
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let (stopped_heap, stopped_rss) = (counting::live(), rss_kib());
+        let (stopped_heap, stopped_rss) = (counting::live(), counting::rss_kib());
         // jemalloc returns freed pages after its decay time; glibc only when trimmed.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let later_rss = rss_kib();
+        let later_rss = counting::rss_kib();
         #[cfg(not(any(feature = "jemalloc", feature = "mimalloc")))]
         // SAFETY: malloc_trim only releases free memory of glibc's arenas.
         unsafe {
@@ -133,7 +122,7 @@ async fn rounds_of(n: usize, rounds: usize) -> anyhow::Result<()> {
             heap.saturating_sub(idle_heap) / n,
             closed_heap / 1024,
             stopped_heap / 1024,
-            rss_kib()
+            counting::rss_kib()
         );
     }
     Ok(())

@@ -18,17 +18,6 @@ mod counting;
 #[global_allocator]
 static ALLOCATOR: counting::Counting<System> = counting::Counting(System);
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let counts: Vec<usize> = match std::env::args().skip(1).map(|a| a.parse()).collect() {
@@ -71,7 +60,7 @@ async fn main() {
             kept as f64 / 1048576.0,
             kept as f64 / n as f64,
             took.as_secs_f64(),
-            rss_kib() as f64 / 1024.0
+            counting::rss_kib() as f64 / 1024.0
         );
         drop(watch);
         drop(store);

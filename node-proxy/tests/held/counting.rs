@@ -15,6 +15,22 @@ pub fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
 }
 
+/// The process's resident set (`VmRSS`), KiB; 0 when it cannot be read.
+#[cfg_attr(
+    test,
+    expect(dead_code, reason = "the memory examples read it; the test does not")
+)]
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 // SAFETY: forwards every call to the wrapped allocator unchanged and only counts.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
